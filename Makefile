@@ -1,0 +1,42 @@
+# llmspell — every target creates .venv and installs what it needs.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint check format coverage test-deep bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/llmspell demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check llmspell tests bench examples
+	$(BIN)/ruff format --check llmspell tests bench examples
+
+format: $(STAMP)
+	$(BIN)/ruff format llmspell tests bench examples
+	$(BIN)/ruff check --fix llmspell tests bench examples
+
+check: $(STAMP)
+	$(BIN)/mypy llmspell
+
+test: lint check
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-deep: $(STAMP)
+	LLMSPELL_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

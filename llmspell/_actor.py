@@ -1,0 +1,117 @@
+"""The base every llmspell actor stands on: msgpack in, msgpack out.
+
+``WireActor.receiveMessage`` decodes bytes into a message and calls
+``on_<tag>(msg, sender)``. A message that cannot be decoded is logged with what
+was wrong and dropped; a handler that raises is logged with its traceback and
+the actor goes on (Thespian would otherwise retry the message and then return
+it as a ``PoisonMessage``).
+
+Lives beside ``_exceptions`` at the package root because engines (below
+actors in the layering) are actors too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from thespian.actors import (
+    Actor,
+    ActorAddress,
+    ActorExitRequest,
+    ChildActorExited,
+    PoisonMessage,
+    WakeupMessage,
+)
+
+from ._exceptions import MessageError
+from .messages import Message, decode, encode
+
+__all__ = ["WireActor", "addr_key", "log"]
+
+log = logging.getLogger("llmspell")
+
+
+def addr_key(address: ActorAddress) -> str:
+    """A hashable key for an actor address (Thespian's are not hashable)."""
+    return str(address)
+
+
+class WireActor(Actor):  # type: ignore[misc]
+    """An actor that speaks the llmspell wire format."""
+
+    #: role name used in log lines
+    role = "actor"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._handlers: dict[str, Callable[[Any, Any], None]] = {}
+        self.bad_messages = 0
+
+    # -- receiving ----------------------------------------------------------
+
+    def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
+        try:
+            if isinstance(msg, (bytes, bytearray)):
+                try:
+                    decoded = decode(msg)
+                except MessageError as exc:
+                    self.bad_messages += 1
+                    log.warning("%s dropped a malformed message from %s: %s", self.role,
+                                sender, exc)
+                    return
+                handler = self._handlers.get(decoded.TAG)
+                if handler is None:
+                    handler = getattr(self, "on_" + decoded.TAG.lstrip("_"), None)
+                    if handler is None:
+                        self.bad_messages += 1
+                        log.warning("%s got a %r message it does not handle", self.role,
+                                    decoded.TAG)
+                        return
+                    self._handlers[decoded.TAG] = handler
+                handler(decoded, sender)
+            elif isinstance(msg, WakeupMessage):
+                self.on_wakeup(msg.payload)
+            elif isinstance(msg, ChildActorExited):
+                self.on_child_exited(msg.childAddress)
+            elif isinstance(msg, PoisonMessage):
+                log.error("%s: a message it sent could not be handled by %s", self.role, sender)
+                self.on_poison(msg.poisonMessage, sender)
+            elif isinstance(msg, ActorExitRequest):
+                self.on_exit()
+            else:
+                log.debug("%s ignored %r", self.role, type(msg).__name__)
+        except Exception:
+            # Never let a handler's bug kill the actor or bounce the message.
+            log.exception("%s failed handling a message from %s", self.role, sender)
+        try:
+            self.flush()
+        except Exception:
+            log.exception("%s failed sending its replies", self.role)
+
+    # -- hooks subclasses override -------------------------------------------
+
+    def on_wakeup(self, payload: Any) -> None:
+        pass
+
+    def on_child_exited(self, child: ActorAddress) -> None:
+        pass
+
+    def on_poison(self, original: Any, sender: ActorAddress) -> None:
+        pass
+
+    def on_exit(self) -> None:
+        pass
+
+    # -- sending ------------------------------------------------------------
+
+    def send_msg(self, to: ActorAddress, msg: Message) -> None:
+        self.send(to, encode(msg))
+
+    def flush(self) -> None:
+        """Called after every handled message: send what was batched."""
+
+    def wake_after(self, seconds: float, payload: Any) -> None:
+        self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=payload)

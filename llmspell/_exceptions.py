@@ -1,0 +1,147 @@
+"""Every error llmspell raises.
+
+The tree::
+
+    LlmspellError                 root: catch this to catch everything of ours
+    ├── MessageError              a message or task that cannot be carried
+    ├── TaskFailed                the task ran and failed
+    │   ├── ScriptError           a Lua/JS syntax or runtime error
+    │   └── ResourceLimitExceeded killed by its Limits (on_exceed="kill")
+    ├── TaskCancelled             the task was cancelled before it finished
+    ├── TaskTimeout               the task's own ``timeout`` ran out
+    └── RuntimeClosed             a call on a Runtime that is closed
+
+``Runtime.result(handle, timeout=...)`` running out of *its* timeout raises the
+builtin ``TimeoutError`` instead and leaves the task running: it says "you
+stopped waiting", not "the task ended".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "LlmspellError",
+    "MessageError",
+    "ResourceLimitExceeded",
+    "RuntimeClosed",
+    "ScriptError",
+    "TaskCancelled",
+    "TaskFailed",
+    "TaskTimeout",
+    "error_from_outcome",
+]
+
+
+class LlmspellError(Exception):
+    """Root of every error llmspell raises."""
+
+
+class MessageError(LlmspellError):
+    """A message or task that cannot be carried.
+
+    Raised by ``Runtime.submit`` at once for a malformed task (unknown option,
+    duplicate id, bad priority, args that are not msgpack data), and by the
+    wire codec for bad bytes. ``where`` names the field ("args.x",
+    "priority"); fix it and submit again: nothing was queued.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+        self.message = message
+
+
+class TaskFailed(LlmspellError):
+    """The task ran and failed; raised by ``Runtime.result``.
+
+    Attributes:
+        task_id: the failed task's id.
+        message: what went wrong, in one line.
+        engine: ``"python"``, ``"lua"``, ``"js"`` or ``"runtime"`` (the
+            scheduler itself, e.g. a failed dependency).
+        traceback: the script's or Python callable's own traceback, or "".
+        attempts: the error of every attempt when the task had retries.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str | None = None,
+        engine: str = "runtime",
+        traceback: str = "",
+        attempts: list[str] | None = None,
+    ) -> None:
+        self.message = message
+        self.task_id = task_id
+        self.engine = engine
+        self.traceback = traceback
+        self.attempts = list(attempts or [])
+        where = f"task {task_id!r} ({engine})" if task_id else engine
+        super().__init__(f"{where} failed: {message}")
+
+
+class ScriptError(TaskFailed):
+    """A Lua or JavaScript syntax or runtime error. ``traceback`` has the
+    script's own traceback, with line numbers of the task's code."""
+
+
+class ResourceLimitExceeded(TaskFailed):
+    """The task went over its ``Limits`` with ``on_exceed="kill"``."""
+
+
+class TaskCancelled(LlmspellError):
+    """The task was cancelled (by ``Runtime.cancel``, a coordination that no
+    longer needed it, or the runtime closing) before it finished."""
+
+    def __init__(self, message: str = "task was cancelled", *, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        self.message = message
+        super().__init__(f"task {task_id!r}: {message}" if task_id else message)
+
+
+class TaskTimeout(LlmspellError):
+    """The task's own ``timeout`` ran out; the task was stopped.
+
+    Not the builtin ``TimeoutError``, which ``Runtime.result(timeout=...)``
+    raises when the *caller* stops waiting.
+    """
+
+    def __init__(self, message: str = "task timed out", *, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        self.message = message
+        super().__init__(f"task {task_id!r}: {message}" if task_id else message)
+
+
+class RuntimeClosed(LlmspellError):
+    """A call on a ``Runtime`` that was closed (or never started)."""
+
+
+_FAILURE_CLASSES: dict[str, type[TaskFailed]] = {
+    "failed": TaskFailed,
+    "script": ScriptError,
+    "resource": ResourceLimitExceeded,
+}
+
+
+def error_from_outcome(task_id: str, status: str, error: dict[str, Any] | None) -> LlmspellError:
+    """Build the exception ``result()`` raises for a task that ended badly.
+
+    ``error`` is the wire form of a failure: ``{"message", "kind", "engine",
+    "traceback", "attempts"}``.
+    """
+    err = error or {}
+    message = str(err.get("message") or status)
+    if status == "cancelled":
+        return TaskCancelled(message, task_id=task_id)
+    if status == "timed_out":
+        return TaskTimeout(message, task_id=task_id)
+    cls = _FAILURE_CLASSES.get(str(err.get("kind", "failed")), TaskFailed)
+    return cls(
+        message,
+        task_id=task_id,
+        engine=str(err.get("engine", "runtime")),
+        traceback=str(err.get("traceback", "")),
+        attempts=[str(a) for a in err.get("attempts", [])],
+    )

@@ -1,0 +1,443 @@
+"""Tasks as users build them, and the values the runtime hands back.
+
+``Task`` constructors validate everything they can without a runtime and turn
+the task into a wire ``TaskSpec`` (``Task.to_spec``); the facade adds what
+needs the runtime (id uniqueness, handles to ids).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._exceptions import MessageError
+from .messages import check_data
+from .messages.types import PRIORITIES, PRIORITY_NAMES, TaskSpec
+
+__all__ = [
+    "CoordinationResult",
+    "Event",
+    "Handle",
+    "Limits",
+    "Progress",
+    "ResourceUsage",
+    "Strategy",
+    "Task",
+]
+
+_OPTIONS = frozenset(
+    ("priority", "timeout", "deps", "retries", "limits", "metadata", "id", "compensate")
+)
+_AGENT_OPTIONS = frozenset(("execution", "buffer_size"))
+_EXECUTIONS = ("single", "threaded", "distributed", "streaming")
+
+
+def new_task_id() -> str:
+    """A fresh, unique task id."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-task resource limits.
+
+    ``on_exceed``: ``"kill"`` fails the task with ``ResourceLimitExceeded``,
+    ``"throttle"`` parks it until it is back under, ``"warn"`` logs and emits
+    ``llmspell.resource.warn``.
+    """
+
+    memory_bytes: int | None = None
+    cpu_seconds: float | None = None
+    on_exceed: Literal["kill", "throttle", "warn"] = "kill"
+
+    def __post_init__(self) -> None:
+        if self.on_exceed not in ("kill", "throttle", "warn"):
+            raise MessageError(
+                f"must be 'kill', 'throttle' or 'warn', not {self.on_exceed!r}",
+                where="limits.on_exceed",
+            )
+        if self.memory_bytes is not None and (
+            not isinstance(self.memory_bytes, int) or self.memory_bytes <= 0
+        ):
+            raise MessageError("must be a positive int", where="limits.memory_bytes")
+        if self.cpu_seconds is not None and (
+            not isinstance(self.cpu_seconds, (int, float)) or self.cpu_seconds <= 0
+        ):
+            raise MessageError("must be a positive number", where="limits.cpu_seconds")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "memory_bytes": self.memory_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "on_exceed": self.on_exceed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Handle:
+    """Names a submitted task. Cheap, hashable; pass it to ``Runtime`` calls
+    or as a dependency (``deps=[handle]``)."""
+
+    id: str
+
+    def __str__(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    memory_bytes: int = 0
+    cpu_seconds: float = 0.0
+    network_bytes_sent: int = 0
+    network_bytes_received: int = 0
+    duration: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ResourceUsage:
+        if not d:
+            return cls()
+        return cls(
+            memory_bytes=int(d.get("memory_bytes", 0) or 0),
+            cpu_seconds=float(d.get("cpu_seconds", 0.0) or 0.0),
+            network_bytes_sent=int(d.get("network_bytes_sent", 0) or 0),
+            network_bytes_received=int(d.get("network_bytes_received", 0) or 0),
+            duration=float(d.get("duration", 0.0) or 0.0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "memory_bytes": self.memory_bytes,
+            "cpu_seconds": self.cpu_seconds,
+            "network_bytes_sent": self.network_bytes_sent,
+            "network_bytes_received": self.network_bytes_received,
+            "duration": self.duration,
+        }
+
+    def __add__(self, other: ResourceUsage) -> ResourceUsage:
+        return ResourceUsage(
+            max(self.memory_bytes, other.memory_bytes),
+            self.cpu_seconds + other.cpu_seconds,
+            self.network_bytes_sent + other.network_bytes_sent,
+            self.network_bytes_received + other.network_bytes_received,
+            self.duration + other.duration,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a task last reported (``spell.progress``), and its resource use.
+
+    ``estimated_completion`` is epoch seconds, extrapolated from the rate of
+    completed steps, or None when it cannot be estimated yet.
+    """
+
+    completed_steps: float | None
+    total_steps: float | None
+    current_operation: str | None
+    estimated_completion: float | None
+    resource_usage: ResourceUsage
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Progress:
+        return cls(
+            completed_steps=d.get("completed_steps"),
+            total_steps=d.get("total_steps"),
+            current_operation=d.get("current_operation"),
+            estimated_completion=d.get("estimated_completion"),
+            resource_usage=ResourceUsage.from_dict(d.get("resource_usage")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A published event, as a subscriber sees it."""
+
+    name: str
+    payload: Any
+    time: float
+
+
+class Strategy(str, enum.Enum):
+    """How ``Runtime.coordinate`` runs a set of tasks (see API.md)."""
+
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    PIPELINE = "pipeline"
+    RACE = "race"
+    ALL_OR_NOTHING = "all_or_nothing"
+    BEST_EFFORT = "best_effort"
+
+    @classmethod
+    def parse(cls, value: Strategy | str) -> Strategy:
+        if isinstance(value, Strategy):
+            return value
+        try:
+            return cls(str(value).lower().replace("-", "_"))
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise MessageError(f"unknown strategy {value!r}; use one of {names}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationResult:
+    strategy: Strategy
+    ok: bool
+    results: list[Any]
+    succeeded: list[int]
+    failed: list[tuple[int, str]]
+    cancelled: list[int]
+    winner: int | None
+    duration: float
+    resource_usage: ResourceUsage
+    timed_out: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CoordinationResult:
+        return cls(
+            strategy=Strategy.parse(d["strategy"]),
+            ok=bool(d["ok"]),
+            results=list(d.get("results", [])),
+            succeeded=[int(i) for i in d.get("succeeded", [])],
+            failed=[(int(i), str(m)) for i, m in d.get("failed", [])],
+            cancelled=[int(i) for i in d.get("cancelled", [])],
+            winner=d.get("winner"),
+            duration=float(d.get("duration", 0.0)),
+            resource_usage=ResourceUsage.from_dict(d.get("resource_usage")),
+            timed_out=bool(d.get("timed_out", False)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.value,
+            "ok": self.ok,
+            "results": self.results,
+            "succeeded": self.succeeded,
+            "failed": [[i, m] for i, m in self.failed],
+            "cancelled": self.cancelled,
+            "winner": self.winner,
+            "duration": self.duration,
+            "resource_usage": self.resource_usage.to_dict(),
+            "timed_out": self.timed_out,
+        }
+
+
+def _callable_target(target: Any) -> str:
+    if isinstance(target, str):
+        if ":" not in target or target.startswith(":") or target.endswith(":"):
+            raise MessageError(
+                f"must be 'package.module:function', got {target!r}", where="target"
+            )
+        return target
+    if callable(target):
+        module = getattr(target, "__module__", None)
+        qualname = getattr(target, "__qualname__", "")
+        if not module or not qualname or "<" in qualname or module == "__main__":
+            if module == "__main__" and "<" not in qualname:
+                return f"__main__:{qualname}"
+            raise MessageError(
+                f"{target!r} is not a module-level function; pass 'module:function'",
+                where="target",
+            )
+        return f"{module}:{qualname}"
+    raise MessageError(f"expected 'module:function' or a function, got {target!r}", where="target")
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A unit of work to submit. Build one with a constructor
+    (``Task.lua``, ``Task.python``, ...); it holds no runtime state and can be
+    submitted to several runtimes (give it no ``id`` then)."""
+
+    kind: str
+    code: str | None = None
+    target: str | None = None
+    name: str | None = None
+    args: Any = None
+    payload: Any = None
+    opts: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def lua(cls, code: str, *, args: Mapping[str, Any] | None = None, **opts: Any) -> Task:
+        """Lua code, the body of a function; ``spell.args`` holds ``args``."""
+        return cls._make("lua", code=_code(code), args=args, opts=opts)
+
+    @classmethod
+    def js(cls, code: str, *, args: Mapping[str, Any] | None = None, **opts: Any) -> Task:
+        """JavaScript code, the body of an async function."""
+        return cls._make("js", code=_code(code), args=args, opts=opts)
+
+    @classmethod
+    def python(
+        cls,
+        target: str | Callable[..., Any],
+        *,
+        args: Mapping[str, Any] | None = None,
+        **opts: Any,
+    ) -> Task:
+        """``"package.module:function"`` (sync or ``async def``), called with
+        ``**args``. A module-level function object is turned into that string."""
+        return cls._make("python", target=_callable_target(target), args=args, opts=opts)
+
+    @classmethod
+    def tool(cls, name: str, params: Mapping[str, Any] | None = None, **opts: Any) -> Task:
+        return cls._make("tool", name=_name(name), payload=params, opts=opts)
+
+    @classmethod
+    def agent(cls, name: str, input: Any, **opts: Any) -> Task:
+        return cls._make("agent", name=_name(name), payload=input, opts=opts, extra=_AGENT_OPTIONS)
+
+    @classmethod
+    def hook(cls, point: str, payload: Any = None, **opts: Any) -> Task:
+        return cls._make("hook", name=_name(point), payload=payload, opts=opts)
+
+    @classmethod
+    def event(cls, name: str, payload: Any = None, **opts: Any) -> Task:
+        return cls._make("event", name=_name(name), payload=payload, opts=opts)
+
+    @classmethod
+    def workflow(cls, path_or_dict: str | Mapping[str, Any], **opts: Any) -> Task:
+        if isinstance(path_or_dict, Mapping):
+            return cls._make("workflow", payload=dict(path_or_dict), opts=opts)
+        return cls._make("workflow", name=str(path_or_dict), opts=opts)
+
+    @classmethod
+    def custom(cls, kind: str, payload: Any = None, **opts: Any) -> Task:
+        return cls._make("custom", name=_name(kind), payload=payload, opts=opts)
+
+    @classmethod
+    def _make(
+        cls,
+        kind: str,
+        *,
+        code: str | None = None,
+        target: str | None = None,
+        name: str | None = None,
+        args: Any = None,
+        payload: Any = None,
+        opts: Mapping[str, Any],
+        extra: frozenset[str] = frozenset(),
+    ) -> Task:
+        unknown = sorted(set(opts) - _OPTIONS - extra)
+        if unknown:
+            allowed = ", ".join(sorted(_OPTIONS | extra))
+            raise MessageError(f"unknown option {unknown[0]!r} (options: {allowed})")
+        if args is not None:
+            if not isinstance(args, Mapping):
+                raise MessageError(f"must be a dict, got {type(args).__name__}", where="args")
+            args = dict(args)
+            check_data(args, "args")
+        if payload is not None:
+            check_data(payload, "payload" if kind != "tool" else "params")
+        _check_opts(opts)
+        return cls(kind=kind, code=code, target=target, name=name, args=args, payload=payload,
+                   opts=dict(opts))
+
+    # -- to the wire --------------------------------------------------------
+
+    def to_spec(self, task_id: str | None = None, *, parent: str | None = None) -> TaskSpec:
+        """This task as a wire ``TaskSpec`` (with a fresh id unless it has one)."""
+        o = self.opts
+        limits = o.get("limits")
+        compensate = o.get("compensate")
+        options = {k: o[k] for k in _AGENT_OPTIONS if k in o}
+        return TaskSpec(
+            id=task_id or o.get("id") or new_task_id(),
+            kind=self.kind,
+            code=self.code,
+            target=self.target,
+            name=self.name,
+            args=self.args,
+            payload=self.payload,
+            priority=PRIORITIES[o.get("priority", "normal")],
+            timeout=float(o["timeout"]) if o.get("timeout") is not None else None,
+            deps=[_dep_id(d) for d in o.get("deps", ())],
+            retries=int(o.get("retries", 0)),
+            limits=limits.to_dict() if isinstance(limits, Limits) else limits,
+            metadata=dict(o.get("metadata") or {}),
+            options=options,
+            parent=parent,
+            compensate=compensate.to_spec() if isinstance(compensate, Task) else None,
+        )
+
+    @property
+    def priority(self) -> str:
+        return str(self.opts.get("priority", "normal"))
+
+    def __repr__(self) -> str:
+        what = self.code if self.code is not None else (self.target or self.name or "")
+        if len(what) > 40:
+            what = what[:37] + "..."
+        return f"Task.{self.kind}({what!r})"
+
+
+def _code(code: Any) -> str:
+    if not isinstance(code, str):
+        raise MessageError(f"must be a str, got {type(code).__name__}", where="code")
+    return code
+
+
+def _name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise MessageError(f"must be a non-empty str, got {name!r}", where="name")
+    return name
+
+
+def _dep_id(dep: Any) -> str:
+    if isinstance(dep, Handle):
+        return dep.id
+    if isinstance(dep, str) and dep:
+        return dep
+    raise MessageError(f"a dependency must be a Handle or a task id, got {dep!r}", where="deps")
+
+
+def _check_opts(o: Mapping[str, Any]) -> None:
+    p = o.get("priority", "normal")
+    if p not in PRIORITIES:
+        raise MessageError(
+            f"must be one of {', '.join(PRIORITIES)}, got {p!r}", where="priority"
+        )
+    t = o.get("timeout")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+        raise MessageError(f"must be a positive number of seconds, got {t!r}", where="timeout")
+    r = o.get("retries", 0)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise MessageError(f"must be an int >= 0, got {r!r}", where="retries")
+    deps = o.get("deps", ())
+    if isinstance(deps, (str, Handle)) or not isinstance(deps, Iterable):
+        raise MessageError("must be a list of handles or task ids", where="deps")
+    for d in deps:
+        _dep_id(d)
+    lim = o.get("limits")
+    if lim is not None and not isinstance(lim, Limits):
+        raise MessageError(f"must be a Limits(...), got {type(lim).__name__}", where="limits")
+    md = o.get("metadata")
+    if md is not None:
+        if not isinstance(md, Mapping):
+            raise MessageError("must be a dict", where="metadata")
+        check_data(dict(md), "metadata")
+    tid = o.get("id")
+    if tid is not None and (not isinstance(tid, str) or not tid):
+        raise MessageError(f"must be a non-empty str, got {tid!r}", where="id")
+    comp = o.get("compensate")
+    if comp is not None and not isinstance(comp, Task):
+        raise MessageError(f"must be a Task, got {type(comp).__name__}", where="compensate")
+    ex = o.get("execution")
+    if ex is not None and ex not in _EXECUTIONS:
+        raise MessageError(f"must be one of {', '.join(_EXECUTIONS)}", where="execution")
+    bs = o.get("buffer_size")
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
+        raise MessageError("must be an int >= 1", where="buffer_size")
+
+
+def priority_name(p: int) -> str:
+    return PRIORITY_NAMES.get(p, "normal")
+
+
+def is_coroutine_function(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn)

@@ -1,0 +1,479 @@
+"""The scheduler actor: owns every task's lifecycle.
+
+One record per task. A task is *pending* until its dependencies succeeded and
+an engine of its kind has room, *running* once dispatched, and then reaches
+exactly one terminal state: succeeded, failed, cancelled or timed_out. The
+first terminal state wins; anything that arrives later for the same task (a
+result after a cancel, a second cancel) is ignored.
+
+Ready tasks wait in one priority queue per engine (higher priority first, then
+submission order); an engine gets at most ``capacity`` tasks at once, so
+priorities decide the order whenever work is queued. A task's ``timeout`` is
+counted from when it is dispatched and enforced with a Thespian wake-up.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import defaultdict
+from typing import Any
+
+from thespian.actors import ActorAddress
+
+from .._actor import WireActor, addr_key
+from .._clock import now
+from ..messages.types import (
+    TERMINAL,
+    CancelReply,
+    CancelTasks,
+    Dispatch,
+    DispatchBatch,
+    EngineReady,
+    EngineResults,
+    Introduce,
+    ProgressBatch,
+    ProgressReply,
+    Publish,
+    QueryProgress,
+    QueryStats,
+    QueryStatus,
+    StatsReply,
+    StatusReply,
+    StopTasks,
+    SubmitRejected,
+    SubmitTasks,
+    TaskOutcome,
+    TaskOutcomes,
+    TaskSpec,
+    WatchTasks,
+)
+
+__all__ = ["Scheduler"]
+
+# kind -> engine that runs it
+_ROUTES = {"python": "python", "lua": "lua", "js": "js"}
+
+
+class _Rec:
+    """One task, as the scheduler tracks it."""
+
+    __slots__ = (
+        "attempt",
+        "dependents",
+        "ended_at",
+        "engine",
+        "errors",
+        "outcome",
+        "progress",
+        "slot",
+        "spec",
+        "started_at",
+        "status",
+        "submitted_at",
+        "waiting",
+        "watchers",
+    )
+
+    def __init__(self, spec: TaskSpec, t: float) -> None:
+        self.spec = spec
+        # Invariant: status moves pending -> running -> one terminal state,
+        # (running -> pending again only for a retry) and never leaves a terminal state.
+        self.status = "pending"
+        self.waiting = 0  # dependencies not yet succeeded
+        self.dependents: list[str] = []
+        self.watchers: list[ActorAddress] = []
+        self.outcome: TaskOutcome | None = None
+        self.progress: dict[str, Any] | None = None
+        self.engine = _ROUTES.get(spec.kind, "")
+        self.slot: _Slot | None = None
+        self.attempt = 0
+        self.errors: list[str] = []
+        self.submitted_at = t
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+
+
+class _Slot:
+    """One engine actor and the tasks it runs."""
+
+    __slots__ = ("address", "capacity", "engine", "index", "key", "pid", "restarts", "running")
+
+    def __init__(self, ready: EngineReady, address: ActorAddress) -> None:
+        self.engine = ready.engine
+        self.index = ready.index
+        self.pid = ready.pid
+        self.capacity = ready.capacity
+        self.restarts = ready.restarts
+        self.address = address
+        self.key = addr_key(address)
+        self.running: set[str] = set()
+
+
+class Scheduler(WireActor):
+    role = "scheduler"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: dict[str, _Rec] = {}
+        self.slots: dict[str, list[_Slot]] = defaultdict(list)
+        self.ready: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
+        self.seq = itertools.count()
+        self.addresses: dict[str, ActorAddress] = {}
+        self.counts: dict[str, int] = defaultdict(int)
+        # outgoing batches, keyed by addr_key(address): (address, items)
+        self._out: dict[str, tuple[ActorAddress, list[TaskOutcome]]] = {}
+        self._dispatch: dict[str, tuple[ActorAddress, list[Dispatch]]] = {}
+        self._dirty: set[str] = set()  # engines whose queue may move
+        self._events: list[Publish] = []
+
+    # -- set-up -------------------------------------------------------------
+
+    def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
+        self.addresses.update(msg.addresses)
+
+    def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
+        slots = self.slots[msg.engine]
+        for i, s in enumerate(slots):
+            if s.index == msg.index:
+                slots[i] = _Slot(msg, sender)
+                break
+        else:
+            slots.append(_Slot(msg, sender))
+        self._dirty.add(msg.engine)
+
+    # -- submission ---------------------------------------------------------
+
+    def on_submit(self, msg: SubmitTasks, sender: ActorAddress) -> None:
+        t = now()
+        fresh: list[_Rec] = []
+        for spec in msg.tasks:
+            if spec.id in self.tasks:
+                self.send_msg(sender, SubmitRejected(spec.id, f"duplicate task id {spec.id!r}"))
+                continue
+            rec = _Rec(spec, t)
+            self.tasks[spec.id] = rec
+            if msg.notify:
+                rec.watchers.append(sender)
+            self.counts["submitted"] += 1
+            fresh.append(rec)
+        # Dependencies are resolved after the whole batch is known, so a batch
+        # may list a task before the task it depends on.
+        for rec in fresh:
+            self._link(rec)
+
+    def _link(self, rec: _Rec) -> None:
+        for dep_id in rec.spec.deps:
+            dep = self.tasks.get(dep_id)
+            if dep is None:
+                self._finish(rec, "failed", error=_err(f"unknown dependency {dep_id!r}"))
+                return
+            if dep.status in TERMINAL and dep.status != "succeeded":
+                self._finish(rec, "failed", error=_dep_error(dep))
+                return
+            if dep.status != "succeeded":
+                rec.waiting += 1
+                dep.dependents.append(rec.spec.id)
+        if rec.waiting == 0:
+            self._make_ready(rec)
+
+    def _make_ready(self, rec: _Rec) -> None:
+        spec = rec.spec
+        if spec.deps_input and spec.deps:
+            values = {d: self.tasks[d].outcome.value for d in spec.deps}  # type: ignore[union-attr]
+            spec.input = values[spec.deps[0]] if len(spec.deps) == 1 else values
+        if spec.kind == "event":
+            self._publish(spec.name or "", spec.payload)
+            self._finish(rec, "succeeded", value=None)
+            return
+        if not rec.engine:
+            self._finish(
+                rec,
+                "failed",
+                error=_err(f"no engine runs {spec.kind!r} tasks yet", kind="failed"),
+            )
+            return
+        heapq.heappush(self.ready[rec.engine], (-spec.priority, next(self.seq), spec.id))
+        self._dirty.add(rec.engine)
+
+    # -- dispatch -----------------------------------------------------------
+
+    def _pump(self) -> None:
+        for engine in self._dirty:
+            slots = self.slots.get(engine)
+            queue = self.ready.get(engine)
+            if not slots or not queue:
+                continue
+            while queue:
+                slot = min(slots, key=lambda s: len(s.running) - s.capacity)
+                if len(slot.running) >= slot.capacity:
+                    break
+                _, _, task_id = heapq.heappop(queue)
+                rec = self.tasks.get(task_id)
+                if rec is None or rec.status != "pending":
+                    continue
+                rec.status = "running"
+                rec.slot = slot
+                rec.started_at = now()
+                slot.running.add(task_id)
+                self._dispatch.setdefault(slot.key, (slot.address, []))[1].append(
+                    Dispatch(rec.spec, rec.attempt)
+                )
+                if rec.spec.timeout is not None:
+                    self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
+                if rec.attempt == 0:
+                    self._publish("llmspell.task.running", {"task_id": task_id})
+        self._dirty.clear()
+
+    def flush(self) -> None:
+        if self._dirty:
+            self._pump()
+        if self._dispatch:
+            batches, self._dispatch = self._dispatch, {}
+            for addr, items in batches.values():
+                for i in range(0, len(items), 500):
+                    self.send_msg(addr, DispatchBatch(items[i : i + 500]))
+        if self._out:
+            out, self._out = self._out, {}
+            for addr, outcomes in out.values():
+                for i in range(0, len(outcomes), 500):
+                    self.send_msg(addr, TaskOutcomes(outcomes[i : i + 500]))
+        if self._events and "events" in self.addresses:
+            events, self._events = self._events, []
+            bus = self.addresses["events"]
+            for ev in events:
+                self.send_msg(bus, ev)
+        else:
+            self._events.clear()
+
+    # -- results ------------------------------------------------------------
+
+    def on_engine_results(self, msg: EngineResults, sender: ActorAddress) -> None:
+        for o in msg.items:
+            rec = self.tasks.get(o.task_id)
+            if rec is None or rec.status != "running" or o.attempt != rec.attempt:
+                continue  # late: the task already ended (cancel, timeout) or was retried
+            if o.status == "failed" and rec.attempt < rec.spec.retries:
+                self._retry(rec, o)
+                continue
+            self._finish(rec, o.status, value=o.value, error=o.error, usage=o.usage)
+
+    def _retry(self, rec: _Rec, o: TaskOutcome) -> None:
+        rec.errors.append(str((o.error or {}).get("message", "failed")))
+        self._release(rec)
+        rec.attempt += 1
+        rec.status = "pending"
+        self.counts["retries"] += 1
+        self._publish("llmspell.task.retry", {"task_id": rec.spec.id, "attempt": rec.attempt})
+        heapq.heappush(
+            self.ready[rec.engine], (-rec.spec.priority, next(self.seq), rec.spec.id)
+        )
+        self._dirty.add(rec.engine)
+
+    def _release(self, rec: _Rec) -> None:
+        if rec.slot is not None:
+            rec.slot.running.discard(rec.spec.id)
+            self._dirty.add(rec.slot.engine)
+            rec.slot = None
+
+    def _finish(
+        self,
+        rec: _Rec,
+        status: str,
+        *,
+        value: Any = None,
+        error: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        if rec.status in TERMINAL:
+            return
+        was_running = rec.status == "running"
+        slot = rec.slot
+        self._release(rec)
+        if was_running and status in ("cancelled", "timed_out") and slot is not None:
+            reason = "timed out" if status == "timed_out" else "cancelled"
+            self.send_msg(slot.address, StopTasks([rec.spec.id], reason))
+        t = now()
+        rec.status = status
+        rec.ended_at = t
+        if error is not None and rec.errors:
+            error = dict(error)
+            error["attempts"] = [*rec.errors, str(error.get("message", ""))]
+        if usage is None:
+            usage = {}
+        if rec.started_at is not None:
+            usage.setdefault("duration", t - rec.started_at)
+        rec.outcome = TaskOutcome(rec.spec.id, status, value, error, usage, rec.attempt)
+        self.counts[status] += 1
+        for w in rec.watchers:
+            self._notify(w, rec.outcome)
+        rec.watchers = []
+        self._publish(
+            f"llmspell.task.{status}",
+            {"task_id": rec.spec.id, "kind": rec.spec.kind, "status": status},
+        )
+        dependents, rec.dependents = rec.dependents, []
+        for dep_id in dependents:
+            child = self.tasks.get(dep_id)
+            if child is None or child.status != "pending":
+                continue
+            if status == "succeeded":
+                child.waiting -= 1
+                if child.waiting == 0:
+                    self._make_ready(child)
+            else:
+                self._finish(child, "failed", error=_dep_error(rec))
+
+    def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
+        self._out.setdefault(addr_key(watcher), (watcher, []))[1].append(outcome)
+
+    # -- cancel, timeout ----------------------------------------------------
+
+    def on_cancel(self, msg: CancelTasks, sender: ActorAddress) -> None:
+        cancelled = []
+        for task_id in msg.task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.status not in TERMINAL:
+                self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
+                cancelled.append(task_id)
+        if msg.ref:
+            self.send_msg(sender, CancelReply(msg.ref, cancelled))
+
+    def on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, tuple) and payload and payload[0] == "timeout":
+            _, task_id, attempt = payload
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.status == "running" and rec.attempt == attempt:
+                limit = rec.spec.timeout
+                self._finish(
+                    rec,
+                    "timed_out",
+                    error=_err(f"task did not finish within its timeout of {limit:g} s",
+                               kind="timeout"),
+                )
+
+    # -- watching, progress, queries ----------------------------------------
+
+    def on_watch(self, msg: WatchTasks, sender: ActorAddress) -> None:
+        for task_id in msg.task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is None:
+                self._notify(
+                    sender,
+                    TaskOutcome(task_id, "failed", error=_err(f"unknown task id {task_id!r}")),
+                )
+            elif rec.outcome is not None:
+                self._notify(sender, rec.outcome)
+            elif sender not in rec.watchers:
+                rec.watchers.append(sender)
+
+    def on_progress_batch(self, msg: ProgressBatch, sender: ActorAddress) -> None:
+        for p in msg.items:
+            rec = self.tasks.get(p.task_id)
+            if rec is None or rec.status in TERMINAL:
+                continue
+            prog = rec.progress or {}
+            if p.completed_steps is not None:
+                prog["completed_steps"] = p.completed_steps
+            if p.total_steps is not None:
+                prog["total_steps"] = p.total_steps
+            if p.current_operation is not None:
+                prog["current_operation"] = p.current_operation
+            if p.usage is not None:
+                prog["resource_usage"] = p.usage
+            prog["reported_at"] = now()
+            rec.progress = prog
+
+    def on_query_status(self, msg: QueryStatus, sender: ActorAddress) -> None:
+        statuses = {}
+        for task_id in msg.task_ids:
+            rec = self.tasks.get(task_id)
+            statuses[task_id] = rec.status if rec is not None else "unknown"
+        self.send_msg(sender, StatusReply(msg.ref, statuses))
+
+    def on_query_progress(self, msg: QueryProgress, sender: ActorAddress) -> None:
+        rec = self.tasks.get(msg.task_id)
+        self.send_msg(sender, ProgressReply(msg.ref, msg.task_id, self._progress_of(rec)))
+
+    def _progress_of(self, rec: _Rec | None) -> dict[str, Any] | None:
+        if rec is None or (rec.progress is None and rec.outcome is None):
+            return None
+        prog = dict(rec.progress or {})
+        usage = dict(prog.get("resource_usage") or {})
+        if rec.outcome is not None and rec.outcome.usage:
+            usage.update(rec.outcome.usage)
+        elif rec.started_at is not None:
+            usage["duration"] = now() - rec.started_at
+        prog["resource_usage"] = usage
+        prog["estimated_completion"] = self._eta(rec, prog)
+        prog.pop("reported_at", None)
+        return prog
+
+    @staticmethod
+    def _eta(rec: _Rec, prog: dict[str, Any]) -> float | None:
+        if rec.ended_at is not None:
+            return rec.ended_at
+        done, total = prog.get("completed_steps"), prog.get("total_steps")
+        if rec.started_at is None or not done or not total or done <= 0:
+            return None
+        elapsed = prog.get("reported_at", now()) - rec.started_at
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if rate <= 0:
+            return None
+        return now() + max(0.0, (total - done) / rate - (now() - prog["reported_at"]))
+
+    def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
+        running = sum(1 for r in self.tasks.values() if r.status == "running")
+        pending = sum(1 for r in self.tasks.values() if r.status == "pending")
+        engines = [
+            {
+                "engine": s.engine,
+                "index": s.index,
+                "pid": s.pid,
+                "restarts": s.restarts,
+                "running": len(s.running),
+                "capacity": s.capacity,
+            }
+            for slots in self.slots.values()
+            for s in slots
+        ]
+        stats = {
+            "submitted": self.counts["submitted"],
+            "running": running,
+            "pending": pending,
+            "succeeded": self.counts["succeeded"],
+            "failed": self.counts["failed"],
+            "cancelled": self.counts["cancelled"],
+            "timed_out": self.counts["timed_out"],
+            "retries": self.counts["retries"],
+            "restarts": sum(s.restarts for slots in self.slots.values() for s in slots),
+            "queued": {e: len(q) for e, q in self.ready.items()},
+            "engines": engines,
+            "bad_messages": self.bad_messages,
+        }
+        self.send_msg(sender, StatsReply(msg.ref, stats))
+
+    # -- shutdown -----------------------------------------------------------
+
+    def on_shutdown(self, msg: Any, sender: ActorAddress) -> None:
+        for rec in list(self.tasks.values()):
+            if rec.status not in TERMINAL:
+                self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
+
+    def _publish(self, name: str, payload: Any) -> None:
+        if "events" in self.addresses:
+            self._events.append(Publish(name, payload, now()))
+
+
+def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict[str, Any]:
+    return {"message": message, "kind": kind, "engine": engine}
+
+
+def _dep_error(dep: _Rec) -> dict[str, Any]:
+    what = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
+    reason = ""
+    if dep.outcome is not None and dep.outcome.error:
+        reason = f": {dep.outcome.error.get('message', '')}"
+    msg = f"dependency {dep.spec.id!r} {what.get(dep.status, dep.status)}{reason}"
+    return _err(msg, kind="dependency")
+

@@ -1,0 +1,207 @@
+"""The engine context actor base: what every engine does the same way.
+
+An engine actor registers with the scheduler (``EngineReady``), takes
+``DispatchBatch`` messages, stops tasks on ``StopTasks`` and reports ended
+tasks and progress back in batches, once per handled message. Subclasses fill
+in three hooks: ``setup(config)``, ``start(spec, attempt)``,
+``stop(task_id, reason)``, and may override ``poll()`` (collect work finished
+on other threads) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from thespian.actors import ActorAddress
+
+from .._actor import WireActor, log
+from ..messages.types import (
+    DispatchBatch,
+    EngineReady,
+    EngineResults,
+    Introduce,
+    Poll,
+    ProgressBatch,
+    ProgressReport,
+    Publish,
+    Shutdown,
+    StopTasks,
+    SubmitTasks,
+    TaskOutcome,
+    TaskSpec,
+    WatchTasks,
+)
+from ..messages import encode
+from . import _doorbell
+
+__all__ = ["EngineActor"]
+
+_POLL = encode(Poll())
+_POLL_INTERVAL = 0.002  # seconds between self-polls where no doorbell exists
+
+
+class EngineActor(WireActor):
+    """Base of the python, lua and js engine contexts."""
+
+    engine = "?"
+    default_capacity = 64
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduler: ActorAddress | None = None
+        self.addresses: dict[str, ActorAddress] = {}
+        self.config: dict[str, Any] = {}
+        self.index = 0
+        self._results: list[TaskOutcome] = []
+        self._progress: list[ProgressReport] = []
+        self._submits: list[TaskSpec] = []
+        self._watches: list[str] = []
+        self._events: list[Publish] = []
+        self._bell: Any = None
+        self._rung = threading.Event()
+        self._polling = False
+        self.closed = False
+
+    # -- set-up -------------------------------------------------------------
+
+    def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
+        self.addresses = dict(msg.addresses)
+        self.scheduler = self.addresses["scheduler"]
+        self.config = dict(msg.config)
+        self.index = int(self.config.get("index", 0))
+        self._bell = _doorbell.get(msg.runtime_id)
+        self.setup(self.config)
+        capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
+        restarts = int(self.config.get("restarts", 0))
+        self.send_msg(
+            self.scheduler, EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
+        )
+
+    def setup(self, config: dict[str, Any]) -> None:
+        """Create the engine's resources (thread pool, VM, ...)."""
+
+    # -- work in ------------------------------------------------------------
+
+    def on_dispatch_batch(self, msg: DispatchBatch, sender: ActorAddress) -> None:
+        for item in msg.items:
+            try:
+                self.start(item.spec, item.attempt)
+            except Exception as exc:  # a bug in start must fail the task, not vanish it
+                log.exception("%s engine could not start task %s", self.engine, item.spec.id)
+                self.report(item.spec.id, item.attempt, "failed",
+                            error=self.error(f"engine could not start the task: {exc}"))
+
+    def on_stop(self, msg: StopTasks, sender: ActorAddress) -> None:
+        for task_id in msg.task_ids:
+            self.stop(task_id, msg.reason)
+
+    def on_poll(self, msg: Poll, sender: ActorAddress) -> None:
+        self._rung.clear()
+        self.poll()
+
+    def on_wakeup(self, payload: Any) -> None:
+        if payload == "poll":
+            self._polling = False
+            self.poll()
+            if self.busy():
+                self._arm_poll()
+
+    def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
+        self.close()
+        self.closed = True
+
+    def on_exit(self) -> None:
+        if not self.closed:
+            self.close()
+            self.closed = True
+
+    # -- hooks --------------------------------------------------------------
+
+    def start(self, spec: TaskSpec, attempt: int) -> None:
+        raise NotImplementedError
+
+    def stop(self, task_id: str, reason: str) -> None:
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        """Collect work finished on other threads."""
+
+    def busy(self) -> bool:
+        """True while work runs on other threads (self-polling goes on)."""
+        return False
+
+    def close(self) -> None:
+        """Release the engine's resources. Called once."""
+
+    # -- work out -----------------------------------------------------------
+
+    def ring(self) -> None:
+        """Ask to be polled soon. Safe from any thread."""
+        if self._bell is not None and not self._rung.is_set():
+            self._rung.set()
+            self._bell(self.myAddress, _POLL)
+
+    def work_started(self) -> None:
+        """Call (on the actor's thread) after handing work to another thread."""
+        if self._bell is None:
+            self._arm_poll()
+
+    def _arm_poll(self) -> None:
+        if not self._polling:
+            self._polling = True
+            self.wake_after(_POLL_INTERVAL, "poll")
+
+    def report(
+        self,
+        task_id: str,
+        attempt: int,
+        status: str,
+        value: Any = None,
+        error: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> None:
+        self._results.append(TaskOutcome(task_id, status, value, error, usage, attempt))
+
+    def report_progress(self, report: ProgressReport) -> None:
+        self._progress.append(report)
+
+    def submit_child(self, spec: TaskSpec) -> None:
+        self._submits.append(spec)
+
+    def watch(self, task_id: str) -> None:
+        self._watches.append(task_id)
+
+    def publish(self, name: str, payload: Any) -> None:
+        from .._clock import now
+
+        self._events.append(Publish(name, payload, now()))
+
+    def error(self, message: str, *, kind: str = "failed", traceback: str = "") -> dict[str, Any]:
+        return {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
+
+    def flush(self) -> None:
+        sched = self.scheduler
+        if sched is None:
+            return
+        # Order matters: a child must be submitted before anyone watches it.
+        if self._submits:
+            subs, self._submits = self._submits, []
+            self.send_msg(sched, SubmitTasks(subs, notify=False))
+        if self._results:
+            res, self._results = self._results, []
+            for i in range(0, len(res), 500):
+                self.send_msg(sched, EngineResults(res[i : i + 500]))
+        if self._watches:
+            w, self._watches = self._watches, []
+            self.send_msg(sched, WatchTasks(w))
+        if self._progress:
+            p, self._progress = self._progress, []
+            self.send_msg(sched, ProgressBatch(p))
+        if self._events:
+            ev, self._events = self._events, []
+            bus = self.addresses.get("events")
+            if bus is not None:
+                for e in ev:
+                    self.send_msg(bus, e)

@@ -1,0 +1,424 @@
+"""``Runtime`` and ``AsyncRuntime``: the embedding facade over an actor system.
+
+Both shells share one I/O-free core (``_Core``): it validates tasks, turns them
+into wire specs, keeps one view per submitted task and matches replies to
+requests. The actor system itself is owned by a driver (``_driver.py``); the
+core hands it messages and gets every message addressed to the outside back
+on the driver thread.
+
+Lifecycle: ``Runtime()`` starts the actor system at once; ``close()`` cancels
+what is unfinished, stops every actor and is idempotent; calls on a closed
+runtime raise ``RuntimeClosed``; a closed runtime cannot be reopened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ._exceptions import MessageError, RuntimeClosed, error_from_outcome
+from ._task import Handle, Progress, Task
+from .messages import encode
+from .messages.types import (
+    TERMINAL,
+    CancelReply,
+    CancelTasks,
+    Message,
+    ProgressReply,
+    QueryProgress,
+    QueryStats,
+    QueryStatus,
+    StatsReply,
+    StatusReply,
+    SubmitRejected,
+    SubmitTasks,
+    TaskOutcome,
+    TaskOutcomes,
+    TaskSpec,
+)
+
+__all__ = ["AsyncRuntime", "Runtime", "RuntimeState"]
+
+_MODES = ("embedded", "local", "cluster")
+_CONFIG = frozenset((
+    "python_threads", "python_capacity", "lua_capacity", "js_capacity", "engines",
+    "workers", "address", "port", "lua_memory", "js_memory", "step_budget",
+))
+
+
+class RuntimeState(enum.Enum):
+    STARTING = "starting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _View:
+    """What the facade knows of one task it submitted."""
+
+    __slots__ = ("callbacks", "done", "outcome")
+
+    def __init__(self) -> None:
+        self.outcome: TaskOutcome | None = None
+        self.done = threading.Event()
+        self.callbacks: list[Callable[[TaskOutcome], None]] = []
+
+
+class _Core:
+    """Validation, ids, task views and reply matching. No I/O of its own."""
+
+    def __init__(self, mode: str, config: dict[str, Any]) -> None:
+        if mode not in _MODES:
+            raise MessageError(f"unknown mode {mode!r}; use one of {', '.join(_MODES)}",
+                               where="mode")
+        unknown = sorted(set(config) - _CONFIG)
+        if unknown:
+            raise MessageError(f"unknown runtime option {unknown[0]!r}")
+        if mode != "embedded":
+            raise MessageError(f"mode {mode!r} is not available in this version yet",
+                               where="mode")
+        self.mode = mode
+        self.config = dict(config)
+        self.config.setdefault("engines", _default_engines())
+        self.runtime_id = uuid.uuid4().hex
+        self.state = RuntimeState.STARTING
+        self.views: dict[str, _View] = {}
+        self.lock = threading.Lock()
+        self.refs = itertools.count(1)
+        self.replies: dict[int, Callable[[Message], None]] = {}
+        self.addresses: dict[str, Any] = {}
+
+    # -- building requests --------------------------------------------------
+
+    def specs(self, tasks: Iterable[Task]) -> list[TaskSpec]:
+        self.check_open()
+        specs = []
+        batch_ids: set[str] = set()
+        for i, task in enumerate(tasks):
+            if not isinstance(task, Task):
+                raise MessageError(f"expected a Task, got {type(task).__name__}",
+                                   where=f"tasks[{i}]")
+            spec = task.to_spec()
+            if spec.id in self.views or spec.id in batch_ids:
+                raise MessageError(f"duplicate task id {spec.id!r}", where="id")
+            batch_ids.add(spec.id)
+            specs.append(spec)
+        with self.lock:
+            for spec in specs:
+                if spec.id in self.views:
+                    raise MessageError(f"duplicate task id {spec.id!r}", where="id")
+            for spec in specs:
+                self.views[spec.id] = _View()
+        return specs
+
+    def submit_message(self, specs: list[TaskSpec]) -> bytes:
+        return encode(SubmitTasks(specs, notify=True))
+
+    def request(self, build: Callable[[int], Message],
+                on_reply: Callable[[Message], None]) -> bytes:
+        ref = next(self.refs)
+        with self.lock:
+            self.replies[ref] = on_reply
+        return encode(build(ref))
+
+    def check_open(self) -> None:
+        if self.state is not RuntimeState.OPEN:
+            raise RuntimeClosed("this runtime is closed; create a new Runtime")
+
+    def view(self, handle: Handle | str) -> tuple[str, _View]:
+        task_id = handle.id if isinstance(handle, Handle) else handle
+        if not isinstance(task_id, str):
+            raise MessageError(f"expected a Handle or task id, got {handle!r}", where="handle")
+        v = self.views.get(task_id)
+        if v is None:
+            raise MessageError(f"unknown task {task_id!r}: it was not submitted to this runtime",
+                               where="handle")
+        return task_id, v
+
+    # -- messages from the actor system (driver thread) ----------------------
+
+    def on_message(self, msg: Any) -> None:
+        if isinstance(msg, TaskOutcomes):
+            for o in msg.items:
+                self.resolve(o)
+        elif isinstance(msg, SubmitRejected):
+            self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
+        elif isinstance(msg, (StatusReply, ProgressReply, StatsReply, CancelReply)):
+            with self.lock:
+                cb = self.replies.pop(msg.ref, None)
+            if cb is not None:
+                cb(msg)
+
+    def resolve(self, o: TaskOutcome) -> None:
+        v = self.views.get(o.task_id)
+        if v is None or v.outcome is not None:
+            return
+        v.outcome = o
+        v.done.set()
+        callbacks, v.callbacks = v.callbacks, []
+        for cb in callbacks:
+            cb(o)
+
+    def on_done(self, v: _View, cb: Callable[[TaskOutcome], None]) -> None:
+        with self.lock:
+            if v.outcome is None:
+                v.callbacks.append(cb)
+                return
+        cb(v.outcome)
+
+    @staticmethod
+    def value_of(task_id: str, o: TaskOutcome) -> Any:
+        if o.status == "succeeded":
+            return o.value
+        if o.status == "rejected":
+            raise MessageError(str((o.error or {}).get("message")), where="id")
+        raise error_from_outcome(task_id, o.status, o.error)
+
+
+def _default_engines() -> dict[str, int]:
+    from .actors.director import ENGINE_CLASSES, _load
+
+    engines = {}
+    for name in ("python", "lua", "js"):
+        try:
+            _load(ENGINE_CLASSES[name])
+        except (ImportError, AttributeError):
+            continue
+        engines[name] = 1
+    return engines
+
+
+class _Waiter:
+    """A one-shot reply slot for a blocking request."""
+
+    __slots__ = ("event", "msg")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.msg: Any = None
+
+    def __call__(self, msg: Any) -> None:
+        self.msg = msg
+        self.event.set()
+
+
+class Runtime:
+    """A running llmspell actor system, for threaded or plain code.
+
+    ``Runtime(mode="embedded")`` starts the actors in this process on a driver
+    thread of their own. Every method is thread-safe. Use it as a context
+    manager, or call ``close()``.
+    """
+
+    def __init__(self, mode: str = "embedded", **config: Any) -> None:
+        from ._driver import EmbeddedDriver
+
+        self._core = _Core(mode, config)
+        self._driver = EmbeddedDriver(self._core.runtime_id, self._core.config,
+                                      self._core.on_message)
+        addresses = self._driver.start()
+        self._core.addresses = addresses
+        self._scheduler = addresses["scheduler"]
+        self._core.state = RuntimeState.OPEN
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def state(self) -> RuntimeState:
+        return self._core.state
+
+    @property
+    def mode(self) -> str:
+        return self._core.mode
+
+    def close(self) -> None:
+        """Cancel every unfinished task and stop the actor system. Idempotent;
+        blocks until the actors are stopped (up to 10 s)."""
+        if self._core.state is RuntimeState.CLOSED:
+            return
+        self._core.state = RuntimeState.CLOSED
+        self._driver.stop()
+        for task_id, v in list(self._core.views.items()):
+            if v.outcome is None:
+                self._core.resolve(TaskOutcome(task_id, "cancelled",
+                                               error={"message": "the runtime was closed"}))
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Runtime mode={self.mode!r} state={self.state.value!r}>"
+
+    # -- tasks --------------------------------------------------------------
+
+    def submit(self, task: Task) -> Handle:
+        """Queue ``task``; returns its handle at once.
+
+        Raises:
+            MessageError: the task is malformed or its id is already used;
+                nothing was queued.
+            RuntimeClosed: the runtime is closed.
+        """
+        return self.submit_many([task])[0]
+
+    def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
+        """Queue several tasks in one message; all or none are queued."""
+        specs = self._core.specs(tasks)
+        self._driver.send(self._scheduler, self._core.submit_message(specs))
+        return [Handle(s.id) for s in specs]
+
+    def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
+        """Wait for the task and return its value.
+
+        Raises:
+            TaskFailed: the task failed (``ScriptError``, ``ResourceLimitExceeded``
+                for scripts and limits).
+            TaskCancelled: the task was cancelled.
+            TaskTimeout: the task's own ``timeout`` ran out.
+            TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
+        """
+        task_id, v = self._core.view(handle)
+        if not v.done.wait(timeout):
+            raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s "
+                               "(it is still running)")
+        assert v.outcome is not None
+        return _Core.value_of(task_id, v.outcome)
+
+    def cancel(self, handle: Handle | str) -> bool:
+        """Cancel the task. Returns True if it had not finished (it then ends
+        ``cancelled``, and tasks depending on it fail); False if it had
+        already ended. Idempotent."""
+        task_id, v = self._core.view(handle)
+        if v.outcome is not None:
+            return False
+        self._core.check_open()
+        reply: CancelReply = self._ask(lambda ref: CancelTasks([task_id], ref=ref))
+        return task_id in reply.cancelled
+
+    def status(self, handle: Handle | str) -> str:
+        """``pending``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
+        ``timed_out``."""
+        task_id, v = self._core.view(handle)
+        if v.outcome is not None:
+            return _public_status(v.outcome.status)
+        if self._core.state is not RuntimeState.OPEN:
+            return "cancelled"
+        reply: StatusReply = self._ask(lambda ref: QueryStatus(ref, [task_id]))
+        status = reply.statuses.get(task_id, "pending")
+        return "pending" if status == "unknown" else status
+
+    def is_completed(self, handle: Handle | str) -> bool:
+        return self.status(handle) in TERMINAL
+
+    def progress(self, handle: Handle | str) -> Progress | None:
+        """The task's last reported progress and resource use; None before it
+        reported anything. A finished task keeps its final figures."""
+        task_id, _ = self._core.view(handle)
+        self._core.check_open()
+        reply: ProgressReply = self._ask(lambda ref: QueryProgress(ref, task_id))
+        return Progress.from_dict(reply.progress) if reply.progress is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``submitted``, ``running``, per-status totals, ``restarts``
+        and ``engines``."""
+        self._core.check_open()
+        reply: StatsReply = self._ask(lambda ref: QueryStats(ref))
+        return reply.stats
+
+    def _ask(self, build: Callable[[int], Message], timeout: float = 30.0) -> Any:
+        w = _Waiter()
+        data = self._core.request(build, w)
+        self._driver.send(self._scheduler, data)
+        if not w.event.wait(timeout):
+            raise TimeoutError("the runtime did not answer in time")
+        return w.msg
+
+
+def _public_status(status: str) -> str:
+    return "failed" if status == "rejected" else status
+
+
+class AsyncRuntime:
+    """``Runtime`` for asyncio applications: the same calls, as coroutines.
+
+    ``async with AsyncRuntime() as rt: h = await rt.submit(t); await rt.result(h)``.
+    Waiting never blocks the event loop: answers from the actor system are
+    handed to the loop with ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, mode: str = "embedded", **config: Any) -> None:
+        self._mode = mode
+        self._config = config
+        self._rt: Runtime | None = None
+
+    async def start(self) -> AsyncRuntime:
+        if self._rt is not None:
+            raise RuntimeClosed("this AsyncRuntime was already started")
+        loop = asyncio.get_running_loop()
+        self._rt = await loop.run_in_executor(None, lambda: Runtime(self._mode, **self._config))
+        return self
+
+    async def __aenter__(self) -> AsyncRuntime:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _runtime(self) -> Runtime:
+        if self._rt is None:
+            raise RuntimeClosed("start the AsyncRuntime first (async with AsyncRuntime() ...)")
+        return self._rt
+
+    async def close(self) -> None:
+        if self._rt is not None:
+            rt = self._rt
+            await asyncio.get_running_loop().run_in_executor(None, rt.close)
+
+    async def submit(self, task: Task) -> Handle:
+        return self._runtime().submit(task)
+
+    async def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
+        return self._runtime().submit_many(tasks)
+
+    async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
+        rt = self._runtime()
+        task_id, v = rt._core.view(handle)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[TaskOutcome] = loop.create_future()
+
+        def done(o: TaskOutcome) -> None:
+            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(o))
+
+        rt._core.on_done(v, done)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s "
+                               "(it is still running)") from None
+        return _Core.value_of(task_id, outcome)
+
+    async def cancel(self, handle: Handle | str) -> bool:
+        rt = self._runtime()
+        return await asyncio.get_running_loop().run_in_executor(None, rt.cancel, handle)
+
+    async def status(self, handle: Handle | str) -> str:
+        rt = self._runtime()
+        return await asyncio.get_running_loop().run_in_executor(None, rt.status, handle)
+
+    async def is_completed(self, handle: Handle | str) -> bool:
+        return await self.status(handle) in TERMINAL
+
+    async def progress(self, handle: Handle | str) -> Progress | None:
+        rt = self._runtime()
+        return await asyncio.get_running_loop().run_in_executor(None, rt.progress, handle)
+
+    async def stats(self) -> dict[str, Any]:
+        rt = self._runtime()
+        return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
