@@ -58,14 +58,16 @@ class RuntimeState(enum.Enum):
 
 
 class _View:
-    """What the facade knows of one task it submitted."""
+    """What the facade knows of one task it submitted. The event and the
+    callback list are made only when someone waits (cheap views for big
+    batches); ``_Core.lock`` guards them."""
 
-    __slots__ = ("callbacks", "done", "outcome")
+    __slots__ = ("callbacks", "event", "outcome")
 
     def __init__(self) -> None:
         self.outcome: TaskOutcome | None = None
-        self.done = threading.Event()
-        self.callbacks: list[Callable[[TaskOutcome], None]] = []
+        self.event: threading.Event | None = None
+        self.callbacks: list[Callable[[TaskOutcome], None]] | None = None
 
 
 class _Core:
@@ -157,18 +159,34 @@ class _Core:
         v = self.views.get(o.task_id)
         if v is None or v.outcome is not None:
             return
-        v.outcome = o
-        v.done.set()
-        callbacks, v.callbacks = v.callbacks, []
-        for cb in callbacks:
+        with self.lock:
+            v.outcome = o
+            event, callbacks = v.event, v.callbacks
+            v.callbacks = None
+        if event is not None:
+            event.set()
+        for cb in callbacks or ():
             cb(o)
 
     def on_done(self, v: _View, cb: Callable[[TaskOutcome], None]) -> None:
         with self.lock:
             if v.outcome is None:
+                if v.callbacks is None:
+                    v.callbacks = []
                 v.callbacks.append(cb)
                 return
         cb(v.outcome)
+
+    def wait(self, v: _View, timeout: float | None) -> bool:
+        if v.outcome is not None:
+            return True
+        with self.lock:
+            if v.outcome is not None:
+                return True
+            if v.event is None:
+                v.event = threading.Event()
+            event = v.event
+        return event.wait(timeout)
 
     @staticmethod
     def value_of(task_id: str, o: TaskOutcome) -> Any:
@@ -285,7 +303,7 @@ class Runtime:
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
         task_id, v = self._core.view(handle)
-        if not v.done.wait(timeout):
+        if not self._core.wait(v, timeout):
             raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s "
                                "(it is still running)")
         assert v.outcome is not None

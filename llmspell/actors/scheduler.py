@@ -204,26 +204,33 @@ class Scheduler(WireActor):
             queue = self.ready.get(engine)
             if not slots or not queue:
                 continue
-            while queue:
-                slot = min(slots, key=lambda s: len(s.running) - s.capacity)
-                if len(slot.running) >= slot.capacity:
-                    break
+            slot = min(slots, key=_load)
+            room = slot.capacity - len(slot.running)
+            while queue and room > 0:
                 _, _, task_id = heapq.heappop(queue)
                 rec = self.tasks.get(task_id)
                 if rec is None or rec.status != "pending":
                     continue
-                rec.status = "running"
-                rec.slot = slot
-                rec.started_at = now()
-                slot.running.add(task_id)
-                self._dispatch.setdefault(slot.key, (slot.address, []))[1].append(
-                    Dispatch(rec.spec, rec.attempt)
-                )
-                if rec.spec.timeout is not None:
-                    self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
-                if rec.attempt == 0:
-                    self._publish("llmspell.task.running", {"task_id": task_id})
+                self._start(rec, slot)
+                room -= 1
+                if room == 0 and len(slots) > 1:
+                    slot = min(slots, key=_load)
+                    room = slot.capacity - len(slot.running)
         self._dirty.clear()
+
+    def _start(self, rec: _Rec, slot: _Slot) -> None:
+        task_id = rec.spec.id
+        rec.status = "running"
+        rec.slot = slot
+        rec.started_at = now()
+        slot.running.add(task_id)
+        self._dispatch.setdefault(slot.key, (slot.address, []))[1].append(
+            Dispatch(rec.spec, rec.attempt)
+        )
+        if rec.spec.timeout is not None:
+            self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
+        if rec.attempt == 0:
+            self._publish("llmspell.task.running", {"task_id": task_id})
 
     def flush(self) -> None:
         if self._dirty:
@@ -463,6 +470,11 @@ class Scheduler(WireActor):
     def _publish(self, name: str, payload: Any) -> None:
         if "events" in self.addresses:
             self._events.append(Publish(name, payload, now()))
+
+
+def _load(slot: _Slot) -> float:
+    """How full an engine is (least loaded first)."""
+    return len(slot.running) / slot.capacity if slot.capacity else 1.0
 
 
 def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict[str, Any]:

@@ -33,7 +33,8 @@ from ..messages.types import (
     TaskSpec,
     WatchTasks,
 )
-from ..messages import encode
+from .._exceptions import MessageError
+from ..messages import check_data, encode
 from . import _doorbell
 
 __all__ = ["EngineActor"]
@@ -181,6 +182,24 @@ class EngineActor(WireActor):
     def error(self, message: str, *, kind: str = "failed", traceback: str = "") -> dict[str, Any]:
         return {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
 
+    def _encode_results(self, items: list[TaskOutcome]) -> bytes:
+        """Encode a batch; a value that is not msgpack data fails its own task
+        (found only when encoding fails, so the common case pays nothing)."""
+        try:
+            return encode(EngineResults(items))
+        except MessageError:
+            clean = []
+            for o in items:
+                try:
+                    check_data(o.value, "result")
+                    check_data(o.usage, "usage")
+                except MessageError as exc:
+                    o = TaskOutcome(o.task_id, "failed", None,
+                                    self.error(f"the return value is not msgpack data: {exc}"),
+                                    None, o.attempt)
+                clean.append(o)
+            return encode(EngineResults(clean))
+
     def flush(self) -> None:
         sched = self.scheduler
         if sched is None:
@@ -192,7 +211,7 @@ class EngineActor(WireActor):
         if self._results:
             res, self._results = self._results, []
             for i in range(0, len(res), 500):
-                self.send_msg(sched, EngineResults(res[i : i + 500]))
+                self.send(sched, self._encode_results(res[i : i + 500]))
         if self._watches:
             w, self._watches = self._watches, []
             self.send_msg(sched, WatchTasks(w))

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .._actor import log
-from .._exceptions import MessageError
-from ..messages import check_data
 from ..messages.types import TaskSpec
 from .base import EngineActor
 
@@ -49,17 +47,18 @@ def resolve_target(target: str) -> Callable[..., Any]:
 
 
 class _Call:
-    __slots__ = ("attempt", "fn", "future", "kwargs", "started", "sync", "task_id")
+    __slots__ = ("attempt", "fn", "future", "kwargs", "started", "stopped", "sync", "task_id")
 
     def __init__(self, task_id: str, attempt: int, fn: Callable[..., Any],
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any], sync: bool) -> None:
         self.task_id = task_id
         self.attempt = attempt
         self.fn = fn
         self.kwargs = kwargs
         self.future: concurrent.futures.Future[Any] | None = None
         self.started = 0.0
-        self.sync = not asyncio.iscoroutinefunction(fn)
+        self.sync = sync
+        self.stopped = False
 
 
 class PythonEngine(EngineActor):
@@ -68,16 +67,11 @@ class PythonEngine(EngineActor):
     default_capacity = 256
 
     def setup(self, config: dict[str, Any]) -> None:
-        self.threads = int(config.get("python_threads", 32))
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix="llmspell-python"
-        )
-        self.free = self.threads
-        self.waiting: list[tuple[int, int, _Call]] = []  # (-priority, seq, call)
-        self.seq = itertools.count()
-        self.calls: dict[str, _Call] = {}
+        self.threads = int(config.get("python_threads", 16))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
-        self.targets: dict[str, Callable[..., Any]] = {}
+        self.pool = _Workers(self.threads, self._run_sync)
+        self.calls: dict[str, _Call] = {}
+        self.targets: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
 
@@ -86,10 +80,10 @@ class PythonEngine(EngineActor):
     def start(self, spec: TaskSpec, attempt: int) -> None:
         target = spec.target or ""
         try:
-            fn = self.targets.get(target)
-            if fn is None:
+            found = self.targets.get(target)
+            if found is None:
                 fn = resolve_target(target)
-                self.targets[target] = fn
+                found = self.targets[target] = (fn, not asyncio.iscoroutinefunction(fn))
         except Exception as exc:
             self.report(spec.id, attempt, "failed",
                         error=self.error(f"cannot import {target!r}: {type(exc).__name__}: {exc}"))
@@ -97,21 +91,12 @@ class PythonEngine(EngineActor):
         kwargs = dict(spec.args or {})
         if spec.input is not None:
             kwargs["input"] = spec.input
-        call = _Call(spec.id, attempt, fn, kwargs)
+        call = _Call(spec.id, attempt, found[0], kwargs, found[1])
         self.calls[spec.id] = call
         if not call.sync:
             self._start_async(call)
         else:
-            heapq.heappush(self.waiting, (-spec.priority, next(self.seq), call))
-            self._run_waiting()
-
-    def _run_waiting(self) -> None:
-        while self.free > 0 and self.waiting:
-            _, _, call = heapq.heappop(self.waiting)
-            if self.calls.get(call.task_id) is not call:
-                continue  # stopped while waiting for a thread
-            self.free -= 1
-            call.future = self.pool.submit(self._run_sync, call)
+            self.pool.submit(call, spec.priority)
             self.work_started()
 
     def _run_sync(self, call: _Call) -> None:
@@ -168,20 +153,13 @@ class PythonEngine(EngineActor):
                 call, how, value, cpu = self.done.get_nowait()
             except queue.Empty:
                 break
-            if call.sync:
-                self.free += 1  # its thread is free again
             current = self.calls.get(call.task_id)
             if current is not call:
                 continue  # stopped (cancel, timeout): its outcome is already decided
             del self.calls[call.task_id]
             usage = {"cpu_seconds": cpu, "duration": time.time() - call.started}
             if how == "ok":
-                try:
-                    check_data(value, "result")
-                except MessageError as exc:
-                    self.report(call.task_id, call.attempt, "failed", usage=usage,
-                                error=self.error(f"the return value is not msgpack data: {exc}"))
-                    continue
+                # msgpack-ability is checked when the batch is encoded (base.flush)
                 self.report(call.task_id, call.attempt, "succeeded", value, usage=usage)
             elif how == "error":
                 message, tb = value
@@ -190,26 +168,25 @@ class PythonEngine(EngineActor):
             else:
                 self.report(call.task_id, call.attempt, "failed", usage=usage,
                             error=self.error("the coroutine was cancelled"))
-        self._run_waiting()
 
     def busy(self) -> bool:
         return bool(self.calls)
 
     def stop(self, task_id: str, reason: str) -> None:
         call = self.calls.pop(task_id, None)
-        if call is None or call.future is None:
+        if call is None:
             return
-        fut = call.future
-        if fut.cancel() and call.sync:
-            self.free += 1  # never started on its thread
-            self._run_waiting()
+        call.stopped = True
+        if call.future is not None:
+            call.future.cancel()  # async: CancelledError inside the coroutine
 
     def close(self) -> None:
         for call in list(self.calls.values()):
+            call.stopped = True
             if call.future is not None:
                 call.future.cancel()
         self.calls.clear()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
@@ -217,6 +194,74 @@ class PythonEngine(EngineActor):
             if not self._loop.is_running():
                 self._loop.close()
         log.debug("python engine %d closed", self.index)
+
+
+class _Workers:
+    """Worker threads sharing one priority queue of sync calls.
+
+    The actor pushes calls; a worker pops the highest-priority call, runs it,
+    queues the outcome and rings the engine's doorbell, then takes the next
+    call without a round trip through the actor. A sleeping thread is woken
+    (or a new one started, up to ``size``) only when there are more queued
+    calls than awake threads free to take them, so trivial calls do not pay
+    for thread wake-ups. A call stopped before a thread took it is skipped.
+    """
+
+    def __init__(self, size: int, run: Callable[[_Call], None]) -> None:
+        self.size = size
+        self.run = run
+        self.heap: list[tuple[int, int, _Call]] = []  # (-priority, seq, call)
+        self.seq = itertools.count()
+        self.cond = threading.Condition(threading.Lock())
+        self.threads: list[threading.Thread] = []
+        # Invariant (under cond): ready = awake threads not running a call
+        # (including ones notified but not yet running); sleeping = waiting
+        # threads not yet notified.
+        self.ready = 0
+        self.sleeping = 0
+        self.closed = False
+
+    def submit(self, call: _Call, priority: int) -> None:
+        start = False
+        with self.cond:
+            heapq.heappush(self.heap, (-priority, next(self.seq), call))
+            if len(self.heap) > self.ready:
+                if self.sleeping:
+                    self.sleeping -= 1
+                    self.ready += 1
+                    self.cond.notify()
+                elif len(self.threads) < self.size:
+                    self.ready += 1
+                    t = threading.Thread(target=self._work, name="llmspell-python", daemon=True)
+                    self.threads.append(t)
+                    start = True
+        if start:
+            t.start()
+
+    def _work(self) -> None:
+        cond, heap = self.cond, self.heap
+        while True:
+            with cond:
+                while True:
+                    if self.closed:
+                        return
+                    if heap:
+                        call = heapq.heappop(heap)[2]
+                        self.ready -= 1
+                        break
+                    self.ready -= 1
+                    self.sleeping += 1
+                    cond.wait()
+            if not call.stopped:
+                self.run(call)
+            with cond:
+                self.ready += 1
+
+    def shutdown(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.heap.clear()
+            self.cond.notify_all()
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
