@@ -28,39 +28,36 @@ class Echo(Actor):  # type: ignore[misc]
             self.send(sender, msg)
 
 
-def raw_asks(n: int) -> float:
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    rounds = 5
     asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=False)
     try:
         echo = asys.createActor(Echo)
+        with Runtime() as rt:
 
-        def run() -> None:
-            for i in range(n):
-                asys.ask(echo, i, 5)
+            def raw_run() -> None:
+                for i in range(n):
+                    asys.ask(echo, i, 5)
 
-        return best_of(run)
+            def rt_run() -> None:
+                handles = rt.submit_many(
+                    [Task.python("tasks:add", args={"x": i, "y": 1}) for i in range(n)]
+                )
+                total = sum(rt.result(h, timeout=120) for h in handles)
+                assert total == n * (n - 1) // 2 + n
+
+            # interleaved, best of each: the machine is shared and noisy
+            raw = min(best_of(raw_run, 1) for _ in range(rounds))
+            rtt = min(best_of(rt_run, 1) for _ in range(rounds))
+            for _ in range(rounds - 1):
+                raw = min(raw, best_of(raw_run, 1))
+                rtt = min(rtt, best_of(rt_run, 1))
     finally:
         asys.shutdown()
-
-
-def runtime_tasks(n: int) -> float:
-    with Runtime() as rt:
-
-        def run() -> None:
-            handles = rt.submit_many(
-                [Task.python("tasks:add", args={"x": i, "y": 1}) for i in range(n)]
-            )
-            total = sum(rt.result(h, timeout=120) for h in handles)
-            assert total == n * (n - 1) // 2 + n
-
-        return best_of(run)
-
-
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    raw = raw_asks(n)
-    rt = runtime_tasks(n)
+    rt = rtt
     ratio = rt / raw
-    print(f"{n} tasks, best of 3 runs")
+    print(f"{n} tasks, best of {2 * rounds - 1} interleaved runs each")
     print(table([
         ("case", "per task"),
         ("raw simpleSystemBase ask (echo actor)", f"{raw / n * 1e6:.1f} us"),

@@ -373,7 +373,9 @@ class Task:
             spec.limits = limits.to_dict()
         if o.get("metadata"):
             spec.metadata = dict(o["metadata"])
-        spec.options = {k: o[k] for k in _AGENT_OPTIONS if k in o}
+        options = {k: o[k] for k in _AGENT_OPTIONS if k in o}
+        if options:
+            spec.options = options
         compensate = o.get("compensate")
         if isinstance(compensate, Task):
             spec.compensate = compensate.to_spec()

@@ -27,7 +27,6 @@ from ..messages.types import (
     TERMINAL,
     CancelReply,
     CancelTasks,
-    Dispatch,
     DispatchBatch,
     EngineReady,
     EngineResults,
@@ -81,14 +80,14 @@ class _Rec:
         # (running -> pending again only for a retry) and never leaves a terminal state.
         self.status = "pending"
         self.waiting = 0  # dependencies not yet succeeded
-        self.dependents: list[str] = []
-        self.watchers: list[ActorAddress] = []
+        self.dependents: list[str] | None = None
+        self.watchers: list[ActorAddress] | None = None
         self.outcome: TaskOutcome | None = None
         self.progress: dict[str, Any] | None = None
         self.engine = _ROUTES.get(spec.kind, "")
         self.slot: _Slot | None = None
         self.attempt = 0
-        self.errors: list[str] = []
+        self.errors: list[str] | None = None
         self.submitted_at = t
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -123,7 +122,7 @@ class Scheduler(WireActor):
         self.counts: dict[str, int] = defaultdict(int)
         # outgoing batches, keyed by addr_key(address): (address, items)
         self._out: dict[str, tuple[ActorAddress, list[TaskOutcome]]] = {}
-        self._dispatch: dict[str, tuple[ActorAddress, list[Dispatch]]] = {}
+        self._dispatch: dict[str, tuple[ActorAddress, list[_Rec]]] = {}
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
 
@@ -154,7 +153,7 @@ class Scheduler(WireActor):
             rec = _Rec(spec, t)
             self.tasks[spec.id] = rec
             if msg.notify:
-                rec.watchers.append(sender)
+                rec.watchers = [sender]
             self.counts["submitted"] += 1
             fresh.append(rec)
         # Dependencies are resolved after the whole batch is known, so a batch
@@ -163,7 +162,7 @@ class Scheduler(WireActor):
             self._link(rec)
 
     def _link(self, rec: _Rec) -> None:
-        for dep_id in rec.spec.deps:
+        for dep_id in rec.spec.deps or ():
             dep = self.tasks.get(dep_id)
             if dep is None:
                 self._finish(rec, "failed", error=_err(f"unknown dependency {dep_id!r}"))
@@ -173,6 +172,8 @@ class Scheduler(WireActor):
                 return
             if dep.status != "succeeded":
                 rec.waiting += 1
+                if dep.dependents is None:
+                    dep.dependents = []
                 dep.dependents.append(rec.spec.id)
         if rec.waiting == 0:
             self._make_ready(rec)
@@ -224,9 +225,7 @@ class Scheduler(WireActor):
         rec.slot = slot
         rec.started_at = now()
         slot.running.add(task_id)
-        self._dispatch.setdefault(slot.key, (slot.address, []))[1].append(
-            Dispatch(rec.spec, rec.attempt)
-        )
+        self._dispatch.setdefault(slot.key, (slot.address, []))[1].append(rec)
         if rec.spec.timeout is not None:
             self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
         if rec.attempt == 0:
@@ -237,9 +236,12 @@ class Scheduler(WireActor):
             self._pump()
         if self._dispatch:
             batches, self._dispatch = self._dispatch, {}
-            for addr, items in batches.values():
-                for i in range(0, len(items), 500):
-                    self.send_msg(addr, DispatchBatch(items[i : i + 500]))
+            for addr, recs in batches.values():
+                for i in range(0, len(recs), 500):
+                    chunk = recs[i : i + 500]
+                    self.send_msg(
+                        addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk])
+                    )
         if self._out:
             out, self._out = self._out, {}
             for addr, outcomes in out.values():
@@ -266,6 +268,8 @@ class Scheduler(WireActor):
             self._finish(rec, o.status, value=o.value, error=o.error, usage=o.usage)
 
     def _retry(self, rec: _Rec, o: TaskOutcome) -> None:
+        if rec.errors is None:
+            rec.errors = []
         rec.errors.append(str((o.error or {}).get("message", "failed")))
         self._release(rec)
         rec.attempt += 1
@@ -312,15 +316,15 @@ class Scheduler(WireActor):
             usage.setdefault("duration", t - rec.started_at)
         rec.outcome = TaskOutcome(rec.spec.id, status, value, error, usage, rec.attempt)
         self.counts[status] += 1
-        for w in rec.watchers:
+        for w in rec.watchers or ():
             self._notify(w, rec.outcome)
-        rec.watchers = []
+        rec.watchers = None
         self._publish(
             f"llmspell.task.{status}",
             {"task_id": rec.spec.id, "kind": rec.spec.kind, "status": status},
         )
-        dependents, rec.dependents = rec.dependents, []
-        for dep_id in dependents:
+        dependents, rec.dependents = rec.dependents, None
+        for dep_id in dependents or ():
             child = self.tasks.get(dep_id)
             if child is None or child.status != "pending":
                 continue
@@ -371,6 +375,8 @@ class Scheduler(WireActor):
                 )
             elif rec.outcome is not None:
                 self._notify(sender, rec.outcome)
+            elif rec.watchers is None:
+                rec.watchers = [sender]
             elif sender not in rec.watchers:
                 rec.watchers.append(sender)
 

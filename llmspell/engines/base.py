@@ -85,13 +85,13 @@ class EngineActor(WireActor):
 
     # -- work in ------------------------------------------------------------
 
-    def on_dispatch_batch(self, msg: DispatchBatch, sender: ActorAddress) -> None:
-        for item in msg.items:
+    def on_dispatch(self, msg: DispatchBatch, sender: ActorAddress) -> None:
+        for spec, attempt in zip(msg.tasks, msg.attempts, strict=False):
             try:
-                self.start(item.spec, item.attempt)
+                self.start(spec, attempt)
             except Exception as exc:  # a bug in start must fail the task, not vanish it
-                log.exception("%s engine could not start task %s", self.engine, item.spec.id)
-                self.report(item.spec.id, item.attempt, "failed",
+                log.exception("%s engine could not start task %s", self.engine, spec.id)
+                self.report(spec.id, attempt, "failed",
                             error=self.error(f"engine could not start the task: {exc}"))
 
     def on_stop(self, msg: StopTasks, sender: ActorAddress) -> None:

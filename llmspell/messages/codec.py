@@ -262,9 +262,21 @@ def _field_code(name: str, tp: Any, env: dict[str, Any], k: int) -> list[str]:
         return [f"x = _list_of(x, {name!r}, I{k})"]
     if isinstance(tp, type) and issubclass(tp, Message):
         env[f"C{k}"] = tp
-        env[f"D{k}"] = lambda v, tp=tp: _decoder(tp)(v)
+        env[f"D{k}"] = _lazy_decoder(tp)
         return [f"if type(x) is not C{k}: x = _nested(x, {name!r}, D{k})"]
     raise TypeError(f"unsupported message field type {tp!r}")
+
+
+def _lazy_decoder(tp: type[Message]) -> Callable[[Any], Message]:
+    """``tp``'s decoder, looked up on first use (classes may nest themselves)."""
+    cache: list[Callable[[Any], Message]] = []
+
+    def dec(v: Any) -> Message:
+        if not cache:
+            cache.append(_decoder(tp))
+        return cache[0](v)
+
+    return dec
 
 
 def _build(cls: type[Message]) -> None:
@@ -410,7 +422,10 @@ def _check_data(value: Any, where: str, seen: set[int]) -> None:
     if type(value) is dict:
         # fast path: a flat map of scalars (the usual args)
         for k, v in value.items():
-            if type(k) is not str or (type(v) not in _SCALARS and type(v) is not int):
+            t = type(v)
+            if type(k) is not str or (
+                t not in _SCALARS and (t is not int or not -(2**63) <= v < 2**64)
+            ):
                 break
         else:
             return

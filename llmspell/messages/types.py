@@ -22,7 +22,6 @@ __all__ = [
     "CancelTasks",
     "CoordinationDone",
     "Coordinate",
-    "Dispatch",
     "DispatchBatch",
     "EngineEvent",
     "EngineReady",
@@ -75,11 +74,13 @@ class TaskSpec(Message):
     input: Any = None  # pipeline or dependency input (spell.input / input=)
     priority: int = 1  # 0 low .. 3 critical
     timeout: float | None = None  # seconds, counted from when the task starts running
-    deps: list[str] = field(default_factory=list)
+    # None rather than empty containers: fewer allocations per task (the
+    # cyclic GC's cost grows with them; measured 25% of per-task time)
+    deps: list[str] | None = None
     retries: int = 0
     limits: dict[str, Any] | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)  # kind-specific (execution, ...)
+    metadata: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None  # kind-specific (execution, buffer_size)
     parent: str | None = None  # id of the task that submitted this one
     compensate: TaskSpec | None = None
     deps_input: bool = False  # deliver dependency results as input (workflows)
@@ -141,17 +142,12 @@ class EngineResults(Message):
 
 @message("dispatch")
 @dataclass(slots=True)
-class Dispatch(Message):
-    spec: TaskSpec
-    attempt: int = 0
-
-
-@message("dispatch_batch")
-@dataclass(slots=True)
 class DispatchBatch(Message):
-    """scheduler -> engine: start these tasks."""
+    """scheduler -> engine: start these tasks; ``attempts[i]`` is the attempt
+    number of ``tasks[i]`` (0 for the first run, 1.. for retries)."""
 
-    items: list[Dispatch]
+    tasks: list[TaskSpec]
+    attempts: list[int]
 
 
 @message("cancel")

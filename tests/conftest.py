@@ -1,0 +1,29 @@
+"""Fixtures shared by the whole suite. Every runtime a test starts is closed
+by the fixture that made it, pass or fail."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from llmspell import Runtime
+
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=25
+)
+settings.register_profile(
+    "deep", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=500
+)
+settings.load_profile("deep" if os.environ.get("LLMSPELL_DEEP") else "default")
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    runtime = Runtime()
+    try:
+        yield runtime
+    finally:
+        runtime.close()

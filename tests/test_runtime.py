@@ -1,0 +1,437 @@
+"""The embedded Runtime, through its public API: values, dependencies, cancel,
+timeouts, priorities, result timeouts, bad input, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import targets
+
+from llmspell import (
+    AsyncRuntime,
+    Handle,
+    MessageError,
+    Runtime,
+    RuntimeClosed,
+    Task,
+    TaskCancelled,
+    TaskFailed,
+    TaskTimeout,
+)
+
+
+def wait_status(rt: Runtime, h: Handle, status: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while rt.status(h) != status:
+        assert time.monotonic() < deadline, f"status stayed {rt.status(h)!r}, wanted {status!r}"
+        time.sleep(0.005)
+
+
+# -- values ---------------------------------------------------------------------
+
+
+def test_sync_callable_returns_its_value(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:add", args={"x": 20, "y": 22}))
+    assert rt.result(h, timeout=5) == 42
+    assert rt.status(h) == "succeeded"
+    assert rt.is_completed(h)
+
+
+def test_async_callable_returns_its_value(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:aadd", args={"x": 1, "y": 2}))
+    assert rt.result(h, timeout=5) == 3
+
+
+def test_function_object_is_accepted_as_target(rt: Runtime) -> None:
+    h = rt.submit(Task.python(targets.add, args={"x": 2, "y": 3}))
+    assert rt.result(h, timeout=5) == 5
+
+
+def test_structured_values_round_trip(rt: Runtime) -> None:
+    value = {"a": [1, 2.5, None, True, "s", b"\x00\xff"], "b": {"c": -(2**40)}}
+    h = rt.submit(Task.python("targets:echo", args={"value": value}))
+    assert rt.result(h, timeout=5) == {"value": value, "input": None}
+
+
+def test_failure_raises_task_failed_with_message_and_traceback(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:fail", args={"message": "no good"}))
+    with pytest.raises(TaskFailed) as info:
+        rt.result(h, timeout=5)
+    assert info.value.message == "ValueError: no good"
+    assert info.value.engine == "python"
+    assert "targets.py" in info.value.traceback
+    assert rt.status(h) == "failed"
+
+
+def test_async_failure_raises_task_failed(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:afail"))
+    with pytest.raises(TaskFailed, match="RuntimeError: async boom"):
+        rt.result(h, timeout=5)
+
+
+def test_unimportable_target_fails_clearly(rt: Runtime) -> None:
+    h = rt.submit(Task.python("no_such_module_xyz:f"))
+    with pytest.raises(TaskFailed, match="cannot import 'no_such_module_xyz:f'"):
+        rt.result(h, timeout=5)
+    h2 = rt.submit(Task.python("targets:not_callable"))
+    with pytest.raises(TaskFailed, match="not callable"):
+        rt.result(h2, timeout=5)
+
+
+def test_wrong_arguments_fail_the_task(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:add", args={"x": 1}))
+    with pytest.raises(TaskFailed, match="TypeError"):
+        rt.result(h, timeout=5)
+
+
+def test_return_value_that_is_not_msgpack_data_fails_the_task(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:not_msgpack"))
+    with pytest.raises(TaskFailed, match="not msgpack data"):
+        rt.result(h, timeout=5)
+    # the engine goes on
+    assert rt.result(rt.submit(Task.python("targets:add", args={"x": 1, "y": 1})), 5) == 2
+
+
+def test_submit_many_returns_handles_in_order(rt: Runtime) -> None:
+    hs = rt.submit_many([Task.python("targets:add", args={"x": i, "y": 0}) for i in range(50)])
+    assert [rt.result(h, timeout=10) for h in hs] == list(range(50))
+
+
+def test_own_task_id_is_used(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, id="mine"))
+    assert h == Handle("mine")
+    assert rt.result("mine", timeout=5) == 2
+
+
+# -- dependencies ----------------------------------------------------------------
+
+
+def test_dependency_chain_runs_in_order(rt: Runtime) -> None:
+    targets.log.clear()
+    a = rt.submit(Task.python("targets:record", args={"name": "a"}))
+    b = rt.submit(Task.python("targets:record", args={"name": "b"}, deps=[a]))
+    c = rt.submit(Task.python("targets:record", args={"name": "c"}, deps=[b]))
+    assert rt.result(c, timeout=5) == "c"
+    assert targets.log == ["a", "b", "c"]
+
+
+def test_failed_dependency_fails_dependents_with_clear_error(rt: Runtime) -> None:
+    a = rt.submit(Task.python("targets:fail", args={"message": "root cause"}))
+    b = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, deps=[a]))
+    c = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, deps=[b]))
+    with pytest.raises(TaskFailed) as info:
+        rt.result(b, timeout=5)
+    assert f"dependency {a.id!r} failed" in info.value.message
+    assert "root cause" in info.value.message
+    with pytest.raises(TaskFailed, match=f"dependency {b.id!r} failed"):
+        rt.result(c, timeout=5)
+
+
+def test_cancelled_dependency_fails_dependents(rt: Runtime) -> None:
+    a = rt.submit(Task.python("targets:wait_gate", args={"name": "never-dep"}))
+    b = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, deps=[a]))
+    assert rt.cancel(a)
+    with pytest.raises(TaskFailed, match=f"dependency {a.id!r} was cancelled"):
+        rt.result(b, timeout=5)
+    assert rt.status(b) == "failed"
+    targets.gate("never-dep").set()
+
+
+def test_dependency_on_finished_task_runs(rt: Runtime) -> None:
+    a = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
+    rt.result(a, timeout=5)
+    b = rt.submit(Task.python("targets:add", args={"x": 2, "y": 2}, deps=[a.id]))
+    assert rt.result(b, timeout=5) == 4
+
+
+def test_dependency_listed_before_it_is_submitted_in_one_batch(rt: Runtime) -> None:
+    first = Task.python("targets:add", args={"x": 1, "y": 1}, id="later")
+    dependent = Task.python("targets:add", args={"x": 5, "y": 5}, deps=["later"])
+    hs = rt.submit_many([dependent, first])
+    assert rt.result(hs[0], timeout=5) == 10
+
+
+def test_unknown_dependency_fails_the_task(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, deps=["nope"]))
+    with pytest.raises(TaskFailed, match="unknown dependency 'nope'"):
+        rt.result(h, timeout=5)
+
+
+# -- cancel ------------------------------------------------------------------------
+
+
+def test_cancel_pending_task(rt: Runtime) -> None:
+    blocker = rt.submit(Task.python("targets:wait_gate", args={"name": "cp-block"}))
+    waiting = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, deps=[blocker]))
+    assert rt.status(waiting) == "pending"
+    assert rt.cancel(waiting) is True
+    assert rt.status(waiting) == "cancelled"
+    with pytest.raises(TaskCancelled):
+        rt.result(waiting, timeout=5)
+    targets.gate("cp-block").set()
+    assert rt.result(blocker, timeout=5) == "cp-block"
+
+
+def test_cancel_running_sync_task_ends_it_cancelled_at_once(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:wait_gate", args={"name": "cr-sync"}))
+    wait_status(rt, h, "running")
+    assert rt.cancel(h) is True
+    with pytest.raises(TaskCancelled):
+        rt.result(h, timeout=1)
+    targets.gate("cr-sync").set()  # the thread finishes later; its value is dropped
+    time.sleep(0.05)
+    assert rt.status(h) == "cancelled"
+
+
+def test_cancel_running_async_task_cancels_the_coroutine(rt: Runtime) -> None:
+    h_name = "cr-async"
+    h = rt.submit(Task.python("targets:await_forever", args={"name": h_name}))
+    wait_status(rt, h, "running")
+    assert rt.cancel(h)
+    with pytest.raises(TaskCancelled):
+        rt.result(h, timeout=1)
+    deadline = time.monotonic() + 5
+    while h_name not in targets.cancelled_coroutines:
+        assert time.monotonic() < deadline, "the coroutine never saw CancelledError"
+        time.sleep(0.01)
+
+
+def test_cancel_finished_task_returns_false(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
+    rt.result(h, timeout=5)
+    assert rt.cancel(h) is False
+    assert rt.status(h) == "succeeded"
+
+
+def test_cancel_is_idempotent(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:wait_gate", args={"name": "idem"}))
+    assert rt.cancel(h) is True
+    assert rt.cancel(h) is False
+    targets.gate("idem").set()
+
+
+# -- timeouts ----------------------------------------------------------------------
+
+
+def test_task_timeout_ends_it_timed_out(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:sleep", args={"seconds": 3}, timeout=0.2))
+    with pytest.raises(TaskTimeout, match="within its timeout of 0.2 s"):
+        rt.result(h, timeout=5)
+    assert rt.status(h) == "timed_out"
+
+
+def test_async_task_timeout_cancels_the_coroutine(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:await_forever", args={"name": "to-async"}, timeout=0.1))
+    with pytest.raises(TaskTimeout):
+        rt.result(h, timeout=5)
+    deadline = time.monotonic() + 5
+    while "to-async" not in targets.cancelled_coroutines:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_result_timeout_raises_builtin_timeout_error_and_leaves_task_running(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:wait_gate", args={"name": "rt-timeout"}))
+    with pytest.raises(TimeoutError) as info:
+        rt.result(h, timeout=0.1)
+    assert not isinstance(info.value, TaskTimeout)
+    assert rt.status(h) == "running"
+    targets.gate("rt-timeout").set()
+    assert rt.result(h, timeout=5) == "rt-timeout"
+
+
+def test_fast_task_beats_its_timeout(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, timeout=5))
+    assert rt.result(h, timeout=5) == 2
+
+
+# -- priorities ----------------------------------------------------------------------
+
+
+def test_higher_priority_runs_first_when_work_is_queued() -> None:
+    targets.log.clear()
+    with Runtime(python_threads=1) as rt:
+        blocker = rt.submit(Task.python("targets:wait_gate", args={"name": "prio"}))
+        wait_status(rt, blocker, "running")
+        order = ["low", "normal", "high", "critical", "low", "high"]
+        hs = [
+            rt.submit(Task.python("targets:record", args={"name": f"{p}{i}"}, priority=p))
+            for i, p in enumerate(order)
+        ]
+        targets.gate("prio").set()
+        for h in hs:
+            rt.result(h, timeout=5)
+    assert targets.log == ["critical3", "high2", "high5", "normal1", "low0", "low4"]
+
+
+# -- retries ------------------------------------------------------------------------
+
+
+def test_retries_rerun_a_failed_task(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:flaky", args={"key": "r1", "failures": 2}, retries=2))
+    assert rt.result(h, timeout=5) == 3
+
+
+def test_retries_run_out_and_the_error_lists_every_attempt(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:flaky", args={"key": "r2", "failures": 5}, retries=1))
+    with pytest.raises(TaskFailed) as info:
+        rt.result(h, timeout=5)
+    assert info.value.attempts == ["RuntimeError: attempt 1 failed",
+                                   "RuntimeError: attempt 2 failed"]
+
+
+# -- progress and stats ----------------------------------------------------------------
+
+
+def test_progress_of_finished_task_keeps_its_figures(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:sleep", args={"seconds": 0.05}))
+    rt.result(h, timeout=5)
+    p = rt.progress(h)
+    assert p is not None
+    assert p.resource_usage.duration >= 0.04
+    assert p.estimated_completion is not None
+
+
+def test_progress_is_none_before_anything_was_reported(rt: Runtime) -> None:
+    h = rt.submit(Task.python("targets:wait_gate", args={"name": "prog"}))
+    assert rt.progress(h) is None
+    targets.gate("prog").set()
+    rt.result(h, timeout=5)
+
+
+def test_stats_count_tasks_per_status(rt: Runtime) -> None:
+    ok = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
+    bad = rt.submit(Task.python("targets:fail"))
+    rt.result(ok, timeout=5)
+    with pytest.raises(TaskFailed):
+        rt.result(bad, timeout=5)
+    stats = rt.stats()
+    assert stats["submitted"] == 2
+    assert stats["succeeded"] == 1
+    assert stats["failed"] == 1
+    assert stats["running"] == 0
+    assert stats["restarts"] == 0
+    engines = {e["engine"] for e in stats["engines"]}
+    assert "python" in engines
+    assert all(isinstance(e["pid"], int) for e in stats["engines"])
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "where"),
+    [
+        (lambda: Task.python("targets:add", args={"x": object()}), "args.x"),
+        (lambda: Task.python("targets:add", args={"x": {1: 2}}), "args.x"),
+        (lambda: Task.python("targets:add", args={"x": 2**70}), "args.x"),
+        (lambda: Task.python("targets:add", colour="red"), None),
+        (lambda: Task.python("targets:add", priority="urgent"), "priority"),
+        (lambda: Task.python("targets:add", timeout=-1), "timeout"),
+        (lambda: Task.python("targets:add", retries=-1), "retries"),
+        (lambda: Task.python("targets:add", deps="abc"), "deps"),
+        (lambda: Task.python("no colon"), "target"),
+        (lambda: Task.lua(42), "code"),  # type: ignore[arg-type]
+    ],
+)
+def test_malformed_tasks_raise_message_error_at_once(make, where) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(MessageError) as info:
+        make()
+    assert info.value.where == where
+
+
+def test_cyclic_args_are_rejected() -> None:
+    args: dict[str, object] = {}
+    args["self"] = args
+    with pytest.raises(MessageError, match="cycle"):
+        Task.python("targets:add", args=args)
+
+
+def test_duplicate_id_raises_and_queues_nothing(rt: Runtime) -> None:
+    rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, id="dup"))
+    with pytest.raises(MessageError, match="duplicate task id 'dup'"):
+        rt.submit(Task.python("targets:add", args={"x": 2, "y": 2}, id="dup"))
+    with pytest.raises(MessageError, match="duplicate"):
+        rt.submit_many([Task.python("targets:add", args={"x": 1, "y": 1}, id="twin")] * 2)
+    assert rt.result("dup", timeout=5) == 2
+    assert rt.stats()["submitted"] == 1
+
+
+def test_unknown_handle_is_a_message_error(rt: Runtime) -> None:
+    with pytest.raises(MessageError, match="unknown task"):
+        rt.result("never-submitted")
+
+
+def test_unknown_runtime_option_or_mode() -> None:
+    with pytest.raises(MessageError, match="unknown runtime option"):
+        Runtime(colour="blue")
+    with pytest.raises(MessageError, match="unknown mode"):
+        Runtime(mode="galactic")
+
+
+def test_kinds_without_an_engine_yet_fail_clearly(rt: Runtime) -> None:
+    h = rt.submit(Task.custom("nobody-registered", {"x": 1}))
+    with pytest.raises(TaskFailed, match="custom"):
+        rt.result(h, timeout=5)
+
+
+def test_event_task_succeeds_and_can_be_a_dependency(rt: Runtime) -> None:
+    e = rt.submit(Task.event("my.event", {"x": 1}))
+    after = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}, deps=[e]))
+    assert rt.result(after, timeout=5) == 3
+    assert rt.result(e, timeout=5) is None
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+def test_close_is_idempotent_and_later_calls_raise() -> None:
+    rt = Runtime()
+    h = rt.submit(Task.python("targets:wait_gate", args={"name": "close"}))
+    rt.close()
+    rt.close()
+    with pytest.raises(RuntimeClosed):
+        rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
+    with pytest.raises(TaskCancelled):
+        rt.result(h, timeout=1)
+    targets.gate("close").set()
+
+
+def test_context_manager_closes() -> None:
+    with Runtime() as rt:
+        assert rt.state.value == "open"
+    assert rt.state.value == "closed"
+
+
+def test_two_runtimes_in_one_process_are_independent() -> None:
+    with Runtime() as a, Runtime() as b:
+        ha = a.submit(Task.python("targets:add", args={"x": 1, "y": 1}, id="same"))
+        hb = b.submit(Task.python("targets:add", args={"x": 2, "y": 2}, id="same"))
+        assert a.result(ha, timeout=5) == 2
+        assert b.result(hb, timeout=5) == 4
+
+
+# -- AsyncRuntime -----------------------------------------------------------------------------
+
+
+def test_async_runtime_offers_the_same_calls() -> None:
+    async def main() -> None:
+        async with AsyncRuntime() as rt:
+            h = await rt.submit(Task.python("targets:aadd", args={"x": 2, "y": 3}))
+            assert await rt.result(h) == 5
+            assert await rt.status(h) == "succeeded"
+            slow = await rt.submit(Task.python("targets:wait_gate", args={"name": "async-rt"}))
+            with pytest.raises(TimeoutError):
+                await rt.result(slow, timeout=0.05)
+            assert await rt.cancel(slow)
+            with pytest.raises(TaskCancelled):
+                await rt.result(slow)
+            hs = await rt.submit_many([Task.python("targets:add", args={"x": i, "y": i})
+                                       for i in range(20)])
+            assert await asyncio.gather(*(rt.result(h) for h in hs)) == [2 * i for i in range(20)]
+            assert (await rt.stats())["submitted"] == 22
+        targets.gate("async-rt").set()
+
+    asyncio.run(main())
