@@ -94,3 +94,8 @@ def outcome(kind: str, value: int = 0) -> int:
 
 
 not_callable = 42
+
+
+def logged_outcome(name: str, kind: str, value: int = 0) -> int:
+    record(name)
+    return outcome(kind, value)

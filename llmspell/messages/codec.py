@@ -94,7 +94,7 @@ def _kind(value: Any) -> str:
 def _at(where: str, exc: MessageError) -> MessageError:
     """``exc`` with ``where`` put in front of its location."""
     inner = exc.where
-    if inner is None:
+    if not inner:
         path = where
     elif inner.startswith("["):
         path = where + inner

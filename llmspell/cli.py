@@ -1,0 +1,118 @@
+"""The ``llmspell`` command line.
+
+``llmspell demo`` runs the bundled example; ``llmspell run FILE`` runs a
+``.lua``/``.js`` script (its result printed as JSON). Exit codes: 0 success,
+1 the work failed, 2 bad input (file, arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._exceptions import LlmspellError, MessageError, TaskFailed
+
+__all__ = ["main"]
+
+
+def _parse_arg(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--arg wants key=value, got {text!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # plain strings need no quotes
+    return key, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmspell",
+        description="Run LLM application work (Python, Lua, JavaScript) on an actor runtime.",
+    )
+    p.add_argument("--version", action="version", version=f"llmspell {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the bundled cross-engine example")
+    demo.add_argument("--json", action="store_true", help="print only the JSON result")
+
+    run = sub.add_parser("run", help="run a .lua or .js script and print its result as JSON")
+    run.add_argument("file", type=Path)
+    run.add_argument("--mode", default="embedded", choices=["embedded", "local", "cluster"])
+    run.add_argument("--arg", dest="args", action="append", default=[], type=_parse_arg,
+                     metavar="KEY=VALUE", help="an argument for the script (JSON or text)")
+    run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    run.add_argument("--json", action="store_true", help="print only the JSON result")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 0
+    try:
+        if args.command == "demo":
+            from ._demo import run_demo
+
+            return run_demo(json_only=args.json)
+        if args.command == "run":
+            return _run_file(args)
+    except MessageError as exc:
+        print(f"llmspell: {exc}", file=sys.stderr)
+        return 2
+    except LlmspellError as exc:
+        print(f"llmspell: {exc}", file=sys.stderr)
+        return 1
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _run_file(args: argparse.Namespace) -> int:
+    from . import Runtime, Task
+
+    path: Path = args.file
+    if not path.is_file():
+        print(f"llmspell: no such file: {path}", file=sys.stderr)
+        return 2
+    script_args = dict(args.args)
+    suffix = path.suffix.lower()
+    code = path.read_text(encoding="utf-8")
+    if suffix == ".lua":
+        task = Task.lua(code, args=script_args)
+    elif suffix in (".js", ".mjs"):
+        task = Task.js(code, args=script_args)
+    else:
+        print(f"llmspell: don't know how to run {path.name!r} (expected .lua or .js)",
+              file=sys.stderr)
+        return 2
+    with Runtime(mode=args.mode) as rt:
+        handle = rt.submit(task)
+        try:
+            value = rt.result(handle, timeout=args.timeout)
+        except TaskFailed as exc:
+            print(json.dumps({"ok": False, "error": exc.message}), flush=True)
+            if exc.traceback:
+                print(exc.traceback, file=sys.stderr)
+            return 1
+    print(json.dumps(_jsonable(value)), flush=True)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
