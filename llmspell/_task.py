@@ -167,7 +167,7 @@ class Event:
     time: float
 
 
-class Strategy(str, enum.Enum):
+class Strategy(enum.StrEnum):
     """How ``Runtime.coordinate`` runs a set of tasks (see API.md)."""
 
     SEQUENTIAL = "sequential"
@@ -234,9 +234,7 @@ class CoordinationResult:
 def _callable_target(target: Any) -> str:
     if isinstance(target, str):
         if ":" not in target or target.startswith(":") or target.endswith(":"):
-            raise MessageError(
-                f"must be 'package.module:function', got {target!r}", where="target"
-            )
+            raise MessageError(f"must be 'package.module:function', got {target!r}", where="target")
         return target
     if callable(target):
         module = getattr(target, "__module__", None)
@@ -341,8 +339,15 @@ class Task:
         if payload is not None:
             check_data(payload, "payload" if kind != "tool" else "params")
         _check_opts(opts)
-        return cls(kind=kind, code=code, target=target, name=name, args=args, payload=payload,
-                   opts=dict(opts))
+        return cls(
+            kind=kind,
+            code=code,
+            target=target,
+            name=name,
+            args=args,
+            payload=payload,
+            opts=dict(opts),
+        )
 
     # -- to the wire --------------------------------------------------------
 
@@ -417,9 +422,7 @@ def _check_opts(o: Mapping[str, Any]) -> None:
         return
     p = o.get("priority", "normal")
     if p not in PRIORITIES:
-        raise MessageError(
-            f"must be one of {', '.join(PRIORITIES)}, got {p!r}", where="priority"
-        )
+        raise MessageError(f"must be one of {', '.join(PRIORITIES)}, got {p!r}", where="priority")
     t = o.get("timeout")
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
         raise MessageError(f"must be a positive number of seconds, got {t!r}", where="timeout")

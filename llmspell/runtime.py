@@ -23,12 +23,11 @@ from typing import Any
 
 from ._exceptions import MessageError, RuntimeClosed, error_from_outcome
 from ._task import Handle, Progress, Task
-from .messages import encode
+from .messages import Message, encode
 from .messages.types import (
     TERMINAL,
     CancelReply,
     CancelTasks,
-    Message,
     ProgressReply,
     QueryProgress,
     QueryStats,
@@ -45,10 +44,21 @@ from .messages.types import (
 __all__ = ["AsyncRuntime", "Runtime", "RuntimeState"]
 
 _MODES = ("embedded", "local", "cluster")
-_CONFIG = frozenset((
-    "python_threads", "python_capacity", "lua_capacity", "js_capacity", "engines",
-    "workers", "address", "port", "lua_memory", "js_memory", "step_budget",
-))
+_CONFIG = frozenset(
+    (
+        "python_threads",
+        "python_capacity",
+        "lua_capacity",
+        "js_capacity",
+        "engines",
+        "workers",
+        "address",
+        "port",
+        "lua_memory",
+        "js_memory",
+        "step_budget",
+    )
+)
 
 
 class RuntimeState(enum.Enum):
@@ -75,14 +85,14 @@ class _Core:
 
     def __init__(self, mode: str, config: dict[str, Any]) -> None:
         if mode not in _MODES:
-            raise MessageError(f"unknown mode {mode!r}; use one of {', '.join(_MODES)}",
-                               where="mode")
+            raise MessageError(
+                f"unknown mode {mode!r}; use one of {', '.join(_MODES)}", where="mode"
+            )
         unknown = sorted(set(config) - _CONFIG)
         if unknown:
             raise MessageError(f"unknown runtime option {unknown[0]!r}")
         if mode != "embedded":
-            raise MessageError(f"mode {mode!r} is not available in this version yet",
-                               where="mode")
+            raise MessageError(f"mode {mode!r} is not available in this version yet", where="mode")
         self.mode = mode
         self.config = dict(config)
         self.config.setdefault("engines", _default_engines())
@@ -102,8 +112,9 @@ class _Core:
         batch_ids: set[str] = set()
         for i, task in enumerate(tasks):
             if not isinstance(task, Task):
-                raise MessageError(f"expected a Task, got {type(task).__name__}",
-                                   where=f"tasks[{i}]")
+                raise MessageError(
+                    f"expected a Task, got {type(task).__name__}", where=f"tasks[{i}]"
+                )
             spec = task.to_spec()
             if spec.id in self.views or spec.id in batch_ids:
                 raise MessageError(f"duplicate task id {spec.id!r}", where="id")
@@ -120,8 +131,9 @@ class _Core:
     def submit_message(self, specs: list[TaskSpec]) -> bytes:
         return encode(SubmitTasks(specs, notify=True))
 
-    def request(self, build: Callable[[int], Message],
-                on_reply: Callable[[Message], None]) -> bytes:
+    def request(
+        self, build: Callable[[int], Message], on_reply: Callable[[Message], None]
+    ) -> bytes:
         ref = next(self.refs)
         with self.lock:
             self.replies[ref] = on_reply
@@ -137,8 +149,9 @@ class _Core:
             raise MessageError(f"expected a Handle or task id, got {handle!r}", where="handle")
         v = self.views.get(task_id)
         if v is None:
-            raise MessageError(f"unknown task {task_id!r}: it was not submitted to this runtime",
-                               where="handle")
+            raise MessageError(
+                f"unknown task {task_id!r}: it was not submitted to this runtime", where="handle"
+            )
         return task_id, v
 
     # -- messages from the actor system (driver thread) ----------------------
@@ -236,8 +249,9 @@ class Runtime:
         from ._driver import EmbeddedDriver
 
         self._core = _Core(mode, config)
-        self._driver = EmbeddedDriver(self._core.runtime_id, self._core.config,
-                                      self._core.on_message)
+        self._driver = EmbeddedDriver(
+            self._core.runtime_id, self._core.config, self._core.on_message
+        )
         addresses = self._driver.start()
         self._core.addresses = addresses
         self._scheduler = addresses["scheduler"]
@@ -262,8 +276,9 @@ class Runtime:
         self._driver.stop()
         for task_id, v in list(self._core.views.items()):
             if v.outcome is None:
-                self._core.resolve(TaskOutcome(task_id, "cancelled",
-                                               error={"message": "the runtime was closed"}))
+                self._core.resolve(
+                    TaskOutcome(task_id, "cancelled", error={"message": "the runtime was closed"})
+                )
 
     def __enter__(self) -> Runtime:
         return self
@@ -304,8 +319,9 @@ class Runtime:
         """
         task_id, v = self._core.view(handle)
         if not self._core.wait(v, timeout):
-            raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s "
-                               "(it is still running)")
+            raise TimeoutError(
+                f"task {task_id!r} did not finish within {timeout} s (it is still running)"
+            )
         assert v.outcome is not None
         return _Core.value_of(task_id, v.outcome)
 
@@ -412,14 +428,19 @@ class AsyncRuntime:
         fut: asyncio.Future[TaskOutcome] = loop.create_future()
 
         def done(o: TaskOutcome) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(o))
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_result(o)
+
+            loop.call_soon_threadsafe(settle)
 
         rt._core.on_done(v, done)
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"task {task_id!r} did not finish within {timeout} s "
-                               "(it is still running)") from None
+        except TimeoutError:
+            raise TimeoutError(
+                f"task {task_id!r} did not finish within {timeout} s (it is still running)"
+            ) from None
         return _Core.value_of(task_id, outcome)
 
     async def cancel(self, handle: Handle | str) -> bool:

@@ -217,7 +217,7 @@ def test_cancel_is_idempotent(rt: Runtime) -> None:
 
 def test_task_timeout_ends_it_timed_out(rt: Runtime) -> None:
     h = rt.submit(Task.python("targets:sleep", args={"seconds": 3}, timeout=0.2))
-    with pytest.raises(TaskTimeout, match="within its timeout of 0.2 s"):
+    with pytest.raises(TaskTimeout, match=r"within its timeout of 0\.2 s"):
         rt.result(h, timeout=5)
     assert rt.status(h) == "timed_out"
 
@@ -278,8 +278,10 @@ def test_retries_run_out_and_the_error_lists_every_attempt(rt: Runtime) -> None:
     h = rt.submit(Task.python("targets:flaky", args={"key": "r2", "failures": 5}, retries=1))
     with pytest.raises(TaskFailed) as info:
         rt.result(h, timeout=5)
-    assert info.value.attempts == ["RuntimeError: attempt 1 failed",
-                                   "RuntimeError: attempt 2 failed"]
+    assert info.value.attempts == [
+        "RuntimeError: attempt 1 failed",
+        "RuntimeError: attempt 2 failed",
+    ]
 
 
 # -- progress and stats ----------------------------------------------------------------
@@ -428,8 +430,9 @@ def test_async_runtime_offers_the_same_calls() -> None:
             assert await rt.cancel(slow)
             with pytest.raises(TaskCancelled):
                 await rt.result(slow)
-            hs = await rt.submit_many([Task.python("targets:add", args={"x": i, "y": i})
-                                       for i in range(20)])
+            hs = await rt.submit_many(
+                [Task.python("targets:add", args={"x": i, "y": i}) for i in range(20)]
+            )
             assert await asyncio.gather(*(rt.result(h) for h in hs)) == [2 * i for i in range(20)]
             assert (await rt.stats())["submitted"] == 22
         targets.gate("async-rt").set()

@@ -276,9 +276,7 @@ class Scheduler(WireActor):
         rec.status = "pending"
         self.counts["retries"] += 1
         self._publish("llmspell.task.retry", {"task_id": rec.spec.id, "attempt": rec.attempt})
-        heapq.heappush(
-            self.ready[rec.engine], (-rec.spec.priority, next(self.seq), rec.spec.id)
-        )
+        heapq.heappush(self.ready[rec.engine], (-rec.spec.priority, next(self.seq), rec.spec.id))
         self._dirty.add(rec.engine)
 
     def _release(self, rec: _Rec) -> None:
@@ -359,8 +357,9 @@ class Scheduler(WireActor):
                 self._finish(
                     rec,
                     "timed_out",
-                    error=_err(f"task did not finish within its timeout of {limit:g} s",
-                               kind="timeout"),
+                    error=_err(
+                        f"task did not finish within its timeout of {limit:g} s", kind="timeout"
+                    ),
                 )
 
     # -- watching, progress, queries ----------------------------------------
@@ -433,7 +432,8 @@ class Scheduler(WireActor):
         rate = done / elapsed if elapsed > 0 else 0.0
         if rate <= 0:
             return None
-        return now() + max(0.0, (total - done) / rate - (now() - prog["reported_at"]))
+        t = now()
+        return float(t + max(0.0, (total - done) / rate - (t - prog["reported_at"])))
 
     def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
         running = sum(1 for r in self.tasks.values() if r.status == "running")
@@ -494,4 +494,3 @@ def _dep_error(dep: _Rec) -> dict[str, Any]:
         reason = f": {dep.outcome.error.get('message', '')}"
     msg = f"dependency {dep.spec.id!r} {what.get(dep.status, dep.status)}{reason}"
     return _err(msg, kind="dependency")
-

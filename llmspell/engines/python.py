@@ -49,8 +49,9 @@ def resolve_target(target: str) -> Callable[..., Any]:
 class _Call:
     __slots__ = ("attempt", "fn", "future", "kwargs", "started", "stopped", "sync", "task_id")
 
-    def __init__(self, task_id: str, attempt: int, fn: Callable[..., Any],
-                 kwargs: dict[str, Any], sync: bool) -> None:
+    def __init__(
+        self, task_id: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any], sync: bool
+    ) -> None:
         self.task_id = task_id
         self.attempt = attempt
         self.fn = fn
@@ -85,8 +86,12 @@ class PythonEngine(EngineActor):
                 fn = resolve_target(target)
                 found = self.targets[target] = (fn, not asyncio.iscoroutinefunction(fn))
         except Exception as exc:
-            self.report(spec.id, attempt, "failed",
-                        error=self.error(f"cannot import {target!r}: {type(exc).__name__}: {exc}"))
+            self.report(
+                spec.id,
+                attempt,
+                "failed",
+                error=self.error(f"cannot import {target!r}: {type(exc).__name__}: {exc}"),
+            )
             return
         kwargs = dict(spec.args or {})
         if spec.input is not None:
@@ -117,8 +122,7 @@ class PythonEngine(EngineActor):
         try:
             coro = call.fn(**call.kwargs)
         except Exception as exc:  # wrong arguments fail before a coroutine exists
-            self.report(call.task_id, call.attempt, "failed",
-                        error=self.error(*_describe(exc)))
+            self.report(call.task_id, call.attempt, "failed", error=self.error(*_describe(exc)[:1], traceback=_describe(exc)[1]))
             del self.calls[call.task_id]
             return
         fut = asyncio.run_coroutine_threadsafe(coro, loop)
@@ -139,8 +143,7 @@ class PythonEngine(EngineActor):
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             loop = asyncio.new_event_loop()
-            t = threading.Thread(target=loop.run_forever, name="llmspell-python-async",
-                                 daemon=True)
+            t = threading.Thread(target=loop.run_forever, name="llmspell-python-async", daemon=True)
             t.start()
             self._loop, self._loop_thread = loop, t
         return self._loop
@@ -163,11 +166,21 @@ class PythonEngine(EngineActor):
                 self.report(call.task_id, call.attempt, "succeeded", value, usage=usage)
             elif how == "error":
                 message, tb = value
-                self.report(call.task_id, call.attempt, "failed", usage=usage,
-                            error=self.error(message, traceback=tb))
+                self.report(
+                    call.task_id,
+                    call.attempt,
+                    "failed",
+                    usage=usage,
+                    error=self.error(message, traceback=tb),
+                )
             else:
-                self.report(call.task_id, call.attempt, "failed", usage=usage,
-                            error=self.error("the coroutine was cancelled"))
+                self.report(
+                    call.task_id,
+                    call.attempt,
+                    "failed",
+                    usage=usage,
+                    error=self.error("the coroutine was cancelled"),
+                )
 
     def busy(self) -> bool:
         return bool(self.calls)

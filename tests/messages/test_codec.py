@@ -28,8 +28,9 @@ scalars = (
 )
 data = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -84,7 +85,7 @@ def same(a: Any, b: Any) -> bool:
         return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (a != a and b != b)
-    return bool(a == b) and type(a) is type(b) or (type(a), type(b)) == (int, float)
+    return (bool(a == b) and type(a) is type(b)) or (type(a), type(b)) == (int, float)
 
 
 @pytest.mark.parametrize("tag", sorted(registry))
@@ -128,24 +129,46 @@ def test_arbitrary_field_maps_raise_only_message_error(tag: str, fields: dict[st
         (msgpack.packb([7, 1, {}]), "type tag must be a string"),
         (msgpack.packb(["outcome", 9, {}]), "unknown schema version 9 for 'outcome'"),
         (msgpack.packb(["outcome", 1, {"status": "x"}]), "outcome.task_id: missing field"),
-        (msgpack.packb(["outcome", 1, {"task_id": 3, "status": "x"}]),
-         "outcome.task_id: expected str, got int"),
-        (msgpack.packb(["outcome", 1, {"task_id": "a", "status": "x", "extra": 1}]),
-         "unknown field 'extra'"),
-        (msgpack.packb(["outcomes", 1, {"items": [{"task_id": "a", "status": "s"}, {}]}]),
-         "outcomes.items[1].task_id: missing field"),
-        (msgpack.packb(["submit", 1, {"tasks": [{"id": "a", "kind": "lua", "deps": "x"}]}]),
-         "submit.tasks[0].deps: expected a list"),
-        (msgpack.packb(["submit", 1, {"tasks": [{"id": "a", "kind": "x",
-                                                  "compensate": {"id": 1}}]}]),
-         "submit.tasks[0].compensate.id: expected str"),
-        (msgpack.packb(["progress", 1, {"task_id": "a", "total_steps": "x"}]),
-         "progress.total_steps: expected float"),
-        (msgpack.packb(["introduce", 1, {"runtime_id": "r", "addresses": {"s": 1}}]),
-         "introduce.addresses.s: expected an actor address"),
-        (msgpack.packb(["introduce", 1, {"runtime_id": "r",
-                                         "addresses": {"s": msgpack.ExtType(1, b"junk")}}]),
-         "bad actor address"),
+        (
+            msgpack.packb(["outcome", 1, {"task_id": 3, "status": "x"}]),
+            "outcome.task_id: expected str, got int",
+        ),
+        (
+            msgpack.packb(["outcome", 1, {"task_id": "a", "status": "x", "extra": 1}]),
+            "unknown field 'extra'",
+        ),
+        (
+            msgpack.packb(["outcomes", 1, {"items": [{"task_id": "a", "status": "s"}, {}]}]),
+            "outcomes.items[1].task_id: missing field",
+        ),
+        (
+            msgpack.packb(["submit", 1, {"tasks": [{"id": "a", "kind": "lua", "deps": "x"}]}]),
+            "submit.tasks[0].deps: expected a list",
+        ),
+        (
+            msgpack.packb(
+                ["submit", 1, {"tasks": [{"id": "a", "kind": "x", "compensate": {"id": 1}}]}]
+            ),
+            "submit.tasks[0].compensate.id: expected str",
+        ),
+        (
+            msgpack.packb(["progress", 1, {"task_id": "a", "total_steps": "x"}]),
+            "progress.total_steps: expected float",
+        ),
+        (
+            msgpack.packb(["introduce", 1, {"runtime_id": "r", "addresses": {"s": 1}}]),
+            "introduce.addresses.s: expected an actor address",
+        ),
+        (
+            msgpack.packb(
+                [
+                    "introduce",
+                    1,
+                    {"runtime_id": "r", "addresses": {"s": msgpack.ExtType(1, b"junk")}},
+                ]
+            ),
+            "bad actor address",
+        ),
         (msgpack.packb(["outcome", 1, msgpack.ExtType(5, b"")]), "extension type 5"),
     ],
 )
@@ -163,8 +186,13 @@ def test_pickled_code_cannot_ride_in_an_address() -> None:
         def __reduce__(self) -> tuple[Any, ...]:
             return (os.system, ("echo pwned",))
 
-    raw = msgpack.packb(["introduce", 1, {"runtime_id": "r", "addresses": {
-        "s": msgpack.ExtType(1, pickle.dumps(Evil()))}}])
+    raw = msgpack.packb(
+        [
+            "introduce",
+            1,
+            {"runtime_id": "r", "addresses": {"s": msgpack.ExtType(1, pickle.dumps(Evil()))}},
+        ]
+    )
     with pytest.raises(MessageError, match="not an actor address class"):
         decode(raw)
 
@@ -185,3 +213,11 @@ def test_int_fields_accept_no_float_and_float_fields_accept_int() -> None:
 def test_unencodable_field_is_a_message_error() -> None:
     with pytest.raises(MessageError, match="cannot encode TaskOutcome"):
         encode(t.TaskOutcome("a", "succeeded", value=object()))
+
+
+def test_every_message_type_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "messages.md").read_text()
+    for tag, cls in registry.items():
+        assert f"| `{tag}` | `{cls.__name__}` |" in doc, f"{tag} missing from docs/messages.md"
