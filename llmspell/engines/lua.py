@@ -1,0 +1,23 @@
+"""The Lua engine context: a ``ScriptEngine`` driving one sandboxed ``LuaVM``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._vm import ScriptVM
+from .lua_vm import LuaVM
+from .script import ScriptEngine
+
+__all__ = ["LuaEngine"]
+
+
+class LuaEngine(ScriptEngine):
+    role = "lua engine"
+    engine = "lua"
+
+    def make_vm(self, config: dict[str, Any]) -> ScriptVM:
+        return LuaVM(
+            self,
+            max_memory=int(config.get("lua_memory", 256 * 1024 * 1024)),
+            step_budget=float(config.get("step_budget", 1.0)),
+        )

@@ -1,0 +1,474 @@
+"""The script engine context: one actor driving one ``ScriptVM`` (Lua or JS).
+
+Each script task is a *logical actor* inside the engine: an id, a priority, a
+status, a mailbox of resume values (its ready entries) and execution
+statistics. The engine actor
+
+* resumes ready tasks in short quanta (``quantum`` seconds, default 5 ms)
+  and then sends itself a ``_tick`` to go on, so a cancel or new work that
+  arrived meanwhile is handled between quanta; with nothing ready it waits
+  for messages and wake-ups and never busy-waits;
+* turns each request a script makes into the wait it names: ``yield`` (back
+  on the ready queue), ``sleep`` (a timer; one Thespian wake-up for the
+  earliest), ``await`` (the scheduler tells it when the awaited task ends),
+  ``wait_event`` (a one-shot subscription on the event bus, with an optional
+  timeout), ``resource_wait`` (the resource tracker's permission; granted at
+  once for now) and ``coordinate`` (the coordinator);
+* reports a task's end to the scheduler, with its CPU time and the VM memory.
+
+Statuses of a logical actor: ``ready`` (in the ready queue), ``running``,
+``yielded`` (cooperative yield), ``blocked`` (sleep, await, event, resource),
+``completed``, ``error`` and ``suspended`` (stopped by cancel or timeout).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from typing import Any
+
+from thespian.actors import ActorAddress
+
+from .._actor import log
+from .._clock import now
+from .._task import new_task_id
+from ..messages import encode
+from ..messages.types import (
+    PRIORITIES,
+    Coordinate,
+    CoordinationDone,
+    EventDelivery,
+    ProgressReport,
+    StopTasks,
+    Subscribe,
+    TaskOutcomes,
+    TaskSpec,
+    Tick,
+    Unsubscribe,
+)
+from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
+from .base import EngineActor
+
+__all__ = ["ScriptEngine", "spec_from_script"]
+
+_TICK = encode(Tick())
+_script_log = logging.getLogger("llmspell.script")
+_LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50}
+_SPEC_KEYS = frozenset((
+    "lang", "code", "target", "args", "tool", "params", "agent", "input", "timeout",
+    "priority", "retries", "id", "name", "payload", "kind",
+))
+
+
+def spec_from_script(spec: Any, parent: str) -> TaskSpec:
+    """A ``spell.submit`` spec (a table/object from a script) as a ``TaskSpec``.
+
+    Raises ``ValueError`` naming what is wrong.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"spell.submit wants a table/object, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"spell.submit: unknown field {unknown[0]!r}")
+    tid = spec.get("id") or new_task_id()
+    if not isinstance(tid, str):
+        raise ValueError("spell.submit: id must be a string")
+    if "tool" in spec:
+        kind, fields = "tool", {"name": spec["tool"], "payload": spec.get("params")}
+    elif "agent" in spec:
+        kind, fields = "agent", {"name": spec["agent"], "payload": spec.get("input")}
+    elif "kind" in spec:
+        kind, fields = str(spec["kind"]), {"name": spec.get("name"), "payload": spec.get("payload")}
+    else:
+        lang = spec.get("lang") or ("python" if "target" in spec else None)
+        if lang in ("lua", "js"):
+            if not isinstance(spec.get("code"), str):
+                raise ValueError(f"spell.submit: a {lang} task needs code (a string)")
+            kind, fields = lang, {"code": spec["code"]}
+        elif lang == "python":
+            target = spec.get("target")
+            if not isinstance(target, str) or ":" not in target:
+                raise ValueError("spell.submit: a python task needs target='module:function'")
+            kind, fields = "python", {"target": target}
+        else:
+            raise ValueError(
+                "spell.submit: say what to run: lang='lua'|'js'|'python' (with code or "
+                "target), tool=name or agent=name"
+            )
+    if fields.get("name") is not None and not isinstance(fields["name"], str):
+        raise ValueError(f"spell.submit: {kind} name must be a string")
+    args = spec.get("args")
+    if args is not None and not isinstance(args, dict):
+        raise ValueError("spell.submit: args must be a table/object with string keys")
+    priority = spec.get("priority", "normal")
+    if priority not in PRIORITIES:
+        raise ValueError(f"spell.submit: priority must be one of {', '.join(PRIORITIES)}")
+    timeout = spec.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError("spell.submit: timeout must be a positive number of seconds")
+    retries = spec.get("retries", 0)
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError("spell.submit: retries must be an integer >= 0")
+    return TaskSpec(
+        id=tid,
+        kind=kind,
+        code=fields.get("code"),
+        target=fields.get("target"),
+        name=fields.get("name"),
+        payload=fields.get("payload"),
+        args=args,
+        input=spec.get("input"),
+        priority=PRIORITIES[priority],
+        timeout=float(timeout) if timeout is not None else None,
+        retries=retries,
+        parent=parent,
+    )
+
+
+class _Script:
+    """One logical actor: a script task inside the engine."""
+
+    __slots__ = ("attempt", "id", "priority", "started", "status", "subs", "waits")
+
+    def __init__(self, task_id: str, attempt: int, priority: int) -> None:
+        self.id = task_id
+        self.attempt = attempt
+        self.priority = priority
+        self.status = "ready"
+        self.started = time.perf_counter()
+        self.waits = 0  # outstanding requests
+        self.subs: list[str] | None = None  # event subscriptions it holds
+
+
+class ScriptEngine(EngineActor):
+    """Base of the Lua and JS engine contexts; subclasses make the VM."""
+
+    default_capacity = 100_000
+    vm: ScriptVM
+
+    def make_vm(self, config: dict[str, Any]) -> ScriptVM:
+        raise NotImplementedError
+
+    def setup(self, config: dict[str, Any]) -> None:
+        self.vm = self.make_vm(config)
+        self.quantum = float(config.get("quantum", 0.005))
+        self.scripts: dict[str, _Script] = {}
+        # ready entries: (-priority, seq, task_id, attempt, value, error, request_id)
+        self.ready: list[tuple[int, int, str, int, Any, str | None, int]] = []
+        self.seq = itertools.count()
+        # timers: (deadline, seq, task_id, attempt, request_id, kind)
+        self.timers: list[tuple[float, int, str, int, int, str]] = []
+        self.armed: float | None = None  # deadline of the pending wake-up
+        self.awaiting: dict[str, list[tuple[str, int, int]]] = {}  # child -> waiters
+        self.subs: dict[str, tuple[str, int, int]] = {}  # sub id -> (task, attempt, request)
+        self.coords: dict[str, tuple[str, int, int]] = {}
+        self.ticking = False
+        self.resumes = 0
+
+    # -- work in ------------------------------------------------------------
+
+    def start(self, spec: TaskSpec, attempt: int) -> None:
+        failed = self.vm.start(spec.id, spec.code or "", spec.args, spec.input)
+        if failed is not None:
+            self._fail(spec.id, attempt, failed)
+            return
+        self.scripts[spec.id] = _Script(spec.id, attempt, spec.priority)
+        self._ready(spec.id, attempt, None, None, 0, spec.priority)
+
+    def stop(self, task_id: str, reason: str) -> None:
+        s = self.scripts.pop(task_id, None)
+        if s is None:
+            return
+        s.status = "suspended"
+        self.vm.cancel(task_id)
+        self._drop_subs(s)
+
+    def on_tick(self, msg: Tick, sender: ActorAddress) -> None:
+        self.ticking = False
+        self._run_quantum()
+
+    def on_wakeup(self, payload: Any) -> None:
+        if payload == "timers":
+            self.armed = None
+            self._fire_timers()
+        else:
+            super().on_wakeup(payload)
+
+    def on_outcomes(self, msg: TaskOutcomes, sender: ActorAddress) -> None:
+        """Awaited tasks ended: resume their awaiters."""
+        for o in msg.items:
+            for task_id, attempt, rid in self.awaiting.pop(o.task_id, ()):
+                if o.status == "succeeded":
+                    self._answer(task_id, attempt, o.value, None, rid)
+                else:
+                    self._answer(task_id, attempt, None, _await_error(o.task_id, o.status,
+                                                                      o.error), rid)
+
+    def on_event_delivery(self, msg: EventDelivery, sender: ActorAddress) -> None:
+        waiter = self.subs.pop(msg.sub_id, None)
+        if waiter is None or not msg.events:
+            return
+        ev = msg.events[0]
+        task_id, attempt, rid = waiter
+        self._answer(task_id, attempt, {"name": ev.get("name"), "payload": ev.get("payload")},
+                     None, rid)
+
+    def on_coordination_done(self, msg: CoordinationDone, sender: ActorAddress) -> None:
+        waiter = self.coords.pop(msg.coord_id, None)
+        if waiter is not None:
+            self._answer(waiter[0], waiter[1], msg.result, None, waiter[2])
+
+    # -- the run loop ---------------------------------------------------------
+
+    def _ready(self, task_id: str, attempt: int, value: Any, error: str | None, rid: int,
+               priority: int) -> None:
+        heapq.heappush(self.ready, (-priority, next(self.seq), task_id, attempt, value, error,
+                                    rid))
+        if not self.ticking:
+            self.ticking = True
+            self.send(self.myAddress, _TICK)
+
+    def _answer(self, task_id: str, attempt: int, value: Any, error: str | None,
+                rid: int) -> None:
+        s = self.scripts.get(task_id)
+        if s is None or s.attempt != attempt:
+            return  # the task ended meanwhile
+        self._ready(task_id, attempt, value, error, rid, s.priority)
+
+    def _run_quantum(self) -> None:
+        deadline = time.perf_counter() + self.quantum
+        ready, scripts, vm = self.ready, self.scripts, self.vm
+        pop = heapq.heappop
+        while ready:
+            _, _, task_id, attempt, value, error, rid = pop(ready)
+            s = scripts.get(task_id)
+            if s is None or s.attempt != attempt:
+                continue
+            s.status = "running"
+            if s.waits:
+                s.waits -= 1
+            self.resumes += 1
+            try:
+                result = vm.resume(task_id, value, error, rid)
+            except KeyError:  # the VM forgot it (e.g. its context was rebuilt)
+                result = Failed("runtime", "the script VM lost this task")
+            self._handle(s, result)
+            if time.perf_counter() >= deadline:
+                break
+        others = getattr(vm, "drain_other_results", None)
+        if others is not None:
+            for task_id, res in others():
+                s = scripts.get(task_id)
+                if s is not None:
+                    self._handle(s, res)
+        if ready and not self.ticking:
+            self.ticking = True
+            self.send(self.myAddress, _TICK)
+
+    def _handle(self, s: _Script, result: Any) -> None:
+        if type(result) is Yielded:
+            self._request(s, result.request)
+            for req in result.more:
+                self._request(s, req)
+        elif type(result) is Waiting:
+            s.status = "blocked"
+        elif type(result) is Completed:
+            self._finish(s)
+            usage = self._usage(s)
+            self.report(s.id, s.attempt, "succeeded", result.value, usage=usage)
+        else:
+            self._finish(s)
+            self._fail(s.id, s.attempt, result, self._usage(s))
+
+    def _finish(self, s: _Script) -> None:
+        del self.scripts[s.id]
+        s.status = "completed"
+        self._drop_subs(s)
+
+    def _usage(self, s: _Script) -> dict[str, Any]:
+        stats = getattr(self.vm, "stats", None)
+        cpu = 0.0
+        if stats is not None:
+            try:
+                cpu = float(stats(s.id).get("cpu_seconds", 0.0))
+            except KeyError:
+                pass
+        return {"cpu_seconds": cpu, "memory_bytes": self.vm.memory_in_use()}
+
+    def _fail(self, task_id: str, attempt: int, failed: Failed,
+              usage: dict[str, Any] | None = None) -> None:
+        self.report(task_id, attempt, "failed", usage=usage,
+                    error=self.error(failed.message, kind="script", traceback=failed.traceback))
+
+    # -- requests ---------------------------------------------------------------
+
+    def _request(self, s: _Script, req: Request) -> None:
+        op, args = req.op, req.args
+        s.waits += 1
+        if op == "yield" or (op == "sleep" and not args.get("seconds")):
+            s.status = "yielded"
+            self._ready(s.id, s.attempt, None, None, req.id, s.priority)
+            return
+        s.status = "blocked"
+        if op == "sleep":
+            seconds = _number(args.get("seconds"))
+            if seconds is None or seconds < 0:
+                self._ready(s.id, s.attempt, None, "spell.sleep wants seconds >= 0", req.id,
+                            s.priority)
+                return
+            self._timer(now() + seconds, s, req.id, "sleep")
+        elif op == "await":
+            child = args.get("task_id")
+            if not isinstance(child, str):
+                self._ready(s.id, s.attempt, None, "spell.await wants a task handle", req.id,
+                            s.priority)
+                return
+            waiters = self.awaiting.get(child)
+            if waiters is None:
+                self.awaiting[child] = [(s.id, s.attempt, req.id)]
+                self.watch(child)
+            else:
+                waiters.append((s.id, s.attempt, req.id))
+        elif op == "wait_event":
+            self._wait_event(s, req)
+        elif op == "resource_wait":
+            # The resource tracker grants at once until per-engine limits exist.
+            self._ready(s.id, s.attempt, None, None, req.id, s.priority)
+        elif op == "coordinate":
+            self._coordinate(s, req)
+        else:
+            self._ready(s.id, s.attempt, None, f"unknown request {op!r}", req.id, s.priority)
+
+    def _wait_event(self, s: _Script, req: Request) -> None:
+        pattern = req.args.get("pattern")
+        bus = self.addresses.get("events")
+        if not isinstance(pattern, str) or not pattern:
+            self._ready(s.id, s.attempt, None, "spell.wait_event wants a pattern string",
+                        req.id, s.priority)
+            return
+        if bus is None:
+            self._ready(s.id, s.attempt, None, "events are not available in this runtime",
+                        req.id, s.priority)
+            return
+        sub_id = f"{s.id}#{s.attempt}#{req.id}"
+        self.subs[sub_id] = (s.id, s.attempt, req.id)
+        if s.subs is None:
+            s.subs = []
+        s.subs.append(sub_id)
+        self.send_msg(bus, Subscribe(sub_id, pattern, limit=1, once=True))
+        timeout = _number(req.args.get("timeout"))
+        if timeout is not None:
+            self._timer(now() + max(0.0, timeout), s, req.id, "event:" + sub_id)
+
+    def _coordinate(self, s: _Script, req: Request) -> None:
+        coordinator = self.addresses.get("coordinator")
+        if coordinator is None:
+            self._ready(s.id, s.attempt, None, "coordination is not available in this runtime",
+                        req.id, s.priority)
+            return
+        try:
+            tasks = [spec_from_script(t, s.id) for t in req.args.get("tasks") or []]
+        except ValueError as exc:
+            self._ready(s.id, s.attempt, None, str(exc).replace("spell.submit",
+                                                                "spell.coordinate"),
+                        req.id, s.priority)
+            return
+        coord_id = new_task_id()
+        self.coords[coord_id] = (s.id, s.attempt, req.id)
+        self.send_msg(coordinator, Coordinate(
+            coord_id, tasks, str(req.args.get("strategy", "")),
+            _number(req.args.get("timeout")), req.args.get("inputs"),
+        ))
+
+    def _drop_subs(self, s: _Script) -> None:
+        if not s.subs:
+            return
+        bus = self.addresses.get("events")
+        for sub_id in s.subs:
+            if self.subs.pop(sub_id, None) is not None and bus is not None:
+                self.send_msg(bus, Unsubscribe(sub_id))
+        s.subs = None
+
+    # -- timers -------------------------------------------------------------------
+
+    def _timer(self, deadline: float, s: _Script, rid: int, kind: str) -> None:
+        heapq.heappush(self.timers, (deadline, next(self.seq), s.id, s.attempt, rid, kind))
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self.timers:
+            return
+        first = self.timers[0][0]
+        if self.armed is None or first < self.armed - 0.0005:
+            self.armed = first
+            self.wake_after(first - now(), "timers")
+
+    def _fire_timers(self) -> None:
+        t = now()
+        timers = self.timers
+        while timers and timers[0][0] <= t + 0.0005:
+            _, _, task_id, attempt, rid, kind = heapq.heappop(timers)
+            if kind == "sleep":
+                self._answer(task_id, attempt, None, None, rid)
+            elif kind.startswith("event:"):
+                sub_id = kind[6:]
+                if self.subs.pop(sub_id, None) is not None:
+                    bus = self.addresses.get("events")
+                    if bus is not None:
+                        self.send_msg(bus, Unsubscribe(sub_id))
+                    self._answer(task_id, attempt, None, "timed out waiting for event", rid)
+        self._arm()
+
+    # -- host calls (from inside a step) ----------------------------------------------
+
+    def submit(self, parent_id: str, spec: dict[str, Any]) -> str:
+        task = spec_from_script(spec, parent_id)
+        self.submit_child(task)
+        return task.id
+
+    def emit(self, task_id: str, name: str, payload: Any) -> None:
+        self.publish(str(name), payload)
+
+    def progress(self, task_id: str, done: float, total: float | None,
+                 message: str | None) -> None:
+        self.report_progress(ProgressReport(
+            task_id, _number(done), _number(total), None if message is None else str(message),
+        ))
+
+    def log(self, task_id: str, level: str, message: str) -> None:
+        _script_log.log(_LEVELS.get(str(level).lower(), 20), "[%s %s] %s", self.engine, task_id,
+                        message)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        for task_id in list(self.scripts):
+            self.stop(task_id, "engine closed")
+        try:
+            self.vm.close()
+        except Exception:  # pragma: no cover - closing a VM must not stop shutdown
+            log.exception("%s engine: closing the VM failed", self.engine)
+
+    def on_stop(self, msg: StopTasks, sender: ActorAddress) -> None:
+        for task_id in msg.task_ids:
+            self.stop(task_id, msg.reason)
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _await_error(task_id: str, status: str, error: dict[str, Any] | None) -> str:
+    message = str((error or {}).get("message") or status)
+    if status == "cancelled":
+        return f"awaited task {task_id} was cancelled"
+    if status == "timed_out":
+        return f"awaited task {task_id} timed out: {message}"
+    return f"awaited task {task_id} failed: {message}"
