@@ -18,12 +18,13 @@ import enum
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._exceptions import MessageError, RuntimeClosed, error_from_outcome
-from ._task import Handle, Progress, Task
-from .messages import Message, encode
+from ._clock import now
+from ._task import Event, Handle, Progress, Task
+from .messages import Message, check_data, encode
 from .messages.types import (
     TERMINAL,
     CancelReply,
@@ -40,8 +41,9 @@ from .messages.types import (
     TaskOutcomes,
     TaskSpec,
 )
+from .messages.types import EventDelivery, Publish, Subscribe, Unsubscribe
 
-__all__ = ["AsyncRuntime", "Runtime", "RuntimeState"]
+__all__ = ["AsyncRuntime", "Runtime", "RuntimeState", "Subscription"]
 
 _MODES = ("embedded", "local", "cluster")
 _CONFIG = frozenset(
@@ -103,6 +105,7 @@ class _Core:
         self.refs = itertools.count(1)
         self.replies: dict[int, Callable[[Message], None]] = {}
         self.addresses: dict[str, Any] = {}
+        self.subscriptions: dict[str, Subscription] = {}
 
     # -- building requests --------------------------------------------------
 
@@ -162,6 +165,10 @@ class _Core:
                 self.resolve(o)
         elif isinstance(msg, SubmitRejected):
             self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
+        elif isinstance(msg, EventDelivery):
+            subscription = self.subscriptions.get(msg.sub_id)
+            if subscription is not None:
+                subscription._deliver(msg.events)
         elif isinstance(msg, (StatusReply, ProgressReply, StatsReply, CancelReply)):
             with self.lock:
                 cb = self.replies.pop(msg.ref, None)
@@ -223,6 +230,71 @@ def _default_engines() -> dict[str, int]:
     return engines
 
 
+class Subscription:
+    """Events whose names match a glob pattern, from ``Runtime.subscribe``.
+
+    Iterating yields events until the subscription is closed. The queue holds
+    at most ``limit`` events; when it is full the *oldest* event is dropped and
+    counted in ``dropped`` (and in ``Runtime.stats()["events"]["dropped"]``),
+    so a slow reader never holds up the runtime.
+    """
+
+    def __init__(self, runtime: Runtime, sub_id: str, pattern: str, limit: int) -> None:
+        import collections
+
+        self._runtime = runtime
+        self.sub_id = sub_id
+        self.pattern = pattern
+        self.limit = limit
+        self._queue: collections.deque[Event] = collections.deque()
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def _deliver(self, events: list[dict[str, Any]]) -> None:
+        with self._cond:
+            for e in events:
+                if len(self._queue) >= self.limit:
+                    self._queue.popleft()
+                    self.dropped += 1
+                    self._runtime._dropped_events += 1
+                self._queue.append(Event(str(e.get("name")), e.get("payload"),
+                                         float(e.get("time") or 0.0)))
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event. Raises the builtin ``TimeoutError`` when none came
+        within ``timeout`` seconds, ``RuntimeClosed`` once closed and empty."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._queue or self.closed, timeout):
+                raise TimeoutError(f"no event matching {self.pattern!r} within {timeout} s")
+            if self._queue:
+                return self._queue.popleft()
+            raise RuntimeClosed("the subscription is closed")
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                yield self.get()
+            except RuntimeClosed:
+                return
+
+    def close(self) -> None:
+        """Stop receiving events (idempotent); iteration ends once the queue is empty."""
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._cond.notify_all()
+        self._runtime._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _Waiter:
     """A one-shot reply slot for a blocking request."""
 
@@ -255,6 +327,8 @@ class Runtime:
         addresses = self._driver.start()
         self._core.addresses = addresses
         self._scheduler = addresses["scheduler"]
+        self._events = addresses["events"]
+        self._dropped_events = 0
         self._core.state = RuntimeState.OPEN
 
     # -- lifecycle ----------------------------------------------------------
@@ -274,6 +348,8 @@ class Runtime:
             return
         self._core.state = RuntimeState.CLOSED
         self._driver.stop()
+        for subscription in list(self._core.subscriptions.values()):
+            subscription.close()
         for task_id, v in list(self._core.views.items()):
             if v.outcome is None:
                 self._core.resolve(
@@ -364,12 +440,45 @@ class Runtime:
         and ``engines``."""
         self._core.check_open()
         reply: StatsReply = self._ask(lambda ref: QueryStats(ref))
-        return reply.stats
+        bus: StatsReply = self._ask(lambda ref: QueryStats(ref), to=self._events)
+        stats = dict(reply.stats)
+        stats["events"] = dict(bus.stats, dropped=self._dropped_events)
+        return stats
 
-    def _ask(self, build: Callable[[int], Message], timeout: float = 30.0) -> Any:
+    # -- events -------------------------------------------------------------
+
+    def emit(self, event: str, payload: Any = None) -> None:
+        """Publish an event (glob subscribers and waiting scripts see it)."""
+        self._core.check_open()
+        if not isinstance(event, str) or not event:
+            raise MessageError("must be a non-empty str", where="event")
+        check_data(payload, "payload")
+        self._driver.send(self._events, encode(Publish(event, payload, now())))
+
+    def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
+        """Events whose names match ``pattern`` (a glob: ``*``, ``?``, ``[..]``)
+        from now on. See ``Subscription`` for the overflow policy."""
+        self._core.check_open()
+        if not isinstance(pattern, str) or not pattern:
+            raise MessageError("must be a non-empty str", where="pattern")
+        if limit < 1:
+            raise MessageError("must be >= 1", where="limit")
+        sub_id = f"facade-{uuid.uuid4().hex}"
+        subscription = Subscription(self, sub_id, pattern, limit)
+        self._core.subscriptions[sub_id] = subscription
+        self._driver.send(self._events, encode(Subscribe(sub_id, pattern, limit)))
+        return subscription
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        self._core.subscriptions.pop(subscription.sub_id, None)
+        if self._core.state is RuntimeState.OPEN:
+            self._driver.send(self._events, encode(Unsubscribe(subscription.sub_id)))
+
+    def _ask(self, build: Callable[[int], Message], timeout: float = 30.0,
+             to: Any = None) -> Any:
         w = _Waiter()
         data = self._core.request(build, w)
-        self._driver.send(self._scheduler, data)
+        self._driver.send(self._scheduler if to is None else to, data)
         if not w.event.wait(timeout):
             raise TimeoutError("the runtime did not answer in time")
         return w.msg

@@ -16,6 +16,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from .._actor import WireActor, log
 from ..messages.types import Hello, Introduce, Shutdown
+from .events import EventBus
 from .scheduler import Scheduler
 
 __all__ = ["DIRECTOR_NAME", "ENGINE_CLASSES", "Director"]
@@ -44,6 +45,7 @@ class Director(WireActor):
         self.config: dict[str, Any] = {}
         self.addresses: dict[str, ActorAddress] = {}
         self.engines: list[ActorAddress] = []
+        self.children: list[ActorAddress] = []
         self.started = False
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
@@ -53,9 +55,12 @@ class Director(WireActor):
         self.started = True
         self.runtime_id = msg.runtime_id
         self.config = dict(msg.config)
+        events = self.createActor(EventBus)
         scheduler = self.createActor(Scheduler)
-        self.addresses = {"director": self.myAddress, "scheduler": scheduler}
-        self.send_msg(scheduler, Introduce(self.runtime_id, self.addresses, self.config))
+        self.addresses = {"director": self.myAddress, "scheduler": scheduler, "events": events}
+        self.children = [scheduler, events]
+        for addr in self.children:
+            self.send_msg(addr, Introduce(self.runtime_id, self.addresses, self.config))
         counts: dict[str, int] = self.config.get("engines", {"python": 1})
         for engine, count in counts.items():
             cls = _load(ENGINE_CLASSES[engine])
@@ -78,9 +83,10 @@ class Director(WireActor):
             self.send_msg(scheduler, msg)
         for addr in self.engines:
             self.send_msg(addr, msg)
-        for addr in [*self.engines, *([scheduler] if scheduler else [])]:
+        for addr in [*self.engines, *self.children]:
             self.send(addr, ActorExitRequest())
         self.engines = []
+        self.children = []
         self.send_msg(sender, msg)  # acknowledge: everything is stopped
 
     def on_child_exited(self, child: ActorAddress) -> None:

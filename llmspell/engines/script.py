@@ -254,6 +254,10 @@ class ScriptEngine(EngineActor):
                 result = vm.resume(task_id, value, error, rid)
             except KeyError:  # the VM forgot it (e.g. its context was rebuilt)
                 result = Failed("runtime", "the script VM lost this task")
+            except Exception as exc:  # a VM bug fails this task, never hangs it
+                log.exception("%s engine: resuming task %s failed", self.engine, task_id)
+                self.vm.cancel(task_id)
+                result = Failed("runtime", f"internal error in the {self.engine} VM: {exc!r}")
             self._handle(s, result)
             if time.perf_counter() >= deadline:
                 break

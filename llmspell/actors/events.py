@@ -1,0 +1,100 @@
+"""The event bus actor: topics and glob patterns.
+
+``publish`` delivers an event to every subscription whose pattern matches
+its name. Patterns are globs over the whole name: ``*`` matches any run of
+characters (dots included), ``?`` one character, ``[abc]`` a set; so
+``llmspell.task.*`` matches every task event and ``task.*.error`` matches
+``task.x.error`` and ``task.a.b.error``. Delivery is in publish order per
+subscriber. A ``once`` subscription ends after its first event (how scripts'
+``spell.wait_event`` waits).
+
+The bus pushes events as they come; the subscriber's own queue is bounded
+(the facade's ``Subscription`` drops the oldest event when full and counts
+it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from typing import Any
+
+from thespian.actors import ActorAddress
+
+from .._actor import WireActor, addr_key
+from ..messages.types import (
+    EventDelivery,
+    Introduce,
+    Publish,
+    QueryStats,
+    StatsReply,
+    Subscribe,
+    Unsubscribe,
+)
+
+__all__ = ["EventBus", "compile_pattern"]
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A glob over whole event names, as a compiled regex."""
+    return re.compile(fnmatch.translate(pattern))
+
+
+class _Sub:
+    __slots__ = ("address", "key", "match", "once", "pattern")
+
+    def __init__(self, address: ActorAddress, pattern: str, once: bool) -> None:
+        self.address = address
+        self.key = addr_key(address)
+        self.pattern = pattern
+        self.match = compile_pattern(pattern).match
+        self.once = once
+
+
+class EventBus(WireActor):
+    role = "event bus"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subs: dict[str, _Sub] = {}
+        self.published = 0
+        self.delivered = 0
+        self._out: dict[str, tuple[ActorAddress, dict[str, list[dict[str, Any]]]]] = {}
+
+    def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
+        pass
+
+    def on_subscribe(self, msg: Subscribe, sender: ActorAddress) -> None:
+        self.subs[msg.sub_id] = _Sub(sender, msg.pattern, msg.once)
+
+    def on_unsubscribe(self, msg: Unsubscribe, sender: ActorAddress) -> None:
+        self.subs.pop(msg.sub_id, None)
+
+    def on_publish(self, msg: Publish, sender: ActorAddress) -> None:
+        self.published += 1
+        event = {"name": msg.name, "payload": msg.payload, "time": msg.time}
+        done = []
+        for sub_id, sub in self.subs.items():
+            if sub.match(msg.name):
+                per_sub = self._out.setdefault(sub.key, (sub.address, {}))[1]
+                per_sub.setdefault(sub_id, []).append(event)
+                self.delivered += 1
+                if sub.once:
+                    done.append(sub_id)
+        for sub_id in done:
+            del self.subs[sub_id]
+
+    def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
+        self.send_msg(sender, StatsReply(msg.ref, {
+            "published": self.published,
+            "delivered": self.delivered,
+            "subscriptions": len(self.subs),
+        }))
+
+    def flush(self) -> None:
+        if not self._out:
+            return
+        out, self._out = self._out, {}
+        for address, per_sub in out.values():
+            for sub_id, events in per_sub.items():
+                self.send_msg(address, EventDelivery(sub_id, events))
