@@ -18,12 +18,13 @@ import enum
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from ._exceptions import MessageError, RuntimeClosed, error_from_outcome
+from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._clock import now
-from ._task import Event, Handle, Progress, Task
+from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
 from .messages import Message, check_data, encode
 from .messages.types import (
     TERMINAL,
@@ -41,7 +42,14 @@ from .messages.types import (
     TaskOutcomes,
     TaskSpec,
 )
-from .messages.types import EventDelivery, Publish, Subscribe, Unsubscribe
+from .messages.types import (
+    Coordinate,
+    CoordinationDone,
+    EventDelivery,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+)
 
 __all__ = ["AsyncRuntime", "Runtime", "RuntimeState", "Subscription"]
 
@@ -106,6 +114,7 @@ class _Core:
         self.replies: dict[int, Callable[[Message], None]] = {}
         self.addresses: dict[str, Any] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self.coordinations: dict[str, _Waiter] = {}
 
     # -- building requests --------------------------------------------------
 
@@ -127,6 +136,18 @@ class _Core:
             for spec in specs:
                 if spec.id in self.views:
                     raise MessageError(f"duplicate task id {spec.id!r}", where="id")
+            for spec in specs:
+                self.views[spec.id] = _View()
+        return specs
+
+    def register_specs(self, specs: list[TaskSpec]) -> list[TaskSpec]:
+        """Claim the ids of already-built specs (workflows); duplicates raise."""
+        with self.lock:
+            seen: set[str] = set()
+            for spec in specs:
+                if spec.id in self.views or spec.id in seen:
+                    raise MessageError(f"duplicate task id {spec.id!r}", where="id")
+                seen.add(spec.id)
             for spec in specs:
                 self.views[spec.id] = _View()
         return specs
@@ -165,6 +186,11 @@ class _Core:
                 self.resolve(o)
         elif isinstance(msg, SubmitRejected):
             self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
+        elif isinstance(msg, CoordinationDone):
+            with self.lock:
+                w = self.coordinations.pop(msg.coord_id, None)
+            if w is not None:
+                w(msg)
         elif isinstance(msg, EventDelivery):
             subscription = self.subscriptions.get(msg.sub_id)
             if subscription is not None:
@@ -350,6 +376,9 @@ class Runtime:
         self._driver.stop()
         for subscription in list(self._core.subscriptions.values()):
             subscription.close()
+        for waiter in list(self._core.coordinations.values()):
+            waiter(None)
+        self._core.coordinations.clear()
         for task_id, v in list(self._core.views.items()):
             if v.outcome is None:
                 self._core.resolve(
@@ -444,6 +473,60 @@ class Runtime:
         stats = dict(reply.stats)
         stats["events"] = dict(bus.stats, dropped=self._dropped_events)
         return stats
+
+    # -- coordination ---------------------------------------------------------
+
+    def coordinate(
+        self,
+        tasks: Iterable[Task],
+        strategy: Strategy | str,
+        *,
+        timeout: float | None = None,
+        inputs: list[Any] | None = None,
+    ) -> CoordinationResult:
+        """Run ``tasks`` under one strategy (see ``Strategy``) and wait for the
+        ``CoordinationResult``. Blocks; a coordination ``timeout`` cancels what
+        is left and returns a result with ``timed_out`` set (it does not raise).
+        """
+        strat = Strategy.parse(strategy)
+        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
+            raise MessageError("must be a positive number of seconds", where="timeout")
+        if inputs is not None:
+            if strat is not Strategy.PIPELINE:
+                raise MessageError("inputs=... is for Strategy.PIPELINE only", where="inputs")
+            inputs = list(inputs)
+            check_data(inputs, "inputs")
+        specs = self._core.specs(tasks)
+        return self._coordinate(specs, strat.value, timeout, inputs)
+
+    def _coordinate(self, specs: list[TaskSpec], strategy: str, timeout: float | None,
+                    inputs: list[Any] | None) -> CoordinationResult:
+        coordinator = self._core.addresses.get("coordinator")
+        if coordinator is None:
+            raise LlmspellError("this runtime has no coordinator")
+        coord_id = f"coord-{uuid.uuid4().hex}"
+        w = _Waiter()
+        with self._core.lock:
+            self._core.coordinations[coord_id] = w
+        self._driver.send(coordinator, encode(Coordinate(coord_id, specs, strategy, timeout,
+                                                         inputs)))
+        w.event.wait()
+        if w.msg is None:
+            raise RuntimeClosed("the runtime closed while the coordination ran")
+        return CoordinationResult.from_dict(w.msg.result)
+
+    def run_workflow(self, path_or_dict: str | Path | Mapping[str, Any]) -> CoordinationResult:
+        """Run a workflow file (YAML or JSON) or dict; see API.md "Workflow files".
+
+        Raises ``MessageError`` listing every problem of a malformed workflow,
+        before anything runs.
+        """
+        from .workflow import load_workflow
+
+        wf = load_workflow(path_or_dict)
+        self._core.check_open()
+        return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout,
+                                None)
 
     # -- events -------------------------------------------------------------
 
@@ -570,3 +653,28 @@ class AsyncRuntime:
     async def stats(self) -> dict[str, Any]:
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
+
+    async def coordinate(
+        self,
+        tasks: Iterable[Task],
+        strategy: Strategy | str,
+        *,
+        timeout: float | None = None,
+        inputs: list[Any] | None = None,
+    ) -> CoordinationResult:
+        rt = self._runtime()
+        tasks = list(tasks)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: rt.coordinate(tasks, strategy, timeout=timeout, inputs=inputs)
+        )
+
+    async def run_workflow(self, path_or_dict: str | Path | Mapping[str, Any]) -> CoordinationResult:
+        rt = self._runtime()
+        return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow,
+                                                                path_or_dict)
+
+    async def emit(self, event: str, payload: Any = None) -> None:
+        self._runtime().emit(event, payload)
+
+    def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
+        return self._runtime().subscribe(pattern, limit=limit)
