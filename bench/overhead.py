@@ -16,10 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _util import best_of, table  # noqa: E402
-from thespian.actors import Actor, ActorSystem  # noqa: E402
+from _util import best_of, table
+from thespian.actors import Actor, ActorSystem
 
-from llmspell import Runtime, Task  # noqa: E402
+from llmspell import Runtime, Task
 
 
 class Echo(Actor):  # type: ignore[misc]
@@ -58,12 +58,16 @@ def main() -> None:
     rt = rtt
     ratio = rt / raw
     print(f"{n} tasks, best of {2 * rounds - 1} interleaved runs each")
-    print(table([
-        ("case", "per task"),
-        ("raw simpleSystemBase ask (echo actor)", f"{raw / n * 1e6:.1f} us"),
-        ("Runtime submit_many + result (python task)", f"{rt / n * 1e6:.1f} us"),
-        ("ratio (target <= 3.0)", f"{ratio:.2f}x"),
-    ]))
+    print(
+        table(
+            [
+                ("case", "per task"),
+                ("raw simpleSystemBase ask (echo actor)", f"{raw / n * 1e6:.1f} us"),
+                ("Runtime submit_many + result (python task)", f"{rt / n * 1e6:.1f} us"),
+                ("ratio (target <= 3.0)", f"{ratio:.2f}x"),
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

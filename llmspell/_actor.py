@@ -59,16 +59,18 @@ class WireActor(Actor):  # type: ignore[misc]
                     decoded = decode(msg)
                 except MessageError as exc:
                     self.bad_messages += 1
-                    log.warning("%s dropped a malformed message from %s: %s", self.role,
-                                sender, exc)
+                    log.warning(
+                        "%s dropped a malformed message from %s: %s", self.role, sender, exc
+                    )
                     return
                 handler = self._handlers.get(decoded.TAG)
                 if handler is None:
                     handler = getattr(self, "on_" + decoded.TAG.lstrip("_"), None)
                     if handler is None:
                         self.bad_messages += 1
-                        log.warning("%s got a %r message it does not handle", self.role,
-                                    decoded.TAG)
+                        log.warning(
+                            "%s got a %r message it does not handle", self.role, decoded.TAG
+                        )
                         return
                     self._handlers[decoded.TAG] = handler
                 handler(decoded, sender)

@@ -36,8 +36,9 @@ class EmbeddedDriver:
 
     mode = "embedded"
 
-    def __init__(self, runtime_id: str, config: dict[str, Any],
-                 on_message: Callable[[Any], None]) -> None:
+    def __init__(
+        self, runtime_id: str, config: dict[str, Any], on_message: Callable[[Any], None]
+    ) -> None:
         self.runtime_id = runtime_id
         self.config = config
         self.on_message = on_message
@@ -47,8 +48,9 @@ class EmbeddedDriver:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"llmspell-driver-{runtime_id[:8]}",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self._run, name=f"llmspell-driver-{runtime_id[:8]}", daemon=True
+        )
 
     # -- any thread ---------------------------------------------------------
 

@@ -45,8 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a .lua or .js script and print its result as JSON")
     run.add_argument("file", type=Path)
     run.add_argument("--mode", default="embedded", choices=["embedded", "local", "cluster"])
-    run.add_argument("--arg", dest="args", action="append", default=[], type=_parse_arg,
-                     metavar="KEY=VALUE", help="an argument for the script (JSON or text)")
+    run.add_argument(
+        "--arg",
+        dest="args",
+        action="append",
+        default=[],
+        type=_parse_arg,
+        metavar="KEY=VALUE",
+        help="an argument for the script (JSON or text)",
+    )
     run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     run.add_argument("--json", action="store_true", help="print only the JSON result")
     return p
@@ -88,8 +95,9 @@ def _run_file(args: argparse.Namespace) -> int:
     elif suffix in (".js", ".mjs"):
         task = Task.js(code, args=script_args)
     else:
-        print(f"llmspell: don't know how to run {path.name!r} (expected .lua or .js)",
-              file=sys.stderr)
+        print(
+            f"llmspell: don't know how to run {path.name!r} (expected .lua or .js)", file=sys.stderr
+        )
         return 2
     with Runtime(mode=args.mode) as rt:
         handle = rt.submit(task)

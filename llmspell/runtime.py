@@ -22,15 +22,19 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._clock import now
+from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
 from .messages import Message, check_data, encode
 from .messages.types import (
     TERMINAL,
     CancelReply,
     CancelTasks,
+    Coordinate,
+    CoordinationDone,
+    EventDelivery,
     ProgressReply,
+    Publish,
     QueryProgress,
     QueryStats,
     QueryStatus,
@@ -38,16 +42,10 @@ from .messages.types import (
     StatusReply,
     SubmitRejected,
     SubmitTasks,
+    Subscribe,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
-)
-from .messages.types import (
-    Coordinate,
-    CoordinationDone,
-    EventDelivery,
-    Publish,
-    Subscribe,
     Unsubscribe,
 )
 
@@ -284,8 +282,9 @@ class Subscription:
                     self._queue.popleft()
                     self.dropped += 1
                     self._runtime._dropped_events += 1
-                self._queue.append(Event(str(e.get("name")), e.get("payload"),
-                                         float(e.get("time") or 0.0)))
+                self._queue.append(
+                    Event(str(e.get("name")), e.get("payload"), float(e.get("time") or 0.0))
+                )
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> Event:
@@ -499,8 +498,9 @@ class Runtime:
         specs = self._core.specs(tasks)
         return self._coordinate(specs, strat.value, timeout, inputs)
 
-    def _coordinate(self, specs: list[TaskSpec], strategy: str, timeout: float | None,
-                    inputs: list[Any] | None) -> CoordinationResult:
+    def _coordinate(
+        self, specs: list[TaskSpec], strategy: str, timeout: float | None, inputs: list[Any] | None
+    ) -> CoordinationResult:
         coordinator = self._core.addresses.get("coordinator")
         if coordinator is None:
             raise LlmspellError("this runtime has no coordinator")
@@ -508,8 +508,9 @@ class Runtime:
         w = _Waiter()
         with self._core.lock:
             self._core.coordinations[coord_id] = w
-        self._driver.send(coordinator, encode(Coordinate(coord_id, specs, strategy, timeout,
-                                                         inputs)))
+        self._driver.send(
+            coordinator, encode(Coordinate(coord_id, specs, strategy, timeout, inputs))
+        )
         w.event.wait()
         if w.msg is None:
             raise RuntimeClosed("the runtime closed while the coordination ran")
@@ -525,8 +526,7 @@ class Runtime:
 
         wf = load_workflow(path_or_dict)
         self._core.check_open()
-        return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout,
-                                None)
+        return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout, None)
 
     # -- events -------------------------------------------------------------
 
@@ -557,8 +557,7 @@ class Runtime:
         if self._core.state is RuntimeState.OPEN:
             self._driver.send(self._events, encode(Unsubscribe(subscription.sub_id)))
 
-    def _ask(self, build: Callable[[int], Message], timeout: float = 30.0,
-             to: Any = None) -> Any:
+    def _ask(self, build: Callable[[int], Message], timeout: float = 30.0, to: Any = None) -> Any:
         w = _Waiter()
         data = self._core.request(build, w)
         self._driver.send(self._scheduler if to is None else to, data)
@@ -668,10 +667,11 @@ class AsyncRuntime:
             None, lambda: rt.coordinate(tasks, strategy, timeout=timeout, inputs=inputs)
         )
 
-    async def run_workflow(self, path_or_dict: str | Path | Mapping[str, Any]) -> CoordinationResult:
+    async def run_workflow(
+        self, path_or_dict: str | Path | Mapping[str, Any]
+    ) -> CoordinationResult:
         rt = self._runtime()
-        return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow,
-                                                                path_or_dict)
+        return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow, path_or_dict)
 
     async def emit(self, event: str, payload: Any = None) -> None:
         self._runtime().emit(event, payload)

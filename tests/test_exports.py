@@ -19,16 +19,31 @@ def test_public_objects_claim_the_public_module() -> None:
 
 
 def test_api_names_from_the_contract_exist() -> None:
-    for name in ("Runtime", "AsyncRuntime", "Task", "Strategy", "Limits", "LlmspellError",
-                 "TaskFailed", "TaskCancelled", "TaskTimeout", "MessageError", "ScriptError",
-                 "ResourceLimitExceeded"):
+    for name in (
+        "Runtime",
+        "AsyncRuntime",
+        "Task",
+        "Strategy",
+        "Limits",
+        "LlmspellError",
+        "TaskFailed",
+        "TaskCancelled",
+        "TaskTimeout",
+        "MessageError",
+        "ScriptError",
+        "ResourceLimitExceeded",
+    ):
         assert name in llmspell.__all__
 
 
 def test_error_tree() -> None:
     assert issubclass(llmspell.ScriptError, llmspell.TaskFailed)
     assert issubclass(llmspell.ResourceLimitExceeded, llmspell.TaskFailed)
-    for cls in (llmspell.TaskFailed, llmspell.TaskCancelled, llmspell.TaskTimeout,
-                llmspell.MessageError):
+    for cls in (
+        llmspell.TaskFailed,
+        llmspell.TaskCancelled,
+        llmspell.TaskTimeout,
+        llmspell.MessageError,
+    ):
         assert issubclass(cls, llmspell.LlmspellError)
     assert not issubclass(llmspell.TaskTimeout, TimeoutError)

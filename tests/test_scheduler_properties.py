@@ -21,13 +21,15 @@ def task_graphs(draw: st.DrawFn) -> list[dict[str, object]]:
     n = draw(st.integers(min_value=1, max_value=10))
     nodes = []
     for i in range(n):
-        nodes.append({
-            "kind": draw(st.sampled_from(["ok", "ok", "fail", "slow"])),
-            "deps": sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else [],
-            "cancel": draw(st.booleans()) and draw(st.booleans()),
-            "timeout": draw(st.sampled_from([None, None, None, 0.01])),
-            "priority": draw(st.sampled_from(["low", "normal", "high", "critical"])),
-        })
+        nodes.append(
+            {
+                "kind": draw(st.sampled_from(["ok", "ok", "fail", "slow"])),
+                "deps": sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else [],
+                "cancel": draw(st.booleans()) and draw(st.booleans()),
+                "timeout": draw(st.sampled_from([None, None, None, 0.01])),
+                "priority": draw(st.sampled_from(["low", "normal", "high", "critical"])),
+            }
+        )
     return nodes
 
 

@@ -29,16 +29,32 @@ def test_every_constructor_of_the_contract_exists() -> None:
         Task.custom("kind", {"a": 1}),
     ]
     kinds = [t.kind for t in tasks]
-    assert kinds == ["lua", "js", "python", "tool", "agent", "hook", "event", "workflow",
-                     "workflow", "custom"]
+    assert kinds == [
+        "lua",
+        "js",
+        "python",
+        "tool",
+        "agent",
+        "hook",
+        "event",
+        "workflow",
+        "workflow",
+        "custom",
+    ]
 
 
 def test_options_reach_the_wire_spec() -> None:
     dep = Handle("d1")
     comp = Task.python("m:undo")
     spec = Task.python(
-        "m:f", priority="critical", timeout=2, deps=[dep, "d2"], retries=3,
-        limits=Limits(memory_bytes=1024, on_exceed="warn"), metadata={"k": "v"}, id="mine",
+        "m:f",
+        priority="critical",
+        timeout=2,
+        deps=[dep, "d2"],
+        retries=3,
+        limits=Limits(memory_bytes=1024, on_exceed="warn"),
+        metadata={"k": "v"},
+        id="mine",
         compensate=comp,
     ).to_spec()
     assert spec.id == "mine"
@@ -83,8 +99,17 @@ def test_strategy_parse() -> None:
 
 
 def test_coordination_result_round_trips_as_dict() -> None:
-    r = CoordinationResult(Strategy.RACE, True, [None, 2], [1], [(0, "boom")], [], 1, 0.5,
-                           ResourceUsage(cpu_seconds=0.1))
+    r = CoordinationResult(
+        Strategy.RACE,
+        True,
+        [None, 2],
+        [1],
+        [(0, "boom")],
+        [],
+        1,
+        0.5,
+        ResourceUsage(cpu_seconds=0.1),
+    )
     assert CoordinationResult.from_dict(r.to_dict()) == r
 
 

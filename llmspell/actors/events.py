@@ -85,11 +85,17 @@ class EventBus(WireActor):
             del self.subs[sub_id]
 
     def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
-        self.send_msg(sender, StatsReply(msg.ref, {
-            "published": self.published,
-            "delivered": self.delivered,
-            "subscriptions": len(self.subs),
-        }))
+        self.send_msg(
+            sender,
+            StatsReply(
+                msg.ref,
+                {
+                    "published": self.published,
+                    "delivered": self.delivered,
+                    "subscriptions": len(self.subs),
+                },
+            ),
+        )
 
     def flush(self) -> None:
         if not self._out:

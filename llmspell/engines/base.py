@@ -17,6 +17,8 @@ from typing import Any
 from thespian.actors import ActorAddress
 
 from .._actor import WireActor, log
+from .._exceptions import MessageError
+from ..messages import check_data, encode
 from ..messages.types import (
     DispatchBatch,
     EngineReady,
@@ -33,8 +35,6 @@ from ..messages.types import (
     TaskSpec,
     WatchTasks,
 )
-from .._exceptions import MessageError
-from ..messages import check_data, encode
 from . import _doorbell
 
 __all__ = ["EngineActor"]
@@ -91,8 +91,12 @@ class EngineActor(WireActor):
                 self.start(spec, attempt)
             except Exception as exc:  # a bug in start must fail the task, not vanish it
                 log.exception("%s engine could not start task %s", self.engine, spec.id)
-                self.report(spec.id, attempt, "failed",
-                            error=self.error(f"engine could not start the task: {exc}"))
+                self.report(
+                    spec.id,
+                    attempt,
+                    "failed",
+                    error=self.error(f"engine could not start the task: {exc}"),
+                )
 
     def on_stop(self, msg: StopTasks, sender: ActorAddress) -> None:
         for task_id in msg.task_ids:
@@ -194,9 +198,14 @@ class EngineActor(WireActor):
                     check_data(o.value, "result")
                     check_data(o.usage, "usage")
                 except MessageError as exc:
-                    o = TaskOutcome(o.task_id, "failed", None,
-                                    self.error(f"the return value is not msgpack data: {exc}"),
-                                    None, o.attempt)
+                    o = TaskOutcome(
+                        o.task_id,
+                        "failed",
+                        None,
+                        self.error(f"the return value is not msgpack data: {exc}"),
+                        None,
+                        o.attempt,
+                    )
                 clean.append(o)
             return encode(EngineResults(clean))
 

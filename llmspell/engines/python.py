@@ -122,7 +122,12 @@ class PythonEngine(EngineActor):
         try:
             coro = call.fn(**call.kwargs)
         except Exception as exc:  # wrong arguments fail before a coroutine exists
-            self.report(call.task_id, call.attempt, "failed", error=self.error(*_describe(exc)[:1], traceback=_describe(exc)[1]))
+            self.report(
+                call.task_id,
+                call.attempt,
+                "failed",
+                error=self.error(*_describe(exc)[:1], traceback=_describe(exc)[1]),
+            )
             del self.calls[call.task_id]
             return
         fut = asyncio.run_coroutine_threadsafe(coro, loop)

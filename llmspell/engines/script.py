@@ -56,10 +56,25 @@ __all__ = ["ScriptEngine", "spec_from_script"]
 _TICK = encode(Tick())
 _script_log = logging.getLogger("llmspell.script")
 _LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50}
-_SPEC_KEYS = frozenset((
-    "lang", "code", "target", "args", "tool", "params", "agent", "input", "timeout",
-    "priority", "retries", "id", "name", "payload", "kind",
-))
+_SPEC_KEYS = frozenset(
+    (
+        "lang",
+        "code",
+        "target",
+        "args",
+        "tool",
+        "params",
+        "agent",
+        "input",
+        "timeout",
+        "priority",
+        "retries",
+        "id",
+        "name",
+        "payload",
+        "kind",
+    )
+)
 
 
 def spec_from_script(spec: Any, parent: str) -> TaskSpec:
@@ -203,8 +218,9 @@ class ScriptEngine(EngineActor):
                 if o.status == "succeeded":
                     self._answer(task_id, attempt, o.value, None, rid)
                 else:
-                    self._answer(task_id, attempt, None, _await_error(o.task_id, o.status,
-                                                                      o.error), rid)
+                    self._answer(
+                        task_id, attempt, None, _await_error(o.task_id, o.status, o.error), rid
+                    )
 
     def on_event_delivery(self, msg: EventDelivery, sender: ActorAddress) -> None:
         waiter = self.subs.pop(msg.sub_id, None)
@@ -212,8 +228,9 @@ class ScriptEngine(EngineActor):
             return
         ev = msg.events[0]
         task_id, attempt, rid = waiter
-        self._answer(task_id, attempt, {"name": ev.get("name"), "payload": ev.get("payload")},
-                     None, rid)
+        self._answer(
+            task_id, attempt, {"name": ev.get("name"), "payload": ev.get("payload")}, None, rid
+        )
 
     def on_coordination_done(self, msg: CoordinationDone, sender: ActorAddress) -> None:
         waiter = self.coords.pop(msg.coord_id, None)
@@ -222,16 +239,15 @@ class ScriptEngine(EngineActor):
 
     # -- the run loop ---------------------------------------------------------
 
-    def _ready(self, task_id: str, attempt: int, value: Any, error: str | None, rid: int,
-               priority: int) -> None:
-        heapq.heappush(self.ready, (-priority, next(self.seq), task_id, attempt, value, error,
-                                    rid))
+    def _ready(
+        self, task_id: str, attempt: int, value: Any, error: str | None, rid: int, priority: int
+    ) -> None:
+        heapq.heappush(self.ready, (-priority, next(self.seq), task_id, attempt, value, error, rid))
         if not self.ticking:
             self.ticking = True
             self.send(self.myAddress, _TICK)
 
-    def _answer(self, task_id: str, attempt: int, value: Any, error: str | None,
-                rid: int) -> None:
+    def _answer(self, task_id: str, attempt: int, value: Any, error: str | None, rid: int) -> None:
         s = self.scripts.get(task_id)
         if s is None or s.attempt != attempt:
             return  # the task ended meanwhile
@@ -301,10 +317,16 @@ class ScriptEngine(EngineActor):
                 pass
         return {"cpu_seconds": cpu, "memory_bytes": self.vm.memory_in_use()}
 
-    def _fail(self, task_id: str, attempt: int, failed: Failed,
-              usage: dict[str, Any] | None = None) -> None:
-        self.report(task_id, attempt, "failed", usage=usage,
-                    error=self.error(failed.message, kind="script", traceback=failed.traceback))
+    def _fail(
+        self, task_id: str, attempt: int, failed: Failed, usage: dict[str, Any] | None = None
+    ) -> None:
+        self.report(
+            task_id,
+            attempt,
+            "failed",
+            usage=usage,
+            error=self.error(failed.message, kind="script", traceback=failed.traceback),
+        )
 
     # -- requests ---------------------------------------------------------------
 
@@ -319,15 +341,17 @@ class ScriptEngine(EngineActor):
         if op == "sleep":
             seconds = _number(args.get("seconds"))
             if seconds is None or seconds < 0:
-                self._ready(s.id, s.attempt, None, "spell.sleep wants seconds >= 0", req.id,
-                            s.priority)
+                self._ready(
+                    s.id, s.attempt, None, "spell.sleep wants seconds >= 0", req.id, s.priority
+                )
                 return
             self._timer(now() + seconds, s, req.id, "sleep")
         elif op == "await":
             child = args.get("task_id")
             if not isinstance(child, str):
-                self._ready(s.id, s.attempt, None, "spell.await wants a task handle", req.id,
-                            s.priority)
+                self._ready(
+                    s.id, s.attempt, None, "spell.await wants a task handle", req.id, s.priority
+                )
                 return
             waiters = self.awaiting.get(child)
             if waiters is None:
@@ -349,12 +373,19 @@ class ScriptEngine(EngineActor):
         pattern = req.args.get("pattern")
         bus = self.addresses.get("events")
         if not isinstance(pattern, str) or not pattern:
-            self._ready(s.id, s.attempt, None, "spell.wait_event wants a pattern string",
-                        req.id, s.priority)
+            self._ready(
+                s.id, s.attempt, None, "spell.wait_event wants a pattern string", req.id, s.priority
+            )
             return
         if bus is None:
-            self._ready(s.id, s.attempt, None, "events are not available in this runtime",
-                        req.id, s.priority)
+            self._ready(
+                s.id,
+                s.attempt,
+                None,
+                "events are not available in this runtime",
+                req.id,
+                s.priority,
+            )
             return
         sub_id = f"{s.id}#{s.attempt}#{req.id}"
         self.subs[sub_id] = (s.id, s.attempt, req.id)
@@ -369,22 +400,39 @@ class ScriptEngine(EngineActor):
     def _coordinate(self, s: _Script, req: Request) -> None:
         coordinator = self.addresses.get("coordinator")
         if coordinator is None:
-            self._ready(s.id, s.attempt, None, "coordination is not available in this runtime",
-                        req.id, s.priority)
+            self._ready(
+                s.id,
+                s.attempt,
+                None,
+                "coordination is not available in this runtime",
+                req.id,
+                s.priority,
+            )
             return
         try:
             tasks = [spec_from_script(t, s.id) for t in req.args.get("tasks") or []]
         except ValueError as exc:
-            self._ready(s.id, s.attempt, None, str(exc).replace("spell.submit",
-                                                                "spell.coordinate"),
-                        req.id, s.priority)
+            self._ready(
+                s.id,
+                s.attempt,
+                None,
+                str(exc).replace("spell.submit", "spell.coordinate"),
+                req.id,
+                s.priority,
+            )
             return
         coord_id = new_task_id()
         self.coords[coord_id] = (s.id, s.attempt, req.id)
-        self.send_msg(coordinator, Coordinate(
-            coord_id, tasks, str(req.args.get("strategy", "")),
-            _number(req.args.get("timeout")), req.args.get("inputs"),
-        ))
+        self.send_msg(
+            coordinator,
+            Coordinate(
+                coord_id,
+                tasks,
+                str(req.args.get("strategy", "")),
+                _number(req.args.get("timeout")),
+                req.args.get("inputs"),
+            ),
+        )
 
     def _drop_subs(self, s: _Script) -> None:
         if not s.subs:
@@ -435,15 +483,20 @@ class ScriptEngine(EngineActor):
     def emit(self, task_id: str, name: str, payload: Any) -> None:
         self.publish(str(name), payload)
 
-    def progress(self, task_id: str, done: float, total: float | None,
-                 message: str | None) -> None:
-        self.report_progress(ProgressReport(
-            task_id, _number(done), _number(total), None if message is None else str(message),
-        ))
+    def progress(self, task_id: str, done: float, total: float | None, message: str | None) -> None:
+        self.report_progress(
+            ProgressReport(
+                task_id,
+                _number(done),
+                _number(total),
+                None if message is None else str(message),
+            )
+        )
 
     def log(self, task_id: str, level: str, message: str) -> None:
-        _script_log.log(_LEVELS.get(str(level).lower(), 20), "[%s %s] %s", self.engine, task_id,
-                        message)
+        _script_log.log(
+            _LEVELS.get(str(level).lower(), 20), "[%s %s] %s", self.engine, task_id, message
+        )
 
     # -- shutdown ------------------------------------------------------------------------
 
