@@ -28,6 +28,7 @@ from thespian.actors import (
 
 from ._exceptions import MessageError
 from .messages import Message, decode, encode
+from .messages.types import Pong, Via
 
 __all__ = ["WireActor", "addr_key", "log"]
 
@@ -57,6 +58,9 @@ class WireActor(Actor):  # type: ignore[misc]
             if isinstance(msg, (bytes, bytearray)):
                 try:
                     decoded = decode(msg)
+                    if type(decoded) is Via:  # handle the inner message on behalf of reply_to
+                        sender = decoded.reply_to
+                        decoded = decode(decoded.data)
                 except MessageError as exc:
                     self.bad_messages += 1
                     log.warning(
@@ -92,6 +96,9 @@ class WireActor(Actor):  # type: ignore[misc]
             self.flush()
         except Exception:
             log.exception("%s failed sending its replies", self.role)
+
+    def on_ping(self, msg: Any, sender: ActorAddress) -> None:
+        self.send_msg(sender, Pong(msg.role))
 
     # -- hooks subclasses override -------------------------------------------
 

@@ -170,3 +170,224 @@ class EmbeddedDriver:
             self._collect()
         except Exception:
             log.exception("driver: shutdown of the actor tree failed")
+
+
+# Thespian's multiproc bases need a logging configuration (False is not
+# accepted there); actor processes log warnings and worse to stderr.
+_LOG_DEFS: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "level": "WARNING"}
+    },
+    "root": {"level": "WARNING", "handlers": ["stderr"]},
+}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (on ``host``)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise LlmspellError(f"address must be 'host:port', got {address!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _listener_pid(port: int) -> int:
+    """The pid of the process (not this one) listening on 127.0.0.1:port."""
+    import os
+
+    import psutil
+
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            for c in proc.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                    return int(proc.pid)
+        except psutil.Error:
+            continue
+    return 0
+
+
+def _reap(procs: list[Any], timeout: float) -> None:
+    """Wait for the runtime's processes to exit; kill (by pid) what is left."""
+    import psutil
+
+    if not procs:
+        return
+    _, alive = psutil.wait_procs(procs, timeout=min(timeout, 5.0))
+    for p in alive:
+        try:
+            log.warning("local runtime: process %d did not exit; killing it", p.pid)
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=2.0)
+
+
+class LocalDriver:
+    """A ``multiprocTCPBase`` actor system on 127.0.0.1: every actor in a
+    process of its own, the admin on a loopback port.
+
+    Callers' messages go out through one private endpoint (under a lock),
+    wrapped in ``Via`` so that answers and outcomes come back to the
+    driver's own endpoint, which a listener thread reads. With ``attach``
+    (``"host:port"``) it joins a runtime served by ``llmspell serve`` instead
+    of starting one, and leaves it running on ``stop``.
+    """
+
+    mode = "local"
+
+    def __init__(
+        self,
+        runtime_id: str,
+        config: dict[str, Any],
+        on_message: Callable[[Any], None],
+        *,
+        attach: str | None = None,
+    ) -> None:
+        self.runtime_id = runtime_id
+        self.config = config
+        self.on_message = on_message
+        self.attach = attach
+        self.addresses: dict[str, Any] = {}
+        self.port = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=self._listen, name=f"llmspell-listener-{runtime_id[:8]}", daemon=True
+        )
+        self.asys: Any = None
+        self._sender: Any = None
+        self._sender_cm: Any = None
+        self.me: Any = None
+        self.admin_pid = 0
+
+    def start(self, timeout: float = 30.0) -> dict[str, Any]:
+        import os
+
+        from . import _loopback
+        from .messages.types import Hello, Via
+
+        self._via = Via
+        _loopback.install()
+        if self.attach:
+            host, port = parse_address(self.attach)
+            if not _loopback.is_loopback(host):
+                raise LlmspellError("llmspell attaches to runtimes on 127.0.0.1 only")
+            if not port_in_use(port, host):
+                raise LlmspellError(f"no llmspell runtime is served at {host}:{port}")
+        else:
+            port = int(self.config.get("port") or free_port())
+            if port_in_use(port):
+                raise LlmspellError(f"port {port} on 127.0.0.1 is already in use")
+        self.port = port
+        os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
+        caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
+        self.asys = ActorSystem("multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS)
+        try:
+            director = self.asys.createActor(Director, globalName=DIRECTOR_NAME)
+            self.director = director
+            if self.attach:
+                request = encode(Hello(self.runtime_id))
+            else:
+                cfg = dict(self.config, owner_pid=os.getpid(), mode="local", port=port)
+                request = encode(Introduce(self.runtime_id, {}, cfg))
+            raw = self.asys.ask(director, request, timeout)
+            if raw is None:
+                raise LlmspellError("the local runtime did not answer in time")
+            reply = decode(raw)
+            assert isinstance(reply, Introduce)
+            self.addresses = dict(reply.addresses)
+            self.me = reply.config.get("you")
+            self.served_config = dict(reply.config)
+        except BaseException:
+            if not self.attach:
+                self.asys.shutdown()
+            raise
+        self._sender_cm = self.asys.private()
+        self._sender = self._sender_cm.__enter__()
+        self.admin_pid = _listener_pid(port)
+        self.thread.start()
+        return self.addresses
+
+    def processes(self) -> list[Any]:
+        """The runtime's processes: the Thespian admin and every actor under it."""
+        import psutil
+
+        if not self.admin_pid:
+            return []
+        try:
+            admin = psutil.Process(self.admin_pid)
+            return [admin, *admin.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def send(self, address: Any, data: bytes) -> None:
+        wrapped = encode(self._via(self.me, data))
+        with self._lock:
+            self._sender.tell(address, wrapped)
+
+    def call(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                raw = self.asys.listen(0.2)
+            except Exception:
+                if self._stopping.is_set():
+                    return
+                log.exception("local driver: listening failed")
+                continue
+            if raw is None:
+                continue
+            try:
+                msg = decode(raw) if isinstance(raw, (bytes, bytearray)) else raw
+            except Exception as exc:
+                log.warning("local driver dropped a malformed message: %s", exc)
+                continue
+            try:
+                self.on_message(msg)
+            except Exception:
+                log.exception("local driver: handling a message failed")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.asys is None:
+            return
+        if not self.attach:
+            try:
+                self.send(self.director, encode(Shutdown()))
+            except Exception:
+                log.exception("local driver: could not ask the director to shut down")
+        self._stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        try:
+            if self._sender_cm is not None:
+                self._sender_cm.__exit__(None, None, None)
+        except Exception:  # pragma: no cover - best effort
+            pass
+        if not self.attach:
+            procs = self.processes()
+            self.asys.shutdown()
+            _reap(procs, timeout)
+        self.asys = None

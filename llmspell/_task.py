@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import inspect
 import itertools
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,9 +42,20 @@ _ID_PREFIX = uuid.uuid4().hex[:12]
 _id_counter = itertools.count(1)
 
 
+def _new_id_prefix() -> None:
+    """A forked process (an engine in local mode) must not repeat its parent's ids."""
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX = uuid.uuid4().hex[:12]
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def new_task_id() -> str:
     """A fresh task id, unique across processes: a random per-process prefix
-    and a counter (a uuid4 per task costs 10x more)."""
+    (new in every forked process) and a counter (a uuid4 per task costs 10x
+    more)."""
     return f"{_ID_PREFIX}-{next(_id_counter)}"
 
 

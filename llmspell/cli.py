@@ -17,7 +17,9 @@ from typing import Any
 from . import __version__
 from ._exceptions import LlmspellError, MessageError, TaskFailed
 
-__all__ = ["main"]
+__all__ = ["DEFAULT_PORT", "main"]
+
+DEFAULT_PORT = 1921
 
 
 def _parse_arg(text: str) -> tuple[str, Any]:
@@ -56,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     run.add_argument("--json", action="store_true", help="print only the JSON result")
+    serve = sub.add_parser("serve", help="run a local multi-process runtime on 127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"admin port on 127.0.0.1 (default {DEFAULT_PORT})")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="engine processes per engine (default: one per core)")
+
+    for name, text in (("status", "inspect a served runtime"), ("stop", "stop a served runtime")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--port", type=int, default=DEFAULT_PORT)
     return p
 
 
@@ -71,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(json_only=args.json)
         if args.command == "run":
             return _run_file(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "stop":
+            return _stop(args)
     except MessageError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 2
@@ -109,6 +126,78 @@ def _run_file(args: argparse.Namespace) -> int:
                 print(exc.traceback, file=sys.stderr)
             return 1
     print(json.dumps(_jsonable(value)), flush=True)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from . import Runtime
+
+    config: dict[str, Any] = {"port": args.port}
+    if args.workers is not None:
+        config["workers"] = args.workers
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with Runtime(mode="local", **config) as rt:
+        engines = rt.stats()["engines"]
+        print(json.dumps({"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}),
+              flush=True)
+        while not stop.wait(0.5):
+            if rt._core.addresses.get("director") is None:  # pragma: no cover
+                break
+            if _stop_requested(rt):
+                break
+    print(json.dumps({"stopped": f"127.0.0.1:{args.port}"}), flush=True)
+    return 0
+
+
+def _stop_requested(rt: Any) -> bool:
+    try:
+        return bool(rt.stats().get("stop_requested"))
+    except Exception:
+        return True  # the runtime is gone
+
+
+def _status(args: argparse.Namespace) -> int:
+    from . import Runtime
+
+    try:
+        with Runtime(mode="local", address=f"127.0.0.1:{args.port}") as rt:
+            stats = rt.stats()
+    except LlmspellError as exc:
+        print(f"llmspell: {exc}", file=sys.stderr)
+        return 1
+    queued = stats.get("queued", {})
+    print(json.dumps({
+        "address": f"127.0.0.1:{args.port}",
+        "engines": [{k: e[k] for k in ("engine", "index", "pid", "restarts", "running")}
+                    for e in stats["engines"]],
+        "queue_depth": sum(queued.values()) if isinstance(queued, dict) else 0,
+        "tasks": {k: stats[k] for k in ("submitted", "pending", "running", "succeeded",
+                                        "failed", "cancelled", "timed_out")},
+        "restarts": stats["restarts"],
+        "degraded": stats.get("degraded"),
+    }, indent=2))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from . import Runtime
+
+    try:
+        with Runtime(mode="local", address=f"127.0.0.1:{args.port}") as rt:
+            rt._request_stop()
+    except LlmspellError as exc:
+        print(f"llmspell: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"stopping": f"127.0.0.1:{args.port}"}))
     return 0
 
 

@@ -14,10 +14,12 @@ runtime raise ``RuntimeClosed``; a closed runtime cannot be reopened.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import enum
 import itertools
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,10 @@ _CONFIG = frozenset(
         "lua_memory",
         "js_memory",
         "step_budget",
+        "retry_backoff",
+        "retry_backoff_cap",
+        "supervision",
+        "quantum",
     )
 )
 
@@ -99,11 +105,23 @@ class _Core:
         unknown = sorted(set(config) - _CONFIG)
         if unknown:
             raise MessageError(f"unknown runtime option {unknown[0]!r}")
-        if mode != "embedded":
-            raise MessageError(f"mode {mode!r} is not available in this version yet", where="mode")
+        if mode == "cluster":
+            raise MessageError(
+                "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
+            )
+        workers = config.get("workers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 1):
+            raise MessageError("must be an int >= 1", where="workers")
         self.mode = mode
         self.config = dict(config)
-        self.config.setdefault("engines", _default_engines())
+        if mode == "local":
+            import os
+
+            per_engine = int(workers or os.cpu_count() or 1)
+        else:
+            per_engine = 1
+        self.config.setdefault("engines", _default_engines(per_engine))
         self.runtime_id = uuid.uuid4().hex
         self.state = RuntimeState.STARTING
         self.views: dict[str, _View] = {}
@@ -241,7 +259,7 @@ class _Core:
         raise error_from_outcome(task_id, o.status, o.error)
 
 
-def _default_engines() -> dict[str, int]:
+def _default_engines(per_engine: int) -> dict[str, int]:
     from .actors.director import ENGINE_CLASSES, _load
 
     engines = {}
@@ -250,7 +268,7 @@ def _default_engines() -> dict[str, int]:
             _load(ENGINE_CLASSES[name])
         except (ImportError, AttributeError):
             continue
-        engines[name] = 1
+        engines[name] = per_engine
     return engines
 
 
@@ -320,6 +338,19 @@ class Subscription:
         self.close()
 
 
+_open_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_runtimes() -> None:
+    """Interpreter exit closes every runtime still open (no process left behind)."""
+    for rt in list(_open_runtimes):
+        try:
+            rt.close()
+        except Exception:  # pragma: no cover - best effort at exit
+            pass
+
+
 class _Waiter:
     """A one-shot reply slot for a blocking request."""
 
@@ -343,13 +374,18 @@ class Runtime:
     """
 
     def __init__(self, mode: str = "embedded", **config: Any) -> None:
-        from ._driver import EmbeddedDriver
+        from ._driver import EmbeddedDriver, LocalDriver
 
         self._core = _Core(mode, config)
-        self._driver = EmbeddedDriver(
-            self._core.runtime_id, self._core.config, self._core.on_message
-        )
+        core = self._core
+        self._driver: EmbeddedDriver | LocalDriver
+        if mode == "local":
+            self._driver = LocalDriver(core.runtime_id, core.config, core.on_message,
+                                       attach=config.get("address"))
+        else:
+            self._driver = EmbeddedDriver(core.runtime_id, core.config, core.on_message)
         addresses = self._driver.start()
+        _open_runtimes.add(self)
         self._core.addresses = addresses
         self._scheduler = addresses["scheduler"]
         self._events = addresses["events"]
@@ -372,6 +408,7 @@ class Runtime:
         if self._core.state is RuntimeState.CLOSED:
             return
         self._core.state = RuntimeState.CLOSED
+        _open_runtimes.discard(self)
         self._driver.stop()
         for subscription in list(self._core.subscriptions.values()):
             subscription.close()
@@ -527,6 +564,13 @@ class Runtime:
         wf = load_workflow(path_or_dict)
         self._core.check_open()
         return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout, None)
+
+    def _request_stop(self) -> None:
+        """Ask the process serving this (attached) runtime to shut it down."""
+        from .messages.types import RequestStop
+
+        self._core.check_open()
+        self._driver.send(self._scheduler, encode(RequestStop("stop requested by a client")))
 
     # -- events -------------------------------------------------------------
 

@@ -15,7 +15,9 @@ from typing import Any
 from thespian.actors import ActorAddress, ActorExitRequest
 
 from .._actor import WireActor, log
-from ..messages.types import Hello, Introduce, Shutdown
+from ..messages.types import Hello, Introduce, Ping, Pong, Shutdown, SupervisorEvent
+from ..supervisors.supervisor import ChildSpec, Supervisor, SupervisorSpec
+from .coordinator import Coordinator
 from .events import EventBus
 from .scheduler import Scheduler
 
@@ -29,6 +31,65 @@ ENGINE_CLASSES = {
     "lua": "llmspell.engines.lua:LuaEngine",
     "js": "llmspell.engines.js:JsEngine",
 }
+
+
+def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
+    """The engines' supervisor: one child per engine worker, one-for-one."""
+    counts: dict[str, int] = config.get("engines", {"python": 1})
+    children = [
+        ChildSpec(f"{engine}/{index}", ENGINE_CLASSES[engine],
+                  {"engine": engine, "index": index})
+        for engine, count in counts.items()
+        for index in range(int(count))
+    ]
+    sup: dict[str, Any] = dict(config.get("supervision") or {})
+    return SupervisorSpec(
+        name="engines",
+        strategy=str(sup.get("strategy", "one_for_one")),
+        intensity=int(sup.get("intensity", 10)),
+        period=float(sup.get("period", 30.0)),
+        backoff_base=float(sup.get("backoff_base", 0.05)),
+        backoff_cap=float(sup.get("backoff_cap", 2.0)),
+        jitter=float(sup.get("jitter", 0.1)),
+        children=tuple(children),
+    )
+
+
+_WATCHDOG_PERIOD = 1.0
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _terminate_admin() -> None:
+    """Stop the Thespian admin (this actor's parent process) and every actor
+    process under it: nothing of an orphaned runtime may stay behind."""
+    import os
+    import signal
+
+    import psutil
+
+    me = psutil.Process()
+    admin = me.parent()
+    if admin is None:
+        return
+    procs = [p for p in admin.children(recursive=True) if p.pid != me.pid]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    try:
+        admin.send_signal(signal.SIGKILL)
+    except psutil.Error:
+        pass
+    os._exit(0)
 
 
 def _load(path: str) -> Any:
@@ -47,6 +108,10 @@ class Director(WireActor):
         self.engines: list[ActorAddress] = []
         self.children: list[ActorAddress] = []
         self.started = False
+        self.expected: set[str] = set()
+        self.requester: ActorAddress | None = None
+        self.degraded = ""
+        self.stopped = False
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         if self.started:
@@ -55,29 +120,73 @@ class Director(WireActor):
         self.started = True
         self.runtime_id = msg.runtime_id
         self.config = dict(msg.config)
-        events = self.createActor(EventBus)
-        scheduler = self.createActor(Scheduler)
-        self.addresses = {"director": self.myAddress, "scheduler": scheduler, "events": events}
-        self.children = [scheduler, events]
+        self.requester = sender
+        # Engines are created by their supervisor: only a parent hears that a child died.
+        roles = {
+            "events": EventBus,
+            "scheduler": Scheduler,
+            "coordinator": Coordinator,
+            "supervisor": Supervisor,
+        }
+        self.addresses = {"director": self.myAddress}
+        self.expected = set(roles)
+        for role, cls in roles.items():
+            # A new child's address cannot travel in a message until its process is up
+            # (multiproc bases): each child answers a ping, and its answer's sender is
+            # the address the others get.
+            self.send_msg(self.createActor(cls), Ping(role))
+
+    def on_pong(self, msg: Pong, sender: ActorAddress) -> None:
+        if msg.role not in self.expected:
+            return
+        self.expected.discard(msg.role)
+        self.addresses[msg.role] = sender
+        if self.expected:
+            return
+        supervisor = self.addresses.pop("supervisor")
+        self.children = [self.addresses[r] for r in ("scheduler", "events", "coordinator")]
+        self.engines = [supervisor]
         for addr in self.children:
             self.send_msg(addr, Introduce(self.runtime_id, self.addresses, self.config))
-        counts: dict[str, int] = self.config.get("engines", {"python": 1})
-        for engine, count in counts.items():
-            cls = _load(ENGINE_CLASSES[engine])
-            for index in range(int(count)):
-                addr = self.createActor(cls)
-                self.engines.append(addr)
-                cfg = dict(self.config, index=index)
-                self.send_msg(addr, Introduce(self.runtime_id, self.addresses, cfg))
-        self.send_msg(sender, Introduce(self.runtime_id, self.addresses, self.config))
+        spec = engine_supervisor_spec(self.config)
+        self.send_msg(supervisor, Introduce(self.runtime_id, self.addresses,
+                                            dict(self.config, supervisor=spec.to_dict())))
+        self.send_msg(self.requester, Introduce(self.runtime_id, self.addresses,
+                                                dict(self.config, you=self.requester)))
+        if self.config.get("owner_pid"):
+            self.wake_after(_WATCHDOG_PERIOD, "watchdog")
+
+    def on_wakeup(self, payload: Any) -> None:
+        """local mode: when the process that owns the runtime is gone (killed,
+        crashed), stop everything, the admin process included."""
+        if payload != "watchdog" or self.stopped:
+            return
+        owner = int(self.config.get("owner_pid") or 0)
+        if owner and not _alive(owner):
+            log.warning("the owner process %d is gone: shutting the runtime down", owner)
+            self.on_shutdown(Shutdown("owner process died"), self.myAddress)
+            _terminate_admin()
+            return
+        self.wake_after(_WATCHDOG_PERIOD, "watchdog")
 
     def on_poll(self, msg: Any, sender: ActorAddress) -> None:
         """A no-op: the embedded driver sends it to let due wake-ups fire."""
 
     def on_hello(self, msg: Hello, sender: ActorAddress) -> None:
-        self.send_msg(sender, Introduce(self.runtime_id, self.addresses, self.config))
+        self.send_msg(sender, Introduce(self.runtime_id, self.addresses,
+                                        dict(self.config, you=sender)))
+
+    def on_supervisor_event(self, msg: SupervisorEvent, sender: ActorAddress) -> None:
+        """A supervisor below reports a crash, a restart, or that it gave up."""
+        if msg.what == "escalate":
+            self.degraded = f"supervisor {msg.supervisor} gave up: {msg.detail}"
+            log.error("runtime degraded: %s", self.degraded)
+        scheduler = self.addresses.get("scheduler")
+        if scheduler is not None:
+            self.send_msg(scheduler, msg)
 
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
+        self.stopped = True
         scheduler = self.addresses.get("scheduler")
         if scheduler is not None:
             self.send_msg(scheduler, msg)

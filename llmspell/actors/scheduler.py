@@ -47,11 +47,12 @@ from ..messages.types import (
     TaskSpec,
     WatchTasks,
 )
+from ..messages.types import EngineEvent, SupervisorEvent
 
 __all__ = ["Scheduler"]
 
 # kind -> engine that runs it
-_ROUTES = {"python": "python", "lua": "lua", "js": "js"}
+_ROUTES = {"python": "python", "lua": "lua", "js": "js", "workflow": "workflow"}
 
 
 class _Rec:
@@ -125,21 +126,71 @@ class Scheduler(WireActor):
         self._dispatch: dict[str, tuple[ActorAddress, list[_Rec]]] = {}
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
+        self.degraded = ""
+        self.stop_requested = False
+        self.retry_base = 0.02  # seconds before the first re-run; doubles per attempt
+        self.retry_cap = 1.0
 
     # -- set-up -------------------------------------------------------------
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         self.addresses.update(msg.addresses)
+        self.retry_base = float(msg.config.get("retry_backoff", self.retry_base))
+        self.retry_cap = float(msg.config.get("retry_backoff_cap", self.retry_cap))
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
         slots = self.slots[msg.engine]
+        fresh = _Slot(msg, sender)
         for i, s in enumerate(slots):
             if s.index == msg.index:
-                slots[i] = _Slot(msg, sender)
+                self._lose_slot(s, "engine process was replaced while running this task")
+                slots[i] = fresh
                 break
         else:
-            slots.append(_Slot(msg, sender))
+            slots.append(fresh)
+        if msg.restarts:
+            self._publish(f"llmspell.engine.restart",
+                          {"engine": msg.engine, "index": msg.index, "pid": msg.pid,
+                           "restarts": msg.restarts})
         self._dirty.add(msg.engine)
+
+    def on_engine_event(self, msg: EngineEvent, sender: ActorAddress) -> None:
+        """The engines' supervisor saw an engine die (or restarted it)."""
+        if msg.what != "crash":
+            return
+        for s in self.slots.get(msg.engine, ()):
+            if s.index == msg.index:
+                s.capacity = 0  # takes nothing until it registers again
+                s.restarts += 1
+                self._lose_slot(s, "engine process crashed while running this task")
+        self.counts["crashes"] += 1
+        self._publish("llmspell.engine.crash", {"engine": msg.engine, "index": msg.index,
+                                                "detail": msg.detail})
+
+    def _lose_slot(self, slot: _Slot, message: str) -> None:
+        """Everything in flight on ``slot`` is lost: re-run it if it has retries
+        left, else fail it with ``message``. Never both, never neither."""
+        for task_id in list(slot.running):
+            rec = self.tasks.get(task_id)
+            slot.running.discard(task_id)
+            if rec is None or rec.status != "running":
+                continue
+            rec.slot = None
+            lost = TaskOutcome(task_id, "failed", error=_err(message, engine=slot.engine),
+                               attempt=rec.attempt)
+            if rec.attempt < rec.spec.retries:
+                self._retry(rec, lost)
+            else:
+                self._finish(rec, "failed", error=lost.error)
+        self._dirty.add(slot.engine)
+
+    def on_request_stop(self, msg: Any, sender: ActorAddress) -> None:
+        self.stop_requested = True
+
+    def on_supervisor_event(self, msg: SupervisorEvent, sender: ActorAddress) -> None:
+        if msg.what == "escalate":
+            self.degraded = f"supervisor {msg.supervisor!r} gave up: {msg.detail}"
+            self._publish("llmspell.runtime.degraded", {"reason": self.degraded})
 
     # -- submission ---------------------------------------------------------
 
@@ -156,6 +207,10 @@ class Scheduler(WireActor):
                 rec.watchers = [sender]
             self.counts["submitted"] += 1
             fresh.append(rec)
+        if msg.cancelled is not None:  # an aggregator's tasks that will never run
+            for rec in fresh:
+                self._finish(rec, "cancelled", error=_err(msg.cancelled, kind="cancelled"))
+            return
         # Dependencies are resolved after the whole batch is known, so a batch
         # may list a task before the task it depends on.
         for rec in fresh:
@@ -181,8 +236,11 @@ class Scheduler(WireActor):
     def _make_ready(self, rec: _Rec) -> None:
         spec = rec.spec
         if spec.deps_input and spec.deps:
-            values = {d: self.tasks[d].outcome.value for d in spec.deps}  # type: ignore[union-attr]
-            spec.input = values[spec.deps[0]] if len(spec.deps) == 1 else values
+            deps = [self.tasks[d] for d in spec.deps]
+            if len(deps) == 1:
+                spec.input = deps[0].outcome.value  # type: ignore[union-attr]
+            else:  # keyed by each dependency's workflow step id where it has one
+                spec.input = {_input_key(d): d.outcome.value for d in deps}  # type: ignore[union-attr]
         if spec.kind == "event":
             self._publish(spec.name or "", spec.payload)
             self._finish(rec, "succeeded", value=None)
@@ -275,7 +333,16 @@ class Scheduler(WireActor):
         rec.attempt += 1
         rec.status = "pending"
         self.counts["retries"] += 1
-        self._publish("llmspell.task.retry", {"task_id": rec.spec.id, "attempt": rec.attempt})
+        self._publish("llmspell.task.retry", {"task_id": rec.spec.id, "attempt": rec.attempt,
+                                              "error": rec.errors[-1]})
+        # exponential backoff between attempts: base, 2*base, 4*base ... up to the cap
+        delay = min(self.retry_cap, self.retry_base * 2 ** (rec.attempt - 1))
+        if delay > 0:
+            self.wake_after(delay, ("retry", rec.spec.id, rec.attempt))
+        else:
+            self._requeue(rec)
+
+    def _requeue(self, rec: _Rec) -> None:
         heapq.heappush(self.ready[rec.engine], (-rec.spec.priority, next(self.seq), rec.spec.id))
         self._dirty.add(rec.engine)
 
@@ -349,6 +416,12 @@ class Scheduler(WireActor):
             self.send_msg(sender, CancelReply(msg.ref, cancelled))
 
     def on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, tuple) and payload and payload[0] == "retry":
+            _, task_id, attempt = payload
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.status == "pending" and rec.attempt == attempt:
+                self._requeue(rec)
+            return
         if isinstance(payload, tuple) and payload and payload[0] == "timeout":
             _, task_id, attempt = payload
             rec = self.tasks.get(task_id)
@@ -463,6 +536,9 @@ class Scheduler(WireActor):
             "queued": {e: len(q) for e, q in self.ready.items()},
             "engines": engines,
             "bad_messages": self.bad_messages,
+            "crashes": self.counts["crashes"],
+            "degraded": self.degraded or None,
+            "stop_requested": self.stop_requested,
         }
         self.send_msg(sender, StatsReply(msg.ref, stats))
 
@@ -476,6 +552,14 @@ class Scheduler(WireActor):
     def _publish(self, name: str, payload: Any) -> None:
         if "events" in self.addresses:
             self._events.append(Publish(name, payload, now()))
+
+
+def _input_key(dep: _Rec) -> str:
+    """The key of a dependency's value in a ``deps_input`` map: its workflow
+    step id (``metadata["step"]``, set by ``llmspell.workflow``) or its task id."""
+    md = dep.spec.metadata
+    step = md.get("step") if md else None
+    return step if isinstance(step, str) else dep.spec.id
 
 
 def _load(slot: _Slot) -> float:

@@ -486,9 +486,19 @@ def encode(msg: Message) -> bytes:
 # -- decoding -----------------------------------------------------------------
 
 
+_ADDRESS_PARTS = frozenset(
+    (("socket", "AddressFamily"), ("socket", "SocketKind"), ("builtins", "set"))
+)
+
+
 class _AddressUnpickler(pickle.Unpickler):
+    """Unpickles Thespian actor addresses and the few plain types inside them;
+    refuses every other class (so no code can ride in an address)."""
+
     def find_class(self, module: str, name: str) -> Any:
-        if module.startswith("thespian.") and "Address" in name:
+        if (module.startswith("thespian.") and "Address" in name) or (
+            (module, name) in _ADDRESS_PARTS
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not an actor address class")
 

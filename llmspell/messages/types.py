@@ -18,6 +18,7 @@ from typing import Any
 from .codec import Address, Message, message
 
 __all__ = [
+    "AggregationEnded",
     "CancelReply",
     "CancelTasks",
     "Coordinate",
@@ -38,8 +39,10 @@ __all__ = [
     "QueryStats",
     "QueryStatus",
     "Shutdown",
+    "StartAggregation",
     "StatsReply",
     "StatusReply",
+    "StopAggregation",
     "StopTasks",
     "SubmitRejected",
     "SubmitTasks",
@@ -48,6 +51,11 @@ __all__ = [
     "TaskOutcomes",
     "TaskSpec",
     "Tick",
+    "Via",
+    "Ping",
+    "Pong",
+    "RequestStop",
+    "SupervisorEvent",
     "Unsubscribe",
     "WatchTasks",
 ]
@@ -97,6 +105,9 @@ class SubmitTasks(Message):
 
     tasks: list[TaskSpec]
     notify: bool = True
+    # when set: record the tasks as cancelled with this reason, never run them
+    # (an aggregator's tasks that never started, so each still ends in one state)
+    cancelled: str | None = None
 
 
 @message("submit_rejected")
@@ -316,6 +327,42 @@ class CoordinationDone(Message):
     result: dict[str, Any]
 
 
+@message("start_aggregation")
+@dataclass(slots=True)
+class StartAggregation(Message):
+    """coordinator -> aggregator (its child): run ``tasks`` under ``strategy``,
+    submitting them to ``scheduler``, and answer ``requester`` with
+    ``CoordinationDone``; publish hook events on ``events``."""
+
+    coord_id: str
+    requester: Address
+    scheduler: Address
+    tasks: list[TaskSpec]
+    strategy: str
+    timeout: float | None = None
+    inputs: list[Any] | None = None
+    events: Address | None = None
+
+
+@message("stop_aggregation")
+@dataclass(slots=True)
+class StopAggregation(Message):
+    """coordinator -> aggregator: cancel what is left and end without an answer
+    (the workflow task it runs was cancelled or timed out)."""
+
+    coord_id: str
+    reason: str
+
+
+@message("aggregation_ended")
+@dataclass(slots=True)
+class AggregationEnded(Message):
+    """aggregator -> coordinator: answered (or stopped), none of my tasks is
+    left unfinished; the coordinator then stops the aggregator."""
+
+    coord_id: str
+
+
 # -- engines, supervision, set-up -------------------------------------------
 
 
@@ -367,6 +414,53 @@ class Shutdown(Message):
     """facade -> director: stop everything (cancel what runs, then exit)."""
 
     reason: str = "runtime closed"
+
+
+@message("via")
+@dataclass(slots=True)
+class Via(Message):
+    """client -> actor: handle the encoded message ``data`` as if it came from
+    ``reply_to`` (answers and task outcomes go there). ``local`` mode uses it:
+    callers send from one endpoint and the driver listens on another."""
+
+    reply_to: Address
+    data: bytes
+
+
+@message("supervisor_event")
+@dataclass(slots=True)
+class SupervisorEvent(Message):
+    """supervisor -> its parent: a child crashed, was restarted, or the
+    supervisor gave up (``what`` = "crash", "restart" or "escalate")."""
+
+    supervisor: str
+    child: str
+    what: str
+    detail: str = ""
+    restarts: int = 0
+
+
+@message("request_stop")
+@dataclass(slots=True)
+class RequestStop(Message):
+    """client -> scheduler: ask the process serving this runtime to shut it
+    down (``llmspell stop``); it sees ``stats()["stop_requested"]``."""
+
+    reason: str = "stop requested"
+
+
+@message("ping")
+@dataclass(slots=True)
+class Ping(Message):
+    """parent -> new child: answer with ``Pong`` (its sender is your address)."""
+
+    role: str
+
+
+@message("pong")
+@dataclass(slots=True)
+class Pong(Message):
+    role: str
 
 
 @message("_tick")

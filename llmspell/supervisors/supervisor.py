@@ -1,0 +1,266 @@
+"""The supervisor actor: OTP-style restarts of the actors it owns.
+
+A supervisor is configured as data (``SupervisorSpec``, carried in the
+``introduce`` message's config under ``"supervisor"``) and creates every
+child itself, because Thespian tells only an actor's parent that it exited
+(``ChildActorExited``).
+
+* **Strategies**: ``one_for_one`` restarts the child that died;
+  ``one_for_all`` stops the others and restarts all of them in order;
+  ``rest_for_one`` stops and restarts the children started after it.
+* **Restart types** per child: ``permanent`` (always restarted),
+  ``transient`` (restarted when it died without being asked to stop; an
+  engine never stops on its own, so for engines this is the same as
+  permanent) and ``temporary`` (never restarted; its tasks fail).
+* **Intensity**: more than ``intensity`` restarts within ``period`` seconds
+  and the supervisor stops its children and *escalates*: it tells its parent
+  (``supervisor_event`` what="escalate"), which reports the runtime as
+  degraded rather than dying silently.
+* **Backoff**: the n-th restart of a child within the period waits
+  ``min(cap, base * 2**(n-1))`` seconds, times a random factor in
+  ``[1 - jitter, 1 + jitter]``.
+* **Shutdown**: children are stopped in reverse start order; a ``shutdown``
+  is forwarded to each first so it can release its resources.
+
+Every crash and restart is also told to the scheduler (``engine_event``),
+which fails or re-dispatches what was in flight on the crashed engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from thespian.actors import ActorAddress, ActorExitRequest
+
+from .._actor import WireActor, addr_key, log
+from ..messages.types import EngineEvent, Introduce, Shutdown, SupervisorEvent
+
+__all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
+
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+RESTARTS = ("permanent", "transient", "temporary")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One supervised actor: ``actor`` is ``"module:Class"``; ``config`` is
+    merged into the ``introduce`` it gets (with ``restarts`` = how many times
+    it was restarted)."""
+
+    name: str
+    actor: str
+    config: dict[str, Any] = field(default_factory=dict)
+    restart: str = "permanent"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "actor": self.actor, "config": self.config,
+                "restart": self.restart}
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    name: str = "supervisor"
+    strategy: str = "one_for_one"
+    intensity: int = 5
+    period: float = 10.0
+    backoff_base: float = 0.05
+    backoff_cap: float = 2.0
+    jitter: float = 0.1
+    shutdown_timeout: float = 5.0
+    children: tuple[ChildSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"supervisor strategy must be one of {STRATEGIES}")
+        for c in self.children:
+            if c.restart not in RESTARTS:
+                raise ValueError(f"child {c.name!r}: restart must be one of {RESTARTS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "strategy": self.strategy, "intensity": self.intensity,
+            "period": self.period, "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap, "jitter": self.jitter,
+            "shutdown_timeout": self.shutdown_timeout,
+            "children": [c.to_dict() for c in self.children],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SupervisorSpec:
+        children = tuple(
+            ChildSpec(c["name"], c["actor"], dict(c.get("config") or {}),
+                      c.get("restart", "permanent"))
+            for c in d.get("children", ())
+        )
+        fields = {k: d[k] for k in ("name", "strategy", "intensity", "period", "backoff_base",
+                                    "backoff_cap", "jitter", "shutdown_timeout") if k in d}
+        return cls(children=children, **fields)
+
+
+def backoff_delay(n: int, base: float, cap: float, jitter: float,
+                  rng: random.Random | None = None) -> float:
+    """Delay before the n-th restart (n >= 1) within the period."""
+    r = rng or random
+    delay = min(cap, base * 2 ** max(0, n - 1))
+    return max(0.0, delay * (1 + r.uniform(-jitter, jitter)))
+
+
+class _Child:
+    __slots__ = ("address", "key", "restarts", "spec", "state")
+
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.address: ActorAddress | None = None
+        self.key = ""
+        self.restarts = 0
+        self.state = "down"  # down | up | stopping | waiting
+
+
+class Supervisor(WireActor):
+    role = "supervisor"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec = SupervisorSpec()
+        self.children: list[_Child] = []
+        self.addresses: dict[str, ActorAddress] = {}
+        self.runtime_id = ""
+        self.config: dict[str, Any] = {}
+        self.parent_addr: ActorAddress | None = None
+        self.history: list[float] = []  # restart times within the period
+        self.stopping = False
+        self.escalated = False
+        self.rng = random.Random()
+
+    def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
+        self.runtime_id = msg.runtime_id
+        self.addresses = dict(msg.addresses)
+        self.config = dict(msg.config)
+        self.parent_addr = sender
+        self.spec = SupervisorSpec.from_dict(self.config.get("supervisor") or {})
+        self.role = f"supervisor {self.spec.name}"
+        self.children = [_Child(c) for c in self.spec.children]
+        for child in self.children:
+            self._start(child)
+
+    # -- children --------------------------------------------------------------------
+
+    def _start(self, child: _Child) -> None:
+        module, _, name = child.spec.actor.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        child.address = self.createActor(cls)
+        child.key = addr_key(child.address)
+        child.state = "up"
+        cfg = {k: v for k, v in self.config.items() if k != "supervisor"}
+        cfg.update(child.spec.config)
+        cfg["restarts"] = child.restarts
+        self.send_msg(child.address, Introduce(self.runtime_id, self.addresses, cfg))
+
+    def _stop(self, child: _Child) -> None:
+        if child.address is not None and child.state == "up":
+            child.state = "stopping"
+            self.send_msg(child.address, Shutdown("stopped by its supervisor"))
+            self.send(child.address, ActorExitRequest())
+
+    def _find(self, address: ActorAddress) -> _Child | None:
+        # ActorAddress equality knows a new child's local address and its real
+        # one are the same actor; their strings differ.
+        for child in self.children:
+            if child.address is not None and child.address == address:
+                return child
+        return None
+
+    def on_child_exited(self, child_addr: ActorAddress) -> None:
+        child = self._find(child_addr)
+        if child is None:
+            return
+        was = child.state
+        child.state = "down"
+        child.address = None
+        if self.stopping or was == "stopping":
+            return  # we asked it to stop
+        log.warning("%s: child %s died", self.role, child.spec.name)
+        self._tell_engine_event(child, "crash", "the engine process died")
+        self._tell_parent("crash", child)
+        if child.spec.restart == "temporary":
+            return
+        if not self._within_intensity():
+            self._escalate(child)
+            return
+        order = [c.spec.name for c in self.children]
+        i = order.index(child.spec.name)
+        if self.spec.strategy == "one_for_one":
+            group = [child]
+        elif self.spec.strategy == "one_for_all":
+            group = list(self.children)
+        else:
+            group = self.children[i:]
+        for other in group:
+            if other is not child:
+                self._stop(other)
+        for other in group:
+            other.state = "waiting"
+        n = len(self.history)
+        delay = backoff_delay(n, self.spec.backoff_base, self.spec.backoff_cap, self.spec.jitter,
+                              self.rng)
+        self.wake_after(delay, ("restart", [c.spec.name for c in group]))
+
+    def _within_intensity(self) -> bool:
+        t = time.monotonic()
+        self.history = [h for h in self.history if t - h <= self.spec.period]
+        self.history.append(t)
+        return len(self.history) <= self.spec.intensity
+
+    def on_wakeup(self, payload: Any) -> None:
+        if not (isinstance(payload, tuple) and payload and payload[0] == "restart"):
+            return
+        if self.stopping or self.escalated:
+            return
+        names = payload[1]
+        for child in self.children:
+            if child.spec.name in names and child.state in ("waiting", "down"):
+                if child.state == "stopping":
+                    continue
+                child.restarts += 1
+                self._start(child)
+                self._tell_engine_event(child, "restart", "")
+                self._tell_parent("restart", child)
+
+    def _escalate(self, child: _Child) -> None:
+        self.escalated = True
+        log.error("%s: more than %d restarts within %g s; stopping its children and "
+                  "escalating", self.role, self.spec.intensity, self.spec.period)
+        for other in reversed(self.children):
+            self._stop(other)
+        self._tell_parent("escalate", child,
+                          f"more than {self.spec.intensity} restarts within {self.spec.period} s")
+
+    def _tell_parent(self, what: str, child: _Child, detail: str = "") -> None:
+        if self.parent_addr is not None:
+            self.send_msg(self.parent_addr, SupervisorEvent(self.spec.name, child.spec.name, what,
+                                                            detail, child.restarts))
+
+    def _tell_engine_event(self, child: _Child, what: str, detail: str) -> None:
+        engine = child.spec.config.get("engine")
+        scheduler = self.addresses.get("scheduler")
+        if engine is None or scheduler is None:
+            return
+        self.send_msg(scheduler, EngineEvent(str(engine), int(child.spec.config.get("index", 0)),
+                                             what, detail))
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
+        self.stopping = True
+        for child in reversed(self.children):
+            self._stop(child)
+
+    def on_exit(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            for child in reversed(self.children):
+                self._stop(child)
