@@ -1,0 +1,886 @@
+"""``LuaVM``: many sandboxed Lua tasks, one coroutine each, in one ``LuaRuntime`` (Lua 5.5).
+
+Semantics (the contract is ``_vm.py``):
+
+* A task's code is the body of a function: ``return v`` gives the result (the first value
+  only). ``spell`` is a per-task table (``spell.args``, ``spell.input``, ``spell.task_id``
+  and the API functions). Each task has its own globals table (``_G``) whose misses fall
+  back to a shared base of sandboxed globals that no script can reach or change, so tasks
+  never see each other's globals. Code is compiled once per distinct string (LRU cache)
+  behind a prefix on its first line, so messages carry the user's line numbers
+  (``task:3: ...``).
+* Waiting calls (``await``, ``run``, ``tool``, ``agent``, ``sleep``, ``yield``,
+  ``wait_event``, ``coordinate``, ``_resource_wait``) yield the task coroutine; they work
+  from nested functions, inside ``pcall`` and inside coroutines the script made itself
+  (the request is passed up to the host and the answer back down). A resume with
+  ``error=msg`` makes the waiting call raise ``msg``, which the script may catch.
+  ``submit``, ``emit``, ``progress``, ``log`` (and ``print``, sent to ``Host.log`` at
+  ``"info"``) return at once.
+* Requests cannot be forged: the script's ``coroutine.yield`` always tags what it yields,
+  so a bare ``coroutine.yield(...)`` at the task's top level is only a cooperative yield
+  (``Request("yield")``; its values are dropped and it returns nil when resumed).
+  ``coroutine.create``/``wrap``/``resume`` work as usual for the script's own coroutines.
+  The first resume of a task ignores ``value`` and ``error``.
+* Values: Lua -> Python: nil, booleans, integers (int), floats (float), strings (str when
+  valid UTF-8, else bytes), tables whose keys are exactly 1..n (list) or all strings
+  (dict). The empty table becomes ``{}``. Anything else (functions, coroutines, userdata,
+  cycles, mixed, sparse or non-string keys) fails with the path, e.g.
+  ``result.items[3]: cannot convert a function``: the task fails (kind ``"conversion"``)
+  for a result; the spell call raises a script error for ``submit``/``emit``/...
+  Python -> Lua: msgpack data; dicts and lists become tables (``None`` in a list leaves a
+  hole), str and bytes become strings.
+* Sandbox: the safe base functions, read-only ``string``, ``table``, ``math``, ``utf8``,
+  ``coroutine`` and ``os`` (``time``, ``clock``, ``date`` only); ``load`` of text chunks
+  only (default environment: the caller's); ``collectgarbage("count")`` only;
+  ``setmetatable`` refuses ``__gc``; globals tables and library tables have protected
+  metatables; no ``io``, ``debug``, ``require``, ``dofile``,
+  ``loadfile``, ``package``, ``string.dump``, ``python``; the string metatable is hidden.
+  No Python object is ever handed to a script.
+* Limits: one ``max_memory`` for the VM (``memory_in_use`` is lupa's allocator count:
+  Lua 5.5's ``collectgarbage("count")`` leaves out large strings): a task that runs out
+  fails (kind ``"memory"``, unless it catches "not enough memory" itself) and the others
+  go on. A cancelled or finished task's memory goes back at the next collection.
+  Each resume has ``step_budget`` seconds of wall time, checked
+  every ``hook_count`` VM instructions by a count hook on every task coroutine and every
+  coroutine a script makes; a task over budget fails (kind ``"budget"``) even if it tries
+  to catch the error. A count hook makes Lua code run slower (about 2-3x for tight
+  loops); ``step_budget=None`` installs none. One long C call (a pathological string
+  pattern) is not interrupted.
+* ``stats(task_id)``: ``resumes``, ``yields``, ``cpu_seconds`` (wall time inside resumes;
+  ``timing=False`` skips the two clock reads per resume) for live tasks and at least the
+  10,000 most recently finished ones.
+* ``Yielded``/``Request`` objects returned may be shared between tasks: treat them as
+  read-only. ``request_id`` is always 0 (one request at a time per task).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from time import perf_counter
+from typing import Any
+
+import msgpack
+from lupa import lua55
+
+from llmspell.engines._vm import Completed, Failed, Host, Request, StepResult, Yielded
+
+__all__ = ["LuaVM"]
+
+_LuaError: Any = lua55.LuaError
+_LuaMemoryError: Any = lua55.LuaMemoryError
+_MAXINT: int = lua55.LUA_MAXINTEGER
+_MININT: int = lua55.LUA_MININTEGER
+_STATS_KEPT = 10_000
+
+_YIELD = Yielded(Request("yield"))
+_SLEEP0 = Yielded(Request("sleep", {"seconds": 0.0}))
+_RWAIT = Yielded(Request("resource_wait"))
+_COMPLETED_NONE = Completed(None)
+
+
+class _ConvError(Exception):
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.path: list[str] = []  # innermost first
+
+    def message(self, root: str) -> str:
+        return root + "".join(reversed(self.path)) + ": " + self.what
+
+
+class _Task:
+    __slots__ = ("co", "cpu", "resumes", "send", "yields")
+
+    def __init__(self, co: Any) -> None:
+        self.co: Any = co
+        self.send: Any = co.send
+        self.resumes = 0
+        self.yields = 0
+        self.cpu = 0.0
+
+
+def _text(b: Any) -> str:
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+# The user's code starts on the prefix's line, so line numbers stay the user's; the chunk is
+# never run outside a task coroutine; "return nil" spares lupa a StopIteration when the code
+# ends without a return.
+_PREFIX = b"local _ENV, spell = ...; do "
+_SUFFIX = b"\nend return nil"
+
+_PRELUDE = r"""
+local over, h_submit, h_emit, h_progress, h_log, COUNT, PREFIX, SUFFIX = ...
+local type, next, error, select, tostring, rawget, rawset, rawequal =
+      type, next, error, select, tostring, rawget, rawset, rawequal
+local setmetatable, getmetatable, pcall, xpcall, load, collectgarbage =
+      setmetatable, getmetatable, pcall, xpcall, load, collectgarbage
+local co_create, co_resume, co_yield, co_running, co_close, co_status =
+      coroutine.create, coroutine.resume, coroutine.yield, coroutine.running, coroutine.close,
+      coroutine.status
+local sethook, traceback, getinfo, getlocal, getupvalue, rawmeta =
+      debug.sethook, debug.traceback, debug.getinfo, debug.getlocal, debug.getupvalue,
+      debug.getmetatable
+local spack, schar, concat, mtype, utf8len = string.pack, string.char, table.concat,
+      math.type, utf8.len
+
+-- step budget: the host's over() says when the running resume is past its deadline
+local KILL, killed = {}, false
+local function hook()
+  if over() then killed = true; error(KILL, 0) end
+end
+local function rethrow(...)
+  if killed then error(KILL, 0) end
+  return ...
+end
+
+local RO = setmetatable({}, {__mode = "k"})
+
+local function readonly(src, name)
+  local p = setmetatable({}, {
+    __index = src, __metatable = false,
+    __newindex = function() error("attempt to modify read-only table '" .. name .. "'", 2) end,
+    __pairs = function() return function(_, k) return next(src, k) end, nil, nil end,
+  })
+  RO[p] = true
+  return p
+end
+
+local function s_create(f)
+  local co = co_create(f)
+  if COUNT > 0 then sethook(co, hook, "", COUNT) end
+  return co
+end
+-- What a task thread yields to the host, untagged, is a spell request: nothing: sleep(0);
+-- false: yield; true: resource wait; a number: sleep(n); a string: await(handle);
+-- 1, pattern, timeout: wait_event; 2, tasks, strategy, timeout, inputs: coordinate.
+-- The script's own coroutine.yield always yields USER first, so it cannot forge one.
+-- A spell call inside a script's own coroutine yields untagged to our resume: we pass it
+-- up (to the task thread, then the host) and send the answer back down.
+local USER = {}
+local function forward(co, ok, ...)
+  if ok and co_status(co) == "suspended" then
+    if rawequal((...), USER) then return true, select(2, ...) end
+    return forward(co, co_resume(co, co_yield(...)))
+  end
+  return rethrow(ok, ...)
+end
+local function wrap_fwd(co, ok, ...)
+  if not ok then
+    if killed then error(KILL, 0) end
+    local e = ...
+    co_close(co)
+    error(e, 0)
+  end
+  if co_status(co) == "suspended" then
+    if rawequal((...), USER) then return select(2, ...) end
+    return wrap_fwd(co, co_resume(co, co_yield(...)))
+  end
+  return ...
+end
+local base_env
+local function caller_env()
+  -- the _ENV of the nearest script function up the stack (Lua 5.1's getfenv, roughly)
+  for level = 3, 100 do
+    local info = getinfo(level, "f")
+    if info == nil then break end
+    local env, i = nil, 1
+    while true do
+      local name, v = getlocal(level, i)
+      if name == nil then break end
+      if name == "_ENV" then env = v end
+      i = i + 1
+    end
+    if env ~= nil then return env end
+    for j = 1, 255 do
+      local name, v = getupvalue(info.func, j)
+      if name == nil then break end
+      if name == "_ENV" then return v end
+    end
+  end
+  return base_env
+end
+local BASE = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  select = select, tonumber = tonumber, tostring = tostring, type = type,
+  rawequal = rawequal, rawget = rawget, rawlen = rawlen, _VERSION = _VERSION,
+  rawset = function(t, k, v)
+    if RO[t] then error("attempt to modify a read-only table", 2) end
+    return rawset(t, k, v)
+  end,
+  setmetatable = function(t, mt)
+    if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+      error("__gc metamethods are not allowed in the sandbox", 2)
+    end
+    local old = type(t) == "table" and rawmeta(t)
+    if old and rawget(old, "__metatable") ~= nil then
+      error("cannot change a protected metatable", 2)
+    end
+    return setmetatable(t, mt)
+  end,
+  getmetatable = function(o)
+    if type(o) == "userdata" then return nil end
+    return getmetatable(o)
+  end,
+  pcall = function(f, ...) return rethrow(pcall(f, ...)) end,
+  xpcall = function(f, h, ...)
+    return rethrow(xpcall(f, function(e) if killed then return e end return h(e) end, ...))
+  end,
+  load = function(chunk, name, mode, env)
+    if mode ~= nil and mode ~= "t" then
+      error("load: only text chunks (mode \"t\") are allowed in the sandbox", 2)
+    end
+    return load(chunk, name, "t", env == nil and caller_env() or env)
+  end,
+  collectgarbage = function(opt)
+    if opt == "count" then return collectgarbage("count") end
+    error("collectgarbage: only \"count\" is allowed in the sandbox", 2)
+  end,
+  print = function(...)
+    local n, parts = select("#", ...), {}
+    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    h_log("info", concat(parts, "\t"))
+  end,
+  string = readonly(string, "string"), table = readonly(table, "table"),
+  math = readonly(math, "math"), utf8 = readonly(utf8, "utf8"),
+  os = readonly({time = os.time, clock = os.clock, date = os.date}, "os"),
+  coroutine = readonly({
+    create = s_create, running = co_running,
+    yield = function(...) return co_yield(USER, ...) end,
+    status = co_status, isyieldable = coroutine.isyieldable,
+    resume = function(co, ...) return forward(co, co_resume(co, ...)) end,
+    close = function(co) return rethrow(co_close(co)) end,
+    wrap = function(f)
+      local co = s_create(f)
+      return function(...) return wrap_fwd(co, co_resume(co, ...)) end
+    end,
+  }, "coroutine"),
+}
+string.dump = nil
+getmetatable("").__metatable = false
+local ENV_MT = {__index = BASE, __metatable = false}
+base_env = setmetatable({}, ENV_MT)
+
+-- Lua -> msgpack, with the path of what cannot be converted
+local conv_msg, PATH = nil, {}
+local function fail(depth, root, what)
+  local parts = {root}
+  for i = 1, depth do
+    local k = PATH[i]
+    parts[i + 1] = type(k) == "number" and ("[" .. k .. "]") or ("." .. k)
+  end
+  conv_msg = concat(parts) .. ": " .. what
+  return false
+end
+local function hdr(len, fix, fixmax, c8, c16, c32)
+  if len < fixmax then return schar(fix + len)
+  elseif c8 and len < 256 then return schar(c8, len)
+  elseif len < 65536 then return spack(">BI2", c16, len) end
+  return spack(">BI4", c32, len)
+end
+local function enc_str(s, buf, n)  -- str when valid UTF-8, else bin
+  if utf8len(s) then buf[n] = hdr(#s, 0xa0, 32, 0xd9, 0xda, 0xdb)
+  else buf[n] = hdr(#s, 0, 0, 0xc4, 0xc5, 0xc6) end
+  buf[n + 1] = s
+  return n + 2
+end
+local function enc(v, buf, n, depth, root, seen)
+  local tv = type(v)
+  if tv == "string" then return enc_str(v, buf, n)
+  elseif tv == "number" then
+    if mtype(v) == "integer" then
+      buf[n] = (v >= 0 and v < 128) and schar(v) or spack(">Bi8", 0xd3, v)
+    else buf[n] = spack(">Bd", 0xcb, v) end
+    return n + 1
+  elseif tv == "boolean" then buf[n] = v and "\xc3" or "\xc2"; return n + 1
+  elseif v == nil then buf[n] = "\xc0"; return n + 1
+  elseif tv ~= "table" then return fail(depth, root, "cannot convert a " .. tv)
+  end
+  if seen[v] then return fail(depth, root, "cannot convert a table that contains itself") end
+  if depth >= 100 then return fail(depth, root, "nested too deeply") end
+  local ni, ns, maxi = 0, 0, 0
+  for k in next, v do
+    if type(k) == "string" then ns = ns + 1
+    elseif mtype(k) == "integer" and k > 0 then
+      ni = ni + 1
+      if k > maxi then maxi = k end
+    else
+      return fail(depth, root, "cannot convert a table with a " .. type(k) .. " key ("
+        .. tostring(k) .. "); keys must be strings or exactly 1..n")
+    end
+  end
+  if ni > 0 and ns > 0 then
+    return fail(depth, root, "cannot convert a table with mixed keys (strings and integers)")
+  elseif maxi ~= ni then
+    return fail(depth, root, "cannot convert a table whose integer keys are not exactly 1..n")
+  end
+  seen[v] = true
+  depth = depth + 1
+  if ni > 0 then
+    buf[n] = hdr(ni, 0x90, 16, nil, 0xdc, 0xdd)
+    n = n + 1
+    for i = 1, ni do
+      PATH[depth] = i
+      n = enc(rawget(v, i), buf, n, depth, root, seen)
+      if not n then return false end
+    end
+  else
+    buf[n] = hdr(ns, 0x80, 16, nil, 0xde, 0xdf)
+    n = n + 1
+    for k, x in next, v do
+      if not utf8len(k) then return fail(depth - 1, root, "a key is not valid UTF-8") end
+      PATH[depth] = k
+      n = enc(x, buf, enc_str(k, buf, n), depth, root, seen)
+      if not n then return false end
+    end
+  end
+  seen[v] = nil
+  return n
+end
+local function encode(v, root)
+  local buf = {}
+  if not enc(v, buf, 1, 0, root, {}) then return nil end
+  return concat(buf)
+end
+
+-- the spell API
+local SPELL = {}
+local SPELL_MT = {__index = SPELL, __metatable = false}
+local function check_data(v, root, level)
+  local data = encode(v, root)
+  if data == nil then error(conv_msg, level + 1) end
+  return data
+end
+local function submit(spec, level)
+  if type(spec) ~= "table" then error("spell.submit: spec must be a table", level + 1) end
+  local id, err = h_submit(check_data(spec, "spec", level + 1))
+  if id == nil then error(err, level + 1) end
+  return id
+end
+local function await(h, level)
+  if type(h) ~= "string" then
+    error("spell.await: expected a task handle (string), got " .. type(h), level + 1)
+  end
+  local v, e = co_yield(h)
+  if e ~= nil then error(e, 0) end
+  return v
+end
+function SPELL.sleep(s)
+  local _, e
+  if s == 0 then
+    if killed then error(KILL, 0) end
+    _, e = co_yield()
+  else
+    if type(s) ~= "number" or not (s >= 0) then
+      error("spell.sleep: seconds must be a non-negative number", 2)
+    end
+    _, e = co_yield(s + 0.0)
+  end
+  if e ~= nil then error(e, 0) end
+end
+function SPELL.yield()
+  if killed then error(KILL, 0) end
+  local _, e = co_yield(false)
+  if e ~= nil then error(e, 0) end
+end
+function SPELL._resource_wait()
+  if killed then error(KILL, 0) end
+  local _, e = co_yield(true)
+  if e ~= nil then error(e, 0) end
+end
+function SPELL.submit(spec)
+  local id = submit(spec, 2)
+  return id
+end
+function SPELL.await(h)
+  local v = await(h, 2)
+  return v
+end
+function SPELL.run(spec)
+  local v = await(submit(spec, 2), 2)
+  return v
+end
+function SPELL.tool(name, params)
+  local v = await(submit({tool = name, params = params}, 2), 2)
+  return v
+end
+function SPELL.agent(name, input)
+  local v = await(submit({agent = name, input = input}, 2), 2)
+  return v
+end
+function SPELL.wait_event(pattern, timeout)
+  if type(pattern) ~= "string" then error("spell.wait_event: pattern must be a string", 2) end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("spell.wait_event: timeout must be a number or nil", 2)
+  end
+  local v, e = co_yield(1, pattern, timeout)
+  if e ~= nil then error(e, 0) end
+  if type(v) ~= "table" then return nil end
+  return v.name, v.payload
+end
+function SPELL.coordinate(tasks, strategy, opts)
+  if type(tasks) ~= "table" then error("spell.coordinate: tasks must be a list of specs", 2) end
+  if type(strategy) ~= "string" then error("spell.coordinate: strategy must be a string", 2) end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("spell.coordinate: opts must be a table", 2)
+  end
+  local timeout, inputs = opts and opts.timeout, opts and opts.inputs
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("spell.coordinate: opts.timeout must be a number", 2)
+  end
+  local td = check_data(tasks, "tasks", 2)
+  local id = inputs ~= nil and check_data(inputs, "inputs", 2) or nil
+  local v, e = co_yield(2, td, strategy, timeout, id)
+  if e ~= nil then error(e, 0) end
+  return v
+end
+function SPELL.emit(name, payload)
+  if type(name) ~= "string" then error("spell.emit: name must be a string", 2) end
+  local err = h_emit(name, check_data(payload, "payload", 2))
+  if err ~= nil then error(err, 2) end
+end
+function SPELL.progress(done, total, message)
+  if type(done) ~= "number" then error("spell.progress: done must be a number", 2) end
+  if total ~= nil and type(total) ~= "number" then
+    error("spell.progress: total must be a number or nil", 2)
+  end
+  if message ~= nil then message = tostring(message) end
+  local err = h_progress(done, total, message)
+  if err ~= nil then error(err, 2) end
+end
+function SPELL.log(level, message)
+  local err = h_log(tostring(level), tostring(message))
+  if err ~= nil then error(err, 2) end
+end
+
+-- tasks: the host makes a coroutine of runner with (body, task_id, args, input)
+local function runner(body, task_id, args, input)
+  if COUNT > 0 then sethook(co_running(), hook, "", COUNT) end
+  local spell = setmetatable({task_id = task_id, args = args, input = input}, SPELL_MT)
+  local env = setmetatable({_G = false, spell = spell}, ENV_MT)
+  env._G = env
+  return body(env, spell)  -- a tail call: no frame of ours stays under the script's
+end
+local NOENV = setmetatable({}, {__metatable = false})
+local H = {runner = runner}
+function H.compile(code)
+  local f, err = load(PREFIX .. code .. SUFFIX, "=task", "t", NOENV)
+  if f == nil and not load(PREFIX .. code, "=task", "t", NOENV) then
+    -- a message about the user's code, not about our suffix
+    f, err = load(PREFIX .. code, "=task", "t", NOENV)
+  end
+  if f then return f end
+  return nil, err
+end
+function H.encode(v)
+  local data = encode(v, "result")
+  if data == nil then return nil, conv_msg end
+  return data
+end
+function H.fail_info(co)
+  local tb = traceback(co)
+  local _, e = co_close(co)
+  local was_killed = killed or rawequal(e, KILL)
+  killed = false
+  local te, msg = type(e), nil
+  if te == "string" then msg = e
+  elseif te == "number" then msg = tostring(e)
+  else msg = "(error object is a " .. te .. " value)" end
+  return was_killed, msg, tb
+end
+function H.drop(co)
+  pcall(co_close, co)
+  killed = false
+end
+function H.count() return collectgarbage("count") end
+function H.gc() collectgarbage("collect") end
+
+-- nothing outside this chunk may reach the unsafe parts of the real globals
+for _, k in next, {"io", "os", "debug", "package", "require", "dofile", "loadfile",
+                   "load", "python", "collectgarbage", "string", "warn"} do
+  _G[k] = nil
+end
+return H
+"""
+
+
+class LuaVM:
+    """Runs many sandboxed Lua tasks, one coroutine each, in one Lua 5.5 runtime.
+
+    ``step_budget=None`` installs no hook: scripts run faster (no per-instruction hook
+    dispatch) but a script that never waits blocks the VM.
+    """
+
+    language = "lua"
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        max_memory: int = 256 * 1024 * 1024,
+        step_budget: float | None = 1.0,
+        hook_count: int = 10_000,
+        cache_size: int = 256,
+        timing: bool = True,
+    ) -> None:
+        self._host = host
+        self._max_memory = max_memory
+        self._budget = float("inf") if step_budget is None else step_budget
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._tasks: dict[str, _Task] = {}
+        self._done: dict[str, _Task] = {}  # two generations of finished tasks' stats
+        self._done_old: dict[str, _Task] = {}
+        self._current = ""
+        self._timing = timing
+        self._hook_t0 = 0.0
+        self._tripped = False
+        self._closed = False
+        self._lua: Any = lua55.LuaRuntime(
+            encoding=None,
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+            max_memory=max_memory,
+            attribute_filter=_deny_attributes,
+        )
+        real_load = self._lua.globals().load
+        h = real_load(_PRELUDE.encode(), b"=[llmspell]", b"t")(
+            self._over, self._h_submit, self._h_emit, self._h_progress, self._h_log,
+            0 if step_budget is None else hook_count, _PREFIX, _SUFFIX,
+        )  # fmt: skip
+        self._compile: Any = h.compile
+        self._coroutine: Any = h.runner.coroutine
+        self._fail_info: Any = h.fail_info
+        self._encode: Any = h.encode
+        self._drop: Any = h.drop
+        self._count: Any = h.count
+        self._gc: Any = h.gc
+        self._table_from: Any = self._lua.table_from
+
+    # ---- the ScriptVM protocol -------------------------------------------------------
+
+    def start(self, task_id: str, code: str, args: Any = None, input: Any = None) -> Failed | None:
+        if self._closed:
+            raise RuntimeError("LuaVM is closed")
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id!r} already exists in this VM")
+        cache = self._cache
+        body = cache.get(code)
+        if body is None:
+            try:
+                compiled = self._compile(code.encode())
+            except _LuaMemoryError:
+                return self._memory_failed()
+            if type(compiled) is tuple:
+                body = Failed("syntax", _text(compiled[1]))
+            else:
+                body = compiled
+            cache[code] = body
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(code)
+        if type(body) is Failed:
+            return body
+        root = "args"
+        try:
+            a = None if args is None else self._to_lua(args)
+            root = "input"
+            i = None if input is None else self._to_lua(input)
+            co = self._coroutine(body, task_id.encode(), a, i)
+        except _ConvError as e:
+            return Failed("conversion", e.message(root))
+        except _LuaMemoryError:
+            return self._memory_failed()
+        self._tasks[task_id] = _Task(co)
+        return None
+
+    def resume(
+        self, task_id: str, value: Any = None, error: str | None = None, request_id: int = 0
+    ) -> StepResult:
+        try:
+            task = self._tasks[task_id]
+        except KeyError:
+            raise KeyError(f"no task {task_id!r} in this VM") from None
+        arg: Any = None
+        if (value is not None or error is not None) and task.resumes:
+            if error is not None:
+                arg = (None, error.encode())
+            else:
+                try:
+                    arg = self._to_lua(value)
+                except (_ConvError, _LuaMemoryError) as e:
+                    self.cancel(task_id)
+                    if isinstance(e, _ConvError):
+                        return Failed("conversion", e.message("resume value"))
+                    return self._memory_failed()
+        self._current = task_id
+        self._hook_t0 = 0.0  # the budget clock starts at the first hook call of this step
+        if self._timing:
+            t0 = perf_counter()
+            try:
+                r = task.send(arg)
+            except _LuaError as e:
+                task.cpu += perf_counter() - t0
+                task.resumes += 1
+                return self._failed(task_id, task, e)
+            except StopIteration:  # returned nothing
+                r = None
+            task.cpu += perf_counter() - t0
+        else:
+            try:
+                r = task.send(arg)
+            except _LuaError as e:
+                task.resumes += 1
+                return self._failed(task_id, task, e)
+            except StopIteration:
+                r = None
+        task.resumes += 1
+        if r is None and task.co:  # spell.sleep(0), the hot path (it checks the budget flag)
+            task.yields += 1
+            return _SLEEP0
+        return self._step_end(task_id, task, r)
+
+    def cancel(self, task_id: str) -> None:
+        task = self._tasks.pop(task_id, None)
+        if task is None or self._closed:
+            return
+        co = task.co
+        self._remember(task_id, task)
+        if task.resumes:  # a coroutine that never ran has nothing to close
+            self._current = task_id
+            self._hook_t0 = 0.0
+            self._drop(co)
+            self._tripped = False
+
+    def memory_in_use(self) -> int:
+        """Bytes the Lua allocator holds (what ``max_memory`` limits). Lua 5.5's
+        ``collectgarbage("count")`` leaves out large strings, so this is lupa's count."""
+        if self._closed:
+            return 0
+        used = self._lua.get_memory_used()
+        return int(used) if used is not None else int(self._count() * 1024)
+
+    def close(self) -> None:
+        self._closed = True
+        self._tasks.clear()
+        self._cache.clear()
+        self._done.clear()
+        self._done_old.clear()
+        self._lua = self._compile = self._coroutine = self._fail_info = None
+        self._drop = self._count = self._gc = self._table_from = None
+
+    # ---- extras -------------------------------------------------------------------------
+
+    def stats(self, task_id: str) -> dict[str, Any]:
+        """``{"resumes", "yields", "cpu_seconds", "running"}`` of a live or recent task.
+
+        ``cpu_seconds`` is the wall time spent inside this task's resumes. Raises
+        ``KeyError`` for a task the VM does not know (or finished long ago)."""
+        running = True
+        task = self._tasks.get(task_id)
+        if task is None:
+            running = False
+            task = self._done.get(task_id) or self._done_old[task_id]
+        return {"resumes": task.resumes, "yields": task.yields, "cpu_seconds": task.cpu,
+                "running": running}  # fmt: skip
+
+    def tasks(self) -> list[str]:
+        """Ids of the tasks the VM holds now."""
+        return list(self._tasks)
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _over(self) -> bool:
+        now = perf_counter()
+        if not self._hook_t0:
+            self._hook_t0 = now
+        elif now - self._hook_t0 > self._budget:
+            self._tripped = True
+            return True
+        return False
+
+    def _remember(self, task_id: str, task: _Task) -> None:
+        """Keep the finished task's figures, not its coroutine."""
+        task.co = task.send = None
+        done = self._done
+        done[task_id] = task
+        if len(done) >= _STATS_KEPT:
+            self._done_old, self._done = done, {}
+
+    def _step_end(self, task_id: str, task: _Task, r: Any) -> StepResult:
+        if self._tripped:  # it went over budget but swallowed the error: fail it all the same
+            return self._failed(task_id, task, None)
+        if not task.co:  # the script returned
+            return self._completed(task_id, task, r[0] if type(r) is tuple else r)
+        task.yields += 1
+        t = type(r)
+        if r is None:
+            return _SLEEP0
+        if r is False:
+            return _YIELD
+        if r is True:
+            return _RWAIT
+        if t is float:
+            return Yielded(Request("sleep", {"seconds": r}))
+        if t is bytes:
+            return Yielded(Request("await", {"task_id": _text(r)}))
+        if t is tuple and type(r[0]) is int:
+            if r[0] == 1:  # 1, pattern, timeout
+                return Yielded(Request("wait_event", {"pattern": _text(r[1]), "timeout": r[2]}))
+            # 2, tasks, strategy, timeout, inputs or nil
+            tasks = _unpack(r[1])
+            inputs = None if r[4] is None else _unpack(r[4])
+            return Yielded(Request("coordinate", {
+                "tasks": [] if tasks == {} else tasks,
+                "strategy": _text(r[2]),
+                "timeout": r[3],
+                "inputs": [] if inputs == {} else inputs,
+            }))  # fmt: skip
+        return _YIELD  # the script's own coroutine.yield(...): USER, ...
+
+    def _completed(self, task_id: str, task: _Task, v: Any) -> Completed | Failed:
+        del self._tasks[task_id]
+        self._remember(task_id, task)
+        t = type(v)
+        if v is None:
+            return _COMPLETED_NONE
+        if t is bytes:
+            try:
+                return Completed(v.decode())
+            except UnicodeDecodeError:
+                return Completed(v)
+        if t is int or t is float or t is bool:
+            return Completed(v)
+        try:
+            data = self._encode(v)
+        except _LuaMemoryError:
+            return self._memory_failed()
+        if type(data) is tuple:
+            return Failed("conversion", _text(data[1]))
+        return Completed(_unpack(data))
+
+    def _failed(self, task_id: str, task: _Task, exc: Any) -> Failed:
+        co = task.co
+        if self._tasks.pop(task_id, None) is not None:
+            self._remember(task_id, task)
+        tripped = self._tripped
+        self._hook_t0 = 0.0  # closing may run the script's __close handlers
+        if isinstance(exc, _LuaMemoryError):
+            self._drop(co)
+            self._tripped = False
+            return self._memory_failed()
+        if exc is None:
+            self._drop(co)
+            killed, msg, tb = True, "", ""
+        else:
+            try:
+                killed, msg, tb = self._fail_info(co)
+            except _LuaMemoryError:
+                self._tripped = False
+                return self._memory_failed()
+        self._tripped = False
+        tb = _user_traceback(_text(tb))
+        if killed or tripped:
+            return Failed(
+                "budget",
+                f"task {task_id} exceeded its step budget of {self._budget:g} s "
+                "without waiting (an endless loop?)",
+                tb,
+            )
+        return Failed("runtime", _text(msg), tb)
+
+    def _memory_failed(self) -> Failed:
+        self._gc()
+        return Failed(
+            "memory",
+            f"Lua memory limit exceeded (max_memory={self._max_memory} bytes for this VM)",
+        )
+
+    def _to_lua(self, v: Any) -> Any:
+        t = type(v)
+        if t is str:
+            return v.encode()
+        if v is None or t is bool or t is float or t is bytes:
+            return v
+        if t is int:
+            if _MININT <= v <= _MAXINT:
+                return v
+            raise _ConvError(f"integer {v} does not fit in a Lua integer (64 bits)")
+        if t is dict:
+            d: dict[bytes, Any] = {}
+            for k, x in v.items():
+                if type(k) is not str:
+                    raise _ConvError(f"map keys must be strings, got {type(k).__name__}")
+                try:
+                    d[k.encode()] = self._to_lua(x)
+                except _ConvError as e:
+                    e.path.append("." + k)
+                    raise
+            return self._table_from(d)
+        if t is list or t is tuple:
+            items = []
+            for n, x in enumerate(v, 1):
+                try:
+                    items.append(self._to_lua(x))
+                except _ConvError as e:
+                    e.path.append(f"[{n}]")
+                    raise
+            return self._table_from(items)
+        base: Any
+        for base in (bool, int, float, str, bytes, dict, list):  # subclasses, e.g. IntEnum
+            if isinstance(v, base):
+                return self._to_lua(base(v))
+        raise _ConvError(f"cannot convert a {t.__name__}")
+
+    # host calls made by the script; they never raise into Lua, they return an error
+    def _h_submit(self, data: bytes) -> tuple[Any, ...]:
+        spec = _unpack(data)
+        if type(spec) is not dict:
+            return None, b"spell.submit: spec must be a table with string keys"
+        try:
+            return (self._host.submit(self._current, spec).encode(),)
+        except Exception as e:
+            return None, f"spell.submit: {e}".encode()
+
+    def _h_emit(self, name: bytes, data: bytes) -> bytes | None:
+        try:
+            self._host.emit(self._current, _text(name), _unpack(data))
+        except Exception as e:
+            return f"spell.emit: {e}".encode()
+        return None
+
+    def _h_progress(self, done: float, total: float | None, message: Any) -> bytes | None:
+        try:
+            self._host.progress(
+                self._current, done, total, None if message is None else _text(message)
+            )
+        except Exception as e:
+            return f"spell.progress: {e}".encode()
+        return None
+
+    def _h_log(self, level: bytes, message: bytes) -> bytes | None:
+        try:
+            self._host.log(self._current, _text(level), _text(message))
+        except Exception as e:
+            return f"spell.log: {e}".encode()
+        return None
+
+
+def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
+    raise AttributeError("Python attributes are not reachable from Lua")
+
+
+def _user_traceback(tb: str) -> str:
+    """Keep the frames of the user's code; drop the VM's own (``[llmspell]``) and C frames."""
+    lines = [
+        ln for ln in tb.split("\n")[1:] if "[llmspell]" not in ln and not ln.startswith("\t[C]")
+    ]
+    while lines and lines[-1] == "\t(...tail calls...)":  # how the VM called the body
+        lines.pop()
+    return "stack traceback:\n" + "\n".join(lines) if lines else ""
