@@ -9,7 +9,9 @@ ends when the script
 * fails: syntax error, runtime error, memory limit, step time budget
   (``Failed``), or
 * asks for something only the host can give and must wait for it
-  (``Yielded`` with a ``Request``).
+  (``Yielded`` with a ``Request``), or
+* still waits for requests it made in earlier steps and made no new one
+  (``Waiting``; only VMs whose tasks can wait on several requests at once, JS).
 
 Calls that need no waiting (``spell.submit``, ``spell.emit``,
 ``spell.progress``, ``spell.log``) are made synchronously on the ``Host``
@@ -20,6 +22,11 @@ other tasks, events, cancellation. It resumes a yielded task with
 ``vm.resume(task_id, value)`` or ``vm.resume(task_id, error=message)``; an
 error resumes the script with a script-level error it may catch
 (``pcall`` / ``try``).
+
+A JS task may have several requests outstanding (``Promise.all``): each
+``Request`` then carries a VM-unique ``id`` (Lua: always 0) and the engine
+answers each with ``vm.resume(task_id, value, request_id=request.id)``. When a
+task ends, the requests it still had outstanding are abandoned.
 
 Values crossing the boundary are msgpack data only: None, bool, int, float,
 str, bytes, list, dict with str keys.
@@ -35,8 +42,9 @@ __all__ = [
     "Failed",
     "Host",
     "Request",
-    "StepResult",
     "ScriptVM",
+    "StepResult",
+    "Waiting",
     "Yielded",
 ]
 
@@ -58,11 +66,18 @@ class Request:
 
     op: RequestOp
     args: dict[str, Any] = field(default_factory=dict)
+    id: int = 0  # pass back as resume(..., request_id=id); 0 where one request at a time (Lua)
 
 
 @dataclass(frozen=True, slots=True)
 class Yielded:
     request: Request
+    more: tuple[Request, ...] = ()  # further requests made in the same step (JS only)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The task made no new request this step but still waits on earlier ones (JS only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +102,7 @@ class Failed:
     traceback: str = ""
 
 
-StepResult = Yielded | Completed | Failed
+StepResult = Yielded | Waiting | Completed | Failed
 
 
 class Host(Protocol):
@@ -101,7 +116,9 @@ class Host(Protocol):
 
     def emit(self, task_id: str, name: str, payload: Any) -> None: ...
 
-    def progress(self, task_id: str, done: float, total: float | None, message: str | None) -> None: ...
+    def progress(
+        self, task_id: str, done: float, total: float | None, message: str | None
+    ) -> None: ...
 
     def log(self, task_id: str, level: str, message: str) -> None: ...
 
@@ -125,11 +142,15 @@ class ScriptVM(Protocol):
         """
         ...
 
-    def resume(self, task_id: str, value: Any = None, error: str | None = None) -> StepResult:
+    def resume(
+        self, task_id: str, value: Any = None, error: str | None = None, request_id: int = 0
+    ) -> StepResult:
         """Run the task for one step (until it yields, returns or fails).
 
         The first resume after ``start`` begins the script (value ignored).
-        After ``Completed``/``Failed`` the task is forgotten by the VM.
+        ``request_id`` names the request answered (``Request.id``; a VM with one
+        request at a time may ignore it). After ``Completed``/``Failed`` the task
+        is forgotten by the VM.
         """
         ...
 
