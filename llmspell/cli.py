@@ -59,10 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     run.add_argument("--json", action="store_true", help="print only the JSON result")
     serve = sub.add_parser("serve", help="run a local multi-process runtime on 127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
-                       help=f"admin port on 127.0.0.1 (default {DEFAULT_PORT})")
-    serve.add_argument("--workers", type=int, default=None,
-                       help="engine processes per engine (default: one per core)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"admin port on 127.0.0.1 (default {DEFAULT_PORT})",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="engine processes per engine (default: one per core)",
+    )
 
     for name, text in (("status", "inspect a served runtime"), ("stop", "stop a served runtime")):
         c = sub.add_parser(name, help=text)
@@ -147,8 +155,9 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     with Runtime(mode="local", **config) as rt:
         engines = rt.stats()["engines"]
-        print(json.dumps({"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}),
-              flush=True)
+        print(
+            json.dumps({"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}), flush=True
+        )
         while not stop.wait(0.5):
             if rt._core.addresses.get("director") is None:  # pragma: no cover
                 break
@@ -175,16 +184,33 @@ def _status(args: argparse.Namespace) -> int:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
     queued = stats.get("queued", {})
-    print(json.dumps({
-        "address": f"127.0.0.1:{args.port}",
-        "engines": [{k: e[k] for k in ("engine", "index", "pid", "restarts", "running")}
-                    for e in stats["engines"]],
-        "queue_depth": sum(queued.values()) if isinstance(queued, dict) else 0,
-        "tasks": {k: stats[k] for k in ("submitted", "pending", "running", "succeeded",
-                                        "failed", "cancelled", "timed_out")},
-        "restarts": stats["restarts"],
-        "degraded": stats.get("degraded"),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "address": f"127.0.0.1:{args.port}",
+                "engines": [
+                    {k: e[k] for k in ("engine", "index", "pid", "restarts", "running")}
+                    for e in stats["engines"]
+                ],
+                "queue_depth": sum(queued.values()) if isinstance(queued, dict) else 0,
+                "tasks": {
+                    k: stats[k]
+                    for k in (
+                        "submitted",
+                        "pending",
+                        "running",
+                        "succeeded",
+                        "failed",
+                        "cancelled",
+                        "timed_out",
+                    )
+                },
+                "restarts": stats["restarts"],
+                "degraded": stats.get("degraded"),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

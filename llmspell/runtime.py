@@ -110,8 +110,9 @@ class _Core:
                 "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
             )
         workers = config.get("workers")
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                    or workers < 1):
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
             raise MessageError("must be an int >= 1", where="workers")
         self.mode = mode
         self.config = dict(config)
@@ -380,8 +381,9 @@ class Runtime:
         core = self._core
         self._driver: EmbeddedDriver | LocalDriver
         if mode == "local":
-            self._driver = LocalDriver(core.runtime_id, core.config, core.on_message,
-                                       attach=config.get("address"))
+            self._driver = LocalDriver(
+                core.runtime_id, core.config, core.on_message, attach=config.get("address")
+            )
         else:
             self._driver = EmbeddedDriver(core.runtime_id, core.config, core.on_message)
         addresses = self._driver.start()
@@ -564,6 +566,13 @@ class Runtime:
         wf = load_workflow(path_or_dict)
         self._core.check_open()
         return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout, None)
+
+    def _inject_crash(self, engine: str, index: int = 0) -> None:
+        """Fault injection for tests: make engine ``engine``/``index`` die now."""
+        from .messages.types import CrashEngine
+
+        self._core.check_open()
+        self._driver.send(self._scheduler, encode(CrashEngine(engine, index)))
 
     def _request_stop(self) -> None:
         """Ask the process serving this (attached) runtime to shut it down."""

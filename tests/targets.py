@@ -99,3 +99,59 @@ not_callable = 42
 def logged_outcome(name: str, kind: str, value: int = 0) -> int:
     record(name)
     return outcome(kind, value)
+
+
+# -- coordination -----------------------------------------------------------------------
+
+#: (tag, stage, item, start, end, waited) per pipeline stage call
+stage_log: list[tuple[str, str, str, float, float, bool]] = []
+
+
+def stage(
+    tag: str,
+    name: str,
+    input: Any = None,
+    delay: float = 0.0,
+    wait_for: str | None = None,
+    fail_on: str | None = None,
+) -> str:
+    """A pipeline stage: appends ``>name`` to its input and records when it ran.
+
+    The item is the input's first part (``"3>A"`` is item ``"3"``). A stage
+    announces itself on the gate ``tag:name:item`` as it starts; with
+    ``wait_for`` it first waits (up to 5 s) for stage ``wait_for`` to start
+    on the previous item and records whether it did, which shows two stages
+    working on different items at once.
+    """
+    start = time.monotonic()
+    item = str(input).split(">")[0]
+    gate(f"{tag}:{name}:{item}").set()
+    waited = True
+    if wait_for is not None and int(item) > 0:
+        waited = gate(f"{tag}:{wait_for}:{int(item) - 1}").wait(5.0)
+    if delay:
+        time.sleep(delay)
+    end = time.monotonic()
+    with log_lock:
+        stage_log.append((tag, name, item, start, end, waited))
+    if fail_on is not None and item == fail_on:
+        raise RuntimeError(f"stage {name} failed on item {item}")
+    return f"{input}>{name}"
+
+
+def outcome_in(kind: str, value: int = 0, input: Any = None) -> int:
+    """``outcome`` that also takes a pipeline ``input`` (and ignores it)."""
+    return outcome(kind, value)
+
+
+def signal(name: str, input: Any = None) -> str:
+    """Records ``name`` and opens the gate of that name."""
+    record(name)
+    gate(name).set()
+    return name
+
+
+def counted_sleep(key: str, seconds: float) -> float:
+    record(key)
+    time.sleep(seconds)
+    return seconds

@@ -37,8 +37,7 @@ def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
     """The engines' supervisor: one child per engine worker, one-for-one."""
     counts: dict[str, int] = config.get("engines", {"python": 1})
     children = [
-        ChildSpec(f"{engine}/{index}", ENGINE_CLASSES[engine],
-                  {"engine": engine, "index": index})
+        ChildSpec(f"{engine}/{index}", ENGINE_CLASSES[engine], {"engine": engine, "index": index})
         for engine, count in counts.items()
         for index in range(int(count))
     ]
@@ -149,10 +148,16 @@ class Director(WireActor):
         for addr in self.children:
             self.send_msg(addr, Introduce(self.runtime_id, self.addresses, self.config))
         spec = engine_supervisor_spec(self.config)
-        self.send_msg(supervisor, Introduce(self.runtime_id, self.addresses,
-                                            dict(self.config, supervisor=spec.to_dict())))
-        self.send_msg(self.requester, Introduce(self.runtime_id, self.addresses,
-                                                dict(self.config, you=self.requester)))
+        self.send_msg(
+            supervisor,
+            Introduce(
+                self.runtime_id, self.addresses, dict(self.config, supervisor=spec.to_dict())
+            ),
+        )
+        self.send_msg(
+            self.requester,
+            Introduce(self.runtime_id, self.addresses, dict(self.config, you=self.requester)),
+        )
         if self.config.get("owner_pid"):
             self.wake_after(_WATCHDOG_PERIOD, "watchdog")
 
@@ -173,8 +178,9 @@ class Director(WireActor):
         """A no-op: the embedded driver sends it to let due wake-ups fire."""
 
     def on_hello(self, msg: Hello, sender: ActorAddress) -> None:
-        self.send_msg(sender, Introduce(self.runtime_id, self.addresses,
-                                        dict(self.config, you=sender)))
+        self.send_msg(
+            sender, Introduce(self.runtime_id, self.addresses, dict(self.config, you=sender))
+        )
 
     def on_supervisor_event(self, msg: SupervisorEvent, sender: ActorAddress) -> None:
         """A supervisor below reports a crash, a restart, or that it gave up."""

@@ -28,6 +28,7 @@ from ..messages.types import (
     CancelReply,
     CancelTasks,
     DispatchBatch,
+    EngineEvent,
     EngineReady,
     EngineResults,
     Introduce,
@@ -42,12 +43,12 @@ from ..messages.types import (
     StopTasks,
     SubmitRejected,
     SubmitTasks,
+    SupervisorEvent,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
     WatchTasks,
 )
-from ..messages.types import EngineEvent, SupervisorEvent
 
 __all__ = ["Scheduler"]
 
@@ -149,9 +150,15 @@ class Scheduler(WireActor):
         else:
             slots.append(fresh)
         if msg.restarts:
-            self._publish(f"llmspell.engine.restart",
-                          {"engine": msg.engine, "index": msg.index, "pid": msg.pid,
-                           "restarts": msg.restarts})
+            self._publish(
+                "llmspell.engine.restart",
+                {
+                    "engine": msg.engine,
+                    "index": msg.index,
+                    "pid": msg.pid,
+                    "restarts": msg.restarts,
+                },
+            )
         self._dirty.add(msg.engine)
 
     def on_engine_event(self, msg: EngineEvent, sender: ActorAddress) -> None:
@@ -164,8 +171,10 @@ class Scheduler(WireActor):
                 s.restarts += 1
                 self._lose_slot(s, "engine process crashed while running this task")
         self.counts["crashes"] += 1
-        self._publish("llmspell.engine.crash", {"engine": msg.engine, "index": msg.index,
-                                                "detail": msg.detail})
+        self._publish(
+            "llmspell.engine.crash",
+            {"engine": msg.engine, "index": msg.index, "detail": msg.detail},
+        )
 
     def _lose_slot(self, slot: _Slot, message: str) -> None:
         """Everything in flight on ``slot`` is lost: re-run it if it has retries
@@ -176,13 +185,19 @@ class Scheduler(WireActor):
             if rec is None or rec.status != "running":
                 continue
             rec.slot = None
-            lost = TaskOutcome(task_id, "failed", error=_err(message, engine=slot.engine),
-                               attempt=rec.attempt)
+            lost = TaskOutcome(
+                task_id, "failed", error=_err(message, engine=slot.engine), attempt=rec.attempt
+            )
             if rec.attempt < rec.spec.retries:
                 self._retry(rec, lost)
             else:
                 self._finish(rec, "failed", error=lost.error)
         self._dirty.add(slot.engine)
+
+    def on_crash_engine(self, msg: Any, sender: ActorAddress) -> None:
+        for s in self.slots.get(msg.engine, ()):
+            if s.index == msg.index:
+                self.send_msg(s.address, msg)
 
     def on_request_stop(self, msg: Any, sender: ActorAddress) -> None:
         self.stop_requested = True
@@ -333,8 +348,10 @@ class Scheduler(WireActor):
         rec.attempt += 1
         rec.status = "pending"
         self.counts["retries"] += 1
-        self._publish("llmspell.task.retry", {"task_id": rec.spec.id, "attempt": rec.attempt,
-                                              "error": rec.errors[-1]})
+        self._publish(
+            "llmspell.task.retry",
+            {"task_id": rec.spec.id, "attempt": rec.attempt, "error": rec.errors[-1]},
+        )
         # exponential backoff between attempts: base, 2*base, 4*base ... up to the cap
         delay = min(self.retry_cap, self.retry_base * 2 ** (rec.attempt - 1))
         if delay > 0:

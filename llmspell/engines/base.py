@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any
 
-from thespian.actors import ActorAddress
+from thespian.actors import ActorAddress, ActorExitRequest
 
 from .._actor import WireActor, log
 from .._exceptions import MessageError
@@ -112,6 +112,18 @@ class EngineActor(WireActor):
             self.poll()
             if self.busy():
                 self._arm_poll()
+
+    def on_crash_engine(self, msg: Any, sender: ActorAddress) -> None:
+        """Fault injection: die now, leaving in-flight work behind (local mode:
+        the process exits as if killed; embedded: the actor exits)."""
+        import os
+
+        log.warning("%s engine %d: crashing on request", self.engine, self.index)
+        if self._bell is None and os.getpid() != self.config.get("owner_pid"):
+            os._exit(70)  # a process of its own: die like a killed process would
+        self.close()
+        self.closed = True
+        self.send(self.myAddress, ActorExitRequest())
 
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
         self.close()

@@ -23,6 +23,7 @@ __all__ = [
     "CancelTasks",
     "Coordinate",
     "CoordinationDone",
+    "CrashEngine",
     "DispatchBatch",
     "EngineEvent",
     "EngineReady",
@@ -30,7 +31,9 @@ __all__ = [
     "EventDelivery",
     "Hello",
     "Introduce",
+    "Ping",
     "Poll",
+    "Pong",
     "ProgressBatch",
     "ProgressReply",
     "ProgressReport",
@@ -38,6 +41,7 @@ __all__ = [
     "QueryProgress",
     "QueryStats",
     "QueryStatus",
+    "RequestStop",
     "Shutdown",
     "StartAggregation",
     "StatsReply",
@@ -47,16 +51,13 @@ __all__ = [
     "SubmitRejected",
     "SubmitTasks",
     "Subscribe",
+    "SupervisorEvent",
     "TaskOutcome",
     "TaskOutcomes",
     "TaskSpec",
     "Tick",
-    "Via",
-    "Ping",
-    "Pong",
-    "RequestStop",
-    "SupervisorEvent",
     "Unsubscribe",
+    "Via",
     "WatchTasks",
 ]
 
@@ -461,6 +462,16 @@ class Ping(Message):
 @dataclass(slots=True)
 class Pong(Message):
     role: str
+
+
+@message("crash_engine")
+@dataclass(slots=True)
+class CrashEngine(Message):
+    """fault injection -> scheduler -> engine: the engine actor exits at once,
+    as if its process died (tests and simulations)."""
+
+    engine: str
+    index: int = 0
 
 
 @message("_tick")

@@ -57,8 +57,12 @@ class ChildSpec:
     restart: str = "permanent"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "actor": self.actor, "config": self.config,
-                "restart": self.restart}
+        return {
+            "name": self.name,
+            "actor": self.actor,
+            "config": self.config,
+            "restart": self.restart,
+        }
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,13 @@ class SupervisorSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "strategy": self.strategy, "intensity": self.intensity,
-            "period": self.period, "backoff_base": self.backoff_base,
-            "backoff_cap": self.backoff_cap, "jitter": self.jitter,
+            "name": self.name,
+            "strategy": self.strategy,
+            "intensity": self.intensity,
+            "period": self.period,
+            "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap,
+            "jitter": self.jitter,
             "shutdown_timeout": self.shutdown_timeout,
             "children": [c.to_dict() for c in self.children],
         }
@@ -92,17 +100,31 @@ class SupervisorSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SupervisorSpec:
         children = tuple(
-            ChildSpec(c["name"], c["actor"], dict(c.get("config") or {}),
-                      c.get("restart", "permanent"))
+            ChildSpec(
+                c["name"], c["actor"], dict(c.get("config") or {}), c.get("restart", "permanent")
+            )
             for c in d.get("children", ())
         )
-        fields = {k: d[k] for k in ("name", "strategy", "intensity", "period", "backoff_base",
-                                    "backoff_cap", "jitter", "shutdown_timeout") if k in d}
+        fields = {
+            k: d[k]
+            for k in (
+                "name",
+                "strategy",
+                "intensity",
+                "period",
+                "backoff_base",
+                "backoff_cap",
+                "jitter",
+                "shutdown_timeout",
+            )
+            if k in d
+        }
         return cls(children=children, **fields)
 
 
-def backoff_delay(n: int, base: float, cap: float, jitter: float,
-                  rng: random.Random | None = None) -> float:
+def backoff_delay(
+    n: int, base: float, cap: float, jitter: float, rng: random.Random | None = None
+) -> float:
     """Delay before the n-th restart (n >= 1) within the period."""
     r = rng or random
     delay = min(cap, base * 2 ** max(0, n - 1))
@@ -205,8 +227,9 @@ class Supervisor(WireActor):
         for other in group:
             other.state = "waiting"
         n = len(self.history)
-        delay = backoff_delay(n, self.spec.backoff_base, self.spec.backoff_cap, self.spec.jitter,
-                              self.rng)
+        delay = backoff_delay(
+            n, self.spec.backoff_base, self.spec.backoff_cap, self.spec.jitter, self.rng
+        )
         self.wake_after(delay, ("restart", [c.spec.name for c in group]))
 
     def _within_intensity(self) -> bool:
@@ -232,25 +255,36 @@ class Supervisor(WireActor):
 
     def _escalate(self, child: _Child) -> None:
         self.escalated = True
-        log.error("%s: more than %d restarts within %g s; stopping its children and "
-                  "escalating", self.role, self.spec.intensity, self.spec.period)
+        log.error(
+            "%s: more than %d restarts within %g s; stopping its children and escalating",
+            self.role,
+            self.spec.intensity,
+            self.spec.period,
+        )
         for other in reversed(self.children):
             self._stop(other)
-        self._tell_parent("escalate", child,
-                          f"more than {self.spec.intensity} restarts within {self.spec.period} s")
+        self._tell_parent(
+            "escalate",
+            child,
+            f"more than {self.spec.intensity} restarts within {self.spec.period} s",
+        )
 
     def _tell_parent(self, what: str, child: _Child, detail: str = "") -> None:
         if self.parent_addr is not None:
-            self.send_msg(self.parent_addr, SupervisorEvent(self.spec.name, child.spec.name, what,
-                                                            detail, child.restarts))
+            self.send_msg(
+                self.parent_addr,
+                SupervisorEvent(self.spec.name, child.spec.name, what, detail, child.restarts),
+            )
 
     def _tell_engine_event(self, child: _Child, what: str, detail: str) -> None:
         engine = child.spec.config.get("engine")
         scheduler = self.addresses.get("scheduler")
         if engine is None or scheduler is None:
             return
-        self.send_msg(scheduler, EngineEvent(str(engine), int(child.spec.config.get("index", 0)),
-                                             what, detail))
+        self.send_msg(
+            scheduler,
+            EngineEvent(str(engine), int(child.spec.config.get("index", 0)), what, detail),
+        )
 
     # -- shutdown ----------------------------------------------------------------------
 
