@@ -178,7 +178,7 @@ def test_intensity_exceeded_stops_children_and_escalates(world_factory: Any) -> 
     w.crash("a")  # third restart within the period: too many
     w.wait_for(lambda: any(e.what == "escalate" for e in w.events))
     assert ("a", 3) not in starts(w.log())
-    escalate = [e for e in w.events if e.what == "escalate"][0]
+    escalate = next(e for e in w.events if e.what == "escalate")
     assert "more than 2 restarts" in escalate.detail
 
 
