@@ -155,3 +155,17 @@ def counted_sleep(key: str, seconds: float) -> float:
     record(key)
     time.sleep(seconds)
     return seconds
+
+
+def append_line(path: str, key: str, seconds: float = 0.0) -> str:
+    """Record a run in a file (works across engine processes), then sleep."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(key + "\n")
+    time.sleep(seconds)
+    return key
+
+
+def getpid() -> int:
+    import os
+
+    return os.getpid()

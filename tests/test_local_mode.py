@@ -1,0 +1,232 @@
+"""``Runtime(mode="local")``: engines in processes of their own on 127.0.0.1,
+crash recovery, clean lifecycle, serve/status/stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llmspell import Runtime, Task, TaskFailed
+from llmspell._driver import free_port, port_in_use
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def local_rt() -> Iterator[Runtime]:
+    rt = Runtime(mode="local", workers=2)
+    try:
+        wait_engines(rt, 6)
+        yield rt
+    finally:
+        rt.close()
+
+
+def wait_engines(rt: Runtime, n: int, timeout: float = 30.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        engines = [
+            e
+            for e in rt.stats()["engines"]
+            if e["engine"] in ("python", "lua", "js") and e["capacity"]
+        ]
+        if len(engines) >= n:
+            return engines
+        assert time.monotonic() < deadline, f"only {len(engines)} engines registered"
+        time.sleep(0.05)
+
+
+def runtime_processes(rt: Runtime) -> list[psutil.Process]:
+    return rt._driver.processes()  # type: ignore[union-attr]
+
+
+def test_engines_run_in_processes_of_their_own(local_rt: Runtime) -> None:
+    engines = wait_engines(local_rt, 6)
+    pids = {e["pid"] for e in engines}
+    assert len(pids) == 6
+    assert os.getpid() not in pids
+    h = local_rt.submit(Task.python("targets:getpid"))
+    assert local_rt.result(h, timeout=10) in pids
+
+
+def test_values_across_engines(local_rt: Runtime) -> None:
+    hs = [
+        local_rt.submit(Task.python("targets:add", args={"x": 1, "y": 2})),
+        local_rt.submit(Task.lua("return spell.args.x * 2", args={"x": 21})),
+        local_rt.submit(Task.js("return spell.args.x * 2", args={"x": 21})),
+        local_rt.submit(
+            Task.lua('return spell.run({lang="python", target="targets:add", args={x=40, y=2}})')
+        ),
+    ]
+    assert [local_rt.result(h, timeout=20) for h in hs] == [3, 42, 42, 42]
+
+
+def test_failures_and_dependencies(local_rt: Runtime) -> None:
+    a = local_rt.submit(Task.python("targets:fail", args={"message": "nope"}))
+    b = local_rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}, deps=[a]))
+    with pytest.raises(TaskFailed, match="ValueError: nope"):
+        local_rt.result(a, timeout=10)
+    with pytest.raises(TaskFailed, match="dependency"):
+        local_rt.result(b, timeout=10)
+
+
+def test_every_listening_socket_is_on_loopback(local_rt: Runtime) -> None:
+    procs = runtime_processes(local_rt)
+    assert len(procs) >= 8  # admin, director, scheduler, bus, coordinator, supervisor, engines
+    listening = []
+    for p in [*procs, psutil.Process()]:
+        for c in p.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                listening.append(c.laddr.ip)
+    assert listening
+    assert all(ip == "127.0.0.1" for ip in listening), listening
+
+
+def test_killed_engines_lose_nothing(local_rt: Runtime, tmp_path: Path) -> None:
+    runs = tmp_path / "runs.txt"
+    runs.touch()
+    before = wait_engines(local_rt, 6)
+    tasks, retries = [], {}
+    for i in range(300):
+        r = i % 3
+        key = f"k{i}"
+        if i % 2:
+            t = Task.python(
+                "targets:append_line",
+                args={"path": str(runs), "key": key, "seconds": 0.01},
+                retries=r,
+            )
+        else:
+            t = Task.lua("spell.sleep(0.02) return spell.args.k", args={"k": key}, retries=r)
+        tasks.append(t)
+        retries[key] = r
+    handles = local_rt.submit_many(tasks)
+    victims = [e["pid"] for e in before if e["engine"] in ("python", "lua") and e["index"] == 0]
+    for pid in victims:
+        time.sleep(0.15)
+        os.kill(pid, signal.SIGKILL)
+    outcomes = {}
+    for i, h in enumerate(handles):
+        key = f"k{i}"
+        try:
+            outcomes[key] = ("ok", local_rt.result(h, timeout=60))
+        except TaskFailed as exc:
+            outcomes[key] = ("failed", exc.message)
+    lines = runs.read_text().split()
+    crashed = 0
+    for key, (status, value) in outcomes.items():
+        if status == "ok":
+            assert value == key
+        else:
+            assert "crashed" in value, value
+            crashed += 1
+        if int(key[1:]) % 2:  # python: count real runs
+            assert 1 <= lines.count(key) <= retries[key] + 1
+            if status == "failed":
+                assert lines.count(key) == retries[key] + 1
+    after = wait_engines(local_rt, 6)
+    assert {(e["engine"], e["index"]) for e in after} == {(e["engine"], e["index"]) for e in before}
+    assert local_rt.stats()["restarts"] >= len(victims)
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in victims)
+
+
+def test_close_leaves_no_process_and_no_port() -> None:
+    port = free_port()
+    rt = Runtime(mode="local", workers=1, port=port)
+    wait_engines(rt, 3)
+    procs = runtime_processes(rt)
+    assert port_in_use(port)
+    rt.close()
+    gone, alive = psutil.wait_procs(procs, timeout=10)
+    assert not alive
+    assert not port_in_use(port)
+
+
+_OWNER = """
+import json, os, sys, time
+sys.path.insert(0, {tests!r})
+from llmspell import Runtime
+rt = Runtime(mode="local", workers=1)
+procs = rt._driver.processes()
+print(json.dumps([p.pid for p in procs]), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_owner_leaves_nothing_behind() -> None:
+    code = _OWNER.format(tests=str(Path(__file__).parent))
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = json.loads(owner.stdout.readline())
+        assert pids
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        procs = []
+        for pid in pids:
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmspell.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_serve_status_attach_and_stop() -> None:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmspell.cli", "serve", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        first = json.loads(server.stdout.readline())
+        assert first["serving"] == f"127.0.0.1:{port}"
+        with Runtime(mode="local", address=f"127.0.0.1:{port}") as rt:
+            h = rt.submit(Task.lua("return 6 * 7"))
+            assert rt.result(h, timeout=20) == 42
+        status = run_cli("status", "--port", str(port))
+        assert status.returncode == 0, status.stderr
+        info = json.loads(status.stdout)
+        assert info["tasks"]["succeeded"] >= 1
+        assert {e["engine"] for e in info["engines"]} >= {"python", "lua"}
+        stop = run_cli("stop", "--port", str(port))
+        assert stop.returncode == 0, stop.stderr
+        assert server.wait(30) == 0
+        deadline = time.monotonic() + 10
+        while port_in_use(port):
+            assert time.monotonic() < deadline, "the served runtime still listens"
+            time.sleep(0.1)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def test_status_without_a_server_fails_clearly() -> None:
+    out = run_cli("status", "--port", str(free_port()))
+    assert out.returncode == 1
+    assert "no llmspell runtime is served" in out.stderr
