@@ -146,7 +146,7 @@ def test_close_leaves_no_process_and_no_port() -> None:
     procs = runtime_processes(rt)
     assert port_in_use(port)
     rt.close()
-    gone, alive = psutil.wait_procs(procs, timeout=10)
+    _, alive = psutil.wait_procs(procs, timeout=10)
     assert not alive
     assert not port_in_use(port)
 
