@@ -26,6 +26,7 @@ from ..messages.types import (
     EventDelivery,
     Introduce,
     Publish,
+    PublishBatch,
     QueryStats,
     StatsReply,
     Subscribe,
@@ -69,6 +70,10 @@ class EventBus(WireActor):
 
     def on_unsubscribe(self, msg: Unsubscribe, sender: ActorAddress) -> None:
         self.subs.pop(msg.sub_id, None)
+
+    def on_publish_batch(self, msg: PublishBatch, sender: ActorAddress) -> None:
+        for item in msg.items:
+            self.on_publish(item, sender)
 
     def on_publish(self, msg: Publish, sender: ActorAddress) -> None:
         self.published += 1

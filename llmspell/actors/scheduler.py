@@ -35,6 +35,7 @@ from ..messages.types import (
     ProgressBatch,
     ProgressReply,
     Publish,
+    PublishBatch,
     QueryProgress,
     QueryStats,
     QueryStatus,
@@ -278,18 +279,26 @@ class Scheduler(WireActor):
             queue = self.ready.get(engine)
             if not slots or not queue:
                 continue
-            slot = min(slots, key=_load)
-            room = slot.capacity - len(slot.running)
-            while queue and room > 0:
+            if len(slots) == 1:
+                slot = slots[0]
+                room = slot.capacity - len(slot.running)
+                while queue and room > 0:
+                    _, _, task_id = heapq.heappop(queue)
+                    rec = self.tasks.get(task_id)
+                    if rec is None or rec.status != "pending":
+                        continue
+                    self._start(rec, slot)
+                    room -= 1
+                continue
+            while queue:  # several engines: each task to the least loaded one
+                slot = min(slots, key=_load)
+                if len(slot.running) >= slot.capacity:
+                    break
                 _, _, task_id = heapq.heappop(queue)
                 rec = self.tasks.get(task_id)
                 if rec is None or rec.status != "pending":
                     continue
                 self._start(rec, slot)
-                room -= 1
-                if room == 0 and len(slots) > 1:
-                    slot = min(slots, key=_load)
-                    room = slot.capacity - len(slot.running)
         self._dirty.clear()
 
     def _start(self, rec: _Rec, slot: _Slot) -> None:
@@ -322,9 +331,7 @@ class Scheduler(WireActor):
                     self.send_msg(addr, TaskOutcomes(outcomes[i : i + 500]))
         if self._events and "events" in self.addresses:
             events, self._events = self._events, []
-            bus = self.addresses["events"]
-            for ev in events:
-                self.send_msg(bus, ev)
+            self.send_msg(self.addresses["events"], PublishBatch(events))
         else:
             self._events.clear()
 
@@ -579,9 +586,11 @@ def _input_key(dep: _Rec) -> str:
     return step if isinstance(step, str) else dep.spec.id
 
 
-def _load(slot: _Slot) -> float:
-    """How full an engine is (least loaded first)."""
-    return len(slot.running) / slot.capacity if slot.capacity else 1.0
+def _load(slot: _Slot) -> tuple[int, float]:
+    """Least loaded first: fewest running tasks, then the emptiest."""
+    if not slot.capacity:
+        return (1 << 62, 1.0)
+    return (len(slot.running), len(slot.running) / slot.capacity)
 
 
 def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from ..messages.types import (
     ProgressBatch,
     ProgressReport,
     Publish,
+    PublishBatch,
     Shutdown,
     StopTasks,
     SubmitTasks,
@@ -243,5 +244,4 @@ class EngineActor(WireActor):
             ev, self._events = self._events, []
             bus = self.addresses.get("events")
             if bus is not None:
-                for e in ev:
-                    self.send_msg(bus, e)
+                self.send_msg(bus, PublishBatch(ev))

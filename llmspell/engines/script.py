@@ -200,11 +200,26 @@ class ScriptEngine(EngineActor):
         self.vm.cancel(task_id)
         self._drop_subs(s)
 
+    def _tick(self) -> None:
+        """Go on after other messages had their turn. Embedded: a message to
+        itself (queued behind what is waiting). Local: a zero wake-up, which
+        Thespian's TCP transport handles after checking its sockets, without
+        the socket round trip a message to itself costs there."""
+        self.ticking = True
+        if self._bell is not None:
+            self.send(self.myAddress, _TICK)
+        else:
+            self.wake_after(0, "tick")
+
     def on_tick(self, msg: Tick, sender: ActorAddress) -> None:
         self.ticking = False
         self._run_quantum()
 
     def on_wakeup(self, payload: Any) -> None:
+        if payload == "tick":
+            self.ticking = False
+            self._run_quantum()
+            return
         if payload == "timers":
             self.armed = None
             self._fire_timers()
@@ -244,8 +259,7 @@ class ScriptEngine(EngineActor):
     ) -> None:
         heapq.heappush(self.ready, (-priority, next(self.seq), task_id, attempt, value, error, rid))
         if not self.ticking:
-            self.ticking = True
-            self.send(self.myAddress, _TICK)
+            self._tick()
 
     def _answer(self, task_id: str, attempt: int, value: Any, error: str | None, rid: int) -> None:
         s = self.scripts.get(task_id)
@@ -284,8 +298,7 @@ class ScriptEngine(EngineActor):
                 if s is not None:
                     self._handle(s, res)
         if ready and not self.ticking:
-            self.ticking = True
-            self.send(self.myAddress, _TICK)
+            self._tick()
 
     def _handle(self, s: _Script, result: Any) -> None:
         if type(result) is Yielded:

@@ -38,6 +38,7 @@ __all__ = [
     "ProgressReply",
     "ProgressReport",
     "Publish",
+    "PublishBatch",
     "QueryProgress",
     "QueryStats",
     "QueryStatus",
@@ -102,7 +103,9 @@ class TaskSpec(Message):
 @dataclass(slots=True)
 class SubmitTasks(Message):
     """facade/engine -> scheduler: queue these tasks. With ``notify`` the
-    sender gets a ``TaskOutcomes`` for each when it ends."""
+    sender gets a ``TaskOutcomes`` for each when it ends. With ``cancelled``
+    (a reason) the tasks are recorded as cancelled and never run (an
+    aggregator's tasks that never started)."""
 
     tasks: list[TaskSpec]
     notify: bool = True
@@ -275,6 +278,14 @@ class Publish(Message):
     name: str
     payload: Any = None
     time: float = 0.0
+
+
+@message("publish_batch")
+@dataclass(slots=True)
+class PublishBatch(Message):
+    """anyone -> event bus: several events in one message (in order)."""
+
+    items: list[Publish]
 
 
 @message("subscribe")
