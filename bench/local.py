@@ -19,12 +19,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _util import table  # noqa: E402
-from thespian.actors import Actor, ActorSystem  # noqa: E402
+from _util import table
+from thespian.actors import Actor, ActorSystem
 
-from llmspell import Runtime, Task  # noqa: E402
-from llmspell import _loopback  # noqa: E402
-from llmspell._driver import _LOG_DEFS, _reap, free_port  # noqa: E402
+from llmspell import (
+    Runtime,
+    Task,
+    _loopback,
+)
+from llmspell._driver import _LOG_DEFS, _reap, free_port
 
 CPU_CODE = "local s = 0 for i = 1, 200000 do s = s + i end return s"
 

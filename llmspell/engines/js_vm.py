@@ -1,67 +1,60 @@
 """JsVM: JavaScript script tasks as promises in one shared QuickJS context.
 
-Semantics (the contract is ``_vm.py``; this is what JavaScript adds):
+The contract is ``_vm.py``; what JavaScript adds:
 
-* A task's code is the body of ``async function (spell) {...}``, compiled as
-  an ES module (strict mode; a declaration smuggled out of the function by
-  unbalanced braces stays module-local and the code is refused). ``return``
-  gives the result, a throw or rejection the failure. ``start`` compiles
-  (cached per code string); the first ``resume`` calls the function.
-* Isolation: one context for all tasks, so every built-in, ``globalThis`` and
-  the ``spell`` prototype are frozen, ``eval`` is gone and values cross as
-  copies. Tasks share no object, hence no promise: a step can only run jobs of
-  the task it resumed. Assigning ``name``/``message``/``constructor``/
-  ``toString`` on objects inheriting a frozen built-in works (accessors).
-* A step drains the job queue to empty. Waiting calls return Promises and
-  become ``Request``s with a VM-unique ``id``; a task may have several
-  outstanding (``Promise.all``). ``resume`` returns ``Yielded(first, more)``
-  with the requests made in the step, ``Waiting()`` if it made none but still
-  waits on earlier ones, ``Completed``/``Failed`` when the body settled. The
-  engine answers each request with ``resume(..., request_id=id)`` (0 works
-  while the task has one outstanding request). A finished task's outstanding
-  requests are abandoned; answers to unknown request ids are ignored; resuming
-  a forgotten task raises ``KeyError``. A task left with no outstanding request
-  and an unsettled body can never finish: it fails ("deadlock").
+* Code is the body of ``async function (spell) {...}``, compiled (cached per
+  code string) as an ES module: strict mode, and code escaping the function by
+  unbalanced braces is refused. ``return`` is the result, a throw or rejection
+  the failure. The first ``resume`` calls the function.
+* One context for all tasks: every built-in, ``globalThis`` and the ``spell``
+  prototype are frozen, ``eval`` is gone, values cross as copies, so tasks
+  share no object (assigning ``name``/``message``/``toString``/``constructor``
+  on objects inheriting a built-in still works). A step drains the job queue to
+  empty, so every job run in a step is the stepped task's: ``spell``, timers
+  and ``console`` find their task in a "current task" variable, and a step can
+  never advance another task (``drain_other_results`` only reports tasks lost
+  when a context is rebuilt).
+* Waiting calls return Promises and become ``Request``s with VM-unique ids; a
+  task may have several outstanding (``Promise.all``): ``Yielded(first, more)``,
+  then ``Waiting()`` while it waits on earlier ones. Answer each with
+  ``resume(..., request_id=id)`` (0 = its only one). Answers to unknown ids are
+  ignored; a finished task's requests are abandoned; resuming a forgotten task
+  raises ``KeyError``. A task with no outstanding request and an unsettled body
+  fails ("deadlock").
 * The binding refuses calls into Python while a time limit is set, so JS never
-  calls Python: ``spell.emit/progress/log/submit`` are queued and performed
-  in order right after the step. ``spell.submit`` therefore returns an opaque
-  handle ``"<parent id>/<n>"``, which ``spell.await`` maps to the child's real
-  id; a spec the host rejects fails that await (and is logged as a warning).
-* ``setTimeout``/``setInterval`` become ``sleep`` requests (nothing
-  busy-waits), ``queueMicrotask`` a job, ``console.*`` ``host.log``. Errors
-  thrown by those callbacks, and a rejected ``spell`` promise nobody listened
-  to (its rejection ran no job), are reported with ``host.log(id, "warning")``;
-  rejections of the script's own promises are not seen (no tracker exposed).
-  When the body settles, the task is over: pending timers never fire.
-* Values are msgpack data, carried as JSON: undefined/null -> None, integral
-  numbers below 2**63 -> int, other numbers -> float, NaN/Infinity <-> float
-  nan/inf, BigInt within 64 bits -> int, Uint8Array/ArrayBuffer <-> bytes,
-  arrays <-> list, plain objects and class instances (own enumerable keys) <->
-  dict, ``toJSON`` honoured (Date -> ISO string). Functions, symbols, cycles,
-  wider BigInts, Map/Set/Promise/RegExp/Error and other typed arrays fail
-  naming the path (``result.items[3]: cannot convert a function``; a result
-  fails ``kind="conversion"``). Python ints beyond 2**53 lose precision.
-* Limits: memory limit and stack size are per VM (one QuickJS runtime): a task
-  hitting the limit fails ``kind="memory"``, but what a waiting task holds
-  counts against all. The step budget (seconds) is enforced by QuickJS's
-  interrupt (process CPU clock, per job) and for endless microtask chains by
-  the drain loop (wall clock); the task fails ``kind="budget"``, its leftover
-  jobs are interrupted and the VM goes on. If leftovers cannot be stopped the
-  context is rebuilt and its tasks fail (``drain_other_results`` and on their
-  next ``resume``).
-* ``resume_many`` steps many tasks at once: it resolves their promises in one
-  call and drains once. Spell methods find their task through ``this`` (the
-  task's ``spell``); timers, ``console`` and detached spell functions use "the
-  task being stepped", so tasks whose code mentions those (checked by a
-  conservative regex at compile time) are stepped one by one instead.
+  calls Python: ``spell.emit/progress/log/submit`` are queued and performed in
+  order after the step. ``spell.submit`` thus returns an opaque handle
+  ``"<parent id>/<n>"`` that ``spell.await`` maps to the child's id; a spec the
+  host rejects fails that await (and logs a warning).
+* ``setTimeout``/``setInterval`` are ``sleep`` requests (nothing busy-waits),
+  ``queueMicrotask`` a job, ``console.*`` ``host.log``. Errors thrown by those
+  callbacks and a rejected ``spell`` promise nothing listened to are logged as
+  warnings; the script's own unhandled rejections are not seen (no tracker in
+  the binding). Once the body settles, pending timers never fire.
+* Values (msgpack data, as JSON): undefined/null -> None; integral numbers
+  below 2**63 -> int (exact), other numbers -> float; NaN/Infinity <-> float
+  nan/inf; BigInt within 64 bits -> int; Uint8Array/ArrayBuffer <-> bytes;
+  arrays <-> list; plain objects and class instances <-> dict; ``toJSON`` is
+  used (Date -> ISO string). Functions, symbols, cycles, wider BigInts,
+  Map/Set/Promise/RegExp/Error and other typed arrays fail naming the path:
+  ``result.items[3]: cannot convert a function`` (``kind="conversion"``).
+* Limits are per VM (one QuickJS runtime): memory (a task hitting it fails
+  ``"memory"``; a waiting task's memory counts against all) and stack. The step
+  budget is enforced by QuickJS's interrupt (process CPU clock, per job) and,
+  for endless microtask chains, by the drain loop (wall clock): ``"budget"``;
+  the task's leftover jobs are interrupted and the VM goes on. A context whose
+  leftovers cannot be stopped is rebuilt and its tasks fail.
 
-Measured here (2 shared cores, noisy; ``bench/`` style loops, 10,000 tasks):
-a pending task holds ~3.5 KiB of QuickJS heap (malloc) after its first step
-(a bare pending async function: ~1.7 KiB) and starts in ~10 us + its first
-step ~25 us; a Context per task would hold >= 75 KiB and take ~200 us to
-make, with no code sharing: one shared context. A sleep(0) step costs ~15 us
-through ``resume`` and ~6 us through ``resume_many`` against ~4 us (no time
-limit) / ~7 us (with one) for a hand-written loop resolving bare promises.
+Measured on this 2-core VM (noisy), 10,000 tasks awaiting ``spell.sleep(0)``:
+one shared context holds 3.2 KiB (malloc; 1.7 KiB "used") per pending task
+against 1.65 KiB for a bare pending async function, starts a task in ~10 us
+(compile cached) and boots in ~9 ms. A Context per task would take ~310 us
+and ~75 KiB each before any prelude, with no sharing of compiled code or the
+frozen realm: one shared context it is. A sleep(0) step costs 12-17 us
+against ~4 us for a hand-written loop resolving bare promises (6-8 us with a
+time limit set). A batched ``resume_many`` (resolve many, drain once) measured
+no faster (~26 us a task: the cost is QuickJS's promise/job work and cache
+misses, not calls), so there is none.
 """
 
 from __future__ import annotations
@@ -466,12 +459,9 @@ class _Task:
     __slots__ = ("failed", "handles", "id", "seconds", "slot", "started", "steps")
 
     def __init__(self, task_id: str, slot: int) -> None:
-        self.id, self.slot = task_id, slot
-        self.started = False
-        self.steps = 0
-        self.seconds = 0.0
-        self.handles: dict[str, str] = {}
-        self.failed: dict[str, str] = {}
+        self.id, self.slot, self.started, self.steps, self.seconds = task_id, slot, False, 0, 0.0
+        self.handles: dict[str, str] = {}  # spell.submit handle -> child task id
+        self.failed: dict[str, str] = {}  # handle -> why its submit failed
 
 
 def _hook(d: dict[str, Any]) -> Any:
@@ -572,6 +562,8 @@ class JsVM:
         self._host = host
         self._memory_limit = memory_limit
         self._budget = float(step_budget)
+        self._budget_text = (f"the task ran for more than its step budget of {step_budget:g} s "
+                             "without waiting (a busy loop?)")
         self._max_stack = max_stack_size
         self._cache_size = compile_cache
         self._tasks: dict[str, _Task] = {}
@@ -591,6 +583,7 @@ class JsVM:
         self._ctx: Any = ctx
         self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._js_resume, self._js_collect = self._js["resume"], self._js["collect"]
+        self._mem, self._mem_next = 0, 0.0
 
     # -- the protocol --------------------------------------------------------
 
@@ -620,7 +613,10 @@ class JsVM:
     ) -> StepResult:
         rec = self._tasks.get(task_id)
         if rec is None:
-            return self._unknown(task_id)
+            self._check_open()
+            if task_id in self._lost:
+                return self._lost.pop(task_id)
+            raise KeyError(f"no JS task {task_id!r} here (finished, cancelled or never started)")
         t0 = _clock()
         rec.steps += 1
         try:
@@ -660,11 +656,17 @@ class JsVM:
         rec = self._tasks.pop(task_id, None)
         if rec is not None and not self._closed:
             self._js["kill"](rec.slot)
-            self._remember(rec)
+            self._finish(rec, Waiting())
 
-    def memory_in_use(self) -> int:
+    def memory_in_use(self, exact: bool = False) -> int:
+        """QuickJS's malloc'd bytes. Measuring walks the whole heap (17 ms with 10,000
+        tasks), so unless ``exact`` the figure is reused for 20x its cost (<= 5%)."""
         self._check_open()
-        return int(self._ctx.memory()["malloc_size"])
+        t0 = _clock()
+        if exact or t0 >= self._mem_next:
+            self._mem = int(self._ctx.memory()["malloc_size"])
+            self._mem_next = t0 + 21 * (_clock() - t0)
+        return self._mem
 
     def close(self) -> None:
         self._closed = True
@@ -702,13 +704,6 @@ class JsVM:
         if self._closed:
             raise RuntimeError("this JsVM is closed")
 
-    def _unknown(self, task_id: str) -> StepResult:
-        self._check_open()
-        lost = self._lost.pop(task_id, None)
-        if lost is not None:
-            return lost
-        raise KeyError(f"no JS task {task_id!r} here (finished, cancelled or never started)")
-
     def _compile(self, code: str) -> Any:
         if not isinstance(code, str):
             return Failed("syntax", f"the code must be a str, got {type(code).__name__}")
@@ -743,7 +738,7 @@ class JsVM:
             if jobs >= 0 and raw:
                 return Yielded(Request("sleep", {"seconds": 0.0}, int(-raw)) if raw < 0
                                else Request("yield", {}, int(raw)))
-            raw = ""
+            raw = _fast_text(raw)
         if rejected and jobs == 0:
             self._host.log(rec.id, "warning", "unhandled rejection of a spell promise "
                            f"(nothing awaited it) in task {rec.id}")
@@ -756,14 +751,14 @@ class JsVM:
             if end is not None:
                 return self._finish(rec, end)
             if over:
-                return self._finish(rec, Failed("budget", self._budget_msg()))
+                return self._finish(rec, Failed("budget", self._budget_text))
             if not again:
                 break
             for rid, msg in again:
                 self._js_resume(rec.slot, rid, 3, msg)
             jobs = self._drain(deadline, 0)
             raw = self._js_collect()
-            raw = raw if type(raw) is str else self._fast_entry(raw)
+            raw = raw if type(raw) is str else _fast_text(raw)
         if reqs:
             return Yielded(reqs[0], tuple(reqs[1:]))
         if self._js["count"](rec.slot):
@@ -794,10 +789,9 @@ class JsVM:
         finally:
             setl(-1)
 
-    def _stop(self, slot: int | None) -> None:
-        """End task ``slot`` in JS, then run what is queued with an instant interrupt."""
-        if slot is not None:
-            self._js["kill"](slot)
+    def _stop(self, slot: int) -> None:
+        """End task ``slot`` in JS, then run what it left queued with an instant interrupt."""
+        self._js["kill"](slot)
         ctx, limit = self._ctx, max(1.0, 2 * self._budget)
         ctx.set_time_limit(0)
         started = _clock()
@@ -813,17 +807,9 @@ class JsVM:
                                     "was reset and its tasks failed")
         finally:
             ctx.set_time_limit(-1)
-        if slot is not None:
-            self._js_collect()
-            self._js["kill"](slot)
+        self._js_collect()
+        self._js["kill"](slot)
 
-    @staticmethod
-    def _fast_entry(raw: Any) -> str:
-        return "" if not raw else f"S\x1f{-raw}\x1f0" if raw < 0 else f"Y\x1f{raw}"
-
-    def _budget_msg(self) -> str:
-        return (f"the task ran for more than its step budget of {self._budget:g} s without "
-                "waiting (a busy loop?)")
 
     def _apply(
         self, rec: _Task, entries: list[str], reqs: list[Request]
@@ -869,7 +855,7 @@ class JsVM:
     def _failure(self, kind: Any, msg: str, stack: str) -> Failed:
         tb, line = _user_stack(stack)
         if kind == "budget":
-            msg = self._budget_msg()
+            msg = self._budget_text
         elif kind == "memory":
             msg = f"out of memory: the JS VM's limit of {self._memory_limit} bytes was reached"
         elif line is not None and kind == "runtime":
@@ -877,24 +863,27 @@ class JsVM:
         return Failed(kind, msg, tb)
 
     def _finish(self, rec: _Task, result: StepResult) -> StepResult:
+        """Forget ``rec`` (keeping its stats for a while)."""
         self._tasks.pop(rec.id, None)
-        self._remember(rec)
-        return result
-
-    def _remember(self, rec: _Task) -> None:
         self._finished[rec.id] = rec
         if len(self._finished) > 4096:
             self._finished.popitem(last=False)
+        return result
 
     def _reset(self, why: str) -> None:
         lost = list(self._tasks.values())
         self._tasks.clear()
         for rec in lost:
             self._lost[rec.id] = Failed("runtime", why)
-            self._remember(rec)
+            self._finish(rec, Waiting())
         _log.warning("JsVM reset: %s (%d tasks failed)", why, len(lost))
         self._boot()
 
 
 def _first(e: BaseException) -> str:
     return str(e).split("\n", 1)[0]
+
+
+def _fast_text(raw: Any) -> str:
+    """The entry text of collect's numeric answer (a lone sleep(0) or yield id, or 0)."""
+    return "" if not raw else f"S\x1f{-raw}\x1f0" if raw < 0 else f"Y\x1f{raw}"

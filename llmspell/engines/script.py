@@ -27,6 +27,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from thespian.actors import ActorAddress
@@ -54,6 +55,7 @@ from .base import EngineActor
 __all__ = ["ScriptEngine", "spec_from_script"]
 
 _TICK = encode(Tick())
+_NPRIO = len(PRIORITIES)  # ready queues, one per priority
 _script_log = logging.getLogger("llmspell.script")
 _LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40, "critical": 50}
 _SPEC_KEYS = frozenset(
@@ -170,8 +172,12 @@ class ScriptEngine(EngineActor):
         self.vm = self.make_vm(config)
         self.quantum = float(config.get("quantum", 0.005))
         self.scripts: dict[str, _Script] = {}
-        # ready entries: (-priority, seq, task_id, attempt, value, error, request_id)
-        self.ready: list[tuple[int, int, str, int, Any, str | None, int]] = []
+        # ready entries, one FIFO per priority (index 0 low .. 3 critical), highest first:
+        # (task_id, attempt, value, error, request_id)
+        self.ready: list[deque[tuple[str, int, Any, str | None, int]]] = [
+            deque() for _ in range(_NPRIO)
+        ]
+        self.nready = 0
         self.seq = itertools.count()
         # timers: (deadline, seq, task_id, attempt, request_id, kind)
         self.timers: list[tuple[float, int, str, int, int, str]] = []
@@ -189,8 +195,9 @@ class ScriptEngine(EngineActor):
         if failed is not None:
             self._fail(spec.id, attempt, failed)
             return
-        self.scripts[spec.id] = _Script(spec.id, attempt, spec.priority)
-        self._ready(spec.id, attempt, None, None, 0, spec.priority)
+        priority = min(max(spec.priority, 0), _NPRIO - 1)
+        self.scripts[spec.id] = _Script(spec.id, attempt, priority)
+        self._ready(spec.id, attempt, None, None, 0, priority)
 
     def stop(self, task_id: str, reason: str) -> None:
         s = self.scripts.pop(task_id, None)
@@ -201,13 +208,16 @@ class ScriptEngine(EngineActor):
         self._drop_subs(s)
 
     def _tick(self) -> None:
-        """Go on after other messages had their turn. Embedded: a message to
-        itself (queued behind what is waiting). Local: a zero wake-up, which
-        Thespian's TCP transport handles after checking its sockets, without
-        the socket round trip a message to itself costs there."""
+        """Go on after other messages had their turn. Embedded: the tick goes
+        through the driver's queue (the doorbell), behind the facade's submits,
+        cancels and queries; a message to itself would keep the driver inside
+        one ``tell`` for as long as any script is ready, starving the facade.
+        Local: a zero wake-up, which Thespian's TCP transport handles after
+        checking its sockets, without the socket round trip a message to itself
+        costs there."""
         self.ticking = True
         if self._bell is not None:
-            self.send(self.myAddress, _TICK)
+            self._bell(self.myAddress, _TICK)
         else:
             self.wake_after(0, "tick")
 
@@ -257,7 +267,8 @@ class ScriptEngine(EngineActor):
     def _ready(
         self, task_id: str, attempt: int, value: Any, error: str | None, rid: int, priority: int
     ) -> None:
-        heapq.heappush(self.ready, (-priority, next(self.seq), task_id, attempt, value, error, rid))
+        self.ready[priority].append((task_id, attempt, value, error, rid))
+        self.nready += 1
         if not self.ticking:
             self._tick()
 
@@ -268,11 +279,15 @@ class ScriptEngine(EngineActor):
         self._ready(task_id, attempt, value, error, rid, s.priority)
 
     def _run_quantum(self) -> None:
-        deadline = time.perf_counter() + self.quantum
-        ready, scripts, vm = self.ready, self.scripts, self.vm
-        pop = heapq.heappop
-        while ready:
-            _, _, task_id, attempt, value, error, rid = pop(ready)
+        clock = time.perf_counter
+        deadline = clock() + self.quantum
+        queues, scripts, vm = self.ready, self.scripts, self.vm
+        resume = vm.resume
+        low, normal, high, critical = queues
+        while self.nready:
+            q = critical or high or normal or low
+            task_id, attempt, value, error, rid = q.popleft()
+            self.nready -= 1
             s = scripts.get(task_id)
             if s is None or s.attempt != attempt:
                 continue
@@ -281,15 +296,26 @@ class ScriptEngine(EngineActor):
                 s.waits -= 1
             self.resumes += 1
             try:
-                result = vm.resume(task_id, value, error, rid)
+                result = resume(task_id, value, error, rid)
             except KeyError:  # the VM forgot it (e.g. its context was rebuilt)
                 result = Failed("runtime", "the script VM lost this task")
             except Exception as exc:  # a VM bug fails this task, never hangs it
                 log.exception("%s engine: resuming task %s failed", self.engine, task_id)
                 self.vm.cancel(task_id)
                 result = Failed("runtime", f"internal error in the {self.engine} VM: {exc!r}")
+            if type(result) is Yielded and not result.more:
+                req = result.request
+                if req.op == "yield" or (req.op == "sleep" and not req.args.get("seconds")):
+                    # the hot path: a cooperative yield goes to the back of its queue and runs
+                    # again in this quantum once the others ready before it had their turn
+                    s.status = "yielded"
+                    queues[s.priority].append((task_id, attempt, None, None, req.id))
+                    self.nready += 1
+                    if clock() >= deadline:
+                        break
+                    continue
             self._handle(s, result)
-            if time.perf_counter() >= deadline:
+            if clock() >= deadline:
                 break
         others = getattr(vm, "drain_other_results", None)
         if others is not None:
@@ -297,7 +323,7 @@ class ScriptEngine(EngineActor):
                 s = scripts.get(task_id)
                 if s is not None:
                     self._handle(s, res)
-        if ready and not self.ticking:
+        if self.nready and not self.ticking:
             self._tick()
 
     def _handle(self, s: _Script, result: Any) -> None:
