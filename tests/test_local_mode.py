@@ -162,14 +162,17 @@ time.sleep(60)
 """
 
 
-def test_a_killed_owner_leaves_nothing_behind() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_a_killed_owner_leaves_nothing_behind(sig: signal.Signals) -> None:
     code = _OWNER.format(tests=str(Path(__file__).parent))
-    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert owner.stdout is not None
         pids = json.loads(owner.stdout.readline())
         assert pids
-        owner.send_signal(signal.SIGKILL)
+        owner.send_signal(sig)
         owner.wait(10)
         procs = []
         for pid in pids:
