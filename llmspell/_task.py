@@ -42,14 +42,15 @@ _ID_PREFIX = uuid.uuid4().hex[:12]
 _id_counter = itertools.count(1)
 
 
-def _new_id_prefix() -> None:
-    """A forked process (an engine in local mode) must not repeat its parent's ids."""
+def _new_id_prefix(prefix: str | None = None) -> None:
+    """A forked process (an engine in local mode) must not repeat its parent's
+    ids; a simulation sets a prefix of its own so that ids repeat with the seed."""
     global _ID_PREFIX, _id_counter
-    _ID_PREFIX = uuid.uuid4().hex[:12]
+    _ID_PREFIX = prefix or uuid.uuid4().hex[:12]
     _id_counter = itertools.count(1)
 
 
-os.register_at_fork(after_in_child=_new_id_prefix)
+os.register_at_fork(after_in_child=lambda: _new_id_prefix())
 
 
 def new_task_id() -> str:

@@ -1,7 +1,8 @@
 """The ``llmspell`` command line.
 
 ``llmspell demo`` runs the bundled example; ``llmspell run FILE`` runs a
-``.lua``/``.js`` script (its result printed as JSON). Exit codes: 0 success,
+``.lua``/``.js`` script (its result printed as JSON) or a workflow
+``.yaml``/``.json`` file (its CoordinationResult printed as JSON). Exit codes: 0 success,
 1 the work failed, 2 bad input (file, arguments).
 """
 
@@ -44,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the bundled cross-engine example")
     demo.add_argument("--json", action="store_true", help="print only the JSON result")
 
-    run = sub.add_parser("run", help="run a .lua or .js script and print its result as JSON")
+    run = sub.add_parser(
+        "run", help="run a .lua/.js script or a workflow .yaml/.json; print the result as JSON"
+    )
     run.add_argument("file", type=Path)
     run.add_argument("--mode", default="embedded", choices=["embedded", "local", "cluster"])
     run.add_argument(
@@ -114,6 +117,8 @@ def _run_file(args: argparse.Namespace) -> int:
         return 2
     script_args = dict(args.args)
     suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml", ".json"):
+        return _run_workflow(path, args)
     code = path.read_text(encoding="utf-8")
     if suffix == ".lua":
         task = Task.lua(code, args=script_args)
@@ -121,7 +126,9 @@ def _run_file(args: argparse.Namespace) -> int:
         task = Task.js(code, args=script_args)
     else:
         print(
-            f"llmspell: don't know how to run {path.name!r} (expected .lua or .js)", file=sys.stderr
+            f"llmspell: don't know how to run {path.name!r} "
+            "(expected .lua, .js, or a workflow .yaml/.json)",
+            file=sys.stderr,
         )
         return 2
     with Runtime(mode=args.mode) as rt:
@@ -135,6 +142,21 @@ def _run_file(args: argparse.Namespace) -> int:
             return 1
     print(json.dumps(_jsonable(value)), flush=True)
     return 0
+
+
+def _run_workflow(path: Path, args: argparse.Namespace) -> int:
+    """A workflow file: its CoordinationResult as JSON; exit 1 unless ``ok``."""
+    from . import Runtime
+    from .workflow import load_workflow
+
+    if args.args:
+        print("llmspell: a workflow takes no --arg", file=sys.stderr)
+        return 2
+    load_workflow(path)  # a malformed workflow is bad input (exit 2) before anything starts
+    with Runtime(mode=args.mode) as rt:
+        result = rt.run_workflow(path)
+    print(json.dumps(_jsonable(result.to_dict())), flush=True)
+    return 0 if result.ok else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

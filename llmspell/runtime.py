@@ -71,6 +71,9 @@ _CONFIG = frozenset(
         "retry_backoff_cap",
         "supervision",
         "quantum",
+        "quantum_steps",
+        "python_inline",
+        "seed",
     )
 )
 
@@ -293,8 +296,13 @@ class Subscription:
         self._cond = threading.Condition()
         self.dropped = 0
         self.closed = False
+        self._on_event: Callable[[str, Any, float], None] | None = None
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
+        if self._on_event is not None:  # e.g. a simulation's trace
+            for e in events:
+                self._on_event(str(e.get("name")), e.get("payload"), float(e.get("time") or 0.0))
+            return
         with self._cond:
             for e in events:
                 if len(self._queue) >= self.limit:
@@ -310,7 +318,16 @@ class Subscription:
         """The next event. Raises the builtin ``TimeoutError`` when none came
         within ``timeout`` seconds, ``RuntimeClosed`` once closed and empty."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._queue or self.closed, timeout):
+            pump = self._runtime._pump
+            if pump is not None:  # a simulation: run the world until an event comes
+                self._cond.release()
+                try:
+                    pump(lambda: bool(self._queue) or self.closed, timeout)
+                finally:
+                    self._cond.acquire()
+            if not self._cond.wait_for(
+                lambda: self._queue or self.closed, 0 if pump is not None else timeout
+            ):
                 raise TimeoutError(f"no event matching {self.pattern!r} within {timeout} s")
             if self._queue:
                 return self._queue.popleft()
@@ -375,17 +392,10 @@ class Runtime:
     """
 
     def __init__(self, mode: str = "embedded", **config: Any) -> None:
-        from ._driver import EmbeddedDriver, LocalDriver
-
         self._core = _Core(mode, config)
-        core = self._core
-        self._driver: EmbeddedDriver | LocalDriver
-        if mode == "local":
-            self._driver = LocalDriver(
-                core.runtime_id, core.config, core.on_message, attach=config.get("address")
-            )
-        else:
-            self._driver = EmbeddedDriver(core.runtime_id, core.config, core.on_message)
+        # Set by a simulation: run the world until a condition holds (virtual time).
+        self._pump: Callable[[Callable[[], bool], float | None], bool] | None = None
+        self._driver: Any = self._make_driver()
         addresses = self._driver.start()
         _open_runtimes.add(self)
         self._core.addresses = addresses
@@ -393,6 +403,16 @@ class Runtime:
         self._events = addresses["events"]
         self._dropped_events = 0
         self._core.state = RuntimeState.OPEN
+
+    def _make_driver(self) -> Any:
+        from ._driver import EmbeddedDriver, LocalDriver
+
+        core = self._core
+        if core.mode == "local":
+            return LocalDriver(
+                core.runtime_id, core.config, core.on_message, attach=core.config.get("address")
+            )
+        return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -461,7 +481,9 @@ class Runtime:
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
         task_id, v = self._core.view(handle)
-        if not self._core.wait(v, timeout):
+        if self._pump is not None:
+            self._pump(lambda: v.outcome is not None, timeout)
+        if not self._core.wait(v, 0 if self._pump is not None else timeout):
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
             )
@@ -550,6 +572,8 @@ class Runtime:
         self._driver.send(
             coordinator, encode(Coordinate(coord_id, specs, strategy, timeout, inputs))
         )
+        if self._pump is not None:
+            self._pump(w.event.is_set, None)
         w.event.wait()
         if w.msg is None:
             raise RuntimeClosed("the runtime closed while the coordination ran")
@@ -614,6 +638,8 @@ class Runtime:
         w = _Waiter()
         data = self._core.request(build, w)
         self._driver.send(self._scheduler if to is None else to, data)
+        if self._pump is not None:
+            self._pump(w.event.is_set, None)
         if not w.event.wait(timeout):
             raise TimeoutError("the runtime did not answer in time")
         return w.msg

@@ -24,6 +24,7 @@ from thespian.actors import ActorAddress
 from .._actor import WireActor, addr_key
 from ..messages.types import (
     EventDelivery,
+    InjectFaults,
     Introduce,
     Publish,
     PublishBatch,
@@ -59,6 +60,7 @@ class EventBus(WireActor):
         super().__init__()
         self.subs: dict[str, _Sub] = {}
         self.published = 0
+        self.faults: list[list[Any]] = []  # [kind, match, remaining] (simulation)
         self.delivered = 0
         self._out: dict[str, tuple[ActorAddress, dict[str, list[dict[str, Any]]]]] = {}
 
@@ -75,15 +77,45 @@ class EventBus(WireActor):
         for item in msg.items:
             self.on_publish(item, sender)
 
+    def on_inject_faults(self, msg: InjectFaults, sender: ActorAddress) -> None:
+        """Simulation: drop or duplicate the next deliveries of matching events."""
+        for f in msg.faults:
+            if f.get("kind") in ("drop_event", "duplicate_event") and f.get("pattern"):
+                self.faults.append(
+                    [f["kind"], compile_pattern(f["pattern"]).match, int(f.get("count", 1))]
+                )
+
+    def _fault_for(self, name: str) -> str | None:
+        for f in self.faults:
+            if f[2] > 0 and f[1](name):
+                f[2] -= 1
+                return str(f[0])
+        return None
+
     def on_publish(self, msg: Publish, sender: ActorAddress) -> None:
         self.published += 1
         event = {"name": msg.name, "payload": msg.payload, "time": msg.time}
+        fault = self._fault_for(msg.name) if self.faults else None
+        if fault is not None:
+            note = {
+                "name": f"llmspell.fault.{fault}",
+                "payload": {"event": msg.name},
+                "time": msg.time,
+            }
+            for sub_id, sub in self.subs.items():
+                if sub.match(note["name"]):
+                    per = self._out.setdefault(sub.key, (sub.address, {}))[1]
+                    per.setdefault(sub_id, []).append(note)
+            if fault == "drop_event":
+                return
+        copies = 2 if fault == "duplicate_event" else 1
         done = []
         for sub_id, sub in self.subs.items():
             if sub.match(msg.name):
                 per_sub = self._out.setdefault(sub.key, (sub.address, {}))[1]
-                per_sub.setdefault(sub_id, []).append(event)
-                self.delivered += 1
+                for _ in range(copies):
+                    per_sub.setdefault(sub_id, []).append(event)
+                self.delivered += copies
                 if sub.once:
                     done.append(sub_id)
         for sub_id in done:

@@ -31,6 +31,7 @@ from ..messages.types import (
     EngineEvent,
     EngineReady,
     EngineResults,
+    InjectFaults,
     Introduce,
     ProgressBatch,
     ProgressReply,
@@ -129,6 +130,7 @@ class Scheduler(WireActor):
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
         self.degraded = ""
+        self.faults: dict[str, dict[str, Any]] = {}  # task id -> planned fault (simulation)
         self.stop_requested = False
         self.retry_base = 0.02  # seconds before the first re-run; doubles per attempt
         self.retry_cap = 1.0
@@ -303,6 +305,8 @@ class Scheduler(WireActor):
 
     def _start(self, rec: _Rec, slot: _Slot) -> None:
         task_id = rec.spec.id
+        if self.faults and task_id in self.faults and self._apply_fault(rec):
+            return
         rec.status = "running"
         rec.slot = slot
         rec.started_at = now()
@@ -312,6 +316,45 @@ class Scheduler(WireActor):
             self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
         if rec.attempt == 0:
             self._publish("llmspell.task.running", {"task_id": task_id})
+
+    # -- injected faults (simulation) ---------------------------------------------------
+
+    def on_inject_faults(self, msg: InjectFaults, sender: ActorAddress) -> None:
+        for f in msg.faults:
+            if f.get("kind") in _TASK_FAULTS and isinstance(f.get("task"), str):
+                self.faults[f["task"]] = f
+
+    def _apply_fault(self, rec: _Rec) -> bool:
+        """Apply the fault planned for ``rec`` as it would be dispatched; True
+        if it is not dispatched now."""
+        f = self.faults.pop(rec.spec.id)
+        kind, task_id = f["kind"], rec.spec.id
+        self._publish(f"llmspell.fault.{kind}", {"task_id": task_id})
+        if kind == "slow_step":
+            delay = float(f.get("delay") or 0.0)
+            self.wake_after(delay, ("retry", task_id, rec.attempt))
+            return True
+        rec.status = "running"
+        rec.started_at = now()
+        if kind == "script_error":
+            self._finish(
+                rec,
+                "failed",
+                error=_err("injected fault: script error", kind="script", engine=rec.engine),
+            )
+        elif kind == "task_timeout":
+            self._finish(
+                rec, "timed_out", error=_err("injected fault: task timed out", kind="timeout")
+            )
+        else:
+            self._finish(
+                rec,
+                "failed",
+                error=_err(
+                    "injected fault: resource limit exceeded", kind="resource", engine=rec.engine
+                ),
+            )
+        return True
 
     def flush(self) -> None:
         if self._dirty:
@@ -584,6 +627,9 @@ def _input_key(dep: _Rec) -> str:
     md = dep.spec.metadata
     step = md.get("step") if md else None
     return step if isinstance(step, str) else dep.spec.id
+
+
+_TASK_FAULTS = frozenset(("script_error", "slow_step", "task_timeout", "resource_breach"))
 
 
 def _load(slot: _Slot) -> tuple[int, float]:

@@ -71,6 +71,8 @@ class PythonEngine(EngineActor):
         self.threads = int(config.get("python_threads", 16))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_sync)
+        self.inline = bool(config.get("python_inline", False))
+        self._inline_loop: asyncio.AbstractEventLoop | None = None
         self.calls: dict[str, _Call] = {}
         self.targets: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,11 +100,30 @@ class PythonEngine(EngineActor):
             kwargs["input"] = spec.input
         call = _Call(spec.id, attempt, found[0], kwargs, found[1])
         self.calls[spec.id] = call
-        if not call.sync:
+        if self.inline:
+            self._run_inline(call)
+        elif not call.sync:
             self._start_async(call)
         else:
             self.pool.submit(call, spec.priority)
             self.work_started()
+
+    def _run_inline(self, call: _Call) -> None:
+        """Simulation: run the call now, on the actor's own thread, so the
+        order of everything is decided by the seed alone (``python_inline``).
+        ``async def`` callables run to completion on a private event loop."""
+        if call.sync:
+            self._run_sync(call)
+        else:
+            if self._inline_loop is None:
+                self._inline_loop = asyncio.new_event_loop()
+            call.started = time.time()
+            try:
+                value = self._inline_loop.run_until_complete(call.fn(**call.kwargs))
+                self.done.put((call, "ok", value, 0.0))
+            except BaseException as exc:
+                self.done.put((call, "error", _describe(exc), 0.0))
+        self.poll()
 
     def _run_sync(self, call: _Call) -> None:
         """Worker thread: run one sync call and queue its outcome."""

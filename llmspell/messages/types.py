@@ -30,6 +30,7 @@ __all__ = [
     "EngineResults",
     "EventDelivery",
     "Hello",
+    "InjectFaults",
     "Introduce",
     "Ping",
     "Poll",
@@ -483,6 +484,15 @@ class CrashEngine(Message):
 
     engine: str
     index: int = 0
+
+
+@message("inject_faults")
+@dataclass(slots=True)
+class InjectFaults(Message):
+    """simulation -> scheduler and event bus: faults to apply (see
+    ``llmspell.testing.Fault``); each actor takes the kinds it handles."""
+
+    faults: list[dict[str, Any]]
 
 
 @message("_tick")

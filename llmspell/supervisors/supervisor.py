@@ -164,6 +164,8 @@ class Supervisor(WireActor):
         self.config = dict(msg.config)
         self.parent_addr = sender
         self.spec = SupervisorSpec.from_dict(self.config.get("supervisor") or {})
+        if self.config.get("seed") is not None:  # a simulation: jitter follows the seed
+            self.rng = random.Random(f"{self.config['seed']}/{self.spec.name}")
         self.role = f"supervisor {self.spec.name}"
         self.children = [_Child(c) for c in self.spec.children]
         for child in self.children:

@@ -1,1 +1,16 @@
-"""TODO"""
+"""Deterministic simulation testing for llmspell users and for llmspell itself.
+
+``Simulation`` is an embedded runtime on a virtual clock with one seeded
+random source and fault injection; ``strategies`` holds hypothesis
+strategies (tasks, task graphs, workflows, fault plans); ``RuntimeStateMachine``
+is a hypothesis state machine base with the runtime's invariants built in.
+See docs/testing.md.
+"""
+
+from .simulation import Fault as Fault
+from .simulation import FaultPlan as FaultPlan
+from .simulation import Simulation as Simulation
+from .simulation import SimulationDeadlock as SimulationDeadlock
+from .simulation import VirtualClock as VirtualClock
+
+__all__ = ["Fault", "FaultPlan", "Simulation", "SimulationDeadlock", "VirtualClock"]

@@ -1,0 +1,377 @@
+"""``Simulation``: the embedded runtime on a virtual clock, seeded and replayable.
+
+A ``Simulation`` is a ``Runtime`` whose actor system runs on the caller's
+thread with no thread of its own:
+
+* **Virtual time.** Sleeps, timeouts, wake-ups, retry and restart backoff and
+  ``estimated_completion`` read one virtual clock that starts at 0.0. Time
+  moves only while you wait (``result``, ``coordinate``, ``Subscription.get``,
+  ``advance``): the simulation runs everything that can run, then jumps the
+  clock to the next wake-up. An hour of ``spell.sleep`` costs no real time.
+  A wait that nothing can ever end raises ``SimulationDeadlock`` instead of
+  hanging.
+* **One seed.** The seed drives every choice the runtime makes where order is
+  free: which ready coroutine or promise runs next in the Lua and JS engines,
+  restart jitter, task ids. Python callables run inline, on the simulation's
+  thread, in dispatch order. ``simpleSystemBase`` delivers messages between
+  actors in FIFO order, so that order is fixed by the program, not by the
+  seed. Same seed and same program: the same ``trace`` and the same results.
+* **Faults.** ``inject(plan)`` adds seeded faults (``FaultPlan``): an engine
+  crash at a virtual time, a script error, a slow step (virtual delay), a
+  forced timeout or resource-limit breach for chosen tasks, dropped or
+  duplicated event delivery.
+* **Trace.** ``trace`` is the list of ``(virtual_time, event, details)`` of
+  every runtime event (task status changes, retries, engine crashes and
+  restarts, coordinations) and every injected fault, in order.
+
+Only one ``Simulation`` may be open at a time in a process (the virtual clock
+replaces Thespian's clock for the process), and no other llmspell runtime
+should run meanwhile. Python callables that sleep for real, or ``async def``
+callables that await real time, still take real time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .. import _clock
+from .._driver import _NOOP
+from .._exceptions import LlmspellError, MessageError
+from ..messages import decode, encode
+from ..messages.types import Introduce, Shutdown
+from ..runtime import Runtime, RuntimeState
+
+__all__ = ["Fault", "FaultPlan", "Simulation", "SimulationDeadlock", "VirtualClock"]
+
+FAULT_KINDS = (
+    "engine_crash",  # engine, index, at (virtual seconds)
+    "script_error",  # task: the task fails as if its code raised
+    "slow_step",  # task, delay: the task starts ``delay`` virtual seconds late
+    "task_timeout",  # task: the task times out as soon as it starts
+    "resource_breach",  # task: the task is killed by its limits
+    "drop_event",  # pattern, count: the next ``count`` matching events are not delivered
+    "duplicate_event",  # pattern, count: ... are delivered twice
+)
+
+
+class SimulationDeadlock(LlmspellError):
+    """A simulation wait that nothing can end: no message in flight, no
+    wake-up pending, and the awaited thing not done. The program under test
+    waits forever (e.g. for an event nobody emits)."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault. ``kind`` is one of ``FAULT_KINDS``."""
+
+    kind: str
+    task: str | None = None
+    engine: str | None = None
+    index: int = 0
+    at: float | None = None
+    delay: float = 0.0
+    pattern: str | None = None
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise MessageError(f"unknown fault kind {self.kind!r}; use one of {FAULT_KINDS}")
+        needs = {
+            "engine_crash": ("engine", "at"),
+            "script_error": ("task",),
+            "slow_step": ("task",),
+            "task_timeout": ("task",),
+            "resource_breach": ("task",),
+            "drop_event": ("pattern",),
+            "duplicate_event": ("pattern",),
+        }[self.kind]
+        for name in needs:
+            if getattr(self, name) is None:
+                raise MessageError(f"a {self.kind} fault needs {name}=...", where=name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """A list of faults to inject, built by hand or by
+    ``llmspell.testing.strategies.fault_plans()``."""
+
+    faults: tuple[Fault, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, *faults: Fault | Mapping[str, Any]) -> FaultPlan:
+        return cls(tuple(f if isinstance(f, Fault) else Fault(**dict(f)) for f in faults))
+
+
+class VirtualClock:
+    """Seconds since the simulation started; moves only when told to."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.t = float(start)
+
+    def now(self) -> float:
+        return self.t
+
+    def advance_to(self, t: float) -> None:
+        if t > self.t:
+            self.t = t
+
+
+def _install_clock(clock: VirtualClock | None) -> None:
+    """Point llmspell's and Thespian's clocks at ``clock`` (None: real time)."""
+    import time
+
+    import thespian.system.simpleSystemBase as ssb
+    import thespian.system.timing as timing
+
+    source = clock.now if clock is not None else time.perf_counter
+    timing.currentTime = source
+    ssb.currentTime = source  # imported by name there
+    _clock.set_source(clock.now if clock is not None else None)
+
+
+class _SimDriver:
+    """Runs a ``simpleSystemBase`` on the caller's thread, on virtual time."""
+
+    mode = "embedded"
+
+    def __init__(
+        self,
+        runtime_id: str,
+        config: dict[str, Any],
+        on_message: Callable[[Any], None],
+        clock: VirtualClock,
+    ) -> None:
+        self.runtime_id = runtime_id
+        self.config = config
+        self.on_message = on_message
+        self.clock = clock
+        self.pending: list[tuple[Any, bytes]] = []
+        self.timed_faults: list[Fault] = []
+        self.on_fault: Callable[[Fault], None] = lambda f: None
+        self.asys: Any = None
+
+    def start(self) -> dict[str, Any]:
+        from thespian.actors import ActorSystem
+
+        from ..actors.director import DIRECTOR_NAME, Director
+        from ..engines import _doorbell
+
+        _doorbell.install(self.runtime_id, lambda addr, data: self.pending.append((addr, data)))
+        self.asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=False)
+        self.director = self.asys.createActor(Director, globalName=DIRECTOR_NAME)
+        self.asys.tell(self.director, encode(Introduce(self.runtime_id, {}, self.config)))
+        reply = None
+        for msg in self._responses():
+            if isinstance(msg, Introduce) and reply is None:
+                reply = msg
+            else:
+                self.on_message(msg)
+        if reply is None:
+            raise LlmspellError("the simulated actor system did not start")
+        self.settle()
+        return dict(reply.addresses)
+
+    def _responses(self) -> Iterable[Any]:
+        while True:
+            raw = self.asys.listen(0)
+            if raw is None:
+                return
+            yield decode(raw) if isinstance(raw, (bytes, bytearray)) else raw
+
+    def send(self, address: Any, data: bytes) -> None:
+        self.asys.tell(address, data)
+        self.settle()
+
+    def call(self, fn: Callable[[], None]) -> None:
+        fn()
+
+    def settle(self) -> None:
+        """Run until nothing is in flight (without moving the clock)."""
+        while True:
+            for msg in self._responses():
+                self.on_message(msg)
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
+            for addr, data in batch:
+                self.asys.tell(addr, data)
+
+    def next_wakeup(self) -> float | None:
+        timer = self.asys._systemBase._next_wakeup()
+        if timer is None:
+            return None
+        remaining = timer.view().remaining()
+        return max(0.0, remaining.total_seconds() if isinstance(remaining, timedelta) else 0.0)
+
+    def step(self, limit: float | None = None) -> bool:
+        """Jump the clock to the next wake-up or timed fault (not past
+        ``limit``), fire what is due and settle. False if nothing was due."""
+        candidates = []
+        delay = self.next_wakeup()
+        if delay is not None:
+            candidates.append(self.clock.now() + delay)
+        if self.timed_faults:
+            candidates.append(min(f.at for f in self.timed_faults))  # type: ignore[type-var]
+        if not candidates:
+            return False
+        target = min(candidates)
+        if limit is not None and target > limit:
+            self.clock.advance_to(limit)
+            return False
+        self.clock.advance_to(target)
+        due = [f for f in self.timed_faults if f.at is not None and f.at <= self.clock.now()]
+        for f in due:
+            self.timed_faults.remove(f)
+            self.on_fault(f)
+        self.asys.tell(self.director, _NOOP)
+        self.settle()
+        return True
+
+    def pump_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        limit = None if timeout is None else self.clock.now() + timeout
+        self.settle()
+        while not done():
+            if not self.step(limit):
+                if done():
+                    return True
+                if limit is not None:
+                    return False
+                raise SimulationDeadlock(
+                    f"at t={self.clock.now():g}: nothing can make progress (no message in "
+                    "flight, no wake-up pending) and the awaited work is not done"
+                )
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        from ..engines import _doorbell
+
+        if self.asys is not None:
+            try:
+                self.asys.tell(self.director, encode(Shutdown()))
+                self.settle()
+            finally:
+                self.asys.shutdown()
+                self.asys = None
+        _doorbell.remove(self.runtime_id)
+
+
+class Simulation(Runtime):
+    """An embedded runtime on a virtual clock with one seeded random source.
+
+    ``Simulation(seed=7)`` offers every ``Runtime`` call plus ``trace``,
+    ``now()``, ``advance(seconds)``, ``inject(fault_plan)`` and
+    ``Simulation.replay(seed)``. Use it as a context manager.
+    """
+
+    _active: Simulation | None = None
+
+    def __init__(self, seed: int = 0, **config: Any) -> None:
+        if Simulation._active is not None:
+            raise LlmspellError("only one Simulation may be open at a time in a process")
+        self.seed = int(seed)
+        self.rng = random.Random(self.seed)
+        self.clock = VirtualClock()
+        self.trace: list[tuple[float, str, dict[str, Any]]] = []
+        self._faults: list[Fault] = []
+        config.setdefault("python_inline", True)
+        config.setdefault("quantum_steps", 64)
+        config["seed"] = self.seed
+        from .. import _task
+
+        _task._new_id_prefix(f"sim{self.seed}")
+        _install_clock(self.clock)
+        Simulation._active = self
+        try:
+            super().__init__("embedded", **config)
+        except BaseException:
+            Simulation._active = None
+            _install_clock(None)
+            raise
+        self._trace_sub = self.subscribe("*", limit=1_000_000)
+        self._trace_sub._on_event = self._record  # type: ignore[attr-defined]
+
+    # -- driver plumbing -------------------------------------------------------------
+
+    def _make_driver(self) -> Any:
+        driver = _SimDriver(
+            self._core.runtime_id, self._core.config, self._core.on_message, self.clock
+        )
+        driver.on_fault = self._fire_timed_fault
+        self._pump = driver.pump_until
+        return driver
+
+    def _record(self, name: str, payload: Any, t: float) -> None:
+        details = payload if isinstance(payload, dict) else {"payload": payload}
+        self.trace.append((t, name, details))
+
+    # -- virtual time ------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The virtual time, in seconds since the simulation started."""
+        return self.clock.now()
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass, running everything due."""
+        if seconds < 0:
+            raise MessageError("must be >= 0", where="seconds")
+        self._pump(lambda: False, seconds)  # type: ignore[misc]
+
+    # -- faults ------------------------------------------------------------------------
+
+    def inject(self, plan: FaultPlan | Iterable[Fault | Mapping[str, Any]]) -> None:
+        """Add faults. Task faults apply when the named task is dispatched;
+        an engine crash happens at its virtual time ``at``; event faults to
+        the next matching deliveries."""
+        from ..messages.types import InjectFaults
+
+        faults = plan.faults if isinstance(plan, FaultPlan) else FaultPlan.of(*plan).faults
+        timed = [f for f in faults if f.kind == "engine_crash"]
+        sent = [f.to_dict() for f in faults if f.kind != "engine_crash"]
+        self._driver.timed_faults.extend(timed)  # type: ignore[union-attr]
+        self._faults.extend(faults)
+        if sent:
+            msg = encode(InjectFaults(sent))
+            self._driver.send(self._scheduler, msg)
+            self._driver.send(self._events, msg)
+
+    def _fire_timed_fault(self, fault: Fault) -> None:
+        from ..messages.types import CrashEngine
+
+        self.trace.append(
+            (
+                self.clock.now(),
+                "llmspell.fault.engine_crash",
+                {"engine": fault.engine, "index": fault.index},
+            )
+        )
+        self._driver.asys.tell(
+            self._scheduler,  # type: ignore[union-attr]
+            encode(CrashEngine(str(fault.engine), fault.index)),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._core.state is RuntimeState.CLOSED:
+            return
+        try:
+            super().close()
+        finally:
+            Simulation._active = None
+            _install_clock(None)
+
+    def __enter__(self) -> Simulation:
+        return self
+
+    @classmethod
+    def replay(cls, seed: int, **config: Any) -> Simulation:
+        """A fresh simulation with ``seed``: run the same program against it
+        to reproduce a recorded failure step by step."""
+        return cls(seed=seed, **config)
