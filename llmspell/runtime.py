@@ -577,7 +577,34 @@ class Runtime:
         w.event.wait()
         if w.msg is None:
             raise RuntimeClosed("the runtime closed while the coordination ran")
-        return CoordinationResult.from_dict(w.msg.result)
+        result = w.msg.result
+        self._settle_views(specs, result, inputs is not None)
+        return CoordinationResult.from_dict(result)
+
+    def _settle_views(self, specs: list[TaskSpec], result: dict[str, Any], staged: bool) -> None:
+        """Give the coordinated tasks' handles their outcomes, so ``result(h)``
+        and ``status(h)`` answer for them like for any submitted task."""
+        failed = {int(i): str(m) for i, m in result.get("failed", [])}
+        cancelled = {int(i) for i in result.get("cancelled", [])}
+        values = result.get("results") or []
+        for i, spec in enumerate(specs):
+            if staged:  # pipeline over inputs: the stages ran as per-input clones
+                o = (
+                    TaskOutcome(spec.id, "succeeded")
+                    if result.get("ok")
+                    else TaskOutcome(
+                        spec.id, "failed", error={"message": "the pipeline did not succeed"}
+                    )
+                )
+            elif i in failed:
+                o = TaskOutcome(spec.id, "failed", error={"message": failed[i]})
+            elif i in cancelled:
+                o = TaskOutcome(
+                    spec.id, "cancelled", error={"message": "cancelled by its coordination"}
+                )
+            else:
+                o = TaskOutcome(spec.id, "succeeded", values[i] if i < len(values) else None)
+            self._core.resolve(o)
 
     def run_workflow(self, path_or_dict: str | Path | Mapping[str, Any]) -> CoordinationResult:
         """Run a workflow file (YAML or JSON) or dict; see API.md "Workflow files".

@@ -133,6 +133,10 @@ def test_killed_engines_lose_nothing(local_rt: Runtime, tmp_path: Path) -> None:
             assert 1 <= lines.count(key) <= retries[key] + 1
             if status == "failed":
                 assert lines.count(key) == retries[key] + 1
+    deadline = time.monotonic() + 30
+    while local_rt.stats()["restarts"] < len(victims):  # every kill seen and restarted
+        assert time.monotonic() < deadline, "not every killed engine was restarted"
+        time.sleep(0.05)
     after = wait_engines(local_rt, 6)
     assert {(e["engine"], e["index"]) for e in after} == {(e["engine"], e["index"]) for e in before}
     assert local_rt.stats()["restarts"] >= len(victims)

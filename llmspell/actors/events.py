@@ -97,13 +97,14 @@ class EventBus(WireActor):
         event = {"name": msg.name, "payload": msg.payload, "time": msg.time}
         fault = self._fault_for(msg.name) if self.faults else None
         if fault is not None:
-            note = {
-                "name": f"llmspell.fault.{fault}",
+            note_name = f"llmspell.fault.{fault}"
+            note: dict[str, Any] = {
+                "name": note_name,
                 "payload": {"event": msg.name},
                 "time": msg.time,
             }
             for sub_id, sub in self.subs.items():
-                if sub.match(note["name"]):
+                if sub.match(note_name):
                     per = self._out.setdefault(sub.key, (sub.address, {}))[1]
                     per.setdefault(sub_id, []).append(note)
             if fault == "drop_event":

@@ -587,9 +587,11 @@ class Scheduler(WireActor):
                 "running": len(s.running),
                 "capacity": s.capacity,
             }
-            for slots in self.slots.values()
+            for name, slots in self.slots.items()
+            if name in _SCRIPT_AND_PYTHON
             for s in slots
         ]
+        coordinators = self.slots.get("workflow", [])
         stats = {
             "submitted": self.counts["submitted"],
             "running": running,
@@ -602,6 +604,7 @@ class Scheduler(WireActor):
             "restarts": sum(s.restarts for slots in self.slots.values() for s in slots),
             "queued": {e: len(q) for e, q in self.ready.items()},
             "engines": engines,
+            "coordinations_running": sum(len(s.running) for s in coordinators),
             "bad_messages": self.bad_messages,
             "crashes": self.counts["crashes"],
             "degraded": self.degraded or None,
@@ -629,6 +632,7 @@ def _input_key(dep: _Rec) -> str:
     return step if isinstance(step, str) else dep.spec.id
 
 
+_SCRIPT_AND_PYTHON = frozenset(("python", "lua", "js"))
 _TASK_FAULTS = frozenset(("script_error", "slow_step", "task_timeout", "resource_breach"))
 
 

@@ -128,7 +128,7 @@ def backoff_delay(
     """Delay before the n-th restart (n >= 1) within the period."""
     r = rng or random
     delay = min(cap, base * 2 ** max(0, n - 1))
-    return max(0.0, delay * (1 + r.uniform(-jitter, jitter)))
+    return max(0.0, float(delay * (1 + r.uniform(-jitter, jitter))))
 
 
 class _Child:

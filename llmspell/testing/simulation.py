@@ -218,7 +218,7 @@ class _SimDriver:
         if delay is not None:
             candidates.append(self.clock.now() + delay)
         if self.timed_faults:
-            candidates.append(min(f.at for f in self.timed_faults))  # type: ignore[type-var]
+            candidates.append(min(f.at or 0.0 for f in self.timed_faults))
         if not candidates:
             return False
         target = min(candidates)
@@ -295,7 +295,7 @@ class Simulation(Runtime):
             _install_clock(None)
             raise
         self._trace_sub = self.subscribe("*", limit=1_000_000)
-        self._trace_sub._on_event = self._record  # type: ignore[attr-defined]
+        self._trace_sub._on_event = self._record
 
     # -- driver plumbing -------------------------------------------------------------
 
@@ -334,7 +334,7 @@ class Simulation(Runtime):
         faults = plan.faults if isinstance(plan, FaultPlan) else FaultPlan.of(*plan).faults
         timed = [f for f in faults if f.kind == "engine_crash"]
         sent = [f.to_dict() for f in faults if f.kind != "engine_crash"]
-        self._driver.timed_faults.extend(timed)  # type: ignore[union-attr]
+        self._driver.timed_faults.extend(timed)
         self._faults.extend(faults)
         if sent:
             msg = encode(InjectFaults(sent))
@@ -352,7 +352,7 @@ class Simulation(Runtime):
             )
         )
         self._driver.asys.tell(
-            self._scheduler,  # type: ignore[union-attr]
+            self._scheduler,
             encode(CrashEngine(str(fault.engine), fault.index)),
         )
 
