@@ -12,9 +12,15 @@ statistics. The engine actor
   on the ready queue), ``sleep`` (a timer; one Thespian wake-up for the
   earliest), ``await`` (the scheduler tells it when the awaited task ends),
   ``wait_event`` (a one-shot subscription on the event bus, with an optional
-  timeout), ``resource_wait`` (the resource tracker's permission; granted at
-  once for now) and ``coordinate`` (the coordinator);
-* reports a task's end to the scheduler, with its CPU time and the VM memory.
+  timeout), ``resource_wait`` (the resource tracker's permission:
+  ``ResourceWait``/``ResourceGrant``) and ``coordinate`` (the coordinator);
+* reports a task's end to the scheduler, with its CPU time and the VM memory
+  (and its usage with every ``spell.progress``);
+* enforces a task's ``Limits`` after each of its steps (``engines/limits.py``):
+  ``kill`` fails it (kind "resource"), ``warn`` publishes
+  ``llmspell.resource.warn``, ``throttle`` holds its next resumes until the
+  resource tracker grants it to go on (memory: until the VM holds less than
+  the task's ``memory_bytes`` again).
 
 Statuses of a logical actor: ``ready`` (in the ready queue), ``running``,
 ``yielded`` (cooperative yield), ``blocked`` (sleep, await, event, resource),
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 import logging
 import time
 from collections import deque
@@ -41,7 +48,10 @@ from ..messages.types import (
     Coordinate,
     CoordinationDone,
     EventDelivery,
+    ProgressBatch,
     ProgressReport,
+    ResourceGrant,
+    ResourceWait,
     StopTasks,
     Subscribe,
     TaskOutcomes,
@@ -51,6 +61,7 @@ from ..messages.types import (
 )
 from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
 from .base import EngineActor
+from .limits import Limit, kill_message, warn_payload
 
 __all__ = ["ScriptEngine", "spec_from_script"]
 
@@ -147,7 +158,7 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
 class _Script:
     """One logical actor: a script task inside the engine."""
 
-    __slots__ = ("attempt", "id", "priority", "started", "status", "subs", "waits")
+    __slots__ = ("attempt", "id", "limit", "priority", "started", "status", "subs", "waits")
 
     def __init__(self, task_id: str, attempt: int, priority: int) -> None:
         self.id = task_id
@@ -157,6 +168,7 @@ class _Script:
         self.started = time.perf_counter()
         self.waits = 0  # outstanding requests
         self.subs: list[str] | None = None  # event subscriptions it holds
+        self.limit: Limit | None = None  # its Limits, when it has any
 
 
 class ScriptEngine(EngineActor):
@@ -171,6 +183,12 @@ class ScriptEngine(EngineActor):
     def setup(self, config: dict[str, Any]) -> None:
         self.vm = self.make_vm(config)
         self.quantum = float(config.get("quantum", 0.005))
+        # simulation: quanta by step count, and a seeded pick among equally ready tasks
+        steps = config.get("quantum_steps")
+        self.quantum_steps = int(steps) if steps else 0
+        seed = config.get("seed")
+        self.rng = random.Random(f"{seed}/{self.engine}/{config.get('index', 0)}") \
+            if seed is not None else None
         self.scripts: dict[str, _Script] = {}
         # ready entries, one FIFO per priority (index 0 low .. 3 critical), highest first:
         # (task_id, attempt, value, error, request_id)
@@ -187,6 +205,8 @@ class ScriptEngine(EngineActor):
         self.coords: dict[str, tuple[str, int, int]] = {}
         self.ticking = False
         self.resumes = 0
+        self.held: dict[str, list[tuple[str, int, Any, str | None, int]]] = {}  # throttled
+        self.rwaits: dict[tuple[str, int], list[int]] = {}  # spell.resource_wait requests
 
     # -- work in ------------------------------------------------------------
 
@@ -196,15 +216,24 @@ class ScriptEngine(EngineActor):
             self._fail(spec.id, attempt, failed)
             return
         priority = min(max(spec.priority, 0), _NPRIO - 1)
-        self.scripts[spec.id] = _Script(spec.id, attempt, priority)
+        s = self.scripts[spec.id] = _Script(spec.id, attempt, priority)
+        if spec.limits:
+            s.limit = Limit.of(spec.limits)
         self._ready(spec.id, attempt, None, None, 0, priority)
+
+    def _forget(self, task_id: str) -> None:
+        """Drop the task from the VM; a VM that fails at that is logged, never raised."""
+        try:
+            self.vm.cancel(task_id)
+        except Exception:
+            log.exception("%s engine: dropping task %s from the VM failed", self.engine, task_id)
 
     def stop(self, task_id: str, reason: str) -> None:
         s = self.scripts.pop(task_id, None)
         if s is None:
             return
         s.status = "suspended"
-        self.vm.cancel(task_id)
+        self._forget(task_id)
         self._drop_subs(s)
 
     def _tick(self) -> None:
@@ -284,13 +313,25 @@ class ScriptEngine(EngineActor):
         queues, scripts, vm = self.ready, self.scripts, self.vm
         resume = vm.resume
         low, normal, high, critical = queues
+        rng, steps = self.rng, self.quantum_steps
         while self.nready:
             q = critical or high or normal or low
-            task_id, attempt, value, error, rid = q.popleft()
+            if rng is None:
+                task_id, attempt, value, error, rid = q.popleft()
+            else:  # simulation: the seed decides which ready task runs next
+                i = rng.randrange(len(q))
+                task_id, attempt, value, error, rid = q[i]
+                del q[i]
+                steps -= 1
+                if steps <= 0:
+                    deadline = 0.0  # end the quantum after this step
             self.nready -= 1
             s = scripts.get(task_id)
             if s is None or s.attempt != attempt:
                 continue
+            lim = s.limit
+            if lim is not None and self._limit_gate(s, lim, (task_id, attempt, value, error, rid)):
+                continue  # throttled: held until the resource tracker grants
             s.status = "running"
             if s.waits:
                 s.waits -= 1
@@ -301,8 +342,10 @@ class ScriptEngine(EngineActor):
                 result = Failed("runtime", "the script VM lost this task")
             except Exception as exc:  # a VM bug fails this task, never hangs it
                 log.exception("%s engine: resuming task %s failed", self.engine, task_id)
-                self.vm.cancel(task_id)
+                self._forget(task_id)
                 result = Failed("runtime", f"internal error in the {self.engine} VM: {exc!r}")
+            if lim is not None and self._limit_check(s, lim, result):
+                continue  # killed over its limits
             if type(result) is Yielded and not result.more:
                 req = result.request
                 if req.op == "yield" or (req.op == "sleep" and not req.args.get("seconds")):
@@ -401,8 +444,7 @@ class ScriptEngine(EngineActor):
         elif op == "wait_event":
             self._wait_event(s, req)
         elif op == "resource_wait":
-            # The resource tracker grants at once until per-engine limits exist.
-            self._ready(s.id, s.attempt, None, None, req.id, s.priority)
+            self._resource_request(s, req)
         elif op == "coordinate":
             self._coordinate(s, req)
         else:
@@ -529,6 +571,7 @@ class ScriptEngine(EngineActor):
                 _number(done),
                 _number(total),
                 None if message is None else str(message),
+                self._live_usage(task_id),
             )
         )
 
@@ -536,6 +579,147 @@ class ScriptEngine(EngineActor):
         _script_log.log(
             _LEVELS.get(str(level).lower(), 20), "[%s %s] %s", self.engine, task_id, message
         )
+
+    def flush(self) -> None:
+        # Progress before results: the scheduler ignores progress of a task that has
+        # ended, and a script's last spell.progress often comes in the step that returns.
+        if self._progress and self.scheduler is not None:
+            reports, self._progress = self._progress, []
+            self.send_msg(self.scheduler, ProgressBatch(reports))
+        super().flush()
+
+    # -- limits and resources ----------------------------------------------------------
+
+    def _vm_memory(self) -> int:
+        if self.vm.language == "js":  # the JS VM reuses a cached figure unless asked
+            return int(self.vm.memory_in_use(exact=True))  # type: ignore[call-arg]
+        return self.vm.memory_in_use()
+
+    def _cpu(self, task_id: str) -> float:
+        stats = getattr(self.vm, "stats", None)
+        if stats is None:
+            return 0.0
+        try:
+            return float(stats(task_id).get("cpu_seconds", 0.0))
+        except KeyError:
+            return 0.0
+
+    def _live_usage(self, task_id: str) -> dict[str, Any] | None:
+        s = self.scripts.get(task_id)
+        return self._usage(s) if s is not None else None
+
+    def _limit_gate(
+        self, s: _Script, lim: Limit, entry: tuple[str, int, Any, str | None, int]
+    ) -> bool:
+        """Before a step of a task with limits: hold it while throttled (True)."""
+        if lim.parked:
+            self.held.setdefault(s.id, []).append(entry)
+            return True
+        if lim.memory is not None:
+            lim.mem0 = self._vm_memory()
+        return False
+
+    def _limit_check(self, s: _Script, lim: Limit, result: Any) -> bool:
+        """After a step: compare the task's use with its limits and act; True if
+        the task was killed (it is then over and reported)."""
+        cpu = self._cpu(s.id)
+        mem: int | None = None
+        if lim.memory is not None:
+            lim.mem_used = max(0, lim.mem_used + self._vm_memory() - lim.mem0)
+            mem = lim.mem_used
+        over = lim.over(cpu, mem)
+        if not over:
+            lim.waits = 0
+            return False
+        if lim.on_exceed == "kill":
+            if type(result) is Failed:
+                return False  # it failed on its own
+            if type(result) is not Completed:
+                self._forget(s.id)
+            self._finish(s)
+            usage = {"cpu_seconds": cpu, "memory_bytes": mem if mem is not None else 0}
+            self.report(
+                s.id,
+                s.attempt,
+                "failed",
+                usage=usage,
+                error=self.error(kill_message(f"{self.engine} task", over), kind="resource"),
+            )
+            return True
+        if lim.on_exceed == "warn":
+            for resource, used, limit in over:
+                if resource not in lim.warned:
+                    lim.warned.add(resource)
+                    log.warning(
+                        "%s task %s used %g of %s, over its limit of %g",
+                        self.engine,
+                        s.id,
+                        used,
+                        resource,
+                        limit,
+                    )
+                    self.publish(
+                        "llmspell.resource.warn",
+                        warn_payload(s.id, self.engine, resource, used, limit),
+                    )
+            return False
+        if type(result) in (Completed, Failed) or lim.parked:
+            return False
+        resource, used, limit = over[0]
+        self._park(s, lim, resource, used, limit, cpu - lim.cpu_at_grant)
+        return False
+
+    def _park(
+        self, s: _Script, lim: Limit, resource: str, used: float, limit: float, step: float
+    ) -> None:
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            return
+        lim.parked = True
+        self.send_msg(
+            tracker,
+            ResourceWait(
+                s.id, s.attempt, self.engine, self.index, resource, used, limit, step, lim.waits
+            ),
+        )
+        lim.waits += 1
+
+    def _resource_request(self, s: _Script, req: Request) -> None:
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            self._ready(s.id, s.attempt, None, None, req.id, s.priority)
+            return
+        self.rwaits.setdefault((s.id, s.attempt), []).append(req.id)
+        self.send_msg(tracker, ResourceWait(s.id, s.attempt, self.engine, self.index, "requested"))
+
+    def on_resource_grant(self, msg: ResourceGrant, sender: ActorAddress) -> None:
+        s = self.scripts.get(msg.task_id)
+        if msg.resource == "requested":
+            rids = self.rwaits.get((msg.task_id, msg.attempt))
+            if rids:
+                rid = rids.pop(0)
+                if not rids:
+                    del self.rwaits[(msg.task_id, msg.attempt)]
+                if s is not None and s.attempt == msg.attempt:
+                    self._ready(s.id, s.attempt, None, None, rid, s.priority)
+            return
+        if s is None or s.attempt != msg.attempt or s.limit is None:
+            self.held.pop(msg.task_id, None)
+            return
+        lim = s.limit
+        if msg.resource == "memory_bytes" and lim.memory is not None:
+            vm_memory = self._vm_memory()
+            if vm_memory > lim.memory:  # the VM still holds too much: wait on
+                lim.parked = False
+                self._park(s, lim, "memory_bytes", float(vm_memory), float(lim.memory), 0.0)
+                return
+        lim.parked = False
+        lim.cpu_at_grant = self._cpu(s.id)
+        for entry in self.held.pop(s.id, ()):
+            self.ready[s.priority].append(entry)
+            self.nready += 1
+        if self.nready and not self.ticking:
+            self._tick()
 
     # -- shutdown ------------------------------------------------------------------------
 
