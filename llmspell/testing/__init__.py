@@ -13,4 +13,23 @@ from .simulation import Simulation as Simulation
 from .simulation import SimulationDeadlock as SimulationDeadlock
 from .simulation import VirtualClock as VirtualClock
 
-__all__ = ["Fault", "FaultPlan", "Simulation", "SimulationDeadlock", "VirtualClock"]
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "RuntimeStateMachine",
+    "Simulation",
+    "SimulationDeadlock",
+    "VirtualClock",
+    "strategies",
+]
+
+
+def __getattr__(name: str) -> object:
+    # RuntimeStateMachine needs hypothesis: import it only when asked for.
+    import importlib
+
+    if name == "RuntimeStateMachine":
+        return importlib.import_module(f"{__name__}.machine").RuntimeStateMachine
+    if name == "strategies":
+        return importlib.import_module(f"{__name__}.strategies")
+    raise AttributeError(name)

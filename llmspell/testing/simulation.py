@@ -33,6 +33,7 @@ callables that await real time, still take real time.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,7 +43,7 @@ from .. import _clock
 from .._driver import _NOOP
 from .._exceptions import LlmspellError, MessageError
 from ..messages import decode, encode
-from ..messages.types import Introduce, Shutdown
+from ..messages.types import Introduce, QueryStatus, Shutdown, TaskOutcomes
 from ..runtime import Runtime, RuntimeState
 
 __all__ = ["Fault", "FaultPlan", "Simulation", "SimulationDeadlock", "VirtualClock"]
@@ -136,6 +137,9 @@ def _install_clock(clock: VirtualClock | None) -> None:
     _clock.set_source(clock.now if clock is not None else None)
 
 
+_MAX_SETTLE_ROUNDS = 1_000_000
+
+
 class _SimDriver:
     """Runs a ``simpleSystemBase`` on the caller's thread, on virtual time."""
 
@@ -193,30 +197,46 @@ class _SimDriver:
         fn()
 
     def settle(self) -> None:
-        """Run until nothing is in flight (without moving the clock)."""
+        """Run until nothing is in flight (without moving the clock). Work that
+        never settles (a script that yields forever without sleeping) raises
+        ``SimulationDeadlock`` instead of hanging."""
+        rounds = 0
         while True:
             for msg in self._responses():
                 self.on_message(msg)
             if not self.pending:
                 return
+            rounds += 1
+            if rounds > _MAX_SETTLE_ROUNDS:
+                raise SimulationDeadlock(
+                    f"at t={self.clock.now():g}: work never settles without time passing "
+                    "(a script that yields forever without sleeping?)"
+                )
             batch, self.pending = self.pending, []
             for addr, data in batch:
                 self.asys.tell(addr, data)
 
     def next_wakeup(self) -> float | None:
+        """The virtual time of the next Thespian wake-up. Read from the timer
+        itself: its ``remaining()`` is rounded to microseconds, and a clock
+        moved by rounded amounts could stop a hair short of a deadline."""
         timer = self.asys._systemBase._next_wakeup()
         if timer is None:
             return None
+        due = getattr(timer, "_time_to_quit", None)
+        if isinstance(due, (int, float)):
+            return max(float(due), self.clock.now())
         remaining = timer.view().remaining()
-        return max(0.0, remaining.total_seconds() if isinstance(remaining, timedelta) else 0.0)
+        secs = remaining.total_seconds() if isinstance(remaining, timedelta) else 0.0
+        return self.clock.now() + max(0.0, secs)
 
     def step(self, limit: float | None = None) -> bool:
         """Jump the clock to the next wake-up or timed fault (not past
         ``limit``), fire what is due and settle. False if nothing was due."""
         candidates = []
-        delay = self.next_wakeup()
-        if delay is not None:
-            candidates.append(self.clock.now() + delay)
+        due = self.next_wakeup()
+        if due is not None:
+            candidates.append(due)
         if self.timed_faults:
             candidates.append(min(f.at or 0.0 for f in self.timed_faults))
         if not candidates:
@@ -226,8 +246,8 @@ class _SimDriver:
             self.clock.advance_to(limit)
             return False
         self.clock.advance_to(target)
-        due = [f for f in self.timed_faults if f.at is not None and f.at <= self.clock.now()]
-        for f in due:
+        fired = [f for f in self.timed_faults if f.at is not None and f.at <= self.clock.now()]
+        for f in fired:
             self.timed_faults.remove(f)
             self.on_fault(f)
         self.asys.tell(self.director, _NOOP)
@@ -280,8 +300,13 @@ class Simulation(Runtime):
         self.clock = VirtualClock()
         self.trace: list[tuple[float, str, dict[str, Any]]] = []
         self._faults: list[Fault] = []
+        # how many times each task's outcome reached the caller (must be 0 or 1)
+        self.deliveries: Counter[str] = Counter()
         config.setdefault("python_inline", True)
         config.setdefault("quantum_steps", 64)
+        # process sampling (RSS, CPU of engine processes) means nothing on virtual
+        # time and would only add wake-ups: sample once an aeon
+        config.setdefault("resource_interval", 1e9)
         config["seed"] = self.seed
         from .. import _task
 
@@ -300,12 +325,22 @@ class Simulation(Runtime):
     # -- driver plumbing -------------------------------------------------------------
 
     def _make_driver(self) -> Any:
-        driver = _SimDriver(
-            self._core.runtime_id, self._core.config, self._core.on_message, self.clock
-        )
+        driver = _SimDriver(self._core.runtime_id, self._core.config, self._on_message, self.clock)
         driver.on_fault = self._fire_timed_fault
         self._pump = driver.pump_until
         return driver
+
+    def _on_message(self, msg: Any) -> None:
+        """Every message addressed to the caller passes here (counted)."""
+        if isinstance(msg, TaskOutcomes):
+            for o in msg.items:
+                self.deliveries[o.task_id] += 1
+        self._core.on_message(msg)
+
+    def _scheduler_status(self, task_id: str) -> str:
+        """The scheduler's own view of a task (bypassing the caller's copy)."""
+        reply: Any = self._ask(lambda ref: QueryStatus(ref, [task_id]))
+        return str(reply.statuses.get(task_id, "unknown"))
 
     def _record(self, name: str, payload: Any, t: float) -> None:
         details = payload if isinstance(payload, dict) else {"payload": payload}
