@@ -28,7 +28,7 @@ from thespian.actors import (
 
 from ._exceptions import MessageError
 from .messages import Message, decode, encode
-from .messages.types import Pong, Via
+from .messages.types import Pong, StreamAck, Via
 
 __all__ = ["WireActor", "addr_key", "log"]
 
@@ -99,6 +99,11 @@ class WireActor(Actor):  # type: ignore[misc]
 
     def on_ping(self, msg: Any, sender: ActorAddress) -> None:
         self.send_msg(sender, Pong(msg.role))
+
+    def on_stream_chunks(self, msg: Any, sender: ActorAddress) -> None:
+        """Chunks of an agent task this actor submitted: an actor that does not
+        read them takes them at once, so the agent is never held for it."""
+        self.send_msg(sender, StreamAck(msg.task_id, msg.seq + len(msg.chunks)))
 
     # -- hooks subclasses override -------------------------------------------
 

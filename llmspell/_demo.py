@@ -3,7 +3,8 @@
 Three "fetch" tasks run in parallel, a "summarise" task depends on all of
 them, and a deliberately slow task is cancelled by its timeout, so the demo
 shows values, dependencies, priorities and timeouts through the same API an
-application uses.
+application uses. Then a Lua task awaits a JavaScript task that awaits a
+Python task (``cross_engine``): one chain across the three engines.
 """
 
 from __future__ import annotations
@@ -35,6 +36,27 @@ def too_slow() -> str:
     return "never seen"
 
 
+# A Lua step awaits a JavaScript step, which awaits a Python step (``fetch``).
+_LUA = """
+local js = spell.run{lang = 'js', code = spell.args.js, args = {name = spell.args.name}}
+return {engine = 'lua', awaited = js}
+"""
+_JS = """
+const doc = await spell.run({lang: 'python', target: 'llmspell._demo:fetch',
+                             args: {name: spell.args.name}});
+return {engine: 'js', awaited: {engine: 'python', words: doc.words}};
+"""
+
+
+def cross_engine(rt: Any, name: str = "js") -> dict[str, Any]:
+    """Lua awaits JavaScript, which awaits Python: the chain's nested results."""
+    from . import Task
+
+    h = rt.submit(Task.lua(_LUA, args={"js": _JS, "name": name}))
+    value: dict[str, Any] = rt.result(h, timeout=10)
+    return value
+
+
 def run_demo(*, json_only: bool = False) -> int:
     from . import Runtime, Task, TaskTimeout
 
@@ -52,16 +74,19 @@ def run_demo(*, json_only: bool = False) -> int:
             slow_status = "succeeded"
         except TaskTimeout:
             slow_status = rt.status(slow)
+        chain = cross_engine(rt)
         stats = rt.stats()
     result = {
         "documents": [{"name": d["name"], "words": d["words"]} for d in docs],
         "summary": text,
         "slow_task": slow_status,
+        "cross_engine": chain,
         "tasks": {k: stats[k] for k in ("submitted", "succeeded", "timed_out")},
         "seconds": round(time.monotonic() - t0, 3),
     }
     if not json_only:
         print("llmspell demo: 3 fetches in parallel, a summary that depends on them,")
-        print("and a slow task stopped by its own timeout.\n")
+        print("a slow task stopped by its own timeout, and a Lua task awaiting a")
+        print("JavaScript task awaiting a Python task.\n")
     print(json.dumps(result, indent=None if json_only else 2))
     return 0

@@ -140,6 +140,10 @@ def _run_file(args: argparse.Namespace) -> int:
             if exc.traceback:
                 print(exc.traceback, file=sys.stderr)
             return 1
+        except TimeoutError:  # --timeout ran out; closing the runtime cancels the task
+            message = f"no result within --timeout {args.timeout:g} s; the task was cancelled"
+            print(json.dumps({"ok": False, "error": message}), flush=True)
+            return 1
     print(json.dumps(_jsonable(value)), flush=True)
     return 0
 
@@ -152,9 +156,15 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
     if args.args:
         print("llmspell: a workflow takes no --arg", file=sys.stderr)
         return 2
-    load_workflow(path)  # a malformed workflow is bad input (exit 2) before anything starts
+    workflow = load_workflow(path)  # malformed: bad input (exit 2) before anything starts
+    live = sys.stdout.isatty() and not args.json
     with Runtime(mode=args.mode) as rt:
-        result = rt.run_workflow(path)
+        if live:
+            from ._progress import run_with_progress
+
+            result = run_with_progress(rt, workflow)
+        else:
+            result = rt._run_loaded_workflow(workflow)
     print(json.dumps(_jsonable(result.to_dict())), flush=True)
     return 0 if result.ok else 1
 

@@ -9,6 +9,14 @@ on the driver thread.
 Lifecycle: ``Runtime()`` starts the actor system at once; ``close()`` cancels
 what is unfinished, stops every actor and is idempotent; calls on a closed
 runtime raise ``RuntimeClosed``; a closed runtime cannot be reopened.
+
+Registrations (``register_tool``/``agent``/``hook``/``executor``) are sent to
+the scheduler and answered before the call returns, so a task submitted after
+them sees them, in every mode. Streams: the chunks of a streaming agent task
+reach the facade that submitted it; ``stream()`` reads them and acknowledges
+each one as it is taken (a slow reader holds the agent at ``buffer_size``
+chunks in flight); chunks nobody reads are acknowledged on arrival and kept
+for a later ``stream()`` call.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ import itertools
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +46,16 @@ from .messages.types import (
     EventDelivery,
     ProgressReply,
     Publish,
+    PublishBatch,
     QueryProgress,
     QueryStats,
     QueryStatus,
+    Register,
+    Registered,
     StatsReply,
     StatusReply,
+    StreamAck,
+    StreamChunks,
     SubmitRejected,
     SubmitTasks,
     Subscribe,
@@ -74,6 +88,9 @@ _CONFIG = frozenset(
         "quantum_steps",
         "python_inline",
         "seed",
+        "engine_memory",
+        "throttle_share",
+        "resource_interval",
     )
 )
 
@@ -135,6 +152,8 @@ class _Core:
         self.addresses: dict[str, Any] = {}
         self.subscriptions: dict[str, Subscription] = {}
         self.coordinations: dict[str, _Waiter] = {}
+        self.streams: dict[str, _Stream] = {}
+        self.ack: Callable[[str, int], None] | None = None  # set by the runtime
 
     # -- building requests --------------------------------------------------
 
@@ -215,11 +234,26 @@ class _Core:
             subscription = self.subscriptions.get(msg.sub_id)
             if subscription is not None:
                 subscription._deliver(msg.events)
-        elif isinstance(msg, (StatusReply, ProgressReply, StatsReply, CancelReply)):
+        elif isinstance(msg, (StatusReply, ProgressReply, StatsReply, CancelReply, Registered)):
             with self.lock:
                 cb = self.replies.pop(msg.ref, None)
             if cb is not None:
                 cb(msg)
+        elif isinstance(msg, StreamChunks):
+            self.on_chunks(msg)
+
+    def on_chunks(self, msg: StreamChunks) -> None:
+        with self.lock:
+            s = self.streams.get(msg.task_id)
+            if s is None:
+                s = self.streams[msg.task_id] = _Stream()
+        with s.cond:
+            s.chunks.extend(msg.chunks)
+            s.received = msg.seq + len(msg.chunks)
+            attached = s.attached
+            s.cond.notify_all()
+        if not attached and self.ack is not None:  # nobody reads now: do not hold the agent
+            self.ack(msg.task_id, s.received)
 
     def resolve(self, o: TaskOutcome) -> None:
         v = self.views.get(o.task_id)
@@ -233,6 +267,10 @@ class _Core:
             event.set()
         for cb in callbacks or ():
             cb(o)
+        s = self.streams.get(o.task_id) if self.streams else None
+        if s is not None:
+            with s.cond:
+                s.cond.notify_all()
 
     def on_done(self, v: _View, cb: Callable[[TaskOutcome], None]) -> None:
         with self.lock:
@@ -274,6 +312,19 @@ def _default_engines(per_engine: int) -> dict[str, int]:
             continue
         engines[name] = per_engine
     return engines
+
+
+class _Stream:
+    """The chunks of one streaming agent task that reached this facade."""
+
+    __slots__ = ("attached", "chunks", "cond", "received", "taken")
+
+    def __init__(self, attached: bool = False) -> None:
+        self.chunks: deque[Any] = deque()
+        self.cond = threading.Condition()
+        self.attached = attached  # a stream() reader acknowledges as it takes
+        self.received = 0  # chunks that arrived
+        self.taken = 0  # chunks a reader took
 
 
 class Subscription:
@@ -402,6 +453,9 @@ class Runtime:
         self._scheduler = addresses["scheduler"]
         self._events = addresses["events"]
         self._dropped_events = 0
+        self._emits: list[Publish] = []
+        self._emit_lock = threading.Lock()
+        self._core.ack = self._ack
         self._core.state = RuntimeState.OPEN
 
     def _make_driver(self) -> Any:
@@ -532,7 +586,136 @@ class Runtime:
         bus: StatsReply = self._ask(lambda ref: QueryStats(ref), to=self._events)
         stats = dict(reply.stats)
         stats["events"] = dict(bus.stats, dropped=self._dropped_events)
+        tracker = self._core.addresses.get("resources")
+        if tracker is not None:
+            res: StatsReply = self._ask(lambda ref: QueryStats(ref), to=tracker)
+            resources = dict(res.stats)
+            procs = {(e["engine"], e["index"]): e for e in resources.pop("engines", [])}
+            for e in stats.get("engines", []):
+                proc = procs.get((e.get("engine"), e.get("index")))
+                if proc is not None:
+                    e["rss"] = proc["rss"]
+                    e["cpu_percent"] = proc["cpu_percent"]
+                    e["over_memory"] = proc["over_memory"]
+            stats["resources"] = resources
         return stats
+
+    # -- registrations --------------------------------------------------------
+
+    def register_tool(
+        self,
+        name: str,
+        target: Any,
+        schema: Mapping[str, Any] | None = None,
+        *,
+        description: str | None = None,
+    ) -> None:
+        """Register tool ``name``: ``"module:function"`` (called with the params
+        as keyword arguments) or a ``Task.lua``/``Task.js`` template (params as
+        ``spell.args``). ``schema`` (JSON-schema-like, see ``llmspell.schema``)
+        checks every call's params; ``description`` is what agents tell a model.
+        Registering a name again replaces it."""
+        from .actors.registry import wire_target
+
+        self._register("tool", name, wire_target("tool", target, schema, description))
+
+    def register_agent(self, name: str, target: Any) -> None:
+        """Register agent ``name``: ``"module:attribute"`` naming an object (or a
+        class made with no arguments) with ``run(input)`` or ``stream(input)``,
+        or an object with ``llmspell_spec()`` (``llmspell.agents.OpenAIChat``)."""
+        from .actors.registry import wire_target
+
+        self._register("agent", name, wire_target("agent", target))
+
+    def register_hook(self, point: str, target: Any) -> None:
+        """Run ``target`` at hook ``point`` (see ``docs/events-and-hooks.md``):
+        ``"module:function"`` gets the payload as keyword arguments, a
+        ``Task.lua``/``Task.js`` template as ``spell.args``. Hooks add up."""
+        from .actors.registry import HOOK_POINTS, wire_target
+
+        if point not in HOOK_POINTS:
+            raise MessageError(
+                f"unknown hook point {point!r}; use one of {', '.join(HOOK_POINTS)}",
+                where="point",
+            )
+        self._register("hook", point, wire_target("hook", target))
+
+    def register_executor(self, kind: str, target: Any) -> None:
+        """Run ``Task.custom(kind, payload)`` with ``target`` (a dict payload as
+        keyword arguments / ``spell.args``, anything else as ``payload``)."""
+        from .actors.registry import wire_target
+
+        self._register("executor", kind, wire_target("executor", target))
+
+    def _register(self, what: str, name: str, target: dict[str, Any]) -> None:
+        self._core.check_open()
+        if not isinstance(name, str) or not name:
+            raise MessageError(f"must be a non-empty str, got {name!r}", where="name")
+        reply: Registered = self._ask(lambda ref: Register(ref, what, name, target))
+        if reply.error:
+            raise MessageError(reply.error, where=what)
+
+    # -- streams --------------------------------------------------------------
+
+    def stream(self, task: Task | Handle | str, *, timeout: float | None = None) -> Iterator[Any]:
+        """The chunks of a streaming agent task, as they come.
+
+        Given a ``Task`` it is submitted with this reader attached from the
+        start; given a handle, the reader gets every chunk not yet read. Each
+        chunk is acknowledged when taken, so the agent runs at most its
+        ``buffer_size`` chunks ahead of this reader. Iteration ends when the
+        task ends (raising its error if it failed, like ``result``); a
+        ``timeout`` that runs out before the next chunk raises ``TimeoutError``.
+        Leaving the loop early releases the agent (chunks are then no longer
+        held for this reader).
+        """
+        core = self._core
+        if isinstance(task, Task):
+            (spec,) = core.specs([task])
+            s = core.streams[spec.id] = _Stream(attached=True)
+            self._driver.send(self._scheduler, core.submit_message([spec]))
+            task_id, v = core.view(spec.id)
+        else:
+            task_id, v = core.view(task)
+            with core.lock:
+                found = core.streams.get(task_id)
+                if found is None:
+                    found = core.streams[task_id] = _Stream()
+            s = found
+            with s.cond:
+                s.attached = True
+        return self._read_stream(task_id, v, s, timeout)
+
+    def _read_stream(
+        self, task_id: str, v: _View, s: _Stream, timeout: float | None
+    ) -> Iterator[Any]:
+        try:
+            while True:
+                if self._pump is not None:
+                    self._pump(lambda: bool(s.chunks) or v.outcome is not None, timeout)
+                with s.cond:
+                    if not s.cond.wait_for(lambda: s.chunks or v.outcome is not None, timeout):
+                        raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
+                    if not s.chunks:
+                        break
+                    chunk = s.chunks.popleft()
+                    s.taken += 1
+                    taken = s.taken
+                self._ack(task_id, taken)
+                yield chunk
+            assert v.outcome is not None
+            if v.outcome.status != "succeeded":
+                _Core.value_of(task_id, v.outcome)
+        finally:
+            with s.cond:
+                s.attached = False
+                received = s.received
+            if v.outcome is None:
+                self._ack(task_id, received)
+
+    def _ack(self, task_id: str, seq: int) -> None:
+        if self._core.state is RuntimeState.OPEN:
+            self._driver.send(self._scheduler, encode(StreamAck(task_id, seq)))
 
     # -- coordination ---------------------------------------------------------
 
@@ -614,7 +797,11 @@ class Runtime:
         """
         from .workflow import load_workflow
 
-        wf = load_workflow(path_or_dict)
+        return self._run_loaded_workflow(load_workflow(path_or_dict))
+
+    def _run_loaded_workflow(self, wf: Any) -> CoordinationResult:
+        """Run a ``workflow.Workflow`` already loaded (its task ids are known to
+        the caller: the CLI's progress display polls them)."""
         self._core.check_open()
         return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout, None)
 
@@ -640,7 +827,23 @@ class Runtime:
         if not isinstance(event, str) or not event:
             raise MessageError("must be a non-empty str", where="event")
         check_data(payload, "payload")
-        self._driver.send(self._events, encode(Publish(event, payload, now())))
+        # Emits that follow each other faster than the driver takes them travel as one
+        # PublishBatch (one decode, one match pass, one delivery per subscriber).
+        with self._emit_lock:
+            self._emits.append(Publish(event, payload, now()))
+            if len(self._emits) > 1:
+                return
+        self._driver.call(self._flush_emits)
+
+    def _flush_emits(self) -> None:
+        """Send the emits not sent yet; every other message to the bus goes after
+        this, so it sees them in order."""
+        with self._emit_lock:
+            batch, self._emits = self._emits, []
+        if len(batch) == 1:
+            self._driver.send(self._events, encode(batch[0]))
+        elif batch:
+            self._driver.send(self._events, encode(PublishBatch(batch)))
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
         """Events whose names match ``pattern`` (a glob: ``*``, ``?``, ``[..]``)
@@ -653,17 +856,21 @@ class Runtime:
         sub_id = f"facade-{uuid.uuid4().hex}"
         subscription = Subscription(self, sub_id, pattern, limit)
         self._core.subscriptions[sub_id] = subscription
+        self._flush_emits()
         self._driver.send(self._events, encode(Subscribe(sub_id, pattern, limit)))
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         self._core.subscriptions.pop(subscription.sub_id, None)
         if self._core.state is RuntimeState.OPEN:
+            self._flush_emits()
             self._driver.send(self._events, encode(Unsubscribe(subscription.sub_id)))
 
     def _ask(self, build: Callable[[int], Message], timeout: float = 30.0, to: Any = None) -> Any:
         w = _Waiter()
         data = self._core.request(build, w)
+        if to is not None and to is self._events:
+            self._flush_emits()
         self._driver.send(self._scheduler if to is None else to, data)
         if self._pump is not None:
             self._pump(w.event.is_set, None)
@@ -674,6 +881,21 @@ class Runtime:
 
 def _public_status(status: str) -> str:
     return "failed" if status == "rejected" else status
+
+
+async def _aiter_stream(it: Iterator[Any]) -> AsyncIterator[Any]:
+    loop = asyncio.get_running_loop()
+    end = object()
+    try:
+        while True:
+            chunk = await loop.run_in_executor(None, next, it, end)
+            if chunk is end:
+                return
+            yield chunk
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            await loop.run_in_executor(None, close)
 
 
 class AsyncRuntime:
@@ -781,6 +1003,39 @@ class AsyncRuntime:
 
     async def emit(self, event: str, payload: Any = None) -> None:
         self._runtime().emit(event, payload)
+
+    async def register_tool(
+        self,
+        name: str,
+        target: Any,
+        schema: Mapping[str, Any] | None = None,
+        *,
+        description: str | None = None,
+    ) -> None:
+        rt = self._runtime()
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: rt.register_tool(name, target, schema, description=description)
+        )
+
+    async def register_agent(self, name: str, target: Any) -> None:
+        rt = self._runtime()
+        await asyncio.get_running_loop().run_in_executor(None, rt.register_agent, name, target)
+
+    async def register_hook(self, point: str, target: Any) -> None:
+        rt = self._runtime()
+        await asyncio.get_running_loop().run_in_executor(None, rt.register_hook, point, target)
+
+    async def register_executor(self, kind: str, target: Any) -> None:
+        rt = self._runtime()
+        await asyncio.get_running_loop().run_in_executor(None, rt.register_executor, kind, target)
+
+    def stream(
+        self, task: Task | Handle | str, *, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """``Runtime.stream`` as an async iterator: ``async for chunk in rt.stream(t)``.
+        A ``Task`` is submitted at once, with the reader attached."""
+        it = self._runtime().stream(task, timeout=timeout)
+        return _aiter_stream(it)
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
         return self._runtime().subscribe(pattern, limit=limit)

@@ -1,7 +1,8 @@
 """The director: root of the actor tree (Thespian globalName ``llmspell.director``).
 
 On ``Introduce`` from the facade (the runtime's configuration) it creates the
-scheduler, the event bus and the engine contexts, introduces them to each
+scheduler, the event bus, the coordinator, the resource tracker and the
+engine contexts (through their supervisor), introduces them to each
 other, and from then on answers ``Hello`` with the addresses the facade talks
 to. On ``Shutdown`` it cancels every unfinished task, closes the engines and
 stops its children.
@@ -19,6 +20,7 @@ from ..messages.types import Hello, Introduce, Ping, Pong, Shutdown, SupervisorE
 from ..supervisors.supervisor import ChildSpec, Supervisor, SupervisorSpec
 from .coordinator import Coordinator
 from .events import EventBus
+from .resources import ResourceTracker
 from .scheduler import Scheduler
 
 __all__ = ["DIRECTOR_NAME", "ENGINE_CLASSES", "Director"]
@@ -125,6 +127,7 @@ class Director(WireActor):
             "events": EventBus,
             "scheduler": Scheduler,
             "coordinator": Coordinator,
+            "resources": ResourceTracker,
             "supervisor": Supervisor,
         }
         self.addresses = {"director": self.myAddress}
@@ -143,7 +146,9 @@ class Director(WireActor):
         if self.expected:
             return
         supervisor = self.addresses.pop("supervisor")
-        self.children = [self.addresses[r] for r in ("scheduler", "events", "coordinator")]
+        self.children = [
+            self.addresses[r] for r in ("scheduler", "events", "coordinator", "resources")
+        ]
         self.engines = [supervisor]
         for addr in self.children:
             self.send_msg(addr, Introduce(self.runtime_id, self.addresses, self.config))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections import Counter
 from typing import Any
 
 from thespian.actors import ActorAddress
@@ -24,6 +25,7 @@ from thespian.actors import ActorAddress
 from .._actor import WireActor, addr_key
 from ..messages.types import (
     EventDelivery,
+    EventInterest,
     InjectFaults,
     Introduce,
     Publish,
@@ -60,18 +62,36 @@ class EventBus(WireActor):
         super().__init__()
         self.subs: dict[str, _Sub] = {}
         self.published = 0
+        self.scheduler: ActorAddress | None = None
+        self.patterns: Counter[str] = Counter()  # pattern -> live subscriptions
+        self._added: list[str] = []
+        self._removed: list[str] = []
         self.faults: list[list[Any]] = []  # [kind, match, remaining] (simulation)
         self.delivered = 0
         self._out: dict[str, tuple[ActorAddress, dict[str, list[dict[str, Any]]]]] = {}
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
-        pass
+        self.scheduler = msg.addresses.get("scheduler")
 
     def on_subscribe(self, msg: Subscribe, sender: ActorAddress) -> None:
+        old = self.subs.get(msg.sub_id)
+        if old is not None:
+            self._drop_pattern(old.pattern)
         self.subs[msg.sub_id] = _Sub(sender, msg.pattern, msg.once)
+        self.patterns[msg.pattern] += 1
+        if self.patterns[msg.pattern] == 1:
+            self._added.append(msg.pattern)
 
     def on_unsubscribe(self, msg: Unsubscribe, sender: ActorAddress) -> None:
-        self.subs.pop(msg.sub_id, None)
+        sub = self.subs.pop(msg.sub_id, None)
+        if sub is not None:
+            self._drop_pattern(sub.pattern)
+
+    def _drop_pattern(self, pattern: str) -> None:
+        self.patterns[pattern] -= 1
+        if self.patterns[pattern] <= 0:
+            del self.patterns[pattern]
+            self._removed.append(pattern)
 
     def on_publish_batch(self, msg: PublishBatch, sender: ActorAddress) -> None:
         for item in msg.items:
@@ -120,7 +140,7 @@ class EventBus(WireActor):
                 if sub.once:
                     done.append(sub_id)
         for sub_id in done:
-            del self.subs[sub_id]
+            self._drop_pattern(self.subs.pop(sub_id).pattern)
 
     def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
         self.send_msg(
@@ -136,6 +156,9 @@ class EventBus(WireActor):
         )
 
     def flush(self) -> None:
+        if (self._added or self._removed) and self.scheduler is not None:
+            self.send_msg(self.scheduler, EventInterest(self._added, self._removed))
+            self._added, self._removed = [], []
         if not self._out:
             return
         out, self._out = self._out, {}

@@ -10,27 +10,46 @@ Ready tasks wait in one priority queue per engine (higher priority first, then
 submission order); an engine gets at most ``capacity`` tasks at once, so
 priorities decide the order whenever work is queued. A task's ``timeout`` is
 counted from when it is dispatched and enforced with a Thespian wake-up.
+
+Registrations (tools, agents, hooks, executors; ``Register``) live here, in a
+``registry.Registry``: a ``tool``/``agent``/``custom`` task is resolved to the
+engine and target that run it when it becomes ready. Hooks run as tasks of
+their own (kind ``"hook"``, 30 s timeout) at ``task.before`` (first
+dispatch), ``task.after`` (every end), ``task.error`` (failed or timed out),
+``task.retry``, ``engine.restart`` and, through the event bus,
+``coordination.before/after``; never for hook tasks or what they submit, and
+never delaying or failing the task they observe (their failures are counted
+in ``stats()["hooks"]["errors"]`` and logged). Chunks of a streaming agent
+task (``StreamChunks``) are relayed to the address that submitted it and its
+``StreamAck``s back to the engine. An engine the resource tracker reports over
+``engine_memory`` (``EngineLoad``) gets no new tasks until it is back under.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import re
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from thespian.actors import ActorAddress
 
-from .._actor import WireActor, addr_key
+from .._actor import WireActor, addr_key, log
 from .._clock import now
+from .._task import new_task_id
 from ..messages.types import (
     TERMINAL,
     CancelReply,
     CancelTasks,
     DispatchBatch,
     EngineEvent,
+    EngineLoad,
     EngineReady,
     EngineResults,
+    EventDelivery,
+    EventInterest,
     InjectFaults,
     Introduce,
     ProgressBatch,
@@ -40,17 +59,24 @@ from ..messages.types import (
     QueryProgress,
     QueryStats,
     QueryStatus,
+    Register,
+    Registered,
     StatsReply,
     StatusReply,
     StopTasks,
+    StreamAck,
+    StreamChunks,
     SubmitRejected,
     SubmitTasks,
+    Subscribe,
     SupervisorEvent,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
     WatchTasks,
 )
+from .events import compile_pattern
+from .registry import REGISTERED_KINDS, Registry, RegistryError
 
 __all__ = ["Scheduler"]
 
@@ -100,7 +126,17 @@ class _Rec:
 class _Slot:
     """One engine actor and the tasks it runs."""
 
-    __slots__ = ("address", "capacity", "engine", "index", "key", "pid", "restarts", "running")
+    __slots__ = (
+        "address",
+        "capacity",
+        "engine",
+        "index",
+        "key",
+        "paused",
+        "pid",
+        "restarts",
+        "running",
+    )
 
     def __init__(self, ready: EngineReady, address: ActorAddress) -> None:
         self.engine = ready.engine
@@ -111,6 +147,7 @@ class _Slot:
         self.address = address
         self.key = addr_key(address)
         self.running: set[str] = set()
+        self.paused = False  # over the runtime's engine_memory: no new tasks
 
 
 class Scheduler(WireActor):
@@ -130,10 +167,26 @@ class Scheduler(WireActor):
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
         self.degraded = ""
-        self.faults: dict[str, dict[str, Any]] = {}  # task id -> planned fault (simulation)
+        self._interest: set[str] = set()  # event patterns someone subscribed to
+        self._wanted: Callable[[str], Any] | None = None
+        # planned task faults (simulation): [id matcher, dispatches left, fault]
+        self.faults: list[list[Any]] = []
         self.stop_requested = False
         self.retry_base = 0.02  # seconds before the first re-run; doubles per attempt
         self.retry_cap = 1.0
+        # registrations, hooks, streams (see the module docstring)
+        self.registry = Registry()
+        self._extras = False  # hooks registered or streams seen: _finish has more to do
+        self._hooks_due: list[tuple[str, dict[str, Any]]] = []
+        self._hook_ids: set[str] = set()  # hook tasks and what they submitted
+        self._hook_parent: dict[str, tuple[str, int]] = {}  # hook task -> (Task.hook id, slot)
+        self._fanin: dict[str, list[Any]] = {}  # Task.hook id -> [left, results]
+        self.hook_counts = {"runs": 0, "errors": 0}
+        self._consumers: dict[str, ActorAddress] = {}  # agent task -> who gets its chunks
+        self._coordination_sub = False
+        # watches that arrived before the task's submit (local mode: a script engine's
+        # WatchTasks can overtake its SubmitTasks on the way here)
+        self._early: dict[str, list[ActorAddress]] = {}
 
     # -- set-up -------------------------------------------------------------
 
@@ -152,16 +205,18 @@ class Scheduler(WireActor):
                 break
         else:
             slots.append(fresh)
+        tracker = self.addresses.get("resources")
+        if tracker is not None:
+            self.send_msg(tracker, msg)
         if msg.restarts:
-            self._publish(
-                "llmspell.engine.restart",
-                {
-                    "engine": msg.engine,
-                    "index": msg.index,
-                    "pid": msg.pid,
-                    "restarts": msg.restarts,
-                },
-            )
+            restart = {
+                "engine": msg.engine,
+                "index": msg.index,
+                "pid": msg.pid,
+                "restarts": msg.restarts,
+            }
+            self._publish("llmspell.engine.restart", restart)
+            self._hook("engine.restart", restart)
         self._dirty.add(msg.engine)
 
     def on_engine_event(self, msg: EngineEvent, sender: ActorAddress) -> None:
@@ -223,6 +278,13 @@ class Scheduler(WireActor):
             self.tasks[spec.id] = rec
             if msg.notify:
                 rec.watchers = [sender]
+            if spec.kind == "agent":  # its chunks go to whoever submitted it
+                self._consumers[spec.id] = sender
+                self._extras = True
+            if self._early:
+                early = self._early.pop(spec.id, None)
+                if early:
+                    rec.watchers = [*(rec.watchers or ()), *early]
             self.counts["submitted"] += 1
             fresh.append(rec)
         if msg.cancelled is not None:  # an aggregator's tasks that will never run
@@ -263,6 +325,8 @@ class Scheduler(WireActor):
             self._publish(spec.name or "", spec.payload)
             self._finish(rec, "succeeded", value=None)
             return
+        if not rec.engine and spec.kind in REGISTERED_KINDS and not self._resolve(rec):
+            return
         if not rec.engine:
             self._finish(
                 rec,
@@ -283,7 +347,7 @@ class Scheduler(WireActor):
                 continue
             if len(slots) == 1:
                 slot = slots[0]
-                room = slot.capacity - len(slot.running)
+                room = 0 if slot.paused else slot.capacity - len(slot.running)
                 while queue and room > 0:
                     _, _, task_id = heapq.heappop(queue)
                     rec = self.tasks.get(task_id)
@@ -294,7 +358,7 @@ class Scheduler(WireActor):
                 continue
             while queue:  # several engines: each task to the least loaded one
                 slot = min(slots, key=_load)
-                if len(slot.running) >= slot.capacity:
+                if len(slot.running) >= slot.capacity or slot.paused:
                     break
                 _, _, task_id = heapq.heappop(queue)
                 rec = self.tasks.get(task_id)
@@ -305,7 +369,7 @@ class Scheduler(WireActor):
 
     def _start(self, rec: _Rec, slot: _Slot) -> None:
         task_id = rec.spec.id
-        if self.faults and task_id in self.faults and self._apply_fault(rec):
+        if self.faults and self._apply_fault(rec):
             return
         rec.status = "running"
         rec.slot = slot
@@ -315,19 +379,33 @@ class Scheduler(WireActor):
         if rec.spec.timeout is not None:
             self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
         if rec.attempt == 0:
-            self._publish("llmspell.task.running", {"task_id": task_id})
+            self._publish("llmspell.task.running", {"task_id": task_id, "kind": rec.spec.kind})
+            if self._extras:
+                self._task_hook("task.before", rec, "running")
 
     # -- injected faults (simulation) ---------------------------------------------------
 
     def on_inject_faults(self, msg: InjectFaults, sender: ActorAddress) -> None:
+        """A task fault names a task id or a glob over ids (``"*:fetch"``) and
+        applies to its next ``count`` dispatches (attempts)."""
         for f in msg.faults:
             if f.get("kind") in _TASK_FAULTS and isinstance(f.get("task"), str):
-                self.faults[f["task"]] = f
+                match = compile_pattern(f["task"]).match
+                self.faults.append([match, int(f.get("count") or 1), f])
+
+    def _fault_for(self, task_id: str) -> dict[str, Any] | None:
+        for entry in self.faults:
+            if entry[1] > 0 and entry[0](task_id):
+                entry[1] -= 1
+                return dict(entry[2])
+        return None
 
     def _apply_fault(self, rec: _Rec) -> bool:
-        """Apply the fault planned for ``rec`` as it would be dispatched; True
+        """Apply a fault planned for ``rec`` as it would be dispatched; True
         if it is not dispatched now."""
-        f = self.faults.pop(rec.spec.id)
+        f = self._fault_for(rec.spec.id)
+        if f is None:
+            return False
         kind, task_id = f["kind"], rec.spec.id
         self._publish(f"llmspell.fault.{kind}", {"task_id": task_id})
         if kind == "slow_step":
@@ -357,8 +435,14 @@ class Scheduler(WireActor):
         return True
 
     def flush(self) -> None:
+        if self._hooks_due:
+            self._run_hooks()
         if self._dirty:
             self._pump()
+        if self._hooks_due:  # task.before of what was just started
+            self._run_hooks()
+            if self._dirty:
+                self._pump()
         if self._dispatch:
             batches, self._dispatch = self._dispatch, {}
             for addr, recs in batches.values():
@@ -402,6 +486,8 @@ class Scheduler(WireActor):
             "llmspell.task.retry",
             {"task_id": rec.spec.id, "attempt": rec.attempt, "error": rec.errors[-1]},
         )
+        if self._extras:
+            self._task_hook("task.retry", rec, "pending", error=rec.errors[-1])
         # exponential backoff between attempts: base, 2*base, 4*base ... up to the cap
         delay = min(self.retry_cap, self.retry_base * 2 ** (rec.attempt - 1))
         if delay > 0:
@@ -455,6 +541,8 @@ class Scheduler(WireActor):
             f"llmspell.task.{status}",
             {"task_id": rec.spec.id, "kind": rec.spec.kind, "status": status},
         )
+        if self._extras:
+            self._finished(rec, status, error)
         dependents, rec.dependents = rec.dependents, None
         for dep_id in dependents or ():
             child = self.tasks.get(dep_id)
@@ -483,6 +571,11 @@ class Scheduler(WireActor):
             self.send_msg(sender, CancelReply(msg.ref, cancelled))
 
     def on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, tuple) and payload and payload[0] == "watch":
+            unknown = _err(f"unknown task id {payload[1]!r}")
+            for watcher in self._early.pop(payload[1], ()):
+                self._notify(watcher, TaskOutcome(payload[1], "failed", error=unknown))
+            return
         if isinstance(payload, tuple) and payload and payload[0] == "retry":
             _, task_id, attempt = payload
             rec = self.tasks.get(task_id)
@@ -507,11 +600,9 @@ class Scheduler(WireActor):
     def on_watch(self, msg: WatchTasks, sender: ActorAddress) -> None:
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
-            if rec is None:
-                self._notify(
-                    sender,
-                    TaskOutcome(task_id, "failed", error=_err(f"unknown task id {task_id!r}")),
-                )
+            if rec is None:  # its submit may still be on the way: wait a little
+                self._early.setdefault(task_id, []).append(sender)
+                self.wake_after(_EARLY_WATCH_GRACE, ("watch", task_id))
             elif rec.outcome is not None:
                 self._notify(sender, rec.outcome)
             elif rec.watchers is None:
@@ -586,6 +677,7 @@ class Scheduler(WireActor):
                 "restarts": s.restarts,
                 "running": len(s.running),
                 "capacity": s.capacity,
+                "paused": s.paused,
             }
             for name, slots in self.slots.items()
             if name in _SCRIPT_AND_PYTHON
@@ -609,6 +701,14 @@ class Scheduler(WireActor):
             "crashes": self.counts["crashes"],
             "degraded": self.degraded or None,
             "stop_requested": self.stop_requested,
+            "hooks": dict(
+                self.hook_counts, registered=sum(len(h) for h in self.registry.hooks.values())
+            ),
+            "registered": {
+                "tools": sorted(self.registry.tools),
+                "agents": sorted(self.registry.agents),
+                "executors": sorted(self.registry.executors),
+            },
         }
         self.send_msg(sender, StatsReply(msg.ref, stats))
 
@@ -620,8 +720,186 @@ class Scheduler(WireActor):
                 self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
 
     def _publish(self, name: str, payload: Any) -> None:
-        if "events" in self.addresses:
+        # Lifecycle events cost per task: publish only what someone subscribed to.
+        wanted = self._wanted
+        if wanted is not None and wanted(name) and "events" in self.addresses:
             self._events.append(Publish(name, payload, now()))
+
+    def on_event_interest(self, msg: EventInterest, sender: ActorAddress) -> None:
+        self._interest.update(msg.added)
+        self._interest.difference_update(msg.removed)
+        if self._interest:
+            joined = "|".join(f"(?:{compile_pattern(p).pattern})" for p in self._interest)
+            self._wanted = re.compile(joined).match
+        else:
+            self._wanted = None
+
+    # -- registrations, hooks, streams, engine load ------------------------------------
+
+    def on_register(self, msg: Register, sender: ActorAddress) -> None:
+        error = self.registry.register(msg.what, msg.name, msg.target)
+        if error is None and msg.what == "hook":
+            self._extras = True
+            bus = self.addresses.get("events")
+            if msg.name.startswith("coordination.") and not self._coordination_sub and bus:
+                # aggregators publish llmspell.coordination.before/after on the bus
+                self._coordination_sub = True
+                self.send_msg(bus, Subscribe("scheduler.hooks", "llmspell.coordination.*"))
+        self.send_msg(sender, Registered(msg.ref, error))
+
+    def _resolve(self, rec: _Rec) -> bool:
+        """Fill in a tool/agent/custom task from its registration (True), or
+        fan a ``Task.hook`` out / fail the task (False)."""
+        spec = rec.spec
+        if spec.kind == "hook":
+            self._fan_out(rec)
+            return False
+        try:
+            rec.engine = self.registry.resolve(spec)
+        except RegistryError as exc:
+            self._finish(rec, "failed", error=_err(str(exc)))
+            return False
+        return True
+
+    def _fan_out(self, rec: _Rec) -> None:
+        """A submitted ``Task.hook(point)``: one hook task per hook at ``point``;
+        its value is their values in registration order (None where one failed)."""
+        spec = rec.spec
+        targets = self.registry.hooks.get(spec.name or "", [])
+        if not targets:
+            self._finish(rec, "succeeded", value=[])
+            return
+        rec.status = "running"
+        rec.started_at = now()
+        self._fanin[spec.id] = [len(targets), [None] * len(targets)]
+        payload = spec.payload if spec.payload is not None else {}
+        if isinstance(payload, dict):
+            payload = dict(payload, point=spec.name)
+        for i, target in enumerate(targets):
+            child = self._spawn_hook(spec.name or "", payload, target, spec.id)
+            self._hook_parent[child.spec.id] = (spec.id, i)
+            self._make_ready(child)
+
+    def _hook(self, point: str, payload: dict[str, Any]) -> None:
+        if point in self.registry.hooks:
+            self._hooks_due.append((point, {**payload, "point": point}))
+
+    def _task_hook(self, point: str, rec: _Rec, status: str, **extra: Any) -> None:
+        spec = rec.spec
+        if spec.kind == "hook" or spec.id in self._hook_ids:
+            return
+        if spec.parent is not None and spec.parent in self._hook_ids:
+            self._hook_ids.add(spec.id)  # submitted by a hook: no hooks for it either
+            return
+        if point not in self.registry.hooks:
+            return
+        payload: dict[str, Any] = {
+            "point": point,
+            "task_id": spec.id,
+            "kind": spec.kind,
+            "status": status,
+            "attempt": rec.attempt,
+        }
+        if spec.name is not None:
+            payload["name"] = spec.name
+        if spec.parent is not None:
+            payload["parent"] = spec.parent
+        payload.update(extra)
+        self._hooks_due.append((point, payload))
+
+    def _run_hooks(self) -> None:
+        due, self._hooks_due = self._hooks_due, []
+        for point, payload in due:
+            for target in self.registry.hooks.get(point, ()):
+                self._make_ready(self._spawn_hook(point, payload, target, None))
+
+    def _spawn_hook(
+        self, point: str, payload: Any, target: dict[str, Any], parent: str | None
+    ) -> _Rec:
+        spec = TaskSpec(
+            id=new_task_id(),
+            kind="hook",
+            name=point,
+            payload=payload,
+            timeout=_HOOK_TIMEOUT,
+            parent=parent,
+        )
+        rec = _Rec(spec, now())
+        rec.engine = self.registry.hook_task(spec, target)
+        self.tasks[spec.id] = rec
+        self._hook_ids.add(spec.id)
+        self.counts["submitted"] += 1
+        self.hook_counts["runs"] += 1
+        return rec
+
+    def _finished(self, rec: _Rec, status: str, error: dict[str, Any] | None) -> None:
+        """Hooks, fan-in and stream bookkeeping of a task that just ended."""
+        spec = rec.spec
+        if self._consumers:
+            self._consumers.pop(spec.id, None)
+        fan = self._fanin.pop(spec.id, None) if spec.kind == "hook" else None
+        if fan is not None:  # a Task.hook ended (e.g. cancelled) before its hooks
+            return
+        parent = self._hook_parent.pop(spec.id, None)
+        if spec.kind == "hook" and spec.id in self._hook_ids:
+            if status != "succeeded":
+                self.hook_counts["errors"] += 1
+                message = (error or {}).get("message", status)
+                log.warning("hook %s at %s (%s): %s", spec.id, spec.name, status, message)
+            if parent is not None:
+                self._fan_in(parent, rec, status)
+            return
+        message = str((error or {}).get("message", "")) if error else None
+        extra: dict[str, Any] = {}
+        if message:
+            extra["error"] = message
+            extra["error_kind"] = str((error or {}).get("kind", "failed"))
+        self._task_hook("task.after", rec, status, **extra)
+        if status in ("failed", "timed_out"):
+            self._task_hook("task.error", rec, status, **extra)
+
+    def _fan_in(self, parent: tuple[str, int], child: _Rec, status: str) -> None:
+        parent_id, i = parent
+        fan = self._fanin.get(parent_id)
+        if fan is None:
+            return
+        if status == "succeeded" and child.outcome is not None:
+            fan[1][i] = child.outcome.value
+        fan[0] -= 1
+        if fan[0] == 0:
+            del self._fanin[parent_id]
+            prec = self.tasks.get(parent_id)
+            if prec is not None:
+                self._finish(prec, "succeeded", value=fan[1])
+
+    def on_event_delivery(self, msg: EventDelivery, sender: ActorAddress) -> None:
+        """Coordination events from the bus: run the coordination hooks."""
+        for ev in msg.events:
+            point = str(ev.get("name", "")).removeprefix("llmspell.")
+            if point in ("coordination.before", "coordination.after"):
+                payload = ev.get("payload")
+                self._hook(point, dict(payload, point=point) if isinstance(payload, dict) else {})
+
+    def on_stream_chunks(self, msg: StreamChunks, sender: ActorAddress) -> None:
+        rec = self.tasks.get(msg.task_id)
+        if rec is None or rec.status != "running":
+            return  # ended: the engine was told to stop it
+        consumer = self._consumers.get(msg.task_id)
+        if consumer is None:  # nobody to hold the producer for
+            self.send_msg(sender, StreamAck(msg.task_id, msg.seq + len(msg.chunks)))
+        else:
+            self.send_msg(consumer, msg)
+
+    def on_stream_ack(self, msg: StreamAck, sender: ActorAddress) -> None:
+        rec = self.tasks.get(msg.task_id)
+        if rec is not None and rec.slot is not None:
+            self.send_msg(rec.slot.address, msg)
+
+    def on_engine_load(self, msg: EngineLoad, sender: ActorAddress) -> None:
+        for s in self.slots.get(msg.engine, ()):
+            if s.index == msg.index:
+                s.paused = msg.over
+        self._dirty.add(msg.engine)
 
 
 def _input_key(dep: _Rec) -> str:
@@ -633,12 +911,14 @@ def _input_key(dep: _Rec) -> str:
 
 
 _SCRIPT_AND_PYTHON = frozenset(("python", "lua", "js"))
+_HOOK_TIMEOUT = 30.0  # seconds a hook task may run
+_EARLY_WATCH_GRACE = 5.0  # seconds a watch of a task not (yet) submitted waits for it
 _TASK_FAULTS = frozenset(("script_error", "slow_step", "task_timeout", "resource_breach"))
 
 
 def _load(slot: _Slot) -> tuple[int, float]:
     """Least loaded first: fewest running tasks, then the emptiest."""
-    if not slot.capacity:
+    if not slot.capacity or slot.paused:
         return (1 << 62, 1.0)
     return (len(slot.running), len(slot.running) / slot.capacity)
 

@@ -7,14 +7,20 @@ The contract is ``_vm.py``; what JavaScript adds:
   unbalanced braces is refused. ``return`` is the result, a throw or rejection
   the failure. The first ``resume`` calls the function.
 * One context for all tasks: every built-in, ``globalThis`` and the ``spell``
-  prototype are frozen, ``eval`` is gone, values cross as copies, so tasks
-  share no object (assigning ``name``/``message``/``toString``/``constructor``
-  on objects inheriting a built-in still works). A step drains the job queue to
+  prototype are frozen, ``eval`` is gone and the function constructors
+  (``Function``, async, generator) throw ``EvalError``, values cross as copies,
+  so tasks share no object (assigning ``name``/``message``/``toString``/
+  ``constructor`` on objects inheriting a built-in still works). See
+  ``docs/security.md``. The host holds each task's JS record and passes it back
+  on every call (no lookup by id in JS). A step drains the job queue to
   empty, so every job run in a step is the stepped task's: ``spell``, timers
   and ``console`` find their task in a "current task" variable, and a step can
   never advance another task (``drain_other_results`` only reports tasks lost
   when a context is rebuilt).
-* Waiting calls return Promises and become ``Request``s with VM-unique ids; a
+* Waiting calls return Promises and become ``Request``s with VM-unique ids
+  (one exception: a lone ``sleep(0)``/``yield`` made while the task waits on
+  nothing else uses the task's own negative id, and its ``Yielded`` is built
+  once per task and reused: the hot path of ``await spell.sleep(0)``); a
   task may have several outstanding (``Promise.all``): ``Yielded(first, more)``,
   then ``Waiting()`` while it waits on earlier ones. Answer each with
   ``resume(..., request_id=id)`` (0 = its only one). Answers to unknown ids are
@@ -46,15 +52,18 @@ The contract is ``_vm.py``; what JavaScript adds:
   leftovers cannot be stopped is rebuilt and its tasks fail.
 
 Measured on this 2-core VM (noisy), 10,000 tasks awaiting ``spell.sleep(0)``:
-one shared context holds 3.2 KiB (malloc; 1.7 KiB "used") per pending task
-against 1.65 KiB for a bare pending async function, starts a task in ~10 us
-(compile cached) and boots in ~9 ms. A Context per task would take ~310 us
-and ~75 KiB each before any prelude, with no sharing of compiled code or the
-frozen realm: one shared context it is. A sleep(0) step costs 12-17 us
-against ~4 us for a hand-written loop resolving bare promises (6-8 us with a
-time limit set). A batched ``resume_many`` (resolve many, drain once) measured
-no faster (~26 us a task: the cost is QuickJS's promise/job work and cache
-misses, not calls), so there is none.
+one shared context holds 3.1-3.2 KiB (malloc) per pending task against 1.65
+KiB for a bare pending async function, starts a task in ~5 us (compile
+cached) and boots in ~9 ms. A Context per task would take ~310 us and ~75 KiB
+each before any prelude, with no sharing of compiled code or the frozen
+realm: one shared context it is. A sleep(0) step costs ~8-10 us against ~4 us
+for a hand-written loop resolving bare promises (``bench/js.py``). Its floor
+is the binding: a step is four calls into QuickJS (resolve, run the job, find
+the queue empty, collect), and the two that run jobs need the time limit, for
+which the binding reads the process CPU clock (a ~1.2 us system call here);
+the Python around them is ~1.5 us. A batched ``resume_many`` (resolve many,
+drain once) measured no faster, and it would run one task's jobs in another's
+step, so there is none.
 """
 
 from __future__ import annotations
@@ -91,8 +100,8 @@ const hasOwn = O.prototype.hasOwnProperty, stringify = JSON.stringify, parse = J
 const isArray = Array.isArray, isView = ArrayBuffer.isView, fromCharCode = String.fromCharCode;
 const ObjProto = O.prototype, ErrorC = Error, IErr = InternalError, PromiseC = Promise, MapC = Map;
 const U8 = Uint8Array, AB = ArrayBuffer, EXOTIC = [Map, Set, WeakMap, WeakSet, Promise, RegExp];
-const tasks = new MapC(), NONE = [null, null], I64 = 9223372036854775808;
-let cur = null, nextId = 1, compiled = null, busy = null, R = null, J = null;
+const NONE = [null, null], I64 = 9223372036854775808;
+let cur = null, nextId = 2, compiled = null, busy = null, R = null, J = null;
 
 class ConvFail { constructor(path, msg) { this.path = path.slice(); this.msg = msg; } }
 function ls$path(root, path) {
@@ -134,7 +143,7 @@ function ls$w(v, path, seen) {  // JS value -> JSON-able tree, specials tagged {
     if (proto !== ObjProto && proto !== null
         && (isView(v) || v instanceof ErrorC || EXOTIC.some((c) => v instanceof c))) {
       const c = v.constructor, name = c && typeof c.name === "string" ? c.name : "object";
-      throw new ConvFail(path, "cannot convert a " + name);
+      throw new ConvFail(path, "cannot convert " + (/^[AEIOU]/.test(name) ? "an " : "a ") + name);
     }
     let pairs = null;
     r = {};
@@ -185,8 +194,9 @@ function ls$show(x) {
 // cur is the task being stepped: every job run in a step is its job. A task's
 // outstanding requests: the first inline (rid, res, rej), others in t.more
 // (id -> [res, rej]); a timer's entry is (timer, null). Its output for the step:
-// t.fast, the id of a lone sleep(0) (< 0) or yield (> 0); else t.out, entries
-// (fields "\x1f"-separated) joined by "\x1e".
+// t.fast, a lone sleep(0) (< 0) or yield (> 0): +-1 when the task waits on nothing
+// else, so it uses its own id t.fid (the host reuses one Request for it), else
+// +-id (ids start at 2); else t.out, entries (fields "\x1f"-separated) joined by "\x1e".
 function ls$task(what) {
   if (cur === null) throw new Error(what + ": not inside a running task");
   if (cur.done) throw new Error(what + ": this task has already finished");
@@ -194,21 +204,34 @@ function ls$task(what) {
 }
 function ls$exec(res, rej) { R = res; J = rej; }
 function ls$put(t, s) {
-  if (t.fast !== 0) { const f = t.fast; t.fast = 0; ls$put(t, ls$fastText(f)); }
+  if (t.fast !== 0) { const f = t.fast; t.fast = 0; ls$put(t, ls$fastText(t, f)); }
   if (t.out === null) t.out = [s]; else t.out.push(s);
 }
-function ls$fastText(f) { return f > 0 ? "Y\x1f" + f : "S\x1f" + -f + "\x1f0"; }
+function ls$fastText(t, f) {
+  const id = f === 1 || f === -1 ? t.fid : f > 0 ? f : -f;
+  return f > 0 ? "Y\x1f" + id : "S\x1f" + id + "\x1f0";
+}
 function ls$hold(t, id, res, rej) {
   if (t.rid === 0) { t.rid = id; t.res = res; t.rej = rej; }
   else (t.more || (t.more = new MapC())).set(id, [res, rej]);
 }
 function ls$count(t) { return t.done ? 0 : (t.rid !== 0) + (t.more === null ? 0 : t.more.size); }
-function ls$req(t, entry, extra) {  // a waiting call: entry + id + extra, or a fast id
-  const id = nextId++, p = new PromiseC(ls$exec);
+function ls$req(t, entry, extra) {  // a waiting call: entry + id + extra, or t.fast
+  const p = new PromiseC(ls$exec);
+  if (entry === null && t.out === null && t.fast === 0) {
+    if (t.rid === 0 && (t.more === null || t.more.size === 0)) {
+      t.rid = t.fid; t.res = R; t.rej = J; t.fast = extra;
+    } else {
+      const id = nextId++;
+      ls$hold(t, id, R, J);
+      t.fast = extra * id;
+    }
+    return p;
+  }
+  const id = nextId++;
   ls$hold(t, id, R, J);
   if (entry !== null) ls$put(t, entry + id + extra);
-  else if (t.out === null && t.fast === 0) t.fast = extra * id;
-  else ls$put(t, ls$fastText(extra * id));
+  else ls$put(t, ls$fastText(t, extra * id));
   return p;
 }
 function ls$secs(s, what) {
@@ -239,8 +262,10 @@ const SP = {
   sleep: function ls$sleep(s) {
     const t = ls$task("spell.sleep");
     if (s === 0) return ls$req(t, null, -1);
-    const n = typeof s === "number" && s > 0 ? s : ls$secs(s, "spell.sleep");
-    return ls$req(t, "S\x1f", "\x1f" + n);
+    if (typeof s !== "number" || !(s >= 0 && s < Infinity)) {
+      throw new TypeError("spell.sleep: expected a number of seconds >= 0, got " + ls$show(s));
+    }
+    return ls$req(t, "S\x1f", "\x1f" + s);
   },
   yield: function ls$yield() { return ls$req(ls$task("spell.yield"), null, 1); },
   resource_wait: function ls$resource_wait() {
@@ -267,8 +292,13 @@ const SP = {
     ls$put(t, "e\x1f" + stringify(name) + "\x1f" + ls$wire(payload, "spell.emit payload"));
   },
   progress: function ls$progress(done, total, message) {
-    ls$put(ls$task("spell.progress"), "p\x1f" + stringify([Number(done),
-      total == null ? null : Number(total), message == null ? null : String(message)]));
+    const t = ls$task("spell.progress");
+    if (typeof done !== "number") throw new TypeError("spell.progress: done must be a number");
+    if (total != null && typeof total !== "number") {
+      throw new TypeError("spell.progress: total must be a number or null");
+    }
+    ls$put(t, "p\x1f" + stringify([done, total == null ? null : total,
+      message == null ? null : String(message)]));
   },
   log: function ls$logm(level, message) { ls$log(ls$task("spell.log"), level, ls$show(message)); },
 };
@@ -327,7 +357,7 @@ const globals = {
     warn: ls$console("warning"), error: ls$console("error")},
 };
 
-function ls$end(t) { t.done = true; t.res = t.more = t.timers = null; tasks.delete(t.slot); }
+function ls$end(t) { t.done = true; t.res = t.rej = t.more = t.timers = null; }
 function ls$ok(v) {
   const t = cur;
   if (t === null || t.done) return;
@@ -354,20 +384,20 @@ function ls$fail(e) {
   ls$put(t, "f\x1f" + stringify([kind, msg, stack]));
 }
 const api = {
-  start: function ls$start(slot, tid, fn, kind, payload) {
+  // The host holds each task's record (t) and passes it back: no lookup per step.
+  start: function ls$start(fid, tid, fn, kind, payload) {
     const ai = kind === 0 ? NONE : ls$in(kind, payload);
-    tasks.set(slot, {slot, fn, spell: {__proto__: SP, task_id: tid, args: ai[0], input: ai[1]},
-      done: false, rid: 0, res: null, rej: null, more: null, timers: null, out: null, fast: 0});
+    return {fid, fn, spell: {__proto__: SP, task_id: tid, args: ai[0], input: ai[1]},
+      done: false, rid: 0, res: null, rej: null, more: null, timers: null, out: null, fast: 0};
   },
-  run: function ls$runTask(slot) {
-    const t = tasks.get(slot), fn = t.fn;
+  run: function ls$runTask(t) {
+    const fn = t.fn;
     cur = t;
     t.fn = null;
     fn(t.spell).then(ls$ok, ls$fail);
   },
-  resume: function ls$resume(slot, id, kind, v) {  // 1 settled, 0 unknown id, -1 ambiguous
-    const t = tasks.get(slot);
-    if (t === undefined) return 0;
+  resume: function ls$resume(t, id, kind, v) {  // 1 settled, 0 unknown id, -1 ambiguous
+    if (t.done) return 0;
     if (id === 0) {
       const n = ls$count(t);
       if (n !== 1) return n === 0 ? 0 : -1;
@@ -400,10 +430,11 @@ const api = {
     t.fast = 0;
     return o === null ? f : o.join("\x1e");
   },
-  count: function ls$countOf(slot) { const t = tasks.get(slot); return t ? ls$count(t) : 0; },
-  kill: function ls$kill(slot) {
-    const t = tasks.get(slot);
-    if (t !== undefined) { ls$end(t); t.out = null; t.fast = 0; }
+  count: function ls$countOf(t) { return ls$count(t); },
+  kill: function ls$kill(t) {
+    ls$end(t);
+    t.out = null;
+    t.fast = 0;
     cur = null;
   },
   take: function ls$take(expected) {
@@ -416,6 +447,20 @@ function ls$lockdown() {  // freeze the realm; keep assignments of inherited nam
   for (const k of keys(api)) delete G["__ls_" + k];
   delete G.__ls_lockdown;
   delete G.eval;
+  // The four function constructors compile source at run time, like eval: replace each,
+  // wherever it is reachable (globalThis.Function, every P.constructor), by a stub that
+  // throws and keeps the same prototype, so instanceof and typeof still work.
+  const noCode = function ls$noCode() {
+    throw new EvalError("compiling code at run time (eval, Function) is not allowed");
+  };
+  for (const P of [Function.prototype, getPrototypeOf(async function () {}),
+    getPrototypeOf(function* () {}), getPrototypeOf(async function* () {})]) {
+    const name = P.constructor.name, stub = function () { return noCode(); };
+    defineProperty(stub, "name", {value: name});
+    defineProperty(stub, "prototype", {value: P, writable: false});
+    defineProperty(P, "constructor", {value: stub, writable: true, configurable: true});
+    if (P === Function.prototype) G.Function = stub;
+  }
   const enable = [[ObjProto, ["constructor", "toString", "valueOf", "toLocaleString"]],
     [Function.prototype, ["constructor", "toString"]], [ErrorC.prototype, ["toString"]]];
   for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError,
@@ -456,10 +501,13 @@ G.__llmspell_compiled = function ls$compiled(f) { compiled = f; };
 
 
 class _Task:
-    __slots__ = ("failed", "handles", "id", "seconds", "slot", "started", "steps")
+    __slots__ = ("failed", "fid", "handles", "id", "seconds", "started", "steps", "t", "ys", "yy")
 
-    def __init__(self, task_id: str, slot: int) -> None:
-        self.id, self.slot, self.started, self.steps, self.seconds = task_id, slot, False, 0, 0.0
+    def __init__(self, task_id: str, fid: int) -> None:
+        self.id, self.fid, self.started, self.steps, self.seconds = task_id, fid, False, 0, 0.0
+        self.t: Any = None  # the task's record in JS
+        self.ys: Yielded | None = None  # Yielded(Request("sleep", {"seconds": 0}, fid)), reused
+        self.yy: Yielded | None = None  # Yielded(Request("yield", {}, fid)), reused
         self.handles: dict[str, str] = {}  # spell.submit handle -> child task id
         self.failed: dict[str, str] = {}  # handle -> why its submit failed
 
@@ -467,8 +515,15 @@ class _Task:
 def _hook(d: dict[str, Any]) -> Any:
     if _TAG in d and len(d) == 1:
         tag, p = d[_TAG]
-        return (p.encode("latin-1") if tag == "b" else float(p) if tag == "f"
-                else int(p) if tag == "i" else dict(p))
+        return (
+            p.encode("latin-1")
+            if tag == "b"
+            else float(p)
+            if tag == "f"
+            else int(p)
+            if tag == "i"
+            else dict(p)
+        )
     return d
 
 
@@ -562,8 +617,10 @@ class JsVM:
         self._host = host
         self._memory_limit = memory_limit
         self._budget = float(step_budget)
-        self._budget_text = (f"the task ran for more than its step budget of {step_budget:g} s "
-                             "without waiting (a busy loop?)")
+        self._budget_text = (
+            f"the task ran for more than its step budget of {step_budget:g} s "
+            "without waiting (a busy loop?)"
+        )
         self._max_stack = max_stack_size
         self._cache_size = compile_cache
         self._tasks: dict[str, _Task] = {}
@@ -583,6 +640,7 @@ class JsVM:
         self._ctx: Any = ctx
         self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._js_resume, self._js_collect = self._js["resume"], self._js["collect"]
+        self._ex, self._setl = ctx.execute_pending_job, ctx.set_time_limit
         self._mem, self._mem_next = 0, 0.0
 
     # -- the protocol --------------------------------------------------------
@@ -595,14 +653,15 @@ class JsVM:
         if isinstance(fn, Failed):
             return fn
         try:
-            kind, payload = (0, None) if args is None and input is None else _to_js(
-                [args, input], "start")
+            kind, payload = (
+                (0, None) if args is None and input is None else _to_js([args, input], "start")
+            )
         except (TypeError, ValueError) as e:
             msg = str(e).replace("start[0]", "args").replace("start[1]", "input")
             return Failed("conversion", msg)
-        rec = _Task(task_id, next(self._slots))
+        rec = _Task(task_id, -next(self._slots))
         try:
-            self._js["start"](rec.slot, task_id, fn, kind, payload)
+            rec.t = self._js["start"](rec.fid, task_id, fn, kind, payload)
         except quickjs.JSException as e:
             return Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
         self._tasks[task_id] = rec
@@ -624,26 +683,35 @@ class JsVM:
                 rec.started = True
                 self._ctx.set_time_limit(self._budget)
                 try:
-                    self._js["run"](rec.slot)
+                    self._js["run"](rec.t)
                 finally:
                     self._ctx.set_time_limit(-1)
-                return self._step(rec, t0, False)
+                return self._step(rec, t0 + self._budget, -2, None, False)
             if error is not None:
-                r = self._js_resume(rec.slot, request_id, 3, str(error))
+                r = self._js_resume(rec.t, request_id, 3, str(error))
             elif value is None:
-                r = self._js_resume(rec.slot, request_id, 0, None)
+                r = self._js_resume(rec.t, request_id, 0, None)
             else:
-                r = self._js_resume(rec.slot, request_id, *_to_js(value, "value"))
+                r = self._js_resume(rec.t, request_id, *_to_js(value, "value"))
             if r == 1:
-                return self._step(rec, t0, error is not None)
+                if error is None:  # the hot path: drain, then a lone sleep(0)/yield?
+                    deadline = t0 + self._budget
+                    jobs = self._drain(deadline, 0)
+                    raw = self._js_collect()
+                    if type(raw) is not str and raw and jobs >= 0:
+                        return self._fast(rec, raw)
+                    return self._step(rec, deadline, jobs, raw, False)
+                return self._step(rec, t0 + self._budget, -2, None, True)
             if r == 0:
                 return Waiting()
-            raise ValueError(f"JS task {task_id!r} has several outstanding requests: "
-                             "pass request_id")
+            raise ValueError(
+                f"JS task {task_id!r} has several outstanding requests: pass request_id"
+            )
         except quickjs.JSException as e:
-            self._js["kill"](rec.slot)
-            return self._finish(rec, Failed(
-                "memory" if "out of memory" in str(e) else "runtime", _first(e)))
+            self._js["kill"](rec.t)
+            return self._finish(
+                rec, Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
+            )
         except _Poisoned as e:
             self._reset(str(e))
             self._lost.pop(rec.id, None)
@@ -655,7 +723,7 @@ class JsVM:
         self._lost.pop(task_id, None)
         rec = self._tasks.pop(task_id, None)
         if rec is not None and not self._closed:
-            self._js["kill"](rec.slot)
+            self._js["kill"](rec.t)
             self._finish(rec, Waiting())
 
     def memory_in_use(self, exact: bool = False) -> int:
@@ -673,7 +741,7 @@ class JsVM:
         self._tasks.clear()
         self._compiled.clear()
         self._js.clear()
-        self._ctx = self._js_resume = self._js_collect = None
+        self._ctx = self._js_resume = self._js_collect = self._ex = self._setl = None
 
     # -- extras ----------------------------------------------------------------
 
@@ -721,32 +789,36 @@ class JsVM:
             self._ctx.set_time_limit(-1)
         fn = self._js["take"](text)
         if fn is None:
-            return Failed("syntax", "SyntaxError: the code is not a function body "
-                          "(unbalanced braces?)")
+            return Failed(
+                "syntax", "SyntaxError: the code is not a function body (unbalanced braces?)"
+            )
         self._compiled[code] = fn
         if len(self._compiled) > self._cache_size:
             self._compiled.popitem(last=False)
         return fn
 
-    def _step(self, rec: _Task, t0: float, rejected: bool) -> StepResult:
-        """Finish a step whose promise was settled: drain, perform what the step
-        queued, decide its result."""
-        deadline = t0 + self._budget
-        jobs = self._drain(deadline, 0)
-        raw = self._js_collect()
+    def _step(self, rec: _Task, deadline: float, jobs: int, raw: Any, rejected: bool) -> StepResult:
+        """Finish a step whose promise was settled: drain (unless ``jobs`` > -2 says
+        it was drained, ``raw`` what it collected), perform what the step queued,
+        decide its result."""
+        if jobs == -2:
+            jobs = self._drain(deadline, 0)
+            raw = self._js_collect()
         if type(raw) is not str:  # a lone sleep(0) (< 0) or yield (> 0), or nothing (0)
             if jobs >= 0 and raw:
-                return Yielded(Request("sleep", {"seconds": 0.0}, int(-raw)) if raw < 0
-                               else Request("yield", {}, int(raw)))
-            raw = _fast_text(raw)
+                return self._fast(rec, raw)
+            raw = _fast_text(raw, rec.fid)
         if rejected and jobs == 0:
-            self._host.log(rec.id, "warning", "unhandled rejection of a spell promise "
-                           f"(nothing awaited it) in task {rec.id}")
+            self._host.log(
+                rec.id,
+                "warning",
+                f"unhandled rejection of a spell promise (nothing awaited it) in task {rec.id}",
+            )
         reqs: list[Request] = []
         while True:
             over = jobs < 0 or _clock() >= deadline
             if over:
-                self._stop(rec.slot)
+                self._stop(rec.t)
             end, again = self._apply(rec, raw.split("\x1e") if raw else [], reqs)
             if end is not None:
                 return self._finish(rec, end)
@@ -755,24 +827,28 @@ class JsVM:
             if not again:
                 break
             for rid, msg in again:
-                self._js_resume(rec.slot, rid, 3, msg)
+                self._js_resume(rec.t, rid, 3, msg)
             jobs = self._drain(deadline, 0)
             raw = self._js_collect()
-            raw = raw if type(raw) is str else _fast_text(raw)
+            raw = raw if type(raw) is str else _fast_text(raw, rec.fid)
         if reqs:
             return Yielded(reqs[0], tuple(reqs[1:]))
-        if self._js["count"](rec.slot):
+        if self._js["count"](rec.t):
             return Waiting()
-        self._js["kill"](rec.slot)
-        return self._finish(rec, Failed(
-            "runtime", "deadlock: the task waits for a promise that nothing can settle "
-            "(no spell call or timer of it is pending)"))
+        self._js["kill"](rec.t)
+        return self._finish(
+            rec,
+            Failed(
+                "runtime",
+                "deadlock: the task waits for a promise that nothing can settle "
+                "(no spell call or timer of it is pending)",
+            ),
+        )
 
     def _drain(self, deadline: float, n: int) -> int:
         """Run jobs until the queue is empty: how many ran, -1 if the budget ran out."""
-        ex, setl = self._ctx.execute_pending_job, self._ctx.set_time_limit
-        half = self._budget / 2
-        setl(self._budget)
+        ex, setl, budget = self._ex, self._setl, self._budget
+        setl(budget)
         try:
             while True:
                 try:
@@ -784,14 +860,14 @@ class JsVM:
                 left = deadline - _clock()
                 if left <= 0:
                     return -1
-                if left < half:
+                if left < budget / 2:
                     setl(left)
         finally:
             setl(-1)
 
-    def _stop(self, slot: int) -> None:
-        """End task ``slot`` in JS, then run what it left queued with an instant interrupt."""
-        self._js["kill"](slot)
+    def _stop(self, t: Any) -> None:
+        """End task ``t`` in JS, then run what it left queued with an instant interrupt."""
+        self._js["kill"](t)
         ctx, limit = self._ctx, max(1.0, 2 * self._budget)
         ctx.set_time_limit(0)
         started = _clock()
@@ -803,13 +879,14 @@ class JsVM:
                 except quickjs.JSException:
                     pass
                 if _clock() - started > limit:
-                    raise _Poisoned("a runaway task's jobs could not be stopped; the JS VM "
-                                    "was reset and its tasks failed")
+                    raise _Poisoned(
+                        "a runaway task's jobs could not be stopped; the JS VM "
+                        "was reset and its tasks failed"
+                    )
         finally:
             ctx.set_time_limit(-1)
         self._js_collect()
-        self._js["kill"](slot)
-
+        self._js["kill"](t)
 
     def _apply(
         self, rec: _Task, entries: list[str], reqs: list[Request]
@@ -862,8 +939,24 @@ class JsVM:
             msg = f"{msg} (line {line})"
         return Failed(kind, msg, tb)
 
+    def _fast(self, rec: _Task, raw: int) -> Yielded:
+        """The step's lone ``sleep(0)`` (raw < 0) or ``yield`` (raw > 0); +-1: with the
+        task's own id, a Request made once per task and reused."""
+        if raw == -1:
+            y = rec.ys
+            if y is None:
+                y = rec.ys = Yielded(Request("sleep", {"seconds": 0.0}, rec.fid))
+            return y
+        if raw == 1:
+            y = rec.yy
+            if y is None:
+                y = rec.yy = Yielded(Request("yield", {}, rec.fid))
+            return y
+        return _fast_yield(raw)
+
     def _finish(self, rec: _Task, result: StepResult) -> StepResult:
         """Forget ``rec`` (keeping its stats for a while)."""
+        rec.t = rec.ys = rec.yy = None
         self._tasks.pop(rec.id, None)
         self._finished[rec.id] = rec
         if len(self._finished) > 4096:
@@ -884,6 +977,33 @@ def _first(e: BaseException) -> str:
     return str(e).split("\n", 1)[0]
 
 
-def _fast_text(raw: Any) -> str:
-    """The entry text of collect's numeric answer (a lone sleep(0) or yield id, or 0)."""
-    return "" if not raw else f"S\x1f{-raw}\x1f0" if raw < 0 else f"Y\x1f{raw}"
+_new = object.__new__
+_req_op, _req_args, _req_id = (Request.__dict__[k].__set__ for k in ("op", "args", "id"))
+_y_req, _y_more = (Yielded.__dict__[k].__set__ for k in ("request", "more"))
+
+
+def _fast_yield(raw: int) -> Yielded:
+    """``Yielded(Request("sleep", {"seconds": 0.0}, -raw))`` for raw < 0, else
+    ``Yielded(Request("yield", {}, raw))``, built without the frozen dataclasses'
+    ``__init__`` (half the cost; this is every ``await spell.sleep(0)``)."""
+    r = _new(Request)
+    if raw < 0:
+        _req_op(r, "sleep")
+        _req_args(r, {"seconds": 0.0})
+        _req_id(r, int(-raw))
+    else:
+        _req_op(r, "yield")
+        _req_args(r, {})
+        _req_id(r, int(raw))
+    y = _new(Yielded)
+    _y_req(y, r)
+    _y_more(y, ())
+    return y
+
+
+def _fast_text(raw: Any, fid: int) -> str:
+    """The entry text of collect's numeric answer (a lone sleep(0) or yield, or 0)."""
+    if not raw:
+        return ""
+    rid = fid if raw in (1, -1) else abs(int(raw))
+    return f"S\x1f{rid}\x1f0" if raw < 0 else f"Y\x1f{rid}"

@@ -12,6 +12,12 @@
 The callable is ``"package.module:attribute.path"``, called with ``**args``
 (plus ``input=`` when the task has a pipeline or dependency input). Its return
 value must be msgpack data.
+
+Agent tasks (kind ``"agent"``) are driven by ``agent_runner.AgentRunner``.
+Usage: a sync call's CPU is its worker thread's CPU time, an async call's the
+CPU time of its own steps; network bytes come from the runtime's HTTP clients
+(``llmspell.net``). Calls with ``Limits`` are checked every
+``limits.CHECK_INTERVAL`` seconds (see ``engines/limits.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +35,19 @@ from collections.abc import Callable
 from typing import Any
 
 from .._actor import log
-from ..messages.types import TaskSpec
+from .._context import _METER, Meter
+from ..messages.types import (
+    ProgressBatch,
+    ProgressReport,
+    ResourceGrant,
+    ResourceWait,
+    StreamAck,
+    TaskOutcomes,
+    TaskSpec,
+)
+from .agent_runner import AgentRunner, Timed
 from .base import EngineActor
+from .limits import CHECK_INTERVAL, Gate, Limit, kill_message, warn_payload
 
 __all__ = ["PythonEngine", "resolve_target"]
 
@@ -47,7 +64,21 @@ def resolve_target(target: str) -> Callable[..., Any]:
 
 
 class _Call:
-    __slots__ = ("attempt", "fn", "future", "kwargs", "started", "stopped", "sync", "task_id")
+    __slots__ = (
+        "attempt",
+        "clock",
+        "cpu0",
+        "fn",
+        "future",
+        "gate",
+        "kwargs",
+        "limit",
+        "meter",
+        "started",
+        "stopped",
+        "sync",
+        "task_id",
+    )
 
     def __init__(
         self, task_id: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any], sync: bool
@@ -60,6 +91,11 @@ class _Call:
         self.started = 0.0
         self.sync = sync
         self.stopped = False
+        self.meter: Meter | None = None  # made when the call starts
+        self.limit: Limit | None = None
+        self.gate: Gate | None = None
+        self.clock: int | None = None  # CPU clock of the thread running a sync call
+        self.cpu0 = 0.0
 
 
 class PythonEngine(EngineActor):
@@ -77,10 +113,15 @@ class PythonEngine(EngineActor):
         self.targets: dict[str, tuple[Callable[..., Any], bool]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self.agents = AgentRunner(self)
+        self._watching = False  # a "watch" wake-up is armed (limits, live usage)
 
     # -- starting -----------------------------------------------------------
 
     def start(self, spec: TaskSpec, attempt: int) -> None:
+        if spec.kind == "agent":
+            self.agents.start(spec, attempt)
+            return
         target = spec.target or ""
         try:
             found = self.targets.get(target)
@@ -99,10 +140,17 @@ class PythonEngine(EngineActor):
         if spec.input is not None:
             kwargs["input"] = spec.input
         call = _Call(spec.id, attempt, found[0], kwargs, found[1])
+        call.meter = Meter()
+        if spec.limits:
+            call.limit = Limit.of(spec.limits)
+            if call.limit is not None and not call.sync:
+                call.gate = Gate()
         self.calls[spec.id] = call
         if self.inline:
             self._run_inline(call)
-        elif not call.sync:
+            return
+        self._watch_soon()  # limits, live usage
+        if not call.sync:
             self._start_async(call)
         else:
             self.pool.submit(call, spec.priority)
@@ -129,12 +177,17 @@ class PythonEngine(EngineActor):
         """Worker thread: run one sync call and queue its outcome."""
         t0 = time.thread_time()
         call.started = time.time()
+        call.cpu0 = t0
+        call.clock = time.pthread_getcpuclockid(threading.get_ident())
+        token = _METER.set(call.meter)
         try:
             value = call.fn(**call.kwargs)
             self.done.put((call, "ok", value, time.thread_time() - t0))
         except BaseException as exc:  # report everything, even SystemExit
             self.done.put((call, "error", _describe(exc), time.thread_time() - t0))
         finally:
+            call.clock = None
+            _METER.reset(token)
             self.ring()
 
     def _start_async(self, call: _Call) -> None:
@@ -151,16 +204,17 @@ class PythonEngine(EngineActor):
             )
             del self.calls[call.task_id]
             return
-        fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        fut = asyncio.run_coroutine_threadsafe(_metered(coro, call), loop)
         call.future = fut
 
         def finished(f: concurrent.futures.Future[Any]) -> None:
+            cpu = call.meter.cpu_seconds if call.meter is not None else 0.0
             if f.cancelled():
-                self.done.put((call, "cancelled", None, 0.0))
+                self.done.put((call, "cancelled", None, cpu))
             elif f.exception() is not None:
-                self.done.put((call, "error", _describe(f.exception()), 0.0))  # type: ignore[arg-type]
+                self.done.put((call, "error", _describe(f.exception()), cpu))  # type: ignore[arg-type]
             else:
-                self.done.put((call, "ok", f.result(), 0.0))
+                self.done.put((call, "ok", f.result(), cpu))
             self.ring()
 
         fut.add_done_callback(finished)
@@ -177,6 +231,7 @@ class PythonEngine(EngineActor):
     # -- finishing ----------------------------------------------------------
 
     def poll(self) -> None:
+        self.agents.poll()
         while True:
             try:
                 call, how, value, cpu = self.done.get_nowait()
@@ -187,6 +242,8 @@ class PythonEngine(EngineActor):
                 continue  # stopped (cancel, timeout): its outcome is already decided
             del self.calls[call.task_id]
             usage = {"cpu_seconds": cpu, "duration": time.time() - call.started}
+            if call.meter is not None:
+                usage.update(call.meter.usage())
             if how == "ok":
                 # msgpack-ability is checked when the batch is encoded (base.flush)
                 self.report(call.task_id, call.attempt, "succeeded", value, usage=usage)
@@ -209,9 +266,10 @@ class PythonEngine(EngineActor):
                 )
 
     def busy(self) -> bool:
-        return bool(self.calls)
+        return bool(self.calls) or self.agents.busy()
 
     def stop(self, task_id: str, reason: str) -> None:
+        self.agents.stop(task_id)
         call = self.calls.pop(task_id, None)
         if call is None:
             return
@@ -220,6 +278,7 @@ class PythonEngine(EngineActor):
             call.future.cancel()  # async: CancelledError inside the coroutine
 
     def close(self) -> None:
+        self.agents.close()
         for call in list(self.calls.values()):
             call.stopped = True
             if call.future is not None:
@@ -233,6 +292,152 @@ class PythonEngine(EngineActor):
             if not self._loop.is_running():
                 self._loop.close()
         log.debug("python engine %d closed", self.index)
+
+    # -- agents, streams, limits ------------------------------------------------------
+
+    def on_outcomes(self, msg: TaskOutcomes, sender: Any) -> None:
+        """Tool tasks an agent called have ended."""
+        self.agents.on_outcomes(msg.items)
+
+    def on_stream_ack(self, msg: StreamAck, sender: Any) -> None:
+        self.agents.on_ack(msg.task_id, msg.seq)
+
+    def on_resource_grant(self, msg: ResourceGrant, sender: Any) -> None:
+        call = self.calls.get(msg.task_id)
+        if call is not None and call.attempt == msg.attempt and call.limit is not None:
+            call.limit.parked = False
+            call.limit.cpu_at_grant = self._cpu_of(call)
+            if call.gate is not None:
+                call.gate.release()
+            return
+        self.agents.on_grant(msg.task_id, msg.attempt)
+
+    def flush(self) -> None:
+        # streamed chunks and progress before the results: a consumer sees every chunk
+        # before the end, and the scheduler ignores progress of a task that has ended
+        if self.scheduler is not None:
+            for chunks in self.agents.take_chunks():
+                self.send_msg(self.scheduler, chunks)
+            if self._progress:
+                reports, self._progress = self._progress, []
+                self.send_msg(self.scheduler, ProgressBatch(reports))
+        super().flush()
+
+    def on_wakeup(self, payload: Any) -> None:
+        if payload == "watch":
+            self._watching = False
+            self._watch_calls()
+        else:
+            super().on_wakeup(payload)
+
+    def _watch_soon(self) -> None:
+        if not self._watching:
+            self._watching = True
+            limited = any(c.limit is not None for c in self.calls.values())
+            self.wake_after(CHECK_INTERVAL if limited else _USAGE_INTERVAL, "watch")
+
+    @staticmethod
+    def _cpu_of(call: _Call) -> float:
+        if call.sync:
+            clock = call.clock
+            if clock is None:
+                return 0.0
+            try:
+                return time.clock_gettime(clock) - call.cpu0
+            except OSError:  # the thread is gone
+                return 0.0
+        return call.meter.cpu_seconds if call.meter is not None else 0.0
+
+    def _watch_calls(self) -> None:
+        """Check running calls against their limits; report live usage of long calls."""
+        self.poll()  # calls that ended are not judged
+        t = time.time()
+        for call in list(self.calls.values()):
+            if call.stopped or not call.started:
+                continue
+            cpu = self._cpu_of(call)
+            lim = call.limit
+            if lim is not None and not lim.parked:
+                over = lim.over(cpu, None)
+                if over:
+                    self._over(call, lim, over, cpu)
+                    continue
+            if t - call.started >= _USAGE_INTERVAL:
+                usage = {"cpu_seconds": cpu, "duration": t - call.started}
+                if call.meter is not None:
+                    usage.update(call.meter.usage())
+                self.report_progress(ProgressReport(call.task_id, usage=usage))
+        if self.calls:
+            self._watch_soon()
+
+    def _over(
+        self, call: _Call, lim: Limit, over: list[tuple[str, float, float]], cpu: float
+    ) -> None:
+        usage = {"cpu_seconds": cpu, "duration": time.time() - call.started}
+        if lim.on_exceed == "kill":
+            self.stop(call.task_id, "resource limit")
+            self.report(
+                call.task_id,
+                call.attempt,
+                "failed",
+                usage=usage,
+                error=self.error(kill_message("task", over), kind="resource"),
+            )
+            return
+        if lim.on_exceed == "throttle" and call.gate is not None:
+            resource, used, limit = over[0]
+            tracker = self.addresses.get("resources")
+            if tracker is None:
+                return
+            lim.parked = True
+            call.gate.park()
+            self.send_msg(
+                tracker,
+                ResourceWait(
+                    call.task_id,
+                    call.attempt,
+                    self.engine,
+                    self.index,
+                    resource,
+                    used,
+                    limit,
+                    cpu - lim.cpu_at_grant,
+                    lim.waits,
+                ),
+            )
+            lim.waits += 1
+            return
+        for resource, used, limit in over:  # warn (or throttle of a sync call)
+            if resource in lim.warned:
+                continue
+            lim.warned.add(resource)
+            extra: dict[str, Any] = {}
+            if lim.on_exceed == "throttle":
+                extra["note"] = "a running sync Python call cannot be paused; it goes on"
+            log.warning(
+                "python task %s used %.3f of %s, over its limit of %g",
+                call.task_id,
+                used,
+                resource,
+                limit,
+            )
+            self.publish(
+                "llmspell.resource.warn",
+                warn_payload(call.task_id, self.engine, resource, used, limit, **extra),
+            )
+
+
+_USAGE_INTERVAL = 0.5  # seconds between live usage reports of a running call
+
+
+async def _metered(coro: Any, call: _Call) -> Any:
+    """Run an async call with its meter set, counting the CPU of its steps."""
+    assert call.meter is not None
+    token = _METER.set(call.meter)
+    try:
+        return await Timed(coro, call.meter, call.gate)
+    finally:
+        _METER.reset(token)
 
 
 class _Workers:

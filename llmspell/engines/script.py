@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 import logging
+import random
 import time
 from collections import deque
 from typing import Any
@@ -187,8 +187,11 @@ class ScriptEngine(EngineActor):
         steps = config.get("quantum_steps")
         self.quantum_steps = int(steps) if steps else 0
         seed = config.get("seed")
-        self.rng = random.Random(f"{seed}/{self.engine}/{config.get('index', 0)}") \
-            if seed is not None else None
+        self.rng = (
+            random.Random(f"{seed}/{self.engine}/{config.get('index', 0)}")
+            if seed is not None
+            else None
+        )
         self.scripts: dict[str, _Script] = {}
         # ready entries, one FIFO per priority (index 0 low .. 3 critical), highest first:
         # (task_id, attempt, value, error, request_id)

@@ -26,6 +26,7 @@ __all__ = [
     "CrashEngine",
     "DispatchBatch",
     "EngineEvent",
+    "EngineLoad",
     "EngineReady",
     "EngineResults",
     "EventDelivery",
@@ -43,13 +44,19 @@ __all__ = [
     "QueryProgress",
     "QueryStats",
     "QueryStatus",
+    "Register",
+    "Registered",
     "RequestStop",
+    "ResourceGrant",
+    "ResourceWait",
     "Shutdown",
     "StartAggregation",
     "StatsReply",
     "StatusReply",
     "StopAggregation",
     "StopTasks",
+    "StreamAck",
+    "StreamChunks",
     "SubmitRejected",
     "SubmitTasks",
     "Subscribe",
@@ -60,6 +67,7 @@ __all__ = [
     "Tick",
     "Unsubscribe",
     "Via",
+    "EventInterest",
     "WatchTasks",
 ]
 
@@ -493,6 +501,109 @@ class InjectFaults(Message):
     ``llmspell.testing.Fault``); each actor takes the kinds it handles."""
 
     faults: list[dict[str, Any]]
+
+
+# -- registrations, streams, resources ----------------------------------------
+
+
+@message("register")
+@dataclass(slots=True)
+class Register(Message):
+    """facade -> scheduler: register a tool, agent, hook or executor
+    (``what``); ``name`` is the tool/agent name, hook point or executor kind;
+    ``target`` says what runs (``{"lang": "python", "target": "m:f"}``,
+    ``{"lang": "lua", "code": ..., "args": ...}`` (or "js"), an agent factory, a
+    tool's ``schema``). The scheduler answers ``Registered``."""
+
+    ref: int
+    what: str
+    name: str
+    target: dict[str, Any]
+
+
+@message("registered")
+@dataclass(slots=True)
+class Registered(Message):
+    """scheduler -> registrant: the registration is in place (``error`` None) or refused."""
+
+    ref: int
+    error: str | None = None
+
+
+@message("stream_chunks")
+@dataclass(slots=True)
+class StreamChunks(Message):
+    """engine -> scheduler -> consumer: chunks of a streaming agent task;
+    ``seq`` is the number of the first one (0-based)."""
+
+    task_id: str
+    seq: int
+    chunks: list[Any]
+
+
+@message("stream_ack")
+@dataclass(slots=True)
+class StreamAck(Message):
+    """consumer -> scheduler -> engine: the chunks before number ``seq`` were
+    taken; the producer may run up to ``seq + buffer_size`` chunks."""
+
+    task_id: str
+    seq: int
+
+
+@message("resource_wait")
+@dataclass(slots=True)
+class ResourceWait(Message):
+    """engine -> resource tracker: task ``task_id`` waits for permission to
+    go on: parked over its ``Limits`` (``resource`` "cpu_seconds" or
+    "memory_bytes", ``on_exceed="throttle"``) or asking on its own
+    (``resource`` "requested", ``spell.resource_wait``). ``step`` is the CPU
+    time of its last step, ``waits`` how many times in a row it asked. The
+    tracker answers ``ResourceGrant``."""
+
+    task_id: str
+    attempt: int
+    engine: str
+    index: int
+    resource: str
+    used: float = 0.0
+    limit: float = 0.0
+    step: float = 0.0
+    waits: int = 0
+
+
+@message("resource_grant")
+@dataclass(slots=True)
+class ResourceGrant(Message):
+    """resource tracker -> engine: task ``task_id`` may go on (echoes ``resource``)."""
+
+    task_id: str
+    attempt: int
+    resource: str
+
+
+@message("engine_load")
+@dataclass(slots=True)
+class EngineLoad(Message):
+    """resource tracker -> scheduler: engine process ``engine``/``index`` is
+    over (``over``) or back under the runtime's ``engine_memory``; over it,
+    the engine gets no new tasks."""
+
+    engine: str
+    index: int
+    over: bool
+    rss: int = 0
+
+
+@message("event_interest")
+@dataclass(slots=True)
+class EventInterest(Message):
+    """event bus -> scheduler: patterns someone subscribed to (``added``) or no
+    longer does (``removed``). The scheduler publishes its own lifecycle
+    events only when some pattern wants them."""
+
+    added: list[str]
+    removed: list[str]
 
 
 @message("_tick")

@@ -198,7 +198,8 @@ class RuntimeStateMachine(RuleBasedStateMachine):
                 self._check(
                     w is not None and w in result.succeeded, "race ok without a successful winner"
                 )
-                self._check(result.succeeded == [w], "race reported several winners")
+                # (a loser that finished before it could be cancelled is listed as
+                # succeeded too: cancelling cannot undo a finished task)
             else:
                 self._check(result.winner is None, "race has a winner but is not ok")
         if strategy is Strategy.PARALLEL:

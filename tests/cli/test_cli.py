@@ -30,7 +30,12 @@ def test_demo_prints_its_result_as_json() -> None:
     result = json.loads(out.stdout)
     assert [d["name"] for d in result["documents"]] == ["actors", "lua", "js"]
     assert result["slow_task"] == "timed_out"
-    assert result["tasks"]["succeeded"] == 4
+    # a Lua task awaited a JS task that awaited a Python task (fetch "js": 8 words)
+    assert result["cross_engine"] == {
+        "engine": "lua",
+        "awaited": {"engine": "js", "awaited": {"engine": "python", "words": 8}},
+    }
+    assert result["tasks"]["succeeded"] == 7
 
 
 def test_run_missing_file_exits_2() -> None:

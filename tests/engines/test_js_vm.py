@@ -57,8 +57,9 @@ def vm(host: FakeHost) -> Any:
 _ids = itertools.count()
 
 
-def run(vm: JsVM, code: str, args: Any = None, input: Any = None,
-        answer: Any = lambda req: None) -> StepResult:
+def run(
+    vm: JsVM, code: str, args: Any = None, input: Any = None, answer: Any = lambda req: None
+) -> StepResult:
     """Start a task and answer its requests, oldest first, with ``answer(request)``
     (a ``Failed`` answers with an error) until it ends: a tiny engine."""
     tid = f"t{next(_ids)}"
@@ -132,9 +133,12 @@ def test_bad_sleep_argument_is_a_script_error(vm: JsVM) -> None:
 
 
 def test_submit_returns_a_handle_and_await_maps_it(vm: JsVM, host: FakeHost) -> None:
-    vm.start("p", "const h = spell.submit({lang: 'js', code: 'return 1'});\n"
-                  "if (typeof h !== 'string') throw new Error('no handle');\n"
-                  "return await spell.await(h)")
+    vm.start(
+        "p",
+        "const h = spell.submit({lang: 'js', code: 'return 1'});\n"
+        "if (typeof h !== 'string') throw new Error('no handle');\n"
+        "return await spell.await(h)",
+    )
     r = vm.resume("p")
     assert host.calls[0][:3] == ("submit", "p", {"lang": "js", "code": "return 1"})
     assert isinstance(r, Yielded) and r.request.op == "await"
@@ -145,8 +149,11 @@ def test_submit_returns_a_handle_and_await_maps_it(vm: JsVM, host: FakeHost) -> 
 def test_await_failure_is_catchable(vm: JsVM) -> None:
     code = "try { await spell.run({lang: 'js'}) } catch (e) { return 'caught ' + e.message }"
     assert value(vm, code, answer=lambda req: Failed("runtime", "boom")) == "caught boom"
-    r = run(vm, "return await spell.run({lang: 'js', code: ''})",
-            answer=lambda req: Failed("runtime", "child failed"))
+    r = run(
+        vm,
+        "return await spell.run({lang: 'js', code: ''})",
+        answer=lambda req: Failed("runtime", "child failed"),
+    )
     assert isinstance(r, Failed) and r.kind == "runtime" and "child failed" in r.message
 
 
@@ -181,8 +188,11 @@ def test_wait_event_value_and_timeout(vm: JsVM) -> None:
         reqs.append(req)
         return {"name": "job.done", "payload": [1]}
 
-    assert value(vm, "const e = await spell.wait_event('job.*', 5); return [e.name, e.payload]",
-                 answer=answer) == ["job.done", [1]]
+    assert value(
+        vm,
+        "const e = await spell.wait_event('job.*', 5); return [e.name, e.payload]",
+        answer=answer,
+    ) == ["job.done", [1]]
     assert reqs[0].op == "wait_event" and reqs[0].args == {"pattern": "job.*", "timeout": 5}
     code = "try { await spell.wait_event('x') } catch (e) { return e.message }"
     got = value(vm, code, answer=lambda req: Failed("runtime", "timed out waiting for event x"))
@@ -196,17 +206,25 @@ def test_coordinate_and_resource_wait_requests(vm: JsVM) -> None:
         reqs.append(req)
         return {"ok": True} if req.op == "coordinate" else None
 
-    code = ("await spell.resource_wait();\n"
-            "return await spell.coordinate([{lang: 'js', code: ''}], 'race', {timeout: 3})")
+    code = (
+        "await spell.resource_wait();\n"
+        "return await spell.coordinate([{lang: 'js', code: ''}], 'race', {timeout: 3})"
+    )
     assert value(vm, code, answer=answer) == {"ok": True}
     assert [r.op for r in reqs] == ["resource_wait", "coordinate"]
-    assert reqs[1].args == {"tasks": [{"lang": "js", "code": ""}], "strategy": "race",
-                            "timeout": 3, "inputs": None}
+    assert reqs[1].args == {
+        "tasks": [{"lang": "js", "code": ""}],
+        "strategy": "race",
+        "timeout": 3,
+        "inputs": None,
+    }
 
 
 def test_emit_progress_log_and_console_in_order(vm: JsVM, host: FakeHost) -> None:
-    code = ("spell.emit('started', {n: 1}); spell.progress(1, 3, 'one');\n"
-            "await spell.sleep(0); spell.log('debug', 'hi'); console.warn('careful', 42, {a: 1})")
+    code = (
+        "spell.emit('started', {n: 1}); spell.progress(1, 3, 'one');\n"
+        "await spell.sleep(0); spell.log('debug', 'hi'); console.warn('careful', 42, {a: 1})"
+    )
     run(vm, code)
     assert [c[0] for c in host.calls] == ["emit", "progress", "log", "log"]
     assert host.calls[0][2:] == ("started", {"n": 1})
@@ -219,8 +237,11 @@ def test_emit_progress_log_and_console_in_order(vm: JsVM, host: FakeHost) -> Non
 
 
 def test_promise_all_yields_several_requests(vm: JsVM) -> None:
-    vm.start("a", "return await Promise.all([spell.sleep(1), spell.run({lang: 'js', code: ''}),"
-                  " spell.yield()])")
+    vm.start(
+        "a",
+        "return await Promise.all([spell.sleep(1), spell.run({lang: 'js', code: ''}),"
+        " spell.yield()])",
+    )
     r = vm.resume("a")
     assert isinstance(r, Yielded)
     reqs = [r.request, *r.more]
@@ -262,22 +283,26 @@ def test_unhandled_rejection_of_a_spell_promise_is_logged(vm: JsVM, host: FakeHo
 
 def test_set_timeout_becomes_a_sleep_request(vm: JsVM) -> None:
     reqs: list[Request] = []
-    code = ("const out = [];\n"
-            "await new Promise((ok) =>\n"
-            "  setTimeout((a, b) => { out.push(a + b); ok(); }, 250, 1, 2));\n"
-            "queueMicrotask(() => out.push('micro'));\n"
-            "await null;\n"
-            "return out")
+    code = (
+        "const out = [];\n"
+        "await new Promise((ok) =>\n"
+        "  setTimeout((a, b) => { out.push(a + b); ok(); }, 250, 1, 2));\n"
+        "queueMicrotask(() => out.push('micro'));\n"
+        "await null;\n"
+        "return out"
+    )
     assert value(vm, code, answer=lambda req: reqs.append(req)) == [3, "micro"]
     assert [(q.op, q.args) for q in reqs] == [("sleep", {"seconds": 0.25})]
 
 
 def test_interval_and_clear(vm: JsVM) -> None:
-    code = ("let n = 0;\n"
-            "await new Promise((ok) => { const id = setInterval(() => { if (++n === 3) {"
-            " clearInterval(id); ok(); } }, 10); });\n"
-            "const t = setTimeout(() => { n = 100 }, 10); clearTimeout(t);\n"
-            "await spell.sleep(0); return n")
+    code = (
+        "let n = 0;\n"
+        "await new Promise((ok) => { const id = setInterval(() => { if (++n === 3) {"
+        " clearInterval(id); ok(); } }, 10); });\n"
+        "const t = setTimeout(() => { n = 100 }, 10); clearTimeout(t);\n"
+        "await spell.sleep(0); return n"
+    )
     assert value(vm, code) == 3
 
 
@@ -288,8 +313,10 @@ def test_cleared_timer_answer_is_ignored_and_deadlock_found(vm: JsVM) -> None:
 
 
 def test_timer_callback_exception_is_logged(vm: JsVM, host: FakeHost) -> None:
-    code = ("setTimeout(() => { throw new Error('tick') }, 1);\n"
-            "await spell.sleep(1); return 'still here'")
+    code = (
+        "setTimeout(() => { throw new Error('tick') }, 1);\n"
+        "await spell.sleep(1); return 'still here'"
+    )
     # the timer's request comes first; answering it runs the callback
     assert value(vm, code) == "still here"
     assert any("timer callback" in m and "tick" in m for m in host.logs("warning"))
@@ -298,9 +325,28 @@ def test_timer_callback_exception_is_logged(vm: JsVM, host: FakeHost) -> None:
 # -- values -----------------------------------------------------------------------------
 
 ROUND_TRIP = [
-    None, True, False, 0, -7, 2**31, -(2**40), 2**62, 1.5, -0.25, 1e300, "", "héllo ☃",
-    "nul\x00inside", b"", b"\x00\xff\x80abc", [], [1, [2, [3]]], {}, {"a": {"b": [None, "c"]}},
-    {"\x00odd": 1, "__proto__": 2, "x y": 3}, [b"xy", {"k": b"\x01"}],
+    None,
+    True,
+    False,
+    0,
+    -7,
+    2**31,
+    -(2**40),
+    2**62,
+    1.5,
+    -0.25,
+    1e300,
+    "",
+    "héllo ☃",
+    "nul\x00inside",
+    b"",
+    b"\x00\xff\x80abc",
+    [],
+    [1, [2, [3]]],
+    {},
+    {"a": {"b": [None, "c"]}},
+    {"\x00odd": 1, "__proto__": 2, "x y": 3},
+    [b"xy", {"k": b"\x01"}],
 ]
 
 
@@ -311,44 +357,69 @@ def test_values_round_trip_through_args_and_resume(vm: JsVM, v: Any) -> None:
 
 
 def test_special_floats_round_trip(vm: JsVM) -> None:
-    got = value(vm, "return [spell.args[0] !== spell.args[0], spell.args[1], spell.args[2]]",
-                args=[math.nan, math.inf, -math.inf])
+    got = value(
+        vm,
+        "return [spell.args[0] !== spell.args[0], spell.args[1], spell.args[2]]",
+        args=[math.nan, math.inf, -math.inf],
+    )
     assert got == [True, math.inf, -math.inf]
     got = value(vm, "return [NaN, Infinity, -Infinity]")
     assert math.isnan(got[0]) and got[1:] == [math.inf, -math.inf]
 
 
 def test_js_values_to_python(vm: JsVM) -> None:
-    code = ("return {u: undefined, n: null, i: 3, big: 2 ** 53, f: 0.5, huge: 2 ** 70,"
-            " b: 10n, nb: -(2n ** 63n), arr: [undefined, , 1], d: new Date(0),"
-            " bytes: new Uint8Array([1, 2]), buf: new Uint8Array([9]).buffer,"
-            " cls: new (class P { constructor() { this.x = 1 } })()}")
+    code = (
+        "return {u: undefined, n: null, i: 3, big: 2 ** 53, f: 0.5, huge: 2 ** 70,"
+        " b: 10n, nb: -(2n ** 63n), arr: [undefined, , 1], d: new Date(0),"
+        " bytes: new Uint8Array([1, 2]), buf: new Uint8Array([9]).buffer,"
+        " cls: new (class P { constructor() { this.x = 1 } })()}"
+    )
     got = value(vm, code)
-    assert got == {"u": None, "n": None, "i": 3, "big": 2**53, "f": 0.5, "huge": 2.0**70,
-                   "b": 10, "nb": -(2**63), "arr": [None, None, 1],
-                   "d": "1970-01-01T00:00:00.000Z", "bytes": b"\x01\x02", "buf": b"\x09",
-                   "cls": {"x": 1}}
+    assert got == {
+        "u": None,
+        "n": None,
+        "i": 3,
+        "big": 2**53,
+        "f": 0.5,
+        "huge": 2.0**70,
+        "b": 10,
+        "nb": -(2**63),
+        "arr": [None, None, 1],
+        "d": "1970-01-01T00:00:00.000Z",
+        "bytes": b"\x01\x02",
+        "buf": b"\x09",
+        "cls": {"x": 1},
+    }
     assert type(got["big"]) is int and type(got["huge"]) is float
 
 
 def test_js_types_seen_by_the_script(vm: JsVM) -> None:
-    code = ("const a = spell.args;\n"
-            "return [typeof a.i, a.b instanceof Uint8Array, Array.isArray(a.l), a.big]")
+    code = (
+        "const a = spell.args;\n"
+        "return [typeof a.i, a.b instanceof Uint8Array, Array.isArray(a.l), a.big]"
+    )
     assert value(vm, code, args={"i": 2**40, "b": b"x", "l": [1], "big": 2**60}) == [
-        "number", True, True, 2**60]
+        "number",
+        True,
+        True,
+        2**60,
+    ]
     # integers beyond 2**53 are doubles in JS: they come back as the double's exact value
     assert value(vm, "return 2 ** 62 + 1") == 2**62
 
 
-@pytest.mark.parametrize(("code", "message"), [
-    ("return {items: [1, 2, 3, () => 1]}", "result.items[3]: cannot convert a function"),
-    ("return {s: Symbol('x')}", "result.s: cannot convert a symbol"),
-    ("const a = {}; a.self = a; return a", "result.self: cannot convert a cycle"),
-    ("return [2n ** 70n]", "result[0]: cannot convert a BigInt wider than 64 bits"),
-    ("return {'a b': new Map()}", 'result["a b"]: cannot convert a Map'),
-    ("return new Error('x')", "result: cannot convert a Error"),
-    ("return new Int32Array(2)", "result: cannot convert a Int32Array"),
-])
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("return {items: [1, 2, 3, () => 1]}", "result.items[3]: cannot convert a function"),
+        ("return {s: Symbol('x')}", "result.s: cannot convert a symbol"),
+        ("const a = {}; a.self = a; return a", "result.self: cannot convert a cycle"),
+        ("return [2n ** 70n]", "result[0]: cannot convert a BigInt wider than 64 bits"),
+        ("return {'a b': new Map()}", 'result["a b"]: cannot convert a Map'),
+        ("return new Error('x')", "result: cannot convert an Error"),
+        ("return new Int32Array(2)", "result: cannot convert an Int32Array"),
+    ],
+)
 def test_unconvertible_results_fail_with_the_path(vm: JsVM, code: str, message: str) -> None:
     r = run(vm, code)
     assert isinstance(r, Failed) and r.kind == "conversion"
@@ -395,8 +466,10 @@ def test_runtime_error_has_message_line_and_traceback(vm: JsVM) -> None:
 def test_thrown_values_and_error_subclasses(vm: JsVM) -> None:
     r = run(vm, "throw 'plain'")
     assert isinstance(r, Failed) and r.message == "uncaught plain"
-    code = ("class MyError extends Error { constructor(m) { super(m); this.name = 'MyError' } }\n"
-            "throw new MyError('bad')")
+    code = (
+        "class MyError extends Error { constructor(m) { super(m); this.name = 'MyError' } }\n"
+        "throw new MyError('bad')"
+    )
     r = run(vm, code)
     assert isinstance(r, Failed) and r.message == "MyError: bad (line 2)"
     r = run(vm, "null.x")
@@ -457,8 +530,11 @@ def test_a_context_that_cannot_be_stopped_is_rebuilt() -> None:
     try:
         vm.start("victim", "await spell.sleep(1); return 1")
         assert isinstance(vm.resume("victim"), Yielded)
-        vm.start("bomb", "function b() { for (let i = 0; i < 4; i++) Promise.resolve().then(b) }\n"
-                         "b(); await spell.sleep(1)")
+        vm.start(
+            "bomb",
+            "function b() { for (let i = 0; i < 4; i++) Promise.resolve().then(b) }\n"
+            "b(); await spell.sleep(1)",
+        )
         r = vm.resume("bomb")
         assert isinstance(r, Failed) and r.kind == "budget"
         lost = vm.drain_other_results()
@@ -473,35 +549,79 @@ def test_a_context_that_cannot_be_stopped_is_rebuilt() -> None:
 
 
 def test_no_host_access_from_js(vm: JsVM) -> None:
-    code = ("return [typeof std, typeof os, typeof require, typeof process, typeof fetch,"
-            " typeof eval, typeof XMLHttpRequest, typeof scriptArgs]")
+    code = (
+        "return [typeof std, typeof os, typeof require, typeof process, typeof fetch,"
+        " typeof eval, typeof XMLHttpRequest, typeof scriptArgs]"
+    )
     assert value(vm, code) == ["undefined"] * 8
     code = "try { await import('os') } catch (e) { return String(e) }"
     assert "could not load module" in value(vm, code)
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "Function('return 1')",
+        "new Function('return 1')",
+        "(() => 1).constructor('return 1')",
+        "Object.getPrototypeOf(async () => 1).constructor('return 1')",
+        "(function* () {}).constructor('yield 1')",
+        "(async function* () {}).constructor('yield 1')",
+    ],
+)
+def test_no_code_is_compiled_at_run_time(vm: JsVM, code: str) -> None:
+    r = run(vm, f"return {code};")
+    assert isinstance(r, Failed) and r.message.startswith(
+        "EvalError: compiling code at run time (eval, Function) is not allowed"
+    ), r
+    assert value(vm, "return [(() => 1) instanceof Function, Function.name];") == [
+        True,
+        "Function",
+    ]
+
+
+def test_atomics_cannot_block(vm: JsVM) -> None:
+    code = "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60000);"
+    r = run(vm, code)
+    assert isinstance(r, Failed) and "cannot block in this thread" in r.message
+
+
 def test_built_ins_and_globals_are_frozen(vm: JsVM) -> None:
-    for code in ["Array.prototype.evil = 1", "globalThis.shared = 1", "Object.prototype.x = 1",
-                 "Math.max = () => 0", "sharedVar = 1", "Object.prototype.toString = null"]:
+    for code in [
+        "Array.prototype.evil = 1",
+        "globalThis.shared = 1",
+        "Object.prototype.x = 1",
+        "Math.max = () => 0",
+        "sharedVar = 1",
+        "Object.prototype.toString = null",
+    ]:
         r = run(vm, code)
         assert isinstance(r, Failed) and r.message.split(":")[0] in ("TypeError", "ReferenceError")
     assert value(vm, "return [typeof [].evil, typeof globalThis.shared, Math.max(1, 2)]") == [
-        "undefined", "undefined", 2]
+        "undefined",
+        "undefined",
+        2,
+    ]
 
 
 def test_inherited_names_can_still_be_assigned(vm: JsVM) -> None:
-    code = ("function Old(m) { this.message = m }\n"
-            "Old.prototype = Object.create(Error.prototype);\n"
-            "Old.prototype.constructor = Old; Old.prototype.name = 'Old';\n"
-            "const o = {}; o.toString = () => 'mine';\n"
-            "return [String(new Old('m')), String(o), Error.prototype.name]")
+    code = (
+        "function Old(m) { this.message = m }\n"
+        "Old.prototype = Object.create(Error.prototype);\n"
+        "Old.prototype.constructor = Old; Old.prototype.name = 'Old';\n"
+        "const o = {}; o.toString = () => 'mine';\n"
+        "return [String(new Old('m')), String(o), Error.prototype.name]"
+    )
     assert value(vm, code) == ["Old: m", "mine", "Error"]
 
 
 def test_tasks_do_not_share_state(vm: JsVM) -> None:
     for i in range(20):
-        vm.start(f"s{i}", "let n = spell.args; for (;;) { n += await spell.yield() ?? 0;"
-                          " if (n > 100) return n }", args=i)
+        vm.start(
+            f"s{i}",
+            "let n = spell.args; for (;;) { n += await spell.yield() ?? 0; if (n > 100) return n }",
+            args=i,
+        )
     pending = {f"s{i}": vm.resume(f"s{i}") for i in range(20)}
     done = {}
     while pending:
@@ -587,16 +707,21 @@ SHARED = JsVM(FakeHost(), step_budget=1.0)
 _op = st.one_of(
     st.tuples(st.just("sleep"), st.sampled_from([0, 0.5, 2])),
     st.tuples(st.just("yield")),
-    st.tuples(st.just("run"), st.one_of(st.integers(-5, 5), st.text(max_size=3)), st.booleans(),
-              st.booleans()),
+    st.tuples(
+        st.just("run"),
+        st.one_of(st.integers(-5, 5), st.text(max_size=3)),
+        st.booleans(),
+        st.booleans(),
+    ),
 )
 _end = st.one_of(st.tuples(st.just("return")), st.tuples(st.just("throw"), st.text(max_size=5)))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(_op, max_size=8), end=_end)
-def test_random_programs_end_as_their_ops_imply(ops: list[tuple[Any, ...]],
-                                                end: tuple[Any, ...]) -> None:
+def test_random_programs_end_as_their_ops_imply(
+    ops: list[tuple[Any, ...]], end: tuple[Any, ...]
+) -> None:
     lines, expected_acc, failure = ["const acc = [];"], [], None
     answers: list[tuple[str, Any]] = []
     for op in ops:
@@ -609,8 +734,9 @@ def test_random_programs_end_as_their_ops_imply(ops: list[tuple[Any, ...]],
         else:
             _, v, fails, caught = op
             call = "acc.push(await spell.run({lang: 'js', code: ''}));"
-            lines.append(f"try {{ {call} }} catch (e) {{ acc.push('E:' + e.message) }}"
-                         if caught else call)
+            lines.append(
+                f"try {{ {call} }} catch (e) {{ acc.push('E:' + e.message) }}" if caught else call
+            )
             answers.append(("await", Failed("runtime", "no") if fails else v))
             if failure is None:
                 if not fails:

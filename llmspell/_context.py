@@ -1,0 +1,72 @@
+"""What an engine tells the user code it runs: the task's meter and, for
+agents, the agent's context. Both are ``contextvars``: set by the python
+engine around a sync call (on its worker thread) or for an ``async def``
+call's own asyncio task, so concurrent calls never see each other's.
+
+* ``Meter``: the task's network bytes (the runtime's HTTP clients in
+  ``llmspell.net`` add to it) and, for async calls and agents, CPU time.
+* ``AgentContext``: the agent task's id and the catalogue of registered tools
+  (name -> ``{"description", "parameters"}``), for agents that offer tools to
+  a model (``llmspell.agents.OpenAIChat``).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["AgentContext", "Meter", "current_agent", "current_meter"]
+
+
+class Meter:
+    """Resource use of one running task that the engine cannot see itself.
+    Thread-safe: an agent's tool results and its HTTP reads may add from
+    different threads."""
+
+    __slots__ = ("_lock", "cpu_seconds", "received", "sent")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.received = 0
+        self.cpu_seconds = 0.0
+
+    def add_io(self, sent: int = 0, received: int = 0) -> None:
+        with self._lock:
+            self.sent += sent
+            self.received += received
+
+    def add_cpu(self, seconds: float) -> None:
+        with self._lock:
+            self.cpu_seconds += seconds
+
+    def usage(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {}
+            if self.sent:
+                out["network_bytes_sent"] = self.sent
+            if self.received:
+                out["network_bytes_received"] = self.received
+            return out
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    task_id: str
+    tools: dict[str, Any] = field(default_factory=dict)
+
+
+_METER: ContextVar[Meter | None] = ContextVar("llmspell_meter", default=None)
+_AGENT: ContextVar[AgentContext | None] = ContextVar("llmspell_agent", default=None)
+
+
+def current_meter() -> Meter | None:
+    """The meter of the task running this code, or None outside a task."""
+    return _METER.get()
+
+
+def current_agent() -> AgentContext | None:
+    """The context of the agent task running this code, or None."""
+    return _AGENT.get()
