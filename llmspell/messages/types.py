@@ -30,6 +30,7 @@ __all__ = [
     "EngineReady",
     "EngineResults",
     "EventDelivery",
+    "EventInterest",
     "Hello",
     "InjectFaults",
     "Introduce",
@@ -67,7 +68,6 @@ __all__ = [
     "Tick",
     "Unsubscribe",
     "Via",
-    "EventInterest",
     "WatchTasks",
 ]
 
