@@ -87,7 +87,10 @@ def main() -> None:
                 ("rt.emit -> Subscription.get", f"{bus_rate:,.0f}"),
                 ("queue.Queue put -> get", f"{base_rate:,.0f}"),
                 ("ratio (queue / bus)", f"{base_rate / bus_rate:.1f}x"),
-                ("rs-llmspell claim", f"{RS_LLMSPELL_CLAIM:,} ({bus_rate / RS_LLMSPELL_CLAIM:.0%})"),
+                (
+                    "rs-llmspell claim",
+                    f"{RS_LLMSPELL_CLAIM:,} ({bus_rate / RS_LLMSPELL_CLAIM:.0%})",
+                ),
             ]
         )
     )

@@ -248,8 +248,16 @@ class _Core:
             if s is None:
                 s = self.streams[msg.task_id] = _Stream()
         with s.cond:
-            s.chunks.extend(msg.chunks)
-            s.received = msg.seq + len(msg.chunks)
+            # batches can overtake each other (local mode): put them in seq order
+            if msg.seq > s.received:
+                s.early[msg.seq] = msg.chunks
+            elif msg.seq == s.received:
+                s.chunks.extend(msg.chunks)
+                s.received += len(msg.chunks)
+                while s.received in s.early:
+                    more = s.early.pop(s.received)
+                    s.chunks.extend(more)
+                    s.received += len(more)
             attached = s.attached
             s.cond.notify_all()
         if not attached and self.ack is not None:  # nobody reads now: do not hold the agent
@@ -317,14 +325,15 @@ def _default_engines(per_engine: int) -> dict[str, int]:
 class _Stream:
     """The chunks of one streaming agent task that reached this facade."""
 
-    __slots__ = ("attached", "chunks", "cond", "received", "taken")
+    __slots__ = ("attached", "chunks", "cond", "early", "received", "taken")
 
     def __init__(self, attached: bool = False) -> None:
         self.chunks: deque[Any] = deque()
         self.cond = threading.Condition()
         self.attached = attached  # a stream() reader acknowledges as it takes
-        self.received = 0  # chunks that arrived
+        self.received = 0  # chunks that arrived in order
         self.taken = 0  # chunks a reader took
+        self.early: dict[int, list[Any]] = {}  # batches that arrived before their turn
 
 
 class Subscription:
@@ -689,13 +698,18 @@ class Runtime:
     def _read_stream(
         self, task_id: str, v: _View, s: _Stream, timeout: float | None
     ) -> Iterator[Any]:
+        def more() -> bool:
+            return bool(s.chunks) or (v.outcome is not None and s.taken >= _streamed(v.outcome))
+
         try:
             while True:
                 if self._pump is not None:
-                    self._pump(lambda: bool(s.chunks) or v.outcome is not None, timeout)
+                    self._pump(more, timeout)
                 with s.cond:
-                    if not s.cond.wait_for(lambda: s.chunks or v.outcome is not None, timeout):
-                        raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
+                    if not s.cond.wait_for(more, timeout):
+                        if v.outcome is None:
+                            raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
+                        break  # ended; chunks it announced never came
                     if not s.chunks:
                         break
                     chunk = s.chunks.popleft()
@@ -881,6 +895,12 @@ class Runtime:
 
 def _public_status(status: str) -> str:
     return "failed" if status == "rejected" else status
+
+
+def _streamed(o: TaskOutcome) -> int:
+    """How many chunks a streaming agent task sent in all (0 when unknown)."""
+    n = (o.usage or {}).get("streamed")
+    return int(n) if isinstance(n, int) else 0
 
 
 async def _aiter_stream(it: Iterator[Any]) -> AsyncIterator[Any]:

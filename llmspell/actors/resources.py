@@ -30,8 +30,9 @@
   publishes ``llmspell.resource.throttle``.
 * **Engine memory.** With ``engine_memory`` (bytes) configured, an engine
   process whose RSS goes over it gets no new tasks: the tracker tells the
-  scheduler (``EngineLoad``) and again when it is back under, and publishes
-  ``llmspell.resource.engine`` both times.
+  scheduler (``EngineLoad``, repeated with every sample so that a message
+  overtaken by an older one is corrected) and again when it is back under, and
+  publishes ``llmspell.resource.engine`` both times.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class ResourceTracker(WireActor):
                 if over != e.over:
                     e.over = over
                     self._engine_changed(e)
+                else:  # again: a stale EngineLoad that overtook the last one gets corrected
+                    self._tell_scheduler(e)
         for pid in list(self.procs):
             if pid not in seen:
                 del self.procs[pid]
@@ -172,9 +175,7 @@ class ResourceTracker(WireActor):
                 e.rss,
                 self.engine_memory,
             )
-        scheduler = self.addresses.get("scheduler")
-        if scheduler is not None:
-            self.send_msg(scheduler, EngineLoad(e.engine, e.index, e.over, e.rss))
+        self._tell_scheduler(e)
         self._publish(
             "llmspell.resource.engine",
             {
@@ -186,6 +187,11 @@ class ResourceTracker(WireActor):
                 "over": e.over,
             },
         )
+
+    def _tell_scheduler(self, e: _Engine) -> None:
+        scheduler = self.addresses.get("scheduler")
+        if scheduler is not None:
+            self.send_msg(scheduler, EngineLoad(e.engine, e.index, e.over, e.rss))
 
     def _sample_soon(self, seconds: float) -> None:
         if not self.sampling:

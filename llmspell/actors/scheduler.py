@@ -613,8 +613,11 @@ class Scheduler(WireActor):
     def on_progress_batch(self, msg: ProgressBatch, sender: ActorAddress) -> None:
         for p in msg.items:
             rec = self.tasks.get(p.task_id)
-            if rec is None or rec.status in TERMINAL:
+            if rec is None:
                 continue
+            # A report for a task that already ended was sent before its end and
+            # overtaken by it (multiprocTCPBase does not keep the order of messages
+            # between two actors): it still counts.
             prog = rec.progress or {}
             if p.completed_steps is not None:
                 prog["completed_steps"] = p.completed_steps
@@ -645,6 +648,8 @@ class Scheduler(WireActor):
         usage = dict(prog.get("resource_usage") or {})
         if rec.outcome is not None and rec.outcome.usage:
             usage.update(rec.outcome.usage)
+            if "chunks" in usage:  # an agent's final count rides with its outcome
+                prog["completed_steps"] = usage.pop("chunks")
         elif rec.started_at is not None:
             usage["duration"] = now() - rec.started_at
         prog["resource_usage"] = usage

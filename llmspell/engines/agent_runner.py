@@ -442,6 +442,9 @@ class AgentRunner:
                 del self.runs[run.task_id]
                 self._drop_children(run, "the agent task ended")
                 usage = run.usage()
+                usage["chunks"] = run.produced  # the final count, whatever overtakes what
+                if run.streaming:  # readers know how many chunks to wait for
+                    usage["streamed"] = run.produced
                 self._progress(run)
                 if status == "succeeded":
                     engine.report(run.task_id, run.attempt, "succeeded", value, usage=usage)
