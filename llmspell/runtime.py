@@ -39,11 +39,13 @@ from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
 from .messages import Message, check_data, encode
 from .messages.types import (
     TERMINAL,
+    Ack,
     CancelReply,
     CancelTasks,
     Coordinate,
     CoordinationDone,
     EventDelivery,
+    EventInterest,
     ProgressReply,
     Publish,
     PublishBatch,
@@ -234,7 +236,9 @@ class _Core:
             subscription = self.subscriptions.get(msg.sub_id)
             if subscription is not None:
                 subscription._deliver(msg.events)
-        elif isinstance(msg, (StatusReply, ProgressReply, StatsReply, CancelReply, Registered)):
+        elif isinstance(
+            msg, (StatusReply, ProgressReply, StatsReply, CancelReply, Registered, Ack)
+        ):
             with self.lock:
                 cb = self.replies.pop(msg.ref, None)
             if cb is not None:
@@ -872,6 +876,10 @@ class Runtime:
         self._core.subscriptions[sub_id] = subscription
         self._flush_emits()
         self._driver.send(self._events, encode(Subscribe(sub_id, pattern, limit)))
+        # Tell the scheduler directly and wait until it has it, so the runtime's own
+        # events of work submitted after this call are published (messages to two
+        # actors, or even to one, may arrive in any order in local mode).
+        self._ask(lambda ref: EventInterest([pattern], [], ref=ref))
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:

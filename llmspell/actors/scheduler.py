@@ -41,6 +41,7 @@ from .._clock import now
 from .._task import new_task_id
 from ..messages.types import (
     TERMINAL,
+    Ack,
     CancelReply,
     CancelTasks,
     DispatchBatch,
@@ -738,6 +739,8 @@ class Scheduler(WireActor):
             self._wanted = re.compile(joined).match
         else:
             self._wanted = None
+        if msg.ref:
+            self.send_msg(sender, Ack(msg.ref))
 
     # -- registrations, hooks, streams, engine load ------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 from .codec import Address, Message, message
 
 __all__ = [
+    "Ack",
     "AggregationEnded",
     "CancelReply",
     "CancelTasks",
@@ -604,6 +605,15 @@ class EventInterest(Message):
 
     added: list[str]
     removed: list[str]
+    ref: int = 0  # facade -> scheduler: answer with Ack(ref) once applied
+
+
+@message("ack")
+@dataclass(slots=True)
+class Ack(Message):
+    """An answer that says only "done" (to a request carrying ``ref``)."""
+
+    ref: int
 
 
 @message("_tick")
