@@ -24,18 +24,18 @@ def test_help_lists_the_commands() -> None:
     assert "demo" in out.stdout and "run" in out.stdout
 
 
-def test_demo_prints_its_result_as_json() -> None:
+def test_demo_runs_the_bundled_cross_engine_workflow() -> None:
     out = run_cli("demo", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert [d["name"] for d in result["documents"]] == ["actors", "lua", "js"]
-    assert result["slow_task"] == "timed_out"
-    # a Lua task awaited a JS task that awaited a Python task (fetch "js": 8 words)
-    assert result["cross_engine"] == {
-        "engine": "lua",
-        "awaited": {"engine": "js", "awaited": {"engine": "python", "words": 8}},
+    assert result["strategy"] == "pipeline" and result["ok"]
+    docs, summary, headline = result["results"]
+    assert [d["name"] for d in docs] == ["actors", "lua", "js"]  # the Python stage
+    assert summary["winner"] == 1  # the Lua stage's race: Python beat the slow JS
+    assert headline == {  # the JS stage, which awaited a Lua task
+        "headline": "PYTHON WON: actors (8 words), lua (11 words), js (8 words)",
+        "docs": 3,
     }
-    assert result["tasks"]["succeeded"] == 7
 
 
 def test_run_missing_file_exits_2() -> None:
