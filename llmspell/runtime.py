@@ -142,6 +142,9 @@ class _Core:
             import os
 
             per_engine = int(workers or os.cpu_count() or 1)
+            # An engine process has a core to itself, and every quantum boundary costs
+            # a flush over TCP: longer quanta (cancels still land between them).
+            self.config.setdefault("quantum", 0.1)
         else:
             per_engine = 1
         self.config.setdefault("engines", _default_engines(per_engine))

@@ -41,7 +41,7 @@ from . import _doorbell
 __all__ = ["EngineActor"]
 
 _POLL = encode(Poll())
-_POLL_INTERVAL = 0.002  # seconds between self-polls where no doorbell exists
+_POLL_INTERVAL = 0.001  # seconds between self-polls where no doorbell exists
 
 
 class EngineActor(WireActor):
