@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,39 @@ def test_run_unknown_suffix_exits_2(tmp_path: pytest.TempPathFactory) -> None:
 def test_bad_arg_syntax_exits_2() -> None:
     out = run_cli("run", "x.lua", "--arg", "novalue")
     assert out.returncode == 2
+
+
+WORKFLOW = """
+name: cli
+strategy: sequential
+steps:
+  - id: greet
+    lang: lua
+    code: return "hello " .. spell.args.who
+    args: {who: world}
+  - id: shout
+    lang: js
+    code: return spell.input.toUpperCase()
+    deps: [greet]
+"""
+
+
+def test_run_a_workflow_in_a_subprocess_json_and_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(WORKFLOW)
+    out = run_cli("run", str(good))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)  # not a terminal: nothing but JSON on stdout
+    assert result["ok"] and result["results"] == ["hello world", "HELLO WORLD"]
+
+    failing = tmp_path / "failing.json"
+    failing.write_text(json.dumps({"steps": [{"id": "x", "lang": "js", "code": "throw 1"}]}))
+    out = run_cli("run", str(failing), "--json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["ok"] is False
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps:\n  - id: x\n    lang: lua\n")
+    out = run_cli("run", str(bad))
+    assert out.returncode == 2
+    assert "x" in out.stderr and "code" in out.stderr
