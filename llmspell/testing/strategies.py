@@ -31,30 +31,36 @@ _ends = st.one_of(
 )
 
 
+# how each step reads in each language
+_SYNTAX = {
+    "lua": {
+        "sleep": "spell.sleep({})",
+        "yield": "spell.yield()",
+        "emit": 'spell.emit("sim.{}", {{}})',
+        "return": "return {}",
+        "error": 'error("{}")',
+    },
+    "js": {
+        "sleep": "await spell.sleep({});",
+        "yield": "await spell.yield();",
+        "emit": 'spell.emit("sim.{}", {{}});',
+        "return": "return {};",
+        "error": 'throw new Error("{}");',
+    },
+}
+
+
+def _program(lang: str, steps: list[tuple[str, Any]], end: tuple[str, Any]) -> str:
+    syntax = _SYNTAX[lang]
+    return "\n".join(syntax[kind].format(arg) for kind, arg in [*steps, end])
+
+
 def _lua(steps: list[tuple[str, Any]], end: tuple[str, Any]) -> str:
-    lines = []
-    for kind, arg in steps:
-        if kind == "sleep":
-            lines.append(f"spell.sleep({arg})")
-        elif kind == "yield":
-            lines.append("spell.yield()")
-        else:
-            lines.append(f'spell.emit("sim.{arg}", {{}})')
-    lines.append(f"return {end[1]}" if end[0] == "return" else f'error("{end[1]}")')
-    return "\n".join(lines)
+    return _program("lua", steps, end)
 
 
 def _js(steps: list[tuple[str, Any]], end: tuple[str, Any]) -> str:
-    lines = []
-    for kind, arg in steps:
-        if kind == "sleep":
-            lines.append(f"await spell.sleep({arg});")
-        elif kind == "yield":
-            lines.append("await spell.yield();")
-        else:
-            lines.append(f'spell.emit("sim.{arg}", {{}});')
-    lines.append(f"return {end[1]};" if end[0] == "return" else f'throw new Error("{end[1]}");')
-    return "\n".join(lines)
+    return _program("js", steps, end)
 
 
 @st.composite
