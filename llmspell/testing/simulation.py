@@ -137,7 +137,8 @@ def _install_clock(clock: VirtualClock | None) -> None:
     _clock.set_source(clock.now if clock is not None else None)
 
 
-_MAX_SETTLE_ROUNDS = 1_000_000
+_MAX_SETTLE_ROUNDS = 200_000
+_MAX_STEPS_AT_ONE_TIME = 100_000
 
 
 class _SimDriver:
@@ -257,7 +258,17 @@ class _SimDriver:
     def pump_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         limit = None if timeout is None else self.clock.now() + timeout
         self.settle()
+        stuck, last = 0, self.clock.now()
         while not done():
+            if self.clock.now() == last:
+                stuck += 1
+                if stuck > _MAX_STEPS_AT_ONE_TIME:
+                    raise SimulationDeadlock(
+                        f"at t={last:g}: {stuck} wake-ups without time moving on "
+                        "(something re-arms a zero-delay timer forever?)"
+                    )
+            else:
+                stuck, last = 0, self.clock.now()
             if not self.step(limit):
                 if done():
                     return True
