@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-__all__ = ["run_with_progress"]
+__all__ = ["run_with_progress", "wait_with_progress"]
 
 _STYLE = {
     "pending": "dim",
@@ -82,3 +82,44 @@ def run_with_progress(rt: Any, workflow: Any, console: Console | None = None) ->
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def wait_with_progress(
+    rt: Any,
+    handle: Any,
+    label: str,
+    *,
+    timeout: float | None = None,
+    console: Console | None = None,
+) -> Any:
+    """``rt.result(handle, timeout)`` while drawing one line: the task's
+    status, elapsed time and what it reported with ``spell.progress``."""
+    console = console or Console()
+    t0 = time.monotonic()
+
+    def line() -> Table:
+        t = Table(show_header=False, box=None)
+        try:
+            status = rt.status(handle)
+            prog = rt.progress(handle)
+        except Exception:
+            status, prog = "?", None
+        text = ""
+        if prog is not None and prog.completed_steps is not None:
+            total = f"/{prog.total_steps:g}" if prog.total_steps else ""
+            text = f"{prog.completed_steps:g}{total} {prog.current_operation or ''}".rstrip()
+        t.add_row(
+            label, f"[{_STYLE.get(status, '')}]{status}", f"{time.monotonic() - t0:.1f}s", text
+        )
+        return t
+
+    deadline = None if timeout is None else t0 + timeout
+    with Live(line(), console=console, refresh_per_second=10, transient=True) as live:
+        while True:
+            wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+            try:
+                return rt.result(handle, timeout=wait)
+            except TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                live.update(line())

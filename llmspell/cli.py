@@ -134,7 +134,12 @@ def _run_file(args: argparse.Namespace) -> int:
     with Runtime(mode=args.mode) as rt:
         handle = rt.submit(task)
         try:
-            value = rt.result(handle, timeout=args.timeout)
+            if sys.stdout.isatty() and not args.json:
+                from ._progress import wait_with_progress
+
+                value = wait_with_progress(rt, handle, path.name, timeout=args.timeout)
+            else:
+                value = rt.result(handle, timeout=args.timeout)
         except TaskFailed as exc:
             print(json.dumps({"ok": False, "error": exc.message}), flush=True)
             if exc.traceback:
