@@ -177,6 +177,7 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
+    import time
 
     from . import Runtime
 
@@ -191,13 +192,17 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with Runtime(mode="local", **config) as rt:
+        # engines register as their processes come up: report them once they are there
+        expected = sum(int(n) for n in rt._core.config["engines"].values())
+        deadline = time.monotonic() + 30
         engines = rt.stats()["engines"]
+        while len(engines) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+            engines = rt.stats()["engines"]
         print(
             json.dumps({"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}), flush=True
         )
         while not stop.wait(0.5):
-            if rt._core.addresses.get("director") is None:  # pragma: no cover
-                break
             if _stop_requested(rt):
                 break
     print(json.dumps({"stopped": f"127.0.0.1:{args.port}"}), flush=True)

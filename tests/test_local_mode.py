@@ -213,6 +213,7 @@ def test_serve_status_attach_and_stop() -> None:
         assert server.stdout is not None
         first = json.loads(server.stdout.readline())
         assert first["serving"] == f"127.0.0.1:{port}"
+        assert first["engines"] == 3  # python, lua and js, one worker each
         with Runtime(mode="local", address=f"127.0.0.1:{port}") as rt:
             h = rt.submit(Task.lua("return 6 * 7"))
             assert rt.result(h, timeout=20) == 42
