@@ -23,12 +23,14 @@ __all__ = ["AgentContext", "Meter", "current_agent", "current_meter"]
 class Meter:
     """Resource use of one running task that the engine cannot see itself.
     Thread-safe: an agent's tool results and its HTTP reads may add from
-    different threads."""
+    different threads. One lock serves every meter (adds are rare; a lock per
+    task would cost every trivial task its allocation)."""
 
-    __slots__ = ("_lock", "cpu_seconds", "received", "sent")
+    __slots__ = ("cpu_seconds", "received", "sent")
+
+    _lock = threading.Lock()
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self.sent = 0
         self.received = 0
         self.cpu_seconds = 0.0
@@ -43,6 +45,8 @@ class Meter:
             self.cpu_seconds += seconds
 
     def usage(self) -> dict[str, Any]:
+        if not (self.sent or self.received):
+            return {}
         with self._lock:
             out: dict[str, Any] = {}
             if self.sent:

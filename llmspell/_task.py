@@ -11,6 +11,7 @@ import enum
 import inspect
 import itertools
 import os
+import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ _OPTIONS = frozenset(
     ("priority", "timeout", "deps", "retries", "limits", "metadata", "id", "compensate")
 )
 _AGENT_OPTIONS = frozenset(("execution", "buffer_size"))
+_NO_OPTS: Mapping[str, Any] = types.MappingProxyType({})  # shared by tasks without options
 _EXECUTIONS = ("single", "threaded", "distributed", "streaming")
 
 
@@ -340,10 +342,12 @@ class Task:
         opts: Mapping[str, Any],
         extra: frozenset[str] = frozenset(),
     ) -> Task:
-        unknown = sorted(set(opts) - _OPTIONS - extra)
-        if unknown:
-            allowed = ", ".join(sorted(_OPTIONS | extra))
-            raise MessageError(f"unknown option {unknown[0]!r} (options: {allowed})")
+        if opts:
+            unknown = sorted(set(opts) - _OPTIONS - extra)
+            if unknown:
+                allowed = ", ".join(sorted(_OPTIONS | extra))
+                raise MessageError(f"unknown option {unknown[0]!r} (options: {allowed})")
+            _check_opts(opts)
         if args is not None:
             if not isinstance(args, Mapping):
                 raise MessageError(f"must be a dict, got {type(args).__name__}", where="args")
@@ -351,22 +355,25 @@ class Task:
             check_data(args, "args")
         if payload is not None:
             check_data(payload, "payload" if kind != "tool" else "params")
-        _check_opts(opts)
-        return cls(
-            kind=kind,
-            code=code,
-            target=target,
-            name=name,
-            args=args,
-            payload=payload,
-            opts=dict(opts),
-        )
+        # positional: the frozen dataclass __init__ is the costliest step of a trivial task
+        return cls(kind, code, target, name, args, payload, dict(opts) if opts else _NO_OPTS)
 
     # -- to the wire --------------------------------------------------------
 
     def to_spec(self, task_id: str | None = None, *, parent: str | None = None) -> TaskSpec:
         """This task as a wire ``TaskSpec`` (with a fresh id unless it has one)."""
         o = self.opts
+        if not o:
+            return TaskSpec(
+                task_id or f"{_ID_PREFIX}-{next(_id_counter)}",
+                self.kind,
+                self.code,
+                self.target,
+                self.name,
+                self.args,
+                self.payload,
+                parent=parent,
+            )
         spec = TaskSpec(
             id=task_id or o.get("id") or new_task_id(),
             kind=self.kind,
@@ -377,8 +384,6 @@ class Task:
             payload=self.payload,
             parent=parent,
         )
-        if not o:
-            return spec
         if "priority" in o:
             spec.priority = PRIORITIES[o["priority"]]
         if o.get("timeout") is not None:

@@ -93,6 +93,7 @@ _CONFIG = frozenset(
         "engine_memory",
         "throttle_share",
         "resource_interval",
+        "history",
     )
 )
 
@@ -136,6 +137,11 @@ class _Core:
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
         ):
             raise MessageError("must be an int >= 1", where="workers")
+        history = config.get("history")
+        if history is not None and (
+            isinstance(history, bool) or not isinstance(history, int) or history < 0
+        ):
+            raise MessageError("must be an int >= 0 (finished tasks to remember)", where="history")
         self.mode = mode
         self.config = dict(config)
         if mode == "local":

@@ -23,6 +23,14 @@ in ``stats()["hooks"]["errors"]`` and logged). Chunks of a streaming agent
 task (``StreamChunks``) are relayed to the address that submitted it and its
 ``StreamAck``s back to the engine. An engine the resource tracker reports over
 ``engine_memory`` (``EngineLoad``) gets no new tasks until it is back under.
+
+Finished records are kept for the last ``history`` (a runtime option, default
+10,000) tasks that ended; older ones are forgotten but for their id and status
+(up to ``_TOMBSTONES`` of those), so memory stays bounded in a long-running
+process. A task submitted by another task (``spell.submit``) is kept at least
+until its parent ends, since the parent may still await it. A dependency on a
+forgotten task works by its status; asking for a forgotten task's value (a
+late ``spell.await``, ``deps_input``) fails with a clear error.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import re
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -90,6 +98,7 @@ class _Rec:
 
     __slots__ = (
         "attempt",
+        "children",
         "dependents",
         "ended_at",
         "engine",
@@ -112,6 +121,7 @@ class _Rec:
         self.status = "pending"
         self.waiting = 0  # dependencies not yet succeeded
         self.dependents: list[str] | None = None
+        self.children: list[str] | None = None  # ended children kept until this ends
         self.watchers: list[ActorAddress] | None = None
         self.outcome: TaskOutcome | None = None
         self.progress: dict[str, Any] | None = None
@@ -157,6 +167,10 @@ class Scheduler(WireActor):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: dict[str, _Rec] = {}
+        self.history = _HISTORY  # finished records kept (oldest forgotten first)
+        self._ended: deque[str] = deque()  # finished ids, oldest first
+        self._gone: dict[str, str] = {}  # forgotten task -> its terminal status
+        self._gone_order: deque[str] = deque()
         self.slots: dict[str, list[_Slot]] = defaultdict(list)
         self.ready: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
         self.seq = itertools.count()
@@ -164,6 +178,8 @@ class Scheduler(WireActor):
         self.counts: dict[str, int] = defaultdict(int)
         # outgoing batches, keyed by addr_key(address): (address, items)
         self._out: dict[str, tuple[ActorAddress, list[TaskOutcome]]] = {}
+        self._last_watcher: ActorAddress | None = None  # _notify's last batch, for speed
+        self._last_batch: list[TaskOutcome] | None = None
         self._dispatch: dict[str, tuple[ActorAddress, list[_Rec]]] = {}
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
@@ -195,6 +211,7 @@ class Scheduler(WireActor):
         self.addresses.update(msg.addresses)
         self.retry_base = float(msg.config.get("retry_backoff", self.retry_base))
         self.retry_cap = float(msg.config.get("retry_backoff_cap", self.retry_cap))
+        self.history = int(msg.config.get("history", self.history))
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
         slots = self.slots[msg.engine]
@@ -271,14 +288,15 @@ class Scheduler(WireActor):
     def on_submit(self, msg: SubmitTasks, sender: ActorAddress) -> None:
         t = now()
         fresh: list[_Rec] = []
+        # one list for the whole batch: watcher lists are replaced, never appended to
+        watchers = [sender] if msg.notify else None
         for spec in msg.tasks:
-            if spec.id in self.tasks:
+            if spec.id in self.tasks or spec.id in self._gone:
                 self.send_msg(sender, SubmitRejected(spec.id, f"duplicate task id {spec.id!r}"))
                 continue
             rec = _Rec(spec, t)
             self.tasks[spec.id] = rec
-            if msg.notify:
-                rec.watchers = [sender]
+            rec.watchers = watchers
             if spec.kind == "agent":  # its chunks go to whoever submitted it
                 self._consumers[spec.id] = sender
                 self._extras = True
@@ -301,7 +319,18 @@ class Scheduler(WireActor):
         for dep_id in rec.spec.deps or ():
             dep = self.tasks.get(dep_id)
             if dep is None:
-                self._finish(rec, "failed", error=_err(f"unknown dependency {dep_id!r}"))
+                gone = self._gone.get(dep_id)
+                if gone == "succeeded" and not rec.spec.deps_input:
+                    continue
+                if gone is None:
+                    error = _err(f"unknown dependency {dep_id!r}")
+                elif gone == "succeeded":
+                    error = _err(f"dependency {dep_id!r} ended too long ago: {_FORGOTTEN}")
+                else:
+                    error = _err(
+                        f"dependency {dep_id!r} {_ENDED.get(gone, gone)}", kind="dependency"
+                    )
+                self._finish(rec, "failed", error=error)
                 return
             if dep.status in TERMINAL and dep.status != "succeeded":
                 self._finish(rec, "failed", error=_dep_error(dep))
@@ -380,7 +409,8 @@ class Scheduler(WireActor):
         if rec.spec.timeout is not None:
             self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
         if rec.attempt == 0:
-            self._publish("llmspell.task.running", {"task_id": task_id, "kind": rec.spec.kind})
+            if self._wanted is not None:
+                self._publish("llmspell.task.running", {"task_id": task_id, "kind": rec.spec.kind})
             if self._extras:
                 self._task_hook("task.before", rec, "running")
 
@@ -454,6 +484,7 @@ class Scheduler(WireActor):
                     )
         if self._out:
             out, self._out = self._out, {}
+            self._last_watcher = self._last_batch = None
             for addr, outcomes in out.values():
                 for i in range(0, len(outcomes), 500):
                     self.send_msg(addr, TaskOutcomes(outcomes[i : i + 500]))
@@ -473,7 +504,7 @@ class Scheduler(WireActor):
             if o.status == "failed" and rec.attempt < rec.spec.retries:
                 self._retry(rec, o)
                 continue
-            self._finish(rec, o.status, value=o.value, error=o.error, usage=o.usage)
+            self._finish(rec, o.status, value=o.value, error=o.error, usage=o.usage, reuse=o)
 
     def _retry(self, rec: _Rec, o: TaskOutcome) -> None:
         if rec.errors is None:
@@ -514,7 +545,10 @@ class Scheduler(WireActor):
         value: Any = None,
         error: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
+        reuse: TaskOutcome | None = None,
     ) -> None:
+        """End ``rec`` in ``status`` (the first terminal state wins). ``reuse``:
+        the engine's outcome this came from, kept as the record's own."""
         if rec.status in TERMINAL:
             return
         was_running = rec.status == "running"
@@ -531,20 +565,27 @@ class Scheduler(WireActor):
             error["attempts"] = [*rec.errors, str(error.get("message", ""))]
         if usage is None:
             usage = {}
-        if rec.started_at is not None:
-            usage.setdefault("duration", t - rec.started_at)
-        rec.outcome = TaskOutcome(rec.spec.id, status, value, error, usage, rec.attempt)
+        if rec.started_at is not None and "duration" not in usage:
+            usage["duration"] = t - rec.started_at
+        if reuse is not None and reuse.error is error:
+            reuse.usage = usage
+            rec.outcome = reuse
+        else:
+            rec.outcome = TaskOutcome(rec.spec.id, status, value, error, usage, rec.attempt)
         self.counts[status] += 1
-        for w in rec.watchers or ():
-            self._notify(w, rec.outcome)
-        rec.watchers = None
-        self._publish(
-            f"llmspell.task.{status}",
-            {"task_id": rec.spec.id, "kind": rec.spec.kind, "status": status},
-        )
+        if rec.watchers is not None:
+            for w in rec.watchers:
+                self._notify(w, rec.outcome)
+            rec.watchers = None
+        if self._wanted is not None:
+            self._publish(
+                f"llmspell.task.{status}",
+                {"task_id": rec.spec.id, "kind": rec.spec.kind, "status": status},
+            )
         if self._extras:
             self._finished(rec, status, error)
         dependents, rec.dependents = rec.dependents, None
+        self._retire(rec)
         for dep_id in dependents or ():
             child = self.tasks.get(dep_id)
             if child is None or child.status != "pending":
@@ -556,8 +597,43 @@ class Scheduler(WireActor):
             else:
                 self._finish(child, "failed", error=_dep_error(rec))
 
+    def _retire(self, rec: _Rec) -> None:
+        """Queue a finished record to be forgotten after ``history`` more ends."""
+        spec = rec.spec
+        if spec.parent is not None:
+            parent = self.tasks.get(spec.parent)
+            if parent is not None and parent.status not in TERMINAL:
+                if parent.children is None:
+                    parent.children = []
+                parent.children.append(spec.id)
+                return
+        ended = self._ended
+        ended.append(spec.id)
+        if rec.children is not None:
+            ended.extend(rec.children)
+            rec.children = None
+        while len(ended) > self.history:
+            self._forget(ended.popleft())
+
+    def _forget(self, task_id: str) -> None:
+        rec = self.tasks.pop(task_id, None)
+        if rec is None:
+            return
+        self._gone[task_id] = rec.status
+        order = self._gone_order
+        order.append(task_id)
+        if len(order) > _TOMBSTONES:
+            self._gone.pop(order.popleft(), None)
+
     def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
-        self._out.setdefault(addr_key(watcher), (watcher, []))[1].append(outcome)
+        # the same watcher gets most outcomes in a row: skip str(address) then
+        last = self._last_batch
+        if watcher is self._last_watcher and last is not None:
+            last.append(outcome)
+            return
+        batch = self._out.setdefault(addr_key(watcher), (watcher, []))[1]
+        batch.append(outcome)
+        self._last_watcher, self._last_batch = watcher, batch
 
     # -- cancel, timeout ----------------------------------------------------
 
@@ -601,7 +677,9 @@ class Scheduler(WireActor):
     def on_watch(self, msg: WatchTasks, sender: ActorAddress) -> None:
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
-            if rec is None:  # its submit may still be on the way: wait a little
+            if rec is None and task_id in self._gone:
+                self._notify(sender, _forgotten(task_id, self._gone[task_id]))
+            elif rec is None:  # its submit may still be on the way: wait a little
                 self._early.setdefault(task_id, []).append(sender)
                 self.wake_after(_EARLY_WATCH_GRACE, ("watch", task_id))
             elif rec.outcome is not None:
@@ -609,7 +687,7 @@ class Scheduler(WireActor):
             elif rec.watchers is None:
                 rec.watchers = [sender]
             elif sender not in rec.watchers:
-                rec.watchers.append(sender)
+                rec.watchers = [*rec.watchers, sender]
 
     def on_progress_batch(self, msg: ProgressBatch, sender: ActorAddress) -> None:
         for p in msg.items:
@@ -635,7 +713,9 @@ class Scheduler(WireActor):
         statuses = {}
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
-            statuses[task_id] = rec.status if rec is not None else "unknown"
+            statuses[task_id] = (
+                rec.status if rec is not None else self._gone.get(task_id, "unknown")
+            )
         self.send_msg(sender, StatusReply(msg.ref, statuses))
 
     def on_query_progress(self, msg: QueryProgress, sender: ActorAddress) -> None:
@@ -935,10 +1015,21 @@ def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict
     return {"message": message, "kind": kind, "engine": engine}
 
 
+_HISTORY = 10_000  # finished task records kept by default (Runtime(history=...))
+_TOMBSTONES = 1_000_000  # forgotten tasks whose id and status are still known
+_FORGOTTEN = "its result is no longer kept (the scheduler keeps the last `history` finished tasks)"
+_ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
+
+
+def _forgotten(task_id: str, status: str) -> TaskOutcome:
+    """What a late watcher of a forgotten task gets: never a made-up value."""
+    message = f"task {task_id!r} ended ({status}) too long ago: {_FORGOTTEN}"
+    return TaskOutcome(task_id, "failed", error=_err(message))
+
+
 def _dep_error(dep: _Rec) -> dict[str, Any]:
-    what = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
     reason = ""
     if dep.outcome is not None and dep.outcome.error:
         reason = f": {dep.outcome.error.get('message', '')}"
-    msg = f"dependency {dep.spec.id!r} {what.get(dep.status, dep.status)}{reason}"
+    msg = f"dependency {dep.spec.id!r} {_ENDED.get(dep.status, dep.status)}{reason}"
     return _err(msg, kind="dependency")

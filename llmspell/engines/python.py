@@ -63,7 +63,9 @@ def resolve_target(target: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
-class _Call:
+class _Call(Meter):
+    """One call in flight; it is its own task's ``Meter`` (one object per task)."""
+
     __slots__ = (
         "attempt",
         "clock",
@@ -91,7 +93,10 @@ class _Call:
         self.started = 0.0
         self.sync = sync
         self.stopped = False
-        self.meter: Meter | None = None  # made when the call starts
+        self.meter: Meter | None = self
+        self.sent = 0
+        self.received = 0
+        self.cpu_seconds = 0.0
         self.limit: Limit | None = None
         self.gate: Gate | None = None
         self.clock: int | None = None  # CPU clock of the thread running a sync call
@@ -107,6 +112,7 @@ class PythonEngine(EngineActor):
         self.threads = int(config.get("python_threads", 16))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_sync)
+        self._to_pool: list[tuple[int, _Call]] = []  # (-priority, call) started, not yet handed
         self.inline = bool(config.get("python_inline", False))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
         self.calls: dict[str, _Call] = {}
@@ -136,11 +142,11 @@ class PythonEngine(EngineActor):
                 error=self.error(f"cannot import {target!r}: {type(exc).__name__}: {exc}"),
             )
             return
-        kwargs = dict(spec.args or {})
+        # the spec was decoded for this engine alone: its args are ours to pass on
+        kwargs = spec.args if spec.args is not None else {}
         if spec.input is not None:
-            kwargs["input"] = spec.input
+            kwargs = {**kwargs, "input": spec.input}
         call = _Call(spec.id, attempt, found[0], kwargs, found[1])
-        call.meter = Meter()
         if spec.limits:
             call.limit = Limit.of(spec.limits)
             if call.limit is not None and not call.sync:
@@ -152,9 +158,8 @@ class PythonEngine(EngineActor):
         self._watch_soon()  # limits, live usage
         if not call.sync:
             self._start_async(call)
-        else:
-            self.pool.submit(call, spec.priority)
-            self.work_started()
+        else:  # handed to the workers in one go when this message is done (flush)
+            self._to_pool.append((-spec.priority, call))
 
     def _run_inline(self, call: _Call) -> None:
         """Simulation: run the call now, on the actor's own thread, so the
@@ -173,12 +178,13 @@ class PythonEngine(EngineActor):
                 self.done.put((call, "error", _describe(exc), 0.0))
         self.poll()
 
-    def _run_sync(self, call: _Call) -> None:
-        """Worker thread: run one sync call and queue its outcome."""
+    def _run_sync(self, call: _Call, clock: int | None = None) -> None:
+        """Worker thread (its CPU clock is ``clock``): run one sync call and
+        queue its outcome."""
         t0 = time.thread_time()
         call.started = time.time()
         call.cpu0 = t0
-        call.clock = time.pthread_getcpuclockid(threading.get_ident())
+        call.clock = clock if clock is not None else _thread_clock()
         token = _METER.set(call.meter)
         try:
             value = call.fn(**call.kwargs)
@@ -242,8 +248,9 @@ class PythonEngine(EngineActor):
                 continue  # stopped (cancel, timeout): its outcome is already decided
             del self.calls[call.task_id]
             usage = {"cpu_seconds": cpu, "duration": time.time() - call.started}
-            if call.meter is not None:
-                usage.update(call.meter.usage())
+            meter = call.meter
+            if meter is not None and (meter.sent or meter.received):
+                usage.update(meter.usage())
             if how == "ok":
                 # msgpack-ability is checked when the batch is encoded (base.flush)
                 self.report(call.task_id, call.attempt, "succeeded", value, usage=usage)
@@ -313,6 +320,10 @@ class PythonEngine(EngineActor):
         self.agents.on_grant(msg.task_id, msg.attempt)
 
     def flush(self) -> None:
+        if self._to_pool:
+            calls, self._to_pool = self._to_pool, []
+            self.pool.submit(calls)
+            self.work_started()
         # streamed chunks and progress before the results: a consumer sees every chunk
         # before the end, and the scheduler ignores progress of a task that has ended
         if self.scheduler is not None:
@@ -451,12 +462,14 @@ class _Workers:
     for thread wake-ups. A call stopped before a thread took it is skipped.
     """
 
-    def __init__(self, size: int, run: Callable[[_Call], None]) -> None:
+    def __init__(self, size: int, run: Callable[[_Call, int], None]) -> None:
         self.size = size
         self.run = run
         self.heap: list[tuple[int, int, _Call]] = []  # (-priority, seq, call)
         self.seq = itertools.count()
-        self.cond = threading.Condition(threading.Lock())
+        # ``with self.lock`` (C-fast) for the heap; the condition shares the lock
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.threads: list[threading.Thread] = []
         # Invariant (under cond): ready = awake threads not running a call
         # (including ones notified but not yet running); sleeping = waiting
@@ -465,11 +478,14 @@ class _Workers:
         self.sleeping = 0
         self.closed = False
 
-    def submit(self, call: _Call, priority: int) -> None:
-        start = False
-        with self.cond:
-            heapq.heappush(self.heap, (-priority, next(self.seq), call))
-            if len(self.heap) > self.ready:
+    def submit(self, calls: list[tuple[int, _Call]]) -> None:
+        """Queue ``(-priority, call)`` pairs; wake or start threads for them."""
+        fresh: list[threading.Thread] = []
+        heap, seq, push = self.heap, self.seq, heapq.heappush
+        with self.lock:
+            for neg_priority, call in calls:
+                push(heap, (neg_priority, next(seq), call))
+            while len(heap) > self.ready:
                 if self.sleeping:
                     self.sleeping -= 1
                     self.ready += 1
@@ -478,14 +494,17 @@ class _Workers:
                     self.ready += 1
                     t = threading.Thread(target=self._work, name="llmspell-python", daemon=True)
                     self.threads.append(t)
-                    start = True
-        if start:
+                    fresh.append(t)
+                else:
+                    break
+        for t in fresh:
             t.start()
 
     def _work(self) -> None:
-        cond, heap = self.cond, self.heap
+        lock, cond, heap, run = self.lock, self.cond, self.heap, self.run
+        clock = _thread_clock()  # this thread's CPU clock, for live usage and limits
         while True:
-            with cond:
+            with lock:
                 while True:
                     if self.closed:
                         return
@@ -497,15 +516,19 @@ class _Workers:
                     self.sleeping += 1
                     cond.wait()
             if not call.stopped:
-                self.run(call)
-            with cond:
+                run(call, clock)
+            with lock:
                 self.ready += 1
 
     def shutdown(self) -> None:
-        with self.cond:
+        with self.lock:
             self.closed = True
             self.heap.clear()
             self.cond.notify_all()
+
+
+def _thread_clock() -> int:
+    return time.pthread_getcpuclockid(threading.get_ident())
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
