@@ -595,10 +595,14 @@ class Runtime:
     def progress(self, handle: Handle | str) -> Progress | None:
         """The task's last reported progress and resource use; None before it
         reported anything. A finished task keeps its final figures."""
-        task_id, _ = self._core.view(handle)
+        task_id, v = self._core.view(handle)
         self._core.check_open()
         reply: ProgressReply = self._ask(lambda ref: QueryProgress(ref, task_id))
-        return Progress.from_dict(reply.progress) if reply.progress is not None else None
+        if reply.progress is not None:
+            return Progress.from_dict(reply.progress)
+        if v.outcome is not None:  # the scheduler forgot it (history): its final usage
+            return Progress.from_dict({"resource_usage": v.outcome.usage})
+        return None
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``submitted``, ``running``, per-status totals, ``restarts``

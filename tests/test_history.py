@@ -1,0 +1,80 @@
+"""Bounded memory: the scheduler keeps the last ``history`` finished tasks and
+forgets older ones, without the user losing a result they were given."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmspell import MessageError, Runtime, Task, TaskFailed
+
+WAIT = 10
+
+
+def run_all(rt: Runtime, n: int) -> None:
+    """Finish ``n`` trivial tasks (pushing older ones out of the history)."""
+    hs = rt.submit_many([Task.python("targets:add", args={"x": i, "y": 0}) for i in range(n)])
+    assert [rt.result(h, timeout=WAIT) for h in hs] == list(range(n))
+
+
+def test_forgotten_tasks_keep_their_results_status_and_usage() -> None:
+    with Runtime(history=2) as rt:
+        first = rt.submit(Task.python("targets:add", args={"x": 40, "y": 2}))
+        assert rt.result(first, timeout=WAIT) == 42
+        run_all(rt, 10)
+        assert rt.result(first) == 42
+        assert rt.status(first) == "succeeded"
+        progress = rt.progress(first)
+        assert progress is not None
+        assert progress.resource_usage.duration >= 0
+
+
+def test_a_dependency_on_a_forgotten_task_goes_by_its_status() -> None:
+    with Runtime(history=2) as rt:
+        ok = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
+        bad = rt.submit(Task.python("targets:fail", args={"message": "early"}))
+        assert rt.result(ok, timeout=WAIT) == 2
+        with pytest.raises(TaskFailed):
+            rt.result(bad, timeout=WAIT)
+        run_all(rt, 10)
+        after_ok = rt.submit(Task.python("targets:add", args={"x": 2, "y": 3}, deps=[ok]))
+        assert rt.result(after_ok, timeout=WAIT) == 5
+        after_bad = rt.submit(Task.python("targets:add", args={"x": 2, "y": 3}, deps=[bad]))
+        with pytest.raises(TaskFailed, match=f"dependency '{bad.id}' failed"):
+            rt.result(after_bad, timeout=WAIT)
+
+
+def test_a_script_can_await_its_child_after_many_other_tasks_ended() -> None:
+    code = """
+    local child = spell.submit({lang = 'python', target = 'targets:add', args = {x = 2, y = 3}})
+    spell.sleep(0.3)
+    return spell.await(child)
+    """
+    with Runtime(history=1) as rt:
+        parent = rt.submit(Task.lua(code))
+        run_all(rt, 20)  # while the parent sleeps: its ended child is kept for it
+        assert rt.result(parent, timeout=WAIT) == 5
+
+
+def test_awaiting_a_forgotten_task_fails_clearly_instead_of_inventing_a_value() -> None:
+    with Runtime(history=1) as rt:
+        old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+        assert rt.result(old, timeout=WAIT) == 3
+        run_all(rt, 5)
+        late = rt.submit(Task.lua("return spell.await(spell.args.h)", args={"h": old.id}))
+        with pytest.raises(TaskFailed, match="no longer kept"):
+            rt.result(late, timeout=WAIT)
+
+
+def test_stats_count_every_task_after_records_are_forgotten() -> None:
+    with Runtime(history=3) as rt:
+        run_all(rt, 12)
+        stats = rt.stats()
+        assert stats["submitted"] == 12
+        assert stats["succeeded"] == 12
+        assert stats["running"] == stats["pending"] == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "10", True])
+def test_history_must_be_a_non_negative_int(bad: object) -> None:
+    with pytest.raises(MessageError, match="history"):
+        Runtime(history=bad)
