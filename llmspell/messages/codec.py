@@ -2,19 +2,20 @@
 
 Envelope (a msgpack array)::
 
-    [tag: str, version: int, fields: map]
+    [tag: str, version: int, fields: array]
 
 ``tag`` names the message class (registered with ``@message("tag")``),
-``version`` is the schema version of that class, ``fields`` maps field names
-to msgpack data; a field equal to its default is left out. A field whose type
-is another message class (or a list of them) is carried as that message's own
-field map. Actor addresses are carried as msgpack extension type 1 (a pickled
-Thespian ``ActorAddress``, unpickled only into Thespian address classes).
+``version`` is the schema version of that class, ``fields`` holds the field
+values in declaration order, the trailing ones equal to their defaults left
+off. A field whose type is another message class (or a list of them) is
+carried as that message's own field array. Actor addresses are carried as
+msgpack extension type 1 (a pickled Thespian ``ActorAddress``, unpickled only
+into Thespian address classes).
 
 ``decode`` never raises anything but ``MessageError``: bad bytes, a wrong tag,
-an unknown version, a missing, unknown or mistyped field each give one
+an unknown version, a missing or mistyped field, too many fields each give one
 ``MessageError`` that names what was wrong and where (``outcomes.items[3].status:
-expected str, got int``).
+expected str, got int``): positions are named by the class's field names.
 
 Every task crosses the codec four times, so the per-class encoder and decoder
 are generated once as straight-line Python from the field annotations (about
@@ -280,8 +281,24 @@ def _lazy_decoder(tp: type[Message]) -> Callable[[Any], Message]:
 
 
 def _build(cls: type[Message]) -> None:
+    """Generate ``cls``'s field encoder and decoder.
+
+    Fields travel as an array in declaration order; the trailing fields equal
+    to their defaults are left off (``is``-identical defaults: None, bools,
+    small ints, the very default string), so a trivial task spec is a short
+    array of its id, kind and target.
+    """
     hints = typing.get_type_hints(cls, localns=_namespace())
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = [f.name for f in fields]
+    required = sum(
+        1
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    tail: list[Any] = []  # the value each position takes when the array stops short
+    for f in fields:
+        tail.append(_MISSING if f.default is dataclasses.MISSING else f.default)
     env: dict[str, Any] = {
         "cls": cls,
         "MessageError": MessageError,
@@ -295,57 +312,79 @@ def _build(cls: type[Message]) -> None:
         "_MISSING": _MISSING,
         "_kind": _kind,
         "_enc": _encode_value,
-        "allowed": frozenset(f.name for f in fields),
+        "NAMES": names,
+        "TAIL": tail,
     }
+    n = len(fields)
+    args = [f"v{k}" for k in range(n)]
     dec = [
         "def decode_fields(data):",
-        "    if type(data) is not dict:",
-        "        raise MessageError(f'expected a map of fields, got {_kind(data)}')",
-        "    if not allowed.issuperset(data):",
-        "        bad = sorted(str(k) for k in data if k not in allowed)[0]",
-        "        raise MessageError(f'unknown field {bad!r}')",
-        "    get = data.get",
+        "    if type(data) is not list:",
+        "        raise MessageError(f'expected an array of fields, got {_kind(data)}')",
+        "    n = len(data)",
+        f"    if n < {required}:",
+        "        raise MessageError('missing field', where=NAMES[n])",
+        f"    if n > {n}:",
+        f"        raise MessageError(f'too many fields: {{n}} (this message has {n})')",
+        f"    if n < {n}:",
+        "        data = data + TAIL[n:]",
     ]
-    enc = ["def encode_fields(m):", "    d = {}"]
-    args = []
+    if n == 1:
+        dec.append("    v0, = data")
+    elif n:
+        dec.append(f"    {', '.join(args)} = data")
+    enc = ["def encode_fields(m):"]
     for k, f in enumerate(fields):
         name, tp = f.name, hints[f.name]
-        v = f"v{k}"
-        args.append(v)
         check = _field_code(name, tp, env, k)
         is_message = _message_like(tp)
         item_cls = _list_item_message(tp)
         if item_cls is not None:
             env[f"EL{k}"] = _list_encoder(item_cls)
         expr = f"EL{k}(x)" if item_cls is not None else ("_enc(x)" if is_message else "x")
+        if f.default_factory is not dataclasses.MISSING:
+            env[f"FAC{k}"] = f.default_factory
+        dec.append(f"    x = v{k}")
         if f.default is not dataclasses.MISSING:
             env[f"DEF{k}"] = f.default
-            dec.append(f"    x = get({name!r}, DEF{k})")
             if check:
                 dec.append(f"    if x is not DEF{k}:")
                 dec.extend("        " + line for line in check)
-            enc.append(f"    x = m.{name}")
-            enc.append(f"    if x != DEF{k}: d[{name!r}] = {expr}")
         elif f.default_factory is not dataclasses.MISSING:
-            env[f"FAC{k}"] = f.default_factory
-            dec.append(f"    x = get({name!r}, _MISSING)")
             dec.append("    if x is _MISSING:")
             dec.append(f"        x = FAC{k}()")
             if check:
                 dec.append("    else:")
                 dec.extend("        " + line for line in check)
-            enc.append(f"    x = m.{name}")
-            enc.append(f"    if x: d[{name!r}] = {expr}")
         else:
-            dec.append(f"    x = get({name!r}, _MISSING)")
-            dec.append("    if x is _MISSING:")
-            dec.append(f"        raise MessageError('missing field', where={name!r})")
             dec.extend("    " + line for line in check)
+        dec.append(f"    v{k} = x")
+        if expr == "x":
+            enc.append(f"    x{k} = m.{name}")
+        else:
             enc.append(f"    x = m.{name}")
-            enc.append(f"    d[{name!r}] = {expr}")
-        dec.append(f"    {v} = x")
+            if f.default is not dataclasses.MISSING:
+                enc.append(f"    x{k} = None if x is None else {expr}")
+            else:
+                enc.append(f"    x{k} = {expr}")
     dec.append(f"    return cls({', '.join(args)})")
-    enc.append("    return d")
+    # how many fields to send: stop after the last one that is not its default
+    enc.append(f"    n = {n}")
+    depth = 1
+    for k in range(n - 1, required - 1, -1):
+        f = fields[k]
+        pad = "    " * depth
+        if f.default is not dataclasses.MISSING:
+            env[f"DEF{k}"] = f.default
+            enc.append(f"{pad}if x{k} is DEF{k}:")
+        elif f.default_factory is not dataclasses.MISSING:
+            enc.append(f"{pad}if not x{k}:")
+        else:
+            break
+        enc.append(f"{pad}    n = {k}")
+        depth += 1
+    xs = ", ".join(f"x{k}" for k in range(n))
+    enc.append(f"    return [{xs}][:n]" if n else "    return []")
     exec("\n".join(dec), env)
     exec("\n".join(enc), env)
     _decoders[cls] = env["decode_fields"]
