@@ -171,35 +171,26 @@ class _Core:
     def specs(self, tasks: Iterable[Task]) -> list[TaskSpec]:
         self.check_open()
         specs = []
-        batch_ids: set[str] = set()
         for i, task in enumerate(tasks):
-            if not isinstance(task, Task):
+            if type(task) is not Task and not isinstance(task, Task):
                 raise MessageError(
                     f"expected a Task, got {type(task).__name__}", where=f"tasks[{i}]"
                 )
-            spec = task.to_spec()
-            if spec.id in self.views or spec.id in batch_ids:
-                raise MessageError(f"duplicate task id {spec.id!r}", where="id")
-            batch_ids.add(spec.id)
-            specs.append(spec)
-        with self.lock:
-            for spec in specs:
-                if spec.id in self.views:
-                    raise MessageError(f"duplicate task id {spec.id!r}", where="id")
-            for spec in specs:
-                self.views[spec.id] = _View()
-        return specs
+            specs.append(task.to_spec())
+        return self.register_specs(specs)
 
     def register_specs(self, specs: list[TaskSpec]) -> list[TaskSpec]:
-        """Claim the ids of already-built specs (workflows); duplicates raise."""
+        """Claim the ids of specs (all or none); a duplicate raises."""
+        fresh = {spec.id: _View() for spec in specs}
         with self.lock:
-            seen: set[str] = set()
-            for spec in specs:
-                if spec.id in self.views or spec.id in seen:
-                    raise MessageError(f"duplicate task id {spec.id!r}", where="id")
-                seen.add(spec.id)
-            for spec in specs:
-                self.views[spec.id] = _View()
+            views = self.views
+            if len(fresh) != len(specs) or not views.keys().isdisjoint(fresh):
+                seen: set[str] = set()
+                for spec in specs:
+                    if spec.id in views or spec.id in seen:
+                        raise MessageError(f"duplicate task id {spec.id!r}", where="id")
+                    seen.add(spec.id)
+            views.update(fresh)
         return specs
 
     def submit_message(self, specs: list[TaskSpec]) -> bytes:
@@ -231,9 +222,8 @@ class _Core:
     # -- messages from the actor system (driver thread) ----------------------
 
     def on_message(self, msg: Any) -> None:
-        if isinstance(msg, TaskOutcomes):
-            for o in msg.items:
-                self.resolve(o)
+        if type(msg) is TaskOutcomes:
+            self.resolve_many(msg.items)
         elif isinstance(msg, SubmitRejected):
             self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
         elif isinstance(msg, CoordinationDone):
@@ -275,6 +265,31 @@ class _Core:
             s.cond.notify_all()
         if not attached and self.ack is not None:  # nobody reads now: do not hold the agent
             self.ack(msg.task_id, s.received)
+
+    def resolve_many(self, outcomes: list[TaskOutcome]) -> None:
+        """Settle a batch of outcomes under one lock; wake waiters after."""
+        views = self.views
+        woken: list[tuple[TaskOutcome, threading.Event | None, list[Any] | None]] = []
+        with self.lock:
+            for o in outcomes:
+                v = views.get(o.task_id)
+                if v is None or v.outcome is not None:
+                    continue
+                v.outcome = o
+                if v.event is not None or v.callbacks is not None:
+                    woken.append((o, v.event, v.callbacks))
+                    v.callbacks = None
+        for o, event, callbacks in woken:
+            if event is not None:
+                event.set()
+            for cb in callbacks or ():
+                cb(o)
+        if self.streams:
+            for o in outcomes:
+                s = self.streams.get(o.task_id)
+                if s is not None:
+                    with s.cond:
+                        s.cond.notify_all()
 
     def resolve(self, o: TaskOutcome) -> None:
         v = self.views.get(o.task_id)
@@ -556,6 +571,11 @@ class Runtime:
             TaskTimeout: the task's own ``timeout`` ran out.
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
+        if self._pump is None and type(handle) is Handle:  # fast path: it succeeded
+            done = self._core.views.get(handle.id)
+            o = done.outcome if done is not None else None
+            if o is not None and o.status == "succeeded":
+                return o.value
         task_id, v = self._core.view(handle)
         if self._pump is not None:
             self._pump(lambda: v.outcome is not None, timeout)

@@ -11,7 +11,6 @@ on other threads) and ``close()``.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest
@@ -62,7 +61,10 @@ class EngineActor(WireActor):
         self._watches: list[str] = []
         self._events: list[Publish] = []
         self._bell: Any = None
-        self._rung = threading.Event()
+        # a Poll is on its way. A plain flag is enough: a worker queues its result
+        # *before* it reads the flag, and on_poll clears it *before* collecting,
+        # so a result is either collected by a pending Poll or rings for one.
+        self._rung = False
         self._polling = False
         self.closed = False
 
@@ -104,7 +106,7 @@ class EngineActor(WireActor):
             self.stop(task_id, msg.reason)
 
     def on_poll(self, msg: Poll, sender: ActorAddress) -> None:
-        self._rung.clear()
+        self._rung = False
         self.poll()
 
     def on_wakeup(self, payload: Any) -> None:
@@ -157,8 +159,8 @@ class EngineActor(WireActor):
 
     def ring(self) -> None:
         """Ask to be polled soon. Safe from any thread."""
-        if self._bell is not None and not self._rung.is_set():
-            self._rung.set()
+        if not self._rung and self._bell is not None:
+            self._rung = True
             self._bell(self.myAddress, _POLL)
 
     def work_started(self) -> None:

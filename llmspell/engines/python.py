@@ -42,6 +42,7 @@ from ..messages.types import (
     ResourceGrant,
     ResourceWait,
     StreamAck,
+    TaskOutcome,
     TaskOutcomes,
     TaskSpec,
 )
@@ -155,7 +156,8 @@ class PythonEngine(EngineActor):
         if self.inline:
             self._run_inline(call)
             return
-        self._watch_soon()  # limits, live usage
+        if not self._watching:
+            self._watch_soon()  # limits, live usage
         if not call.sync:
             self._start_async(call)
         else:  # handed to the workers in one go when this message is done (flush)
@@ -185,7 +187,7 @@ class PythonEngine(EngineActor):
         call.started = time.time()
         call.cpu0 = t0
         call.clock = clock if clock is not None else _thread_clock()
-        token = _METER.set(call.meter)
+        token = _METER.set(call)
         try:
             value = call.fn(**call.kwargs)
             self.done.put((call, "ok", value, time.thread_time() - t0))
@@ -238,22 +240,23 @@ class PythonEngine(EngineActor):
 
     def poll(self) -> None:
         self.agents.poll()
+        calls, get, results = self.calls, self.done.get_nowait, self._results
+        t = time.time()
         while True:
             try:
-                call, how, value, cpu = self.done.get_nowait()
+                call, how, value, cpu = get()
             except queue.Empty:
                 break
-            current = self.calls.get(call.task_id)
-            if current is not call:
+            task_id = call.task_id
+            if calls.get(task_id) is not call:
                 continue  # stopped (cancel, timeout): its outcome is already decided
-            del self.calls[call.task_id]
-            usage = {"cpu_seconds": cpu, "duration": time.time() - call.started}
-            meter = call.meter
-            if meter is not None and (meter.sent or meter.received):
-                usage.update(meter.usage())
+            del calls[task_id]
+            usage = {"cpu_seconds": cpu, "duration": t - call.started}
+            if call.sent or call.received:
+                usage.update(call.usage())
             if how == "ok":
                 # msgpack-ability is checked when the batch is encoded (base.flush)
-                self.report(call.task_id, call.attempt, "succeeded", value, usage=usage)
+                results.append(TaskOutcome(task_id, "succeeded", value, None, usage, call.attempt))
             elif how == "error":
                 message, tb = value
                 self.report(
