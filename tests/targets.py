@@ -169,3 +169,14 @@ def getpid() -> int:
     import os
 
     return os.getpid()
+
+
+barriers: dict[str, threading.Barrier] = {}
+
+
+def meet(name: str, parties: int, timeout: float = 10.0) -> int:
+    """Return once ``parties`` calls of the same name run at the same time
+    (raises ``BrokenBarrierError`` if they do not within ``timeout``)."""
+    with log_lock:
+        barrier = barriers.setdefault(name, threading.Barrier(parties))
+    return barrier.wait(timeout)

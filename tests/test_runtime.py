@@ -247,6 +247,42 @@ def test_fast_task_beats_its_timeout(rt: Runtime) -> None:
     assert rt.result(h, timeout=5) == 2
 
 
+# -- worker threads --------------------------------------------------------------------
+
+
+def test_slow_sync_calls_run_in_parallel_threads(rt: Runtime) -> None:
+    # each call returns only when all eight run at the same time
+    hs = rt.submit_many(
+        [Task.python("targets:meet", args={"name": "eight", "parties": 8}) for _ in range(8)]
+    )
+    assert sorted(rt.result(h, timeout=15) for h in hs) == list(range(8))
+
+
+def test_calls_queued_behind_long_calls_get_threads_of_their_own(rt: Runtime) -> None:
+    # two batches: the second arrives while the first's calls block their threads
+    first = rt.submit_many(
+        [Task.python("targets:meet", args={"name": "two-batches", "parties": 6}) for _ in range(3)]
+    )
+    wait_status(rt, first[0], "running")
+    second = rt.submit_many(
+        [Task.python("targets:meet", args={"name": "two-batches", "parties": 6}) for _ in range(3)]
+    )
+    assert sorted(rt.result(h, timeout=15) for h in first + second) == list(range(6))
+
+
+def test_thread_pool_size_caps_parallel_calls() -> None:
+    with Runtime(python_threads=2) as rt:
+        hs = rt.submit_many(
+            [Task.python("targets:meet", args={"name": "capped", "parties": 3, "timeout": 1})] * 3
+        )
+        errors = []
+        for h in hs:
+            with pytest.raises(TaskFailed) as info:
+                rt.result(h, timeout=15)
+            errors.append(str(info.value))
+    assert all("BrokenBarrierError" in e for e in errors)
+
+
 # -- priorities ----------------------------------------------------------------------
 
 

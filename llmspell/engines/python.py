@@ -77,6 +77,7 @@ class _Call(Meter):
         "kwargs",
         "limit",
         "meter",
+        "queued",
         "started",
         "stopped",
         "sync",
@@ -92,6 +93,7 @@ class _Call(Meter):
         self.kwargs = kwargs
         self.future: concurrent.futures.Future[Any] | None = None
         self.started = 0.0
+        self.queued = 0.0  # when it was queued for a worker thread (monotonic)
         self.sync = sync
         self.stopped = False
         self.meter: Meter | None = self
@@ -114,6 +116,7 @@ class PythonEngine(EngineActor):
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_sync)
         self._to_pool: list[tuple[int, _Call]] = []  # (-priority, call) started, not yet handed
+        self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
         self.inline = bool(config.get("python_inline", False))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
         self.calls: dict[str, _Call] = {}
@@ -327,6 +330,9 @@ class PythonEngine(EngineActor):
             calls, self._to_pool = self._to_pool, []
             self.pool.submit(calls)
             self.work_started()
+            if not self._unsticking:
+                self._unsticking = True
+                self.wake_after(_Workers.STALL, "unstick")
         # streamed chunks and progress before the results: a consumer sees every chunk
         # before the end, and the scheduler ignores progress of a task that has ended
         if self.scheduler is not None:
@@ -338,7 +344,12 @@ class PythonEngine(EngineActor):
         super().flush()
 
     def on_wakeup(self, payload: Any) -> None:
-        if payload == "watch":
+        if payload == "unstick":
+            if self.pool.unstick():
+                self.wake_after(_Workers.STALL, "unstick")
+            else:
+                self._unsticking = False
+        elif payload == "watch":
             self._watching = False
             self._watch_calls()
         else:
@@ -459,11 +470,18 @@ class _Workers:
 
     The actor pushes calls; a worker pops the highest-priority call, runs it,
     queues the outcome and rings the engine's doorbell, then takes the next
-    call without a round trip through the actor. A sleeping thread is woken
-    (or a new one started, up to ``size``) only when there are more queued
-    calls than awake threads free to take them, so trivial calls do not pay
-    for thread wake-ups. A call stopped before a thread took it is skipped.
+    call without a round trip through the actor. Threads are added only as
+    the queue needs them: a batch of calls wakes one thread when no awake
+    thread is free, and another is woken (or started, up to ``size``) when the
+    next queued call has waited ``STALL`` seconds, noticed by a worker taking
+    a call or by the engine's ``unstick`` timer (all awake threads may be in
+    long calls). So a stream of trivial calls runs on one thread without
+    waking sixteen to fight over the GIL, and slow calls still fan out to
+    parallel threads within milliseconds. A call stopped before a thread took
+    it is skipped.
     """
+
+    STALL = 0.002
 
     def __init__(self, size: int, run: Callable[[_Call, int], None]) -> None:
         self.size = size
@@ -474,7 +492,7 @@ class _Workers:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.threads: list[threading.Thread] = []
-        # Invariant (under cond): ready = awake threads not running a call
+        # Invariant (under lock): ready = awake threads not running a call
         # (including ones notified but not yet running); sleeping = waiting
         # threads not yet notified.
         self.ready = 0
@@ -482,31 +500,50 @@ class _Workers:
         self.closed = False
 
     def submit(self, calls: list[tuple[int, _Call]]) -> None:
-        """Queue ``(-priority, call)`` pairs; wake or start threads for them."""
-        fresh: list[threading.Thread] = []
+        """Queue ``(-priority, call)`` pairs; make sure a thread takes them."""
         heap, seq, push = self.heap, self.seq, heapq.heappush
+        t = time.monotonic()
         with self.lock:
             for neg_priority, call in calls:
+                call.queued = t
                 push(heap, (neg_priority, next(seq), call))
-            while len(heap) > self.ready:
-                if self.sleeping:
-                    self.sleeping -= 1
-                    self.ready += 1
-                    self.cond.notify()
-                elif len(self.threads) < self.size:
-                    self.ready += 1
-                    t = threading.Thread(target=self._work, name="llmspell-python", daemon=True)
-                    self.threads.append(t)
-                    fresh.append(t)
-                else:
-                    break
-        for t in fresh:
-            t.start()
+            fresh = self._add_thread() if self.ready == 0 else None
+        if fresh is not None:
+            fresh.start()
+
+    def unstick(self) -> bool:
+        """Add a thread if queued calls wait while every awake thread is busy.
+        True while calls are queued (call again in ``STALL`` seconds)."""
+        with self.lock:
+            fresh = self._add_thread() if self._stalled() else None
+            queued = bool(self.heap)
+        if fresh is not None:
+            fresh.start()
+        return queued
+
+    def _stalled(self) -> bool:
+        heap = self.heap
+        return bool(heap) and self.ready == 0 and time.monotonic() - heap[0][2].queued >= self.STALL
+
+    def _add_thread(self) -> threading.Thread | None:
+        """Under the lock: wake a sleeping thread, or make one (returned, to be
+        started once the lock is released)."""
+        if self.sleeping:
+            self.sleeping -= 1
+            self.ready += 1
+            self.cond.notify()
+        elif len(self.threads) < self.size and not self.closed:
+            self.ready += 1
+            t = threading.Thread(target=self._work, name="llmspell-python", daemon=True)
+            self.threads.append(t)
+            return t
+        return None
 
     def _work(self) -> None:
         lock, cond, heap, run = self.lock, self.cond, self.heap, self.run
         clock = _thread_clock()  # this thread's CPU clock, for live usage and limits
         while True:
+            fresh = None
             with lock:
                 while True:
                     if self.closed:
@@ -518,6 +555,10 @@ class _Workers:
                     self.ready -= 1
                     self.sleeping += 1
                     cond.wait()
+                if heap and self._stalled():
+                    fresh = self._add_thread()
+            if fresh is not None:
+                fresh.start()
             if not call.stopped:
                 run(call, clock)
             with lock:
