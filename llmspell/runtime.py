@@ -105,9 +105,9 @@ class RuntimeState(enum.Enum):
 
 
 class _View:
-    """What the facade knows of one task it submitted. The event and the
-    callback list are made only when someone waits (cheap views for big
-    batches); ``_Core.lock`` guards them."""
+    """A task someone waits for (``result``, ``stream``, an async result), or
+    a finished task's outcome handed out by ``_Core.view``. The event and the
+    callback list are made only when needed; ``_Core.lock`` guards them."""
 
     __slots__ = ("callbacks", "event", "outcome")
 
@@ -156,7 +156,9 @@ class _Core:
         self.config.setdefault("engines", _default_engines(per_engine))
         self.runtime_id = uuid.uuid4().hex
         self.state = RuntimeState.STARTING
-        self.views: dict[str, _View] = {}
+        # task id -> None (running, nobody waits), a _View (someone waits) or its
+        # TaskOutcome (ended): no object per task until it ends or is waited for
+        self.views: dict[str, _View | TaskOutcome | None] = {}
         self.lock = threading.Lock()
         self.refs = itertools.count(1)
         self.replies: dict[int, Callable[[Message], None]] = {}
@@ -181,7 +183,7 @@ class _Core:
 
     def register_specs(self, specs: list[TaskSpec]) -> list[TaskSpec]:
         """Claim the ids of specs (all or none); a duplicate raises."""
-        fresh = {spec.id: _View() for spec in specs}
+        fresh: dict[str, None] = dict.fromkeys(spec.id for spec in specs)
         with self.lock:
             views = self.views
             if len(fresh) != len(specs) or not views.keys().isdisjoint(fresh):
@@ -212,12 +214,30 @@ class _Core:
         task_id = handle.id if isinstance(handle, Handle) else handle
         if not isinstance(task_id, str):
             raise MessageError(f"expected a Handle or task id, got {handle!r}", where="handle")
-        v = self.views.get(task_id)
-        if v is None:
+        entry = self.views.get(task_id, _UNKNOWN)
+        if type(entry) is _View:
+            return task_id, entry
+        if entry is _UNKNOWN:
             raise MessageError(
                 f"unknown task {task_id!r}: it was not submitted to this runtime", where="handle"
             )
-        return task_id, v
+        if entry is None:
+            with self.lock:  # someone waits for it now: it gets a view of its own
+                entry = self.views[task_id]
+                if entry is None:
+                    v = self.views[task_id] = _View()
+                    return task_id, v
+                if type(entry) is _View:
+                    return task_id, entry
+        done = _View()  # it ended: a view for this caller alone
+        done.outcome = entry
+        return task_id, done
+
+    def outcome(self, task_id: str) -> TaskOutcome | None:
+        entry = self.views.get(task_id)
+        if type(entry) is TaskOutcome:
+            return entry
+        return entry.outcome if type(entry) is _View else None
 
     # -- messages from the actor system (driver thread) ----------------------
 
@@ -272,13 +292,16 @@ class _Core:
         woken: list[tuple[TaskOutcome, threading.Event | None, list[Any] | None]] = []
         with self.lock:
             for o in outcomes:
-                v = views.get(o.task_id)
-                if v is None or v.outcome is not None:
-                    continue
-                v.outcome = o
-                if v.event is not None or v.callbacks is not None:
-                    woken.append((o, v.event, v.callbacks))
-                    v.callbacks = None
+                task_id = o.task_id
+                v = views.get(task_id, _UNKNOWN)
+                if v is None:
+                    views[task_id] = o
+                elif type(v) is _View and v.outcome is None:
+                    v.outcome = o
+                    views[task_id] = o
+                    if v.event is not None or v.callbacks is not None:
+                        woken.append((o, v.event, v.callbacks))
+                        v.callbacks = None
         for o, event, callbacks in woken:
             if event is not None:
                 event.set()
@@ -292,21 +315,7 @@ class _Core:
                         s.cond.notify_all()
 
     def resolve(self, o: TaskOutcome) -> None:
-        v = self.views.get(o.task_id)
-        if v is None or v.outcome is not None:
-            return
-        with self.lock:
-            v.outcome = o
-            event, callbacks = v.event, v.callbacks
-            v.callbacks = None
-        if event is not None:
-            event.set()
-        for cb in callbacks or ():
-            cb(o)
-        s = self.streams.get(o.task_id) if self.streams else None
-        if s is not None:
-            with s.cond:
-                s.cond.notify_all()
+        self.resolve_many([o])
 
     def on_done(self, v: _View, cb: Callable[[TaskOutcome], None]) -> None:
         with self.lock:
@@ -335,6 +344,9 @@ class _Core:
         if o.status == "rejected":
             raise MessageError(str((o.error or {}).get("message")), where="id")
         raise error_from_outcome(task_id, o.status, o.error)
+
+
+_UNKNOWN: Any = object()
 
 
 def _default_engines(per_engine: int) -> dict[str, int]:
@@ -528,11 +540,14 @@ class Runtime:
         for waiter in list(self._core.coordinations.values()):
             waiter(None)
         self._core.coordinations.clear()
-        for task_id, v in list(self._core.views.items()):
-            if v.outcome is None:
-                self._core.resolve(
-                    TaskOutcome(task_id, "cancelled", error={"message": "the runtime was closed"})
-                )
+        closed = {"message": "the runtime was closed"}
+        self._core.resolve_many(
+            [
+                TaskOutcome(task_id, "cancelled", error=closed)
+                for task_id, entry in list(self._core.views.items())
+                if type(entry) is not TaskOutcome
+            ]
+        )
 
     def __enter__(self) -> Runtime:
         return self
@@ -572,9 +587,8 @@ class Runtime:
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
         if self._pump is None and type(handle) is Handle:  # fast path: it succeeded
-            done = self._core.views.get(handle.id)
-            o = done.outcome if done is not None else None
-            if o is not None and o.status == "succeeded":
+            o = self._core.views.get(handle.id)
+            if type(o) is TaskOutcome and o.status == "succeeded":
                 return o.value
         task_id, v = self._core.view(handle)
         if self._pump is not None:
