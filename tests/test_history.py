@@ -3,7 +3,12 @@ forgets older ones, without the user losing a result they were given."""
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 import pytest
+import targets
 
 from llmspell import MessageError, Runtime, Task, TaskFailed
 
@@ -78,3 +83,32 @@ def test_stats_count_every_task_after_records_are_forgotten() -> None:
 def test_history_must_be_a_non_negative_int(bad: object) -> None:
     with pytest.raises(MessageError, match="history"):
         Runtime(history=bad)
+
+
+def test_a_workflow_step_gets_an_early_dependency_value_after_many_tasks_ended() -> None:
+    targets.gate("history-slow").clear()
+    workflow = {
+        "strategy": "parallel",
+        "steps": [
+            {"id": "early", "target": "targets:add", "args": {"x": 40, "y": 2}},
+            {"id": "slow", "target": "targets:wait_gate", "args": {"name": "history-slow"}},
+            {"id": "both", "target": "targets:echo", "deps": ["early", "slow"]},
+        ],
+    }
+    with Runtime(history=1) as rt:
+        done: list[Any] = []
+        runner = threading.Thread(target=lambda: done.append(rt.run_workflow(workflow)))
+        runner.start()
+        try:
+            deadline = time.monotonic() + WAIT
+            while targets.gate("history-slow") and time.monotonic() < deadline:
+                if rt.stats()["succeeded"] >= 1:  # "early" ended: now push it out
+                    break
+                time.sleep(0.01)
+            run_all(rt, 20)
+        finally:
+            targets.gate("history-slow").set()
+            runner.join(WAIT)
+    (result,) = done
+    assert result.ok, result
+    assert result.results[2] == {"value": None, "input": {"early": 42, "slow": "history-slow"}}

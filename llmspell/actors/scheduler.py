@@ -25,12 +25,14 @@ task (``StreamChunks``) are relayed to the address that submitted it and its
 ``engine_memory`` (``EngineLoad``) gets no new tasks until it is back under.
 
 Finished records are kept for the last ``history`` (a runtime option, default
-10,000) tasks that ended; older ones are forgotten but for their id and status
+1,000) tasks that ended; older ones are forgotten but for their id and status
 (up to ``_TOMBSTONES`` of those), so memory stays bounded in a long-running
-process. A task submitted by another task (``spell.submit``) is kept at least
-until its parent ends, since the parent may still await it. A dependency on a
-forgotten task works by its status; asking for a forgotten task's value (a
-late ``spell.await``, ``deps_input``) fails with a clear error.
+process and the garbage collector does not walk thousands of old records. A
+task submitted by another task (``spell.submit``) is kept at least until its
+parent ends, since the parent may still await it; a task whose value a
+pending dependent will take (``deps_input``) until that dependent ends. A
+dependency on a forgotten task works by its status; asking for a forgotten
+task's value (a late ``spell.await``, ``deps_input``) fails with a clear error.
 """
 
 from __future__ import annotations
@@ -345,7 +347,13 @@ class Scheduler(WireActor):
     def _make_ready(self, rec: _Rec) -> None:
         spec = rec.spec
         if spec.deps_input and spec.deps:
-            deps = [self.tasks[d] for d in spec.deps]
+            found = [self.tasks.get(d) for d in spec.deps]
+            if None in found:  # never while it waited (held), but say so if it happens
+                gone = spec.deps[found.index(None)]
+                error = _err(f"dependency {gone!r} ended too long ago: {_FORGOTTEN}")
+                self._finish(rec, "failed", error=error)
+                return
+            deps = [d for d in found if d is not None]
             if len(deps) == 1:
                 spec.input = deps[0].outcome.value  # type: ignore[union-attr]
             else:  # keyed by each dependency's workflow step id where it has one
@@ -588,7 +596,7 @@ class Scheduler(WireActor):
         if self._extras:
             self._finished(rec, status, error)
         dependents, rec.dependents = rec.dependents, None
-        self._retire(rec)
+        holder = None  # a dependent that will still read this task's value
         for dep_id in dependents or ():
             child = self.tasks.get(dep_id)
             if child is None or child.status != "pending":
@@ -597,12 +605,22 @@ class Scheduler(WireActor):
                 child.waiting -= 1
                 if child.waiting == 0:
                     self._make_ready(child)
+                elif child.spec.deps_input and holder is None:
+                    holder = child
             else:
                 self._finish(child, "failed", error=_dep_error(rec))
+        self._retire(rec, holder)
 
-    def _retire(self, rec: _Rec) -> None:
-        """Queue a finished record to be forgotten after ``history`` more ends."""
+    def _retire(self, rec: _Rec, holder: _Rec | None = None) -> None:
+        """Queue a finished record to be forgotten after ``history`` more ends;
+        kept longer while ``holder`` (a dependent that takes its value) or its
+        parent task has not ended."""
         spec = rec.spec
+        if holder is not None:
+            if holder.children is None:
+                holder.children = []
+            holder.children.append(spec.id)
+            return
         if spec.parent is not None:
             parent = self.tasks.get(spec.parent)
             if parent is not None and parent.status not in TERMINAL:
@@ -1020,7 +1038,7 @@ def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict
     return {"message": message, "kind": kind, "engine": engine}
 
 
-_HISTORY = 10_000  # finished task records kept by default (Runtime(history=...))
+_HISTORY = 1_000  # finished task records kept by default (Runtime(history=...))
 _TOMBSTONES = 1_000_000  # forgotten tasks whose id and status are still known (about)
 _FORGET_BATCH = 256  # records are forgotten in batches (up to this many, history/8)
 _FORGOTTEN = "its result is no longer kept (the scheduler keeps the last `history` finished tasks)"
