@@ -37,6 +37,7 @@ from ._clock import now
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
 from .messages import Message, check_data, encode
+from .messages.codec import encode_item, encode_with_items
 from .messages.types import (
     TERMINAL,
     Ack,
@@ -183,20 +184,42 @@ class _Core:
 
     def register_specs(self, specs: list[TaskSpec]) -> list[TaskSpec]:
         """Claim the ids of specs (all or none); a duplicate raises."""
-        fresh: dict[str, None] = dict.fromkeys(spec.id for spec in specs)
+        self.register_ids([spec.id for spec in specs])
+        return specs
+
+    def register_ids(self, ids: list[str]) -> None:
+        """Claim task ids (all or none); a duplicate raises."""
+        fresh: dict[str, None] = dict.fromkeys(ids)
         with self.lock:
             views = self.views
-            if len(fresh) != len(specs) or not views.keys().isdisjoint(fresh):
+            if len(fresh) != len(ids) or not views.keys().isdisjoint(fresh):
                 seen: set[str] = set()
-                for spec in specs:
-                    if spec.id in views or spec.id in seen:
-                        raise MessageError(f"duplicate task id {spec.id!r}", where="id")
-                    seen.add(spec.id)
+                for task_id in ids:
+                    if task_id in views or task_id in seen:
+                        raise MessageError(f"duplicate task id {task_id!r}", where="id")
+                    seen.add(task_id)
             views.update(fresh)
-        return specs
 
     def submit_message(self, specs: list[TaskSpec]) -> bytes:
         return encode(SubmitTasks(specs, notify=True))
+
+    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[str], bytes]:
+        """Validate ``tasks``, claim their ids and encode their ``SubmitTasks``,
+        one task at a time: no spec of a big batch outlives its own encoding
+        (the garbage collector never has to walk thousands of them)."""
+        self.check_open()
+        ids: list[str] = []
+        parts: list[bytes] = []
+        for i, task in enumerate(tasks):
+            if type(task) is not Task and not isinstance(task, Task):
+                raise MessageError(
+                    f"expected a Task, got {type(task).__name__}", where=f"tasks[{i}]"
+                )
+            spec = task.to_spec()
+            ids.append(spec.id)
+            parts.append(encode_item(spec))
+        self.register_ids(ids)
+        return ids, encode_with_items(SubmitTasks, parts)
 
     def request(
         self, build: Callable[[int], Message], on_reply: Callable[[Message], None]
@@ -572,9 +595,9 @@ class Runtime:
 
     def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
         """Queue several tasks in one message; all or none are queued."""
-        specs = self._core.specs(tasks)
-        self._driver.send(self._scheduler, self._core.submit_message(specs))
-        return [Handle(s.id) for s in specs]
+        ids, payload = self._core.submit_payload(tasks)
+        self._driver.send(self._scheduler, payload)
+        return [Handle(task_id) for task_id in ids]
 
     def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
         """Wait for the task and return its value.

@@ -42,6 +42,8 @@ __all__ = [
     "check_data",
     "decode",
     "encode",
+    "encode_item",
+    "encode_with_items",
     "message",
     "registry",
 ]
@@ -520,6 +522,31 @@ def encode(msg: Message) -> bytes:
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {type(msg).__name__}: {exc}") from None
+
+
+def encode_item(item: Message) -> bytes:
+    """One message's field array packed on its own, for ``encode_with_items``."""
+    try:
+        return msgpack.packb(  # type: ignore[no-any-return]
+            _encoder(type(item))(item), default=_default, use_bin_type=True
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageError(f"cannot encode {type(item).__name__}: {exc}") from None
+
+
+def encode_with_items(cls: type[Message], packed: list[bytes]) -> bytes:
+    """The envelope of a ``cls`` whose first field is a list of messages given
+    already packed (``encode_item``), every other field at its default. A big
+    batch is encoded item by item, so no item object outlives its encoding."""
+    p = msgpack.Packer(use_bin_type=True)
+    head = [
+        p.pack_array_header(3),
+        p.pack(cls.TAG),
+        p.pack(cls.VERSION),
+        p.pack_array_header(1),
+        p.pack_array_header(len(packed)),
+    ]
+    return b"".join(head + packed)
 
 
 # -- decoding -----------------------------------------------------------------

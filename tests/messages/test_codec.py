@@ -213,3 +213,16 @@ def test_every_message_type_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "messages.md").read_text()
     for tag, cls in registry.items():
         assert f"| `{tag}` | `{cls.__name__}` |" in doc, f"{tag} missing from docs/messages.md"
+
+
+def test_a_batch_encoded_item_by_item_is_the_same_message() -> None:
+    from llmspell.messages.codec import encode_item, encode_with_items
+
+    specs = [
+        t.TaskSpec(id="a", kind="python", target="m:f", args={"x": 1}),
+        t.TaskSpec(id="b", kind="lua", code="return 1", priority=3, deps=["a"]),
+    ]
+    joined = encode_with_items(t.SubmitTasks, [encode_item(s) for s in specs])
+    assert joined == encode(t.SubmitTasks(specs))
+    assert decode(joined) == t.SubmitTasks(specs)
+    assert decode(encode_with_items(t.SubmitTasks, [])) == t.SubmitTasks([])
