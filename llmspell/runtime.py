@@ -157,9 +157,11 @@ class _Core:
         self.config.setdefault("engines", _default_engines(per_engine))
         self.runtime_id = uuid.uuid4().hex
         self.state = RuntimeState.STARTING
-        # task id -> None (running, nobody waits), a _View (someone waits) or its
-        # TaskOutcome (ended): no object per task until it ends or is waited for
-        self.views: dict[str, _View | TaskOutcome | None] = {}
+        # task id -> None (running, nobody waits), a _View (someone waits) or, once
+        # it ended, its outcome as a plain tuple (status, value, error, usage): no
+        # object per task until it ends, and then one the garbage collector stops
+        # tracking (a tuple of plain data) instead of one it walks forever
+        self.views: dict[str, _View | _Ended | None] = {}
         self.lock = threading.Lock()
         self.refs = itertools.count(1)
         self.replies: dict[int, Callable[[Message], None]] = {}
@@ -253,13 +255,13 @@ class _Core:
                 if type(entry) is _View:
                     return task_id, entry
         done = _View()  # it ended: a view for this caller alone
-        done.outcome = entry
+        done.outcome = _outcome(task_id, entry)
         return task_id, done
 
     def outcome(self, task_id: str) -> TaskOutcome | None:
         entry = self.views.get(task_id)
-        if type(entry) is TaskOutcome:
-            return entry
+        if type(entry) is tuple:
+            return _outcome(task_id, entry)
         return entry.outcome if type(entry) is _View else None
 
     # -- messages from the actor system (driver thread) ----------------------
@@ -318,10 +320,10 @@ class _Core:
                 task_id = o.task_id
                 v = views.get(task_id, _UNKNOWN)
                 if v is None:
-                    views[task_id] = o
+                    views[task_id] = (o.status, o.value, o.error, o.usage)
                 elif type(v) is _View and v.outcome is None:
                     v.outcome = o
-                    views[task_id] = o
+                    views[task_id] = (o.status, o.value, o.error, o.usage)
                     if v.event is not None or v.callbacks is not None:
                         woken.append((o, v.event, v.callbacks))
                         v.callbacks = None
@@ -370,6 +372,12 @@ class _Core:
 
 
 _UNKNOWN: Any = object()
+_Ended = tuple[str, Any, "dict[str, Any] | None", "dict[str, Any] | None"]
+
+
+def _outcome(task_id: str, ended: _Ended) -> TaskOutcome:
+    status, value, error, usage = ended
+    return TaskOutcome(task_id, status, value, error, usage)
 
 
 def _default_engines(per_engine: int) -> dict[str, int]:
@@ -568,7 +576,7 @@ class Runtime:
             [
                 TaskOutcome(task_id, "cancelled", error=closed)
                 for task_id, entry in list(self._core.views.items())
-                if type(entry) is not TaskOutcome
+                if type(entry) is not tuple
             ]
         )
 
@@ -610,9 +618,9 @@ class Runtime:
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
         if self._pump is None and type(handle) is Handle:  # fast path: it succeeded
-            o = self._core.views.get(handle.id)
-            if type(o) is TaskOutcome and o.status == "succeeded":
-                return o.value
+            ended = self._core.views.get(handle.id)
+            if type(ended) is tuple and ended[0] == "succeeded":
+                return ended[1]
         task_id, v = self._core.view(handle)
         if self._pump is not None:
             self._pump(lambda: v.outcome is not None, timeout)
