@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import pickle
+import threading
 import types
 import typing
 from collections.abc import Callable
@@ -512,14 +513,25 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot encode a {_kind(obj)}")
 
 
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's packer (``msgpack.packb`` makes a new one per call, which
+    costs more than packing a task spec)."""
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        return _local.packer
+
+
 def encode(msg: Message) -> bytes:
     """Encode a registered message to bytes. Raises ``MessageError`` when a
     field holds something msgpack cannot carry."""
     try:
         fields = _encoder(type(msg))(msg)
-        return msgpack.packb(  # type: ignore[no-any-return]
-            [msg.TAG, msg.VERSION, fields], default=_default, use_bin_type=True
-        )
+        return _packer().pack([msg.TAG, msg.VERSION, fields])  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {type(msg).__name__}: {exc}") from None
 
@@ -527,9 +539,7 @@ def encode(msg: Message) -> bytes:
 def encode_item(item: Message) -> bytes:
     """One message's field array packed on its own, for ``encode_with_items``."""
     try:
-        return msgpack.packb(  # type: ignore[no-any-return]
-            _encoder(type(item))(item), default=_default, use_bin_type=True
-        )
+        return _packer().pack(_encoder(type(item))(item))  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {type(item).__name__}: {exc}") from None
 
