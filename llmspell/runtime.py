@@ -205,13 +205,20 @@ class _Core:
     def submit_message(self, specs: list[TaskSpec]) -> bytes:
         return encode(SubmitTasks(specs, notify=True))
 
-    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[str], bytes]:
+    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[str], list[bytes]]:
         """Validate ``tasks``, claim their ids and encode their ``SubmitTasks``,
         one task at a time: no spec of a big batch outlives its own encoding
-        (the garbage collector never has to walk thousands of them)."""
+        (the garbage collector never has to walk thousands of them).
+
+        Everything is checked and encoded before anything is sent (all or
+        none). A big batch without dependencies goes as several messages of
+        ``_SUBMIT_CHUNK`` tasks, so the first ones run while the scheduler takes
+        in the rest and less of the batch is in memory at once; a batch with
+        dependencies goes whole (a task may name one listed after it)."""
         self.check_open()
         ids: list[str] = []
         parts: list[bytes] = []
+        linked = False
         for i, task in enumerate(tasks):
             if type(task) is not Task and not isinstance(task, Task):
                 raise MessageError(
@@ -219,9 +226,16 @@ class _Core:
                 )
             spec = task.to_spec()
             ids.append(spec.id)
+            linked = linked or spec.deps is not None
             parts.append(encode_item(spec))
         self.register_ids(ids)
-        return ids, encode_with_items(SubmitTasks, parts)
+        # (local mode: one message, as TCP between two actors may reorder several)
+        k = len(parts) if linked or self.mode != "embedded" else _SUBMIT_CHUNK
+        if len(parts) <= k:
+            return ids, [encode_with_items(SubmitTasks, parts)]
+        return ids, [
+            encode_with_items(SubmitTasks, parts[i : i + k]) for i in range(0, len(parts), k)
+        ]
 
     def request(
         self, build: Callable[[int], Message], on_reply: Callable[[Message], None]
@@ -372,6 +386,7 @@ class _Core:
 
 
 _UNKNOWN: Any = object()
+_SUBMIT_CHUNK = 512  # tasks per SubmitTasks message of a batch without dependencies
 _Ended = tuple[str, Any, "dict[str, Any] | None", "dict[str, Any] | None"]
 
 
@@ -603,8 +618,9 @@ class Runtime:
 
     def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
         """Queue several tasks in one message; all or none are queued."""
-        ids, payload = self._core.submit_payload(tasks)
-        self._driver.send(self._scheduler, payload)
+        ids, payloads = self._core.submit_payload(tasks)
+        for payload in payloads:
+            self._driver.send(self._scheduler, payload)
         return [Handle(task_id) for task_id in ids]
 
     def result(self, handle: Handle | str, timeout: float | None = None) -> Any:

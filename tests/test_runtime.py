@@ -474,3 +474,26 @@ def test_async_runtime_offers_the_same_calls() -> None:
         targets.gate("async-rt").set()
 
     asyncio.run(main())
+
+
+# -- big batches -------------------------------------------------------------------------
+
+
+def test_a_big_batch_runs_every_task_once_in_submission_order() -> None:
+    targets.log.clear()
+    with Runtime(python_threads=1) as rt:
+        hs = rt.submit_many(
+            [Task.python("targets:record", args={"name": f"t{i}"}) for i in range(1500)]
+        )
+        assert [rt.result(h, timeout=30) for h in hs] == [f"t{i}" for i in range(1500)]
+    assert targets.log == [f"t{i}" for i in range(1500)]
+
+
+def test_a_big_batch_may_depend_on_a_task_listed_after_it(rt: Runtime) -> None:
+    tasks = [Task.python("targets:add", args={"x": i, "y": 0}) for i in range(1500)]
+    last = Task.python("targets:add", args={"x": 7, "y": 0}, id="big-batch-last")
+    first = Task.python("targets:echo", args={"value": 1}, deps=["big-batch-last"])
+    hs = rt.submit_many([first, *tasks, last])
+    assert rt.result(hs[0], timeout=30) == {"value": 1, "input": None}
+    assert rt.result(hs[-1], timeout=30) == 7
+    assert sum(rt.result(h, timeout=30) for h in hs[1:-1]) == sum(range(1500))
