@@ -355,8 +355,19 @@ class Task:
             check_data(args, "args")
         if payload is not None:
             check_data(payload, "payload" if kind != "tool" else "params")
-        # positional: the frozen dataclass __init__ is the costliest step of a trivial task
-        return cls(kind, code, target, name, args, payload, dict(opts) if opts else _NO_OPTS)
+        if cls is not Task:  # a subclass: its own __init__
+            return cls(kind, code, target, name, args, payload, dict(opts) if opts else _NO_OPTS)
+        # the frozen dataclass __init__ (object.__setattr__ per field) was the costliest
+        # step of building a trivial task: set the slots through their descriptors
+        task: Task = _new(Task)
+        _SET_KIND(task, kind)
+        _SET_CODE(task, code)
+        _SET_TARGET(task, target)
+        _SET_NAME(task, name)
+        _SET_ARGS(task, args)
+        _SET_PAYLOAD(task, payload)
+        _SET_OPTS(task, dict(opts) if opts else _NO_OPTS)
+        return task
 
     # -- to the wire --------------------------------------------------------
 
@@ -413,6 +424,12 @@ class Task:
         if len(what) > 40:
             what = what[:37] + "..."
         return f"Task.{self.kind}({what!r})"
+
+
+_new = object.__new__
+(_SET_KIND, _SET_CODE, _SET_TARGET, _SET_NAME, _SET_ARGS, _SET_PAYLOAD, _SET_OPTS) = (
+    Task.__dict__[f].__set__ for f in ("kind", "code", "target", "name", "args", "payload", "opts")
+)
 
 
 def _code(code: Any) -> str:
