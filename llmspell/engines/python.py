@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import importlib
-import itertools
 import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +76,7 @@ class _Call(Meter):
         "kwargs",
         "limit",
         "meter",
+        "priority",
         "queued",
         "started",
         "stopped",
@@ -94,6 +94,7 @@ class _Call(Meter):
         self.future: concurrent.futures.Future[Any] | None = None
         self.started = 0.0
         self.queued = 0.0  # when it was queued for a worker thread (monotonic)
+        self.priority = 1
         self.sync = sync
         self.stopped = False
         self.meter: Meter | None = self
@@ -115,7 +116,7 @@ class PythonEngine(EngineActor):
         self.threads = int(config.get("python_threads", 16))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_sync)
-        self._to_pool: list[tuple[int, _Call]] = []  # (-priority, call) started, not yet handed
+        self._to_pool: list[_Call] = []  # sync calls started, not yet handed to the workers
         self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
         self.inline = bool(config.get("python_inline", False))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
@@ -164,7 +165,8 @@ class PythonEngine(EngineActor):
         if not call.sync:
             self._start_async(call)
         else:  # handed to the workers in one go when this message is done (flush)
-            self._to_pool.append((-spec.priority, call))
+            call.priority = spec.priority
+            self._to_pool.append(call)
 
     def _run_inline(self, call: _Call) -> None:
         """Simulation: run the call now, on the actor's own thread, so the
@@ -486,9 +488,10 @@ class _Workers:
     def __init__(self, size: int, run: Callable[[_Call, int], None]) -> None:
         self.size = size
         self.run = run
-        self.heap: list[tuple[int, int, _Call]] = []  # (-priority, seq, call)
-        self.seq = itertools.count()
-        # ``with self.lock`` (C-fast) for the heap; the condition shares the lock
+        # queued calls: a FIFO per priority (0 low .. 3 critical), highest served first
+        self.levels: tuple[deque[_Call], ...] = (deque(), deque(), deque(), deque())
+        self.queued = 0
+        # ``with self.lock`` (C-fast) for the queues; the condition shares the lock
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.threads: list[threading.Thread] = []
@@ -499,14 +502,15 @@ class _Workers:
         self.sleeping = 0
         self.closed = False
 
-    def submit(self, calls: list[tuple[int, _Call]]) -> None:
-        """Queue ``(-priority, call)`` pairs; make sure a thread takes them."""
-        heap, seq, push = self.heap, self.seq, heapq.heappush
+    def submit(self, calls: list[_Call]) -> None:
+        """Queue calls (by their ``priority``); make sure a thread takes them."""
+        levels = self.levels
         t = time.monotonic()
         with self.lock:
-            for neg_priority, call in calls:
+            for call in calls:
                 call.queued = t
-                push(heap, (neg_priority, next(seq), call))
+                levels[min(max(call.priority, 0), 3)].append(call)
+            self.queued += len(calls)
             fresh = self._add_thread() if self.ready == 0 else None
         if fresh is not None:
             fresh.start()
@@ -516,14 +520,26 @@ class _Workers:
         True while calls are queued (call again in ``STALL`` seconds)."""
         with self.lock:
             fresh = self._add_thread() if self._stalled() else None
-            queued = bool(self.heap)
+            queued = self.queued > 0
         if fresh is not None:
             fresh.start()
         return queued
 
     def _stalled(self) -> bool:
-        heap = self.heap
-        return bool(heap) and self.ready == 0 and time.monotonic() - heap[0][2].queued >= self.STALL
+        if not self.queued or self.ready:
+            return False
+        for level in reversed(self.levels):
+            if level:
+                return time.monotonic() - level[0].queued >= self.STALL
+        return False
+
+    def _take(self) -> _Call:
+        """Under the lock, with calls queued: the next one (highest priority first)."""
+        self.queued -= 1
+        for level in reversed(self.levels):
+            if level:
+                return level.popleft()
+        raise IndexError("no call queued")
 
     def _add_thread(self) -> threading.Thread | None:
         """Under the lock: wake a sleeping thread, or make one (returned, to be
@@ -540,7 +556,7 @@ class _Workers:
         return None
 
     def _work(self) -> None:
-        lock, cond, heap, run = self.lock, self.cond, self.heap, self.run
+        lock, cond, run = self.lock, self.cond, self.run
         clock = _thread_clock()  # this thread's CPU clock, for live usage and limits
         while True:
             fresh = None
@@ -548,14 +564,14 @@ class _Workers:
                 while True:
                     if self.closed:
                         return
-                    if heap:
-                        call = heapq.heappop(heap)[2]
+                    if self.queued:
+                        call = self._take()
                         self.ready -= 1
                         break
                     self.ready -= 1
                     self.sleeping += 1
                     cond.wait()
-                if heap and self._stalled():
+                if self.queued and self._stalled():
                     fresh = self._add_thread()
             if fresh is not None:
                 fresh.start()
@@ -567,7 +583,9 @@ class _Workers:
     def shutdown(self) -> None:
         with self.lock:
             self.closed = True
-            self.heap.clear()
+            for level in self.levels:
+                level.clear()
+            self.queued = 0
             self.cond.notify_all()
 
 
