@@ -517,13 +517,15 @@ class _Workers:
 
     def unstick(self) -> bool:
         """Add a thread if queued calls wait while every awake thread is busy.
-        True while calls are queued (call again in ``STALL`` seconds)."""
+        True while calls are queued and a thread could still be added (call
+        again in ``STALL`` seconds); with every thread awake there is nothing
+        to watch for: busy threads take the queued calls as they finish."""
         with self.lock:
             fresh = self._add_thread() if self._stalled() else None
-            queued = self.queued > 0
+            more = self.queued > 0 and (self.sleeping > 0 or len(self.threads) < self.size)
         if fresh is not None:
             fresh.start()
-        return queued
+        return more
 
     def _stalled(self) -> bool:
         if not self.queued or self.ready:
