@@ -60,14 +60,34 @@ def test_a_script_can_await_its_child_after_many_other_tasks_ended() -> None:
         assert rt.result(parent, timeout=WAIT) == 5
 
 
-def test_awaiting_a_forgotten_task_fails_clearly_instead_of_inventing_a_value() -> None:
+def test_a_late_await_of_a_forgotten_task_gets_its_value_from_the_tombstone() -> None:
     with Runtime(history=1) as rt:
         old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+        bad = rt.submit(Task.python("targets:fail", args={"message": "gone wrong"}))
         assert rt.result(old, timeout=WAIT) == 3
-        run_all(rt, 5)
+        with pytest.raises(TaskFailed):
+            rt.result(bad, timeout=WAIT)
+        run_all(rt, 10)
         late = rt.submit(Task.lua("return spell.await(spell.args.h)", args={"h": old.id}))
-        with pytest.raises(TaskFailed, match="no longer kept"):
-            rt.result(late, timeout=WAIT)
+        assert rt.result(late, timeout=WAIT) == 3
+        caught = rt.submit(
+            Task.lua("return {pcall(spell.await, spell.args.h)}", args={"h": bad.id})
+        )
+        ok, message = rt.result(caught, timeout=WAIT)
+        assert ok is False and "gone wrong" in message
+        step = rt.submit(Task.python("targets:echo", deps=[old]))
+        assert rt.result(step, timeout=WAIT) == {"value": None, "input": None}
+
+
+def test_a_task_older_than_its_tombstone_is_unknown() -> None:
+    with Runtime(history=1) as rt:  # tombstones for the last 100 tasks
+        old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+        assert rt.result(old, timeout=WAIT) == 3
+        run_all(rt, 250)
+        assert rt.result(old) == 3  # the runtime that submitted it still knows it
+        step = rt.submit(Task.python("targets:echo", deps=[old]))
+        with pytest.raises(TaskFailed, match="unknown dependency"):
+            rt.result(step, timeout=WAIT)
 
 
 def test_stats_count_every_task_after_records_are_forgotten() -> None:

@@ -24,15 +24,17 @@ task (``StreamChunks``) are relayed to the address that submitted it and its
 ``StreamAck``s back to the engine. An engine the resource tracker reports over
 ``engine_memory`` (``EngineLoad``) gets no new tasks until it is back under.
 
-Finished records are kept for the last ``history`` (a runtime option, default
-1,000) tasks that ended; older ones are forgotten but for their id and status
-(up to ``_TOMBSTONES`` of those), so memory stays bounded in a long-running
-process and the garbage collector does not walk thousands of old records. A
-task submitted by another task (``spell.submit``) is kept at least until its
-parent ends, since the parent may still await it; a task whose value a
-pending dependent will take (``deps_input``) until that dependent ends. A
-dependency on a forgotten task works by its status; asking for a forgotten
-task's value (a late ``spell.await``, ``deps_input``) fails with a clear error.
+Finished records are kept whole for the last ``history`` (a runtime option,
+default 1,000) tasks that ended; older ones shrink to a tombstone of plain
+data (status, value, error), kept for the last ``100 x history`` (at least
+100), so memory stays bounded in a long-running process and the garbage
+collector does not walk thousands of old records (a tuple of plain data is
+not tracked). Dependencies, ``deps_input`` and a late ``spell.await`` work
+from a tombstone as from a record; only a task older than its tombstone is
+unknown, and asking for its value fails with a clear error. A task submitted
+by another task (``spell.submit``) keeps its whole record at least until its
+parent ends; a task whose value a pending dependent will take
+(``deps_input``) until that dependent ends.
 """
 
 from __future__ import annotations
@@ -198,7 +200,8 @@ class Scheduler(WireActor):
         self.tasks: dict[str, _Rec] = {}
         self.history = _HISTORY  # finished records kept (oldest forgotten first)
         self._ended: deque[str] = deque()  # finished ids, oldest first
-        self._gone: dict[str, str] = {}  # forgotten task -> its terminal status, oldest first
+        # forgotten task -> (status, value, error, deps_input key), oldest first
+        self._gone: dict[str, tuple[str, Any, dict[str, Any] | None, str]] = {}
         self.slots: dict[str, list[_Slot]] = defaultdict(list)
         self.ready: dict[str, _Ready] = defaultdict(_Ready)
         self.addresses: dict[str, ActorAddress] = {}
@@ -347,16 +350,12 @@ class Scheduler(WireActor):
             dep = self.tasks.get(dep_id)
             if dep is None:
                 gone = self._gone.get(dep_id)
-                if gone == "succeeded" and not rec.spec.deps_input:
-                    continue
+                if gone is not None and gone[0] == "succeeded":
+                    continue  # its value, for deps_input, is in the tombstone
                 if gone is None:
                     error = _err(f"unknown dependency {dep_id!r}")
-                elif gone == "succeeded":
-                    error = _err(f"dependency {dep_id!r} ended too long ago: {_FORGOTTEN}")
                 else:
-                    error = _err(
-                        f"dependency {dep_id!r} {_ENDED.get(gone, gone)}", kind="dependency"
-                    )
+                    error = _dep_error_of(dep_id, gone[0], gone[2])
                 self._finish(rec, "failed", error=error)
                 return
             if dep.status in TERMINAL and dep.status != "succeeded":
@@ -373,17 +372,20 @@ class Scheduler(WireActor):
     def _make_ready(self, rec: _Rec) -> None:
         spec = rec.spec
         if spec.deps_input and spec.deps:
-            found = [self.tasks.get(d) for d in spec.deps]
-            if None in found:  # never while it waited (held), but say so if it happens
-                gone = spec.deps[found.index(None)]
-                error = _err(f"dependency {gone!r} ended too long ago: {_FORGOTTEN}")
-                self._finish(rec, "failed", error=error)
-                return
-            deps = [d for d in found if d is not None]
-            if len(deps) == 1:
-                spec.input = deps[0].outcome.value  # type: ignore[union-attr]
-            else:  # keyed by each dependency's workflow step id where it has one
-                spec.input = {_input_key(d): d.outcome.value for d in deps}  # type: ignore[union-attr]
+            values: dict[str, Any] = {}  # deps_input key -> value
+            for d in spec.deps:
+                dep = self.tasks.get(d)
+                if dep is not None and dep.outcome is not None:
+                    values[_input_key(dep)] = dep.outcome.value
+                elif d in self._gone:
+                    _, value, _, key = self._gone[d]
+                    values[key] = value
+                else:  # older than its tombstone (held while this waited: not expected)
+                    error = _err(f"dependency {d!r} ended too long ago: {_FORGOTTEN}")
+                    self._finish(rec, "failed", error=error)
+                    return
+            # one dependency: its value; several: keyed by workflow step id (or task id)
+            spec.input = next(iter(values.values())) if len(spec.deps) == 1 else values
         if spec.kind == "event":
             self._publish(spec.name or "", spec.payload)
             self._finish(rec, "succeeded", value=None)
@@ -668,9 +670,10 @@ class Scheduler(WireActor):
         for _ in range(count):
             task_id = take()
             rec = pop(task_id, None)
-            if rec is not None:
-                gone[task_id] = rec.status
-        if len(gone) > _TOMBSTONES:  # keep the newer half (dicts keep insertion order)
+            if rec is not None and rec.outcome is not None:
+                o = rec.outcome
+                gone[task_id] = (o.status, o.value, o.error, _input_key(rec))
+        if len(gone) > max(100 * self.history, 100):  # keep the newer half (insertion order)
             self._gone = dict(itertools.islice(gone.items(), len(gone) // 2, None))
 
     def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
@@ -726,7 +729,8 @@ class Scheduler(WireActor):
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
             if rec is None and task_id in self._gone:
-                self._notify(sender, _forgotten(task_id, self._gone[task_id]))
+                status, value, error, _ = self._gone[task_id]
+                self._notify(sender, TaskOutcome(task_id, status, value, error))
             elif rec is None:  # its submit may still be on the way: wait a little
                 self._early.setdefault(task_id, []).append(sender)
                 self.wake_after(_EARLY_WATCH_GRACE, ("watch", task_id))
@@ -762,7 +766,7 @@ class Scheduler(WireActor):
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
             statuses[task_id] = (
-                rec.status if rec is not None else self._gone.get(task_id, "unknown")
+                rec.status if rec is not None else self._gone.get(task_id, ("unknown",))[0]
             )
         self.send_msg(sender, StatusReply(msg.ref, statuses))
 
@@ -1064,21 +1068,15 @@ def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict
 
 
 _HISTORY = 1_000  # finished task records kept by default (Runtime(history=...))
-_TOMBSTONES = 1_000_000  # forgotten tasks whose id and status are still known (about)
 _FORGET_BATCH = 256  # records are forgotten in batches (up to this many, history/8)
-_FORGOTTEN = "its result is no longer kept (the scheduler keeps the last `history` finished tasks)"
+_FORGOTTEN = "its result is no longer kept (the scheduler keeps 100 x `history` finished tasks)"
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
 
 
-def _forgotten(task_id: str, status: str) -> TaskOutcome:
-    """What a late watcher of a forgotten task gets: never a made-up value."""
-    message = f"task {task_id!r} ended ({status}) too long ago: {_FORGOTTEN}"
-    return TaskOutcome(task_id, "failed", error=_err(message))
-
-
 def _dep_error(dep: _Rec) -> dict[str, Any]:
-    reason = ""
-    if dep.outcome is not None and dep.outcome.error:
-        reason = f": {dep.outcome.error.get('message', '')}"
-    msg = f"dependency {dep.spec.id!r} {_ENDED.get(dep.status, dep.status)}{reason}"
-    return _err(msg, kind="dependency")
+    return _dep_error_of(dep.spec.id, dep.status, dep.outcome.error if dep.outcome else None)
+
+
+def _dep_error_of(dep_id: str, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
+    reason = f": {error.get('message', '')}" if error else ""
+    return _err(f"dependency {dep_id!r} {_ENDED.get(status, status)}{reason}", kind="dependency")
