@@ -23,7 +23,9 @@ from thespian.actors import (
     ActorExitRequest,
     ChildActorExited,
     PoisonMessage,
+    ThespianWatch,
     WakeupMessage,
+    WatchMessage,
 )
 
 from ._exceptions import MessageError
@@ -53,42 +55,9 @@ class WireActor(Actor):  # type: ignore[misc]
 
     # -- receiving ----------------------------------------------------------
 
-    def receiveMessage(self, msg: Any, sender: ActorAddress) -> None:
+    def receiveMessage(self, msg: Any, sender: ActorAddress) -> ThespianWatch | None:
         try:
-            if isinstance(msg, (bytes, bytearray)):
-                try:
-                    decoded = decode(msg)
-                    if type(decoded) is Via:  # handle the inner message on behalf of reply_to
-                        sender = decoded.reply_to
-                        decoded = decode(decoded.data)
-                except MessageError as exc:
-                    self.bad_messages += 1
-                    log.warning(
-                        "%s dropped a malformed message from %s: %s", self.role, sender, exc
-                    )
-                    return
-                handler = self._handlers.get(decoded.TAG)
-                if handler is None:
-                    handler = getattr(self, "on_" + decoded.TAG.lstrip("_"), None)
-                    if handler is None:
-                        self.bad_messages += 1
-                        log.warning(
-                            "%s got a %r message it does not handle", self.role, decoded.TAG
-                        )
-                        return
-                    self._handlers[decoded.TAG] = handler
-                handler(decoded, sender)
-            elif isinstance(msg, WakeupMessage):
-                self.on_wakeup(msg.payload)
-            elif isinstance(msg, ChildActorExited):
-                self.on_child_exited(msg.childAddress)
-            elif isinstance(msg, PoisonMessage):
-                log.error("%s: a message it sent could not be handled by %s", self.role, sender)
-                self.on_poison(msg.poisonMessage, sender)
-            elif isinstance(msg, ActorExitRequest):
-                self.on_exit()
-            else:
-                log.debug("%s ignored %r", self.role, type(msg).__name__)
+            self._receive(msg, sender)
         except Exception:
             # Never let a handler's bug kill the actor or bounce the message.
             log.exception("%s failed handling a message from %s", self.role, sender)
@@ -96,6 +65,44 @@ class WireActor(Actor):  # type: ignore[misc]
             self.flush()
         except Exception:
             log.exception("%s failed sending its replies", self.role)
+        # Thespian replaces an actor's watched file descriptors by what each
+        # receiveMessage returns (multiprocTCPBase only)
+        fds = self.watched()
+        return ThespianWatch(fds) if fds else None
+
+    def _receive(self, msg: Any, sender: ActorAddress) -> None:
+        if isinstance(msg, (bytes, bytearray)):
+            try:
+                decoded = decode(msg)
+                if type(decoded) is Via:  # handle the inner message on behalf of reply_to
+                    sender = decoded.reply_to
+                    decoded = decode(decoded.data)
+            except MessageError as exc:
+                self.bad_messages += 1
+                log.warning("%s dropped a malformed message from %s: %s", self.role, sender, exc)
+                return
+            handler = self._handlers.get(decoded.TAG)
+            if handler is None:
+                handler = getattr(self, "on_" + decoded.TAG.lstrip("_"), None)
+                if handler is None:
+                    self.bad_messages += 1
+                    log.warning("%s got a %r message it does not handle", self.role, decoded.TAG)
+                    return
+                self._handlers[decoded.TAG] = handler
+            handler(decoded, sender)
+        elif isinstance(msg, WakeupMessage):
+            self.on_wakeup(msg.payload)
+        elif isinstance(msg, WatchMessage):
+            self.on_fd_ready(msg.ready)
+        elif isinstance(msg, ChildActorExited):
+            self.on_child_exited(msg.childAddress)
+        elif isinstance(msg, PoisonMessage):
+            log.error("%s: a message it sent could not be handled by %s", self.role, sender)
+            self.on_poison(msg.poisonMessage, sender)
+        elif isinstance(msg, ActorExitRequest):
+            self.on_exit()
+        else:
+            log.debug("%s ignored %r", self.role, type(msg).__name__)
 
     def on_ping(self, msg: Any, sender: ActorAddress) -> None:
         self.send_msg(sender, Pong(msg.role))
@@ -109,6 +116,14 @@ class WireActor(Actor):  # type: ignore[misc]
 
     def on_wakeup(self, payload: Any) -> None:
         pass
+
+    def on_fd_ready(self, ready: list[int]) -> None:
+        """Some of the file descriptors ``watched`` names became readable."""
+
+    def watched(self) -> list[int]:
+        """File descriptors Thespian should wake this actor for (multiprocTCPBase
+        only; a base without the feature logs an error for a non-empty list)."""
+        return []
 
     def on_child_exited(self, child: ActorAddress) -> None:
         pass

@@ -40,7 +40,11 @@ from . import _doorbell
 __all__ = ["EngineActor"]
 
 _POLL = encode(Poll())
-_POLL_INTERVAL = 0.001  # seconds between self-polls where no doorbell exists
+# Where neither the driver's doorbell nor a pipe exists, an engine polls itself
+# while work runs on other threads: first soon, then at intervals doubling up to
+# 1 ms, so a long call costs at most ~1,000 wake-ups a second.
+_POLL_FIRST = 0.0001
+_POLL_INTERVAL = 0.001
 
 
 class EngineActor(WireActor):
@@ -66,6 +70,10 @@ class EngineActor(WireActor):
         # so a result is either collected by a pending Poll or rings for one.
         self._rung = False
         self._polling = False
+        self._poll_gap = _POLL_FIRST
+        # local mode: a pipe Thespian watches (ThespianWatch); a worker thread
+        # writes a byte to it to wake the actor, as the doorbell does in embedded
+        self._pipe: tuple[int, int] | None = None
         self.closed = False
 
     # -- set-up -------------------------------------------------------------
@@ -76,6 +84,11 @@ class EngineActor(WireActor):
         self.config = dict(msg.config)
         self.index = int(self.config.get("index", 0))
         self._bell = _doorbell.get(msg.runtime_id)
+        if self._bell is None and self.config.get("mode") == "local" and self._pipe is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._pipe = (r, w)
         self.setup(self.config)
         capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
         restarts = int(self.config.get("restarts", 0))
@@ -109,12 +122,30 @@ class EngineActor(WireActor):
         self._rung = False
         self.poll()
 
+    def on_fd_ready(self, ready: list[int]) -> None:
+        pipe = self._pipe
+        if pipe is None or pipe[0] not in ready:
+            return
+        try:
+            while os.read(pipe[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._rung = False  # before collecting, as in on_poll
+        self.poll()
+
+    def watched(self) -> list[int]:
+        return [self._pipe[0]] if self._pipe is not None else []
+
     def on_wakeup(self, payload: Any) -> None:
         if payload == "poll":
             self._polling = False
             self.poll()
             if self.busy():
+                self._poll_gap = min(2 * self._poll_gap, _POLL_INTERVAL)
                 self._arm_poll()
+            else:
+                self._poll_gap = _POLL_FIRST
 
     def on_crash_engine(self, msg: Any, sender: ActorAddress) -> None:
         """Fault injection: die now, leaving in-flight work behind (local mode:
@@ -122,7 +153,7 @@ class EngineActor(WireActor):
         import os
 
         log.warning("%s engine %d: crashing on request", self.engine, self.index)
-        if self._bell is None and os.getpid() != self.config.get("owner_pid"):
+        if self.config.get("mode") == "local" and os.getpid() != self.config.get("owner_pid"):
             os._exit(70)  # a process of its own: die like a killed process would
         self.close()
         self.closed = True
@@ -131,11 +162,22 @@ class EngineActor(WireActor):
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
         self.close()
         self.closed = True
+        self._close_pipe()
 
     def on_exit(self) -> None:
         if not self.closed:
             self.close()
             self.closed = True
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            for fd in pipe:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
     # -- hooks --------------------------------------------------------------
 
@@ -159,19 +201,26 @@ class EngineActor(WireActor):
 
     def ring(self) -> None:
         """Ask to be polled soon. Safe from any thread."""
-        if not self._rung and self._bell is not None:
-            self._rung = True
-            self._bell(self.myAddress, _POLL)
+        if not self._rung:
+            if self._bell is not None:
+                self._rung = True
+                self._bell(self.myAddress, _POLL)
+            elif self._pipe is not None:
+                self._rung = True
+                try:
+                    os.write(self._pipe[1], b"\0")
+                except (BlockingIOError, OSError):
+                    pass  # full: a wake-up is pending anyway; closed: shutting down
 
     def work_started(self) -> None:
         """Call (on the actor's thread) after handing work to another thread."""
-        if self._bell is None:
+        if self._bell is None and self._pipe is None:
             self._arm_poll()
 
     def _arm_poll(self) -> None:
         if not self._polling:
             self._polling = True
-            self.wake_after(_POLL_INTERVAL, "poll")
+            self.wake_after(self._poll_gap, "poll")
 
     def report(
         self,
