@@ -57,7 +57,7 @@ class WireActor(Actor):  # type: ignore[misc]
 
     def receiveMessage(self, msg: Any, sender: ActorAddress) -> ThespianWatch | None:
         try:
-            self._receive(msg, sender)
+            self._dispatch_message(msg, sender)
         except Exception:
             # Never let a handler's bug kill the actor or bounce the message.
             log.exception("%s failed handling a message from %s", self.role, sender)
@@ -70,7 +70,7 @@ class WireActor(Actor):  # type: ignore[misc]
         fds = self.watched()
         return ThespianWatch(fds) if fds else None
 
-    def _receive(self, msg: Any, sender: ActorAddress) -> None:
+    def _dispatch_message(self, msg: Any, sender: ActorAddress) -> None:
         if isinstance(msg, (bytes, bytearray)):
             try:
                 decoded = decode(msg)

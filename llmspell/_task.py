@@ -101,9 +101,13 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Handle:
     """Names a submitted task. Cheap, hashable; pass it to ``Runtime`` calls
-    or as a dependency (``deps=[handle]``)."""
+    or as a dependency (``deps=[handle]``). A handle returned by ``submit``
+    keeps its task's outcome once it ended, so ``result(handle)`` answers for
+    as long as the handle lives, even after the runtime forgot the task."""
 
     id: str
+    # (status, value, error, usage) once the runtime saw the task end
+    _ended: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.id

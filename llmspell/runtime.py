@@ -110,12 +110,13 @@ class _View:
     a finished task's outcome handed out by ``_Core.view``. The event and the
     callback list are made only when needed; ``_Core.lock`` guards them."""
 
-    __slots__ = ("callbacks", "event", "outcome")
+    __slots__ = ("callbacks", "event", "handle", "outcome")
 
-    def __init__(self) -> None:
+    def __init__(self, handle: Handle | None = None) -> None:
         self.outcome: TaskOutcome | None = None
         self.event: threading.Event | None = None
         self.callbacks: list[Callable[[TaskOutcome], None]] | None = None
+        self.handle = handle  # submit's handle: it gets the outcome too
 
 
 class _Core:
@@ -157,11 +158,16 @@ class _Core:
         self.config.setdefault("engines", _default_engines(per_engine))
         self.runtime_id = uuid.uuid4().hex
         self.state = RuntimeState.STARTING
-        # task id -> None (running, nobody waits), a _View (someone waits) or, once
-        # it ended, its outcome as a plain tuple (status, value, error, usage): no
-        # object per task until it ends, and then one the garbage collector stops
-        # tracking (a tuple of plain data) instead of one it walks forever
-        self.views: dict[str, _View | _Ended | None] = {}
+        # task id -> submit's Handle or None (running, nobody waits), a _View
+        # (someone waits) or, once it ended, its outcome as a plain tuple (status,
+        # value, error, usage) that submit's Handle holds too: no object of the
+        # runtime's own per running task, and once ended one the garbage collector
+        # stops tracking. Ended entries are forgotten oldest first beyond
+        # ``keep_ended`` (as many as the scheduler keeps tombstones for); a
+        # Handle keeps its own outcome, so result(handle) still answers then.
+        self.views: dict[str, _View | _Ended | Handle | None] = {}
+        self.ended: deque[str] = deque()
+        self.keep_ended = max(100 * int(history if history is not None else 1000), 100)
         self.lock = threading.Lock()
         self.refs = itertools.count(1)
         self.replies: dict[int, Callable[[Message], None]] = {}
@@ -189,9 +195,12 @@ class _Core:
         self.register_ids([spec.id for spec in specs])
         return specs
 
-    def register_ids(self, ids: list[str]) -> None:
-        """Claim task ids (all or none); a duplicate raises."""
-        fresh: dict[str, None] = dict.fromkeys(ids)
+    def register_ids(self, ids: list[str], handles: list[Handle] | None = None) -> None:
+        """Claim task ids (all or none); a duplicate raises. ``handles`` (one
+        per id) are the ones submit returns: they get their outcomes."""
+        fresh: dict[str, Handle | None] = (
+            dict.fromkeys(ids) if handles is None else dict(zip(ids, handles, strict=True))
+        )
         with self.lock:
             views = self.views
             if len(fresh) != len(ids) or not views.keys().isdisjoint(fresh):
@@ -205,7 +214,7 @@ class _Core:
     def submit_message(self, specs: list[TaskSpec]) -> bytes:
         return encode(SubmitTasks(specs, notify=True))
 
-    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[str], list[bytes]]:
+    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[Handle], list[bytes]]:
         """Validate ``tasks``, claim their ids and encode their ``SubmitTasks``,
         one task at a time: no spec of a big batch outlives its own encoding
         (the garbage collector never has to walk thousands of them).
@@ -228,12 +237,13 @@ class _Core:
             ids.append(spec.id)
             linked = linked or spec.deps is not None
             parts.append(encode_item(spec))
-        self.register_ids(ids)
+        handles = [_handle(task_id) for task_id in ids]
+        self.register_ids(ids, handles)
         # (local mode: one message, as TCP between two actors may reorder several)
         k = len(parts) if linked or self.mode != "embedded" else _SUBMIT_CHUNK
         if len(parts) <= k:
-            return ids, [encode_with_items(SubmitTasks, parts)]
-        return ids, [
+            return handles, [encode_with_items(SubmitTasks, parts)]
+        return handles, [
             encode_with_items(SubmitTasks, parts[i : i + k]) for i in range(0, len(parts), k)
         ]
 
@@ -250,21 +260,31 @@ class _Core:
             raise RuntimeClosed("this runtime is closed; create a new Runtime")
 
     def view(self, handle: Handle | str) -> tuple[str, _View]:
-        task_id = handle.id if isinstance(handle, Handle) else handle
-        if not isinstance(task_id, str):
-            raise MessageError(f"expected a Handle or task id, got {handle!r}", where="handle")
-        entry = self.views.get(task_id, _UNKNOWN)
+        if isinstance(handle, Handle):
+            task_id = handle.id
+            if handle._ended is not None:
+                entry: Any = handle._ended
+            else:
+                entry = self.views.get(task_id, _UNKNOWN)
+        else:
+            task_id = handle
+            if not isinstance(task_id, str):
+                raise MessageError(f"expected a Handle or task id, got {handle!r}", where="handle")
+            entry = self.views.get(task_id, _UNKNOWN)
         if type(entry) is _View:
             return task_id, entry
         if entry is _UNKNOWN:
             raise MessageError(
-                f"unknown task {task_id!r}: it was not submitted to this runtime", where="handle"
+                f"unknown task {task_id!r}: it was not submitted to this runtime, or it "
+                f"ended before the last {self.keep_ended} tasks that ended (the runtime "
+                "forgets older ones by id; the Handle submit returned keeps its outcome)",
+                where="handle",
             )
-        if entry is None:
+        if entry is None or type(entry) is Handle:
             with self.lock:  # someone waits for it now: it gets a view of its own
                 entry = self.views[task_id]
-                if entry is None:
-                    v = self.views[task_id] = _View()
+                if entry is None or type(entry) is Handle:
+                    v = self.views[task_id] = _View(entry)
                     return task_id, v
                 if type(entry) is _View:
                     return task_id, entry
@@ -327,7 +347,7 @@ class _Core:
 
     def resolve_many(self, outcomes: list[TaskOutcome]) -> None:
         """Settle a batch of outcomes under one lock; wake waiters after."""
-        views = self.views
+        views, ended = self.views, self.ended
         woken: list[tuple[TaskOutcome, threading.Event | None, list[Any] | None]] = []
         with self.lock:
             for o in outcomes:
@@ -335,12 +355,26 @@ class _Core:
                 v = views.get(task_id, _UNKNOWN)
                 if v is None:
                     views[task_id] = (o.status, o.value, o.error, o.usage)
+                elif type(v) is Handle:
+                    _SET_ENDED(v, (o.status, o.value, o.error, o.usage))
+                    views[task_id] = v._ended
                 elif type(v) is _View and v.outcome is None:
                     v.outcome = o
-                    views[task_id] = (o.status, o.value, o.error, o.usage)
+                    views[task_id] = t = (o.status, o.value, o.error, o.usage)
+                    if v.handle is not None:
+                        _SET_ENDED(v.handle, t)
                     if v.event is not None or v.callbacks is not None:
                         woken.append((o, v.event, v.callbacks))
                         v.callbacks = None
+                else:
+                    continue
+                ended.append(task_id)
+            if len(ended) > self.keep_ended:
+                # forget the oldest ended tasks (in batches: not one per outcome)
+                drop = len(ended) - self.keep_ended + self.keep_ended // 10
+                popleft, pop = ended.popleft, views.pop
+                for _ in range(min(drop, len(ended))):
+                    pop(popleft(), None)
         for o, event, callbacks in woken:
             if event is not None:
                 event.set()
@@ -386,6 +420,19 @@ class _Core:
 
 
 _UNKNOWN: Any = object()
+_new = object.__new__
+_SET_ID, _SET_ENDED = (Handle.__dict__[f].__set__ for f in ("id", "_ended"))
+
+
+def _handle(task_id: str) -> Handle:
+    """``Handle(task_id)`` without the frozen dataclass's ``__init__`` (a third of
+    the cost; one per submitted task)."""
+    h = _new(Handle)
+    _SET_ID(h, task_id)
+    _SET_ENDED(h, None)
+    return h
+
+
 _SUBMIT_CHUNK = 512  # tasks per SubmitTasks message of a batch without dependencies
 _Ended = tuple[str, Any, "dict[str, Any] | None", "dict[str, Any] | None"]
 
@@ -618,10 +665,10 @@ class Runtime:
 
     def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
         """Queue several tasks in one message; all or none are queued."""
-        ids, payloads = self._core.submit_payload(tasks)
+        handles, payloads = self._core.submit_payload(tasks)
         for payload in payloads:
             self._driver.send(self._scheduler, payload)
-        return [Handle(task_id) for task_id in ids]
+        return handles
 
     def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
         """Wait for the task and return its value.
@@ -634,8 +681,8 @@ class Runtime:
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
         if self._pump is None and type(handle) is Handle:  # fast path: it succeeded
-            ended = self._core.views.get(handle.id)
-            if type(ended) is tuple and ended[0] == "succeeded":
+            ended = handle._ended
+            if ended is not None and ended[0] == "succeeded":
                 return ended[1]
         task_id, v = self._core.view(handle)
         if self._pump is not None:

@@ -132,3 +132,52 @@ def test_a_workflow_step_gets_an_early_dependency_value_after_many_tasks_ended()
     (result,) = done
     assert result.ok, result
     assert result.results[2] == {"value": None, "input": {"early": 42, "slow": "history-slow"}}
+
+
+def test_the_runtime_forgets_old_ended_tasks_by_id_but_their_handles_keep_outcomes() -> None:
+    with Runtime(history=1) as rt:  # ended tasks are kept by id for the last 100
+        old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+        bad = rt.submit(Task.python("targets:fail", args={"message": "long ago"}))
+        assert rt.result(old, timeout=WAIT) == 3
+        run_all(rt, 400)
+        # the runtime's own memory stays bounded however many tasks ran
+        assert len(rt._core.views) <= 120
+        # by id: forgotten, with an error that says why
+        with pytest.raises(MessageError, match="forgets older ones by id"):
+            rt.result(old.id)
+        with pytest.raises(MessageError, match="unknown task"):
+            rt.status(bad.id)
+        # by the handle submit returned: every answer is still there
+        assert rt.result(old) == 3 and rt.status(old) == "succeeded"
+        with pytest.raises(TaskFailed, match="long ago"):
+            rt.result(bad)
+        assert rt.status(bad) == "failed"
+        assert rt.cancel(old) is False
+        progress = rt.progress(old)
+        assert progress is not None and progress.resource_usage.duration >= 0
+        # a recent task is known by id too
+        recent = rt.submit(Task.python("targets:add", args={"x": 5, "y": 5}))
+        assert rt.result(recent.id, timeout=WAIT) == 10
+
+
+def test_a_batch_bigger_than_the_memory_of_ended_tasks_gives_every_result() -> None:
+    with Runtime(history=1) as rt:  # 100 ended tasks kept by id; a batch of 600
+        hs = rt.submit_many([Task.python("targets:add", args={"x": i, "y": 1}) for i in range(600)])
+        rt.result(hs[-1], timeout=WAIT)
+        time.sleep(0.2)  # the first ones ended long before anyone asks for them
+        assert [rt.result(h, timeout=WAIT) for h in hs] == [i + 1 for i in range(600)]
+
+
+def test_a_waiter_of_a_task_gets_its_outcome_on_the_handle_too() -> None:
+    targets.gate("history-wait").clear()
+    with Runtime(history=1) as rt:
+        h = rt.submit(Task.python("targets:wait_gate", args={"name": "history-wait"}))
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(rt.result(h.id, timeout=WAIT)))
+        waiter.start()
+        time.sleep(0.1)  # the waiter waits by id: the runtime made it a view
+        targets.gate("history-wait").set()
+        waiter.join(WAIT)
+        assert got == ["history-wait"]
+        run_all(rt, 250)
+        assert rt.result(h) == "history-wait"
