@@ -9,7 +9,10 @@
     the same minimal loop, to show what the VM itself adds. Rounds are paired (raw and
     runtime back to back, the order alternating) and the median of the rounds' ratios
     is the figure, the ratio of the bests beside it: the machine is shared and noisy.
-    Target: runtime / raw <= 3x.
+    Target: runtime / raw <= 3x. Two floor rows: the raw loop with a QuickJS time
+    limit set while jobs run (what any loop must pay to stop ``while(true){}``: the
+    ``quickjs`` binding reads the process CPU clock, a system call, on every call
+    made under a limit), and the runtime with tasks that only ``return 1``.
 (b) ``m`` (default 10,000) JS tasks pending at once through the runtime (blocked in
     ``spell.wait_event`` or in a long ``spell.sleep``), measured by QuickJS's own malloc
     figure (``JsVM.memory_in_use``, reported as a task's ``memory_bytes``) and by the
@@ -53,9 +56,10 @@ function finished() { return done; }
 """
 
 
-def raw_loop(n: int) -> None:
+def raw_loop(n: int, limit: float | None = None) -> None:
     """``n`` async functions on a bare QuickJS context; the loop resolves one pending
-    promise at a time and drains the job queue, like a scheduler resuming one task."""
+    promise at a time and drains the job queue, like a scheduler resuming one task.
+    With ``limit``, jobs run under a QuickJS time limit of that many seconds."""
     ctx = quickjs.Context()
     ctx.eval(_RAW % CODE)
     start, step, left, finished = (ctx.get(k) for k in ("start", "step", "left", "finished"))
@@ -63,10 +67,19 @@ def raw_loop(n: int) -> None:
     start(n)
     while ex():
         pass
-    while left():
-        step()
-        while ex():
-            pass
+    if limit is None:
+        while left():
+            step()
+            while ex():
+                pass
+    else:
+        setl = ctx.set_time_limit
+        while left():
+            step()
+            setl(limit)
+            while ex():
+                pass
+            setl(-1)
     assert finished() == n
 
 
@@ -107,16 +120,19 @@ def vm_loop(n: int) -> None:
 def bench_overhead(n: int, rounds: int) -> list[tuple[str, str]]:
     with Runtime() as rt:
 
-        def rt_run() -> None:
-            handles = rt.submit_many([Task.js(CODE) for _ in range(n)])
+        def rt_run(code: str = CODE) -> None:
+            handles = rt.submit_many([Task.js(code) for _ in range(n)])
             assert sum(rt.result(h, timeout=300) for h in handles) == n
 
-        raws, vms, rts, ratios = [], [], [], []
+        raws, vms, rts, ratios, limited, trivial = [], [], [], [], [], []
         rt_run()  # warm up (compile cache, allocations)
+        rt_run("return 1")
         # paired rounds (the order alternating): the machine's speed drifts over
         # seconds, so each round's ratio compares like with like
         for r in range(rounds):
             vms.append(best_of(lambda: vm_loop(n), 1))
+            limited.append(best_of(lambda: raw_loop(n, 1.0), 1))
+            trivial.append(best_of(lambda: rt_run("return 1"), 1))
             a = best_of(lambda: raw_loop(n), 1) if r % 2 == 0 else best_of(rt_run, 1)
             b = best_of(rt_run, 1) if r % 2 == 0 else best_of(lambda: raw_loop(n), 1)
             raw, rtt = (a, b) if r % 2 == 0 else (b, a)
@@ -124,7 +140,7 @@ def bench_overhead(n: int, rounds: int) -> list[tuple[str, str]]:
             rts.append(rtt)
             ratios.append(rtt / raw)
             gc.collect()
-    raw, vmt, rtt = min(raws), min(vms), min(rts)
+    raw, vmt, rtt, lim, triv = min(raws), min(vms), min(rts), min(limited), min(trivial)
     return [
         (f"(a) {n} tasks x 10 await spell.sleep(0), {rounds} paired rounds", "per task"),
         ("raw QuickJS promises, hand-written loop, best", f"{raw / n * 1e6:.1f} us"),
@@ -136,6 +152,9 @@ def bench_overhead(n: int, rounds: int) -> list[tuple[str, str]]:
         ),
         ("ratio Runtime / raw loop, of the bests", f"{rtt / raw:.2f}x"),
         ("ratio Runtime / JsVM loop, of the bests", f"{rtt / vmt:.2f}x"),
+        ("floor: raw loop with a time limit while jobs run, best", f"{lim / n * 1e6:.1f} us"),
+        ("floor: Runtime, tasks that only return 1, best", f"{triv / n * 1e6:.1f} us"),
+        ("(both floors) / raw loop, of the bests", f"{(lim + triv) / raw:.2f}x"),
     ]
 
 
