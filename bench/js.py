@@ -173,7 +173,7 @@ def _vm_memory(rt: Runtime) -> int:
 def _pending(rt: Runtime, m: int, code: str, label: str) -> list[tuple[str, str]]:
     proc = psutil.Process()
     gc.collect()
-    time.sleep(0.5)  # the VM's memory figure is refreshed at most every 20x its cost
+    time.sleep(2.0)  # the VM's memory figure is reused for up to 100x its cost
     vm0, rss0 = _vm_memory(rt), proc.memory_info().rss
     t0 = time.perf_counter()
     handles = rt.submit_many([Task.js(code) for _ in range(m)])
@@ -184,7 +184,7 @@ def _pending(rt: Runtime, m: int, code: str, label: str) -> list[tuple[str, str]
             raise RuntimeError("the pending tasks did not all start in 10 minutes")
     started = time.perf_counter() - t0
     gc.collect()
-    time.sleep(0.5)
+    time.sleep(2.0)
     vm1, rss1 = _vm_memory(rt), proc.memory_info().rss
     t1 = time.perf_counter()
     cancelled = sum(rt.cancel(h) for h in handles)

@@ -35,6 +35,7 @@ from typing import Any
 
 from ._clock import now
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
+from ._options import check_options
 from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
@@ -134,18 +135,11 @@ class _Core:
             raise MessageError(
                 "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
             )
+        check_options(config)
         workers = config.get("workers")
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise MessageError("must be an int >= 1", where="workers")
         history = config.get("history")
-        if history is not None and (
-            isinstance(history, bool) or not isinstance(history, int) or history < 0
-        ):
-            raise MessageError("must be an int >= 0 (finished tasks to remember)", where="history")
         self.mode = mode
-        self.config = dict(config)
+        self.config = {k: v for k, v in config.items() if v is not None}  # None: the default
         if mode == "local":
             import os
 

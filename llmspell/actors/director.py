@@ -52,6 +52,7 @@ def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
         backoff_base=float(sup.get("backoff_base", 0.05)),
         backoff_cap=float(sup.get("backoff_cap", 2.0)),
         jitter=float(sup.get("jitter", 0.1)),
+        shutdown_timeout=float(sup.get("shutdown_timeout", 5.0)),
         children=tuple(children),
     )
 

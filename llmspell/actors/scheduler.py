@@ -49,6 +49,7 @@ from thespian.actors import ActorAddress
 
 from .._actor import WireActor, addr_key, log
 from .._clock import now
+from .._options import ENGINES
 from .._task import new_task_id
 from ..messages.types import (
     TERMINAL,
@@ -234,6 +235,7 @@ class Scheduler(WireActor):
         # watches that arrived before the task's submit (local mode: a script engine's
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
+        self.absent: set[str] = set()  # engines this runtime does not start
 
     # -- set-up -------------------------------------------------------------
 
@@ -242,6 +244,9 @@ class Scheduler(WireActor):
         self.retry_base = float(msg.config.get("retry_backoff", self.retry_base))
         self.retry_cap = float(msg.config.get("retry_backoff_cap", self.retry_cap))
         self.history = int(msg.config.get("history", self.history))
+        engines = msg.config.get("engines")
+        if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
+            self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
         slots = self.slots[msg.engine]
@@ -397,6 +402,17 @@ class Scheduler(WireActor):
                 rec,
                 "failed",
                 error=_err(f"no engine runs {spec.kind!r} tasks yet", kind="failed"),
+            )
+            return
+        if rec.engine in self.absent:
+            self._finish(
+                rec,
+                "failed",
+                error=_err(
+                    f"this runtime has no {rec.engine} engine (Runtime(engines=...) left it "
+                    "out), so the task cannot run",
+                    kind="failed",
+                ),
             )
             return
         self.ready[rec.engine].push(spec.priority, spec.id)
