@@ -351,6 +351,8 @@ class Task:
             if unknown:
                 allowed = ", ".join(sorted(_OPTIONS | extra))
                 raise MessageError(f"unknown option {unknown[0]!r} (options: {allowed})")
+            if None in opts.values():  # None is the option's default
+                opts = {k: v for k, v in opts.items() if v is not None}
             _check_opts(opts)
         if args is not None:
             if not isinstance(args, Mapping):
@@ -463,7 +465,9 @@ def _check_opts(o: Mapping[str, Any]) -> None:
     if p not in PRIORITIES:
         raise MessageError(f"must be one of {', '.join(PRIORITIES)}, got {p!r}", where="priority")
     t = o.get("timeout")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+    if t is not None and (
+        isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")
+    ):
         raise MessageError(f"must be a positive number of seconds, got {t!r}", where="timeout")
     r = o.get("retries", 0)
     if isinstance(r, bool) or not isinstance(r, int) or r < 0:

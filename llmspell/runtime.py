@@ -885,9 +885,19 @@ class Runtime:
         is left and returns a result with ``timed_out`` set (it does not raise).
         """
         strat = Strategy.parse(strategy)
-        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
-            raise MessageError("must be a positive number of seconds", where="timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout < float("inf")
+        ):
+            raise MessageError(
+                f"must be a positive number of seconds, got {timeout!r}", where="timeout"
+            )
         if inputs is not None:
+            if isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
+                raise MessageError(
+                    f"must be a list of inputs, got {type(inputs).__name__}", where="inputs"
+                )
             if strat is not Strategy.PIPELINE:
                 raise MessageError("inputs=... is for Strategy.PIPELINE only", where="inputs")
             inputs = list(inputs)

@@ -236,6 +236,7 @@ class Scheduler(WireActor):
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
         self.absent: set[str] = set()  # engines this runtime does not start
+        self._cascade: list[tuple[_Rec, dict[str, Any] | None]] | None = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -349,6 +350,43 @@ class Scheduler(WireActor):
         # may list a task before the task it depends on.
         for rec in fresh:
             self._link(rec)
+        # Only a batch can close a cycle (a task may name only tasks already
+        # known or listed with it): fail the tasks of each cycle, which would
+        # otherwise wait for each other forever.
+        if any(rec.waiting and rec.status == "pending" for rec in fresh):
+            self._fail_cycles(fresh)
+
+    def _fail_cycles(self, fresh: list[_Rec]) -> None:
+        waiting = {r.spec.id: r for r in fresh if r.waiting and r.status == "pending"}
+        state: dict[str, int] = {}  # 1: on the current path, 2: explored
+        cycles: list[list[str]] = []
+        for root in waiting:
+            if root in state:
+                continue
+            state[root] = 1
+            path = [root]
+            stack = [iter(waiting[root].spec.deps or ())]
+            while stack:
+                for dep in stack[-1]:
+                    if dep not in waiting:
+                        continue
+                    if state.get(dep) == 1:
+                        cycles.append([*path[path.index(dep) :], dep])
+                    elif dep not in state:
+                        state[dep] = 1
+                        path.append(dep)
+                        stack.append(iter(waiting[dep].spec.deps or ()))
+                        break
+                else:
+                    state[path.pop()] = 2
+                    stack.pop()
+        for cycle in cycles:
+            error = _err("dependency cycle: " + " -> ".join(cycle), kind="dependency")
+            error["cause"] = error["message"]
+            for task_id in cycle[:-1]:
+                rec = self.tasks.get(task_id)
+                if rec is not None and rec.status == "pending":
+                    self._finish(rec, "failed", error=error)
 
     def _link(self, rec: _Rec) -> None:
         for dep_id in rec.spec.deps or ():
@@ -640,6 +678,13 @@ class Scheduler(WireActor):
             self._finished(rec, status, error)
         dependents, rec.dependents = rec.dependents, None
         holder = None  # a dependent that will still read this task's value
+        # What this end sets off (dependents made ready or failed) is done by the
+        # outermost _finish, in order, not by recursion: a failure at the head of
+        # a chain of 10,000 tasks must not exhaust the stack.
+        cascade = self._cascade
+        outer = cascade is None
+        if cascade is None:
+            cascade = self._cascade = []
         for dep_id in dependents or ():
             child = self.tasks.get(dep_id)
             if child is None or child.status != "pending":
@@ -647,12 +692,26 @@ class Scheduler(WireActor):
             if status == "succeeded":
                 child.waiting -= 1
                 if child.waiting == 0:
-                    self._make_ready(child)
+                    cascade.append((child, None))
                 elif child.spec.deps_input and holder is None:
                     holder = child
             else:
-                self._finish(child, "failed", error=_dep_error(rec))
+                cascade.append((child, _dep_error(rec)))
         self._retire(rec, holder)
+        if outer:
+            try:
+                i = 0
+                while i < len(cascade):
+                    child, err = cascade[i]
+                    i += 1
+                    if child.status != "pending":
+                        continue
+                    if err is None:
+                        self._make_ready(child)
+                    else:
+                        self._finish(child, "failed", error=err)
+            finally:
+                self._cascade = None
 
     def _retire(self, rec: _Rec, holder: _Rec | None = None) -> None:
         """Queue a finished record to be forgotten after ``history`` more ends;
@@ -1094,5 +1153,18 @@ def _dep_error(dep: _Rec) -> dict[str, Any]:
 
 
 def _dep_error_of(dep_id: str, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
-    reason = f": {error.get('message', '')}" if error else ""
-    return _err(f"dependency {dep_id!r} {_ENDED.get(status, status)}{reason}", kind="dependency")
+    """The error of a task whose dependency ``dep_id`` ended ``status``. Along a
+    chain it names the direct dependency and the first failure (its ``cause``),
+    never every link: a failure at the head of a chain of 10,000 tasks gives
+    each one a message of constant size."""
+    ended = _ENDED.get(status, status)
+    cause = error.get("cause") if error else None
+    if cause:
+        message = f"dependency {dep_id!r} {ended} (because {cause})"
+    else:
+        reason = f": {error.get('message', '')}" if error else ""
+        message = f"dependency {dep_id!r} {ended}{reason}"
+        cause = f"{dep_id!r} {ended}{reason}"
+    e = _err(message, kind="dependency")
+    e["cause"] = cause
+    return e

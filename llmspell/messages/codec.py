@@ -453,8 +453,12 @@ def _encoder(cls: type[Message]) -> Callable[[Any], dict[str, Any]]:
 
 def check_data(value: Any, where: str = "value") -> None:
     """Raise ``MessageError`` naming the path unless ``value`` is msgpack data:
-    None, bool, int (64-bit), float, str, bytes, list/tuple, dict with str keys."""
+    None, bool, int (64-bit), float, str, bytes, list/tuple, dict with str keys,
+    nested at most ``MAX_DEPTH`` levels (msgpack packs no deeper)."""
     _check_data(value, where, set())
+
+
+MAX_DEPTH = 500
 
 
 _SCALARS = frozenset((type(None), bool, str, bytes, float))
@@ -480,6 +484,9 @@ def _check_data(value: Any, where: str, seen: set[int]) -> None:
     if isinstance(value, (list, tuple, dict)):
         if id(value) in seen:
             raise MessageError("contains a reference cycle", where=where)
+        if len(seen) >= MAX_DEPTH:
+            short = where if len(where) <= 60 else f"{where[:30]}...{where[-20:]}"
+            raise MessageError(f"nested more than {MAX_DEPTH} levels deep", where=short)
         seen.add(id(value))
         if isinstance(value, dict):
             for k, v in value.items():
