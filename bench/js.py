@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import psutil
 import quickjs
-from _util import best_of, table
+from _util import paired_rounds, table
 
 from llmspell import Runtime, Task
 from llmspell.engines._vm import Completed, Yielded
@@ -124,23 +124,20 @@ def bench_overhead(n: int, rounds: int) -> list[tuple[str, str]]:
             handles = rt.submit_many([Task.js(code) for _ in range(n)])
             assert sum(rt.result(h, timeout=300) for h in handles) == n
 
-        raws, vms, rts, ratios, limited, trivial = [], [], [], [], [], []
         rt_run()  # warm up (compile cache, allocations)
         rt_run("return 1")
-        # paired rounds (the order alternating): the machine's speed drifts over
-        # seconds, so each round's ratio compares like with like
-        for r in range(rounds):
-            vms.append(best_of(lambda: vm_loop(n), 1))
-            limited.append(best_of(lambda: raw_loop(n, 1.0), 1))
-            trivial.append(best_of(lambda: rt_run("return 1"), 1))
-            a = best_of(lambda: raw_loop(n), 1) if r % 2 == 0 else best_of(rt_run, 1)
-            b = best_of(rt_run, 1) if r % 2 == 0 else best_of(lambda: raw_loop(n), 1)
-            raw, rtt = (a, b) if r % 2 == 0 else (b, a)
-            raws.append(raw)
-            rts.append(rtt)
-            ratios.append(rtt / raw)
-            gc.collect()
-    raw, vmt, rtt, lim, triv = min(raws), min(vms), min(rts), min(limited), min(trivial)
+        raws, rts, ratios, extra = paired_rounds(
+            lambda: raw_loop(n),
+            rt_run,
+            rounds,
+            {
+                "vm": lambda: vm_loop(n),
+                "limited": lambda: raw_loop(n, 1.0),
+                "trivial": lambda: rt_run("return 1"),
+            },
+        )
+    raw, rtt = min(raws), min(rts)
+    vmt, lim, triv = min(extra["vm"]), min(extra["limited"]), min(extra["trivial"])
     return [
         (f"(a) {n} tasks x 10 await spell.sleep(0), {rounds} paired rounds", "per task"),
         ("raw QuickJS promises, hand-written loop, best", f"{raw / n * 1e6:.1f} us"),
