@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _util import best_of, table
+from _util import paired_rounds, table
 from thespian.actors import Actor, ActorSystem
 
 from llmspell import Runtime, Task
@@ -49,16 +49,8 @@ def main() -> None:
                 assert total == n * (n - 1) // 2 + n
 
             rt_run()  # warm: imports, first thread
-            # Paired rounds, the order alternating: the machine is shared and its
-            # speed drifts over seconds, so each round's ratio compares like with like.
-            raws, rts, ratios = [], [], []
-            for r in range(rounds):
-                first, second = (raw_run, rt_run) if r % 2 == 0 else (rt_run, raw_run)
-                a, b = best_of(first, 1), best_of(second, 1)
-                raw, rtt = (a, b) if r % 2 == 0 else (b, a)
-                raws.append(raw)
-                rts.append(rtt)
-                ratios.append(rtt / raw)
+            # paired rounds, the order alternating (bench/_util.paired_rounds)
+            raws, rts, ratios, _ = paired_rounds(raw_run, rt_run, rounds)
     finally:
         asys.shutdown()
     print(f"{n} tasks, {rounds} paired rounds (raw asks, then runtime; order alternating)")
