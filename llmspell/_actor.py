@@ -13,6 +13,7 @@ actors in the layering) are actors too.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -143,4 +144,24 @@ class WireActor(Actor):  # type: ignore[misc]
         """Called after every handled message: send what was batched."""
 
     def wake_after(self, seconds: float, payload: Any) -> None:
-        self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=payload)
+        """``on_wakeup(payload)`` after ``seconds`` (any float: a negative or NaN
+        wait is none, a huge or infinite one is armed a day at a time, since
+        Thespian's timers and select() overflow far sooner)."""
+        seconds = max(0.0, seconds)
+        if seconds > _MAX_WAKE:
+            payload = _Later(time.monotonic() + seconds, payload)
+            seconds = _MAX_WAKE
+        self.wakeupAfter(timedelta(seconds=seconds), payload=payload)
+
+
+_MAX_WAKE = 86_400.0
+
+
+class _Later:
+    """The payload of a wake-up further away than ``_MAX_WAKE``."""
+
+    __slots__ = ("at", "payload")
+
+    def __init__(self, at: float, payload: Any) -> None:
+        self.at = at
+        self.payload = payload

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -105,32 +106,45 @@ class EmbeddedDriver:
             self._stopped.set()
 
     def _loop(self, asys: Any) -> None:
-        inbox = self.inbox
         while True:
             try:
-                item = inbox.get(timeout=self._next_wakeup(asys))
-            except queue.Empty:
-                item = None
-            items = [item] if item is not None else []
-            for _ in range(10_000):
-                try:
-                    items.append(inbox.get_nowait())
-                except queue.Empty:
-                    break
-            if not items:  # a wake-up is due: any tell lets it fire
-                asys.tell(self.director, _NOOP)
-            for it in items:
-                if it is _STOP:
-                    self._shutdown(asys)
+                if self._turn(asys):
                     return
-                try:
-                    if callable(it):
-                        it()
-                    else:
-                        asys.tell(it[0], it[1])
-                except Exception:
-                    log.exception("driver: delivering a message failed")
-            self._collect()
+            except Exception:  # never let one bad turn stop the runtime's only thread
+                log.exception("driver: a turn of its loop failed")
+                time.sleep(0.01)
+
+    def _turn(self, asys: Any) -> bool:
+        """Deliver what is queued (waiting for it or the next wake-up first);
+        True once the runtime is shut down."""
+        inbox = self.inbox
+        wait = self._next_wakeup(asys)
+        try:
+            # (a far wake-up is waited for an hour at a time: the wait overflows)
+            item = inbox.get(timeout=None if wait is None else min(wait, 3600.0))
+        except queue.Empty:
+            item = None
+        items = [item] if item is not None else []
+        for _ in range(10_000):
+            try:
+                items.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        if not items:  # a wake-up is due: any tell lets it fire
+            asys.tell(self.director, _NOOP)
+        for it in items:
+            if it is _STOP:
+                self._shutdown(asys)
+                return True
+            try:
+                if callable(it):
+                    it()
+                else:
+                    asys.tell(it[0], it[1])
+            except Exception:
+                log.exception("driver: delivering a message failed")
+        self._collect()
+        return False
 
     def _collect(self, expect: type | None = None) -> Any:
         """Hand every message addressed to the outside to ``on_message``."""

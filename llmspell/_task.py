@@ -37,6 +37,17 @@ _OPTIONS = frozenset(
 )
 _AGENT_OPTIONS = frozenset(("execution", "buffer_size"))
 _NO_OPTS: Mapping[str, Any] = types.MappingProxyType({})  # shared by tasks without options
+
+#: every hook point, in the order a task meets them
+HOOK_POINTS = (
+    "task.before",
+    "task.after",
+    "task.error",
+    "task.retry",
+    "coordination.before",
+    "coordination.after",
+    "engine.restart",
+)
 _EXECUTIONS = ("single", "threaded", "distributed", "streaming")
 
 
@@ -82,13 +93,23 @@ class Limits:
                 where="limits.on_exceed",
             )
         if self.memory_bytes is not None and (
-            not isinstance(self.memory_bytes, int) or self.memory_bytes <= 0
+            isinstance(self.memory_bytes, bool)
+            or not isinstance(self.memory_bytes, int)
+            or not 0 < self.memory_bytes < 2**63
         ):
-            raise MessageError("must be a positive int", where="limits.memory_bytes")
+            raise MessageError(
+                f"must be a positive int below 2**63, got {self.memory_bytes!r}",
+                where="limits.memory_bytes",
+            )
         if self.cpu_seconds is not None and (
-            not isinstance(self.cpu_seconds, (int, float)) or self.cpu_seconds <= 0
+            isinstance(self.cpu_seconds, bool)
+            or not isinstance(self.cpu_seconds, (int, float))
+            or not 0 < self.cpu_seconds < float("inf")
         ):
-            raise MessageError("must be a positive number", where="limits.cpu_seconds")
+            raise MessageError(
+                f"must be a positive number of seconds, got {self.cpu_seconds!r}",
+                where="limits.cpu_seconds",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -317,6 +338,11 @@ class Task:
 
     @classmethod
     def hook(cls, point: str, payload: Any = None, **opts: Any) -> Task:
+        if point not in HOOK_POINTS:
+            raise MessageError(
+                f"unknown hook point {point!r}; use one of {', '.join(HOOK_POINTS)}",
+                where="point",
+            )
         return cls._make("hook", name=_name(point), payload=payload, opts=opts)
 
     @classmethod
@@ -324,10 +350,16 @@ class Task:
         return cls._make("event", name=_name(name), payload=payload, opts=opts)
 
     @classmethod
-    def workflow(cls, path_or_dict: str | Mapping[str, Any], **opts: Any) -> Task:
+    def workflow(
+        cls, path_or_dict: str | os.PathLike[str] | Mapping[str, Any], **opts: Any
+    ) -> Task:
         if isinstance(path_or_dict, Mapping):
             return cls._make("workflow", payload=dict(path_or_dict), opts=opts)
-        return cls._make("workflow", name=str(path_or_dict), opts=opts)
+        if not isinstance(path_or_dict, (str, os.PathLike)) or not str(path_or_dict):
+            raise MessageError(
+                f"a workflow is a file path or a dict, got {path_or_dict!r}", where="workflow"
+            )
+        return cls._make("workflow", name=os.fspath(path_or_dict), opts=opts)
 
     @classmethod
     def custom(cls, kind: str, payload: Any = None, **opts: Any) -> Task:
@@ -462,7 +494,7 @@ def _check_opts(o: Mapping[str, Any]) -> None:
     if not o:
         return
     p = o.get("priority", "normal")
-    if p not in PRIORITIES:
+    if not isinstance(p, str) or p not in PRIORITIES:
         raise MessageError(f"must be one of {', '.join(PRIORITIES)}, got {p!r}", where="priority")
     t = o.get("timeout")
     if t is not None and (
@@ -470,8 +502,8 @@ def _check_opts(o: Mapping[str, Any]) -> None:
     ):
         raise MessageError(f"must be a positive number of seconds, got {t!r}", where="timeout")
     r = o.get("retries", 0)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise MessageError(f"must be an int >= 0, got {r!r}", where="retries")
+    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < 2**31:
+        raise MessageError(f"must be an int from 0 to 2**31 - 1, got {r!r}", where="retries")
     deps = o.get("deps", ())
     if isinstance(deps, (str, Handle)) or not isinstance(deps, Iterable):
         raise MessageError("must be a list of handles or task ids", where="deps")

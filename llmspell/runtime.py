@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._actor import log
 from ._clock import now
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._options import check_options
@@ -175,6 +176,7 @@ class _Core:
 
     def specs(self, tasks: Iterable[Task]) -> list[TaskSpec]:
         self.check_open()
+        _check_task_list(tasks)
         specs = []
         for i, task in enumerate(tasks):
             if type(task) is not Task and not isinstance(task, Task):
@@ -219,6 +221,7 @@ class _Core:
         in the rest and less of the batch is in memory at once; a batch with
         dependencies goes whole (a task may name one listed after it)."""
         self.check_open()
+        _check_task_list(tasks)
         ids: list[str] = []
         parts: list[bytes] = []
         linked = False
@@ -373,7 +376,10 @@ class _Core:
             if event is not None:
                 event.set()
             for cb in callbacks or ():
-                cb(o)
+                try:
+                    cb(o)
+                except Exception:  # one failing waiter must not keep the others waiting
+                    log.exception("a callback waiting for task %s failed", o.task_id)
         if self.streams:
             for o in outcomes:
                 s = self.streams.get(o.task_id)
@@ -383,6 +389,11 @@ class _Core:
 
     def resolve(self, o: TaskOutcome) -> None:
         self.resolve_many([o])
+
+    def off_done(self, v: _View, cb: Callable[[TaskOutcome], None]) -> None:
+        with self.lock:
+            if v.callbacks is not None and cb in v.callbacks:
+                v.callbacks.remove(cb)
 
     def on_done(self, v: _View, cb: Callable[[TaskOutcome], None]) -> None:
         with self.lock:
@@ -416,6 +427,24 @@ class _Core:
 _UNKNOWN: Any = object()
 _new = object.__new__
 _SET_ID, _SET_ENDED = (Handle.__dict__[f].__set__ for f in ("id", "_ended"))
+
+
+def _check_task_list(tasks: Any) -> None:
+    if isinstance(tasks, (Task, str, bytes, Mapping)) or not isinstance(tasks, Iterable):
+        raise MessageError(f"expected a list of Tasks, got {type(tasks).__name__}", where="tasks")
+
+
+def _wait_time(timeout: Any) -> float | None:
+    """A caller's ``timeout`` for waiting: None (or one too long for the platform's
+    waits, infinity included) waits for ever; a negative one is zero (look and go
+    back, like ``threading.Event.wait``); anything but a number is a MessageError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        raise MessageError(f"must be a number of seconds or None, got {timeout!r}", where="timeout")
+    if timeout >= threading.TIMEOUT_MAX:
+        return None
+    return max(0.0, float(timeout))
 
 
 def _handle(task_id: str) -> Handle:
@@ -504,16 +533,17 @@ class Subscription:
     def get(self, timeout: float | None = None) -> Event:
         """The next event. Raises the builtin ``TimeoutError`` when none came
         within ``timeout`` seconds, ``RuntimeClosed`` once closed and empty."""
+        wait = _wait_time(timeout)
         with self._cond:
             pump = self._runtime._pump
             if pump is not None:  # a simulation: run the world until an event comes
                 self._cond.release()
                 try:
-                    pump(lambda: bool(self._queue) or self.closed, timeout)
+                    pump(lambda: bool(self._queue) or self.closed, wait)
                 finally:
                     self._cond.acquire()
             if not self._cond.wait_for(
-                lambda: self._queue or self.closed, 0 if pump is not None else timeout
+                lambda: self._queue or self.closed, 0 if pump is not None else wait
             ):
                 raise TimeoutError(f"no event matching {self.pattern!r} within {timeout} s")
             if self._queue:
@@ -679,9 +709,10 @@ class Runtime:
             if ended is not None and ended[0] == "succeeded":
                 return ended[1]
         task_id, v = self._core.view(handle)
+        wait = _wait_time(timeout)
         if self._pump is not None:
-            self._pump(lambda: v.outcome is not None, timeout)
-        if not self._core.wait(v, 0 if self._pump is not None else timeout):
+            self._pump(lambda: v.outcome is not None, wait)
+        if not self._core.wait(v, 0 if self._pump is not None else wait):
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
             )
@@ -832,7 +863,7 @@ class Runtime:
             s = found
             with s.cond:
                 s.attached = True
-        return self._read_stream(task_id, v, s, timeout)
+        return self._read_stream(task_id, v, s, _wait_time(timeout))
 
     def _read_stream(
         self, task_id: str, v: _View, s: _Stream, timeout: float | None
@@ -1116,6 +1147,7 @@ class AsyncRuntime:
     async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
         rt = self._runtime()
         task_id, v = rt._core.view(handle)
+        wait = _wait_time(timeout)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[TaskOutcome] = loop.create_future()
 
@@ -1124,15 +1156,20 @@ class AsyncRuntime:
                 if not fut.done():
                     fut.set_result(o)
 
-            loop.call_soon_threadsafe(settle)
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # that event loop is closed: nobody waits there now
+                pass
 
         rt._core.on_done(v, done)
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            outcome = await asyncio.wait_for(asyncio.shield(fut), wait)
         except TimeoutError:
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
             ) from None
+        finally:
+            rt._core.off_done(v, done)  # a cancelled or timed-out await leaves nothing behind
         return _Core.value_of(task_id, outcome)
 
     async def cancel(self, handle: Handle | str) -> bool:

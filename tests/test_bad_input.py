@@ -96,3 +96,97 @@ def test_none_options_are_the_defaults(rt: Runtime) -> None:
         "return 1", deps=None, retries=None, priority=None, timeout=None, limits=None, id=None
     )
     assert rt.result(rt.submit(t), timeout=WAIT) == 1
+
+
+def test_waits_far_in_the_future_leave_the_runtime_serving(rt: Runtime) -> None:
+    # each of these once overflowed a timer and stopped the runtime's driver thread
+    sleepers = [
+        rt.submit(Task.lua("spell.sleep(1e10) return 1")),
+        rt.submit(Task.js("await spell.sleep(1e12); return 1")),
+        rt.submit(Task.lua("spell.wait_event('never.*', 1e12) return 1")),
+        rt.submit(Task.lua("spell.sleep(5) return 1", timeout=1e12)),
+    ]
+    result = rt.coordinate([Task.lua("return 2")], Strategy.PARALLEL, timeout=1e10)
+    assert result.ok and result.results == [2]
+    assert rt.result(rt.submit(Task.lua("return 7")), timeout=WAIT) == 7
+    assert rt.result(rt.submit(Task.js("return 8")), timeout=float("inf")) == 8
+    assert all(rt.status(h) == "running" for h in sleepers)
+    assert all(rt.cancel(h) for h in sleepers)
+
+
+def test_a_huge_retry_backoff_cap_is_no_problem() -> None:
+    with Runtime(retry_backoff_cap=1e12) as rt:
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=WAIT) == 1
+
+
+@pytest.mark.parametrize("timeout", ["5", float("nan"), [1]])
+def test_a_wait_timeout_must_be_seconds(rt: Runtime, timeout: object) -> None:
+    h = rt.submit(Task.lua("return 1"))
+    with pytest.raises(MessageError, match="timeout: must be a number of seconds or None"):
+        rt.result(h, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="timeout"):
+        rt.subscribe("x.*").get(timeout=timeout)  # type: ignore[arg-type]
+    assert rt.result(h, timeout=WAIT) == 1
+
+
+def test_an_abandoned_async_wait_does_not_keep_other_waiters_waiting() -> None:
+    import asyncio
+
+    from llmspell import AsyncRuntime
+
+    rt = AsyncRuntime()
+    asyncio.run(rt.start())
+    try:
+
+        async def first() -> tuple[object, object]:
+            a, b = await rt.submit_many(
+                [Task.lua("spell.sleep(0.3) return 'A'"), Task.lua("spell.sleep(0.3) return 'B'")]
+            )
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(rt.result(a), 0.05)
+            return a, b
+
+        a, b = asyncio.run(first())  # that event loop is closed now
+
+        async def second() -> object:
+            return await asyncio.wait_for(rt.result(b), WAIT)
+
+        assert asyncio.run(second()) == "B"
+        assert asyncio.run(asyncio.wait_for(rt.result(a), WAIT)) == "A"
+    finally:
+        asyncio.run(rt.close())
+
+
+@pytest.mark.parametrize(
+    ("make", "where"),
+    [
+        (lambda: Task.hook("task.middle"), "point"),
+        (lambda: Task.workflow(None), "workflow"),  # type: ignore[arg-type]
+        (lambda: Task.workflow(5), "workflow"),  # type: ignore[arg-type]
+        (lambda: Task.lua("return 1", priority=["high"]), "priority"),
+        (lambda: Task.lua("return 1", retries=10**30), "retries"),
+    ],
+)
+def test_task_constructors_refuse_what_cannot_run(make: object, where: str) -> None:
+    with pytest.raises(MessageError) as info:
+        make()  # type: ignore[operator]
+    assert info.value.where == where
+
+
+def test_limits_must_fit_the_wire() -> None:
+    from llmspell import Limits
+
+    with pytest.raises(MessageError, match=r"limits\.memory_bytes"):
+        Limits(memory_bytes=10**30)
+    with pytest.raises(MessageError, match=r"limits\.cpu_seconds"):
+        Limits(cpu_seconds=float("nan"))
+
+
+@pytest.mark.parametrize("tasks", [None, 5, "abc"])
+def test_a_list_of_tasks_is_required(rt: Runtime, tasks: object) -> None:
+    with pytest.raises(MessageError, match="tasks: expected a list of Tasks"):
+        rt.coordinate(tasks, Strategy.PARALLEL)  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="tasks: expected a list of Tasks"):
+        rt.submit_many(tasks)  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="tasks: expected a list of Tasks"):
+        rt.coordinate(Task.lua("return 1"), Strategy.PARALLEL)  # type: ignore[arg-type]

@@ -31,21 +31,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import MessageError
+from .._task import HOOK_POINTS
 from ..messages.types import TaskSpec
 from ..schema import check_schema, validate
 
 __all__ = ["HOOK_POINTS", "REGISTERED_KINDS", "Registry", "RegistryError", "wire_target"]
-
-#: every hook point, in the order a task meets them
-HOOK_POINTS = (
-    "task.before",
-    "task.after",
-    "task.error",
-    "task.retry",
-    "coordination.before",
-    "coordination.after",
-    "engine.restart",
-)
 
 #: task kinds whose target comes from a registration
 REGISTERED_KINDS = frozenset(("tool", "agent", "custom", "hook"))
