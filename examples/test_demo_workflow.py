@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmspell.examples import path
+from llmspell.examples import SCRIPT_PYTHON, path
 from llmspell.testing import Fault, Simulation
 
 DEMO = path("demo.yaml")
@@ -22,7 +22,7 @@ HEADLINE = "PYTHON WON: actors (8 words), lua (11 words), js (8 words)"
     at=st.floats(0.0, 3.0, allow_nan=False),
 )
 def test_one_engine_crash_never_costs_the_result(seed: int, engine: str, at: float) -> None:
-    with Simulation(seed=seed) as sim:
+    with Simulation(seed=seed, script_python=SCRIPT_PYTHON) as sim:
         sim.inject([Fault("engine_crash", engine=engine, at=at)])
         result = sim.run_workflow(DEMO)
         assert result.ok, result.failed
@@ -32,7 +32,7 @@ def test_one_engine_crash_never_costs_the_result(seed: int, engine: str, at: flo
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_a_failing_stage_cancels_the_later_ones(seed: int) -> None:
-    with Simulation(seed=seed) as sim:
+    with Simulation(seed=seed, script_python=SCRIPT_PYTHON) as sim:
         # the fetch stage fails on both of its attempts: nothing after it runs
         sim.inject([Fault("script_error", task="*:fetch", count=2)])
         result = sim.run_workflow(DEMO)

@@ -89,6 +89,18 @@ def check_options(config: Mapping[str, Any]) -> None:
             _check_engines(value)
         elif key == "supervision":
             _check_supervision(value)
+        elif key == "script_python":
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise MessageError(
+                    f"must be a list of 'module:function' patterns, got {value!r}", where=key
+                )
+            for i, pattern in enumerate(value):
+                if not isinstance(pattern, str) or ":" not in pattern:
+                    raise MessageError(
+                        f"must be a 'module:function' pattern like 'myapp.tools:*', "
+                        f"got {pattern!r}",
+                        where=f"{key}[{i}]",
+                    )
 
 
 def _check_engines(value: Any) -> None:

@@ -97,6 +97,7 @@ _CONFIG = frozenset(
         "throttle_share",
         "resource_interval",
         "history",
+        "script_python",
     )
 )
 

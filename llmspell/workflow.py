@@ -33,6 +33,14 @@ Each step becomes a task whose id is ``"<run prefix>:<step id>"`` (unique per
 run) and whose ``metadata`` holds ``{"workflow": name, "step": step id}``; the
 results stay keyed by the step ids as written.
 
+Limits: a timeout is at most ``1e8`` seconds (about three years); a file must
+be a regular UTF-8 file, and a workflow may hold at most a million values
+once YAML aliases are expanded (a small file of nested aliases can stand for
+billions). An agent step takes no ``args`` (its input is ``input``, or its
+dependency's result, or the previous pipeline stage's). No step takes both
+``input`` and ``deps``, nor ``input`` as a later pipeline stage (it would be
+replaced).
+
 ``load_workflow`` checks everything before anything runs and raises one
 ``MessageError`` listing every problem, each with its step id and field.
 """
@@ -40,6 +48,8 @@ results stay keyed by the step ids as written.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +83,12 @@ _STEP_KEYS = frozenset(
     )
 )
 _LANGS = ("lua", "js", "python")
+#: the longest timeout, seconds (about three years): the aggregator's timer
+#: overflows on much larger values
+_MAX_SECONDS = 1e8
+#: the most values a workflow may hold once shared sub-objects (YAML aliases)
+#: are counted every time they occur
+_MAX_VALUES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +103,7 @@ class Workflow:
 
 
 def load_workflow(
-    source: str | Path | Mapping[str, Any],
+    source: str | os.PathLike[str] | Mapping[str, Any],
     *,
     run_prefix: str | None = None,
     parent: str | None = None,
@@ -104,15 +120,25 @@ def load_workflow(
             (default: the current directory; a file's own directory for files).
 
     Raises:
-        MessageError: the file cannot be read or parsed, or the workflow is
-            malformed; the message lists every problem. Nothing has run.
+        MessageError: the file cannot be read or parsed (missing, a directory
+            or other non-regular file, not UTF-8, nested too deeply, more than
+            a million values once YAML aliases are expanded), or the workflow
+            is malformed; the message names the file, or lists every problem.
+            Nothing has run.
     """
+    file: str | None = None
     if isinstance(source, Mapping):
         data: Any = source
         default_name = "workflow"
         base = Path(base_dir) if base_dir is not None else Path.cwd()
-    elif isinstance(source, (str, Path)):
+        if _expanded_size(data) > _MAX_VALUES:
+            raise MessageError(
+                f"expands to more than {_MAX_VALUES:,} values (a shared sub-object repeated?)",
+                where="workflow",
+            )
+    elif isinstance(source, (str, os.PathLike)) and isinstance(os.fspath(source), str):
         path = Path(source)
+        file = str(path)
         data = _read(path)
         default_name = path.stem
         base = Path(base_dir) if base_dir is not None else path.parent
@@ -120,20 +146,56 @@ def load_workflow(
         raise MessageError(
             f"a workflow is a file path or a dict, not {type(source).__name__}", where="workflow"
         )
-    return _Loader(data, default_name, base, run_prefix or new_task_id(), parent).load()
+    return _Loader(data, default_name, base, run_prefix or new_task_id(), parent, file).load()
+
+
+def _not_a_file(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be read as ``what``, or None for a regular file.
+
+    Checked before opening: opening a FIFO blocks until a writer comes, and a
+    device may never end.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError:  # an embedded NUL byte
+        return "not a valid path"
+    if stat.S_ISDIR(mode):
+        return f"is a directory, not {what}"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return None
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; raises ``ValueError`` saying why it cannot be read."""
+    why = _not_a_file(path, what)
+    if why is not None:
+        raise ValueError(why)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("it is not UTF-8 text") from None
+    except OSError as exc:
+        raise ValueError(exc.strerror or str(exc)) from None
 
 
 def _read(path: Path) -> Any:
+    shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MessageError(
-            f"cannot read workflow file {str(path)!r}: {exc.strerror or exc}"
-        ) from None
+        text = _read_text(path, "a workflow file")
+    except ValueError as exc:
+        raise MessageError(f"cannot read workflow file {shown!r}: {exc}") from None
     try:
         if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except RecursionError:
+        raise MessageError(f"workflow file {shown!r} is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise MessageError(
             f"workflow file {str(path)!r} is not valid JSON: {exc.msg} "
@@ -146,13 +208,60 @@ def _read(path: Path) -> Any:
         raise MessageError(
             f"workflow file {str(path)!r} is not valid YAML: {problem}{where}"
         ) from None
+    if _expanded_size(data) > _MAX_VALUES:
+        raise MessageError(
+            f"workflow file {shown!r} expands to more than {_MAX_VALUES:,} values (YAML aliases?)"
+        )
+    return data
+
+
+def _expanded_size(root: Any) -> int:
+    """How many values ``root`` holds with every shared list or dict counted
+    each time it occurs (as it would be written out), capped just above
+    ``_MAX_VALUES``.
+
+    YAML aliases make a document a graph: a ~1 KB file can stand for billions
+    of values, and walking it as a tree takes that long. This is linear in the
+    distinct containers: each one's size is computed once, by ``id``, without
+    recursion. A container met again inside itself (a cycle) counts once here;
+    ``check_data`` reports cycles where they matter.
+    """
+    cap = _MAX_VALUES + 1
+    sizes: dict[int, int] = {}  # id -> size; 1 while the container is being counted
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, counted = stack.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+            own = 1 + len(node)  # the mapping and its keys
+        elif isinstance(node, (list, tuple)):
+            children, own = node, 1
+        else:
+            continue
+        if counted:
+            total = own + sum(sizes.get(id(c), 1) for c in children)
+            sizes[id(node)] = min(total, cap)
+        elif id(node) not in sizes:
+            sizes[id(node)] = 1
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes.get(id(root), 1)
 
 
 class _Loader:
     """Checks one workflow, collecting every problem before raising."""
 
-    def __init__(self, data: Any, name: str, base: Path, prefix: str, parent: str | None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        name: str,
+        base: Path,
+        prefix: str,
+        parent: str | None,
+        file: str | None = None,
+    ) -> None:
         self.data = data
+        self.file = file  # the workflow file, as given
         self.name = name
         self.base = base
         self.prefix = prefix
@@ -165,9 +274,13 @@ class _Loader:
     def load(self) -> Workflow:
         data = self.data
         if not isinstance(data, Mapping):
+            got = "nothing" if data is None else type(data).__name__
+            if self.file is not None:
+                raise MessageError(
+                    f"workflow file {self.file!r} must hold a mapping with 'steps', got {got}"
+                )
             raise MessageError(
-                f"a workflow must be a mapping with 'steps', got {type(data).__name__}",
-                where="workflow",
+                f"a workflow must be a mapping with 'steps', got {got}", where="workflow"
             )
         for key in sorted(set(data) - _TOP_KEYS, key=str):
             self.problem(str(key), f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
@@ -221,6 +334,7 @@ class _Loader:
                 continue
             spec = self.step(step, ids[i], where)
             step_deps = self.deps(step, ids, i, where, strategy, seen)
+            self.inputs(step, i, where, strategy)
             deps[ids[i]] = step_deps
             if spec is not None:
                 if step_deps:
@@ -229,6 +343,26 @@ class _Loader:
                 tasks.append(spec)
         self.cycles(ids, deps)
         return tasks, ids
+
+    def inputs(self, step: Mapping[str, Any], i: int, where: str, strategy: str) -> None:
+        """A step's input comes from one place: ``input``, its deps, or the
+        previous pipeline stage."""
+        deps = step.get("deps")
+        has_deps = isinstance(deps, list) and bool(deps) and strategy != "pipeline"
+        later_stage = strategy == "pipeline" and i > 0
+        if "input" not in step:
+            return
+        if has_deps:
+            self.problem(
+                f"{where}.input",
+                "give input or deps, not both (a step with deps gets their results as input)",
+            )
+        elif later_stage:
+            self.problem(
+                f"{where}.input",
+                "only a pipeline's first step takes input "
+                "(each later step gets the previous step's result)",
+            )
 
     def task_id(self, step_id: str) -> str:
         return f"{self.prefix}:{step_id}"
@@ -246,7 +380,9 @@ class _Loader:
         spec = TaskSpec(id=self.task_id(sid), kind="", parent=self.parent)
         self.what(step, spec, where)
         args = step.get("args")
-        if args is not None:
+        if args is not None and spec.kind == "agent":
+            self.problem(f"{where}.args", "an agent step takes no args (give its input as input)")
+        elif args is not None:
             if not isinstance(args, Mapping):
                 self.problem(f"{where}.args", f"must be a mapping, got {type(args).__name__}")
             elif self.data_ok(dict(args), f"{where}.args"):
@@ -344,9 +480,9 @@ class _Loader:
         if not path.is_absolute():
             path = self.base / path
         try:
-            return path.read_text(encoding="utf-8")
-        except OSError as exc:
-            self.problem(where, f"cannot read {str(path)!r}: {exc.strerror or exc}")
+            return _read_text(path, "a script file")
+        except ValueError as exc:
+            self.problem(where, f"cannot read {str(path)!r}: {exc}")
             return None
 
     def deps(
@@ -415,8 +551,14 @@ class _Loader:
     def seconds(self, value: Any, where: str) -> float | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        # "not value > 0" rejects NaN too; "value > _MAX_SECONDS" rejects infinity
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             self.problem(where, f"must be a positive number of seconds, got {value!r}")
+            return None
+        if value > _MAX_SECONDS:
+            self.problem(
+                where, f"must be at most {_MAX_SECONDS:.0f} s (about 3 years), got {value!r}"
+            )
             return None
         return float(value)
 

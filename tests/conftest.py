@@ -20,9 +20,13 @@ settings.register_profile(
 settings.load_profile("deep" if os.environ.get("LLMSPELL_DEEP") else "default")
 
 
+# The Python targets the suite's scripts run (scripts may run none by default)
+SCRIPT_PYTHON = ["targets:*", "tasks:*"]
+
+
 @pytest.fixture
 def rt() -> Iterator[Runtime]:
-    runtime = Runtime()
+    runtime = Runtime(script_python=SCRIPT_PYTHON)
     try:
         yield runtime
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmspell import MessageError, Runtime, Strategy, Task, TaskFailed
+from llmspell import MessageError, Runtime, Strategy, Task, TaskFailed, TaskTimeout
 
 WAIT = 10
 
@@ -190,3 +190,139 @@ def test_a_list_of_tasks_is_required(rt: Runtime, tasks: object) -> None:
         rt.submit_many(tasks)  # type: ignore[arg-type]
     with pytest.raises(MessageError, match="tasks: expected a list of Tasks"):
         rt.coordinate(Task.lua("return 1"), Strategy.PARALLEL)  # type: ignore[arg-type]
+
+
+_PARENT = """
+local child = spell.submit({lang = 'lua', code = 'spell.sleep(30) return 1'})
+spell.await(child)
+"""
+
+
+def _wait_for(rt: Runtime, what: str, n: int) -> dict[str, object]:
+    import time
+
+    deadline = time.monotonic() + WAIT
+    while True:
+        stats = rt.stats()
+        if stats[what] >= n or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.02)
+
+
+def test_cancelling_a_task_cancels_the_children_it_is_still_running(rt: Runtime) -> None:
+    parent = rt.submit(Task.lua(_PARENT))
+    assert _wait_for(rt, "running", 2)["running"] == 2  # the parent and its child
+    assert rt.cancel(parent) is True
+    stats = _wait_for(rt, "cancelled", 2)
+    assert stats["cancelled"] == 2 and stats["running"] == 0
+
+
+def test_a_task_that_times_out_cancels_its_children(rt: Runtime) -> None:
+    parent = rt.submit(Task.lua(_PARENT, timeout=0.3))
+    with pytest.raises(TaskTimeout):
+        rt.result(parent, timeout=WAIT)
+    stats = _wait_for(rt, "cancelled", 1)
+    assert stats["cancelled"] == 1 and stats["running"] == 0
+
+
+def test_children_outlive_a_parent_that_returned(rt: Runtime) -> None:
+    code = "return spell.submit({lang = 'lua', code = 'spell.sleep(0.2) return 5'})"
+    child_handle = rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
+    late = rt.submit(Task.lua("return spell.await(spell.args.h)", args={"h": child_handle}))
+    assert rt.result(late, timeout=WAIT) == 5
+
+
+def test_a_task_that_submits_itself_for_ever_fails_at_the_depth_limit(rt: Runtime) -> None:
+    code = "return spell.run({lang = 'lua', code = spell.args.code, args = spell.args})"
+    h = rt.submit(Task.lua(code, args={"code": code}))
+    with pytest.raises(TaskFailed, match="nested more than 256 levels deep") as info:
+        rt.result(h, timeout=60)
+    assert len(str(info.value)) < 1200  # deep awaits keep the first cause, not every link
+    assert _wait_for(rt, "running", 0)["running"] == 0
+
+
+# -- scripts are sandboxed: no Python, files or shared globals unless allowed ---------------
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        Task.lua("return spell.run({lang = 'python', target = 'os:getcwd'})"),
+        Task.js("return await spell.run({lang: 'python', target: 'os:getcwd'})"),
+        Task.lua("return spell.coordinate({{lang = 'python', target = 'os:getcwd'}}, 'parallel')"),
+        Task.lua(
+            "return spell.run({kind = 'workflow', payload = {steps = {{id = 'a', "
+            "target = 'os:getcwd'}}}})"
+        ),
+    ],
+)
+def test_a_script_runs_no_python_target_unless_the_runtime_allows_it(task: Task) -> None:
+    with Runtime() as rt:
+        h = rt.submit(task)
+        try:
+            value = rt.result(h, timeout=WAIT)
+        except TaskFailed as exc:
+            assert "may not run the Python target 'os:getcwd'" in str(exc)
+        else:  # a coordination reports its failed tasks instead of raising
+            assert value["ok"] is False
+            assert "may not run the Python target" in str(value["failed"])
+    with Runtime(script_python=["os:getcwd"]) as rt:
+        code = "return spell.run({lang = 'python', target = 'os:getcwd'})"
+        assert rt.result(rt.submit(Task.lua(code)), timeout=WAIT) == __import__("os").getcwd()
+
+
+def test_a_script_reads_no_workflow_file(rt: Runtime) -> None:
+    code = "return spell.run({kind = 'workflow', payload = spell.args.path})"
+    h = rt.submit(Task.lua(code, args={"path": "/etc/hostname"}))
+    with pytest.raises(TaskFailed, match="may not load a workflow file"):
+        rt.result(h, timeout=WAIT)
+    step_file = (
+        "return spell.run({kind = 'workflow', "
+        "payload = {steps = {{id = 'a', file = '/etc/hostname'}}}})"
+    )
+    with pytest.raises(TaskFailed, match="may not load a workflow file or a step's file"):
+        rt.result(rt.submit(Task.lua(step_file)), timeout=WAIT)
+
+
+@pytest.mark.parametrize("bad", ["--script-python", ["os"], [5]])
+def test_script_python_must_be_patterns(bad: object) -> None:
+    with pytest.raises(MessageError, match="script_python"):
+        Runtime(script_python=bad)
+
+
+def test_load_without_a_script_caller_gets_globals_of_its_own(rt: Runtime) -> None:
+    writer = "coroutine.wrap(load)(\"secret = 'from A'; tostring = nil\")() return 1"
+    assert rt.result(rt.submit(Task.lua(writer)), timeout=WAIT) == 1
+    reader = "local s = coroutine.wrap(load)('return secret')() return {type(s), tostring(42)}"
+    assert rt.result(rt.submit(Task.lua(reader)), timeout=WAIT) == ["nil", "42"]
+
+
+def test_a_lone_surrogate_in_a_js_string_crosses_and_loses_nothing(rt: Runtime) -> None:
+    hs = rt.submit_many(
+        [Task.js("return 1") for _ in range(5)]
+        + [Task.js("return '\\ud800'"), Task.js("return {'\\udc00': 1}")]
+        + [Task.js("return 2") for _ in range(5)]
+    )
+    values = [rt.result(h, timeout=WAIT) for h in hs]
+    assert values == [1] * 5 + ["\ud800", {"\udc00": 1}] + [2] * 5
+    with pytest.raises(TaskFailed, match="Error"):
+        rt.result(rt.submit(Task.js("throw new Error('\\ud800')")), timeout=WAIT)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "let a = []; for (let i = 0; i < 100000; i++) a = [a]; JSON.stringify(a); return 1",
+        "let a = []; for (let i = 0; i < 100000; i++) a = [a]; return JSON.stringify(a, ['x'])",
+        "const d = {toJSON() { let a = []; for (let i = 0; i < 100000; i++) a = [a]; return a }};"
+        " return JSON.stringify({d})",
+    ],
+)
+def test_stringifying_a_deep_js_value_fails_its_task_not_the_process(
+    rt: Runtime, code: str
+) -> None:
+    with pytest.raises(TaskFailed, match="nested more than 1000 levels deep"):
+        rt.result(rt.submit(Task.js(code)), timeout=WAIT)
+    deep_log = "let a = {}; for (let i = 0; i < 100000; i++) a = {a}; console.log(a); return 2"
+    assert rt.result(rt.submit(Task.js(deep_log)), timeout=WAIT) == 2
+    assert rt.result(rt.submit(Task.js("return JSON.stringify({a: [1]}, null, 1)")), timeout=WAIT)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import targets
+from conftest import SCRIPT_PYTHON
 
 from llmspell import MessageError, Runtime, Task, TaskFailed
 
@@ -22,7 +23,7 @@ def run_all(rt: Runtime, n: int) -> None:
 
 
 def test_forgotten_tasks_keep_their_results_status_and_usage() -> None:
-    with Runtime(history=2) as rt:
+    with Runtime(history=2, script_python=SCRIPT_PYTHON) as rt:
         first = rt.submit(Task.python("targets:add", args={"x": 40, "y": 2}))
         assert rt.result(first, timeout=WAIT) == 42
         run_all(rt, 10)
@@ -34,7 +35,7 @@ def test_forgotten_tasks_keep_their_results_status_and_usage() -> None:
 
 
 def test_a_dependency_on_a_forgotten_task_goes_by_its_status() -> None:
-    with Runtime(history=2) as rt:
+    with Runtime(history=2, script_python=SCRIPT_PYTHON) as rt:
         ok = rt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
         bad = rt.submit(Task.python("targets:fail", args={"message": "early"}))
         assert rt.result(ok, timeout=WAIT) == 2
@@ -54,14 +55,14 @@ def test_a_script_can_await_its_child_after_many_other_tasks_ended() -> None:
     spell.sleep(0.3)
     return spell.await(child)
     """
-    with Runtime(history=1) as rt:
+    with Runtime(history=1, script_python=SCRIPT_PYTHON) as rt:
         parent = rt.submit(Task.lua(code))
         run_all(rt, 20)  # while the parent sleeps: its ended child is kept for it
         assert rt.result(parent, timeout=WAIT) == 5
 
 
 def test_a_late_await_of_a_forgotten_task_gets_its_value_from_the_tombstone() -> None:
-    with Runtime(history=1) as rt:
+    with Runtime(history=1, script_python=SCRIPT_PYTHON) as rt:
         old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
         bad = rt.submit(Task.python("targets:fail", args={"message": "gone wrong"}))
         assert rt.result(old, timeout=WAIT) == 3
@@ -80,7 +81,7 @@ def test_a_late_await_of_a_forgotten_task_gets_its_value_from_the_tombstone() ->
 
 
 def test_a_task_older_than_its_tombstone_is_unknown() -> None:
-    with Runtime(history=1) as rt:  # tombstones for the last 100 tasks
+    with Runtime(history=1, script_python=SCRIPT_PYTHON) as rt:  # tombstones for the last 100 tasks
         old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
         assert rt.result(old, timeout=WAIT) == 3
         run_all(rt, 250)
@@ -115,7 +116,7 @@ def test_a_workflow_step_gets_an_early_dependency_value_after_many_tasks_ended()
             {"id": "both", "target": "targets:echo", "deps": ["early", "slow"]},
         ],
     }
-    with Runtime(history=1) as rt:
+    with Runtime(history=1, script_python=SCRIPT_PYTHON) as rt:
         done: list[Any] = []
         runner = threading.Thread(target=lambda: done.append(rt.run_workflow(workflow)))
         runner.start()
@@ -135,7 +136,9 @@ def test_a_workflow_step_gets_an_early_dependency_value_after_many_tasks_ended()
 
 
 def test_the_runtime_forgets_old_ended_tasks_by_id_but_their_handles_keep_outcomes() -> None:
-    with Runtime(history=1) as rt:  # ended tasks are kept by id for the last 100
+    with Runtime(
+        history=1, script_python=SCRIPT_PYTHON
+    ) as rt:  # ended tasks are kept by id for the last 100
         old = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
         bad = rt.submit(Task.python("targets:fail", args={"message": "long ago"}))
         assert rt.result(old, timeout=WAIT) == 3
@@ -161,7 +164,9 @@ def test_the_runtime_forgets_old_ended_tasks_by_id_but_their_handles_keep_outcom
 
 
 def test_a_batch_bigger_than_the_memory_of_ended_tasks_gives_every_result() -> None:
-    with Runtime(history=1) as rt:  # 100 ended tasks kept by id; a batch of 600
+    with Runtime(
+        history=1, script_python=SCRIPT_PYTHON
+    ) as rt:  # 100 ended tasks kept by id; a batch of 600
         hs = rt.submit_many([Task.python("targets:add", args={"x": i, "y": 1}) for i in range(600)])
         rt.result(hs[-1], timeout=WAIT)
         time.sleep(0.2)  # the first ones ended long before anyone asks for them
@@ -170,7 +175,7 @@ def test_a_batch_bigger_than_the_memory_of_ended_tasks_gives_every_result() -> N
 
 def test_a_waiter_of_a_task_gets_its_outcome_on_the_handle_too() -> None:
     targets.gate("history-wait").clear()
-    with Runtime(history=1) as rt:
+    with Runtime(history=1, script_python=SCRIPT_PYTHON) as rt:
         h = rt.submit(Task.python("targets:wait_gate", args={"name": "history-wait"}))
         got: list[Any] = []
         waiter = threading.Thread(target=lambda: got.append(rt.result(h.id, timeout=WAIT)))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SCRIPT_PYTHON
 
 from llmspell import Event, MessageError, Runtime, Task, TaskFailed
 from llmspell.runtime import Subscription
@@ -74,7 +75,11 @@ def hook_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module", params=["embedded", "local"])
 def mrt(request: pytest.FixtureRequest, hook_log: Path) -> Iterator[Runtime]:
-    rt = Runtime(mode="local", workers=1) if request.param == "local" else Runtime()
+    rt = (
+        Runtime(mode="local", workers=1, script_python=SCRIPT_PYTHON)
+        if request.param == "local"
+        else Runtime(script_python=SCRIPT_PYTHON)
+    )
     try:
         deadline = time.monotonic() + 30
         while len({e["engine"] for e in rt.stats()["engines"]} & {"python", "lua", "js"}) < 3:

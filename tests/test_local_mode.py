@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import SCRIPT_PYTHON
 
 from llmspell import Runtime, Task, TaskFailed
 from llmspell._driver import free_port, port_in_use
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_rt() -> Iterator[Runtime]:
-    rt = Runtime(mode="local", workers=2)
+    rt = Runtime(mode="local", workers=2, script_python=SCRIPT_PYTHON)
     try:
         wait_engines(rt, 6)
         yield rt

@@ -6,13 +6,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import SCRIPT_PYTHON
 
 from llmspell import Runtime, Task, TaskCancelled, TaskFailed, TaskTimeout
 
 
 @pytest.fixture(scope="module", params=["embedded", "local"])
 def mrt(request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    rt = Runtime(mode=request.param, workers=1) if request.param == "local" else Runtime()
+    rt = (
+        Runtime(mode=request.param, workers=1, script_python=SCRIPT_PYTHON)
+        if request.param == "local"
+        else Runtime(script_python=SCRIPT_PYTHON)
+    )
     try:
         deadline = time.monotonic() + 30
         while len({e["engine"] for e in rt.stats()["engines"]} & {"python", "lua", "js"}) < 3:

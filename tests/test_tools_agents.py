@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import agent_targets as at
 import pytest
+from conftest import SCRIPT_PYTHON
 
 from llmspell import AsyncRuntime, MessageError, Runtime, Task, TaskFailed
 
@@ -23,7 +24,11 @@ def _ready(rt: Runtime) -> Runtime:
 
 @pytest.fixture(scope="module", params=["embedded", "local"])
 def mrt(request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    rt = Runtime(mode="local", workers=1) if request.param == "local" else Runtime()
+    rt = (
+        Runtime(mode="local", workers=1, script_python=SCRIPT_PYTHON)
+        if request.param == "local"
+        else Runtime(script_python=SCRIPT_PYTHON)
+    )
     try:
         _ready(rt)
         rt.register_tool("weather", "agent_targets:weather", schema=at.WEATHER_SCHEMA)

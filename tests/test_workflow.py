@@ -5,6 +5,8 @@ one task of a bigger run."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +365,262 @@ def test_llmspell_run_runs_a_workflow_file(
     broken.write_text("steps:\n  - id: x\n    lang: cobol\n    code: '1'\n")
     assert main(["run", str(broken)]) == 2
     assert "unknown lang 'cobol'" in capsys.readouterr().err
+
+
+# -- hostile values and files ---------------------------------------------------------------
+
+ONE_STEP = [{"id": "a", "lang": "lua", "code": "return 1"}]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (float("inf"), "must be at most 100000000 s (about 3 years), got inf"),
+        (float("nan"), "must be a positive number of seconds, got nan"),
+        (-float("inf"), "must be a positive number of seconds, got -inf"),
+        (1e308, "must be at most 100000000 s"),
+        (10**400, "must be at most 100000000 s"),
+    ],
+    ids=["inf", "nan", "-inf", "1e308", "10**400"],
+)
+def test_a_timeout_must_be_finite_positive_and_at_most_1e8_seconds(
+    rt: Runtime, value: float, expected: str
+) -> None:
+    message = problems({"timeout": value, "steps": ONE_STEP})
+    assert f"timeout: {expected}" in message
+    step = {**ONE_STEP[0], "timeout": value}
+    assert f"step 'a'.timeout: {expected}" in problems({"steps": [step]})
+    with pytest.raises(MessageError, match="malformed"):
+        rt.run_workflow({"timeout": value, "steps": [step]})
+    assert rt.stats()["submitted"] == 0  # nothing ran, nothing hangs
+    assert load_workflow({"timeout": 1e8, "steps": ONE_STEP}).timeout == 1e8
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("inf.yaml", "timeout: .inf\nsteps: [{id: a, lang: lua, code: return 1}]", "got inf"),
+        ("nan.yaml", "timeout: .nan\nsteps: [{id: a, lang: lua, code: return 1}]", "got nan"),
+        ("inf.json", '{"timeout": Infinity, "steps": [{"id": "a", "lang": "lua"}]}', "got inf"),
+        ("nan.json", '{"steps": [{"id": "a", "code": "1", "timeout": NaN}]}', "got nan"),
+    ],
+)
+def test_infinite_and_nan_timeouts_in_files_are_rejected(
+    tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    message = problems(path)
+    assert "timeout: must be" in message and expected in message
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text("steps: []\n", encoding="utf-16")
+    with pytest.raises(MessageError) as info:
+        load_workflow(utf16)
+    assert str(info.value) == f"cannot read workflow file {str(utf16)!r}: it is not UTF-8 text"
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(MessageError, match=r"'.*binary\.json': it is not UTF-8 text"):
+        load_workflow(binary)
+    (tmp_path / "blob.lua").write_bytes(b"return '\xff\xfe'")
+    with pytest.raises(MessageError) as info:
+        load_workflow({"steps": [{"id": "blob", "file": "blob.lua"}]}, base_dir=tmp_path)
+    assert "step 'blob'.file: cannot read" in str(info.value)
+    assert "blob.lua': it is not UTF-8 text" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", '{"steps": ' + "[" * 5000 + "]" * 5000 + "}"),
+        ("deep.yaml", "steps: " + "{a: " * 5000 + "1" + "}" * 5000),
+    ],
+)
+def test_a_file_nested_too_deeply_is_named(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(MessageError) as info:
+        load_workflow(path)
+    assert str(info.value) == f"workflow file {str(path)!r} is nested too deeply"
+
+
+BOMB = """\
+description:
+  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+  b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+  c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+  d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+  e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+  f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+  g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+  h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+  i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+steps:
+  - {id: a, lang: lua, code: return 1, args: {x: *i}}
+"""
+
+
+@pytest.mark.timeout(10)
+def test_a_yaml_alias_bomb_is_rejected_at_once(rt: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)  # 405 bytes standing for 9**9 (387 million) strings
+    started = time.monotonic()
+    with pytest.raises(MessageError) as info:
+        rt.run_workflow(path)
+    assert time.monotonic() - started < 0.5
+    assert str(info.value) == (
+        f"workflow file {str(path)!r} expands to more than 1,000,000 values (YAML aliases?)"
+    )
+    assert rt.stats()["submitted"] == 0
+    shared: list[Any] = ["lol"] * 9
+    for _ in range(8):
+        shared = [shared] * 9  # the same graph, built in Python
+    started = time.monotonic()
+    with pytest.raises(MessageError, match="expands to more than 1,000,000 values"):
+        load_workflow({"steps": [{"id": "a", "lang": "lua", "code": "1", "args": {"x": shared}}]})
+    assert time.monotonic() - started < 0.5
+
+
+def test_yaml_anchors_aliases_and_merge_keys_still_work(rt: Runtime, tmp_path: Path) -> None:
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        """\
+description:
+  defaults: &defaults {lang: lua, retries: 1, args: &n {n: 2}}
+steps:
+  - {<<: *defaults, id: a, code: return spell.args.n}
+  - <<: *defaults
+    id: b
+    code: return spell.args.n * spell.args.m
+    args: {<<: *n, m: 10}
+  - {id: c, lang: js, code: return spell.args.n + 1, args: *n}
+"""
+    )
+    wf = load_workflow(path)
+    assert [t.retries for t in wf.tasks] == [1, 1, 0]
+    assert rt.run_workflow(path).results == [2, 20, 3]
+
+
+@pytest.mark.timeout(10)  # reading a FIFO used to wait for a writer for ever
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    def cannot_read(path: Path, why: str) -> None:
+        with pytest.raises(MessageError) as info:
+            load_workflow(path)
+        assert str(info.value) == f"cannot read workflow file {str(path)!r}: {why}"
+
+    cannot_read(tmp_path / "nope.yaml", "no such file")
+    (tmp_path / "dir.yaml").mkdir()
+    cannot_read(tmp_path / "dir.yaml", "is a directory, not a workflow file")
+    step = {"id": "s", "lang": "lua", "file": str(tmp_path / "dir.yaml")}
+    assert f"step 's'.file: cannot read {str(tmp_path / 'dir.yaml')!r}: is a directory" in (
+        problems({"steps": [step]})
+    )
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.yaml")
+        cannot_read(tmp_path / "fifo.yaml", "is not a regular file")
+        step = {"id": "s", "lang": "lua", "file": str(tmp_path / "fifo.yaml")}
+        assert "step 's'.file: cannot read" in problems({"steps": [step]})
+        assert "fifo.yaml': is not a regular file" in problems({"steps": [step]})
+
+
+@pytest.mark.parametrize(
+    ("text", "got"), [("just a string", "str"), ("[1, 2]", "list"), ("# only a comment", "nothing")]
+)
+def test_a_file_whose_top_level_is_not_a_mapping_is_named(
+    tmp_path: Path, text: str, got: str
+) -> None:
+    path = tmp_path / "flat.yaml"
+    path.write_text(text)
+    with pytest.raises(MessageError) as info:
+        load_workflow(path)
+    assert str(info.value) == (
+        f"workflow file {str(path)!r} must hold a mapping with 'steps', got {got}"
+    )
+
+
+@pytest.mark.parametrize("bad", [None, 5, [1]])
+def test_task_workflow_takes_a_path_or_a_mapping_only(bad: Any) -> None:
+    with pytest.raises(MessageError, match="workflow: a workflow is a file path or a dict"):
+        Task.workflow(bad)
+    with pytest.raises(MessageError, match="workflow: a workflow is a file path or a dict"):
+        load_workflow(bad)
+
+
+# -- where a step's input comes from ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wf", "expected"),
+    [
+        (
+            {"steps": [*ONE_STEP, {"id": "b", "agent": "echo", "input": "hi", "args": {"x": 1}}]},
+            "step 'b'.args: an agent step takes no args",
+        ),
+        (
+            {
+                "steps": [
+                    *ONE_STEP,
+                    {"id": "b", "lang": "js", "code": "1", "input": 1, "deps": ["a"]},
+                ]
+            },
+            "step 'b'.input: give input or deps, not both",
+        ),
+        (
+            {
+                "strategy": "pipeline",
+                "steps": [*ONE_STEP, {"id": "b", "target": "m:f", "input": 1}],
+            },
+            "step 'b'.input: only a pipeline's first step takes input",
+        ),
+    ],
+)
+def test_a_step_input_that_would_be_lost_or_replaced_is_a_problem(
+    rt: Runtime, wf: Any, expected: str
+) -> None:
+    assert expected in problems(wf)
+    with pytest.raises(MessageError, match="malformed"):
+        rt.run_workflow(wf)
+    assert rt.stats()["submitted"] == 0
+
+
+def test_an_agent_step_gets_its_input(rt: Runtime) -> None:
+    rt.register_agent("echo", "agent_targets:echo_agent")
+    wf = {
+        "strategy": "pipeline",
+        "steps": [
+            {"id": "ask", "agent": "echo", "input": "hi"},
+            {"id": "shout", "lang": "js", "code": "return JSON.stringify(spell.input)"},
+        ],
+    }
+    r = rt.run_workflow(wf)
+    assert r.ok, r.failed
+    assert "echo: hi" in r.results[1]
+
+
+def test_an_agent_step_takes_its_dependency_or_the_previous_stage_as_input(rt: Runtime) -> None:
+    rt.register_agent("echo", "agent_targets:echo_agent")
+    after = {
+        "steps": [
+            {"id": "q", "lang": "lua", "code": "return 'from a dep'"},
+            {"id": "ask", "agent": "echo", "deps": ["q"]},
+        ],
+    }
+    r = rt.run_workflow(after)
+    assert r.ok, r.failed
+    assert "echo: from a dep" in str(r.results[1])
+    staged = {
+        "strategy": "pipeline",
+        "steps": [
+            {"id": "q", "lang": "lua", "code": "return 'from a stage'"},
+            {"id": "ask", "agent": "echo"},
+        ],
+    }
+    r = rt.run_workflow(staged)
+    assert r.ok, r.failed
+    assert "echo: from a stage" in str(r.results[1])
+    direct = rt.coordinate(
+        [Task.lua("return 'direct'"), Task.agent("echo", None)], Strategy.PIPELINE
+    )
+    assert direct.ok and "echo: direct" in str(direct.results[1])

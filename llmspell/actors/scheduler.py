@@ -104,11 +104,14 @@ class _Rec:
         "attempt",
         "children",
         "dependents",
+        "depth",
         "ended_at",
         "engine",
         "errors",
+        "kids",
         "outcome",
         "progress",
+        "scripted",
         "slot",
         "spec",
         "started_at",
@@ -126,6 +129,9 @@ class _Rec:
         self.waiting = 0  # dependencies not yet succeeded
         self.dependents: list[str] | None = None
         self.children: list[str] | None = None  # ended children kept until this ends
+        self.kids: list[str] | None = None  # children submitted while it ran
+        self.depth = 0  # how many parents above it
+        self.scripted = False  # a Lua or JS script submitted it, or one of its parents
         self.watchers: list[ActorAddress] | None = None
         self.outcome: TaskOutcome | None = None
         self.progress: dict[str, Any] | None = None
@@ -236,7 +242,9 @@ class Scheduler(WireActor):
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
         self.absent: set[str] = set()  # engines this runtime does not start
-        self._cascade: list[tuple[_Rec, dict[str, Any] | None]] | None = None
+        # Python targets a script may run (Runtime(script_python=[patterns])): none by default
+        self._script_python: Callable[[str], Any] | None = None
+        self._cascade: list[tuple[_Rec, str, dict[str, Any] | None]] | None = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -245,6 +253,12 @@ class Scheduler(WireActor):
         self.retry_base = float(msg.config.get("retry_backoff", self.retry_base))
         self.retry_cap = float(msg.config.get("retry_backoff_cap", self.retry_cap))
         self.history = int(msg.config.get("history", self.history))
+        allowed = msg.config.get("script_python") or ()
+        self._script_python = (
+            re.compile("|".join(f"(?:{compile_pattern(str(p)).pattern})" for p in allowed)).match
+            if allowed
+            else None
+        )
         engines = msg.config.get("engines")
         if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
@@ -341,11 +355,15 @@ class Scheduler(WireActor):
                 if early:
                     rec.watchers = [*(rec.watchers or ()), *early]
             self.counts["submitted"] += 1
+            if spec.parent is not None:
+                self._adopt(rec)
             fresh.append(rec)
         if msg.cancelled is not None:  # an aggregator's tasks that will never run
             for rec in fresh:
                 self._finish(rec, "cancelled", error=_err(msg.cancelled, kind="cancelled"))
             return
+        # a child of a task that was cancelled or timed out, or nested too deeply
+        fresh = [rec for rec in fresh if rec.status == "pending"]
         # Dependencies are resolved after the whole batch is known, so a batch
         # may list a task before the task it depends on.
         for rec in fresh:
@@ -387,6 +405,60 @@ class Scheduler(WireActor):
                 rec = self.tasks.get(task_id)
                 if rec is not None and rec.status == "pending":
                     self._finish(rec, "failed", error=error)
+
+    def _adopt(self, rec: _Rec) -> None:
+        """Tie a child task to its parent: the parent's depth + 1 (too deep fails
+        it: a task that submits itself for ever), and a parent that is cancelled
+        or times out cancels the children it submitted that are still going."""
+        parent = self.tasks.get(rec.spec.parent or "")
+        if parent is None:
+            return
+        rec.depth = parent.depth + 1
+        rec.scripted = parent.scripted or parent.engine in ("lua", "js")
+        refused = self._refused(rec) if rec.scripted else None
+        if refused is not None:
+            self._finish(rec, "failed", error=_err(refused))
+        elif rec.depth > _MAX_DEPTH:
+            self._finish(
+                rec,
+                "failed",
+                error=_err(
+                    f"tasks nested more than {_MAX_DEPTH} levels deep (a task or workflow "
+                    "that submits itself?)"
+                ),
+            )
+        elif parent.status in ("cancelled", "timed_out"):
+            self._finish(rec, "cancelled", error=_parent_gone(parent))
+        elif parent.status not in TERMINAL:
+            if parent.kids is None:
+                parent.kids = []
+            parent.kids.append(rec.spec.id)
+
+    def _refused(self, rec: _Rec) -> str | None:
+        """Why a task a script submitted (directly or through a workflow or a
+        coordination) may not run: scripts are sandboxed, so they reach Python
+        only through registered tools and agents and the targets the runtime
+        allows, and they read no files."""
+        spec = rec.spec
+        if spec.kind == "python":
+            target = spec.target or ""
+            allowed = self._script_python
+            if allowed is None or not allowed(target):
+                return (
+                    f"a script may not run the Python target {target!r}: list the targets "
+                    "scripts may run in Runtime(script_python=['package.module:*', ...]) "
+                    "(none by default; registered tools and agents are always allowed)"
+                )
+        elif spec.kind == "workflow":
+            steps = spec.payload.get("steps") if isinstance(spec.payload, dict) else None
+            if not isinstance(spec.payload, dict) or (
+                isinstance(steps, list) and any(isinstance(x, dict) and "file" in x for x in steps)
+            ):
+                return (
+                    "a script may not load a workflow file or a step's file: pass the "
+                    "workflow itself (a table/object with its steps and their code)"
+                )
+        return None
 
     def _link(self, rec: _Rec) -> None:
         for dep_id in rec.spec.deps or ():
@@ -692,24 +764,33 @@ class Scheduler(WireActor):
             if status == "succeeded":
                 child.waiting -= 1
                 if child.waiting == 0:
-                    cascade.append((child, None))
+                    cascade.append((child, "ready", None))
                 elif child.spec.deps_input and holder is None:
                     holder = child
             else:
-                cascade.append((child, _dep_error(rec)))
+                cascade.append((child, "failed", _dep_error(rec)))
+        kids, rec.kids = rec.kids, None
+        if kids and status in ("cancelled", "timed_out"):
+            gone = _parent_gone(rec)
+            for kid_id in kids:
+                kid = self.tasks.get(kid_id)
+                if kid is not None and kid.status not in TERMINAL:
+                    cascade.append((kid, "cancelled", gone))
         self._retire(rec, holder)
         if outer:
             try:
                 i = 0
                 while i < len(cascade):
-                    child, err = cascade[i]
+                    child, what, err = cascade[i]
                     i += 1
-                    if child.status != "pending":
-                        continue
-                    if err is None:
-                        self._make_ready(child)
+                    if what == "ready":
+                        if child.status == "pending":
+                            self._make_ready(child)
+                    elif what == "failed":
+                        if child.status == "pending":
+                            self._finish(child, "failed", error=err)
                     else:
-                        self._finish(child, "failed", error=err)
+                        self._finish(child, what, error=err)
             finally:
                 self._cascade = None
 
@@ -1143,9 +1224,15 @@ def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict
 
 
 _HISTORY = 1_000  # finished task records kept by default (Runtime(history=...))
+_MAX_DEPTH = 256  # parents above a task at the most
 _FORGET_BATCH = 256  # records are forgotten in batches (up to this many, history/8)
 _FORGOTTEN = "its result is no longer kept (the scheduler keeps 100 x `history` finished tasks)"
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
+
+
+def _parent_gone(parent: _Rec) -> dict[str, Any]:
+    ended = _ENDED.get(parent.status, parent.status)
+    return _err(f"its parent task {parent.spec.id!r} {ended}", kind="cancelled")
 
 
 def _dep_error(dep: _Rec) -> dict[str, Any]:

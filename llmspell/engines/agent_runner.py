@@ -165,7 +165,7 @@ class _Run:
         self.attempt = attempt
         self.name = name
         self.agent = agent
-        self.input = spec.payload
+        self.input = spec.input if spec.input is not None else spec.payload  # deps, pipeline
         self.buffer = int(options.get("buffer_size") or DEFAULT_BUFFER)
         self.tools: dict[str, Any] = dict(options.get("tools") or {})
         limits = spec.limits or {}

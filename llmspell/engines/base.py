@@ -18,6 +18,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from .._actor import WireActor, log
 from .._exceptions import MessageError
 from ..messages import check_data, encode
+from ..messages.codec import encode_item, encode_with_items
 from ..messages.types import (
     DispatchBatch,
     EngineReady,
@@ -251,27 +252,31 @@ class EngineActor(WireActor):
         return {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
 
     def _encode_results(self, items: list[TaskOutcome]) -> bytes:
-        """Encode a batch; a value that is not msgpack data fails its own task
-        (found only when encoding fails, so the common case pays nothing)."""
+        """Encode a batch; an outcome that cannot be sent (a value that is not
+        msgpack data) fails its own task and no other (found only when encoding
+        fails, so the common case pays nothing)."""
         try:
             return encode(EngineResults(items))
         except MessageError:
-            clean = []
+            parts = []
             for o in items:
                 try:
                     check_data(o.value, "result")
                     check_data(o.usage, "usage")
+                    parts.append(encode_item(o))
+                    continue
                 except MessageError as exc:
-                    o = TaskOutcome(
-                        o.task_id,
-                        "failed",
-                        None,
-                        self.error(f"the return value is not msgpack data: {exc}"),
-                        None,
-                        o.attempt,
-                    )
-                clean.append(o)
-            return encode(EngineResults(clean))
+                    why = str(exc)
+                failed = TaskOutcome(
+                    o.task_id,
+                    "failed",
+                    None,
+                    self.error(f"the task's outcome cannot be sent: {why}"),
+                    None,
+                    o.attempt,
+                )
+                parts.append(encode_item(failed))
+            return encode_with_items(EngineResults, parts)
 
     def flush(self) -> None:
         sched = self.scheduler

@@ -187,9 +187,41 @@ function ls$in(kind, v) { return kind === 0 ? v : kind === 1 ? parse(v) : parse(
 function ls$show(x) {
   if (typeof x === "string") return x;
   if (x instanceof ErrorC) return String(x);
-  try { const s = stringify(x); if (s !== undefined) return s; } catch (e) { /* below */ }
-  return String(x);
+  try { const s = ls$stringify(x); if (s !== undefined) return s; } catch (e) { /* below */ }
+  try { return String(x); } catch (e) { return "(a value that cannot be shown)"; }
 }
+// The bundled QuickJS's JSON.stringify recurses in C without checking the stack: a value
+// nested ~30,000 deep crashes the process. Every JSON.stringify (the script's and ours)
+// goes through a replacer that counts the depth and stops at JSON_DEPTH, after toJSON
+// and the script's own replacer had their say.
+const JSON_DEPTH = 1000;
+function ls$deep() {
+  return new RangeError("JSON.stringify: the value is nested more than " + JSON_DEPTH
+    + " levels deep");
+}
+function ls$depthCheck(root) {  // for an array replacer: walk own values, no recursion
+  const todo = [root, 0];
+  while (todo.length) {
+    const d = todo.pop(), v = todo.pop();
+    if (v === null || typeof v !== "object") continue;
+    if (d >= JSON_DEPTH) throw ls$deep();
+    for (const k of keys(v)) todo.push(v[k], d + 1);
+  }
+}
+function ls$stringify(value, replacer, space) {
+  if (isArray(replacer)) { ls$depthCheck(value); return stringify(value, replacer, space); }
+  const user = typeof replacer === "function" ? replacer : null, depths = new WeakMap();
+  return stringify(value, function ls$guard(key, v) {
+    if (user !== null) v = user.call(this, key, v);
+    if (v !== null && typeof v === "object") {
+      const d = (depths.get(this) || 0) + 1;
+      if (d > JSON_DEPTH) throw ls$deep();
+      depths.set(v, d);
+    }
+    return v;
+  }, space);
+}
+JSON.stringify = ls$stringify;  // (its name stays ls$...: llmspell's frames are left out of stacks)
 
 // cur is the task being stepped: every job run in a step is its job. A task's
 // outstanding requests: the first inline (rid, res, rej), others in t.more

@@ -182,7 +182,7 @@ local function wrap_fwd(co, ok, ...)
   end
   return ...
 end
-local base_env
+local ENV_MT
 local function caller_env()
   -- the _ENV of the nearest script function up the stack (Lua 5.1's getfenv, roughly)
   for level = 3, 100 do
@@ -202,7 +202,11 @@ local function caller_env()
       if name == "_ENV" then return v end
     end
   end
-  return base_env
+  -- no script function above (load called by the coroutine machinery, e.g.
+  -- coroutine.wrap(load)): globals of its own, never a table tasks share
+  local env = setmetatable({}, ENV_MT)
+  env._G = env
+  return env
 end
 local BASE = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
@@ -262,8 +266,7 @@ local BASE = {
 }
 string.dump = nil
 getmetatable("").__metatable = false
-local ENV_MT = {__index = BASE, __metatable = false}
-base_env = setmetatable({}, ENV_MT)
+ENV_MT = {__index = BASE, __metatable = false}
 
 -- Lua -> msgpack, with the path of what cannot be converted
 local conv_msg, PATH = nil, {}

@@ -750,6 +750,8 @@ def _number(v: Any) -> float | None:
 
 def _await_error(task_id: str, status: str, error: dict[str, Any] | None) -> str:
     message = str((error or {}).get("message") or status)
+    if len(message) > 600:  # awaits nested deep: keep the outer links and the first cause
+        message = f"{message[:200]} ... {message[-300:]}"
     if status == "cancelled":
         return f"awaited task {task_id} was cancelled"
     if status == "timed_out":

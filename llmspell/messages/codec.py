@@ -529,7 +529,11 @@ def _packer() -> msgpack.Packer:
     try:
         return _local.packer
     except AttributeError:
-        _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        # surrogatepass: a str may hold a lone surrogate (JavaScript strings may, and
+        # so may Python's); it crosses between llmspell's own actors unchanged
+        _local.packer = msgpack.Packer(
+            default=_default, use_bin_type=True, unicode_errors="surrogatepass"
+        )
         return _local.packer
 
 
@@ -555,7 +559,7 @@ def encode_with_items(cls: type[Message], packed: list[bytes]) -> bytes:
     """The envelope of a ``cls`` whose first field is a list of messages given
     already packed (``encode_item``), every other field at its default. A big
     batch is encoded item by item, so no item object outlives its encoding."""
-    p = msgpack.Packer(use_bin_type=True)
+    p = msgpack.Packer(use_bin_type=True, unicode_errors="surrogatepass")
     head = [
         p.pack_array_header(3),
         p.pack(cls.TAG),
@@ -600,7 +604,13 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError(f"expected bytes, got {_kind(data)}")
     try:
-        env = msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=True)
+        env = msgpack.unpackb(
+            data,
+            raw=False,
+            ext_hook=_ext_hook,
+            strict_map_key=True,
+            unicode_errors="surrogatepass",
+        )
     except MessageError:
         raise
     except Exception as exc:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import SCRIPT_PYTHON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -918,7 +919,7 @@ def test_own_objects_stay_writable(rt: Runtime) -> None:
 
 @pytest.fixture
 def limited() -> Iterator[Runtime]:
-    runtime = Runtime(step_budget=0.2, js_memory=48 * 1024 * 1024)
+    runtime = Runtime(step_budget=0.2, js_memory=48 * 1024 * 1024, script_python=SCRIPT_PYTHON)
     try:
         yield runtime
     finally:
@@ -999,7 +1000,7 @@ def test_deep_recursion_fails_its_task(limited: Runtime) -> None:
 
 @pytest.fixture(scope="module")
 def shared_rt() -> Iterator[Runtime]:
-    runtime = Runtime()
+    runtime = Runtime(script_python=SCRIPT_PYTHON)
     try:
         yield runtime
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import SCRIPT_PYTHON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -598,7 +599,7 @@ def test_sandbox_no_python_object_is_reachable(rt: Runtime) -> None:
 
 @pytest.fixture
 def limited() -> Iterator[Runtime]:
-    runtime = Runtime(step_budget=0.2, lua_memory=64 * 1024 * 1024)
+    runtime = Runtime(step_budget=0.2, lua_memory=64 * 1024 * 1024, script_python=SCRIPT_PYTHON)
     try:
         yield runtime
     finally:
@@ -654,7 +655,7 @@ def test_memory_error_can_be_caught_by_the_script(limited: Runtime) -> None:
 
 @pytest.fixture(scope="module")
 def shared_rt() -> Iterator[Runtime]:
-    runtime = Runtime()
+    runtime = Runtime(script_python=SCRIPT_PYTHON)
     try:
         yield runtime
     finally:
