@@ -3,15 +3,22 @@
 ``llmspell demo`` runs the bundled example; ``llmspell run FILE`` runs a
 ``.lua``/``.js`` script (its result printed as JSON) or a workflow
 ``.yaml``/``.json`` file (its CoordinationResult printed as JSON). Exit codes: 0 success,
-1 the work failed, 2 bad input (file, arguments).
+1 the work failed (or no runtime answered), 2 bad input (file, arguments). An error is
+one line on stderr, never a traceback.
+
+What is printed is strict JSON: a float that JSON cannot hold (a script returning
+``0/0`` or ``1/0``) is printed as the string ``"NaN"``, ``"Infinity"`` or
+``"-Infinity"``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +28,86 @@ from ._exceptions import LlmspellError, MessageError, TaskFailed
 __all__ = ["DEFAULT_PORT", "main"]
 
 DEFAULT_PORT = 1921
+# --timeout above this is refused: ~3 years, and past ~9e9 s the waits overflow.
+MAX_TIMEOUT = 1e8
+# How long status/stop wait to attach. A served runtime answers in well under a
+# second; Thespian itself takes ~15 s to give up on a listener that is not one.
+ATTACH_WAIT = 5.0
+# serve --workers above this is refused (one process per worker and engine).
+MAX_WORKERS = max(64, os.cpu_count() or 1)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class _NotFinite(Exception):
+    """A JSON number in --arg that is NaN or infinite (its text is the arg)."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise _NotFinite(text)
+    return value
+
+
+def _reject_constant(text: str) -> float:  # NaN, Infinity, -Infinity
+    raise _NotFinite(text)
 
 
 def _parse_arg(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--arg wants key=value, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--arg wants key=value, got {_shown(text)}")
     try:
-        value: Any = json.loads(raw)
+        value: Any = json.loads(raw, parse_float=_finite, parse_constant=_reject_constant)
     except json.JSONDecodeError:
         value = raw  # plain strings need no quotes
+    except _NotFinite as exc:
+        raise argparse.ArgumentTypeError(
+            f"--arg {key}: {exc} is not a finite number (for the text, quote it: {key}='\"{exc}\"')"
+        ) from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"--arg {key}: the value is nested too deeply") from None
+    except ValueError:  # an integer of thousands of digits
+        raise argparse.ArgumentTypeError(f"--arg {key}: {_shown(raw)} is too large") from None
     return key, value
+
+
+def _parse_timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds, got {_shown(text)}"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds > 0, got {_shown(text)}"
+        )
+    if value > MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_TIMEOUT:.0f} s (leave it out for no limit), got {_shown(text)}"
+        )
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {_shown(text)}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+_parse_port = _int_between(1, 65535)
+_parse_workers = _int_between(1, MAX_WORKERS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,27 +133,39 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         type=_parse_arg,
         metavar="KEY=VALUE",
-        help="an argument for the script (JSON or text)",
+        help="an argument for the script (JSON or text; NaN and infinities are refused)",
     )
-    run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    run.add_argument(
+        "--timeout",
+        type=_parse_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="stop waiting after this long, cancel the work and exit 1 "
+        f"(a number > 0, at most {MAX_TIMEOUT:.0f}; default: no limit)",
+    )
     run.add_argument("--json", action="store_true", help="print only the JSON result")
     serve = sub.add_parser("serve", help="run a local multi-process runtime on 127.0.0.1")
     serve.add_argument(
         "--port",
-        type=int,
+        type=_parse_port,
         default=DEFAULT_PORT,
-        help=f"admin port on 127.0.0.1 (default {DEFAULT_PORT})",
+        help=f"admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
     )
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_parse_workers,
         default=None,
-        help="engine processes per engine (default: one per core)",
+        help=f"engine processes per engine, 1..{MAX_WORKERS} (default: one per core)",
     )
 
     for name, text in (("status", "inspect a served runtime"), ("stop", "stop a served runtime")):
         c = sub.add_parser(name, help=text)
-        c.add_argument("--port", type=int, default=DEFAULT_PORT)
+        c.add_argument(
+            "--port",
+            type=_parse_port,
+            default=DEFAULT_PORT,
+            help=f"its admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
+        )
     return p
 
 
@@ -105,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("llmspell: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # not ours to explain: still one line, not a traceback
+        print(f"llmspell: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -119,18 +213,22 @@ def _run_file(args: argparse.Namespace) -> int:
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
         return _run_workflow(path, args)
-    code = path.read_text(encoding="utf-8")
-    if suffix == ".lua":
-        task = Task.lua(code, args=script_args)
-    elif suffix in (".js", ".mjs"):
-        task = Task.js(code, args=script_args)
-    else:
+    if suffix not in (".lua", ".js", ".mjs"):
         print(
             f"llmspell: don't know how to run {path.name!r} "
             "(expected .lua, .js, or a workflow .yaml/.json)",
             file=sys.stderr,
         )
         return 2
+    try:
+        code = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        print(f"llmspell: cannot read {path}: it is not UTF-8 text", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"llmspell: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    task = Task.lua(code, args=script_args) if suffix == ".lua" else Task.js(code, args=script_args)
     with Runtime(mode=args.mode) as rt:
         handle = rt.submit(task)
         try:
@@ -146,15 +244,18 @@ def _run_file(args: argparse.Namespace) -> int:
                 print(exc.traceback, file=sys.stderr)
             return 1
         except TimeoutError:  # --timeout ran out; closing the runtime cancels the task
-            message = f"no result within --timeout {args.timeout:g} s; the task was cancelled"
-            print(json.dumps({"ok": False, "error": message}), flush=True)
-            return 1
-    print(json.dumps(_jsonable(value)), flush=True)
+            return _timed_out(args.timeout, "task")
+    _print_json(value)
     return 0
 
 
 def _run_workflow(path: Path, args: argparse.Namespace) -> int:
-    """A workflow file: its CoordinationResult as JSON; exit 1 unless ``ok``."""
+    """A workflow file: its CoordinationResult as JSON; exit 1 unless ``ok``.
+
+    The workflow runs on a helper thread so that this one can give up after
+    ``--timeout``: closing the runtime then cancels every step."""
+    import threading
+
     from . import Runtime
     from .workflow import load_workflow
 
@@ -163,15 +264,38 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
         return 2
     workflow = load_workflow(path)  # malformed: bad input (exit 2) before anything starts
     live = sys.stdout.isatty() and not args.json
+    outcome: dict[str, Any] = {}
     with Runtime(mode=args.mode) as rt:
-        if live:
-            from ._progress import run_with_progress
 
-            result = run_with_progress(rt, workflow)
-        else:
-            result = rt._run_loaded_workflow(workflow)
-    print(json.dumps(_jsonable(result.to_dict())), flush=True)
+        def run() -> None:
+            try:
+                if live:
+                    from ._progress import run_with_progress
+
+                    outcome["result"] = run_with_progress(rt, workflow)
+                else:
+                    outcome["result"] = rt._run_loaded_workflow(workflow)
+            except BaseException as exc:  # re-raised on the caller's thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=run, name="llmspell-workflow", daemon=True)
+        worker.start()
+        worker.join(args.timeout)
+        if worker.is_alive():
+            rt.close()  # the worker's wait ends (RuntimeClosed) and the display with it
+            worker.join(ATTACH_WAIT)
+            return _timed_out(args.timeout, "workflow")
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    _print_json(result.to_dict())
     return 0 if result.ok else 1
+
+
+def _timed_out(timeout: float, what: str) -> int:
+    message = f"no result within --timeout {timeout:g} s; the {what} was cancelled"
+    print(json.dumps({"ok": False, "error": message}), flush=True)
+    return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -216,11 +340,40 @@ def _stop_requested(rt: Any) -> bool:
         return True  # the runtime is gone
 
 
-def _status(args: argparse.Namespace) -> int:
+def _attach(port: int) -> Any:
+    """A Runtime attached to the one ``llmspell serve`` runs on ``port``.
+
+    Raises ``LlmspellError`` if nothing listens there, or if no llmspell
+    runtime answers within ``ATTACH_WAIT`` s (Thespian would take ~15 s to give
+    up on, say, a web server: the attach runs on a helper thread, left behind).
+    """
+    import threading
+
     from . import Runtime
 
+    address = f"127.0.0.1:{port}"
+    attached: list[Any] = []
+    failed: list[BaseException] = []
+
+    def attach() -> None:
+        try:
+            attached.append(Runtime(mode="local", address=address))
+        except BaseException as exc:
+            failed.append(exc)
+
+    helper = threading.Thread(target=attach, name="llmspell-attach", daemon=True)
+    helper.start()
+    helper.join(ATTACH_WAIT)
+    if attached:
+        return attached[0]
+    if failed and isinstance(failed[0], LlmspellError):
+        raise failed[0]  # nothing listens there
+    raise LlmspellError(f"no llmspell runtime answered at {address} (something else listens there)")
+
+
+def _status(args: argparse.Namespace) -> int:
     try:
-        with Runtime(mode="local", address=f"127.0.0.1:{args.port}") as rt:
+        with _attach(args.port) as rt:
             stats = rt.stats()
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
@@ -257,10 +410,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from . import Runtime
-
     try:
-        with Runtime(mode="local", address=f"127.0.0.1:{args.port}") as rt:
+        with _attach(args.port) as rt:
             rt._request_stop()
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
@@ -269,13 +420,23 @@ def _stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(value: Any) -> None:
+    print(json.dumps(_jsonable(value), allow_nan=False), flush=True)
+
+
 def _jsonable(value: Any) -> Any:
+    """``value`` made printable as strict JSON (see the module docstring)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, bytes):
         return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {
+            (_jsonable(k) if isinstance(k, (bytes, float)) else k): _jsonable(v)
+            for k, v in value.items()
+        }
     return value
 
 
