@@ -326,3 +326,39 @@ def test_stringifying_a_deep_js_value_fails_its_task_not_the_process(
     deep_log = "let a = {}; for (let i = 0; i < 100000; i++) a = {a}; console.log(a); return 2"
     assert rt.result(rt.submit(Task.js(deep_log)), timeout=WAIT) == 2
     assert rt.result(rt.submit(Task.js("return JSON.stringify({a: [1]}, null, 1)")), timeout=WAIT)
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (Task.lua("return spell.await(spell.task_id)"), "cannot await itself"),
+        (Task.js("return await spell.await(spell.task_id)"), "cannot await itself"),
+        (
+            Task.lua(
+                "local a = spell.submit({lang = 'lua', code = 'return 1', id = 'twice'})"
+                " local b = spell.submit({lang = 'lua', code = 'return 2', id = 'twice'})"
+                " spell.await(a) return spell.await(b)"
+            ),
+            "duplicate task id 'twice'",
+        ),
+        (
+            Task.lua(
+                "return spell.coordinate({{lang = 'lua', code = 'return 1'}}, 'pipeline',"
+                " {inputs = 'x'})"
+            ),
+            "inputs must be a list",
+        ),
+        (
+            Task.js(
+                "return await spell.coordinate([{lang: 'lua', code: 'return 1'}], 'pipeline',"
+                " {inputs: {a: 1}})"
+            ),
+            "inputs must be a list",
+        ),
+    ],
+)
+def test_script_requests_that_could_never_be_answered_fail_at_once(
+    rt: Runtime, task: Task, message: str
+) -> None:
+    with pytest.raises(TaskFailed, match=message):
+        rt.result(rt.submit(task), timeout=WAIT)

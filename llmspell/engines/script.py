@@ -53,6 +53,7 @@ from ..messages.types import (
     ResourceGrant,
     ResourceWait,
     StopTasks,
+    SubmitRejected,
     Subscribe,
     TaskOutcomes,
     TaskSpec,
@@ -210,6 +211,7 @@ class ScriptEngine(EngineActor):
         self.resumes = 0
         self.held: dict[str, list[tuple[str, int, Any, str | None, int]]] = {}  # throttled
         self.rwaits: dict[tuple[str, int], list[int]] = {}  # spell.resource_wait requests
+        self.rejected: dict[str, str] = {}  # task ids a script submitted, refused -> why
 
     # -- work in ------------------------------------------------------------
 
@@ -278,6 +280,16 @@ class ScriptEngine(EngineActor):
                     self._answer(
                         task_id, attempt, None, _await_error(o.task_id, o.status, o.error), rid
                     )
+
+    def on_submit_rejected(self, msg: SubmitRejected, sender: ActorAddress) -> None:
+        """A task a script submitted was refused (its id is taken): whoever awaits
+        that id, now or later, learns why instead of waiting for another task."""
+        why = f"spell.submit was refused: {msg.message}"
+        self.rejected[msg.task_id] = why
+        if len(self.rejected) > 10_000:
+            self.rejected.pop(next(iter(self.rejected)))
+        for task_id, attempt, rid in self.awaiting.pop(msg.task_id, ()):
+            self._answer(task_id, attempt, None, why, rid)
 
     def on_event_delivery(self, msg: EventDelivery, sender: ActorAddress) -> None:
         waiter = self.subs.pop(msg.sub_id, None)
@@ -433,11 +445,17 @@ class ScriptEngine(EngineActor):
             self._timer(now() + seconds, s, req.id, "sleep")
         elif op == "await":
             child = args.get("task_id")
-            if not isinstance(child, str):
-                self._ready(
-                    s.id, s.attempt, None, "spell.await wants a task handle", req.id, s.priority
-                )
+            problem = (
+                "spell.await wants a task handle"
+                if not isinstance(child, str)
+                else "spell.await: a task cannot await itself (it would wait for ever)"
+                if child == s.id
+                else self.rejected.get(child)
+            )
+            if problem is not None:
+                self._ready(s.id, s.attempt, None, problem, req.id, s.priority)
                 return
+            assert isinstance(child, str)
             waiters = self.awaiting.get(child)
             if waiters is None:
                 self.awaiting[child] = [(s.id, s.attempt, req.id)]
@@ -493,7 +511,10 @@ class ScriptEngine(EngineActor):
                 s.priority,
             )
             return
+        inputs = req.args.get("inputs")
         try:
+            if inputs is not None and not isinstance(inputs, list):
+                raise ValueError("spell.coordinate: inputs must be a list (one per pipeline run)")
             tasks = [spec_from_script(t, s.id) for t in req.args.get("tasks") or []]
         except ValueError as exc:
             self._ready(
