@@ -362,3 +362,14 @@ def test_script_requests_that_could_never_be_answered_fail_at_once(
 ) -> None:
     with pytest.raises(TaskFailed, match=message):
         rt.result(rt.submit(task), timeout=WAIT)
+
+
+def test_thousands_of_distinct_wait_event_patterns_do_not_stall_the_runtime(rt: Runtime) -> None:
+    # each subscription once rebuilt one matcher of every pattern: minutes for 2,000
+    code = (
+        "const ps = []; for (let i = 0; i < 2000; i++)"
+        " ps.push(spell.wait_event('never.' + i, 0.2).catch(() => 0));"
+        " await Promise.all(ps); return 1"
+    )
+    assert rt.result(rt.submit(Task.js(code)), timeout=60) == 1
+    assert rt.result(rt.submit(Task.lua("return 2")), timeout=WAIT) == 2

@@ -1020,13 +1020,19 @@ class Scheduler(WireActor):
             self._events.append(Publish(name, payload, now()))
 
     def on_event_interest(self, msg: EventInterest, sender: ActorAddress) -> None:
-        self._interest.update(msg.added)
+        # Only patterns that can match one of our names ("llmspell.…") matter, and the
+        # matcher is rebuilt only when they change: scripts waiting on thousands of
+        # patterns of their own used to rebuild it per subscription (quadratic).
+        before = len(self._interest)
+        added = [p for p in msg.added if _could_be_ours(p) and p not in self._interest]
+        self._interest.update(added)
         self._interest.difference_update(msg.removed)
-        if self._interest:
-            joined = "|".join(f"(?:{compile_pattern(p).pattern})" for p in self._interest)
-            self._wanted = re.compile(joined).match
-        else:
-            self._wanted = None
+        if added or len(self._interest) != before:
+            if self._interest:
+                joined = "|".join(f"(?:{compile_pattern(p).pattern})" for p in self._interest)
+                self._wanted = re.compile(joined).match
+            else:
+                self._wanted = None
         if msg.ref:
             self.send_msg(sender, Ack(msg.ref))
 
@@ -1228,6 +1234,16 @@ _MAX_DEPTH = 256  # parents above a task at the most
 _FORGET_BATCH = 256  # records are forgotten in batches (up to this many, history/8)
 _FORGOTTEN = "its result is no longer kept (the scheduler keeps 100 x `history` finished tasks)"
 _ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
+
+
+def _could_be_ours(pattern: str) -> bool:
+    """Can the glob ``pattern`` match a name the scheduler publishes (all start
+    with "llmspell.")? Only its literal head, before any wildcard, decides."""
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return _OURS.startswith(head) or head.startswith(_OURS)
+
+
+_OURS = "llmspell."
 
 
 def _parent_gone(parent: _Rec) -> dict[str, Any]:
