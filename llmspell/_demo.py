@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from .examples import path
+from .examples import SCRIPT_PYTHON, path
 
 __all__ = ["run_demo"]
 
@@ -30,7 +30,7 @@ def run_demo(*, json_only: bool = False) -> int:
             "(awaiting Lua)\n",
             flush=True,
         )
-    with Runtime() as rt:
+    with Runtime(script_python=SCRIPT_PYTHON) as rt:  # its Lua step runs a Python step
         if live:
             from ._progress import run_with_progress
 

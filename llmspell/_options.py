@@ -48,7 +48,7 @@ def _seconds(strict: bool) -> tuple[Callable[[Any], bool], str]:
 
 _INF = float("inf")
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "workers": _int_at_least(1, "must be an int >= 1"),
+    "workers": ((lambda v: _int(v) and 1 <= v <= 256), "must be an int from 1 to 256"),
     "history": _int_at_least(0, "must be an int >= 0 (finished tasks to remember)"),
     "python_threads": _int_at_least(1, "must be an int >= 1"),
     "python_capacity": _int_at_least(1, "must be an int >= 1"),

@@ -110,6 +110,14 @@ _parse_port = _int_between(1, 65535)
 _parse_workers = _int_between(1, MAX_WORKERS)
 
 
+def _parse_pattern(text: str) -> str:
+    if ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"must be a 'module:function' pattern like 'myapp.tools:*', got {_shown(text)}"
+        )
+    return text
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmspell",
@@ -144,6 +152,16 @@ def _parser() -> argparse.ArgumentParser:
         f"(a number > 0, at most {MAX_TIMEOUT:.0f}; default: no limit)",
     )
     run.add_argument("--json", action="store_true", help="print only the JSON result")
+    run.add_argument(
+        "--allow-python",
+        dest="allow_python",
+        action="append",
+        default=[],
+        type=_parse_pattern,
+        metavar="MODULE:FUNCTION",
+        help="a Python target (glob, e.g. 'myapp.tools:*') the scripts may run; repeatable "
+        "(none by default: Runtime(script_python=...))",
+    )
     serve = sub.add_parser("serve", help="run a local multi-process runtime on 127.0.0.1")
     serve.add_argument(
         "--port",
@@ -229,7 +247,7 @@ def _run_file(args: argparse.Namespace) -> int:
         print(f"llmspell: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     task = Task.lua(code, args=script_args) if suffix == ".lua" else Task.js(code, args=script_args)
-    with Runtime(mode=args.mode) as rt:
+    with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
         handle = rt.submit(task)
         try:
             if sys.stdout.isatty() and not args.json:
@@ -265,7 +283,7 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
     workflow = load_workflow(path)  # malformed: bad input (exit 2) before anything starts
     live = sys.stdout.isatty() and not args.json
     outcome: dict[str, Any] = {}
-    with Runtime(mode=args.mode) as rt:
+    with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
 
         def run() -> None:
             try:

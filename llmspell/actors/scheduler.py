@@ -502,7 +502,7 @@ class Scheduler(WireActor):
             # one dependency: its value; several: keyed by workflow step id (or task id)
             spec.input = next(iter(values.values())) if len(spec.deps) == 1 else values
         if spec.kind == "event":
-            self._publish(spec.name or "", spec.payload)
+            self._publish(spec.name or "", spec.payload, always=True)  # the user's own event
             self._finish(rec, "succeeded", value=None)
             return
         if not rec.engine and spec.kind in REGISTERED_KINDS and not self._resolve(rec):
@@ -1013,10 +1013,10 @@ class Scheduler(WireActor):
             if rec.status not in TERMINAL:
                 self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
 
-    def _publish(self, name: str, payload: Any) -> None:
+    def _publish(self, name: str, payload: Any, always: bool = False) -> None:
         # Lifecycle events cost per task: publish only what someone subscribed to.
         wanted = self._wanted
-        if wanted is not None and wanted(name) and "events" in self.addresses:
+        if (always or (wanted is not None and wanted(name))) and "events" in self.addresses:
             self._events.append(Publish(name, payload, now()))
 
     def on_event_interest(self, msg: EventInterest, sender: ActorAddress) -> None:
