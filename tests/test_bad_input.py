@@ -373,3 +373,27 @@ def test_thousands_of_distinct_wait_event_patterns_do_not_stall_the_runtime(rt: 
     )
     assert rt.result(rt.submit(Task.js(code)), timeout=60) == 1
     assert rt.result(rt.submit(Task.lua("return 2")), timeout=WAIT) == 2
+
+
+def test_a_lua_memory_bomb_is_a_memory_failure_not_an_internal_error() -> None:
+    with Runtime(lua_memory=32 * 1024 * 1024) as rt:
+        for _ in range(2):
+            h = rt.submit(Task.lua("local t = {} for i = 1, 1e9 do t[i] = {i} end"))
+            with pytest.raises(TaskFailed, match="Lua memory limit exceeded") as info:
+                rt.result(h, timeout=60)
+            assert "internal error" not in str(info.value)
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=WAIT) == 1
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        Task.js("return await spell.run({lang: 'lua', code: 'return 1', timeout: NaN})"),
+        Task.lua("return spell.run({lang = 'lua', code = 'return 1', timeout = 1/0})"),
+        Task.lua("return spell.run({lang = 'lua', code = 'return 1', timeout = 0/0})"),
+    ],
+)
+def test_a_script_submit_timeout_must_be_finite_seconds(rt: Runtime, task: Task) -> None:
+    with pytest.raises(TaskFailed, match="timeout must be a positive number of seconds") as info:
+        rt.result(rt.submit(task), timeout=WAIT)
+    assert "spell.submit: spell.submit" not in str(info.value)

@@ -775,9 +775,8 @@ class LuaVM:
         tripped = self._tripped
         self._hook_t0 = 0.0  # closing may run the script's __close handlers
         if isinstance(exc, _LuaMemoryError):
-            self._drop(co)
             self._tripped = False
-            return self._memory_failed()
+            return self._memory_failed(co)
         if exc is None:
             self._drop(co)
             killed, msg, tb = True, "", ""
@@ -798,8 +797,15 @@ class LuaVM:
             )
         return Failed("runtime", _text(msg), tb)
 
-    def _memory_failed(self) -> Failed:
-        self._gc()
+    def _memory_failed(self, co: Any = None) -> Failed:
+        """The task ran out of the VM's memory. Closing its coroutine and collecting
+        need memory too: each is tried, and what fails is left to the next collection."""
+        for step in ((lambda: self._drop(co)) if co is not None else None, self._gc):
+            if step is not None:
+                try:
+                    step()
+                except _LuaMemoryError:
+                    pass
         return Failed(
             "memory",
             f"Lua memory limit exceeded (max_memory={self._max_memory} bytes for this VM)",
@@ -849,7 +855,9 @@ class LuaVM:
         try:
             return (self._host.submit(self._current, spec).encode(),)
         except Exception as e:
-            return None, f"spell.submit: {e}".encode()
+            why = str(e)  # the host's messages name spell.submit already
+            why = why if why.startswith("spell.submit") else f"spell.submit: {why}"
+            return None, why.encode()
 
     def _h_emit(self, name: bytes, data: bytes) -> bytes | None:
         try:

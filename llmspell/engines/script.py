@@ -132,14 +132,20 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
     if args is not None and not isinstance(args, dict):
         raise ValueError("spell.submit: args must be a table/object with string keys")
     priority = spec.get("priority", "normal")
-    if priority not in PRIORITIES:
+    if not isinstance(priority, str) or priority not in PRIORITIES:
         raise ValueError(f"spell.submit: priority must be one of {', '.join(PRIORITIES)}")
     timeout = spec.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ValueError("spell.submit: timeout must be a positive number of seconds")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < float("inf")
+    ):
+        raise ValueError(
+            f"spell.submit: timeout must be a positive number of seconds, got {timeout!r}"
+        )
     retries = spec.get("retries", 0)
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError("spell.submit: retries must be an integer >= 0")
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < 2**31:
+        raise ValueError("spell.submit: retries must be an integer from 0 to 2**31 - 1")
     return TaskSpec(
         id=tid,
         kind=kind,
