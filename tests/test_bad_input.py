@@ -397,3 +397,13 @@ def test_a_script_submit_timeout_must_be_finite_seconds(rt: Runtime, task: Task)
     with pytest.raises(TaskFailed, match="timeout must be a positive number of seconds") as info:
         rt.result(rt.submit(task), timeout=WAIT)
     assert "spell.submit: spell.submit" not in str(info.value)
+
+
+@pytest.mark.parametrize("what", ["tool", "hook", "executor"])
+def test_options_on_a_task_template_are_refused_not_dropped(rt: Runtime, what: str) -> None:
+    register = getattr(rt, f"register_{what}")
+    name = "task.after" if what == "hook" else "templated"
+    with pytest.raises(MessageError, match="keeps only its code and args, not retries, timeout"):
+        register(name, Task.lua("spell.sleep(5) return 1", timeout=1, retries=3))
+    rt.register_tool("templated_ok", Task.lua("return spell.args.a", args={"a": 1}))
+    assert rt.result(rt.submit(Task.tool("templated_ok", timeout=5)), timeout=WAIT) == 1

@@ -70,6 +70,14 @@ def wire_target(
                 f"a Task template must be Task.lua or Task.js, got Task.{target.kind}",
                 where="target",
             )
+        if target.opts:
+            names = ", ".join(sorted(target.opts))
+            raise MessageError(
+                f"a Task template keeps only its code and args, not {names}: give those "
+                f"to each call instead (Task.{'custom' if what == 'executor' else what}(..., "
+                f"{next(iter(sorted(target.opts)))}=...))",
+                where="target",
+            )
         out = {"lang": target.kind, "code": target.code}
         if target.args:
             out["args"] = dict(target.args)

@@ -112,11 +112,16 @@ class PythonEngine(EngineActor):
     engine = "python"
     default_capacity = 256
 
+    def __init__(self) -> None:
+        super().__init__()
+        # set here, not in setup: every message is flushed, one that comes before
+        # the engine was introduced (a ping, a poll) included
+        self._to_pool: list[_Call] = []  # sync calls started, not yet handed to the workers
+
     def setup(self, config: dict[str, Any]) -> None:
         self.threads = int(config.get("python_threads", 16))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_sync)
-        self._to_pool: list[_Call] = []  # sync calls started, not yet handed to the workers
         self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
         self.inline = bool(config.get("python_inline", False))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
