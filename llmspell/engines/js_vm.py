@@ -186,6 +186,7 @@ function ls$rev(k, v) {
 function ls$in(kind, v) { return kind === 0 ? v : kind === 1 ? parse(v) : parse(v, ls$rev); }
 function ls$show(x) {
   if (typeof x === "string") return x;
+  if (typeof x === "number" || typeof x === "bigint") return String(x);  // NaN, not null
   if (x instanceof ErrorC) return String(x);
   try { const s = ls$stringify(x); if (s !== undefined) return s; } catch (e) { /* below */ }
   try { return String(x); } catch (e) { return "(a value that cannot be shown)"; }
