@@ -529,12 +529,29 @@ def _packer() -> msgpack.Packer:
     try:
         return _local.packer
     except AttributeError:
-        # surrogatepass: a str may hold a lone surrogate (JavaScript strings may, and
-        # so may Python's); it crosses between llmspell's own actors unchanged
-        _local.packer = msgpack.Packer(
+        _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        return _local.packer
+
+
+def _lenient_packer() -> msgpack.Packer:
+    """A packer that takes a str holding a lone surrogate (JavaScript strings may,
+    and so may Python's) and carries it unchanged between llmspell's own actors
+    (decoding uses "surrogatepass" too). Used only when the strict one refused:
+    it packs a third slower."""
+    try:
+        return _local.lenient
+    except AttributeError:
+        _local.lenient = msgpack.Packer(
             default=_default, use_bin_type=True, unicode_errors="surrogatepass"
         )
-        return _local.packer
+        return _local.lenient
+
+
+def _pack(obj: Any) -> bytes:
+    try:
+        return _packer().pack(obj)  # type: ignore[no-any-return]
+    except UnicodeEncodeError:  # (msgpack resets a packer's buffer when packing fails)
+        return _lenient_packer().pack(obj)  # type: ignore[no-any-return]
 
 
 def encode(msg: Message) -> bytes:
@@ -542,7 +559,7 @@ def encode(msg: Message) -> bytes:
     field holds something msgpack cannot carry."""
     try:
         fields = _encoder(type(msg))(msg)
-        return _packer().pack([msg.TAG, msg.VERSION, fields])  # type: ignore[no-any-return]
+        return _pack([msg.TAG, msg.VERSION, fields])
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {type(msg).__name__}: {exc}") from None
 
@@ -550,7 +567,7 @@ def encode(msg: Message) -> bytes:
 def encode_item(item: Message) -> bytes:
     """One message's field array packed on its own, for ``encode_with_items``."""
     try:
-        return _packer().pack(_encoder(type(item))(item))  # type: ignore[no-any-return]
+        return _pack(_encoder(type(item))(item))
     except (TypeError, ValueError, OverflowError) as exc:
         raise MessageError(f"cannot encode {type(item).__name__}: {exc}") from None
 
@@ -559,7 +576,7 @@ def encode_with_items(cls: type[Message], packed: list[bytes]) -> bytes:
     """The envelope of a ``cls`` whose first field is a list of messages given
     already packed (``encode_item``), every other field at its default. A big
     batch is encoded item by item, so no item object outlives its encoding."""
-    p = msgpack.Packer(use_bin_type=True, unicode_errors="surrogatepass")
+    p = msgpack.Packer(use_bin_type=True)
     head = [
         p.pack_array_header(3),
         p.pack(cls.TAG),
