@@ -407,3 +407,10 @@ def test_options_on_a_task_template_are_refused_not_dropped(rt: Runtime, what: s
         register(name, Task.lua("spell.sleep(5) return 1", timeout=1, retries=3))
     rt.register_tool("templated_ok", Task.lua("return spell.args.a", args={"a": 1}))
     assert rt.result(rt.submit(Task.tool("templated_ok", timeout=5)), timeout=WAIT) == 1
+
+
+def test_a_nan_wait_event_timeout_is_refused_in_lua_as_in_js(rt: Runtime) -> None:
+    with pytest.raises(TaskFailed, match="timeout must be a number of seconds"):
+        rt.result(rt.submit(Task.lua("spell.wait_event('x', 0/0)")), timeout=WAIT)
+    with pytest.raises(TaskFailed, match="expected a number of seconds"):
+        rt.result(rt.submit(Task.js("await spell.wait_event('x', NaN)")), timeout=WAIT)

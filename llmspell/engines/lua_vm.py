@@ -417,8 +417,8 @@ function SPELL.agent(name, input)
 end
 function SPELL.wait_event(pattern, timeout)
   if type(pattern) ~= "string" then error("spell.wait_event: pattern must be a string", 2) end
-  if timeout ~= nil and type(timeout) ~= "number" then
-    error("spell.wait_event: timeout must be a number or nil", 2)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout) then
+    error("spell.wait_event: timeout must be a number of seconds or nil", 2)
   end
   local v, e = co_yield(1, pattern, timeout)
   if e ~= nil then error(e, 0) end
