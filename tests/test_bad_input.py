@@ -414,3 +414,11 @@ def test_a_nan_wait_event_timeout_is_refused_in_lua_as_in_js(rt: Runtime) -> Non
         rt.result(rt.submit(Task.lua("spell.wait_event('x', 0/0)")), timeout=WAIT)
     with pytest.raises(TaskFailed, match="expected a number of seconds"):
         rt.result(rt.submit(Task.js("await spell.wait_event('x', NaN)")), timeout=WAIT)
+
+
+def test_running_a_js_vm_out_of_memory_says_so() -> None:
+    with Runtime(js_memory=32 * 1024 * 1024) as rt:
+        h = rt.submit(Task.js("const a = []; for (;;) a.push({})"))
+        with pytest.raises(TaskFailed, match="out of memory"):
+            rt.result(h, timeout=60)
+        assert rt.result(rt.submit(Task.js("return 1")), timeout=WAIT) == 1

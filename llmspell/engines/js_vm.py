@@ -969,6 +969,12 @@ class JsVM:
             msg = self._budget_text
         elif kind == "memory":
             msg = f"out of memory: the JS VM's limit of {self._memory_limit} bytes was reached"
+        elif msg == "uncaught null" and not tb:
+            # QuickJS throws null when it cannot even allocate its "out of memory" error
+            msg = (
+                "uncaught null: the script threw null, or the JS VM ran out of memory "
+                f"(its limit is {self._memory_limit} bytes)"
+            )
         elif line is not None and kind == "runtime":
             msg = f"{msg} (line {line})"
         return Failed(kind, msg, tb)
