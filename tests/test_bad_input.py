@@ -422,3 +422,10 @@ def test_running_a_js_vm_out_of_memory_says_so() -> None:
         with pytest.raises(TaskFailed, match="out of memory"):
             rt.result(h, timeout=60)
         assert rt.result(rt.submit(Task.js("return 1")), timeout=WAIT) == 1
+
+
+def test_lua_errors_from_the_sandbox_wrappers_name_no_prelude_line(rt: Runtime) -> None:
+    code = "print(setmetatable({}, {__tostring = function() return {} end}))"
+    with pytest.raises(TaskFailed) as info:
+        rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
+    assert "__tostring" in str(info.value) and "[llmspell]" not in str(info.value)

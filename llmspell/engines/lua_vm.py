@@ -55,6 +55,7 @@ Semantics (the contract is ``_vm.py``):
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from time import perf_counter
 from typing import Any
@@ -68,6 +69,7 @@ __all__ = ["LuaVM"]
 
 _LuaError: Any = lua55.LuaError
 _LuaMemoryError: Any = lua55.LuaMemoryError
+_PRELUDE_POS = re.compile(r"\[llmspell\]:\d+: ")
 _MAXINT: int = lua55.LUA_MAXINTEGER
 _MININT: int = lua55.LUA_MININTEGER
 _STATS_KEPT = 10_000
@@ -795,7 +797,9 @@ class LuaVM:
                 "without waiting (an endless loop?)",
                 tb,
             )
-        return Failed("runtime", _text(msg), tb)
+        # an error raised inside the sandbox's own wrappers names a line of llmspell's
+        # prelude ("[llmspell]:130: ..."), which tells the user nothing
+        return Failed("runtime", _PRELUDE_POS.sub("", _text(msg)), tb)
 
     def _memory_failed(self, co: Any = None) -> Failed:
         """The task ran out of the VM's memory. Closing its coroutine and collecting
