@@ -429,3 +429,9 @@ def test_lua_errors_from_the_sandbox_wrappers_name_no_prelude_line(rt: Runtime) 
     with pytest.raises(TaskFailed) as info:
         rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
     assert "__tostring" in str(info.value) and "[llmspell]" not in str(info.value)
+
+
+def test_a_waiting_spell_call_inside_a_c_callback_says_why_it_cannot(rt: Runtime) -> None:
+    code = "local t = {3, 1, 2} table.sort(t, function(a, b) spell.sleep(0) return a < b end)"
+    with pytest.raises(TaskFailed, match="cannot be made inside a callback that a C function"):
+        rt.result(rt.submit(Task.lua(code)), timeout=WAIT)

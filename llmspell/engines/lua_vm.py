@@ -799,7 +799,13 @@ class LuaVM:
             )
         # an error raised inside the sandbox's own wrappers names a line of llmspell's
         # prelude ("[llmspell]:130: ..."), which tells the user nothing
-        return Failed("runtime", _PRELUDE_POS.sub("", _text(msg)), tb)
+        text = _PRELUDE_POS.sub("", _text(msg))
+        if "attempt to yield across a C-call boundary" in text:
+            text += (
+                " (a spell call that waits, like sleep, await or run, cannot be made inside a"
+                " callback that a C function runs: table.sort, string.gsub, a metamethod)"
+            )
+        return Failed("runtime", text, tb)
 
     def _memory_failed(self, co: Any = None) -> Failed:
         """The task ran out of the VM's memory. Closing its coroutine and collecting
