@@ -316,7 +316,16 @@ class LocalDriver:
         self.port = port
         os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
         caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
-        self.asys = ActorSystem("multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS)
+        try:
+            self.asys = ActorSystem(
+                "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
+            )
+        except Exception as exc:
+            if self.attach:  # something that is not an llmspell runtime listens there
+                raise LlmspellError(
+                    f"no llmspell runtime answered at 127.0.0.1:{port} ({exc})"
+                ) from None
+            raise
         try:
             director = self.asys.createActor(Director, globalName=DIRECTOR_NAME)
             self.director = director

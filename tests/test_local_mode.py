@@ -239,3 +239,16 @@ def test_status_without_a_server_fails_clearly() -> None:
     out = run_cli("status", "--port", str(free_port()))
     assert out.returncode == 1
     assert "no llmspell runtime is served" in out.stderr
+
+
+def test_attaching_to_a_port_where_no_llmspell_runtime_listens_is_a_clear_error() -> None:
+    import socket
+
+    from llmspell import LlmspellError
+
+    with socket.socket() as s:  # something else listens there, silently
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(LlmspellError, match=f"no llmspell runtime answered at .*:{port}"):
+            Runtime(mode="local", address=f"127.0.0.1:{port}")
