@@ -257,6 +257,36 @@ def _reap(procs: list[Any], timeout: float) -> None:
     psutil.wait_procs(alive, timeout=2.0)
 
 
+def _children() -> list[Any]:
+    import psutil
+
+    try:
+        return list(psutil.Process().children())
+    except psutil.Error:
+        return []
+
+
+def _reap_forked(pids: set[int]) -> None:
+    """Collect the exit status of this process's own children among ``pids``
+    (zombies otherwise); a child still running is waited for briefly."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 2.0
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not ours, or already collected
+                done = pid
+            if done:
+                left.discard(pid)
+        if not left or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
 class LocalDriver:
     """A ``multiprocTCPBase`` actor system on 127.0.0.1: every actor in a
     process of its own, the admin on a loopback port.
@@ -302,6 +332,8 @@ class LocalDriver:
         from .messages.types import Hello, Via
 
         self._via = Via
+        self._before = {c.pid for c in _children()}
+        self._forked: set[int] = set()
         _loopback.install()
         if self.attach:
             host, port = parse_address(self.attach)
@@ -349,6 +381,9 @@ class LocalDriver:
         self._sender_cm = self.asys.private()
         self._sender = self._sender_cm.__enter__()
         self.admin_pid = _listener_pid(port)
+        # processes Thespian forked from this one (the admin, its logger): this process
+        # must reap them once they exit, or each runtime leaves a zombie behind
+        self._forked = {c.pid for c in _children()} - self._before
         self.thread.start()
         return self.addresses
 
@@ -413,4 +448,5 @@ class LocalDriver:
             procs = self.processes()
             self.asys.shutdown()
             _reap(procs, timeout)
+            _reap_forked(self._forked)
         self.asys = None

@@ -252,3 +252,13 @@ def test_attaching_to_a_port_where_no_llmspell_runtime_listens_is_a_clear_error(
         port = s.getsockname()[1]
         with pytest.raises(LlmspellError, match=f"no llmspell runtime answered at .*:{port}"):
             Runtime(mode="local", address=f"127.0.0.1:{port}")
+
+
+def test_closing_a_local_runtime_leaves_no_zombie_child() -> None:
+    me = psutil.Process()
+    before = {c.pid for c in me.children(recursive=True)}
+    for _ in range(2):
+        with Runtime(mode="local", workers=1) as rt:
+            assert rt.result(rt.submit(Task.lua("return 1")), timeout=30) == 1
+    left = [c for c in me.children(recursive=True) if c.pid not in before]
+    assert [(c.pid, c.status()) for c in left] == []
