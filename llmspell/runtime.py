@@ -850,6 +850,7 @@ class Runtime:
         held for this reader).
         """
         core = self._core
+        wait = _wait_time(timeout)  # checked before anything is submitted
         if isinstance(task, Task):
             (spec,) = core.specs([task])
             s = core.streams[spec.id] = _Stream(attached=True)
@@ -864,7 +865,7 @@ class Runtime:
             s = found
             with s.cond:
                 s.attached = True
-        return self._read_stream(task_id, v, s, _wait_time(timeout))
+        return self._read_stream(task_id, v, s, wait)
 
     def _read_stream(
         self, task_id: str, v: _View, s: _Stream, timeout: float | None
@@ -935,7 +936,23 @@ class Runtime:
             inputs = list(inputs)
             check_data(inputs, "inputs")
         specs = self._core.specs(tasks)
+        self._check_compensations(specs)
         return self._coordinate(specs, strat.value, timeout, inputs)
+
+    def _check_compensations(self, specs: list[TaskSpec]) -> None:
+        """A compensation's id must be new: one taken by a member, another
+        compensation or an earlier task would never run (the scheduler refuses a
+        taken id) and the rollback would wait for it."""
+        seen = {spec.id for spec in specs}
+        for i, spec in enumerate(specs):
+            comp = spec.compensate
+            if comp is None:
+                continue
+            if comp.id in seen or comp.id in self._core.views:
+                raise MessageError(
+                    f"task id {comp.id!r} is already used", where=f"tasks[{i}].compensate.id"
+                )
+            seen.add(comp.id)
 
     def _coordinate(
         self, specs: list[TaskSpec], strategy: str, timeout: float | None, inputs: list[Any] | None
@@ -1046,8 +1063,8 @@ class Runtime:
         self._core.check_open()
         if not isinstance(pattern, str) or not pattern:
             raise MessageError("must be a non-empty str", where="pattern")
-        if limit < 1:
-            raise MessageError("must be >= 1", where="limit")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise MessageError(f"must be an int >= 1, got {limit!r}", where="limit")
         sub_id = f"facade-{uuid.uuid4().hex}"
         subscription = Subscription(self, sub_id, pattern, limit)
         self._core.subscriptions[sub_id] = subscription

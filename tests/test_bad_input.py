@@ -435,3 +435,34 @@ def test_a_waiting_spell_call_inside_a_c_callback_says_why_it_cannot(rt: Runtime
     code = "local t = {3, 1, 2} table.sort(t, function(a, b) spell.sleep(0) return a < b end)"
     with pytest.raises(TaskFailed, match="cannot be made inside a callback that a C function"):
         rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
+
+
+def test_a_coordination_timeout_bounds_its_rollback_too(rt: Runtime) -> None:
+    tasks = [
+        Task.lua("return 1", compensate=Task.lua("spell.sleep(3600)")),
+        Task.lua("spell.sleep(0.2) error('boom')"),
+    ]
+    result = rt.coordinate(tasks, Strategy.ALL_OR_NOTHING, timeout=1)
+    assert result.ok is False and result.timed_out is True
+    assert _wait_for(rt, "running", 0)["running"] == 0  # the compensation was cancelled
+
+
+def test_a_compensation_id_must_be_new(rt: Runtime) -> None:
+    tasks = [
+        Task.lua("return 1", id="m1", compensate=Task.lua("return 2", id="m1")),
+        Task.lua("error('x')", id="m2"),
+    ]
+    with pytest.raises(MessageError, match=r"tasks\[0\]\.compensate\.id"):
+        rt.coordinate(tasks, Strategy.ALL_OR_NOTHING, timeout=5)
+
+
+@pytest.mark.parametrize("limit", [1.5, True, "10", 0])
+def test_a_subscription_limit_must_be_a_positive_int(rt: Runtime, limit: object) -> None:
+    with pytest.raises(MessageError, match="limit: must be an int >= 1"):
+        rt.subscribe("x.*", limit=limit)  # type: ignore[arg-type]
+
+
+def test_a_bad_stream_timeout_submits_nothing(rt: Runtime) -> None:
+    with pytest.raises(MessageError, match="timeout"):
+        rt.stream(Task.lua("return 1", id="never-submitted"), timeout="x")  # type: ignore[arg-type]
+    assert rt.stats()["submitted"] == 0

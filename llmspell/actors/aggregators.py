@@ -513,7 +513,22 @@ class AllOrNothingAggregator(ParallelAggregator):
 
     def on_timed_out(self, reason: str) -> None:
         if self.compensating:
-            return  # rolling back already; compensations run to their end
+            # the timeout bounds the rollback too: the running compensation is
+            # cancelled and the ones not started yet are recorded as not run
+            self.timed_out = True
+            for i in self.to_compensate:
+                spec = self.specs[i].compensate
+                self.extra["compensated"].append(
+                    {
+                        "index": i,
+                        "task_id": spec.id if spec is not None else "",
+                        "status": "cancelled",
+                        "error": "not run: the coordination timed out during the rollback",
+                    }
+                )
+            self.to_compensate.clear()
+            self.abort(reason)
+            return
         self.timed_out = True
         self.aborting = True
         self.abort(reason)
