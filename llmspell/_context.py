@@ -71,6 +71,18 @@ def current_meter() -> Meter | None:
     return _METER.get()
 
 
+def current_task_id() -> str | None:
+    """The id of the Python task (or agent) running this code, or None: what a
+    task submits through ``Runtime.submit`` becomes its child (it triggers no
+    hooks when the task is a hook; cancelling the task cancels it)."""
+    meter = _METER.get()
+    task_id = getattr(meter, "task_id", None)
+    if isinstance(task_id, str):
+        return task_id
+    agent = _AGENT.get()
+    return agent.task_id if agent is not None else None
+
+
 def current_agent() -> AgentContext | None:
     """The context of the agent task running this code, or None."""
     return _AGENT.get()

@@ -35,6 +35,7 @@ from typing import Any
 
 from ._actor import log
 from ._clock import now
+from ._context import current_task_id
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._options import check_options
 from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
@@ -178,13 +179,14 @@ class _Core:
     def specs(self, tasks: Iterable[Task]) -> list[TaskSpec]:
         self.check_open()
         _check_task_list(tasks)
+        parent = current_task_id()  # submitted by a Python task: its child
         specs = []
         for i, task in enumerate(tasks):
             if type(task) is not Task and not isinstance(task, Task):
                 raise MessageError(
                     f"expected a Task, got {type(task).__name__}", where=f"tasks[{i}]"
                 )
-            specs.append(task.to_spec())
+            specs.append(task.to_spec(parent=parent))
         return self.register_specs(specs)
 
     def register_specs(self, specs: list[TaskSpec]) -> list[TaskSpec]:
@@ -223,6 +225,7 @@ class _Core:
         dependencies goes whole (a task may name one listed after it)."""
         self.check_open()
         _check_task_list(tasks)
+        parent = current_task_id()  # submitted by a Python task: its child
         ids: list[str] = []
         parts: list[bytes] = []
         linked = False
@@ -232,6 +235,8 @@ class _Core:
                     f"expected a Task, got {type(task).__name__}", where=f"tasks[{i}]"
                 )
             spec = task.to_spec()
+            if parent is not None and spec.parent is None:
+                spec.parent = parent
             ids.append(spec.id)
             linked = linked or spec.deps is not None
             parts.append(encode_item(spec))

@@ -180,3 +180,13 @@ def meet(name: str, parties: int, timeout: float = 10.0) -> int:
     with log_lock:
         barrier = barriers.setdefault(name, threading.Barrier(parties))
     return barrier.wait(timeout)
+
+
+HOOK_RUNTIME: dict[str, Any] = {}
+
+
+def submitting_hook(**payload: Any) -> None:
+    """A hook that submits a task through the runtime it was given."""
+    from llmspell import Task
+
+    HOOK_RUNTIME["rt"].submit(Task.lua("return 1"))

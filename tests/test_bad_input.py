@@ -466,3 +466,19 @@ def test_a_bad_stream_timeout_submits_nothing(rt: Runtime) -> None:
     with pytest.raises(MessageError, match="timeout"):
         rt.stream(Task.lua("return 1", id="never-submitted"), timeout="x")  # type: ignore[arg-type]
     assert rt.stats()["submitted"] == 0
+
+
+def test_a_python_hook_that_submits_tasks_does_not_recurse(rt: Runtime) -> None:
+    import time
+
+    import targets
+
+    targets.HOOK_RUNTIME["rt"] = rt
+    rt.register_hook("task.after", "targets:submitting_hook")
+    assert rt.result(rt.submit(Task.lua("return 0")), timeout=WAIT) == 0
+    # the task, its hook, the hook's own task (whose end triggers no hook): then quiet
+    deadline = time.monotonic() + WAIT
+    while rt.stats()["submitted"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert rt.stats()["submitted"] == 3

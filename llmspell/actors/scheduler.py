@@ -414,7 +414,11 @@ class Scheduler(WireActor):
         if parent is None:
             return
         rec.depth = parent.depth + 1
-        rec.scripted = parent.scripted or parent.engine in ("lua", "js")
+        # a script's children and theirs (through workflows, coordinations) are
+        # sandboxed; the children of Python code are the application's own again
+        rec.scripted = parent.engine in ("lua", "js") or (
+            parent.scripted and parent.engine != "python"
+        )
         refused = self._refused(rec) if rec.scripted else None
         if refused is not None:
             self._finish(rec, "failed", error=_err(refused))
