@@ -987,8 +987,17 @@ class Runtime:
         failed = {int(i): str(m) for i, m in result.get("failed", [])}
         cancelled = {int(i) for i in result.get("cancelled", [])}
         values = result.get("results") or []
+        statuses = result.get("statuses") or []
+        errors = result.get("errors") or []
         for i, spec in enumerate(specs):
-            if staged:  # pipeline over inputs: the stages ran as per-input clones
+            if not staged and i < len(statuses) and statuses[i] != "succeeded":
+                error = errors[i] if i < len(errors) and isinstance(errors[i], dict) else None
+                if error is None and i in failed:
+                    error = {"message": failed[i]}
+                elif error is None:
+                    error = {"message": "cancelled by its coordination"}
+                o = TaskOutcome(spec.id, str(statuses[i]), None, error)
+            elif staged:  # pipeline over inputs: the stages ran as per-input clones
                 o = (
                     TaskOutcome(spec.id, "succeeded")
                     if result.get("ok")

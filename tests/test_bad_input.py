@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmspell import MessageError, Runtime, Strategy, Task, TaskFailed, TaskTimeout
+from llmspell import MessageError, Runtime, ScriptError, Strategy, Task, TaskFailed, TaskTimeout
 
 WAIT = 10
 
@@ -482,3 +482,19 @@ def test_a_python_hook_that_submits_tasks_does_not_recurse(rt: Runtime) -> None:
         time.sleep(0.02)
     time.sleep(0.5)
     assert rt.stats()["submitted"] == 3
+
+
+def test_coordinated_tasks_keep_their_own_end(rt: Runtime) -> None:
+    tasks = [
+        Task.lua("spell.sleep(5)", id="times-out", timeout=0.1),
+        Task.lua("error('bad')", id="errs"),
+        Task.lua("return 3", id="fine"),
+    ]
+    result = rt.coordinate(tasks, Strategy.PARALLEL, timeout=5)
+    assert result.ok is False
+    assert rt.status("times-out") == "timed_out"
+    with pytest.raises(TaskTimeout):
+        rt.result("times-out")
+    with pytest.raises(ScriptError, match="bad"):
+        rt.result("errs")
+    assert rt.result("fine") == 3

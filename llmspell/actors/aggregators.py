@@ -204,6 +204,7 @@ class Aggregator(WireActor):
         self.status = [None] * n
         self.values = [None] * n
         self.errors = [""] * n
+        self.error_of: dict[int, dict[str, Any]] = {}  # slot -> its outcome's error
         self.started_at = now()
         self.run_hook(
             "coordination.before",
@@ -249,6 +250,9 @@ class Aggregator(WireActor):
             "duration": now() - self.started_at,
             "resource_usage": self.usage.to_dict(),
             "timed_out": self.timed_out,
+            # each task's own end, for the caller's handles (timed_out stays timed_out)
+            "statuses": [s if s in _ENDS else "cancelled" for s in status],
+            "errors": [self.error_of.get(i) for i in range(len(status))],
         }
         steps = [str((s.metadata or {}).get("step", "")) for s in self.specs]
         if steps and all(steps):  # a workflow: the values by step id as well
@@ -331,6 +335,8 @@ class Aggregator(WireActor):
             self.values[i] = o.value
         else:
             self.errors[i] = _message(o)
+            if o.error:
+                self.error_of[i] = o.error
         self._guard(self.ended, i, o)
 
     def on_wakeup(self, payload: Any) -> None:
@@ -487,6 +493,9 @@ class RaceAggregator(ParallelAggregator):
         result = super().result()
         result["winner"] = self.winner
         return result
+
+
+_ENDS = frozenset(("succeeded", "failed", "cancelled", "timed_out"))
 
 
 class AllOrNothingAggregator(ParallelAggregator):
