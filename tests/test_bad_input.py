@@ -498,3 +498,22 @@ def test_coordinated_tasks_keep_their_own_end(rt: Runtime) -> None:
     with pytest.raises(ScriptError, match="bad"):
         rt.result("errs")
     assert rt.result("fine") == 3
+
+
+def test_cancelling_a_coordinated_task_that_has_not_started_yet_cancels_it(rt: Runtime) -> None:
+    import threading
+    import time
+
+    out: list[object] = []
+    tasks = [Task.lua("spell.sleep(0.5) return 1", id="first"), Task.lua("return 2", id="later")]
+    runner = threading.Thread(
+        target=lambda: out.append(rt.coordinate(tasks, Strategy.SEQUENTIAL, timeout=10))
+    )
+    runner.start()
+    time.sleep(0.2)  # "first" runs; "later" is not submitted yet
+    assert rt.status("later") == "pending"
+    assert rt.cancel("later") is True
+    runner.join(WAIT)
+    (result,) = out
+    assert result.cancelled == [1] and result.results == [1, None]  # type: ignore[attr-defined]
+    assert rt.status("later") == "cancelled"

@@ -242,6 +242,7 @@ class Scheduler(WireActor):
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
         self.absent: set[str] = set()  # engines this runtime does not start
+        self._precancelled: dict[str, str] = {}  # cancelled before submitted -> reason
         # Python targets a script may run (Runtime(script_python=[patterns])): none by default
         self._script_python: Callable[[str], Any] | None = None
         self._cascade: list[tuple[_Rec, str, dict[str, Any] | None]] | None = None
@@ -357,6 +358,9 @@ class Scheduler(WireActor):
             self.counts["submitted"] += 1
             if spec.parent is not None:
                 self._adopt(rec)
+            if self._precancelled and spec.id in self._precancelled:
+                reason = self._precancelled.pop(spec.id)
+                self._finish(rec, "cancelled", error=_err(reason, kind="cancelled"))
             fresh.append(rec)
         if msg.cancelled is not None:  # an aggregator's tasks that will never run
             for rec in fresh:
@@ -854,6 +858,14 @@ class Scheduler(WireActor):
             rec = self.tasks.get(task_id)
             if rec is not None and rec.status not in TERMINAL:
                 self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
+                cancelled.append(task_id)
+            elif rec is None and msg.ref and task_id not in self._gone:
+                # The facade cancels only ids it handed out, so one unknown here is
+                # not submitted yet (a coordination's later member, or a submit
+                # the cancel overtook): it ends cancelled the moment it comes.
+                self._precancelled[task_id] = msg.reason
+                if len(self._precancelled) > 10_000:
+                    self._precancelled.pop(next(iter(self._precancelled)))
                 cancelled.append(task_id)
         if msg.ref:
             self.send_msg(sender, CancelReply(msg.ref, cancelled))
