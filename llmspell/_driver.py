@@ -334,6 +334,7 @@ class LocalDriver:
         self._via = Via
         self._before = {c.pid for c in _children()}
         self._forked: set[int] = set()
+        self._seen: dict[int, Any] = {}  # pid -> psutil.Process of this runtime
         _loopback.install()
         if self.attach:
             host, port = parse_address(self.attach)
@@ -395,9 +396,24 @@ class LocalDriver:
             return []
         try:
             admin = psutil.Process(self.admin_pid)
-            return [admin, *admin.children(recursive=True)]
+            found = [admin, *admin.children(recursive=True)]
         except psutil.Error:
             return []
+        for p in found:  # remembered: an actor whose parent died is no longer under it
+            self._seen.setdefault(p.pid, p)
+        return found
+
+    def _remembered(self) -> list[Any]:
+        """Every process of this runtime seen so far that still runs (psutil
+        checks the creation time, so a reused pid is never taken for one)."""
+        alive = []
+        for p in self._seen.values():
+            try:
+                if p.is_running():
+                    alive.append(p)
+            except Exception:
+                pass
+        return alive
 
     def send(self, address: Any, data: bytes) -> None:
         wrapped = encode(self._via(self.me, data))
@@ -408,7 +424,16 @@ class LocalDriver:
         fn()
 
     def _listen(self) -> None:
+        import time
+
+        look = 0.0
         while not self._stopping.is_set():
+            if not self.attach and time.monotonic() >= look:
+                look = time.monotonic() + 1.0
+                try:  # note the runtime's processes while they are all under the admin
+                    self.processes()
+                except Exception:
+                    pass
             try:
                 raw = self.asys.listen(0.2)
             except Exception:
@@ -445,7 +470,9 @@ class LocalDriver:
         except Exception:  # pragma: no cover - best effort
             pass
         if not self.attach:
-            procs = self.processes()
+            current = self.processes()
+            # and those an actor left behind when its parent was killed (orphans)
+            procs = list({p.pid: p for p in [*current, *self._remembered()]}.values())
             self.asys.shutdown()
             _reap(procs, timeout)
             _reap_forked(self._forked)

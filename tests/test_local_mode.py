@@ -262,3 +262,20 @@ def test_closing_a_local_runtime_leaves_no_zombie_child() -> None:
             assert rt.result(rt.submit(Task.lua("return 1")), timeout=30) == 1
     left = [c for c in me.children(recursive=True) if c.pid not in before]
     assert [(c.pid, c.status()) for c in left] == []
+
+
+def test_close_stops_the_runtime_processes_even_after_one_was_killed() -> None:
+    me = psutil.Process()
+    rt = Runtime(mode="local", workers=1)
+    try:
+        wait_engines(rt, 3)
+        procs = runtime_processes(rt)
+        assert len(procs) > 3
+        time.sleep(1.5)  # the driver notes the runtime's processes every second
+        os.kill(rt._driver.admin_pid, signal.SIGKILL)  # type: ignore[union-attr]
+        time.sleep(0.5)  # its actors are orphans now, no longer under any admin
+    finally:
+        rt.close()
+    left = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+    assert not [c for c in me.children(recursive=True) if c.pid in {p.pid for p in procs}]
