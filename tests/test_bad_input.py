@@ -114,9 +114,13 @@ def test_waits_far_in_the_future_leave_the_runtime_serving(rt: Runtime) -> None:
     assert all(rt.cancel(h) for h in sleepers)
 
 
-def test_a_huge_retry_backoff_cap_is_no_problem() -> None:
-    with Runtime(retry_backoff_cap=1e12) as rt:
+def test_a_retry_far_in_the_future_leaves_the_runtime_serving() -> None:
+    with Runtime(retry_backoff=1e10, retry_backoff_cap=1e12) as rt:
+        failing = rt.submit(Task.lua("error('again')", retries=1))
+        _wait_for(rt, "retries", 1)  # its re-run is due in ~300 years
         assert rt.result(rt.submit(Task.lua("return 1")), timeout=WAIT) == 1
+        assert rt.status(failing) == "pending"
+        assert rt.cancel(failing) is True
 
 
 @pytest.mark.parametrize("timeout", ["5", float("nan"), [1]])
