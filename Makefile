@@ -12,6 +12,8 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
+	@# the old `quickjs` wheel and `quickjs-ng` both install the module `quickjs`
+	$(BIN)/python -m pip uninstall -q -y quickjs 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 

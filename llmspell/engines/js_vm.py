@@ -87,8 +87,9 @@ _clock = time.perf_counter
 _TAG = "\x00"
 _MiB = 1 << 20
 _EXPORTS = ("start", "run", "resume", "collect", "count", "kill", "take")
-_FRAME = re.compile(r"^\s*at (\S+|<anonymous>) \((<input>|native)(?::(\d+))?\)\s*$")
-_POS = re.compile(r"\s+at <input>:(\d+)\s*$", re.M)
+# QuickJS-ng frames: "    at name (<input>:line:column)"; "(native)" for built-ins
+_FRAME = re.compile(r"^\s*at (\S+|<anonymous>) \((<input>|native)(?::(\d+))?(?::\d+)?\)\s*$")
+_POS = re.compile(r"\s+at <input>:(\d+)(?::\d+)?\s*$", re.M)
 _HEAD, _TAIL, _OFFSET = "async function (spell) {\n", "\n}", 1  # user line = JS line - 1
 
 _PRELUDE = r"""
@@ -401,6 +402,17 @@ function ls$ok(v) {
   ls$end(t);
   ls$put(t, w);
 }
+function ls$throwSite(e, stack) {  // without the frames of e's own constructors
+  const names = new Set();
+  for (let p = getPrototypeOf(e); p !== null && p !== ErrorC.prototype; p = getPrototypeOf(p)) {
+    const d = getOwnPropertyDescriptor(p, "constructor");
+    if (d !== undefined && typeof d.value === "function") names.add(d.value.name);
+  }
+  const lines = stack.split("\n");
+  let i = 0;
+  while (i < lines.length && names.has((/^\s*at (\S+) \(/.exec(lines[i]) || NONE)[1])) i++;
+  return i === 0 ? stack : lines.slice(i).join("\n");
+}
 function ls$fail(e) {
   const t = cur;
   if (t === null || t.done) return;
@@ -409,7 +421,7 @@ function ls$fail(e) {
   try {
     if (e instanceof ErrorC) {
       msg = String(e);
-      if (typeof e.stack === "string") stack = e.stack;
+      if (typeof e.stack === "string") stack = ls$throwSite(e, e.stack);
       if (e instanceof IErr && e.message === "interrupted") kind = "budget";
       if (e instanceof IErr && e.message === "out of memory") kind = "memory";
     } else msg = "uncaught " + ls$show(e);
@@ -741,6 +753,11 @@ class JsVM:
                 f"JS task {task_id!r} has several outstanding requests: pass request_id"
             )
         except quickjs.JSException as e:
+            # QuickJS-ng's interrupt cannot be caught, not even by the task's promise:
+            # it reaches us from the call that ran the task's code
+            if _interrupted(e):
+                self._stop(rec.t)
+                return self._finish(rec, Failed("budget", self._budget_text))
             self._js["kill"](rec.t)
             return self._finish(
                 rec, Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
@@ -888,8 +905,10 @@ class JsVM:
                 try:
                     if not ex():
                         return n
-                except quickjs.JSException:
-                    pass  # a job failed outside any promise (out of memory): go on
+                except quickjs.JSException as e:
+                    if _interrupted(e):  # uncatchable: the job's task is out of budget
+                        return -1
+                    # else a job failed outside any promise (out of memory): go on
                 n += 1
                 left = deadline - _clock()
                 if left <= 0:
@@ -1011,6 +1030,11 @@ class JsVM:
             self._finish(rec, Waiting())
         _log.warning("JsVM reset: %s (%d tasks failed)", why, len(lost))
         self._boot()
+
+
+def _interrupted(e: BaseException) -> bool:
+    """QuickJS's time limit stopped the code (an uncatchable ``InternalError``)."""
+    return str(e).startswith("InternalError: interrupted")
 
 
 def _first(e: BaseException) -> str:

@@ -41,7 +41,9 @@ def test_run_a_js_file_with_args(tmp_path: Path) -> None:
 
 def test_run_a_failing_js_file_exits_1_with_the_error_and_stack(tmp_path: Path) -> None:
     f = tmp_path / "bad.js"
-    f.write_text("await spell.yield();\nfunction boom() {\n  return null.x;\n}\nreturn boom();\n")
+    f.write_text(
+        "await spell.yield();\nfunction boom() {\n  let v = null; return v.x;\n}\nreturn boom();\n"
+    )
     out = run_cli("run", str(f))
     assert out.returncode == 1
     assert json.loads(out.stdout) == {

@@ -762,7 +762,7 @@ def test_runtime_error_message_and_stack(rt: Runtime) -> None:
 def test_runtime_error_after_waiting_keeps_line_numbers(rt: Runtime) -> None:
     code = "await spell.sleep(0);\nawait spell.run({lang: 'python', target: 'targets:add', args: {x: 1, y: 1}});\n\nundefinedThing();"  # noqa: E501
     err = script_error(rt, code)
-    assert err.message == "ReferenceError: 'undefinedThing' is not defined (line 4)"
+    assert err.message == "ReferenceError: undefinedThing is not defined (line 4)"
     assert "task.js:4" in err.traceback
 
 

@@ -513,15 +513,17 @@ def test_endless_microtasks_fail_the_task(vm: JsVM) -> None:
 def test_memory_bomb_fails_with_memory_and_the_vm_goes_on(vm: JsVM) -> None:
     r = run(vm, "const a = []; for (;;) a.push('x'.repeat(1 << 16) + a.length)")
     assert isinstance(r, Failed) and r.kind == "memory" and "limit" in r.message
+    # QuickJS-ng caps a string at 2**30 - 1 characters: the engine's own error, as bare
     r = run(vm, "let s = 'x'; for (;;) s += s")
-    assert isinstance(r, Failed) and r.kind == "memory"
+    assert isinstance(r, Failed) and r.message.startswith("InternalError: string too long")
     assert value(vm, "return [1, 2, 3].map((x) => x * 2)") == [2, 4, 6]
     assert vm.memory_in_use(exact=True) < 16 << 20
 
 
 def test_stack_overflow_is_a_runtime_failure(vm: JsVM) -> None:
     r = run(vm, "function f(n) { return f(n + 1) + 1 }\nreturn f(0)")
-    assert isinstance(r, Failed) and r.kind == "runtime" and "stack overflow" in r.message
+    assert isinstance(r, Failed) and r.kind == "runtime"
+    assert r.message.startswith("RangeError: Maximum call stack size exceeded")
     assert value(vm, "return 'ok'") == "ok"
 
 
