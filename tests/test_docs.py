@@ -81,7 +81,9 @@ def blocks(path: Path) -> list[Block]:
         i += 1  # the closing fence
         if lang == "python":
             found.append(
-                Block(path, start + 1, "\n".join(body) + "\n", None if marker is None else marker[1])
+                Block(
+                    path, start + 1, "\n".join(body) + "\n", None if marker is None else marker[1]
+                )
             )
         elif marker is not None:
             raise ValueError(f"{path.name}:{marker[0]}: not-run marker before a {lang!r} block")

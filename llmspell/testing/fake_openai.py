@@ -55,9 +55,7 @@ class Answer:
 Responder = Callable[[dict[str, Any]], "Answer | str"]
 
 
-def _chunk(
-    delta: dict[str, Any], finish: str | None = None, model: str = "fake"
-) -> dict[str, Any]:
+def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "fake") -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",
