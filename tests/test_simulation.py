@@ -327,3 +327,12 @@ def test_track_refuses_what_is_not_the_submitted_task() -> None:
         assert h.id not in machine.tasks
     finally:
         machine.teardown()
+
+
+@pytest.mark.parametrize("kind", ["script_error", "resource_breach"])
+def test_an_injected_failure_is_retried_like_a_real_one(kind: str) -> None:
+    with Simulation(seed=2) as sim:
+        sim.inject([Fault(kind, task="t-retry", count=1)])
+        h = sim.submit(Task.lua("return 'second attempt'", retries=1, id="t-retry"))
+        assert sim.result(h) == "second attempt"
+        assert [e for _, e, _ in sim.trace if e == "llmspell.task.retry"] == ["llmspell.task.retry"]
