@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEMO   := $(VENV)/.installed-demo
+# An editable install mypy can follow: a plain path in a .pth file, not an import hook
+EDITABLE := --config-settings editable_mode=compat -e
 
 .PHONY: demo test lint check format test-deep bench clean
 
@@ -14,11 +17,18 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	@# the old `quickjs` wheel and `quickjs-ng` both install the module `quickjs`
 	$(BIN)/python -m pip uninstall -q -y quickjs 2>/dev/null || true
-	$(BIN)/python -m pip install -q -e '.[test]'
-	@touch $(STAMP)
+	$(BIN)/python -m pip install -q $(EDITABLE) '.[test]'
+	@touch $(STAMP) $(DEMO)
 
-demo: $(STAMP)
+# the demo needs the package alone, not the test extras
+$(DEMO): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip uninstall -q -y quickjs 2>/dev/null || true
+	$(BIN)/python -m pip install -q $(EDITABLE) .
+	@touch $(DEMO)
+
+demo: $(DEMO)
 	$(BIN)/llmspell demo
+	@echo "the CLI is $(BIN)/llmspell (or: source $(BIN)/activate; llmspell --help)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmspell tests bench examples

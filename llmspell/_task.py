@@ -13,7 +13,7 @@ import itertools
 import os
 import types
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -124,14 +124,59 @@ class Handle:
     """Names a submitted task. Cheap, hashable; pass it to ``Runtime`` calls
     or as a dependency (``deps=[handle]``). A handle returned by ``submit``
     keeps its task's outcome once it ended, so ``result(handle)`` answers for
-    as long as the handle lives, even after the runtime forgot the task."""
+    as long as the handle lives, even after the runtime forgot the task.
+
+    It is also a future bound to the runtime that made it: ``h.result()``,
+    ``h.cancel()``, ``h.status()``, ``h.progress()`` are that runtime's calls
+    (blocking ones, also on an ``AsyncRuntime``'s handle); an
+    ``AsyncRuntime``'s handle is awaitable (``await h`` is ``await
+    rt.result(h)``)."""
 
     id: str
     # (status, value, error, usage) once the runtime saw the task end
     _ended: Any = field(default=None, init=False, repr=False, compare=False)
+    # the Runtime or AsyncRuntime that made it (None: made by hand, bound to none)
+    _owner: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __str__(self) -> str:
         return self.id
+
+    def _sync(self) -> Any:
+        owner = self._owner
+        if owner is None:
+            raise MessageError(
+                f"handle {self.id!r} is bound to no runtime (it was not returned by submit); "
+                "pass it to a runtime's own calls: rt.result(handle)",
+                where="handle",
+            )
+        return owner._sync()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's value, as ``rt.result(handle, timeout)``: raises what the
+        task ended with, or the builtin ``TimeoutError`` when ``timeout`` runs out."""
+        return self._sync().result(self, timeout)
+
+    def cancel(self) -> bool:
+        """As ``rt.cancel(handle)``: True if the task had not finished yet."""
+        return bool(self._sync().cancel(self))
+
+    def status(self) -> str:
+        """As ``rt.status(handle)``."""
+        return str(self._sync().status(self))
+
+    def progress(self) -> Progress | None:
+        """As ``rt.progress(handle)``."""
+        progress: Progress | None = self._sync().progress(self)
+        return progress
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        owner = self._owner
+        if owner is None or not getattr(owner, "_awaitable_handles", False):
+            raise TypeError(
+                f"handle {self.id!r} is not awaitable: only an AsyncRuntime's handles are "
+                "(use handle.result() for a Runtime's)"
+            )
+        return owner.result(self).__await__()  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)

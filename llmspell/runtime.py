@@ -173,6 +173,7 @@ class _Core:
         self.coordinations: dict[str, _Waiter] = {}
         self.streams: dict[str, _Stream] = {}
         self.ack: Callable[[str, int], None] | None = None  # set by the runtime
+        self.owner: Any = None  # the Runtime its handles are bound to (set by the runtime)
 
     # -- building requests --------------------------------------------------
 
@@ -240,7 +241,8 @@ class _Core:
             ids.append(spec.id)
             linked = linked or spec.deps is not None
             parts.append(encode_item(spec))
-        handles = [_handle(task_id) for task_id in ids]
+        owner = self.owner
+        handles = [_handle(task_id, owner) for task_id in ids]
         self.register_ids(ids, handles)
         # (local mode: one message, as TCP between two actors may reorder several)
         k = len(parts) if linked or self.mode != "embedded" else _SUBMIT_CHUNK
@@ -432,7 +434,7 @@ class _Core:
 
 _UNKNOWN: Any = object()
 _new = object.__new__
-_SET_ID, _SET_ENDED = (Handle.__dict__[f].__set__ for f in ("id", "_ended"))
+_SET_ID, _SET_ENDED, _SET_OWNER = (Handle.__dict__[f].__set__ for f in ("id", "_ended", "_owner"))
 
 
 def _check_task_list(tasks: Any) -> None:
@@ -453,13 +455,44 @@ def _wait_time(timeout: Any) -> float | None:
     return max(0.0, float(timeout))
 
 
-def _handle(task_id: str) -> Handle:
+def _handle(task_id: str, owner: Any = None) -> Handle:
     """``Handle(task_id)`` without the frozen dataclass's ``__init__`` (a third of
-    the cost; one per submitted task)."""
+    the cost; one per submitted task), bound to ``owner``."""
     h = _new(Handle)
     _SET_ID(h, task_id)
     _SET_ENDED(h, None)
+    _SET_OWNER(h, owner)
     return h
+
+
+_RETURN_WHEN = ("all", "first")
+
+
+def _handle_list(handles: Any) -> list[Handle | str]:
+    """The handles of a ``wait``/``as_completed`` call, each task once (first
+    mention kept)."""
+    if isinstance(handles, (Handle, str, bytes, Mapping)) or not isinstance(handles, Iterable):
+        raise MessageError(
+            f"expected a list of Handles or task ids, got {type(handles).__name__}",
+            where="handles",
+        )
+    seen: set[str] = set()
+    out: list[Handle | str] = []
+    for i, h in enumerate(handles):
+        if not isinstance(h, (Handle, str)):
+            raise MessageError(
+                f"expected a Handle or task id, got {type(h).__name__}", where=f"handles[{i}]"
+            )
+        key = h.id if isinstance(h, Handle) else h
+        if key not in seen:
+            seen.add(key)
+            out.append(h)
+    return out
+
+
+def _check_return_when(return_when: Any) -> None:
+    if return_when not in _RETURN_WHEN:
+        raise MessageError(f"must be 'all' or 'first', got {return_when!r}", where="return_when")
 
 
 _SUBMIT_CHUNK = 512  # tasks per SubmitTasks message of a batch without dependencies
@@ -606,6 +639,19 @@ class _Waiter:
         self.event.set()
 
 
+class _Report:
+    """An ``on_done`` callback that puts its index on a queue (``as_completed``)."""
+
+    __slots__ = ("index", "queue")
+
+    def __init__(self, queue: Any, index: int) -> None:
+        self.queue = queue
+        self.index = index
+
+    def __call__(self, _o: TaskOutcome) -> None:
+        self.queue.put(self.index)
+
+
 class Runtime:
     """A running llmspell actor system, for threaded or plain code.
 
@@ -628,7 +674,12 @@ class Runtime:
         self._emits: list[Publish] = []
         self._emit_lock = threading.Lock()
         self._core.ack = self._ack
+        self._core.owner = self
         self._core.state = RuntimeState.OPEN
+
+    def _sync(self) -> Runtime:
+        """The runtime a handle's blocking calls go to."""
+        return self
 
     def _make_driver(self) -> Any:
         from ._driver import EmbeddedDriver, LocalDriver
@@ -762,6 +813,97 @@ class Runtime:
         if v.outcome is not None:  # the scheduler forgot it (history): its final usage
             return Progress.from_dict({"resource_usage": v.outcome.usage})
         return None
+
+    def wait(
+        self,
+        handles: Iterable[Handle | str],
+        timeout: float | None = None,
+        return_when: str = "all",
+    ) -> tuple[list[Handle | str], list[Handle | str]]:
+        """Wait until all (``return_when="all"``) or the first
+        (``"first"``) of ``handles`` ended, or ``timeout`` seconds passed.
+
+        Returns ``(done, pending)``: the handles that ended and those that did
+        not, each list in the order given (a task named twice counts once).
+        A timeout that runs out is not an error here: ``pending`` says what
+        is left. Nothing is cancelled.
+        """
+        _check_return_when(return_when)
+        items = _handle_list(handles)
+        wait = _wait_time(timeout)
+        views = [self._core.view(h)[1] for h in items]
+        if not views:
+            return [], []
+        need = len(views) if return_when == "all" else 1
+        lock = threading.Lock()
+        enough = threading.Event()
+        ended = [0]
+
+        def one_ended(_o: TaskOutcome) -> None:
+            with lock:
+                ended[0] += 1
+                if ended[0] >= need:
+                    enough.set()
+
+        for v in views:
+            self._core.on_done(v, one_ended)
+        try:
+            if self._pump is not None:
+                self._pump(enough.is_set, wait)
+            else:
+                enough.wait(wait)
+        finally:
+            for v in views:
+                self._core.off_done(v, one_ended)
+        done = [h for h, v in zip(items, views, strict=True) if v.outcome is not None]
+        pending = [h for h, v in zip(items, views, strict=True) if v.outcome is None]
+        return done, pending
+
+    def as_completed(
+        self, handles: Iterable[Handle | str], timeout: float | None = None
+    ) -> Iterator[Handle | str]:
+        """Yield ``handles`` as their tasks end (ended ones first, in the order
+        given). ``timeout`` bounds the whole iteration: when it runs out with
+        tasks still running, the builtin ``TimeoutError`` is raised (the tasks
+        go on). Bad arguments raise at the call, not at the first ``next``."""
+        items = _handle_list(handles)
+        wait = _wait_time(timeout)
+        views = [self._core.view(h)[1] for h in items]
+        return self._as_completed(items, views, wait, timeout)
+
+    def _as_completed(
+        self,
+        items: list[Handle | str],
+        views: list[_View],
+        wait: float | None,
+        timeout: float | None,
+    ) -> Iterator[Handle | str]:
+        import queue
+
+        ended: queue.SimpleQueue[int] = queue.SimpleQueue()
+        callbacks = []
+        for i, v in enumerate(views):
+            cb = _Report(ended, i)
+            callbacks.append(cb)
+            self._core.on_done(v, cb)
+        deadline = None if wait is None else now() + wait
+        try:
+            for n in range(len(items)):
+                left = None if deadline is None else max(0.0, deadline - now())
+                if self._pump is not None:
+                    self._pump(lambda: not ended.empty(), left)
+                    left = 0.0
+                try:
+                    i = ended.get(timeout=left) if left != 0.0 else ended.get_nowait()
+                except queue.Empty:
+                    raise TimeoutError(
+                        f"{len(items) - n} of {len(items)} tasks did not finish within "
+                        f"{timeout} s (they are still running)"
+                    ) from None
+                yield items[i]
+        finally:
+            for v, cb in zip(views, callbacks, strict=True):
+                self._core.off_done(v, cb)
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``submitted``, ``running``, per-status totals, ``restarts``
@@ -1142,10 +1284,16 @@ class AsyncRuntime:
     handed to the loop with ``call_soon_threadsafe``.
     """
 
+    _awaitable_handles = True  # ``await handle`` works on its handles
+
     def __init__(self, mode: str = "embedded", **config: Any) -> None:
         self._mode = mode
         self._config = config
         self._rt: Runtime | None = None
+
+    def _sync(self) -> Runtime:
+        """The runtime a handle's blocking calls go to."""
+        return self._runtime()
 
     async def start(self) -> AsyncRuntime:
         if self._rt is not None:
@@ -1171,10 +1319,106 @@ class AsyncRuntime:
             await asyncio.get_running_loop().run_in_executor(None, rt.close)
 
     async def submit(self, task: Task) -> Handle:
-        return self._runtime().submit(task)
+        (h,) = await self.submit_many([task])
+        return h
 
     async def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
-        return self._runtime().submit_many(tasks)
+        handles = self._runtime().submit_many(tasks)
+        for h in handles:
+            _SET_OWNER(h, self)  # awaitable: ``await h``
+        return handles
+
+    def _future(
+        self, loop: asyncio.AbstractEventLoop, v: _View
+    ) -> tuple[asyncio.Future[TaskOutcome], Callable[[TaskOutcome], None]]:
+        """A future of this loop that gets the task's outcome, and the callback
+        that sets it (to take off the view when nobody waits any more)."""
+        fut: asyncio.Future[TaskOutcome] = loop.create_future()
+
+        def done(o: TaskOutcome) -> None:
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_result(o)
+
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # that event loop is closed: nobody waits there now
+                pass
+
+        self._runtime()._core.on_done(v, done)
+        return fut, done
+
+    async def wait(
+        self,
+        handles: Iterable[Handle | str],
+        timeout: float | None = None,
+        return_when: str = "all",
+    ) -> tuple[list[Handle | str], list[Handle | str]]:
+        """``Runtime.wait`` as a coroutine: ``done, pending = await rt.wait(hs)``."""
+        _check_return_when(return_when)
+        rt = self._runtime()
+        items = _handle_list(handles)
+        wait = _wait_time(timeout)
+        views = [rt._core.view(h)[1] for h in items]
+        if not views:
+            return [], []
+        loop = asyncio.get_running_loop()
+        futures = [self._future(loop, v) for v in views]
+        try:
+            await asyncio.wait(
+                [f for f, _ in futures],
+                timeout=wait,
+                return_when=asyncio.ALL_COMPLETED
+                if return_when == "all"
+                else asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for v, (_, cb) in zip(views, futures, strict=True):
+                rt._core.off_done(v, cb)
+        done = [h for h, v in zip(items, views, strict=True) if v.outcome is not None]
+        pending = [h for h, v in zip(items, views, strict=True) if v.outcome is None]
+        return done, pending
+
+    def as_completed(
+        self, handles: Iterable[Handle | str], timeout: float | None = None
+    ) -> AsyncIterator[Handle | str]:
+        """``Runtime.as_completed`` as an async iterator: ``async for h in
+        rt.as_completed(hs)``; ``TimeoutError`` when ``timeout`` runs out first."""
+        rt = self._runtime()
+        items = _handle_list(handles)
+        wait = _wait_time(timeout)
+        views = [rt._core.view(h)[1] for h in items]
+        return self._as_completed(rt, items, views, wait, timeout)
+
+    async def _as_completed(
+        self,
+        rt: Runtime,
+        items: list[Handle | str],
+        views: list[_View],
+        wait: float | None,
+        timeout: float | None,
+    ) -> AsyncIterator[Handle | str]:
+        loop = asyncio.get_running_loop()
+        futures = [self._future(loop, v) for v in views]
+        index = {id(f): i for i, (f, _) in enumerate(futures)}
+        waiting = {f for f, _ in futures}
+        deadline = None if wait is None else loop.time() + wait
+        try:
+            while waiting:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                ended, waiting = await asyncio.wait(
+                    waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not ended:
+                    raise TimeoutError(
+                        f"{len(waiting)} of {len(items)} tasks did not finish within "
+                        f"{timeout} s (they are still running)"
+                    )
+                for i in sorted(index[id(f)] for f in ended):
+                    yield items[i]
+        finally:
+            for v, (_, cb) in zip(views, futures, strict=True):
+                rt._core.off_done(v, cb)
 
     async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
         rt = self._runtime()

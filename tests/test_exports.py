@@ -47,3 +47,12 @@ def test_error_tree() -> None:
     ):
         assert issubclass(cls, llmspell.LlmspellError)
     assert not issubclass(llmspell.TaskTimeout, TimeoutError)
+
+
+def test_testing_exports_the_fake_openai_server() -> None:
+    import llmspell.testing as testing
+    from llmspell.testing.fake_openai import FakeOpenAI
+
+    assert "FakeOpenAI" in testing.__all__
+    assert testing.FakeOpenAI is FakeOpenAI
+    assert testing.__all__ == sorted(testing.__all__)

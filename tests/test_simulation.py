@@ -314,3 +314,25 @@ def test_strategy_values_are_usable_in_coordinate() -> None:
             Strategy.RACE,
         )
         assert (result.ok, result.winner, sim.now()) == (True, 1, 1.0)
+
+
+def test_track_refuses_what_is_not_the_submitted_task() -> None:
+    # docs/testing.md once showed track(h, ...): the Ellipsis crashed a later invariant
+    machine = RuntimeStateMachine()
+    machine.sim = Simulation(seed=1)
+    try:
+        h = machine.sim.submit(Task.lua("return 1"))
+        with pytest.raises(TypeError, match="must be the Task submitted"):
+            machine.track(h, ...)  # type: ignore[arg-type]
+        assert h.id not in machine.tasks
+    finally:
+        machine.teardown()
+
+
+@pytest.mark.parametrize("kind", ["script_error", "resource_breach"])
+def test_an_injected_failure_is_retried_like_a_real_one(kind: str) -> None:
+    with Simulation(seed=2) as sim:
+        sim.inject([Fault(kind, task="t-retry", count=1)])
+        h = sim.submit(Task.lua("return 'second attempt'", retries=1, id="t-retry"))
+        assert sim.result(h) == "second attempt"
+        assert [e for _, e, _ in sim.trace if e == "llmspell.task.retry"] == ["llmspell.task.retry"]

@@ -617,24 +617,21 @@ class Scheduler(WireActor):
             return True
         rec.status = "running"
         rec.started_at = now()
-        if kind == "script_error":
-            self._finish(
-                rec,
-                "failed",
-                error=_err("injected fault: script error", kind="script", engine=rec.engine),
-            )
-        elif kind == "task_timeout":
+        if kind == "task_timeout":
             self._finish(
                 rec, "timed_out", error=_err("injected fault: task timed out", kind="timeout")
             )
+            return True
+        if kind == "script_error":
+            error = _err("injected fault: script error", kind="script", engine=rec.engine)
         else:
-            self._finish(
-                rec,
-                "failed",
-                error=_err(
-                    "injected fault: resource limit exceeded", kind="resource", engine=rec.engine
-                ),
+            error = _err(
+                "injected fault: resource limit exceeded", kind="resource", engine=rec.engine
             )
+        if rec.attempt < rec.spec.retries:  # a failure like any other: retried as one
+            self._retry(rec, TaskOutcome(task_id, "failed", error=error))
+        else:
+            self._finish(rec, "failed", error=error)
         return True
 
     def flush(self) -> None:

@@ -3,10 +3,13 @@
 ``Simulation`` is an embedded runtime on a virtual clock with one seeded
 random source and fault injection; ``strategies`` holds hypothesis
 strategies (tasks, task graphs, workflows, fault plans); ``RuntimeStateMachine``
-is a hypothesis state machine base with the runtime's invariants built in.
+is a hypothesis state machine base with the runtime's invariants built in;
+``FakeOpenAI`` is a scripted OpenAI-compatible server on 127.0.0.1 for agents.
 See docs/testing.md.
 """
 
+from .fake_openai import Answer as Answer
+from .fake_openai import FakeOpenAI as FakeOpenAI
 from .simulation import Fault as Fault
 from .simulation import FaultPlan as FaultPlan
 from .simulation import Simulation as Simulation
@@ -14,6 +17,8 @@ from .simulation import SimulationDeadlock as SimulationDeadlock
 from .simulation import VirtualClock as VirtualClock
 
 __all__ = [
+    "Answer",
+    "FakeOpenAI",
     "Fault",
     "FaultPlan",
     "RuntimeStateMachine",

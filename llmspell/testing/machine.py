@@ -113,6 +113,8 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     def track(self, handle: Handle, task: Task) -> None:
         """Have the invariants watch a task your own rules submitted."""
+        if not isinstance(task, Task):  # caught here, not as a crash in a later invariant
+            raise TypeError(f"track(handle, task): task must be the Task submitted, got {task!r}")
         self.tasks[handle.id] = task
 
     def _check(self, ok: bool, message: str) -> None:
