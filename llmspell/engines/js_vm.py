@@ -653,6 +653,7 @@ class JsVM:
             raise ValueError("step_budget must be > 0 seconds")
         self._host = host
         self._now = clock or _clock  # budgets, cpu_seconds (a simulation counts reads)
+        self._shrink = clock is None  # QuickJS's CPU-clock limit follows a real clock only
         self._memory_limit = memory_limit
         self._budget = float(step_budget)
         self._budget_text = (
@@ -899,7 +900,7 @@ class JsVM:
                 left = deadline - clock()
                 if left <= 0:
                     return -1
-                if left < budget / 2:
+                if left < budget / 2 and self._shrink:
                     setl(left)
         finally:
             setl(-1)
