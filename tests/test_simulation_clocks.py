@@ -246,3 +246,15 @@ def test_seeds_still_decide_the_interleaving(calm_runs: dict[int, Any]) -> None:
         for _, trace in calm_runs.values()
     }
     assert len(orders) > 1
+
+
+def test_a_sleep_longer_than_a_day_wakes_on_time() -> None:
+    """Wake-ups over a day are armed a day at a time; the rest is counted on the
+    runtime's clock (virtual here), not dropped."""
+    with Simulation(seed=1) as sim:
+        h = sim.submit(Task.lua("spell.sleep(200000) return 'awake'"))
+        j = sim.submit(Task.js("await spell.sleep(3 * 86400 + 5); return 'up'"))
+        assert sim.result(h) == "awake"
+        assert sim.now() == 200000.0
+        assert sim.result(j) == "up"
+        assert sim.now() == 3 * 86400 + 5
