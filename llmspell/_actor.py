@@ -13,7 +13,6 @@ actors in the layering) are actors too.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -29,6 +28,7 @@ from thespian.actors import (
     WatchMessage,
 )
 
+from . import _clock
 from ._exceptions import MessageError
 from .messages import Message, decode, encode
 from .messages.types import Pong, StreamAck, Via
@@ -92,7 +92,11 @@ class WireActor(Actor):  # type: ignore[misc]
                 self._handlers[decoded.TAG] = handler
             handler(decoded, sender)
         elif isinstance(msg, WakeupMessage):
-            self.on_wakeup(msg.payload)
+            payload = msg.payload
+            if type(payload) is _Later:  # a long wait, armed a day at a time: go on
+                self.wake_after(payload.at - _clock.monotonic(), payload.payload)
+                return
+            self.on_wakeup(payload)
         elif isinstance(msg, WatchMessage):
             self.on_fd_ready(msg.ready)
         elif isinstance(msg, ChildActorExited):
@@ -149,7 +153,7 @@ class WireActor(Actor):  # type: ignore[misc]
         Thespian's timers and select() overflow far sooner)."""
         seconds = max(0.0, seconds)
         if seconds > _MAX_WAKE:
-            payload = _Later(time.monotonic() + seconds, payload)
+            payload = _Later(_clock.monotonic() + seconds, payload)
             seconds = _MAX_WAKE
         self.wakeupAfter(timedelta(seconds=seconds), payload=payload)
 

@@ -1,7 +1,8 @@
 """The time every actor reads: epoch seconds, replaceable by a virtual clock.
 
-Actors call ``now()`` rather than ``time.time()`` so that a simulation can run
-them on virtual time (``llmspell.testing``).
+Actors call ``now()`` rather than ``time.time()``, and ``monotonic()`` rather
+than ``time.monotonic()``, so that a simulation can run them on virtual time
+(``llmspell.testing``).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["now", "set_source"]
+__all__ = ["monotonic", "now", "set_source"]
 
 _source: Callable[[], float] = time.time
+_mono: Callable[[], float] = time.monotonic
 
 
 def now() -> float:
@@ -19,7 +21,14 @@ def now() -> float:
     return _source()
 
 
+def monotonic() -> float:
+    """Seconds on a clock that never goes back (``time.monotonic``, or the virtual one)."""
+    return _mono()
+
+
 def set_source(source: Callable[[], float] | None) -> None:
-    """Use ``source`` as the clock (None restores the wall clock)."""
-    global _source
+    """Use ``source`` as the clock, for ``now()`` and ``monotonic()`` alike (None
+    restores the real clocks)."""
+    global _source, _mono
     _source = source or time.time
+    _mono = source or time.monotonic

@@ -38,7 +38,7 @@ from ._clock import now
 from ._context import current_task_id
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._options import check_options
-from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task
+from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task, new_task_id
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
 from .messages.types import (
@@ -1107,7 +1107,7 @@ class Runtime:
         coordinator = self._core.addresses.get("coordinator")
         if coordinator is None:
             raise LlmspellError("this runtime has no coordinator")
-        coord_id = f"coord-{uuid.uuid4().hex}"
+        coord_id = f"coord-{new_task_id()}"  # a simulation's repeat with its seed
         w = _Waiter()
         with self._core.lock:
             self._core.coordinations[coord_id] = w

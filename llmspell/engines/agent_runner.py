@@ -57,6 +57,7 @@ from collections.abc import Callable
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
+from .._clock import now
 from .._context import _AGENT, _METER, AgentContext, Meter
 from .._exceptions import MessageError, TaskFailed, error_from_outcome
 from .._task import new_task_id
@@ -174,7 +175,7 @@ class _Run:
         self.execution = str(options.get("execution") or "")
         self.streaming = False
         self.meter = Meter()
-        self.started = time.time()
+        self.started = now()
         self.cond = threading.Condition()
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.produced = 0  # chunks yielded so far
@@ -220,7 +221,7 @@ class _Run:
     def usage(self) -> dict[str, Any]:
         usage: dict[str, Any] = {
             "cpu_seconds": self.meter.cpu_seconds,
-            "duration": time.time() - self.started,
+            "duration": now() - self.started,
         }
         usage.update(self.meter.usage())
         for u in self.tool_usage:  # the tools it called count as its work

@@ -6,7 +6,7 @@ from typing import Any
 
 from ._vm import ScriptVM
 from .js_vm import JsVM
-from .script import ScriptEngine
+from .script import ScriptEngine, vm_clock
 
 __all__ = ["JsEngine"]
 
@@ -20,4 +20,5 @@ class JsEngine(ScriptEngine):
             self,
             memory_limit=int(config.get("js_memory", 256 * 1024 * 1024)),
             step_budget=float(config.get("step_budget", 1.0)),
+            clock=vm_clock(config),
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 from ._vm import ScriptVM
 from .lua_vm import LuaVM
-from .script import ScriptEngine
+from .script import ScriptEngine, vm_clock
 
 __all__ = ["LuaEngine"]
 
@@ -20,4 +20,5 @@ class LuaEngine(ScriptEngine):
             self,
             max_memory=int(config.get("lua_memory", 256 * 1024 * 1024)),
             step_budget=float(config.get("step_budget", 1.0)),
+            clock=vm_clock(config),
         )

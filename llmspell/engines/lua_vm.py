@@ -48,7 +48,8 @@ Semantics (the contract is ``_vm.py``):
   pattern) is not interrupted.
 * ``stats(task_id)``: ``resumes``, ``yields``, ``cpu_seconds`` (wall time inside resumes;
   ``timing=False`` skips the two clock reads per resume) for live tasks and at least the
-  10,000 most recently finished ones.
+  10,000 most recently finished ones. ``clock`` replaces ``perf_counter`` for the budget
+  and ``cpu_seconds`` (a simulation passes one that counts its reads).
 * ``Yielded``/``Request`` objects returned may be shared between tasks: treat them as
   read-only. ``request_id`` is always 0 (one request at a time per task).
 """
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -531,8 +533,10 @@ class LuaVM:
         hook_count: int = 10_000,
         cache_size: int = 256,
         timing: bool = True,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._host = host
+        self._clock = clock or perf_counter  # budgets and cpu_seconds (a simulation counts)
         self._max_memory = max_memory
         self._budget = float("inf") if step_budget is None else step_budget
         self._cache_size = cache_size
@@ -627,16 +631,17 @@ class LuaVM:
         self._current = task_id
         self._hook_t0 = 0.0  # the budget clock starts at the first hook call of this step
         if self._timing:
-            t0 = perf_counter()
+            clock = self._clock
+            t0 = clock()
             try:
                 r = task.send(arg)
             except _LuaError as e:
-                task.cpu += perf_counter() - t0
+                task.cpu += clock() - t0
                 task.resumes += 1
                 return self._failed(task_id, task, e)
             except StopIteration:  # returned nothing
                 r = None
-            task.cpu += perf_counter() - t0
+            task.cpu += clock() - t0
         else:
             try:
                 r = task.send(arg)
@@ -702,7 +707,7 @@ class LuaVM:
     # ---- internals -------------------------------------------------------------------
 
     def _over(self) -> bool:
-        now = perf_counter()
+        now = self._clock()
         if not self._hook_t0:
             self._hook_t0 = now
         elif now - self._hook_t0 > self._budget:

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._actor import log
+from .._clock import now
 from .._context import _METER, Meter
 from ..messages.types import (
     ProgressBatch,
@@ -182,7 +183,7 @@ class PythonEngine(EngineActor):
         else:
             if self._inline_loop is None:
                 self._inline_loop = asyncio.new_event_loop()
-            call.started = time.time()
+            call.started = now()
             try:
                 value = self._inline_loop.run_until_complete(call.fn(**call.kwargs))
                 self.done.put((call, "ok", value, 0.0))
@@ -194,7 +195,7 @@ class PythonEngine(EngineActor):
         """Worker thread (its CPU clock is ``clock``): run one sync call and
         queue its outcome."""
         t0 = time.thread_time()
-        call.started = time.time()
+        call.started = now()
         call.cpu0 = t0
         call.clock = clock if clock is not None else _thread_clock()
         token = _METER.set(call)
@@ -210,7 +211,7 @@ class PythonEngine(EngineActor):
 
     def _start_async(self, call: _Call) -> None:
         loop = self._ensure_loop()
-        call.started = time.time()
+        call.started = now()
         try:
             coro = call.fn(**call.kwargs)
         except Exception as exc:  # wrong arguments fail before a coroutine exists
@@ -251,7 +252,7 @@ class PythonEngine(EngineActor):
     def poll(self) -> None:
         self.agents.poll()
         calls, get, results = self.calls, self.done.get_nowait, self._results
-        t = time.time()
+        t = now()
         while True:
             try:
                 call, how, value, cpu = get()
@@ -383,7 +384,7 @@ class PythonEngine(EngineActor):
     def _watch_calls(self) -> None:
         """Check running calls against their limits; report live usage of long calls."""
         self.poll()  # calls that ended are not judged
-        t = time.time()
+        t = now()
         for call in list(self.calls.values()):
             if call.stopped or not call.started:
                 continue
@@ -405,7 +406,7 @@ class PythonEngine(EngineActor):
     def _over(
         self, call: _Call, lim: Limit, over: list[tuple[str, float, float]], cpu: float
     ) -> None:
-        usage = {"cpu_seconds": cpu, "duration": time.time() - call.started}
+        usage = {"cpu_seconds": cpu, "duration": now() - call.started}
         if lim.on_exceed == "kill":
             self.stop(call.task_id, "resource limit")
             self.report(

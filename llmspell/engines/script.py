@@ -4,8 +4,9 @@ Each script task is a *logical actor* inside the engine: an id, a priority, a
 status, a mailbox of resume values (its ready entries) and execution
 statistics. The engine actor
 
-* resumes ready tasks in short quanta (``quantum`` seconds, default 5 ms)
-  and then sends itself a ``_tick`` to go on, so a cancel or new work that
+* resumes ready tasks in short quanta (``quantum`` seconds, default 5 ms;
+  in a simulation ``quantum_steps`` steps, the clock unread) and then sends
+  itself a ``_tick`` to go on, so a cancel or new work that
   arrived meanwhile is handled between quanta; with nothing ready it waits
   for messages and wake-ups and never busy-waits;
 * turns each request a script makes into the wait it names: ``yield`` (back
@@ -64,7 +65,7 @@ from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
 from .base import EngineActor
 from .limits import Limit, kill_message, warn_payload
 
-__all__ = ["ScriptEngine", "spec_from_script"]
+__all__ = ["ScriptEngine", "StepClock", "spec_from_script", "vm_clock"]
 
 _TICK = encode(Tick())
 _NPRIO = len(PRIORITIES)  # ready queues, one per priority
@@ -165,14 +166,13 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
 class _Script:
     """One logical actor: a script task inside the engine."""
 
-    __slots__ = ("attempt", "id", "limit", "priority", "started", "status", "subs", "waits")
+    __slots__ = ("attempt", "id", "limit", "priority", "status", "subs", "waits")
 
     def __init__(self, task_id: str, attempt: int, priority: int) -> None:
         self.id = task_id
         self.attempt = attempt
         self.priority = priority
         self.status = "ready"
-        self.started = time.perf_counter()
         self.waits = 0  # outstanding requests
         self.subs: list[str] | None = None  # event subscriptions it holds
         self.limit: Limit | None = None  # its Limits, when it has any
@@ -329,12 +329,15 @@ class ScriptEngine(EngineActor):
         self._ready(task_id, attempt, value, error, rid, s.priority)
 
     def _run_quantum(self) -> None:
-        clock = time.perf_counter
-        deadline = clock() + self.quantum
+        rng, steps = self.rng, self.quantum_steps
+        if rng is None:
+            clock = time.perf_counter
+            deadline = clock() + self.quantum
+        else:  # simulation: the quantum ends by step count alone, never by the clock
+            clock, deadline = _no_clock, _NEVER
         queues, scripts, vm = self.ready, self.scripts, self.vm
         resume = vm.resume
         low, normal, high, critical = queues
-        rng, steps = self.rng, self.quantum_steps
         while self.nready:
             q = critical or high or normal or low
             if rng is None:
@@ -767,6 +770,38 @@ class ScriptEngine(EngineActor):
     def on_stop(self, msg: StopTasks, sender: ActorAddress) -> None:
         for task_id in msg.task_ids:
             self.stop(task_id, msg.reason)
+
+
+_NEVER = float("inf")
+
+
+def _no_clock() -> float:
+    """A simulation's quantum clock: it never moves, so only the step count ends a quantum."""
+    return 0.0
+
+
+class StepClock:
+    """The clock a simulation gives its script VMs in place of ``perf_counter``:
+    every read moves it on by ``tick`` seconds, so what the VMs measure with it
+    (step budgets, a task's ``cpu_seconds``, CPU limits) counts work, not time.
+    The Lua VM reads it at the start and end of each step and at every count-hook
+    call (every 10,000 VM instructions); the JS VM also once per job it runs."""
+
+    __slots__ = ("t", "tick")
+
+    def __init__(self, tick: float = 1e-4) -> None:
+        self.t = 0.0
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def vm_clock(config: dict[str, Any]) -> StepClock | None:
+    """The clock for a script VM: a ``StepClock`` in a simulation (a ``seed`` is
+    configured), else None (the VM's own real clock)."""
+    return StepClock() if config.get("seed") is not None else None
 
 
 def _number(v: Any) -> float | None:

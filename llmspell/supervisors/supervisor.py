@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import importlib
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest
 
+from .. import _clock
 from .._actor import WireActor, addr_key, log
 from ..messages.types import EngineEvent, Introduce, Shutdown, SupervisorEvent
 
@@ -235,7 +235,7 @@ class Supervisor(WireActor):
         self.wake_after(delay, ("restart", [c.spec.name for c in group]))
 
     def _within_intensity(self) -> bool:
-        t = time.monotonic()
+        t = _clock.monotonic()
         self.history = [h for h in self.history if t - h <= self.spec.period]
         self.history.append(t)
         return len(self.history) <= self.spec.intensity

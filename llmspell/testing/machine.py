@@ -16,6 +16,12 @@ invariants (checked after every step) come with it:
   the crashes injected;
 * when the run ends, no task is left running.
 
+Settings are class attributes a subclass overrides, and the built-in rules
+and the teardown read the subclass's values: ``engines`` (the engines the
+built-in rules submit, coordinate and crash), ``horizon`` (virtual seconds
+the run may take to finish at the end) and ``simulation_class`` (the
+``Simulation`` to run).
+
 A failure message carries the seed and how to replay it:
 ``Simulation.replay(<seed>)``. Misuse fails when the class is defined:
 overriding a built-in invariant (``inv_*``) or naming an unknown engine
@@ -42,6 +48,11 @@ __all__ = ["RuntimeStateMachine"]
 _ENGINES = frozenset(("python", "lua", "js"))
 
 
+def _tasks(retries: bool = True) -> st.SearchStrategy[Task]:
+    """A task of the running machine's own ``engines`` (its subclass's setting)."""
+    return st.runner().flatmap(lambda m: sts.tasks(m.engines, retries=retries))
+
+
 class RuntimeStateMachine(RuleBasedStateMachine):
     """Base class: subclass it, add rules for your workflows, run
     ``MyMachine.TestCase`` under pytest."""
@@ -62,6 +73,8 @@ class RuntimeStateMachine(RuleBasedStateMachine):
                 "@invariant() method with another name instead"
             )
         unknown = set(cls.engines) - _ENGINES
+        if not cls.engines:
+            raise InvalidDefinition(f"{cls.__name__}.engines is empty; name at least one engine")
         if unknown:
             raise InvalidDefinition(
                 f"{cls.__name__}.engines names unknown engines {sorted(unknown)}; "
@@ -126,15 +139,13 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     # -- rules named after user calls -----------------------------------------------
 
-    @rule(task=st.deferred(lambda: sts.tasks(RuntimeStateMachine.engines)))
+    @rule(task=_tasks())
     def submit(self, task: Task) -> None:
         assert self.sim is not None
         self.track(self.sim.submit(task), task)
 
     @rule(
-        batch=st.lists(
-            st.deferred(lambda: sts.tasks(RuntimeStateMachine.engines)), min_size=2, max_size=5
-        )
+        batch=st.lists(_tasks(), min_size=2, max_size=5),
     )
     def submit_many(self, batch: list[Task]) -> None:
         assert self.sim is not None
@@ -171,9 +182,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         self.sim.emit(name, {"from": "machine"})
 
     @rule(
-        batch=st.lists(
-            st.deferred(lambda: sts.tasks(("lua", "js"), retries=False)), min_size=1, max_size=4
-        ),
+        batch=st.lists(_tasks(retries=False), min_size=1, max_size=4),
         strategy=st.sampled_from(
             [Strategy.RACE, Strategy.ALL_OR_NOTHING, Strategy.PARALLEL, Strategy.BEST_EFFORT]
         ),
@@ -215,11 +224,9 @@ class RuntimeStateMachine(RuleBasedStateMachine):
             )
 
     @precondition(lambda self: self.crashes < 5)
-    @rule(engine=st.sampled_from(["python", "lua", "js"]))
+    @rule(engine=st.runner().flatmap(lambda m: st.sampled_from(m.engines)))
     def crash_engine(self, engine: str) -> None:
         assert self.sim is not None
-        if engine not in self.engines:
-            return
         self.crashes += 1
         self.sim._inject_crash(engine, 0)
         self.sim.advance(0.0)

@@ -12,10 +12,17 @@ thread with no thread of its own:
   hanging.
 * **One seed.** The seed drives every choice the runtime makes where order is
   free: which ready coroutine or promise runs next in the Lua and JS engines,
-  restart jitter, task ids. Python callables run inline, on the simulation's
-  thread, in dispatch order. ``simpleSystemBase`` delivers messages between
-  actors in FIFO order, so that order is fixed by the program, not by the
-  seed. Same seed and same program: the same ``trace`` and the same results.
+  restart jitter, task and coordination ids. Python callables run inline, on
+  the simulation's thread, in dispatch order. ``simpleSystemBase`` delivers
+  messages between actors in FIFO order, so that order is fixed by the
+  program, not by the seed. Same seed and same program: the same ``trace``
+  and the same results, on any machine at any load.
+* **No real clock on a decision path.** Script quanta end by step count
+  (``quantum_steps``); the script VMs measure step budgets, ``cpu_seconds``
+  and CPU limits on a ``StepClock`` (``engines/script.py``) that counts work;
+  long wake-ups and supervisor intensity read ``_clock.monotonic()``, here
+  the virtual clock. (QuickJS still stops a JS step that computes for
+  ``step_budget`` seconds of real CPU without awaiting.)
 * **Faults.** ``inject(plan)`` adds seeded faults (``FaultPlan``): an engine
   crash at a virtual time, a script error, a slow step (virtual delay), a
   forced timeout or resource-limit breach for chosen tasks, dropped or
