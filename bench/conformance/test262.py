@@ -60,12 +60,16 @@ _CLASSES = [
     (
         "frozen built-ins",
         re.compile(
-            r"read-only|not extensible|cannot change the shared|frozen|"
-            r"could not delete|not configurable",
+            r"read-only|not extensible|cannot change the shared|frozen|could not delete|"
+            r"not configurable|descriptor should be|is extensible|isExtensible|"
+            r"to have configurable:true|to have writable:true",
             re.I,
         ),
     ),
-    ("no eval/Function", re.compile(r"compiling code at run time|eval is not defined", re.I)),
+    (
+        "no eval/Function",
+        re.compile(r"compiling code at run time|eval is not defined|could not obtain %", re.I),
+    ),
     ("strict mode", re.compile(r"strict mode|is not defined|cannot be deleted|arguments", re.I)),
 ]
 
@@ -143,7 +147,9 @@ def run_bare(t: dict[str, Any]) -> str:
 
 def task_code(t: dict[str, Any]) -> str:
     tail = "\nreturn await __t262p;\n" if t["async"] else '\nreturn "pass";\n'
-    return (_DONE_TASK if t["async"] else "") + t["pre"] + t["src"] + tail
+    # a task cannot define globals: asyncHelpers.js's check that $DONE is one is the harness's
+    pre = t["pre"].replace('Object.prototype.hasOwnProperty.call(globalThis, "$DONE")', "true")
+    return (_DONE_TASK if t["async"] else "") + pre + t["src"] + tail
 
 
 def run_tasks(tests: list[dict[str, Any]]) -> list[str]:
@@ -165,11 +171,15 @@ def run_tasks(tests: list[dict[str, Any]]) -> list[str]:
 def classify(t: dict[str, Any], task: str) -> str:
     if t["nostrict"]:
         return "strict mode"
-    if re.search(r"\bthis\b", t["src"]) and "TypeError: cannot read property" in task:
-        return "body wrapping"
+    if task.startswith("fail: SyntaxError") and re.search(r"\bawait\b", t["src"]):
+        return "body wrapping"  # `await` is a keyword in the body of an async function
     for name, rx in _CLASSES:
         if rx.search(task):
             return name
+    if re.search(r"\bFunction\(|\beval\b", t["pre"] + t["src"]):
+        return "no eval/Function"  # the test or its harness compiles code at run time
+    if re.search(r"\bthis\b", t["src"]) and "TypeError: cannot read property" in task:
+        return "body wrapping"
     return "unexplained"
 
 

@@ -192,41 +192,9 @@ function ls$show(x) {
   if (typeof x === "string") return x;
   if (typeof x === "number" || typeof x === "bigint") return String(x);  // NaN, not null
   if (x instanceof ErrorC) return String(x);
-  try { const s = ls$stringify(x); if (s !== undefined) return s; } catch (e) { /* below */ }
+  try { const s = stringify(x); if (s !== undefined) return s; } catch (e) { /* below */ }
   try { return String(x); } catch (e) { return "(a value that cannot be shown)"; }
 }
-// The bundled QuickJS's JSON.stringify recurses in C without checking the stack: a value
-// nested ~30,000 deep crashes the process. Every JSON.stringify (the script's and ours)
-// goes through a replacer that counts the depth and stops at JSON_DEPTH, after toJSON
-// and the script's own replacer had their say.
-const JSON_DEPTH = 1000;
-function ls$deep() {
-  return new RangeError("JSON.stringify: the value is nested more than " + JSON_DEPTH
-    + " levels deep");
-}
-function ls$depthCheck(root) {  // for an array replacer: walk own values, no recursion
-  const todo = [root, 0];
-  while (todo.length) {
-    const d = todo.pop(), v = todo.pop();
-    if (v === null || typeof v !== "object") continue;
-    if (d >= JSON_DEPTH) throw ls$deep();
-    for (const k of keys(v)) todo.push(v[k], d + 1);
-  }
-}
-function ls$stringify(value, replacer, space) {
-  if (isArray(replacer)) { ls$depthCheck(value); return stringify(value, replacer, space); }
-  const user = typeof replacer === "function" ? replacer : null, depths = new WeakMap();
-  return stringify(value, function ls$guard(key, v) {
-    if (user !== null) v = user.call(this, key, v);
-    if (v !== null && typeof v === "object") {
-      const d = (depths.get(this) || 0) + 1;
-      if (d > JSON_DEPTH) throw ls$deep();
-      depths.set(v, d);
-    }
-    return v;
-  }, space);
-}
-JSON.stringify = ls$stringify;  // (its name stays ls$...: llmspell's frames are left out of stacks)
 
 // cur is the task being stepped: every job run in a step is its job. A task's
 // outstanding requests: the first inline (rid, res, rej), others in t.more
@@ -442,7 +410,7 @@ const api = {
     const fn = t.fn;
     cur = t;
     t.fn = null;
-    fn(t.spell).then(ls$ok, ls$fail);
+    fn.call(G, t.spell).then(ls$ok, ls$fail);  // top-level this: globalThis, as in a script
   },
   resume: function ls$resume(t, id, kind, v) {  // 1 settled, 0 unknown id, -1 ambiguous
     if (t.done) return 0;
@@ -491,39 +459,45 @@ const api = {
     return typeof f === "function" && String(f) === expected ? f : null;
   },
 };
+// Freezing the realm makes assigning an inherited name throw (JavaScript's "override
+// mistake": p.then = f, Sub.resolve = f, obj.toString = f). Every writable data property of
+// a frozen built-in (but of globalThis and the namespaces Math, JSON, Reflect, console, which
+// nothing inherits from) becomes an accessor: reading gives the built-in, assigning defines
+// an own property on the receiver, as if the built-in were writable; assigning on the
+// built-in itself still throws. Costs ~25 ns a read of such a property.
+function ls$shadowable(o, k, d) {
+  const value = d.value;
+  defineProperty(o, k, {enumerable: d.enumerable, configurable: true,
+    get: function ls$get() { return value; },
+    set: function ls$set(x) {
+      if (this === o) throw new TypeError("cannot change the shared built-in property "
+        + String(k));
+      defineProperty(this, k, {value: x, writable: true, enumerable: true, configurable: true});
+    }});
+}
 function ls$lockdown() {  // freeze the realm; keep assignments of inherited names working
   for (const k of keys(api)) delete G["__ls_" + k];
   delete G.__ls_lockdown;
-  delete G.eval;
-  // The four function constructors compile source at run time, like eval: replace each,
-  // wherever it is reachable (globalThis.Function, every P.constructor), by a stub that
-  // throws and keeps the same prototype, so instanceof and typeof still work.
+  // eval and the four function constructors compile source at run time: each becomes a stub
+  // that throws EvalError. eval's stub is no constructor, like eval; the constructors' stubs
+  // keep their prototypes and their chain (AsyncFunction's prototype is Function), so
+  // instanceof, typeof and getPrototypeOf answer as in the language.
   const noCode = function ls$noCode() {
     throw new EvalError("compiling code at run time (eval, Function) is not allowed");
   };
+  defineProperty(G, "eval", {value: {eval(x) { return noCode(); }}.eval, writable: true,
+    configurable: true});
+  let FunctionStub = null;
   for (const P of [Function.prototype, getPrototypeOf(async function () {}),
     getPrototypeOf(function* () {}), getPrototypeOf(async function* () {})]) {
-    const name = P.constructor.name, stub = function () { return noCode(); };
+    const name = P.constructor.name, stub = function (body) { return noCode(); };
     defineProperty(stub, "name", {value: name});
     defineProperty(stub, "prototype", {value: P, writable: false});
+    if (FunctionStub === null) FunctionStub = stub; else O.setPrototypeOf(stub, FunctionStub);
     defineProperty(P, "constructor", {value: stub, writable: true, configurable: true});
     if (P === Function.prototype) G.Function = stub;
   }
-  const enable = [[ObjProto, ["constructor", "toString", "valueOf", "toLocaleString"]],
-    [Function.prototype, ["constructor", "toString"]], [ErrorC.prototype, ["toString"]]];
-  for (const E of [Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError,
-    InternalError, AggregateError]) enable.push([E.prototype, ["name", "message", "constructor"]]);
-  for (const [o, names] of enable) {
-    for (const n of names) {
-      const d = getOwnPropertyDescriptor(o, n), value = d.value;
-      defineProperty(o, n, {enumerable: d.enumerable, configurable: false,
-        get: function ls$get() { return value; },
-        set: function ls$set(x) {
-          if (this === o) throw new TypeError("cannot change the shared built-in property " + n);
-          defineProperty(this, n, {value: x, writable: true, enumerable: true, configurable: true});
-        }});
-    }
-  }
+  const namespaces = new Set([G, Math, JSON, Reflect, globals.console]);
   const todo = [G, SP, async function () {}, function* () {}, async function* () {},
     (function* () {})(), (async function* () {})(), [][Symbol.iterator](), new Map().entries(),
     new Set().values(), ""[Symbol.iterator](), "a".matchAll(/a/g)];
@@ -532,12 +506,15 @@ function ls$lockdown() {  // freeze the realm; keep assignments of inherited nam
     const o = todo.pop();
     if (o === null || (typeof o !== "object" && typeof o !== "function") || seen.has(o)) continue;
     seen.add(o);
-    freeze(o);
-    todo.push(getPrototypeOf(o));
     for (const k of [...getOwnPropertyNames(o), ...getOwnPropertySymbols(o)]) {
       const d = getOwnPropertyDescriptor(o, k);
-      if ("value" in d) todo.push(d.value); else todo.push(d.get, d.set);
+      if ("value" in d) {
+        todo.push(d.value);
+        if (d.writable && d.configurable && !namespaces.has(o)) ls$shadowable(o, k, d);
+      } else todo.push(d.get, d.set);
     }
+    freeze(o);
+    todo.push(getPrototypeOf(o));
   }
 }
 for (const k of keys(api)) G["__ls_" + k] = api[k];
@@ -628,6 +605,8 @@ def _user_stack(stack: str) -> tuple[str, int | None]:
             first = n if first is None else first
             name = "<task>" if name in ("<anonymous>", "anonymous") else name
             lines.append(f"    at {name} (task.js:{n})")
+    while lines and lines[-1] == "    at call (native)":  # the runner's fn.call(globalThis)
+        lines.pop()
     return "\n".join(lines), first
 
 

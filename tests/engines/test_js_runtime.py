@@ -806,7 +806,6 @@ def test_no_host_access(rt: Runtime) -> None:
         "require",
         "std",
         "os",
-        "eval",
         "process",
         "fetch",
         "XMLHttpRequest",
