@@ -518,7 +518,23 @@ _new = object.__new__
 def _code(code: Any) -> str:
     if not isinstance(code, str):
         raise MessageError(f"must be a str, got {type(code).__name__}", where="code")
+    bad = lone_surrogate(code)
+    if bad is not None:
+        raise MessageError(bad, where="code")
     return code
+
+
+def lone_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode (a lone surrogate, which no engine can
+    compile), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (
+            f"holds a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}: "
+            "code must be valid Unicode text"
+        )
+    return None
 
 
 def _name(name: Any) -> str:

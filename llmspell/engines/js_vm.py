@@ -2,15 +2,19 @@
 
 The contract is ``_vm.py``; what JavaScript adds:
 
-* Code is the body of ``async function (spell) {...}``, compiled (cached per
-  code string) as an ES module: strict mode, and code escaping the function by
-  unbalanced braces is refused. ``return`` is the result, a throw or rejection
-  the failure. The first ``resume`` calls the function.
+* Code is the body of ``async function (spell) {...}``, called with ``this`` =
+  ``globalThis`` (as a script's top level) and compiled once per code string
+  (cached): checked as an ES module in a scratch context (code escaping the
+  function by unbalanced braces is refused there), then evaluated in strict
+  mode as one function expression, which keeps nothing in the context once
+  the cache forgets it. ``return`` is the result, a throw or rejection the
+  failure. The first ``resume`` calls the function.
 * One context for all tasks: every built-in, ``globalThis`` and the ``spell``
-  prototype are frozen, ``eval`` is gone and the function constructors
-  (``Function``, async, generator) throw ``EvalError``, values cross as copies,
-  so tasks share no object (assigning ``name``/``message``/``toString``/
-  ``constructor`` on objects inheriting a built-in still works). See
+  prototype are frozen, ``eval`` and the function constructors (``Function``,
+  async, generator) throw ``EvalError``, values cross as copies, so tasks
+  share no object. Assigning a name a frozen built-in has defines an own
+  property on the receiver (``p.then = f``; the "override mistake" is
+  avoided); assigning it on the built-in itself throws. See
   ``docs/security.md``. The host holds each task's JS record and passes it back
   on every call (no lookup by id in JS). A step drains the job queue to
   empty, so every job run in a step is the stepped task's: ``spell``, timers
@@ -525,6 +529,24 @@ G.__llmspell_compiled = function ls$compiled(f) { compiled = f; };
 """
 
 
+# The scratch context's one function: the last function passed to __llmspell_compiled
+# has exactly the source ``t`` (read with the original Function.prototype.toString, which
+# code escaping the function body cannot swap in its own call).
+_SCRATCH_PRELUDE = r"""
+(function () {
+  let last = null;
+  const source = Function.prototype.call.bind(Function.prototype.toString);
+  globalThis.__llmspell_compiled = function (f) { last = f; };
+  return function (t) {
+    const f = last;
+    last = null;
+    return typeof f === "function" && source(f) === t;
+  };
+})()
+"""
+_SCRATCH_USES = 500
+
+
 class _Task:
     __slots__ = ("failed", "fid", "handles", "id", "seconds", "started", "steps", "t", "ys", "yy")
 
@@ -658,6 +680,9 @@ class JsVM:
         self._lost: dict[str, Failed] = {}
         self._slots = itertools.count(1)
         self._closed = False
+        self._scratch: Any = None  # the context that checks new code (_check_body)
+        self._scratch_take: Any = None
+        self._scratch_uses = 0
         self._boot()
 
     def _boot(self) -> None:
@@ -777,6 +802,7 @@ class JsVM:
         self._tasks.clear()
         self._compiled.clear()
         self._js.clear()
+        self._scratch = self._scratch_take = None
         self._ctx = self._js_resume = self._js_collect = self._ex = self._setl = None
 
     # -- extras ----------------------------------------------------------------
@@ -816,15 +842,21 @@ class JsVM:
             self._compiled.move_to_end(code)
             return fn
         text = _HEAD + code + _TAIL
+        refused = self._check_body(code, text)
+        if refused is not None:
+            return refused
+        # Checked: the text is one function expression and nothing else, so evaluating it
+        # as a script runs no code of the task's and declares nothing. (A module would keep
+        # its record in the context for good: ~1.4 KB per distinct code string.)
         self._ctx.set_time_limit(self._budget)
         try:
-            self._ctx.module("__llmspell_compiled(" + text + ");")
+            self._ctx.eval('"use strict";__llmspell_compiled(' + text + ");")
         except quickjs.JSException as e:
             return _syntax_failure(str(e), code)
         finally:
             self._ctx.set_time_limit(-1)
         fn = self._js["take"](text)
-        if fn is None:
+        if fn is None:  # not expected after the check; refuse rather than guess
             return Failed(
                 "syntax", "SyntaxError: the code is not a function body (unbalanced braces?)"
             )
@@ -832,6 +864,35 @@ class JsVM:
         if len(self._compiled) > self._cache_size:
             self._compiled.popitem(last=False)
         return fn
+
+    def _check_body(self, code: str, text: str) -> Failed | None:
+        """Compile ``text`` as an ES module in a scratch context (not the tasks' one):
+        a syntax error, or code that escapes the function by unbalanced braces (what it
+        ran, it ran there), is refused. A scratch context that ran anything but the one
+        call is dropped, and every ``_SCRATCH_USES`` checks (its module records pile up)."""
+        sc = self._scratch
+        if sc is None or self._scratch_uses >= _SCRATCH_USES:
+            sc = quickjs.Context()
+            sc.set_memory_limit(min(self._memory_limit, 64 * _MiB))
+            sc.set_max_stack_size(self._max_stack)
+            self._scratch_take = sc.eval(_SCRATCH_PRELUDE)
+            self._scratch, self._scratch_uses = sc, 0
+        self._scratch_uses += 1
+        sc.set_time_limit(self._budget)
+        try:
+            sc.module("__llmspell_compiled(" + text + ");")
+            ok = self._scratch_take(text)
+        except quickjs.JSException as e:
+            self._scratch = None
+            return _syntax_failure(str(e), code)
+        finally:
+            sc.set_time_limit(-1)
+        if not ok:
+            self._scratch = None
+            return Failed(
+                "syntax", "SyntaxError: the code is not a function body (unbalanced braces?)"
+            )
+        return None
 
     def _step(self, rec: _Task, deadline: float, jobs: int, raw: Any, rejected: bool) -> StepResult:
         """Finish a step whose promise was settled: drain (unless ``jobs`` > -2 says

@@ -42,7 +42,7 @@ from thespian.actors import ActorAddress
 
 from .._actor import log
 from .._clock import now
-from .._task import new_task_id
+from .._task import lone_surrogate, new_task_id
 from ..messages import encode
 from ..messages.types import (
     PRIORITIES,
@@ -116,6 +116,8 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
         if lang in ("lua", "js"):
             if not isinstance(spec.get("code"), str):
                 raise ValueError(f"spell.submit: a {lang} task needs code (a string)")
+            if not spec["code"].isascii() and lone_surrogate(spec["code"]) is not None:
+                raise ValueError(f"spell.submit: the code {lone_surrogate(spec['code'])}")
             kind, fields = lang, {"code": spec["code"]}
         elif lang == "python":
             target = spec.get("target")
