@@ -176,6 +176,8 @@ def classify(t: dict[str, Any], task: str) -> str:
     for name, rx in _CLASSES:
         if rx.search(task):
             return name
+    if "Object.isExtensible(" in t["src"] and "Expected true but got false" in task:
+        return "frozen built-ins"
     if re.search(r"\bFunction\(|\beval\b", t["pre"] + t["src"]):
         return "no eval/Function"  # the test or its harness compiles code at run time
     if re.search(r"\bthis\b", t["src"]) and "TypeError: cannot read property" in task:

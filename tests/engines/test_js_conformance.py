@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from test_js_vm import FakeHost, value
 
 from llmspell import MessageError, Runtime, Task, TaskFailed
+from llmspell.engines._vm import Failed
 from llmspell.engines.js_vm import JsVM
 from llmspell.testing import Simulation
 
@@ -338,3 +339,16 @@ def test_random_promise_programs_give_the_bare_engines_result(
     sim: Simulation, expr: str, rnd: random.Random
 ) -> None:
     same(sim, _program(expr, rnd))
+
+
+def test_a_catastrophic_regular_expression_is_stopped_by_the_step_budget() -> None:
+    # QuickJS 2021 did not poll its interrupt in the regex matcher: this ran for hours
+    vm = JsVM(FakeHost(), step_budget=0.2)
+    try:
+        r = vm.start("re", "return /(a+)+$/.test('a'.repeat(40) + 'b')")
+        assert r is None
+        r = vm.resume("re")
+        assert isinstance(r, Failed) and r.kind == "budget", r
+        assert value(vm, "return /(a+)+$/.test('aaa')") is True
+    finally:
+        vm.close()
