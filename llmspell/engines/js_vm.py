@@ -470,14 +470,15 @@ const api = {
 // an own property on the receiver, as if the built-in were writable; assigning on the
 // built-in itself still throws. Costs ~25 ns a read of such a property.
 function ls$shadowable(o, k, d) {
-  const value = d.value;
-  defineProperty(o, k, {enumerable: d.enumerable, configurable: true,
-    get: function ls$get() { return value; },
-    set: function ls$set(x) {
+  const value = d.value, pair = {  // methods: no prototype property, no constructor
+    ls$get() { return value; },
+    ls$set(x) {
       if (this === o) throw new TypeError("cannot change the shared built-in property "
         + String(k));
       defineProperty(this, k, {value: x, writable: true, enumerable: true, configurable: true});
-    }});
+    }};
+  defineProperty(o, k, {enumerable: d.enumerable, configurable: true, get: pair.ls$get,
+    set: pair.ls$set});
 }
 function ls$lockdown() {  // freeze the realm; keep assignments of inherited names working
   for (const k of keys(api)) delete G["__ls_" + k];
@@ -514,7 +515,11 @@ function ls$lockdown() {  // freeze the realm; keep assignments of inherited nam
       const d = getOwnPropertyDescriptor(o, k);
       if ("value" in d) {
         todo.push(d.value);
-        if (d.writable && d.configurable && !namespaces.has(o)) ls$shadowable(o, k, d);
+        if (d.writable && d.configurable && !namespaces.has(o)) {
+          ls$shadowable(o, k, d);
+          const a = getOwnPropertyDescriptor(o, k);
+          todo.push(a.get, a.set);  // shared too: frozen like the rest
+        }
       } else todo.push(d.get, d.set);
     }
     freeze(o);

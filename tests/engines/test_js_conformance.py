@@ -120,6 +120,15 @@ def test_assigning_an_inherited_builtin_name_shadows_it_as_on_the_bare_engine(
     same(sim, body)
 
 
+def test_the_accessors_standing_for_builtins_are_frozen_too(sim: Simulation) -> None:
+    leak = (
+        "const d = Object.getOwnPropertyDescriptor(Array.prototype, 'map');"
+        " for (const f of [d.get, d.set]) { try { f.leak = 42; } catch (e) {} }"
+        " return [Object.isFrozen(d.get), Object.isFrozen(d.set), d.get.leak, d.set.leak]"
+    )
+    assert as_task(sim, leak) == [True, True, None, None]
+
+
 def test_the_shared_builtins_still_cannot_be_changed_and_no_task_sees_another_s_shadow(
     sim: Simulation,
 ) -> None:
