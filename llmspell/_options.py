@@ -8,7 +8,8 @@ one ``MessageError`` naming the option and what it must be.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._exceptions import MessageError
@@ -74,6 +75,15 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped
+    ``word``, or ``""`` when none is close."""
+    if not isinstance(word, str):
+        return ""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_options(config: Mapping[str, Any]) -> None:
     """Raise ``MessageError`` (``where`` = the option) for the first bad value.
     ``None`` means "the default" for every option."""
@@ -112,7 +122,8 @@ def _check_engines(value: Any) -> None:
     for name, count in value.items():
         if name not in ENGINES:
             raise MessageError(
-                f"unknown engine {name!r}; use {', '.join(ENGINES)}", where=f"engines.{name}"
+                f"unknown engine {name!r}{did_you_mean(name, ENGINES)}; use {', '.join(ENGINES)}",
+                where=f"engines.{name}",
             )
         if not _int(count) or count < 0:
             raise MessageError(

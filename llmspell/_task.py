@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._exceptions import MessageError
+from ._options import did_you_mean
 from .messages import check_data
 from .messages.types import PRIORITIES, PRIORITY_NAMES, TaskSpec
 
@@ -89,7 +90,8 @@ class Limits:
     def __post_init__(self) -> None:
         if self.on_exceed not in ("kill", "throttle", "warn"):
             raise MessageError(
-                f"must be 'kill', 'throttle' or 'warn', not {self.on_exceed!r}",
+                f"must be 'kill', 'throttle' or 'warn', not {self.on_exceed!r}"
+                f"{did_you_mean(self.on_exceed, ('kill', 'throttle', 'warn'))}",
                 where="limits.on_exceed",
             )
         if self.memory_bytes is not None and (
@@ -427,10 +429,22 @@ class Task:
             unknown = sorted(set(opts) - _OPTIONS - extra)
             if unknown:
                 allowed = ", ".join(sorted(_OPTIONS | extra))
-                raise MessageError(f"unknown option {unknown[0]!r} (options: {allowed})")
+                raise MessageError(
+                    f"unknown option {unknown[0]!r}"
+                    f"{did_you_mean(unknown[0], _OPTIONS | extra)} (options: {allowed})"
+                )
             if None in opts.values():  # None is the option's default
                 opts = {k: v for k, v in opts.items() if v is not None}
             _check_opts(opts)
+            lim = opts.get("limits")
+            if kind in ("python", "agent") and lim is not None and lim.memory_bytes is not None:
+                raise MessageError(
+                    f"a {kind} task runs in the Python engine's process, whose memory is "
+                    "shared by every task there, so this limit could not be enforced: use "
+                    "cpu_seconds, run the work as a Lua or JS task, or bound the process "
+                    "with Runtime(engine_memory=bytes) in mode='local'",
+                    where="limits.memory_bytes",
+                )
         if args is not None:
             if not isinstance(args, Mapping):
                 raise MessageError(f"must be a dict, got {type(args).__name__}", where="args")
@@ -556,7 +570,10 @@ def _check_opts(o: Mapping[str, Any]) -> None:
         return
     p = o.get("priority", "normal")
     if not isinstance(p, str) or p not in PRIORITIES:
-        raise MessageError(f"must be one of {', '.join(PRIORITIES)}, got {p!r}", where="priority")
+        raise MessageError(
+            f"must be one of {', '.join(PRIORITIES)}, got {p!r}{did_you_mean(p, PRIORITIES)}",
+            where="priority",
+        )
     t = o.get("timeout")
     if t is not None and (
         isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")
@@ -586,7 +603,10 @@ def _check_opts(o: Mapping[str, Any]) -> None:
         raise MessageError(f"must be a Task, got {type(comp).__name__}", where="compensate")
     ex = o.get("execution")
     if ex is not None and ex not in _EXECUTIONS:
-        raise MessageError(f"must be one of {', '.join(_EXECUTIONS)}", where="execution")
+        raise MessageError(
+            f"must be one of {', '.join(_EXECUTIONS)}, got {ex!r}{did_you_mean(ex, _EXECUTIONS)}",
+            where="execution",
+        )
     bs = o.get("buffer_size")
     if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
         raise MessageError("must be an int >= 1", where="buffer_size")

@@ -227,6 +227,10 @@ def _run_file(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"llmspell: no such file: {path}", file=sys.stderr)
         return 2
+    # Python targets ("myapp.steps:fetch") import from the current directory, as with
+    # `python -m` (the console script's own directory is what Python put there)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     script_args = dict(args.args)
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml", ".json"):
@@ -283,7 +287,12 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
     workflow = load_workflow(path)  # malformed: bad input (exit 2) before anything starts
     live = sys.stdout.isatty() and not args.json
     outcome: dict[str, Any] = {}
-    with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
+    allowed = list(args.allow_python)
+    if _is_bundled_demo(path):  # as `llmspell demo`: its Lua step runs its own Python step
+        from .examples import SCRIPT_PYTHON
+
+        allowed += SCRIPT_PYTHON
+    with Runtime(mode=args.mode, script_python=allowed) as rt:
 
         def run() -> None:
             try:
@@ -308,6 +317,15 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
     result = outcome["result"]
     _print_json(result.to_dict())
     return 0 if result.ok else 1
+
+
+def _is_bundled_demo(path: Path) -> bool:
+    from .examples import path as example
+
+    try:
+        return path.resolve() == example("demo.yaml").resolve()
+    except OSError:
+        return False
 
 
 def _timed_out(timeout: float, what: str) -> int:

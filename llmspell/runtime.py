@@ -37,7 +37,7 @@ from ._actor import log
 from ._clock import now
 from ._context import current_task_id
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
-from ._options import check_options
+from ._options import check_options, did_you_mean
 from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task, new_task_id
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
@@ -129,16 +129,34 @@ class _Core:
     def __init__(self, mode: str, config: dict[str, Any]) -> None:
         if mode not in _MODES:
             raise MessageError(
-                f"unknown mode {mode!r}; use one of {', '.join(_MODES)}", where="mode"
+                f"unknown mode {mode!r}{did_you_mean(mode, _MODES)}; use one of "
+                f"{', '.join(_MODES)}",
+                where="mode",
             )
         unknown = sorted(set(config) - _CONFIG)
         if unknown:
-            raise MessageError(f"unknown runtime option {unknown[0]!r}")
+            raise MessageError(
+                f"unknown runtime option {unknown[0]!r}{did_you_mean(unknown[0], _CONFIG)}"
+            )
         if mode == "cluster":
             raise MessageError(
                 "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
             )
         check_options(config)
+        if mode == "embedded":  # settings that only another mode reads: said, not ignored
+            if config.get("address") is not None:
+                raise MessageError(
+                    "attaching to a served runtime needs mode='local': "
+                    "Runtime(mode='local', address=...)",
+                    where="address",
+                )
+            if config.get("workers") is not None:
+                raise MessageError(
+                    "workers= is the number of processes per engine in mode='local'; "
+                    "an embedded runtime runs its engines in this process (for more Lua "
+                    "or JS VMs here: engines={'lua': 2})",
+                    where="workers",
+                )
         workers = config.get("workers")
         history = config.get("history")
         self.mode = mode

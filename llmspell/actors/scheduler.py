@@ -425,6 +425,10 @@ class Scheduler(WireActor):
         )
         refused = self._refused(rec) if rec.scripted else None
         if refused is not None:
+            # said where it cannot be missed: a race or best-effort may swallow the failure
+            log.warning(
+                "task %s (submitted by %s) refused: %s", rec.spec.id, parent.spec.id, refused
+            )
             self._finish(rec, "failed", error=_err(refused))
         elif rec.depth > _MAX_DEPTH:
             self._finish(
@@ -454,8 +458,9 @@ class Scheduler(WireActor):
             if allowed is None or not allowed(target):
                 return (
                     f"a script may not run the Python target {target!r}: list the targets "
-                    "scripts may run in Runtime(script_python=['package.module:*', ...]) "
-                    "(none by default; registered tools and agents are always allowed)"
+                    "scripts may run in Runtime(script_python=['package.module:*', ...]) or "
+                    "`llmspell run --allow-python 'package.module:*'` (none by default; "
+                    "registered tools and agents are always allowed)"
                 )
         elif spec.kind == "workflow":
             steps = spec.payload.get("steps") if isinstance(spec.payload, dict) else None
