@@ -23,11 +23,12 @@ def run_demo(*, json_only: bool = False) -> int:
     from .workflow import load_workflow
 
     workflow = load_workflow(path("demo.yaml"))
-    live = sys.stdout.isatty() and not json_only
+    live = sys.stderr.isatty() and not json_only  # the display is drawn on stderr
     if live:
         print(
             "llmspell demo: a pipeline of Python -> Lua (racing JS against Python) -> JS "
             "(awaiting Lua)\n",
+            file=sys.stderr,
             flush=True,
         )
     with Runtime(script_python=SCRIPT_PYTHON) as rt:  # its Lua step runs a Python step
@@ -38,5 +39,6 @@ def run_demo(*, json_only: bool = False) -> int:
         else:
             result = rt._run_loaded_workflow(workflow)
     out: dict[str, Any] = result.to_dict()
-    print(json.dumps(out, indent=2 if live else None), flush=True)
+    pretty = sys.stdout.isatty() and not json_only
+    print(json.dumps(out, indent=2 if pretty else None), flush=True)
     return 0 if result.ok else 1

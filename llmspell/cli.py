@@ -254,7 +254,7 @@ def _run_file(args: argparse.Namespace) -> int:
     with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
         handle = rt.submit(task)
         try:
-            if sys.stdout.isatty() and not args.json:
+            if sys.stderr.isatty() and not args.json:  # drawn on stderr: `| jq` keeps it
                 from ._progress import wait_with_progress
 
                 value = wait_with_progress(rt, handle, path.name, timeout=args.timeout)
@@ -285,7 +285,7 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
         print("llmspell: a workflow takes no --arg", file=sys.stderr)
         return 2
     workflow = load_workflow(path)  # malformed: bad input (exit 2) before anything starts
-    live = sys.stdout.isatty() and not args.json
+    live = sys.stderr.isatty() and not args.json  # drawn on stderr: `| jq` keeps it
     outcome: dict[str, Any] = {}
     allowed = list(args.allow_python)
     if _is_bundled_demo(path):  # as `llmspell demo`: its Lua step runs its own Python step
@@ -293,28 +293,32 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
 
         allowed += SCRIPT_PYTHON
     with Runtime(mode=args.mode, script_python=allowed) as rt:
+        if live:  # the display waits (and gives up after --timeout) on this thread
+            from ._progress import run_with_progress
 
-        def run() -> None:
             try:
-                if live:
-                    from ._progress import run_with_progress
+                result = run_with_progress(rt, workflow, timeout=args.timeout)
+            except TimeoutError:
+                rt.close()  # cancels every step
+                return _timed_out(args.timeout, "workflow")
+        else:
 
-                    outcome["result"] = run_with_progress(rt, workflow)
-                else:
+            def run() -> None:
+                try:
                     outcome["result"] = rt._run_loaded_workflow(workflow)
-            except BaseException as exc:  # re-raised on the caller's thread
-                outcome["error"] = exc
+                except BaseException as exc:  # re-raised on the caller's thread
+                    outcome["error"] = exc
 
-        worker = threading.Thread(target=run, name="llmspell-workflow", daemon=True)
-        worker.start()
-        worker.join(args.timeout)
-        if worker.is_alive():
-            rt.close()  # the worker's wait ends (RuntimeClosed) and the display with it
-            worker.join(ATTACH_WAIT)
-            return _timed_out(args.timeout, "workflow")
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
+            worker = threading.Thread(target=run, name="llmspell-workflow", daemon=True)
+            worker.start()
+            worker.join(args.timeout)
+            if worker.is_alive():
+                rt.close()  # the worker's wait ends (RuntimeClosed)
+                worker.join(ATTACH_WAIT)
+                return _timed_out(args.timeout, "workflow")
+            if "error" in outcome:
+                raise outcome["error"]
+            result = outcome["result"]
     _print_json(result.to_dict())
     return 0 if result.ok else 1
 
@@ -457,7 +461,9 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(_jsonable(value), allow_nan=False), flush=True)
+    """One line of JSON for a pipe; indented for a person at a terminal."""
+    indent = 2 if sys.stdout.isatty() else None
+    print(json.dumps(_jsonable(value), allow_nan=False, indent=indent), flush=True)
 
 
 def _jsonable(value: Any) -> Any:
