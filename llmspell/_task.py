@@ -287,6 +287,18 @@ class CoordinationResult:
     duration: float
     resource_usage: ResourceUsage
     timed_out: bool = False
+    #: a workflow's step id for each slot (empty for a plain ``coordinate``)
+    step_ids: list[str] = field(default_factory=list)
+
+    @property
+    def steps(self) -> dict[str, Any]:
+        """A workflow's values by step id (None where a step has no value)."""
+        return dict(zip(self.step_ids, self.results, strict=False))
+
+    @property
+    def failed_steps(self) -> dict[str, str]:
+        """A workflow's failures by step id: ``{step: message}``."""
+        return {self.step_ids[i]: m for i, m in self.failed if i < len(self.step_ids)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CoordinationResult:
@@ -301,10 +313,11 @@ class CoordinationResult:
             duration=float(d.get("duration", 0.0)),
             resource_usage=ResourceUsage.from_dict(d.get("resource_usage")),
             timed_out=bool(d.get("timed_out", False)),
+            step_ids=[str(s) for s in d.get("step_ids") or ()],
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "strategy": self.strategy.value,
             "ok": self.ok,
             "results": self.results,
@@ -316,6 +329,11 @@ class CoordinationResult:
             "resource_usage": self.resource_usage.to_dict(),
             "timed_out": self.timed_out,
         }
+        if self.step_ids:  # a workflow: the same, by step id
+            out["step_ids"] = self.step_ids
+            out["steps"] = self.steps
+            out["failed_steps"] = self.failed_steps
+        return out
 
 
 def _callable_target(target: Any) -> str:

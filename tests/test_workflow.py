@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import targets
 
-from llmspell import MessageError, Runtime, Strategy, Task, TaskFailed
+from llmspell import CoordinationResult, MessageError, Runtime, Strategy, Task, TaskFailed
 from llmspell.workflow import load_workflow
 
 EXAMPLE = """\
@@ -624,3 +624,25 @@ def test_an_agent_step_takes_its_dependency_or_the_previous_stage_as_input(rt: R
         [Task.lua("return 'direct'"), Task.agent("echo", None)], Strategy.PIPELINE
     )
     assert direct.ok and "echo: direct" in str(direct.results[1])
+
+
+def test_a_workflow_result_maps_step_ids_to_values_and_failures() -> None:
+    wf = {
+        "name": "ids",
+        "strategy": "parallel",
+        "steps": [
+            {"id": "a", "lang": "lua", "code": "error('boom')"},
+            {"id": "b", "lang": "js", "code": "return 2"},
+            {"id": "c", "target": "targets:add", "args": {"x": 1, "y": 2}},
+        ],
+    }
+    with Runtime() as rt:
+        r = rt.run_workflow(wf)
+        plain = rt.coordinate([Task.lua("return 1")], Strategy.PARALLEL)
+    assert r.step_ids == ["a", "b", "c"]
+    assert r.steps == {"a": None, "b": 2, "c": 3}
+    assert list(r.failed_steps) == ["a"] and "boom" in r.failed_steps["a"]
+    d = r.to_dict()
+    assert d["steps"] == {"a": None, "b": 2, "c": 3} and "boom" in d["failed_steps"]["a"]
+    assert CoordinationResult.from_dict(d) == r
+    assert plain.step_ids == [] and "steps" not in plain.to_dict()  # no steps, no map

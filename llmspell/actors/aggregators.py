@@ -256,6 +256,7 @@ class Aggregator(WireActor):
         }
         steps = [str((s.metadata or {}).get("step", "")) for s in self.specs]
         if steps and all(steps):  # a workflow: the values by step id as well
+            result["step_ids"] = steps
             result["steps"] = dict(zip(steps, result["results"], strict=True))
         result.update(self.extra)
         return result
