@@ -62,6 +62,9 @@ class TaskFailed(LlmspellError):
             scheduler itself, e.g. a failed dependency).
         traceback: the script's or Python callable's own traceback, or "".
         attempts: the error of every attempt when the task had retries.
+        data: what a script threw when it was data, not an error object (Lua
+            ``error({code = 42})``, JS ``throw {code: 42}``): ``{"code": 42}``;
+            else None.
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class TaskFailed(LlmspellError):
         engine: str = "runtime",
         traceback: str = "",
         attempts: list[str] | None = None,
+        data: Any = None,
     ) -> None:
         self.message = message
+        self.data = data
         self.task_id = task_id
         self.engine = engine
         self.traceback = traceback
@@ -144,4 +149,5 @@ def error_from_outcome(task_id: str, status: str, error: dict[str, Any] | None) 
         engine=str(err.get("engine", "runtime")),
         traceback=str(err.get("traceback", "")),
         attempts=[str(a) for a in err.get("attempts", [])],
+        data=err.get("data"),
     )

@@ -250,7 +250,8 @@ def _run_file(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"llmspell: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    task = Task.lua(code, args=script_args) if suffix == ".lua" else Task.js(code, args=script_args)
+    make = Task.lua if suffix == ".lua" else Task.js
+    task = make(code, args=script_args, metadata={"source": path.name})  # errors name the file
     with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
         handle = rt.submit(task)
         try:

@@ -215,6 +215,24 @@ def _read(path: Path) -> Any:
     return data
 
 
+def _step_lines(file: str) -> list[int]:
+    """The 1-based line of each step of a YAML workflow file (empty for JSON, or
+    when the file cannot be composed: its errors were reported when it was read)."""
+    path = Path(file)
+    if path.suffix.lower() == ".json":
+        return []
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
+        return []
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    for key, value in root.value:
+        if getattr(key, "value", None) == "steps" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
+
+
 def _expanded_size(root: Any) -> int:
     """How many values ``root`` holds with every shared list or dict counted
     each time it occurs (as it would be written out), capped just above
@@ -267,9 +285,21 @@ class _Loader:
         self.prefix = prefix
         self.parent = parent
         self.problems: list[str] = []
+        self.step_lines: list[int] = _step_lines(file) if file is not None else []
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
+
+    def source(self, step: Mapping[str, Any], sid: str, i: int) -> str:
+        """What a script step's errors name: its own file, else the step and where
+        it is written (``step 'transform' (flow.yaml:15)``)."""
+        if isinstance(step.get("file"), str):
+            return Path(step["file"]).name
+        if self.file is None:
+            return f"step {sid!r}"
+        line = self.step_lines[i] if i < len(self.step_lines) else None
+        at = f"{Path(self.file).name}:{line}" if line else Path(self.file).name
+        return f"step {sid!r} ({at})"
 
     def load(self) -> Workflow:
         data = self.data
@@ -333,6 +363,8 @@ class _Loader:
                 self.problem(where, f"must be a mapping, got {type(step).__name__}")
                 continue
             spec = self.step(step, ids[i], where)
+            if spec is not None and spec.kind in ("lua", "js"):
+                spec.metadata = {**(spec.metadata or {}), "source": self.source(step, ids[i], i)}
             step_deps = self.deps(step, ids, i, where, strategy, seen)
             self.inputs(step, i, where, strategy)
             deps[ids[i]] = step_deps

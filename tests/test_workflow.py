@@ -50,9 +50,9 @@ def test_loading_makes_unique_task_ids_but_keeps_step_ids(tmp_path: Path) -> Non
     assert {t.id for t in one.tasks}.isdisjoint({t.id for t in two.tasks})
     assert [t.id for t in two.tasks] == ["run7:greet", "run7:shout"]
     assert two.tasks[1].deps == ["run7:greet"]
-    assert [t.metadata for t in two.tasks] == [
-        {"workflow": "example", "step": "greet"},
-        {"workflow": "example", "step": "shout"},
+    assert [t.metadata for t in two.tasks] == [  # source: what a script step's errors name
+        {"workflow": "example", "step": "greet", "source": "step 'greet' (example.yaml:5)"},
+        {"workflow": "example", "step": "shout", "source": "step 'shout' (example.yaml:9)"},
     ]
 
 

@@ -100,6 +100,8 @@ class Failed:
     kind: FailureKind
     message: str
     traceback: str = ""
+    #: a thrown value that is data (Lua ``error({code = 42})``, JS ``throw {code: 42}``)
+    data: Any = None
 
 
 StepResult = Yielded | Waiting | Completed | Failed

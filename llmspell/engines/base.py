@@ -248,8 +248,13 @@ class EngineActor(WireActor):
 
         self._events.append(Publish(name, payload, now()))
 
-    def error(self, message: str, *, kind: str = "failed", traceback: str = "") -> dict[str, Any]:
-        return {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
+    def error(
+        self, message: str, *, kind: str = "failed", traceback: str = "", data: Any = None
+    ) -> dict[str, Any]:
+        e = {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
+        if data is not None:  # what the script threw, when it was data
+            e["data"] = data
+        return e
 
     def _encode_results(self, items: list[TaskOutcome]) -> bytes:
         """Encode a batch; an outcome that cannot be sent (a value that is not

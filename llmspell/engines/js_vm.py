@@ -392,16 +392,19 @@ function ls$fail(e) {
   const t = cur;
   if (t === null || t.done) return;
   ls$end(t);
-  let kind = "runtime", msg, stack = "";
+  let kind = "runtime", msg, stack = "", data = null;
   try {
     if (e instanceof ErrorC) {
       msg = String(e);
       if (typeof e.stack === "string") stack = ls$throwSite(e, e.stack);
       if (e instanceof IErr && e.message === "interrupted") kind = "budget";
       if (e instanceof IErr && e.message === "out of memory") kind = "memory";
-    } else msg = "uncaught " + ls$show(e);
+    } else {
+      msg = "uncaught " + ls$show(e);
+      try { data = ls$wire(e, "error"); } catch (e3) { /* not data: the message only */ }
+    }
   } catch (e2) { msg = "uncaught exception (it could not be shown)"; }
-  ls$put(t, "f\x1f" + stringify([kind, msg, stack]));
+  ls$put(t, "f\x1f" + stringify([kind, msg, stack, data]));
 }
 const api = {
   // The host holds each task's record (t) and passes it back: no lookup per step.
@@ -553,7 +556,19 @@ _SCRATCH_USES = 500
 
 
 class _Task:
-    __slots__ = ("failed", "fid", "handles", "id", "seconds", "started", "steps", "t", "ys", "yy")
+    __slots__ = (
+        "failed",
+        "fid",
+        "handles",
+        "id",
+        "seconds",
+        "source",
+        "started",
+        "steps",
+        "t",
+        "ys",
+        "yy",
+    )
 
     def __init__(self, task_id: str, fid: int) -> None:
         self.id, self.fid, self.started, self.steps, self.seconds = task_id, fid, False, 0, 0.0
@@ -562,6 +577,7 @@ class _Task:
         self.yy: Yielded | None = None  # Yielded(Request("yield", {}, fid)), reused
         self.handles: dict[str, str] = {}  # spell.submit handle -> child task id
         self.failed: dict[str, str] = {}  # handle -> why its submit failed
+        self.source: str | None = None  # where the code came from, for its errors
 
 
 def _hook(d: dict[str, Any]) -> Any:
@@ -637,6 +653,25 @@ def _user_stack(stack: str) -> tuple[str, int | None]:
     return "\n".join(lines), first
 
 
+_LINE = re.compile(r"\(line (\d+)\)$")
+_TASK_JS = re.compile(r"\(task\.js(?::(\d+))?\)")
+
+
+def _at(source: str, line: str | None) -> str:
+    if line is None:
+        return source
+    return f"{source}, line {line}" if " " in source else f"{source}:{line}"
+
+
+def _relabel(failed: Failed, source: str | None) -> Failed:
+    """``failed`` with ``task.js`` / ``(line N)`` named after ``source``."""
+    if not source:
+        return failed
+    msg = _LINE.sub(lambda m: f"({_at(source, m.group(1))})", failed.message)
+    tb = _TASK_JS.sub(lambda m: f"({_at(source, m.group(1))})", failed.traceback)
+    return Failed(failed.kind, msg, tb)
+
+
 def _syntax_failure(text: str, code: str) -> Failed:
     first = text.split("\n", 1)[0]
     if "out of memory" in first or "interrupted" in first:
@@ -705,13 +740,22 @@ class JsVM:
 
     # -- the protocol --------------------------------------------------------
 
-    def start(self, task_id: str, code: str, args: Any = None, input: Any = None) -> Failed | None:
+    def start(
+        self,
+        task_id: str,
+        code: str,
+        args: Any = None,
+        input: Any = None,
+        source: str | None = None,
+    ) -> Failed | None:
+        """``source`` names where the code came from in its errors and stack
+        (``"add.js"``, ``"step 'transform' (flow.yaml:15)"``); default ``task.js``."""
         self._check_open()
         if task_id in self._tasks:
             raise ValueError(f"JS task {task_id!r} was already started")
         fn = self._compile(code)
         if isinstance(fn, Failed):
-            return fn
+            return _relabel(fn, source)
         try:
             kind, payload = (
                 (0, None) if args is None and input is None else _to_js([args, input], "start")
@@ -720,6 +764,7 @@ class JsVM:
             msg = str(e).replace("start[0]", "args").replace("start[1]", "input")
             return Failed("conversion", msg)
         rec = _Task(task_id, -next(self._slots))
+        rec.source = source
         try:
             rec.t = self._js["start"](rec.fid, task_id, fn, kind, payload)
         except quickjs.JSException as e:
@@ -1030,11 +1075,15 @@ class JsVM:
             elif tag == "d":
                 end = Completed(_loads(f[0]))
             else:
-                end = self._failure(*_loads(f[0]))
+                end = _relabel(self._failure(*_loads(f[0])), rec.source)
         return end, again
 
-    def _failure(self, kind: Any, msg: str, stack: str) -> Failed:
+    def _failure(self, kind: Any, msg: str, stack: str, data: str | None = None) -> Failed:
+        """The task's end from what ls$fail recorded; ``data``: a thrown value that is
+        not an Error (``throw {code: 42}``), as wire JSON, kept as the error's data."""
         tb, line = _user_stack(stack)
+        if data is not None:
+            return Failed(kind, msg, tb, _loads(data))
         if kind == "budget":
             msg = self._budget_text
         elif kind == "memory":

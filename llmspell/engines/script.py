@@ -433,7 +433,9 @@ class ScriptEngine(EngineActor):
             attempt,
             "failed",
             usage=usage,
-            error=self.error(failed.message, kind="script", traceback=failed.traceback),
+            error=self.error(
+                failed.message, kind="script", traceback=failed.traceback, data=failed.data
+            ),
         )
 
     # -- requests ---------------------------------------------------------------
