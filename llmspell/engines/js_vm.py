@@ -86,6 +86,7 @@ from typing import Any
 
 import quickjs
 
+from llmspell._task import lone_surrogate
 from llmspell.engines._vm import Completed, Failed, Host, Request, StepResult, Waiting, Yielded
 
 __all__ = ["JsVM"]
@@ -473,10 +474,15 @@ const api = {
 function ls$shadowable(o, k, d) {
   const value = d.value, pair = {  // methods: no prototype property, no constructor
     ls$get() { return value; },
-    ls$set(x) {
+    ls$set(x) {  // as a writable data property would (OrdinarySetWithOwnDescriptor)
       if (this === o) throw new TypeError("cannot change the shared built-in property "
         + String(k));
-      defineProperty(this, k, {value: x, writable: true, enumerable: true, configurable: true});
+      const r = this, own = r !== null && (typeof r === "object" || typeof r === "function")
+        ? getOwnPropertyDescriptor(r, k) : undefined;
+      if (own === undefined) {
+        defineProperty(r, k, {value: x, writable: true, enumerable: true, configurable: true});
+      } else if (own.writable) defineProperty(r, k, {value: x});
+      else throw new TypeError("cannot assign to read only property '" + String(k) + "'");
     }};
   defineProperty(o, k, {enumerable: d.enumerable, configurable: true, get: pair.ls$get,
     set: pair.ls$set});
@@ -882,6 +888,8 @@ class JsVM:
         if fn is not None:
             self._compiled.move_to_end(code)
             return fn
+        if not code.isascii() and lone_surrogate(code) is not None:  # no UTF-8 for QuickJS
+            return Failed("syntax", f"the code {lone_surrogate(code)}")
         text = _HEAD + code + _TAIL
         refused = self._check_body(code, text)
         if refused is not None:

@@ -108,6 +108,13 @@ OVERRIDES = {
     " return [String(e), String(new TypeError('z'))]",
     "symbol key": "const o = Object.create(Array.prototype); o[Symbol.iterator] = function* ()"
     " { yield 9; }; return [...o]",
+    "receiver's own property keeps its attributes": "const o = Object.defineProperty({},"
+    " 'toString', {value: 1, writable: true, enumerable: false, configurable: true});"
+    " return [Reflect.set(Object.prototype, 'toString', 2, o), o.toString, Object.keys(o)]",
+    "proxy receiver traps in order": "const log = []; const p = new Proxy({}, {"
+    " getOwnPropertyDescriptor(t, k) { log.push('gopd'); return Reflect.getOwnPropertyDescriptor"
+    "(t, k); }, defineProperty(t, k, d) { log.push(Object.keys(d).join()); return"
+    " Reflect.defineProperty(t, k, d); }}); p.toString = 1; p.toString = 2; return log",
     "instance hasOwnProperty": "const o = {a: 1}; o.hasOwnProperty = () => 'shadowed';"
     " return [o.hasOwnProperty('a'), ({b: 1}).hasOwnProperty('b')]",
 }
@@ -118,6 +125,30 @@ def test_assigning_an_inherited_builtin_name_shadows_it_as_on_the_bare_engine(
     sim: Simulation, body: str
 ) -> None:
     same(sim, body)
+
+
+def test_a_read_only_own_property_of_the_receiver_is_not_overwritten(sim: Simulation) -> None:
+    # bare: Reflect.set returns false; here the assignment throws as in strict code
+    for own in (
+        "{value: 1, writable: false, configurable: true}",
+        "{get() { return 1; }, configurable: true}",
+    ):
+        body = (
+            f"const o = Object.defineProperty({{}}, 'toString', {own});"
+            " let r; try { r = Reflect.set(Object.prototype, 'toString', 2, o); }"
+            " catch (e) { r = e.constructor.name; } return [r, o.toString]"
+        )
+        assert bare(body) == [False, 1]
+        assert as_task(sim, body) == ["TypeError", 1]
+
+
+def test_a_lone_surrogate_in_code_given_to_the_vm_is_a_syntax_failure() -> None:
+    vm = JsVM(FakeHost())
+    try:
+        r = vm.start("s", "return '\ud800'")
+        assert r is not None and r.kind == "syntax" and "lone surrogate (U+D800)" in r.message
+    finally:
+        vm.close()
 
 
 def test_the_accessors_standing_for_builtins_are_frozen_too(sim: Simulation) -> None:
