@@ -4,11 +4,12 @@ The contract is ``_vm.py``; what JavaScript adds:
 
 * Code is the body of ``async function (spell) {...}``, called with ``this`` =
   ``globalThis`` (as a script's top level) and compiled once per code string
-  (cached): checked as an ES module in a scratch context (code escaping the
-  function by unbalanced braces is refused there), then evaluated in strict
-  mode as one function expression, which keeps nothing in the context once
-  the cache forgets it. ``return`` is the result, a throw or rejection the
-  failure. The first ``resume`` calls the function.
+  (cached): the strict script that compiles it is first run in a scratch
+  context (code escaping the function by unbalanced braces or by comments is
+  refused there), then in the shared one, where it is one function expression
+  and keeps nothing in the context once the cache forgets it. ``return`` is
+  the result, a throw or rejection the failure. The first ``resume`` calls the
+  function.
 * One context for all tasks: every built-in, ``globalThis`` and the ``spell``
   prototype are frozen, ``eval`` and the function constructors (``Function``,
   async, generator) throw ``EvalError``, values cross as copies, so tasks
@@ -85,6 +86,7 @@ from typing import Any
 
 import quickjs
 
+from llmspell._task import lone_surrogate
 from llmspell.engines._vm import Completed, Failed, Host, Request, StepResult, Waiting, Yielded
 
 __all__ = ["JsVM"]
@@ -475,10 +477,15 @@ const api = {
 function ls$shadowable(o, k, d) {
   const value = d.value, pair = {  // methods: no prototype property, no constructor
     ls$get() { return value; },
-    ls$set(x) {
+    ls$set(x) {  // as a writable data property would (OrdinarySetWithOwnDescriptor)
       if (this === o) throw new TypeError("cannot change the shared built-in property "
         + String(k));
-      defineProperty(this, k, {value: x, writable: true, enumerable: true, configurable: true});
+      const r = this, own = r !== null && (typeof r === "object" || typeof r === "function")
+        ? getOwnPropertyDescriptor(r, k) : undefined;
+      if (own === undefined) {
+        defineProperty(r, k, {value: x, writable: true, enumerable: true, configurable: true});
+      } else if (own.writable) defineProperty(r, k, {value: x});
+      else throw new TypeError("cannot assign to read only property '" + String(k) + "'");
     }};
   defineProperty(o, k, {enumerable: d.enumerable, configurable: true, get: pair.ls$get,
     set: pair.ls$set});
@@ -505,10 +512,36 @@ function ls$lockdown() {  // freeze the realm; keep assignments of inherited nam
     defineProperty(P, "constructor", {value: stub, writable: true, configurable: true});
     if (P === Function.prototype) G.Function = stub;
   }
+  // Error.stackTraceLimit and Error.prepareStackTrace are accessors whose setters change the
+  // whole context: every task's stacks, and a prepareStackTrace function would run in other
+  // tasks' steps. They become shadowable like the rest (assigning on Error throws).
+  for (const k of ["stackTraceLimit", "prepareStackTrace"]) {
+    const d = getOwnPropertyDescriptor(ErrorC, k);
+    if (d !== undefined && d.set) ls$shadowable(ErrorC, k, {value: d.get.call(ErrorC),
+      enumerable: d.enumerable});
+  }
+  // A cleanup callback runs as a job when the collector finds its target dead: in whatever
+  // task's step that is. It is called in its own task's steps only (the language allows a
+  // callback never to be called), so it cannot act as another task.
+  const FR = G.FinalizationRegistry, construct = Reflect.construct;
+  const FinReg = function FinalizationRegistry(cleanup) {
+    if (new.target === undefined) return FR(cleanup);  // FR's own TypeError
+    const owner = cur, f = typeof cleanup !== "function" ? cleanup : function (held) {
+      if (cur === owner && owner !== null && !owner.done) {
+        ls$call(owner, cleanup, [held], "FinalizationRegistry callback");
+      }
+    };
+    return construct(FR, [f], new.target);
+  };
+  defineProperty(FinReg, "prototype", {value: FR.prototype, writable: false});
+  defineProperty(FR.prototype, "constructor", {value: FinReg, writable: true, configurable: true});
+  defineProperty(G, "FinalizationRegistry", {value: FinReg, writable: true, configurable: true});
   const namespaces = new Set([G, Math, JSON, Reflect, globals.console]);
+  // the intrinsics that are no global's property: reached through instances
   const todo = [G, SP, async function () {}, function* () {}, async function* () {},
     (function* () {})(), (async function* () {})(), [][Symbol.iterator](), new Map().entries(),
-    new Set().values(), ""[Symbol.iterator](), "a".matchAll(/a/g)];
+    new Set().values(), ""[Symbol.iterator](), "a".matchAll(/a/g), [].values().map((x) => x),
+    Iterator.from({next() { return {done: true}; }}), Iterator.concat()];
   const seen = new Set();
   while (todo.length) {
     const o = todo.pop();
@@ -537,18 +570,27 @@ G.__llmspell_compiled = function ls$compiled(f) { compiled = f; };
 """
 
 
-# The scratch context's one function: the last function passed to __llmspell_compiled
-# has exactly the source ``t`` (read with the original Function.prototype.toString, which
+# The scratch context: no code is compiled at run time there either (eval and the function
+# constructors throw), so a function whose source is exactly the checked text can only be
+# that text parsed as one function expression. Its hook counts calls; the check wants one,
+# with exactly the source ``t`` (read with the original Function.prototype.toString, which
 # code escaping the function body cannot swap in its own call).
 _SCRATCH_PRELUDE = r"""
 (function () {
-  let last = null;
+  let last = null, calls = 0;
   const source = Function.prototype.call.bind(Function.prototype.toString);
-  globalThis.__llmspell_compiled = function (f) { last = f; };
+  const noCode = function () { throw new EvalError("no code is compiled at run time"); };
+  for (const f of [function () {}, async function () {}, function* () {}, async function* () {}]) {
+    Object.defineProperty(Object.getPrototypeOf(f), "constructor", {value: noCode});
+  }
+  Object.defineProperty(globalThis, "Function", {value: noCode});
+  Object.defineProperty(globalThis, "eval", {value: noCode});
+  globalThis.__llmspell_compiled = function (f) { last = f; calls++; };
   return function (t) {
-    const f = last;
+    const f = last, n = calls;
     last = null;
-    return typeof f === "function" && source(f) === t;
+    calls = 0;
+    return n === 1 && typeof f === "function" && source(f) === t;
   };
 })()
 """
@@ -891,6 +933,8 @@ class JsVM:
         if fn is not None:
             self._compiled.move_to_end(code)
             return fn
+        if not code.isascii() and lone_surrogate(code) is not None:  # no UTF-8 for QuickJS
+            return Failed("syntax", f"the code {lone_surrogate(code)}")
         text = _HEAD + code + _TAIL
         refused = self._check_body(code, text)
         if refused is not None:
@@ -900,7 +944,7 @@ class JsVM:
         # its record in the context for good: ~1.4 KB per distinct code string.)
         self._ctx.set_time_limit(self._budget)
         try:
-            self._ctx.eval('"use strict";__llmspell_compiled(' + text + ");")
+            self._ctx.eval(_script(text))
         except quickjs.JSException as e:
             return _syntax_failure(str(e), code)
         finally:
@@ -916,10 +960,13 @@ class JsVM:
         return fn
 
     def _check_body(self, code: str, text: str) -> Failed | None:
-        """Compile ``text`` as an ES module in a scratch context (not the tasks' one):
-        a syntax error, or code that escapes the function by unbalanced braces (what it
-        ran, it ran there), is refused. A scratch context that ran anything but the one
-        call is dropped, and every ``_SCRATCH_USES`` checks (its module records pile up)."""
+        """Evaluate exactly the script the shared context will (``_compile``) in a
+        scratch context (not the tasks' one): a syntax error, or code that escapes the
+        function by unbalanced braces (what it ran, it ran there), is refused. The same
+        text in the same goal parses the same way in both contexts; a module would not
+        (``<!--`` and ``-->`` start comments in a script only), so code could pass as a
+        module and escape as a script. A scratch context that ran anything but the one
+        call is dropped, and every ``_SCRATCH_USES`` checks."""
         sc = self._scratch
         if sc is None or self._scratch_uses >= _SCRATCH_USES:
             sc = quickjs.Context()
@@ -930,7 +977,7 @@ class JsVM:
         self._scratch_uses += 1
         sc.set_time_limit(self._budget)
         try:
-            sc.module("__llmspell_compiled(" + text + ");")
+            sc.eval(_script(text))
             ok = self._scratch_take(text)
         except quickjs.JSException as e:
             self._scratch = None
@@ -1130,6 +1177,11 @@ class JsVM:
             self._finish(rec, Waiting())
         _log.warning("JsVM reset: %s (%d tasks failed)", why, len(lost))
         self._boot()
+
+
+def _script(text: str) -> str:
+    """The script that compiles a task's function (checked first in a scratch context)."""
+    return '"use strict";__llmspell_compiled(' + text + ");"
 
 
 def _interrupted(e: BaseException) -> bool:

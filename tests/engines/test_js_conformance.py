@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_js_vm import FakeHost, value
 
 from llmspell import MessageError, Runtime, Task, TaskFailed
-from llmspell.engines._vm import Failed
+from llmspell.engines._vm import Failed, Yielded
 from llmspell.engines.js_vm import JsVM
 from llmspell.testing import Simulation
 
@@ -108,6 +108,13 @@ OVERRIDES = {
     " return [String(e), String(new TypeError('z'))]",
     "symbol key": "const o = Object.create(Array.prototype); o[Symbol.iterator] = function* ()"
     " { yield 9; }; return [...o]",
+    "receiver's own property keeps its attributes": "const o = Object.defineProperty({},"
+    " 'toString', {value: 1, writable: true, enumerable: false, configurable: true});"
+    " return [Reflect.set(Object.prototype, 'toString', 2, o), o.toString, Object.keys(o)]",
+    "proxy receiver traps in order": "const log = []; const p = new Proxy({}, {"
+    " getOwnPropertyDescriptor(t, k) { log.push('gopd'); return Reflect.getOwnPropertyDescriptor"
+    "(t, k); }, defineProperty(t, k, d) { log.push(Object.keys(d).join()); return"
+    " Reflect.defineProperty(t, k, d); }}); p.toString = 1; p.toString = 2; return log",
     "instance hasOwnProperty": "const o = {a: 1}; o.hasOwnProperty = () => 'shadowed';"
     " return [o.hasOwnProperty('a'), ({b: 1}).hasOwnProperty('b')]",
 }
@@ -118,6 +125,30 @@ def test_assigning_an_inherited_builtin_name_shadows_it_as_on_the_bare_engine(
     sim: Simulation, body: str
 ) -> None:
     same(sim, body)
+
+
+def test_a_read_only_own_property_of_the_receiver_is_not_overwritten(sim: Simulation) -> None:
+    # bare: Reflect.set returns false; here the assignment throws as in strict code
+    for own in (
+        "{value: 1, writable: false, configurable: true}",
+        "{get() { return 1; }, configurable: true}",
+    ):
+        body = (
+            f"const o = Object.defineProperty({{}}, 'toString', {own});"
+            " let r; try { r = Reflect.set(Object.prototype, 'toString', 2, o); }"
+            " catch (e) { r = e.constructor.name; } return [r, o.toString]"
+        )
+        assert bare(body) == [False, 1]
+        assert as_task(sim, body) == ["TypeError", 1]
+
+
+def test_a_lone_surrogate_in_code_given_to_the_vm_is_a_syntax_failure() -> None:
+    vm = JsVM(FakeHost())
+    try:
+        r = vm.start("s", "return '\ud800'")
+        assert r is not None and r.kind == "syntax" and "lone surrogate (U+D800)" in r.message
+    finally:
+        vm.close()
 
 
 def test_the_accessors_standing_for_builtins_are_frozen_too(sim: Simulation) -> None:
@@ -249,6 +280,105 @@ def test_code_escaping_its_function_is_refused_and_declares_nothing() -> None:
             assert r is not None and r.kind == "syntax" and "not a function body" in r.message
         assert value(vm, "return typeof leaked") == "undefined"
         assert value(vm, "return 40 + 2") == 42  # the checker was not fooled or broken
+    finally:
+        vm.close()
+
+
+# `<!--` and `-->` start comments in a script, not in a module: this passed a check
+# as a module, then ran its middle line at compile time in the shared context
+ESCAPES_AS_A_SCRIPT_ONLY = (
+    "var b = 1, c = 1 <!--b; x = `\n"
+    "}); Promise.resolve().then(() => console.log('escaped')); (async function (spell) {\n"
+    "--> `;\n"
+    "return 'done'"
+)
+
+
+def test_code_escaping_its_function_only_as_a_script_is_refused() -> None:
+    host = FakeHost()
+    vm = JsVM(host)
+    try:
+        r = vm.start("escape", ESCAPES_AS_A_SCRIPT_ONLY)
+        assert r is not None and r.kind == "syntax" and "not a function body" in r.message
+        assert value(vm, "await spell.sleep(0); return 42") == 42
+        assert host.logs() == []  # no job of the refused code ran in the next task's step
+    finally:
+        vm.close()
+
+
+HTML_LIKE_COMMENTS = {
+    "<!-- ends a line": "var b = 1, c = 1 <!-- b; {\nreturn [b, c]",
+    "--> at a line's start": "let a = 1;\n--> a = 2;\nreturn a",
+}
+
+
+@pytest.mark.parametrize("body", HTML_LIKE_COMMENTS.values(), ids=HTML_LIKE_COMMENTS.keys())
+def test_html_like_comments_as_on_the_bare_engine(sim: Simulation, body: str) -> None:
+    same(sim, body)
+
+
+# -- state of the context that a task could change for the others ---------------
+
+
+def test_error_stack_settings_are_not_shared() -> None:
+    vm = JsVM(FakeHost())
+    try:
+        for setting in ("Error.prepareStackTrace = () => 'hijacked'", "Error.stackTraceLimit = 0"):
+            got = value(vm, f"try {{ {setting}; return 'set'; }} catch (e) {{ return String(e) }}")
+            assert got.startswith("TypeError: cannot change the shared built-in property")
+        stack = "try { null.x } catch (e) { return [e.stack, Error.stackTraceLimit] }"
+        assert value(vm, stack)[0].startswith("    at ") and value(vm, stack)[1] == 10
+        r = vm.start("t", "\nnull.x")
+        assert r is None
+        failed = vm.resume("t")
+        assert isinstance(failed, Failed) and "(line 2)" in failed.message
+        own = (
+            "class E extends Error {} E.stackTraceLimit = 3;"
+            " return [E.stackTraceLimit, Error.stackTraceLimit]"
+        )
+        assert value(vm, own) == [3, 10]
+    finally:
+        vm.close()
+
+
+def test_iterator_helper_prototypes_are_frozen() -> None:
+    vm = JsVM(FakeHost())
+    try:
+        for make in (
+            "[].values().map((x) => x)",
+            "Iterator.from({next() {}})",
+            "Iterator.concat()",
+        ):
+            leak = f"try {{ Object.getPrototypeOf({make}).leak = 1 }} catch (e) {{}} return 0"
+            assert value(vm, leak) == 0
+            assert value(vm, f"return Object.getPrototypeOf({make}).leak") is None
+        assert value(vm, "return [...[1, 2].values().map((x) => x * 2)]") == [2, 4]
+    finally:
+        vm.close()
+
+
+def test_a_finalization_callback_runs_in_its_own_task_only() -> None:
+    host = FakeHost()
+    vm = JsVM(host)
+    try:
+        register = (
+            "const r = new FinalizationRegistry(() => console.log('cleanup of ' + spell.task_id));"
+            " (function () { for (let i = 0; i < 10; i++) { const o = {}; o.o = o; r.register(o); }"
+            " })(); await spell.sleep(100); return typeof r"
+        )
+        assert vm.start("owner", register) is None
+        assert isinstance(vm.resume("owner"), Yielded)
+        vm._ctx.gc()  # the cycles die outside any step: their callbacks are queued
+        assert value(vm, "await spell.sleep(0); return 'other'") == "other"
+        assert host.logs() == []  # not run in the other task's step, in its name
+        own = (
+            "let n = 0; const r = new FinalizationRegistry((h) => { n += h; });"
+            " (function () { for (let i = 0; i < 10; i++) {"
+            " const o = {}; o.o = o; r.register(o, 1); } })();"
+            " for (let i = 0; i < 20000; i++) { const o = {}; o.o = o; }"
+            " await spell.sleep(0); return [n, r instanceof FinalizationRegistry]"
+        )
+        assert value(vm, own) == [10, True]
     finally:
         vm.close()
 
