@@ -856,8 +856,14 @@ class Runtime:
     def cancel(self, handle: Handle | str) -> bool:
         """Cancel the task. Returns True if it had not finished (it then ends
         ``cancelled``, and tasks depending on it fail); False if it had
-        already ended. Idempotent."""
-        task_id, v = self._core.view(handle)
+        already ended. Idempotent. A task id this runtime did not submit (one
+        ``tasks()`` lists: another client's, a task's child) is cancelled too."""
+        try:
+            task_id, v = self._core.view(handle)
+        except MessageError:
+            task_id = self._foreign(handle)
+            reply_: CancelReply = self._ask(lambda ref: CancelTasks([task_id], ref=ref))
+            return task_id in reply_.cancelled
         if v.outcome is not None:
             return False
         self._core.check_open()
@@ -867,7 +873,10 @@ class Runtime:
     def status(self, handle: Handle | str) -> str:
         """``pending``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
         ``timed_out``."""
-        task_id, v = self._core.view(handle)
+        try:
+            task_id, v = self._core.view(handle)
+        except MessageError:
+            return _public_status(self._foreign_status(self._foreign(handle)))
         if v.outcome is not None:
             return _public_status(v.outcome.status)
         if self._core.state is not RuntimeState.OPEN:
@@ -882,7 +891,12 @@ class Runtime:
     def progress(self, handle: Handle | str) -> Progress | None:
         """The task's last reported progress and resource use; None before it
         reported anything. A finished task keeps its final figures."""
-        task_id, v = self._core.view(handle)
+        try:
+            task_id, v = self._core.view(handle)
+        except MessageError:
+            task_id = self._foreign(handle)
+            reply_: ProgressReply = self._ask(lambda ref: QueryProgress(ref, task_id))
+            return None if reply_.progress is None else Progress.from_dict(reply_.progress)
         self._core.check_open()
         reply: ProgressReply = self._ask(lambda ref: QueryProgress(ref, task_id))
         if reply.progress is not None:
@@ -1031,6 +1045,19 @@ class Runtime:
             )
             for row in reply.tasks
         ]
+
+    def _foreign(self, handle: Handle | str) -> str:
+        """The id of a task this facade did not submit, if the scheduler knows it;
+        else the ``MessageError`` of an unknown task, again."""
+        self._core.check_open()
+        if isinstance(handle, str) and self._foreign_status(handle) != "unknown":
+            return handle
+        self._core.view(handle)  # raises the usual "unknown task" error
+        raise MessageError(f"unknown task {handle!r}", where="handle")  # pragma: no cover
+
+    def _foreign_status(self, task_id: str) -> str:
+        reply: StatusReply = self._ask(lambda ref: QueryStatus(ref, [task_id]))
+        return str(reply.statuses.get(task_id, "unknown"))
 
     def _metric_figures(self) -> dict[str, Any]:
         """The scheduler's metric figures and the events this facade dropped
