@@ -97,7 +97,9 @@ class Spans:
         self.open: dict[str, Any] = {}  # task id -> its span, until it ends
         self.recent: OrderedDict[str, Any] = OrderedDict()  # ended: task id -> span
         self.next_seq = 0
-        self.early: dict[int, list[list[Any]]] = {}  # batches that overtook others
+        self.early: dict[int, Any] = {}  # batches that overtook others
+        self._last_tp: str | None = None  # the last traceparent seen, and its context
+        self._last_ctx: Any = None
 
     # -- any thread -----------------------------------------------------------------
 
@@ -145,13 +147,16 @@ class Spans:
             self._handle(self.early.pop(self.next_seq))
             self.next_seq += 1
 
-    def _handle(self, items: list[list[Any]]) -> None:
-        for item in items:
+    def _handle(self, items: Any) -> None:
+        for item in items if isinstance(items, list) else ():
             try:
-                if item[0] == "open":
+                what = item[0]
+                if what == "span":
+                    self._span(*item[1:13])
+                elif what == "open":
                     self._open(*item[1:7])
-                elif item[0] == "close":
-                    self._close(*item[1:9])
+                elif what == "close":
+                    self._close(*item[1:8])
             except Exception:  # a bad record must not stop the others
                 log.exception("tracing: a span record could not be handled: %r", item[:2])
 
@@ -162,19 +167,24 @@ class Spans:
             if span is not None:
                 return trace.set_span_in_context(span, self._root)
         if traceparent:
+            if traceparent == self._last_tp:  # a batch's tasks share their submitter's span
+                return self._last_ctx
+            ctx = self._root
             parts = traceparent.split("-")
             if len(parts) == 4:
                 try:
-                    ctx = trace.SpanContext(
+                    sc = trace.SpanContext(
                         int(parts[1], 16),
                         int(parts[2], 16),
                         is_remote=True,
                         trace_flags=trace.TraceFlags(int(parts[3], 16)),
                     )
                 except ValueError:
-                    ctx = None
-                if ctx is not None and ctx.is_valid:
-                    return trace.set_span_in_context(trace.NonRecordingSpan(ctx), self._root)
+                    sc = None
+                if sc is not None and sc.is_valid:
+                    ctx = trace.set_span_in_context(trace.NonRecordingSpan(sc), self._root)
+            self._last_tp, self._last_ctx = traceparent, ctx
+            return ctx
         return self._root
 
     def _open(
@@ -186,11 +196,10 @@ class Spans:
         traceparent: str | None,
         t: float,
     ) -> None:
+        """A task that has children: its span now, ended by its "close" record."""
         span_name, attrs = _name(kind, name)
         attrs["llmspell.task.id"] = task_id
         attrs["llmspell.task.kind"] = kind
-        if parent is not None:
-            attrs["llmspell.task.parent"] = parent
         self.open[task_id] = self.tracer.start_span(
             span_name,
             context=self._parent(parent, traceparent),
@@ -205,7 +214,6 @@ class Spans:
         t: float,
         attempts: int,
         error: dict[str, Any] | None,
-        engine: str | None,
         events: list[list[Any]] | None,
         children: list[list[Any]] | None,
     ) -> None:
@@ -213,9 +221,50 @@ class Spans:
         if span is None:  # opened before this facade traced
             return
         span.set_attribute("llmspell.task.status", status)
-        span.set_attribute("llmspell.task.attempts", attempts)
-        if engine:
-            span.set_attribute("llmspell.engine", engine)
+        if attempts != 1:
+            span.set_attribute("llmspell.task.attempts", attempts)
+        self._end(task_id, span, status, t, error, events, children)
+
+    def _span(
+        self,
+        task_id: str,
+        kind: str,
+        name: str | None,
+        parent: str | None,
+        traceparent: str | None,
+        t0: float,
+        status: str,
+        t: float,
+        attempts: int,
+        error: dict[str, Any] | None,
+        events: list[list[Any]] | None,
+        children: list[list[Any]] | None,
+    ) -> None:
+        """A task without children: its whole span at once."""
+        span_name, attrs = _name(kind, name)
+        attrs["llmspell.task.id"] = task_id
+        attrs["llmspell.task.kind"] = kind
+        attrs["llmspell.task.status"] = status
+        if attempts != 1:  # (each attribute costs the SDK a check: only the news)
+            attrs["llmspell.task.attempts"] = attempts
+        span = self.tracer.start_span(
+            span_name,
+            context=self._parent(parent, traceparent),
+            attributes=attrs,
+            start_time=int(t0 * _NS),
+        )
+        self._end(task_id, span, status, t, error, events, children)
+
+    def _end(
+        self,
+        task_id: str,
+        span: Any,
+        status: str,
+        t: float,
+        error: dict[str, Any] | None,
+        events: list[list[Any]] | None,
+        children: list[list[Any]] | None,
+    ) -> None:
         for name, at, attrs in events or ():
             span.add_event(str(name), attributes=attrs or None, timestamp=int(at * _NS))
         for child in children or ():

@@ -148,7 +148,8 @@ class _Rec:
         self.submitted_at = t
         self.started_at: float | None = None
         self.ended_at: float | None = None
-        self.sink: ActorAddress | None = None  # who gets its span records (tracing)
+        # who gets its span records (tracing): (address, addr_key(address))
+        self.sink: tuple[ActorAddress, str] | None = None
 
 
 class _Ready:
@@ -261,6 +262,7 @@ class Scheduler(WireActor):
         self._spans: dict[str, tuple[ActorAddress, list[list[Any]]]] = {}
         self._span_seq: dict[str, int] = {}
         self._span_events: dict[str, list[list[Any]]] = {}
+        self._opened: set[str] = set()  # tasks whose "open" record was sent
         # metrics (Runtime(metrics_port=...)): None when off (see llmspell._metrics)
         self._metrics: _Metrics | None = None
 
@@ -1277,51 +1279,63 @@ class Scheduler(WireActor):
         self.send_msg(sender, Ack(msg.ref))
 
     def _trace_open(self, rec: _Rec, sender: ActorAddress | None) -> None:
-        """Record the start of ``rec``'s span for the facade that traces it: the
-        one that submitted it, else its parent's, else the last one that asked."""
+        """Note who traces ``rec``: the facade that submitted it, else its parent's,
+        else the last one that asked. Its span record is sent when it ends; its
+        parent's "open" record now, if not sent yet (the child's span names it)."""
         sink = None
-        if sender is not None and addr_key(sender) in self._sinks:
-            sink = sender
-        elif rec.spec.parent is not None:
-            parent = self.tasks.get(rec.spec.parent)
-            if parent is not None:
-                sink = parent.sink
-        rec.sink = sink if sink is not None else self._sink
+        parent = self.tasks.get(rec.spec.parent) if rec.spec.parent is not None else None
+        if sender is not None:
+            key = addr_key(sender)
+            if key in self._sinks:
+                sink = (sender, key)
+        if sink is None and parent is not None:
+            sink = parent.sink
+        if sink is None and self._sink is not None:
+            sink = (self._sink, addr_key(self._sink))
+        rec.sink = sink
+        if parent is not None and parent.sink is not None and parent.spec.id not in self._opened:
+            self._opened.add(parent.spec.id)
+            spec = parent.spec
+            item: list[Any] = ["open", spec.id, spec.kind, _span_name(spec), spec.parent]
+            item += (spec.trace, parent.submitted_at)
+            self._span_item(parent, item)
+
+    def _trace_close(self, rec: _Rec, status: str, t: float, error: dict[str, Any] | None) -> None:
         spec = rec.spec
-        self._span_item(
-            rec,
-            [
-                "open",
+        attempts = rec.attempt + 1 if rec.started_at is not None else 0
+        events = self._span_events.pop(spec.id, None) if self._span_events else None
+        extras = self._span_events.pop("spans:" + spec.id, None) if self._span_events else None
+        if spec.id in self._opened:
+            self._opened.discard(spec.id)
+            item = ["close", spec.id, status, t, attempts, error, events, extras]
+        else:
+            item = [
+                "span",
                 spec.id,
                 spec.kind,
                 _span_name(spec),
                 spec.parent,
                 spec.trace,
                 rec.submitted_at,
-            ],
-        )
-
-    def _trace_close(self, rec: _Rec, status: str, t: float, error: dict[str, Any] | None) -> None:
-        spec = rec.spec
-        attempts = rec.attempt + 1 if rec.started_at is not None else 0
-        events = self._span_events.pop(spec.id, None)
-        extras = self._span_events.pop("spans:" + spec.id, None)
-        self._span_item(
-            rec,
-            ["close", spec.id, status, t, attempts, error, rec.engine or None, events, extras],
-        )
+                status,
+                t,
+                attempts,
+                error,
+                events,
+                extras,
+            ]
+        self._span_item(rec, item)
 
     def _span_item(self, rec: _Rec, item: list[Any]) -> None:
         sink = rec.sink
         if sink is None:
             return
-        key = addr_key(sink)
-        if key not in self._sinks:  # that facade stopped tracing
-            rec.sink = None
-            return
-        out = self._spans.get(key)
+        out = self._spans.get(sink[1])
         if out is None:
-            out = self._spans[key] = (sink, [])
+            if sink[1] not in self._sinks:  # that facade stopped tracing
+                rec.sink = None
+                return
+            out = self._spans[sink[1]] = (sink[0], [])
         out[1].append(item)
 
     def _span_event(self, rec: _Rec, name: str, attrs: dict[str, Any]) -> None:

@@ -325,16 +325,21 @@ class TraceTo(Message):
 @message("span_records")
 @dataclass(slots=True)
 class SpanRecords(Message):
-    """scheduler -> tracing facade: task lifecycle records, in order; ``seq``
+    """scheduler -> tracing facade: task span records, in order; ``seq``
     numbers the batches (0, 1, ...) so the facade can put batches that overtook
-    each other back in order. An item is ``["open", task id, kind, name,
-    parent task id, traceparent, time]`` (submitted) or ``["close", task id,
-    status, time, attempts, error dict, engine, events, child spans]`` (ended);
-    an event is ``[name, time, attributes]``, a child span (a model request)
-    ``[name, start, end, attributes, error message]``."""
+    each other back in order. One record per task: ``["span", task id, kind,
+    name, parent task id, traceparent, submitted, status, ended, attempts,
+    error dict, events, child spans]`` when it ends; a task that submits
+    children gets ``["open", task id, kind, name, parent task id, traceparent,
+    submitted]`` when its first child comes (so the child's span can name it
+    as parent) and ``["close", task id, status, ended, attempts, error dict,
+    events, child spans]`` when it ends. An event is ``[name, time,
+    attributes]``, a child span (a model request) ``[name, start, end,
+    attributes, error message]``. (Checked by the facade, not the codec: a
+    list of lists costs the codec a pass per record.)"""
 
     seq: int
-    items: list[list[Any]]
+    items: Any
 
 
 # -- events -----------------------------------------------------------------
