@@ -384,3 +384,25 @@ def test_print_and_console_log_reach_the_script_logger_with_the_task_id(
     }
     assert (lua.id, "lua", "from lua\t1") in got
     assert (js.id, "js", "from js 2") in got
+
+
+def test_without_the_opentelemetry_package_nothing_is_traced(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # import fails: as if absent
+    with Runtime() as rt:
+        assert rt._core.spans is None
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=WAIT) == 1
+    assert exporter.get_finished_spans() == ()
+
+
+def test_metrics_without_prometheus_client_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(LlmspellError, match=r"llmspell\[metrics\]"):
+        Runtime(metrics_port=free_port())
