@@ -21,6 +21,7 @@ from ._task import Progress as Progress
 from ._task import ResourceUsage as ResourceUsage
 from ._task import Strategy as Strategy
 from ._task import Task as Task
+from ._task import TaskInfo as TaskInfo
 from .runtime import AsyncRuntime as AsyncRuntime
 from .runtime import Runtime as Runtime
 from .runtime import RuntimeState as RuntimeState
@@ -46,6 +47,7 @@ __all__ = [
     "Task",
     "TaskCancelled",
     "TaskFailed",
+    "TaskInfo",
     "TaskTimeout",
 ]
 

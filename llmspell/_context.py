@@ -26,7 +26,7 @@ class Meter:
     different threads. One lock serves every meter (adds are rare; a lock per
     task would cost every trivial task its allocation)."""
 
-    __slots__ = ("cpu_seconds", "received", "sent")
+    __slots__ = ("cpu_seconds", "received", "sent", "spans")
 
     _lock = threading.Lock()
 
@@ -34,6 +34,17 @@ class Meter:
         self.sent = 0
         self.received = 0
         self.cpu_seconds = 0.0
+        # spans of work inside the task the runtime cannot see (an agent's model
+        # requests): [name, start, end, attributes, error], for traces
+        self.spans: list[list[Any]] | None = None
+
+    def add_span(
+        self, name: str, start: float, end: float, attrs: dict[str, Any], error: str | None
+    ) -> None:
+        with self._lock:
+            if self.spans is None:
+                self.spans = []
+            self.spans.append([name, start, end, attrs, error])
 
     def add_io(self, sent: int = 0, received: int = 0) -> None:
         with self._lock:

@@ -49,6 +49,11 @@ def _seconds(strict: bool) -> tuple[Callable[[Any], bool], str]:
 
 _INF = float("inf")
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tracing": ((lambda v: isinstance(v, bool)), "must be True or False"),
+    "metrics_port": (
+        (lambda v: _int(v) and 1 <= v <= 65535),
+        "must be a TCP port from 1 to 65535",
+    ),
     "workers": ((lambda v: _int(v) and 1 <= v <= 256), "must be an int from 1 to 256"),
     "history": _int_at_least(0, "must be an int >= 0 (finished tasks to remember)"),
     "python_threads": _int_at_least(1, "must be an int >= 1"),

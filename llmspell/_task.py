@@ -31,6 +31,7 @@ __all__ = [
     "ResourceUsage",
     "Strategy",
     "Task",
+    "TaskInfo",
 ]
 
 _OPTIONS = frozenset(
@@ -243,6 +244,33 @@ class Progress:
             estimated_completion=d.get("estimated_completion"),
             resource_usage=ResourceUsage.from_dict(d.get("resource_usage")),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One task as ``Runtime.tasks()`` lists it.
+
+    ``attempts`` counts the runs that started (0 while it waits; 2 after one
+    retry); ``created`` and ``ended`` are epoch seconds (``ended`` None while
+    it is unfinished).
+    """
+
+    id: str
+    kind: str
+    status: str
+    attempts: int
+    created: float
+    ended: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "status": self.status,
+            "attempts": self.attempts,
+            "created": self.created,
+            "ended": self.ended,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,8 @@ from typing import Any
 import httpx
 
 from . import net
-from ._context import current_agent
+from ._clock import now
+from ._context import current_agent, current_meter
 from ._exceptions import LlmspellError, TaskFailed
 
 __all__ = ["AgentError", "OpenAIChat"]
@@ -164,30 +165,37 @@ class OpenAIChat:
                 text: list[str] = []
                 calls: dict[int, dict[str, str]] = {}
                 finish: str | None = None
-                async for event in self._events(client, body):
-                    usage = event.get("usage")
-                    if isinstance(usage, dict):
-                        for k, v in usage.items():
-                            if isinstance(v, int):
-                                tokens[k] = tokens.get(k, 0) + v
-                    choices = event.get("choices")
-                    if not isinstance(choices, list):
-                        raise self._malformed(f"an event without a 'choices' list: {event!r}")
-                    for choice in choices:
-                        if not isinstance(choice, dict):
-                            raise self._malformed(f"a choice is not an object: {choice!r}")
-                        if choice.get("index", 0) != 0:
-                            continue  # only the first choice is the answer
-                        delta = choice.get("delta") or {}
-                        if not isinstance(delta, dict):
-                            raise self._malformed(f"a delta is not an object: {delta!r}")
-                        content = delta.get("content")
-                        if isinstance(content, str) and content:
-                            text.append(content)
-                            yield {"type": "content", "text": content}
-                        self._merge_tool_calls(calls, delta.get("tool_calls"))
-                        if choice.get("finish_reason"):
-                            finish = str(choice["finish_reason"])
+                request = _Request(self.model, now())
+                try:
+                    async for event in self._events(client, body):
+                        usage = event.get("usage")
+                        if isinstance(usage, dict):
+                            request.usage(usage)
+                            for k, v in usage.items():
+                                if isinstance(v, int):
+                                    tokens[k] = tokens.get(k, 0) + v
+                        choices = event.get("choices")
+                        if not isinstance(choices, list):
+                            raise self._malformed(f"an event without a 'choices' list: {event!r}")
+                        for choice in choices:
+                            if not isinstance(choice, dict):
+                                raise self._malformed(f"a choice is not an object: {choice!r}")
+                            if choice.get("index", 0) != 0:
+                                continue  # only the first choice is the answer
+                            delta = choice.get("delta") or {}
+                            if not isinstance(delta, dict):
+                                raise self._malformed(f"a delta is not an object: {delta!r}")
+                            content = delta.get("content")
+                            if isinstance(content, str) and content:
+                                text.append(content)
+                                yield {"type": "content", "text": content}
+                            self._merge_tool_calls(calls, delta.get("tool_calls"))
+                            if choice.get("finish_reason"):
+                                finish = str(choice["finish_reason"])
+                except BaseException as exc:
+                    request.end(str(exc) or type(exc).__name__)
+                    raise
+                request.end(None, finish)
                 if not calls:
                     meta: dict[str, Any] = {
                         "type": "metadata",
@@ -410,6 +418,39 @@ class OpenAIChat:
             yield event
         if not finished:
             raise self._malformed("the stream ended before 'data: [DONE]' and without a finish")
+
+
+class _Request:
+    """One model request of an agent, reported to the task's meter as a
+    ``chat {model}`` span (``llmspell._tracing``) with the GenAI attributes."""
+
+    __slots__ = ("attrs", "start")
+
+    def __init__(self, model: str, start: float) -> None:
+        self.start = start
+        self.attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": model,
+        }
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        for ours, theirs in (
+            ("gen_ai.usage.input_tokens", "prompt_tokens"),
+            ("gen_ai.usage.output_tokens", "completion_tokens"),
+        ):
+            n = usage.get(theirs)
+            if isinstance(n, int) and not isinstance(n, bool):
+                self.attrs[ours] = int(self.attrs.get(ours, 0)) + n
+
+    def end(self, error: str | None, finish: str | None = None) -> None:
+        meter = current_meter()
+        if meter is None:
+            return
+        if finish:
+            self.attrs["gen_ai.response.finish_reasons"] = [finish]
+        name = f"chat {self.attrs['gen_ai.request.model']}"
+        meter.add_span(name, self.start, now(), self.attrs, error)
 
 
 def _has_finish(event: dict[str, Any]) -> bool:

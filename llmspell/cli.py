@@ -118,18 +118,45 @@ def _parse_pattern(text: str) -> str:
     return text
 
 
+def _logging_options(p: argparse.ArgumentParser, default: Any) -> None:
+    """``-v``/``--log-level``, on the main parser and on every command."""
+    from ._observe import LEVELS
+
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default,
+        help="log more: -v info, -vv debug (default: warnings and errors)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        type=str.lower,
+        default=default,
+        help="the level of the llmspell loggers (overrides -v)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmspell",
         description="Run LLM application work (Python, Lua, JavaScript) on an actor runtime.",
     )
     p.add_argument("--version", action="version", version=f"llmspell {__version__}")
+    _logging_options(p, None)
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a command's own -v/--log-level only overrides the main parser's when given
+    _logging_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the bundled cross-engine example")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    demo = command("demo", help="run the bundled cross-engine example")
     demo.add_argument("--json", action="store_true", help="print only the JSON result")
 
-    run = sub.add_parser(
+    run = command(
         "run", help="run a .lua/.js script or a workflow .yaml/.json; print the result as JSON"
     )
     run.add_argument("file", type=Path)
@@ -162,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a Python target (glob, e.g. 'myapp.tools:*') the scripts may run; repeatable "
         "(none by default: Runtime(script_python=...))",
     )
-    serve = sub.add_parser("serve", help="run a local multi-process runtime on 127.0.0.1")
+    serve = command("serve", help="run a local multi-process runtime on 127.0.0.1")
     serve.add_argument(
         "--port",
         type=_parse_port,
@@ -175,9 +202,34 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"engine processes per engine, 1..{MAX_WORKERS} (default: one per core)",
     )
+    serve.add_argument(
+        "--metrics-port",
+        type=_parse_port,
+        default=None,
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics",
+    )
 
+    from .messages.types import STATUSES
+
+    tasks = command("tasks", help="list the tasks of a served runtime")
+    tasks.add_argument("--status", choices=STATUSES, default=None, help="only those")
+    tasks.add_argument("--json", action="store_true", help="print a JSON list")
+    cancel = command("cancel", help="cancel a task of a served runtime")
+    cancel.add_argument("task_id", metavar="TASK_ID")
+    top = command("top", help="a live view of a served runtime (Ctrl-C to quit)")
+    top.add_argument(
+        "--interval", type=_parse_timeout, default=1.0, help="seconds between refreshes"
+    )
+
+    for c in (tasks, cancel, top):
+        c.add_argument(
+            "--port",
+            type=_parse_port,
+            default=DEFAULT_PORT,
+            help=f"its admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
+        )
     for name, text in (("status", "inspect a served runtime"), ("stop", "stop a served runtime")):
-        c = sub.add_parser(name, help=text)
+        c = command(name, help=text)
         c.add_argument(
             "--port",
             type=_parse_port,
@@ -192,7 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 0
+    from ._observe import set_up_logging
+
+    args.log_threshold = set_up_logging(args.verbose or 0, args.log_level)
     try:
+        if args.command in ("tasks", "cancel", "top"):
+            return _observe_command(args)
         if args.command == "demo":
             from ._demo import run_demo
 
@@ -252,6 +309,9 @@ def _run_file(args: argparse.Namespace) -> int:
         return 2
     make = Task.lua if suffix == ".lua" else Task.js
     task = make(code, args=script_args, metadata={"source": path.name})  # errors name the file
+    from ._observe import script_output
+
+    script_output(lambda _task_id: path.name, args.log_threshold)
     with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
         handle = rt.submit(task)
         try:
@@ -286,6 +346,10 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
         print("llmspell: a workflow takes no --arg", file=sys.stderr)
         return 2
     workflow = load_workflow(path)  # malformed: bad input (exit 2) before anything starts
+    from ._observe import script_output
+
+    steps = {spec.id: str(step) for spec, step in zip(workflow.tasks, workflow.steps, strict=False)}
+    script_output(lambda task_id: steps.get(task_id, path.name), args.log_threshold)
     live = sys.stderr.isatty() and not args.json  # drawn on stderr: `| jq` keeps it
     outcome: dict[str, Any] = {}
     allowed = list(args.allow_python)
@@ -349,6 +413,8 @@ def _serve(args: argparse.Namespace) -> int:
     config: dict[str, Any] = {"port": args.port}
     if args.workers is not None:
         config["workers"] = args.workers
+    if args.metrics_port is not None:
+        config["metrics_port"] = args.metrics_port
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -364,14 +430,31 @@ def _serve(args: argparse.Namespace) -> int:
         while len(engines) < expected and time.monotonic() < deadline:
             time.sleep(0.05)
             engines = rt.stats()["engines"]
-        print(
-            json.dumps({"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}), flush=True
-        )
+        serving: dict[str, Any] = {"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}
+        if args.metrics_port is not None:
+            serving["metrics"] = f"http://127.0.0.1:{args.metrics_port}/metrics"
+        print(json.dumps(serving), flush=True)
         while not stop.wait(0.5):
             if _stop_requested(rt):
                 break
     print(json.dumps({"stopped": f"127.0.0.1:{args.port}"}), flush=True)
     return 0
+
+
+def _observe_command(args: argparse.Namespace) -> int:
+    from . import _observe
+
+    try:
+        rt = _attach(args.port)
+    except LlmspellError as exc:
+        print(f"llmspell: {exc}", file=sys.stderr)
+        return 1
+    with rt:
+        if args.command == "tasks":
+            return _observe.tasks_command(rt, args.status, args.json)
+        if args.command == "cancel":
+            return _observe.cancel_command(rt, args.task_id)
+        return _observe.top_command(rt, f"127.0.0.1:{args.port}", args.interval)
 
 
 def _stop_requested(rt: Any) -> bool:

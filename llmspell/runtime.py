@@ -38,10 +38,20 @@ from ._clock import now
 from ._context import current_task_id
 from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
 from ._options import check_options, did_you_mean
-from ._task import CoordinationResult, Event, Handle, Progress, Strategy, Task, new_task_id
+from ._task import (
+    CoordinationResult,
+    Event,
+    Handle,
+    Progress,
+    Strategy,
+    Task,
+    TaskInfo,
+    new_task_id,
+)
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
 from .messages.types import (
+    STATUSES,
     TERMINAL,
     Ack,
     CancelReply,
@@ -56,8 +66,10 @@ from .messages.types import (
     QueryProgress,
     QueryStats,
     QueryStatus,
+    QueryTasks,
     Register,
     Registered,
+    SpanRecords,
     StatsReply,
     StatusReply,
     StreamAck,
@@ -68,6 +80,8 @@ from .messages.types import (
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
+    TasksReply,
+    TraceTo,
     Unsubscribe,
 )
 
@@ -99,6 +113,8 @@ _CONFIG = frozenset(
         "resource_interval",
         "history",
         "script_python",
+        "tracing",
+        "metrics_port",
     )
 )
 
@@ -161,6 +177,8 @@ class _Core:
         history = config.get("history")
         self.mode = mode
         self.config = {k: v for k, v in config.items() if v is not None}  # None: the default
+        if self.config.get("metrics_port") is not None:
+            self.config["metrics"] = True  # the scheduler keeps its figures
         if mode == "local":
             import os
 
@@ -192,6 +210,7 @@ class _Core:
         self.streams: dict[str, _Stream] = {}
         self.ack: Callable[[str, int], None] | None = None  # set by the runtime
         self.owner: Any = None  # the Runtime its handles are bound to (set by the runtime)
+        self.spans: Any = None  # a _tracing.Spans when this runtime traces its tasks
 
     # -- building requests --------------------------------------------------
 
@@ -206,7 +225,22 @@ class _Core:
                     f"expected a Task, got {type(task).__name__}", where=f"tasks[{i}]"
                 )
             specs.append(task.to_spec(parent=parent))
+        self.trace(specs)
         return self.register_specs(specs)
+
+    def trace(self, specs: list[TaskSpec]) -> None:
+        """Give ``specs`` (and their compensations) the caller's current span as
+        their parent span, when this runtime traces."""
+        if self.spans is None:
+            return
+        tp = self.spans.traceparent()
+        if tp is None:
+            return
+        for spec in specs:
+            if spec.trace is None:
+                spec.trace = tp
+            if spec.compensate is not None and spec.compensate.trace is None:
+                spec.compensate.trace = tp
 
     def register_specs(self, specs: list[TaskSpec]) -> list[TaskSpec]:
         """Claim the ids of specs (all or none); a duplicate raises."""
@@ -248,6 +282,7 @@ class _Core:
         ids: list[str] = []
         parts: list[bytes] = []
         linked = False
+        tp = self.spans.traceparent() if self.spans is not None else None
         for i, task in enumerate(tasks):
             if type(task) is not Task and not isinstance(task, Task):
                 raise MessageError(
@@ -256,6 +291,8 @@ class _Core:
             spec = task.to_spec()
             if parent is not None and spec.parent is None:
                 spec.parent = parent
+            if tp is not None:
+                spec.trace = tp
             ids.append(spec.id)
             linked = linked or spec.deps is not None
             parts.append(encode_item(spec))
@@ -333,12 +370,15 @@ class _Core:
                 w = self.coordinations.pop(msg.coord_id, None)
             if w is not None:
                 w(msg)
+        elif type(msg) is SpanRecords:
+            if self.spans is not None:
+                self.spans.on_records(msg)
         elif isinstance(msg, EventDelivery):
             subscription = self.subscriptions.get(msg.sub_id)
             if subscription is not None:
                 subscription._deliver(msg.events)
         elif isinstance(
-            msg, (StatusReply, ProgressReply, StatsReply, CancelReply, Registered, Ack)
+            msg, (StatusReply, ProgressReply, StatsReply, CancelReply, Registered, Ack, TasksReply)
         ):
             with self.lock:
                 cb = self.replies.pop(msg.ref, None)
@@ -682,18 +722,45 @@ class Runtime:
         self._core = _Core(mode, config)
         # Set by a simulation: run the world until a condition holds (virtual time).
         self._pump: Callable[[Callable[[], bool], float | None], bool] | None = None
+        self._metrics: Any = None
+        self._dropped_events = 0
+        port = self._core.config.get("metrics_port")
+        if port is not None:  # first: a taken port fails before any process starts
+            from ._metrics import MetricsServer
+
+            self._metrics = MetricsServer(int(port), self._metric_figures)
         self._driver: Any = self._make_driver()
-        addresses = self._driver.start()
+        try:
+            addresses = self._driver.start()
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.close()
+            raise
         _open_runtimes.add(self)
         self._core.addresses = addresses
         self._scheduler = addresses["scheduler"]
         self._events = addresses["events"]
-        self._dropped_events = 0
         self._emits: list[Publish] = []
         self._emit_lock = threading.Lock()
         self._core.ack = self._ack
         self._core.owner = self
         self._core.state = RuntimeState.OPEN
+        self._start_tracing()
+
+    def _start_tracing(self) -> None:
+        """Trace this runtime's tasks when the application configured a tracer
+        provider (looked at once, here) and ``tracing`` is not False."""
+        from ._tracing import Spans, tracer_for
+
+        tracer = tracer_for(bool(self._core.config.get("tracing", True)))
+        if tracer is None:
+            return
+        self._core.spans = Spans(tracer)
+        try:
+            self._ask(lambda ref: TraceTo(ref, True))
+        except BaseException:
+            self.close()
+            raise
 
     def _sync(self) -> Runtime:
         """The runtime a handle's blocking calls go to."""
@@ -724,9 +791,19 @@ class Runtime:
         blocks until the actors are stopped (up to 10 s)."""
         if self._core.state is RuntimeState.CLOSED:
             return
+        spans = self._core.spans
+        if spans is not None and getattr(self._driver, "mode", "") == "local":
+            try:  # an attached runtime's scheduler lives on: stop sending us records
+                self._driver.send(self._scheduler, encode(TraceTo(0, False)))
+            except Exception:
+                pass
         self._core.state = RuntimeState.CLOSED
         _open_runtimes.discard(self)
+        if self._metrics is not None:
+            self._metrics.close()
         self._driver.stop()
+        if spans is not None:
+            spans.end_all()
         for subscription in list(self._core.subscriptions.values()):
             subscription.close()
         for waiter in list(self._core.coordinations.values()):
@@ -797,8 +874,14 @@ class Runtime:
     def cancel(self, handle: Handle | str) -> bool:
         """Cancel the task. Returns True if it had not finished (it then ends
         ``cancelled``, and tasks depending on it fail); False if it had
-        already ended. Idempotent."""
-        task_id, v = self._core.view(handle)
+        already ended. Idempotent. A task id this runtime did not submit (one
+        ``tasks()`` lists: another client's, a task's child) is cancelled too."""
+        try:
+            task_id, v = self._core.view(handle)
+        except MessageError:
+            task_id = self._foreign(handle)
+            reply_: CancelReply = self._ask(lambda ref: CancelTasks([task_id], ref=ref))
+            return task_id in reply_.cancelled
         if v.outcome is not None:
             return False
         self._core.check_open()
@@ -808,7 +891,10 @@ class Runtime:
     def status(self, handle: Handle | str) -> str:
         """``pending``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
         ``timed_out``."""
-        task_id, v = self._core.view(handle)
+        try:
+            task_id, v = self._core.view(handle)
+        except MessageError:
+            return _public_status(self._foreign_status(self._foreign(handle)))
         if v.outcome is not None:
             return _public_status(v.outcome.status)
         if self._core.state is not RuntimeState.OPEN:
@@ -823,7 +909,12 @@ class Runtime:
     def progress(self, handle: Handle | str) -> Progress | None:
         """The task's last reported progress and resource use; None before it
         reported anything. A finished task keeps its final figures."""
-        task_id, v = self._core.view(handle)
+        try:
+            task_id, v = self._core.view(handle)
+        except MessageError:
+            task_id = self._foreign(handle)
+            reply_: ProgressReply = self._ask(lambda ref: QueryProgress(ref, task_id))
+            return None if reply_.progress is None else Progress.from_dict(reply_.progress)
         self._core.check_open()
         reply: ProgressReply = self._ask(lambda ref: QueryProgress(ref, task_id))
         if reply.progress is not None:
@@ -944,6 +1035,57 @@ class Runtime:
                     e["over_memory"] = proc["over_memory"]
             stats["resources"] = resources
         return stats
+
+    def tasks(self, status: str | None = None) -> list[TaskInfo]:
+        """The tasks the runtime knows, oldest first: every unfinished one and
+        the last ``history`` (a runtime option, default 1,000) that ended.
+        ``status`` (``pending``, ``running``, ``succeeded``, ``failed``,
+        ``cancelled``, ``timed_out``) keeps only those.
+
+        Raises:
+            MessageError: ``status`` is not one of those.
+            RuntimeClosed: the runtime is closed.
+        """
+        if status is not None and status not in STATUSES:
+            raise MessageError(
+                f"unknown status {status!r}; use one of {', '.join(STATUSES)}", where="status"
+            )
+        self._core.check_open()
+        reply: TasksReply = self._ask(lambda ref: QueryTasks(ref, status))
+        return [
+            TaskInfo(
+                str(row[0]),
+                str(row[1]),
+                _public_status(str(row[2])),
+                int(row[3]),
+                float(row[4]),
+                None if row[5] is None else float(row[5]),
+            )
+            for row in reply.tasks
+        ]
+
+    def _foreign(self, handle: Handle | str) -> str:
+        """The id of a task this facade did not submit, if the scheduler knows it;
+        else the ``MessageError`` of an unknown task, again."""
+        self._core.check_open()
+        if isinstance(handle, str) and self._foreign_status(handle) != "unknown":
+            return handle
+        self._core.view(handle)  # raises the usual "unknown task" error
+        raise MessageError(f"unknown task {handle!r}", where="handle")  # pragma: no cover
+
+    def _foreign_status(self, task_id: str) -> str:
+        reply: StatusReply = self._ask(lambda ref: QueryStatus(ref, [task_id]))
+        return str(reply.statuses.get(task_id, "unknown"))
+
+    def _metric_figures(self) -> dict[str, Any]:
+        """The scheduler's metric figures and the events this facade dropped
+        (``llmspell._metrics``; called at each scrape, on the server's thread)."""
+        if self._core.state is not RuntimeState.OPEN:
+            return {}
+        reply: TasksReply = self._ask(lambda ref: QueryTasks(ref, metrics=True))
+        figures = dict(reply.metrics or {})
+        figures["dropped"] = self._dropped_events
+        return figures
 
     # -- registrations --------------------------------------------------------
 
@@ -1100,9 +1242,17 @@ class Runtime:
                 raise MessageError("inputs=... is for Strategy.PIPELINE only", where="inputs")
             inputs = list(inputs)
             check_data(inputs, "inputs")
-        specs = self._core.specs(tasks)
-        self._check_compensations(specs)
-        return self._coordinate(specs, strat.value, timeout, inputs)
+        spans = self._core.spans
+        if spans is None:
+            specs = self._core.specs(tasks)
+            self._check_compensations(specs)
+            return self._coordinate(specs, strat.value, timeout, inputs)
+        with spans.workflow(strat.value) as span:
+            specs = self._core.specs(tasks)
+            self._check_compensations(specs)
+            result = self._coordinate(specs, strat.value, timeout, inputs)
+            spans.coordination_ended(span, result)
+            return result
 
     def _check_compensations(self, specs: list[TaskSpec]) -> None:
         """A compensation's id must be new: one taken by a member, another
@@ -1189,7 +1339,17 @@ class Runtime:
         """Run a ``workflow.Workflow`` already loaded (its task ids are known to
         the caller: the CLI's progress display polls them)."""
         self._core.check_open()
-        return self._coordinate(self._core.register_specs(wf.tasks), wf.strategy, wf.timeout, None)
+        spans = self._core.spans
+        if spans is None:
+            return self._coordinate(
+                self._core.register_specs(wf.tasks), wf.strategy, wf.timeout, None
+            )
+        with spans.workflow(str(wf.name)) as span:
+            self._core.trace(wf.tasks)
+            specs = self._core.register_specs(wf.tasks)
+            result = self._coordinate(specs, wf.strategy, wf.timeout, None)
+            spans.coordination_ended(span, result)
+            return result
 
     def _inject_crash(self, engine: str, index: int = 0) -> None:
         """Fault injection for tests: make engine ``engine``/``index`` die now."""
@@ -1484,6 +1644,11 @@ class AsyncRuntime:
     async def stats(self) -> dict[str, Any]:
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
+
+    async def tasks(self, status: str | None = None) -> list[TaskInfo]:
+        """``Runtime.tasks`` as a coroutine."""
+        rt = self._runtime()
+        return await asyncio.get_running_loop().run_in_executor(None, rt.tasks, status)
 
     async def coordinate(
         self,

@@ -39,6 +39,7 @@ parent ends; a task whose value a pending dependent will take
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections import defaultdict, deque
@@ -72,8 +73,10 @@ from ..messages.types import (
     QueryProgress,
     QueryStats,
     QueryStatus,
+    QueryTasks,
     Register,
     Registered,
+    SpanRecords,
     StatsReply,
     StatusReply,
     StopTasks,
@@ -86,6 +89,8 @@ from ..messages.types import (
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
+    TasksReply,
+    TraceTo,
     WatchTasks,
 )
 from .events import compile_pattern
@@ -112,6 +117,7 @@ class _Rec:
         "outcome",
         "progress",
         "scripted",
+        "sink",
         "slot",
         "spec",
         "started_at",
@@ -142,6 +148,8 @@ class _Rec:
         self.submitted_at = t
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        # who gets its span records (tracing): (address, addr_key(address))
+        self.sink: tuple[ActorAddress, str] | None = None
 
 
 class _Ready:
@@ -246,6 +254,17 @@ class Scheduler(WireActor):
         # Python targets a script may run (Runtime(script_python=[patterns])): none by default
         self._script_python: Callable[[str], Any] | None = None
         self._cascade: list[tuple[_Rec, str, dict[str, Any] | None]] | None = None
+        # tracing (see llmspell._tracing): facades that asked for span records, the
+        # records not sent yet per facade, the next batch number per facade, and
+        # span events (retries, crashes) of unfinished tasks
+        self._sinks: dict[str, ActorAddress] = {}
+        self._sink: ActorAddress | None = None  # the last to ask: tasks of no tracer
+        self._spans: dict[str, tuple[ActorAddress, list[list[Any]]]] = {}
+        self._span_seq: dict[str, int] = {}
+        self._span_events: dict[str, list[list[Any]]] = {}
+        self._opened: set[str] = set()  # tasks whose "open" record was sent
+        # metrics (Runtime(metrics_port=...)): None when off (see llmspell._metrics)
+        self._metrics: _Metrics | None = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -260,6 +279,8 @@ class Scheduler(WireActor):
             if allowed
             else None
         )
+        if msg.config.get("metrics") and self._metrics is None:
+            self._metrics = _Metrics()
         engines = msg.config.get("engines")
         if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
@@ -312,6 +333,10 @@ class Scheduler(WireActor):
             if rec is None or rec.status != "running":
                 continue
             rec.slot = None
+            if rec.sink is not None:
+                self._span_event(
+                    rec, "llmspell.engine.crash", {"engine": slot.engine, "index": slot.index}
+                )
             lost = TaskOutcome(
                 task_id, "failed", error=_err(message, engine=slot.engine), attempt=rec.attempt
             )
@@ -356,6 +381,8 @@ class Scheduler(WireActor):
                 if early:
                     rec.watchers = [*(rec.watchers or ()), *early]
             self.counts["submitted"] += 1
+            if self._sink is not None:
+                self._trace_open(rec, sender)
             if spec.parent is not None:
                 self._adopt(rec)
             if self._precancelled and spec.id in self._precancelled:
@@ -656,6 +683,13 @@ class Scheduler(WireActor):
                     self.send_msg(
                         addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk])
                     )
+        if self._spans:
+            spans, self._spans = self._spans, {}
+            for key, (addr, items) in spans.items():
+                for i in range(0, len(items), 1000):
+                    seq = self._span_seq.get(key, 0)
+                    self._span_seq[key] = seq + 1
+                    self.send_msg(addr, SpanRecords(seq, items[i : i + 1000]))
         if self._out:
             out, self._out = self._out, {}
             self._last_watcher = self._last_batch = None
@@ -675,6 +709,9 @@ class Scheduler(WireActor):
             rec = self.tasks.get(o.task_id)
             if rec is None or rec.status != "running" or o.attempt != rec.attempt:
                 continue  # late: the task already ended (cancel, timeout) or was retried
+            usage = o.usage
+            if usage is not None and ("spans" in usage or "first_chunk" in usage):
+                self._take_extras(rec, usage)
             if o.status == "failed" and rec.attempt < rec.spec.retries:
                 self._retry(rec, o)
                 continue
@@ -684,6 +721,10 @@ class Scheduler(WireActor):
         if rec.errors is None:
             rec.errors = []
         rec.errors.append(str((o.error or {}).get("message", "failed")))
+        if rec.sink is not None:
+            self._span_event(
+                rec, "llmspell.task.retry", {"attempt": rec.attempt + 1, "error": rec.errors[-1]}
+            )
         self._release(rec)
         rec.attempt += 1
         rec.status = "pending"
@@ -747,6 +788,10 @@ class Scheduler(WireActor):
         else:
             rec.outcome = TaskOutcome(rec.spec.id, status, value, error, usage, rec.attempt)
         self.counts[status] += 1
+        if self._metrics is not None:
+            self._metrics.ended(rec, status, t)
+        if rec.sink is not None:
+            self._trace_close(rec, status, t, error)
         if rec.watchers is not None:
             for w in rec.watchers:
                 self._notify(w, rec.outcome)
@@ -1150,6 +1195,8 @@ class Scheduler(WireActor):
         self._hook_ids.add(spec.id)
         self.counts["submitted"] += 1
         self.hook_counts["runs"] += 1
+        if self._sink is not None:
+            self._trace_open(rec, None)
         return rec
 
     def _finished(self, rec: _Rec, status: str, error: dict[str, Any] | None) -> None:
@@ -1220,6 +1267,187 @@ class Scheduler(WireActor):
             if s.index == msg.index:
                 s.paused = msg.over
         self._dirty.add(msg.engine)
+
+    # -- traces, metrics, task listing (llmspell._tracing, llmspell._metrics) ----------
+
+    def on_trace_to(self, msg: TraceTo, sender: ActorAddress) -> None:
+        key = addr_key(sender)
+        if msg.on:
+            self._sinks[key] = sender
+            self._span_seq[key] = 0
+            self._sink = sender
+        else:
+            self._sinks.pop(key, None)
+            self._span_seq.pop(key, None)
+            self._spans.pop(key, None)
+            self._sink = next(reversed(self._sinks.values()), None) if self._sinks else None
+        self.send_msg(sender, Ack(msg.ref))
+
+    def _trace_open(self, rec: _Rec, sender: ActorAddress | None) -> None:
+        """Note who traces ``rec``: the facade that submitted it, else its parent's,
+        else the last one that asked. Its span record is sent when it ends; its
+        parent's "open" record now, if not sent yet (the child's span names it)."""
+        sink = None
+        parent = self.tasks.get(rec.spec.parent) if rec.spec.parent is not None else None
+        if sender is not None:
+            key = addr_key(sender)
+            if key in self._sinks:
+                sink = (sender, key)
+        if sink is None and parent is not None:
+            sink = parent.sink
+        if sink is None and self._sink is not None:
+            sink = (self._sink, addr_key(self._sink))
+        rec.sink = sink
+        if parent is not None and parent.sink is not None and parent.spec.id not in self._opened:
+            self._opened.add(parent.spec.id)
+            spec = parent.spec
+            item: list[Any] = ["open", spec.id, spec.kind, _span_name(spec), spec.parent]
+            item += (spec.trace, parent.submitted_at)
+            self._span_item(parent, item)
+
+    def _trace_close(self, rec: _Rec, status: str, t: float, error: dict[str, Any] | None) -> None:
+        spec = rec.spec
+        attempts = rec.attempt + 1 if rec.started_at is not None else 0
+        events = self._span_events.pop(spec.id, None) if self._span_events else None
+        extras = self._span_events.pop("spans:" + spec.id, None) if self._span_events else None
+        if spec.id in self._opened:
+            self._opened.discard(spec.id)
+            item = ["close", spec.id, status, t, attempts, error, events, extras]
+        else:
+            item = [
+                "span",
+                spec.id,
+                spec.kind,
+                _span_name(spec),
+                spec.parent,
+                spec.trace,
+                rec.submitted_at,
+                status,
+                t,
+                attempts,
+                error,
+                events,
+                extras,
+            ]
+        self._span_item(rec, item)
+
+    def _span_item(self, rec: _Rec, item: list[Any]) -> None:
+        sink = rec.sink
+        if sink is None:
+            return
+        out = self._spans.get(sink[1])
+        if out is None:
+            if sink[1] not in self._sinks:  # that facade stopped tracing
+                rec.sink = None
+                return
+            out = self._spans[sink[1]] = (sink[0], [])
+        out[1].append(item)
+
+    def _span_event(self, rec: _Rec, name: str, attrs: dict[str, Any]) -> None:
+        self._span_events.setdefault(rec.spec.id, []).append([name, now(), attrs])
+
+    def _take_extras(self, rec: _Rec, usage: dict[str, Any]) -> None:
+        """An engine's figures for traces and metrics, off the task's usage: the
+        spans of its model requests and an agent's time to its first chunk."""
+        spans = usage.pop("spans", None)
+        first = usage.pop("first_chunk", None)
+        if rec.sink is not None and isinstance(spans, list) and spans:
+            self._span_events.setdefault("spans:" + rec.spec.id, []).extend(spans)
+        if self._metrics is not None and isinstance(first, (int, float)):
+            self._metrics.first_chunk.observe(float(first))
+
+    def on_query_tasks(self, msg: QueryTasks, sender: ActorAddress) -> None:
+        if msg.metrics:
+            figures = self._metric_figures()
+            self.send_msg(sender, TasksReply(msg.ref, [], figures))
+            return
+        want = msg.status
+        rows = [
+            [
+                r.spec.id,
+                r.spec.kind,
+                r.status,
+                r.attempt + 1 if r.started_at is not None else 0,
+                r.submitted_at,
+                r.ended_at,
+            ]
+            for r in self.tasks.values()
+            if want is None or r.status == want
+        ]
+        self.send_msg(sender, TasksReply(msg.ref, rows))
+
+    def _metric_figures(self) -> dict[str, Any]:
+        m = self._metrics
+        running: dict[str, int] = defaultdict(int)
+        restarts: dict[str, int] = defaultdict(int)
+        for name, slots in self.slots.items():
+            if name not in _SCRIPT_AND_PYTHON:
+                continue
+            for slot in slots:
+                running[name] += len(slot.running)
+                restarts[name] += slot.restarts
+        return {
+            "tasks": [[k, st, n] for (k, st), n in (m.totals.items() if m else ())],
+            "running": dict(running),
+            "queued": {e: len(q) for e, q in self.ready.items() if e in _SCRIPT_AND_PYTHON},
+            "restarts": dict(restarts),
+            "durations": {k: h.to_list() for k, h in (m.durations.items() if m else ())},
+            "first_chunk": m.first_chunk.to_list() if m else None,
+            "buckets": list(BUCKETS),
+        }
+
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class _Histogram:
+    """Counts per bucket (not cumulative; the last one is +Inf), sum, count."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def to_list(self) -> list[Any]:
+        return [self.counts, self.sum]
+
+
+class _Metrics:
+    """The scheduler's figures for ``Runtime(metrics_port=...)``."""
+
+    __slots__ = ("durations", "first_chunk", "totals")
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], int] = defaultdict(int)
+        self.durations: dict[str, _Histogram] = {}
+        self.first_chunk = _Histogram()
+
+    def ended(self, rec: _Rec, status: str, t: float) -> None:
+        kind = rec.spec.kind
+        self.totals[(kind, status)] += 1
+        if rec.started_at is not None:
+            h = self.durations.get(kind)
+            if h is None:
+                h = self.durations[kind] = _Histogram()
+            h.observe(max(0.0, t - rec.started_at))
+
+
+def _span_name(spec: TaskSpec) -> str | None:
+    """What a task's span is named after: the workflow's, tool's or agent's
+    name, the Python target, the hook point; None for a script."""
+    if spec.kind == "workflow":
+        payload = spec.payload
+        if isinstance(payload, dict) and isinstance(payload.get("name"), str):
+            return str(payload["name"])
+        return spec.name
+    if spec.kind == "python":
+        return spec.target
+    return spec.name
 
 
 def _input_key(dep: _Rec) -> str:

@@ -179,6 +179,7 @@ class _Run:
         self.cond = threading.Condition()
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.produced = 0  # chunks yielded so far
+        self.first_chunk: float | None = None  # seconds from start to the first chunk
         self.acked = 0  # (lock) chunks the consumer took
         self.stopped = False  # (lock)
         self.parked = False  # (lock) throttled, waiting for a grant
@@ -444,6 +445,10 @@ class AgentRunner:
                 self._drop_children(run, "the agent task ended")
                 usage = run.usage()
                 usage["chunks"] = run.produced  # the final count, whatever overtakes what
+                if run.first_chunk is not None:  # for metrics; the scheduler takes it off
+                    usage["first_chunk"] = run.first_chunk
+                if run.meter.spans:  # model requests, for traces; the scheduler takes them off
+                    usage["spans"] = run.meter.spans
                 if run.streaming:  # readers know how many chunks to wait for
                     usage["streamed"] = run.produced
                 self._progress(run)
@@ -658,6 +663,8 @@ class AgentRunner:
         check_data(chunk, "chunk")
         seq = run.produced
         run.produced += 1
+        if seq == 0:
+            run.first_chunk = now() - run.started
         self._post("chunk", run, seq, chunk)
 
 

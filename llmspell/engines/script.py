@@ -613,8 +613,16 @@ class ScriptEngine(EngineActor):
         )
 
     def log(self, task_id: str, level: str, message: str) -> None:
+        """``spell.log``, Lua ``print``, JS ``console.*``: to the ``llmspell.script``
+        logger; the record carries ``task_id``, ``engine`` and the bare ``text``
+        (``llmspell run`` prints that, prefixed with the file or step name)."""
         _script_log.log(
-            _LEVELS.get(str(level).lower(), 20), "[%s %s] %s", self.engine, task_id, message
+            _LEVELS.get(str(level).lower(), 20),
+            "[%s %s] %s",
+            self.engine,
+            task_id,
+            message,
+            extra={"task_id": task_id, "engine": self.engine, "text": message},
         )
 
     def flush(self) -> None:

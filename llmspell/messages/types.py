@@ -46,12 +46,14 @@ __all__ = [
     "QueryProgress",
     "QueryStats",
     "QueryStatus",
+    "QueryTasks",
     "Register",
     "Registered",
     "RequestStop",
     "ResourceGrant",
     "ResourceWait",
     "Shutdown",
+    "SpanRecords",
     "StartAggregation",
     "StatsReply",
     "StatusReply",
@@ -66,7 +68,9 @@ __all__ = [
     "TaskOutcome",
     "TaskOutcomes",
     "TaskSpec",
+    "TasksReply",
     "Tick",
+    "TraceTo",
     "Unsubscribe",
     "Via",
     "WatchTasks",
@@ -104,6 +108,9 @@ class TaskSpec(Message):
     parent: str | None = None  # id of the task that submitted this one
     compensate: TaskSpec | None = None
     deps_input: bool = False  # deliver dependency results as input (workflows)
+    # W3C traceparent of the submitter's span (the application's current span
+    # for rt.submit); the task's span becomes its child (llmspell._tracing)
+    trace: str | None = None
 
 
 # -- task lifecycle ---------------------------------------------------------
@@ -275,6 +282,64 @@ class QueryStats(Message):
 class StatsReply(Message):
     ref: int
     stats: dict[str, Any]
+
+
+@message("query_tasks")
+@dataclass(slots=True)
+class QueryTasks(Message):
+    """facade -> scheduler: the tasks it knows (``status`` one of ``STATUSES``
+    or None for all); answered with ``TasksReply``. With ``metrics`` the
+    scheduler answers with its metric figures instead (``llmspell._metrics``)."""
+
+    ref: int
+    status: str | None = None
+    metrics: bool = False
+
+
+@message("tasks_reply")
+@dataclass(slots=True)
+class TasksReply(Message):
+    """scheduler -> facade: one ``[id, kind, status, attempts, created, ended]``
+    per task (``ended`` None while unfinished), oldest first; or, for a
+    metrics query, the figures in ``metrics``."""
+
+    ref: int
+    tasks: list[list[Any]]
+    metrics: dict[str, Any] | None = None
+
+
+# -- traces -----------------------------------------------------------------
+
+
+@message("trace_to")
+@dataclass(slots=True)
+class TraceTo(Message):
+    """facade -> scheduler: send the span records of the tasks this facade
+    submits (and of their children) to me (``on``), or stop (not ``on``).
+    Answered with ``Ack(ref)``."""
+
+    ref: int
+    on: bool = True
+
+
+@message("span_records")
+@dataclass(slots=True)
+class SpanRecords(Message):
+    """scheduler -> tracing facade: task span records, in order; ``seq``
+    numbers the batches (0, 1, ...) so the facade can put batches that overtook
+    each other back in order. One record per task: ``["span", task id, kind,
+    name, parent task id, traceparent, submitted, status, ended, attempts,
+    error dict, events, child spans]`` when it ends; a task that submits
+    children gets ``["open", task id, kind, name, parent task id, traceparent,
+    submitted]`` when its first child comes (so the child's span can name it
+    as parent) and ``["close", task id, status, ended, attempts, error dict,
+    events, child spans]`` when it ends. An event is ``[name, time,
+    attributes]``, a child span (a model request) ``[name, start, end,
+    attributes, error message]``. (Checked by the facade, not the codec: a
+    list of lists costs the codec a pass per record.)"""
+
+    seq: int
+    items: Any
 
 
 # -- events -----------------------------------------------------------------
