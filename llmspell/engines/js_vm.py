@@ -403,7 +403,9 @@ function ls$fail(e) {
       if (e instanceof IErr && e.message === "out of memory") kind = "memory";
     } else {
       msg = "uncaught " + ls$show(e);
-      try { data = ls$wire(e, "error"); } catch (e3) { /* not data: the message only */ }
+      if (e != null) {
+        try { data = ls$wire(e, "error"); } catch (e3) { /* not data: the message only */ }
+      }
     }
   } catch (e2) { msg = "uncaught exception (it could not be shown)"; }
   ls$put(t, "f\x1f" + stringify([kind, msg, stack, data]));
@@ -1130,7 +1132,7 @@ class JsVM:
         not an Error (``throw {code: 42}``), as wire JSON, kept as the error's data."""
         tb, line = _user_stack(stack)
         if data is not None:
-            return Failed(kind, msg, tb, _loads(data))
+            return Failed(kind, msg, tb, _loads(data))  # msg: "uncaught {...}" as it is
         if kind == "budget":
             msg = self._budget_text
         elif kind == "memory":

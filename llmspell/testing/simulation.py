@@ -419,6 +419,9 @@ class Simulation(Runtime):
         finally:
             Simulation._active = None
             _install_clock(None)
+            from .. import _task
+
+            _task._new_id_prefix()  # later runtimes of this process: random ids again
 
     def __enter__(self) -> Simulation:
         return self
