@@ -110,9 +110,9 @@ def _unpack(data: bytes) -> Any:
 
 
 # The user's code starts on the prefix's line, so line numbers stay the user's; the chunk is
-# never run outside a task coroutine; "return nil" spares lupa a StopIteration when the code
-# ends without a return.
-_PREFIX = b"local _ENV, spell = ...; do "
+# never run outside a task coroutine (its _ENV upvalue is the prelude's take(), see runner);
+# "return nil" spares lupa a StopIteration when the code ends without a return.
+_PREFIX = b"local _ENV, spell = _ENV(); do "
 _SUFFIX = b"\nend return nil"
 
 _PRELUDE = r"""
@@ -130,25 +130,53 @@ local sethook, traceback, getinfo, getlocal, getupvalue, rawmeta =
 local spack, schar, concat, mtype, utf8len = string.pack, string.char, table.concat,
       math.type, utf8.len
 
--- step budget: the host's over() says when the running resume is past its deadline
-local KILL, killed = {}, false
+-- step budget: the host's over() says when the running resume is past its deadline. Then
+-- the hook raises KILL at once and at every instruction after (count 1), in this thread and
+-- in any other of the task's threads at its next hook call: a script that catches KILL
+-- (pcall, xpcall, a coroutine) gets it again at the next instruction outside the catch, so
+-- pcall and coroutine.close need no wrapper (and errors keep the user's positions); the host fails
+-- a task that swallowed KILL and yielded or returned all the same. (xpcall keeps a
+-- wrapper: see BASE.)
+local KILL, killed, closing = {}, false, false
 local function hook()
-  if over() then killed = true; error(KILL, 0) end
+  if (killed and not closing) or over() then
+    killed = true
+    if not closing then sethook(co_running(), hook, "", 1) end
+    error(KILL, 0)
+  end
 end
 local function rethrow(...)
   if killed then error(KILL, 0) end
   return ...
 end
 
-local RO = setmetatable({}, {__mode = "k"})
+-- Argument errors raised by a wrapper as Lua's own C function raises them: named as the
+-- caller named the wrapper (or with its library name when the caller gave none, e.g.
+-- pcall(coroutine.wrap, nil)), at the caller's position. Called as argerr(...) from the
+-- wrapper itself (level 1 = argerr, 2 = the wrapper, 3 = its caller).
+local function argerr(n, fname, msg)
+  local info = getinfo(2, "n")
+  local name = info and info.name or fname
+  error("bad argument #" .. n .. " to '" .. name .. "' (" .. msg .. ")", 3)
+end
+local function typename(v, present)
+  if not present then return "no value" end
+  local mt = rawmeta(v)
+  local name = type(mt) == "table" and rawget(mt, "__name")
+  if type(name) == "string" then return name end
+  return type(v)
+end
+
+local BASE, BASE_NEXT
+local RO = {}  -- read-only library proxy -> the table it shows
 
 local function readonly(src, name)
   local p = setmetatable({}, {
     __index = src, __metatable = false,
     __newindex = function() error("attempt to modify read-only table '" .. name .. "'", 2) end,
-    __pairs = function() return function(_, k) return next(src, k) end, nil, nil end,
+    __pairs = function(t) return BASE_NEXT, t, nil end,
   })
-  RO[p] = true
+  RO[p] = src
   return p
 end
 
@@ -166,17 +194,25 @@ end
 local USER = {}
 local function forward(co, ok, ...)
   if ok and co_status(co) == "suspended" then
-    if rawequal((...), USER) then return true, select(2, ...) end
+    if rawequal((...), USER) then return rethrow(true, select(2, ...)) end
     return forward(co, co_resume(co, co_yield(...)))
   end
   return rethrow(ok, ...)
 end
 local function wrap_fwd(co, ok, ...)
+  if killed then error(KILL, 0) end
   if not ok then
-    if killed then error(KILL, 0) end
     local e = ...
-    co_close(co)
-    error(e, 0)
+    if co_status(co) == "dead" then
+      -- as Lua's wrap: close the dead coroutine (its pending to-be-closed variables),
+      -- whose error wins
+      local cok, ce = co_close(co)
+      if not cok then e = ce end
+      if killed then error(KILL, 0) end
+    end
+    -- level 2: the position of whoever called the wrap function (wrap_fwd replaced it by
+    -- a tail call), as Lua's wrap adds to a string error; none to a memory error
+    error(e, e == "not enough memory" and 0 or 2)
   end
   if co_status(co) == "suspended" then
     if rawequal((...), USER) then return select(2, ...) end
@@ -184,7 +220,7 @@ local function wrap_fwd(co, ok, ...)
   end
   return ...
 end
-local ENV_MT
+local new_env
 local function caller_env()
   -- the _ENV of the nearest script function up the stack (Lua 5.1's getfenv, roughly)
   for level = 3, 100 do
@@ -206,69 +242,168 @@ local function caller_env()
   end
   -- no script function above (load called by the coroutine machinery, e.g.
   -- coroutine.wrap(load)): globals of its own, never a table tasks share
-  local env = setmetatable({}, ENV_MT)
-  env._G = env
-  return env
+  return new_env()
 end
-local BASE = {
-  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-  select = select, tonumber = tonumber, tostring = tostring, type = type,
-  rawequal = rawequal, rawget = rawget, rawlen = rawlen, _VERSION = _VERSION,
-  rawset = function(t, k, v)
-    if RO[t] then error("attempt to modify a read-only table", 2) end
-    return rawset(t, k, v)
-  end,
-  setmetatable = function(t, mt)
-    if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
-      error("__gc metamethods are not allowed in the sandbox", 2)
+local GC_OPTS = {stop = 1, restart = 1, collect = 1, count = 1, step = 1, isrunning = 1,
+                 generational = 1, incremental = 1, param = 1}
+-- The globals every task starts with (each task gets its own copy: see new_env). The
+-- library tables are shared read-only proxies; next and rawget see through them.
+BASE = {
+  assert = assert, error = error, ipairs = ipairs, pairs = pairs, select = select,
+  tonumber = tonumber, tostring = tostring, type = type, rawequal = rawequal,
+  rawlen = rawlen, pcall = pcall, _VERSION = _VERSION,
+  -- Lua runs a message handler with hooks off when the error came from a hook (KILL): the
+  -- script's handler must not run then, or it could loop for ever
+  xpcall = function(f, h, ...)
+    if type(h) ~= "function" then
+      argerr(2, "xpcall", "function expected, got " .. typename(h, h ~= nil or
+        select("#", ...) > 0))
     end
-    local old = type(t) == "table" and rawmeta(t)
+    return xpcall(f, function(e) if killed then return e end return h(e) end, ...)
+  end,
+  -- These wrappers check their arguments as Lua's functions do: a C function called from
+  -- here would name this prelude's line in its error.
+  next = function(...)
+    local t = ...
+    if type(t) ~= "table" then
+      argerr(1, "next", "table expected, got " .. typename(t, select("#", ...) > 0))
+    end
+    local src = RO[t]
+    if src then return next(src, select(2, ...)) end
+    return next(...)
+  end,
+  rawget = function(...)
+    local t = ...
+    local n = select("#", ...)
+    if type(t) ~= "table" then
+      argerr(1, "rawget", "table expected, got " .. typename(t, n > 0))
+    elseif n < 2 then
+      argerr(2, "rawget", "value expected")
+    end
+    local src = RO[t]
+    if src then return rawget(src, select(2, ...)) end
+    return rawget(...)
+  end,
+  rawset = function(...)
+    local t = ...
+    local n = select("#", ...)
+    if type(t) ~= "table" then
+      argerr(1, "rawset", "table expected, got " .. typename(t, n > 0))
+    elseif n < 3 then
+      argerr(n + 1, "rawset", "value expected")
+    elseif RO[t] then
+      error("attempt to modify a read-only table", 2)
+    end
+    local ok, e = pcall(rawset, ...)  -- "index is nil" / "index is NaN"
+    if not ok then error(e, 0) end
+    return t
+  end,
+  setmetatable = function(...)
+    local t, mt = ...
+    local n = select("#", ...)
+    if type(t) ~= "table" then
+      argerr(1, "setmetatable", "table expected, got " .. typename(t, n > 0))
+    elseif mt ~= nil and type(mt) ~= "table" or n < 2 then
+      argerr(2, "setmetatable", "nil or table expected, got " .. typename(mt, n > 1))
+    end
+    local old = rawmeta(t)
     if old and rawget(old, "__metatable") ~= nil then
       error("cannot change a protected metatable", 2)
     end
+    if mt and rawget(mt, "__gc") ~= nil then
+      error("__gc metamethods are not allowed in the sandbox", 2)
+    end
     return setmetatable(t, mt)
   end,
-  getmetatable = function(o)
+  getmetatable = function(...)
+    if select("#", ...) == 0 then argerr(1, "getmetatable", "value expected") end
+    local o = ...
     if type(o) == "userdata" then return nil end
     return getmetatable(o)
   end,
-  pcall = function(f, ...) return rethrow(pcall(f, ...)) end,
-  xpcall = function(f, h, ...)
-    return rethrow(xpcall(f, function(e) if killed then return e end return h(e) end, ...))
-  end,
-  load = function(chunk, name, mode, env)
+  load = function(chunk, name, mode, ...)
     if mode ~= nil and mode ~= "t" then
       error("load: only text chunks (mode \"t\") are allowed in the sandbox", 2)
     end
-    return load(chunk, name, "t", env == nil and caller_env() or env)
+    local tc = type(chunk)
+    if tc ~= "string" and tc ~= "number" and tc ~= "function" then
+      argerr(1, "load", "function expected, got " .. typename(chunk, chunk ~= nil or
+        select("#", ...) > 0 or mode ~= nil or name ~= nil))
+    end
+    if select("#", ...) > 0 then return load(chunk, name, "t", ...) end
+    return load(chunk, name, "t", caller_env())
   end,
-  collectgarbage = function(opt)
+  collectgarbage = function(...)
+    local opt = ...
     if opt == "count" then return collectgarbage("count") end
+    if opt ~= nil and type(opt) ~= "string" then
+      argerr(1, "collectgarbage", "string expected, got " .. typename(opt, true))
+    elseif opt ~= nil and not GC_OPTS[opt] then
+      argerr(1, "collectgarbage", "invalid option '" .. opt .. "'")
+    end
     error("collectgarbage: only \"count\" is allowed in the sandbox", 2)
   end,
   print = function(...)
     local n, parts = select("#", ...), {}
-    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    for i = 1, n do
+      local ok, s = pcall(tostring, (select(i, ...)))
+      if not ok then
+        -- tostring's own complaint gets the caller's position, as from Lua's print
+        error(s, s == "'__tostring' must return a string" and 2 or 0)
+      end
+      parts[i] = s
+    end
     h_log("info", concat(parts, "\t"))
   end,
-  string = readonly(string, "string"), table = readonly(table, "table"),
-  math = readonly(math, "math"), utf8 = readonly(utf8, "utf8"),
-  os = readonly({time = os.time, clock = os.clock, date = os.date}, "os"),
-  coroutine = readonly({
-    create = s_create, running = co_running,
-    yield = function(...) return co_yield(USER, ...) end,
-    status = co_status, isyieldable = coroutine.isyieldable,
-    resume = function(co, ...) return forward(co, co_resume(co, ...)) end,
-    close = function(co) return rethrow(co_close(co)) end,
-    wrap = function(f)
-      local co = s_create(f)
-      return function(...) return wrap_fwd(co, co_resume(co, ...)) end
-    end,
-  }, "coroutine"),
 }
+BASE_NEXT = BASE.next
+BASE.string, BASE.table = readonly(string, "string"), readonly(table, "table")
+BASE.math, BASE.utf8 = readonly(math, "math"), readonly(utf8, "utf8")
+BASE.os = readonly({time = os.time, clock = os.clock, date = os.date}, "os")
+BASE.coroutine = readonly({
+  running = co_running, status = co_status, isyieldable = coroutine.isyieldable,
+  close = co_close,
+  create = function(...)
+    if type((...)) ~= "function" then
+      argerr(1, "coroutine.create", "function expected, got " ..
+        typename((...), select("#", ...) > 0))
+    end
+    return s_create((...))
+  end,
+  yield = function(...) return co_yield(USER, ...) end,
+  resume = function(...)
+    local co = ...
+    if type(co) ~= "thread" then
+      argerr(1, "coroutine.resume", "thread expected, got " ..
+        typename(co, select("#", ...) > 0))
+    end
+    return forward(co, co_resume(...))
+  end,
+  wrap = function(...)
+    if type((...)) ~= "function" then
+      argerr(1, "coroutine.wrap", "function expected, got " ..
+        typename((...), select("#", ...) > 0))
+    end
+    local co = s_create((...))
+    return function(...) return wrap_fwd(co, co_resume(co, ...)) end
+  end,
+}, "coroutine")
 string.dump = nil
 getmetatable("").__metatable = false
-ENV_MT = {__index = BASE, __metatable = false}
+do
+  -- new_env(spell): a fresh globals table holding every name of BASE, built by one table
+  -- constructor (compiled here from BASE's keys) so a task's start stays cheap
+  local names, n = {}, 0
+  for k in next, BASE do n = n + 1; names[n] = k end
+  local parts = {"local B = ...\nlocal "}
+  for i = 1, n do parts[#parts + 1] = (i > 1 and ", v" or "v") .. i end
+  parts[#parts + 1] = " = "
+  for i = 1, n do parts[#parts + 1] = (i > 1 and ", B." or "B.") .. names[i] end
+  parts[#parts + 1] = "\nreturn function(spell)\n  local e = {_G = false, spell = spell"
+  for i = 1, n do parts[#parts + 1] = ", " .. names[i] .. " = v" .. i end
+  parts[#parts + 1] = "}\n  e._G = e\n  return e\nend"
+  new_env = load(concat(parts), "=[llmspell env]", "t", {})(BASE)
+end
 
 -- Lua -> msgpack, with the path of what cannot be converted
 local conv_msg, PATH = nil, {}
@@ -462,21 +597,28 @@ function SPELL.log(level, message)
   if err ~= nil then error(err, 2) end
 end
 
--- tasks: the host makes a coroutine of runner with (body, task_id, args, input)
+-- tasks: the host makes a coroutine of runner with (body, task_id, args, input). The body
+-- is a main chunk whose only upvalue (_ENV) is take: its first statement takes the task's
+-- globals and spell from here, so the chunk is called with no arguments (its ... is empty,
+-- as a main chunk's is) and stays the "main chunk" in tracebacks.
+local MAIL_ENV, MAIL_SPELL
+local function take()
+  local env, spell = MAIL_ENV, MAIL_SPELL
+  MAIL_ENV, MAIL_SPELL = nil, nil
+  return env, spell
+end
 local function runner(body, task_id, args, input)
   if COUNT > 0 then sethook(co_running(), hook, "", COUNT) end
   local spell = setmetatable({task_id = task_id, args = args, input = input}, SPELL_MT)
-  local env = setmetatable({_G = false, spell = spell}, ENV_MT)
-  env._G = env
-  return body(env, spell)  -- a tail call: no frame of ours stays under the script's
+  MAIL_ENV, MAIL_SPELL = new_env(spell), spell
+  return body()  -- a tail call: no frame of ours stays under the script's
 end
-local NOENV = setmetatable({}, {__metatable = false})
 local H = {runner = runner}
 function H.compile(code)
-  local f, err = load(PREFIX .. code .. SUFFIX, "=task", "t", NOENV)
-  if f == nil and not load(PREFIX .. code, "=task", "t", NOENV) then
+  local f, err = load(PREFIX .. code .. SUFFIX, "=task", "t", take)
+  if f == nil and not load(PREFIX .. code, "=task", "t", take) then
     -- a message about the user's code, not about our suffix
-    f, err = load(PREFIX .. code, "=task", "t", NOENV)
+    f, err = load(PREFIX .. code, "=task", "t", take)
   end
   if f then return f end
   return nil, err
@@ -486,11 +628,21 @@ function H.encode(v)
   if data == nil then return nil, conv_msg end
   return data
 end
+-- Closing a task's thread runs its pending __close handlers: with a fresh budget (the host
+-- restarts the clock), checked as usual; one that overruns it is stopped and the next one
+-- still runs (closing goes on whatever the handlers raise).
+local function close_task(co)
+  killed, closing = false, true
+  if COUNT > 0 then sethook(co, hook, "", COUNT) end
+  local _, _, e = pcall(co_close, co)
+  killed, closing = false, false
+  return e  -- the error the thread died with (or one a handler raised)
+end
 function H.fail_info(co)
   local tb = traceback(co)
-  local _, e = co_close(co)
-  local was_killed = killed or rawequal(e, KILL)
-  killed = false
+  local was_killed = killed
+  local e = close_task(co)
+  was_killed = was_killed or rawequal(e, KILL)
   local te, msg = type(e), nil
   if te == "string" then msg = e
   elseif te == "number" then msg = tostring(e)
@@ -498,8 +650,7 @@ function H.fail_info(co)
   return was_killed, msg, tb
 end
 function H.drop(co)
-  pcall(co_close, co)
-  killed = false
+  close_task(co)
 end
 function H.count() return collectgarbage("count") end
 function H.gc() collectgarbage("collect") end
