@@ -129,6 +129,13 @@ local sethook, traceback, getinfo, getlocal, getupvalue, rawmeta =
       debug.getmetatable
 local spack, schar, concat, mtype, utf8len = string.pack, string.char, table.concat,
       math.type, utf8.len
+local assert, ipairs, pairs, tonumber, rawlen, VERSION =
+      assert, ipairs, pairs, tonumber, rawlen, _VERSION
+local string, table, math, utf8, os, coroutine, G = string, table, math, utf8, os, coroutine, _G
+-- No code below names a global (Lua 5.5 refuses to compile one): no function here holds
+-- the real globals as its _ENV, so caller_env (walking the stack through our wrappers)
+-- can never hand them to a script's load.
+global none
 
 -- step budget: the host's over() says when the running resume is past its deadline. Then
 -- the hook raises KILL at once and at every instruction after (count 1), in this thread and
@@ -167,7 +174,18 @@ local function typename(v, present)
   return type(v)
 end
 
-local BASE, BASE_NEXT
+-- A task's globals table (_G) starts holding only _G and spell; its metatable ENV_MT reads
+-- the rest from BASE. The first time a script looks at the table itself (pairs, next,
+-- rawget, rawset, getmetatable, setmetatable, or assigning nil to a BASE name) it is
+-- "materialized": BASE's names are copied in and ENV_MT removed, so from then on it is a
+-- plain table as Lua's _G is. Tasks that never look pay no memory for the copy.
+local BASE, BASE_NEXT, ENV_MT
+local function materialize(env)
+  for k, v in next, BASE do
+    if rawget(env, k) == nil then rawset(env, k, v) end
+  end
+  setmetatable(env, nil)
+end
 local RO = {}  -- read-only library proxy -> the table it shows
 
 local function readonly(src, name)
@@ -246,12 +264,12 @@ local function caller_env()
 end
 local GC_OPTS = {stop = 1, restart = 1, collect = 1, count = 1, step = 1, isrunning = 1,
                  generational = 1, incremental = 1, param = 1}
--- The globals every task starts with (each task gets its own copy: see new_env). The
--- library tables are shared read-only proxies; next and rawget see through them.
+-- The globals every task starts with (see ENV_MT, materialize). The library tables are
+-- shared read-only proxies; next and rawget see through them.
 BASE = {
   assert = assert, error = error, ipairs = ipairs, pairs = pairs, select = select,
   tonumber = tonumber, tostring = tostring, type = type, rawequal = rawequal,
-  rawlen = rawlen, pcall = pcall, _VERSION = _VERSION,
+  rawlen = rawlen, pcall = pcall, _VERSION = VERSION,
   -- Lua runs a message handler with hooks off when the error came from a hook (KILL): the
   -- script's handler must not run then, or it could loop for ever
   xpcall = function(f, h, ...)
@@ -259,7 +277,19 @@ BASE = {
       argerr(2, "xpcall", "function expected, got " .. typename(h, h ~= nil or
         select("#", ...) > 0))
     end
-    return xpcall(f, function(e) if killed then return e end return h(e) end, ...)
+    local wh = function(e) if killed then return e end return h(e) end
+    if f == error and type((...)) == "string" then
+      -- xpcall(error, h, msg, level): the position error would find at that level (our
+      -- frame sits between); getinfo(level) from here is the frame Lua's error names
+      local msg, level = ...
+      if mtype(level) == "integer" and level >= 2 then
+        local info = getinfo(level, "Sl")
+        local pos = info and info.currentline > 0
+          and (info.short_src .. ":" .. info.currentline .. ": ") or ""
+        return xpcall(error, wh, pos .. msg, 0)
+      end
+    end
+    return xpcall(f, wh, ...)
   end,
   -- These wrappers check their arguments as Lua's functions do: a C function called from
   -- here would name this prelude's line in its error.
@@ -270,6 +300,7 @@ BASE = {
     end
     local src = RO[t]
     if src then return next(src, select(2, ...)) end
+    if rawmeta(t) == ENV_MT then materialize(t) end
     return next(...)
   end,
   rawget = function(...)
@@ -282,6 +313,7 @@ BASE = {
     end
     local src = RO[t]
     if src then return rawget(src, select(2, ...)) end
+    if rawmeta(t) == ENV_MT then materialize(t) end
     return rawget(...)
   end,
   rawset = function(...)
@@ -294,6 +326,7 @@ BASE = {
     elseif RO[t] then
       error("attempt to modify a read-only table", 2)
     end
+    if rawmeta(t) == ENV_MT then materialize(t) end
     local ok, e = pcall(rawset, ...)  -- "index is nil" / "index is NaN"
     if not ok then error(e, 0) end
     return t
@@ -307,6 +340,7 @@ BASE = {
       argerr(2, "setmetatable", "nil or table expected, got " .. typename(mt, n > 1))
     end
     local old = rawmeta(t)
+    if old == ENV_MT then materialize(t); old = nil end
     if old and rawget(old, "__metatable") ~= nil then
       error("cannot change a protected metatable", 2)
     end
@@ -319,7 +353,9 @@ BASE = {
     if select("#", ...) == 0 then argerr(1, "getmetatable", "value expected") end
     local o = ...
     if type(o) == "userdata" then return nil end
-    return getmetatable(o)
+    local mt = getmetatable(o)
+    if mt == ENV_MT then return nil end  -- a globals table has none (see materialize)
+    return mt
   end,
   load = function(chunk, name, mode, ...)
     if mode ~= nil and mode ~= "t" then
@@ -390,19 +426,23 @@ BASE.coroutine = readonly({
 }, "coroutine")
 string.dump = nil
 getmetatable("").__metatable = false
-do
-  -- new_env(spell): a fresh globals table holding every name of BASE, built by one table
-  -- constructor (compiled here from BASE's keys) so a task's start stays cheap
-  local names, n = {}, 0
-  for k in next, BASE do n = n + 1; names[n] = k end
-  local parts = {"local B = ...\nlocal "}
-  for i = 1, n do parts[#parts + 1] = (i > 1 and ", v" or "v") .. i end
-  parts[#parts + 1] = " = "
-  for i = 1, n do parts[#parts + 1] = (i > 1 and ", B." or "B.") .. names[i] end
-  parts[#parts + 1] = "\nreturn function(spell)\n  local e = {_G = false, spell = spell"
-  for i = 1, n do parts[#parts + 1] = ", " .. names[i] .. " = v" .. i end
-  parts[#parts + 1] = "}\n  e._G = e\n  return e\nend"
-  new_env = load(concat(parts), "=[llmspell env]", "t", {})(BASE)
+ENV_MT = {
+  __index = BASE,
+  __newindex = function(t, k, v)
+    if k == nil then error("table index is nil", 2) end
+    if k ~= k then error("table index is NaN", 2) end
+    if v == nil then
+      if BASE[k] ~= nil then materialize(t); t[k] = nil end
+      return
+    end
+    rawset(t, k, v)
+  end,
+  __pairs = function(t) materialize(t); return BASE_NEXT, t, nil end,
+}
+function new_env(spell)
+  local env = setmetatable({_G = false, spell = spell}, ENV_MT)
+  env._G = env
+  return env
 end
 
 -- Lua -> msgpack, with the path of what cannot be converted
@@ -658,7 +698,7 @@ function H.gc() collectgarbage("collect") end
 -- nothing outside this chunk may reach the unsafe parts of the real globals
 for _, k in next, {"io", "os", "debug", "package", "require", "dofile", "loadfile",
                    "load", "python", "collectgarbage", "string", "warn"} do
-  _G[k] = nil
+  G[k] = nil
 end
 return H
 """
