@@ -141,7 +141,7 @@ global none
 -- the hook raises KILL at once and at every instruction after (count 1), in this thread and
 -- in any other of the task's threads at its next hook call: a script that catches KILL
 -- (pcall, xpcall, a coroutine) gets it again at the next instruction outside the catch, so
--- pcall and coroutine.close need no wrapper (and errors keep the user's positions); the host fails
+-- pcall needs no wrapper (and errors keep the user's positions); the host fails
 -- a task that swallowed KILL and yielded or returned all the same. (xpcall keeps a
 -- wrapper: see BASE.)
 local KILL, killed, closing = {}, false, false
@@ -187,6 +187,7 @@ local function materialize(env)
   setmetatable(env, nil)
 end
 local RO = {}  -- read-only library proxy -> the table it shows
+local TASKS = setmetatable({}, {__mode = "k"})  -- the task threads
 
 local function readonly(src, name)
   local p = setmetatable({}, {
@@ -398,7 +399,18 @@ BASE.math, BASE.utf8 = readonly(math, "math"), readonly(utf8, "utf8")
 BASE.os = readonly({time = os.time, clock = os.clock, date = os.date}, "os")
 BASE.coroutine = readonly({
   running = co_running, status = co_status, isyieldable = coroutine.isyieldable,
-  close = co_close,
+  -- a task's own thread plays Lua's main thread: closing it is refused as Lua refuses that
+  close = function(...)
+    local co = ...
+    local n = select("#", ...)
+    if n == 0 then co = co_running() end
+    if type(co) ~= "thread" then
+      argerr(1, "coroutine.close", "thread expected, got " .. typename(co, n > 0))
+    end
+    if TASKS[co] then error("cannot close main thread", 2) end
+    if co_status(co) == "normal" then error("cannot close a normal coroutine", 2) end
+    return co_close(co)
+  end,
   create = function(...)
     if type((...)) ~= "function" then
       argerr(1, "coroutine.create", "function expected, got " ..
@@ -648,7 +660,9 @@ local function take()
   return env, spell
 end
 local function runner(body, task_id, args, input)
-  if COUNT > 0 then sethook(co_running(), hook, "", COUNT) end
+  local co = co_running()
+  TASKS[co] = true
+  if COUNT > 0 then sethook(co, hook, "", COUNT) end
   local spell = setmetatable({task_id = task_id, args = args, input = input}, SPELL_MT)
   MAIL_ENV, MAIL_SPELL = new_env(spell), spell
   return body()  -- a tail call: no frame of ours stays under the script's
