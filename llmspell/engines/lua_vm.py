@@ -3,11 +3,14 @@
 Semantics (the contract is ``_vm.py``):
 
 * A task's code is the body of a function: ``return v`` gives the result (the first value
-  only). ``spell`` is a per-task table (``spell.args``, ``spell.input``, ``spell.task_id``
-  and the API functions). Each task has its own globals table (``_G``) whose misses fall
-  back to a shared base of sandboxed globals that no script can reach or change, so tasks
-  never see each other's globals. Code is compiled once per distinct string (LRU cache)
-  behind a prefix on its first line, so messages carry the user's line numbers
+  only); its ``...`` is empty, as a main chunk's. ``spell`` is a per-task table
+  (``spell.args``, ``spell.input``, ``spell.task_id`` and the API functions). Each task
+  has its own globals table (``_G``): it reads the sandbox's globals from a shared base
+  until the script looks at the table itself (``pairs``, ``next``, ``rawget``,
+  ``rawset``, ``getmetatable``, ``setmetatable``, deleting a global), when they are copied
+  in and it becomes a plain table as Lua's ``_G`` (so the strict-globals idiom works);
+  tasks never see each other's globals. Code is compiled once per distinct string (LRU
+  cache) behind a prefix on its first line, so messages carry the user's line numbers
   (``task:3: ...``).
 * Waiting calls (``await``, ``run``, ``tool``, ``agent``, ``sleep``, ``yield``,
   ``wait_event``, ``coordinate``, ``_resource_wait``) yield the task coroutine; they work
@@ -30,12 +33,14 @@ Semantics (the contract is ``_vm.py``):
   Python -> Lua: msgpack data; dicts and lists become tables (``None`` in a list leaves a
   hole), str and bytes become strings.
 * Sandbox: the safe base functions, read-only ``string``, ``table``, ``math``, ``utf8``,
-  ``coroutine`` and ``os`` (``time``, ``clock``, ``date`` only); ``load`` of text chunks
-  only (default environment: the caller's); ``collectgarbage("count")`` only;
-  ``setmetatable`` refuses ``__gc``; globals tables and library tables have protected
-  metatables; no ``io``, ``debug``, ``require``, ``dofile``,
-  ``loadfile``, ``package``, ``string.dump``, ``python``; the string metatable is hidden.
-  No Python object is ever handed to a script.
+  ``coroutine`` and ``os`` (``time``, ``clock``, ``date`` only; shared proxies with
+  protected metatables that ``next``/``rawget``/``pairs`` see through); ``load`` of text
+  chunks only (default environment: the caller's); ``collectgarbage("count")`` only;
+  ``setmetatable`` refuses ``__gc``; no ``io``, ``debug``, ``require``, ``dofile``,
+  ``loadfile``, ``package``, ``string.dump``, ``warn``, ``python``; the string metatable
+  is hidden. No Python object is ever handed to a script. The wrappers the sandbox puts
+  around base and coroutine functions check their arguments as Lua does, so messages
+  match bare Lua's (docs/security.md lists what still differs, and why).
 * Limits: one ``max_memory`` for the VM (``memory_in_use`` is lupa's allocator count:
   Lua 5.5's ``collectgarbage("count")`` leaves out large strings): a task that runs out
   fails (kind ``"memory"``, unless it catches "not enough memory" itself) and the others

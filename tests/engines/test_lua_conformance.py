@@ -309,3 +309,22 @@ def test_the_tasks_coroutine_shows_through(rt: Runtime) -> None:
     # a top-level yield is a cooperative yield to the runtime; the task then goes on
     assert bare("return (pcall(coroutine.yield))")[1] is False
     assert task(rt, "coroutine.yield() return 'resumed'") == ("ok", "resumed")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "xpcall(load, print, 'return io or debug or require')",
+        "pcall(load, 'return io or debug or require')",
+        "true, coroutine.wrap(load)('return io or debug or require')",
+        "true, select(2, coroutine.resume(coroutine.create(load), 'return io or debug'))",
+        "true, load('return load(\"return io or debug or require\")')()",
+    ],
+)
+def test_load_through_sandbox_frames_never_gets_the_real_globals(rt: Runtime, call: str) -> None:
+    # load's default env is its caller's: whatever frames of the sandbox's own sit between,
+    # the chunk never gets the runtime's real globals
+    assert task(rt, f"local ok, f = {call} return type(f) == 'function' and tostring(f())") == (
+        "ok",
+        "nil",
+    )
