@@ -333,8 +333,12 @@ BASE = {
       error("attempt to modify a read-only table", 2)
     end
     if rawmeta(t) == ENV_MT then materialize(t) end
-    local ok, e = pcall(rawset, ...)  -- "index is nil" / "index is NaN"
-    if not ok then error(e, 0) end
+    local k = select(2, ...)
+    if k == nil or k ~= k then  -- Lua's "index is nil" / "index is NaN", without our line
+      local _, e = pcall(rawset, ...)
+      error(e, 0)
+    end
+    rawset(...)
     return t
   end,
   setmetatable = function(...)
@@ -412,8 +416,9 @@ BASE.coroutine = readonly({
     if type(co) ~= "thread" then
       argerr(1, "coroutine.close", "thread expected, got " .. typename(co, n > 0))
     end
-    if TASKS[co] then error("cannot close main thread", 2) end
-    if co_status(co) == "normal" then error("cannot close a normal coroutine", 2) end
+    local st = co_status(co)
+    if st == "normal" then error("cannot close a normal coroutine", 2) end
+    if st == "running" and TASKS[co] then error("cannot close main thread", 2) end
     return co_close(co)
   end,
   create = function(...)

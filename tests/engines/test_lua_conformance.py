@@ -236,6 +236,12 @@ def test_coroutine_close_misuse_names_the_users_line(rt: Runtime) -> None:
     # the main thread: a task's own thread is refused the same way
     same(rt, "coroutine.close()")
     same(rt, "local ok, e = pcall(coroutine.close, coroutine.running()) return e")
+    # from a coroutine of its own, the task's thread (Lua's main thread) is a normal one
+    same(
+        rt,
+        "local main = coroutine.running() "
+        "return coroutine.wrap(function() return select(2, pcall(coroutine.close, main)) end)()",
+    )
     same(rt, "return select('#', coroutine.wrap(function() coroutine.close() return 1 end)())")
 
 
