@@ -3,11 +3,14 @@
 Semantics (the contract is ``_vm.py``):
 
 * A task's code is the body of a function: ``return v`` gives the result (the first value
-  only). ``spell`` is a per-task table (``spell.args``, ``spell.input``, ``spell.task_id``
-  and the API functions). Each task has its own globals table (``_G``) whose misses fall
-  back to a shared base of sandboxed globals that no script can reach or change, so tasks
-  never see each other's globals. Code is compiled once per distinct string (LRU cache)
-  behind a prefix on its first line, so messages carry the user's line numbers
+  only); its ``...`` is empty, as a main chunk's. ``spell`` is a per-task table
+  (``spell.args``, ``spell.input``, ``spell.task_id`` and the API functions). Each task
+  has its own globals table (``_G``): it reads the sandbox's globals from a shared base
+  until the script looks at the table itself (``pairs``, ``next``, ``rawget``,
+  ``rawset``, ``getmetatable``, ``setmetatable``, deleting a global), when they are copied
+  in and it becomes a plain table as Lua's ``_G`` (so the strict-globals idiom works);
+  tasks never see each other's globals. Code is compiled once per distinct string (LRU
+  cache) behind a prefix on its first line, so messages carry the user's line numbers
   (``task:3: ...``).
 * Waiting calls (``await``, ``run``, ``tool``, ``agent``, ``sleep``, ``yield``,
   ``wait_event``, ``coordinate``, ``_resource_wait``) yield the task coroutine; they work
@@ -30,12 +33,14 @@ Semantics (the contract is ``_vm.py``):
   Python -> Lua: msgpack data; dicts and lists become tables (``None`` in a list leaves a
   hole), str and bytes become strings.
 * Sandbox: the safe base functions, read-only ``string``, ``table``, ``math``, ``utf8``,
-  ``coroutine`` and ``os`` (``time``, ``clock``, ``date`` only); ``load`` of text chunks
-  only (default environment: the caller's); ``collectgarbage("count")`` only;
-  ``setmetatable`` refuses ``__gc``; globals tables and library tables have protected
-  metatables; no ``io``, ``debug``, ``require``, ``dofile``,
-  ``loadfile``, ``package``, ``string.dump``, ``python``; the string metatable is hidden.
-  No Python object is ever handed to a script.
+  ``coroutine`` and ``os`` (``time``, ``clock``, ``date`` only; shared proxies with
+  protected metatables that ``next``/``rawget``/``pairs`` see through); ``load`` of text
+  chunks only (default environment: the caller's); ``collectgarbage("count")`` only;
+  ``setmetatable`` refuses ``__gc``; no ``io``, ``debug``, ``require``, ``dofile``,
+  ``loadfile``, ``package``, ``string.dump``, ``warn``, ``python``; the string metatable
+  is hidden. No Python object is ever handed to a script. The wrappers the sandbox puts
+  around base and coroutine functions check their arguments as Lua does, so messages
+  match bare Lua's (docs/security.md lists what still differs, and why).
 * Limits: one ``max_memory`` for the VM (``memory_in_use`` is lupa's allocator count:
   Lua 5.5's ``collectgarbage("count")`` leaves out large strings): a task that runs out
   fails (kind ``"memory"``, unless it catches "not enough memory" itself) and the others
@@ -112,9 +117,9 @@ def _unpack(data: bytes) -> Any:
 
 
 # The user's code starts on the prefix's line, so line numbers stay the user's; the chunk is
-# never run outside a task coroutine; "return nil" spares lupa a StopIteration when the code
-# ends without a return.
-_PREFIX = b"local _ENV, spell = ...; do "
+# never run outside a task coroutine (its _ENV upvalue is the prelude's take(), see runner);
+# "return nil" spares lupa a StopIteration when the code ends without a return.
+_PREFIX = b"local _ENV, spell = _ENV(); do "
 _SUFFIX = b"\nend return nil"
 
 _PRELUDE = r"""
@@ -131,26 +136,73 @@ local sethook, traceback, getinfo, getlocal, getupvalue, rawmeta =
       debug.getmetatable
 local spack, schar, concat, mtype, utf8len = string.pack, string.char, table.concat,
       math.type, utf8.len
+local assert, ipairs, pairs, tonumber, rawlen, VERSION =
+      assert, ipairs, pairs, tonumber, rawlen, _VERSION
+local string, table, math, utf8, os, coroutine, G = string, table, math, utf8, os, coroutine, _G
+-- No code below names a global (Lua 5.5 refuses to compile one): no function here holds
+-- the real globals as its _ENV, so caller_env (walking the stack through our wrappers)
+-- can never hand them to a script's load.
+global none
 
--- step budget: the host's over() says when the running resume is past its deadline
-local KILL, killed = {}, false
+-- step budget: the host's over() says when the running resume is past its deadline. Then
+-- the hook raises KILL at once and at every instruction after (count 1), in this thread and
+-- in any other of the task's threads at its next hook call: a script that catches KILL
+-- (pcall, xpcall, a coroutine) gets it again at the next instruction outside the catch, so
+-- pcall needs no wrapper (and errors keep the user's positions); the host fails
+-- a task that swallowed KILL and yielded or returned all the same. (xpcall keeps a
+-- wrapper: see BASE.)
+local KILL, killed, closing = {}, false, false
 local function hook()
-  if over() then killed = true; error(KILL, 0) end
+  if (killed and not closing) or over() then
+    killed = true
+    if not closing then sethook(co_running(), hook, "", 1) end
+    error(KILL, 0)
+  end
 end
 local function rethrow(...)
   if killed then error(KILL, 0) end
   return ...
 end
 
-local RO = setmetatable({}, {__mode = "k"})
+-- Argument errors raised by a wrapper as Lua's own C function raises them: named as the
+-- caller named the wrapper (or with its library name when the caller gave none, e.g.
+-- pcall(coroutine.wrap, nil)), at the caller's position. Called as argerr(...) from the
+-- wrapper itself (level 1 = argerr, 2 = the wrapper, 3 = its caller).
+local function argerr(n, fname, msg)
+  local info = getinfo(2, "n")
+  local name = info and info.name or fname
+  error("bad argument #" .. n .. " to '" .. name .. "' (" .. msg .. ")", 3)
+end
+local function typename(v, present)
+  if not present then return "no value" end
+  local mt = rawmeta(v)
+  local name = type(mt) == "table" and rawget(mt, "__name")
+  if type(name) == "string" then return name end
+  return type(v)
+end
+
+-- A task's globals table (_G) starts holding only _G and spell; its metatable ENV_MT reads
+-- the rest from BASE. The first time a script looks at the table itself (pairs, next,
+-- rawget, rawset, getmetatable, setmetatable, or assigning nil to a BASE name) it is
+-- "materialized": BASE's names are copied in and ENV_MT removed, so from then on it is a
+-- plain table as Lua's _G is. Tasks that never look pay no memory for the copy.
+local BASE, BASE_NEXT, ENV_MT
+local function materialize(env)
+  for k, v in next, BASE do
+    if rawget(env, k) == nil then rawset(env, k, v) end
+  end
+  setmetatable(env, nil)
+end
+local RO = {}  -- read-only library proxy -> the table it shows
+local TASKS = setmetatable({}, {__mode = "k"})  -- the task threads
 
 local function readonly(src, name)
   local p = setmetatable({}, {
     __index = src, __metatable = false,
     __newindex = function() error("attempt to modify read-only table '" .. name .. "'", 2) end,
-    __pairs = function() return function(_, k) return next(src, k) end, nil, nil end,
+    __pairs = function(t) return BASE_NEXT, t, nil end,
   })
-  RO[p] = true
+  RO[p] = src
   return p
 end
 
@@ -168,17 +220,25 @@ end
 local USER = {}
 local function forward(co, ok, ...)
   if ok and co_status(co) == "suspended" then
-    if rawequal((...), USER) then return true, select(2, ...) end
+    if rawequal((...), USER) then return rethrow(true, select(2, ...)) end
     return forward(co, co_resume(co, co_yield(...)))
   end
   return rethrow(ok, ...)
 end
 local function wrap_fwd(co, ok, ...)
+  if killed then error(KILL, 0) end
   if not ok then
-    if killed then error(KILL, 0) end
     local e = ...
-    co_close(co)
-    error(e, 0)
+    if co_status(co) == "dead" then
+      -- as Lua's wrap: close the dead coroutine (its pending to-be-closed variables),
+      -- whose error wins
+      local cok, ce = co_close(co)
+      if not cok then e = ce end
+      if killed then error(KILL, 0) end
+    end
+    -- level 2: the position of whoever called the wrap function (wrap_fwd replaced it by
+    -- a tail call), as Lua's wrap adds to a string error; none to a memory error
+    error(e, e == "not enough memory" and 0 or 2)
   end
   if co_status(co) == "suspended" then
     if rawequal((...), USER) then return select(2, ...) end
@@ -186,7 +246,7 @@ local function wrap_fwd(co, ok, ...)
   end
   return ...
 end
-local ENV_MT
+local new_env
 local function caller_env()
   -- the _ENV of the nearest script function up the stack (Lua 5.1's getfenv, roughly)
   for level = 3, 100 do
@@ -208,69 +268,206 @@ local function caller_env()
   end
   -- no script function above (load called by the coroutine machinery, e.g.
   -- coroutine.wrap(load)): globals of its own, never a table tasks share
-  local env = setmetatable({}, ENV_MT)
-  env._G = env
-  return env
+  return new_env()
 end
-local BASE = {
-  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-  select = select, tonumber = tonumber, tostring = tostring, type = type,
-  rawequal = rawequal, rawget = rawget, rawlen = rawlen, _VERSION = _VERSION,
-  rawset = function(t, k, v)
-    if RO[t] then error("attempt to modify a read-only table", 2) end
-    return rawset(t, k, v)
-  end,
-  setmetatable = function(t, mt)
-    if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
-      error("__gc metamethods are not allowed in the sandbox", 2)
+local GC_OPTS = {stop = 1, restart = 1, collect = 1, count = 1, step = 1, isrunning = 1,
+                 generational = 1, incremental = 1, param = 1}
+-- The globals every task starts with (see ENV_MT, materialize). The library tables are
+-- shared read-only proxies; next and rawget see through them.
+BASE = {
+  assert = assert, error = error, ipairs = ipairs, pairs = pairs, select = select,
+  tonumber = tonumber, tostring = tostring, type = type, rawequal = rawequal,
+  rawlen = rawlen, pcall = pcall, _VERSION = VERSION,
+  -- Lua runs a message handler with hooks off when the error came from a hook (KILL): the
+  -- script's handler must not run then, or it could loop for ever
+  xpcall = function(f, h, ...)
+    if type(h) ~= "function" then
+      argerr(2, "xpcall", "function expected, got " .. typename(h, h ~= nil or
+        select("#", ...) > 0))
     end
-    local old = type(t) == "table" and rawmeta(t)
+    local wh = function(e) if killed then return e end return h(e) end
+    if f == error and type((...)) == "string" then
+      -- xpcall(error, h, msg, level): the position error would find at that level (our
+      -- frame sits between); getinfo(level) from here is the frame Lua's error names
+      local msg, level = ...
+      if mtype(level) == "integer" and level >= 2 then
+        local info = getinfo(level, "Sl")
+        local pos = info and info.currentline > 0
+          and (info.short_src .. ":" .. info.currentline .. ": ") or ""
+        return xpcall(error, wh, pos .. msg, 0)
+      end
+    end
+    return xpcall(f, wh, ...)
+  end,
+  -- These wrappers check their arguments as Lua's functions do: a C function called from
+  -- here would name this prelude's line in its error.
+  next = function(...)
+    local t = ...
+    if type(t) ~= "table" then
+      argerr(1, "next", "table expected, got " .. typename(t, select("#", ...) > 0))
+    end
+    local src = RO[t]
+    if src then return next(src, select(2, ...)) end
+    if rawmeta(t) == ENV_MT then materialize(t) end
+    return next(...)
+  end,
+  rawget = function(...)
+    local t = ...
+    local n = select("#", ...)
+    if type(t) ~= "table" then
+      argerr(1, "rawget", "table expected, got " .. typename(t, n > 0))
+    elseif n < 2 then
+      argerr(2, "rawget", "value expected")
+    end
+    local src = RO[t]
+    if src then return rawget(src, select(2, ...)) end
+    if rawmeta(t) == ENV_MT then materialize(t) end
+    return rawget(...)
+  end,
+  rawset = function(...)
+    local t = ...
+    local n = select("#", ...)
+    if type(t) ~= "table" then
+      argerr(1, "rawset", "table expected, got " .. typename(t, n > 0))
+    elseif n < 3 then
+      argerr(n + 1, "rawset", "value expected")
+    elseif RO[t] then
+      error("attempt to modify a read-only table", 2)
+    end
+    if rawmeta(t) == ENV_MT then materialize(t) end
+    local k = select(2, ...)
+    if k == nil or k ~= k then  -- Lua's "index is nil" / "index is NaN", without our line
+      local _, e = pcall(rawset, ...)
+      error(e, 0)
+    end
+    rawset(...)
+    return t
+  end,
+  setmetatable = function(...)
+    local t, mt = ...
+    local n = select("#", ...)
+    if type(t) ~= "table" then
+      argerr(1, "setmetatable", "table expected, got " .. typename(t, n > 0))
+    elseif mt ~= nil and type(mt) ~= "table" or n < 2 then
+      argerr(2, "setmetatable", "nil or table expected, got " .. typename(mt, n > 1))
+    end
+    local old = rawmeta(t)
+    if old == ENV_MT then materialize(t); old = nil end
     if old and rawget(old, "__metatable") ~= nil then
       error("cannot change a protected metatable", 2)
     end
+    if mt and rawget(mt, "__gc") ~= nil then
+      error("__gc metamethods are not allowed in the sandbox", 2)
+    end
     return setmetatable(t, mt)
   end,
-  getmetatable = function(o)
+  getmetatable = function(...)
+    if select("#", ...) == 0 then argerr(1, "getmetatable", "value expected") end
+    local o = ...
     if type(o) == "userdata" then return nil end
-    return getmetatable(o)
+    local mt = getmetatable(o)
+    if mt == ENV_MT then return nil end  -- a globals table has none (see materialize)
+    return mt
   end,
-  pcall = function(f, ...) return rethrow(pcall(f, ...)) end,
-  xpcall = function(f, h, ...)
-    return rethrow(xpcall(f, function(e) if killed then return e end return h(e) end, ...))
-  end,
-  load = function(chunk, name, mode, env)
+  load = function(chunk, name, mode, ...)
     if mode ~= nil and mode ~= "t" then
       error("load: only text chunks (mode \"t\") are allowed in the sandbox", 2)
     end
-    return load(chunk, name, "t", env == nil and caller_env() or env)
+    local tc = type(chunk)
+    if tc ~= "string" and tc ~= "number" and tc ~= "function" then
+      argerr(1, "load", "function expected, got " .. typename(chunk, chunk ~= nil or
+        select("#", ...) > 0 or mode ~= nil or name ~= nil))
+    end
+    if select("#", ...) > 0 then return load(chunk, name, "t", ...) end
+    return load(chunk, name, "t", caller_env())
   end,
-  collectgarbage = function(opt)
+  collectgarbage = function(...)
+    local opt = ...
     if opt == "count" then return collectgarbage("count") end
+    if opt ~= nil and type(opt) ~= "string" then
+      argerr(1, "collectgarbage", "string expected, got " .. typename(opt, true))
+    elseif opt ~= nil and not GC_OPTS[opt] then
+      argerr(1, "collectgarbage", "invalid option '" .. opt .. "'")
+    end
     error("collectgarbage: only \"count\" is allowed in the sandbox", 2)
   end,
   print = function(...)
     local n, parts = select("#", ...), {}
-    for i = 1, n do parts[i] = tostring((select(i, ...))) end
+    for i = 1, n do
+      local ok, s = pcall(tostring, (select(i, ...)))
+      if not ok then
+        -- tostring's own complaint gets the caller's position, as from Lua's print
+        error(s, s == "'__tostring' must return a string" and 2 or 0)
+      end
+      parts[i] = s
+    end
     h_log("info", concat(parts, "\t"))
   end,
-  string = readonly(string, "string"), table = readonly(table, "table"),
-  math = readonly(math, "math"), utf8 = readonly(utf8, "utf8"),
-  os = readonly({time = os.time, clock = os.clock, date = os.date}, "os"),
-  coroutine = readonly({
-    create = s_create, running = co_running,
-    yield = function(...) return co_yield(USER, ...) end,
-    status = co_status, isyieldable = coroutine.isyieldable,
-    resume = function(co, ...) return forward(co, co_resume(co, ...)) end,
-    close = function(co) return rethrow(co_close(co)) end,
-    wrap = function(f)
-      local co = s_create(f)
-      return function(...) return wrap_fwd(co, co_resume(co, ...)) end
-    end,
-  }, "coroutine"),
 }
+BASE_NEXT = BASE.next
+BASE.string, BASE.table = readonly(string, "string"), readonly(table, "table")
+BASE.math, BASE.utf8 = readonly(math, "math"), readonly(utf8, "utf8")
+BASE.os = readonly({time = os.time, clock = os.clock, date = os.date}, "os")
+BASE.coroutine = readonly({
+  running = co_running, status = co_status, isyieldable = coroutine.isyieldable,
+  -- a task's own thread plays Lua's main thread: closing it is refused as Lua refuses that
+  close = function(...)
+    local co = ...
+    local n = select("#", ...)
+    if n == 0 then co = co_running() end
+    if type(co) ~= "thread" then
+      argerr(1, "coroutine.close", "thread expected, got " .. typename(co, n > 0))
+    end
+    local st = co_status(co)
+    if st == "normal" then error("cannot close a normal coroutine", 2) end
+    if st == "running" and TASKS[co] then error("cannot close main thread", 2) end
+    return co_close(co)
+  end,
+  create = function(...)
+    if type((...)) ~= "function" then
+      argerr(1, "coroutine.create", "function expected, got " ..
+        typename((...), select("#", ...) > 0))
+    end
+    return s_create((...))
+  end,
+  yield = function(...) return co_yield(USER, ...) end,
+  resume = function(...)
+    local co = ...
+    if type(co) ~= "thread" then
+      argerr(1, "coroutine.resume", "thread expected, got " ..
+        typename(co, select("#", ...) > 0))
+    end
+    return forward(co, co_resume(...))
+  end,
+  wrap = function(...)
+    if type((...)) ~= "function" then
+      argerr(1, "coroutine.wrap", "function expected, got " ..
+        typename((...), select("#", ...) > 0))
+    end
+    local co = s_create((...))
+    return function(...) return wrap_fwd(co, co_resume(co, ...)) end
+  end,
+}, "coroutine")
 string.dump = nil
 getmetatable("").__metatable = false
-ENV_MT = {__index = BASE, __metatable = false}
+ENV_MT = {
+  __index = BASE,
+  __newindex = function(t, k, v)
+    if k == nil then error("table index is nil", 2) end
+    if k ~= k then error("table index is NaN", 2) end
+    if v == nil then
+      if BASE[k] ~= nil then materialize(t); t[k] = nil end
+      return
+    end
+    rawset(t, k, v)
+  end,
+  __pairs = function(t) materialize(t); return BASE_NEXT, t, nil end,
+}
+function new_env(spell)
+  local env = setmetatable({_G = false, spell = spell}, ENV_MT)
+  env._G = env
+  return env
+end
 
 -- Lua -> msgpack, with the path of what cannot be converted
 local conv_msg, PATH = nil, {}
@@ -464,21 +661,30 @@ function SPELL.log(level, message)
   if err ~= nil then error(err, 2) end
 end
 
--- tasks: the host makes a coroutine of runner with (body, task_id, args, input)
-local function runner(body, task_id, args, input)
-  if COUNT > 0 then sethook(co_running(), hook, "", COUNT) end
-  local spell = setmetatable({task_id = task_id, args = args, input = input}, SPELL_MT)
-  local env = setmetatable({_G = false, spell = spell}, ENV_MT)
-  env._G = env
-  return body(env, spell)  -- a tail call: no frame of ours stays under the script's
+-- tasks: the host makes a coroutine of runner with (body, task_id, args, input). The body
+-- is a main chunk whose only upvalue (_ENV) is take: its first statement takes the task's
+-- globals and spell from here, so the chunk is called with no arguments (its ... is empty,
+-- as a main chunk's is) and stays the "main chunk" in tracebacks.
+local MAIL_ENV, MAIL_SPELL
+local function take()
+  local env, spell = MAIL_ENV, MAIL_SPELL
+  MAIL_ENV, MAIL_SPELL = nil, nil
+  return env, spell
 end
-local NOENV = setmetatable({}, {__metatable = false})
+local function runner(body, task_id, args, input)
+  local co = co_running()
+  TASKS[co] = true
+  if COUNT > 0 then sethook(co, hook, "", COUNT) end
+  local spell = setmetatable({task_id = task_id, args = args, input = input}, SPELL_MT)
+  MAIL_ENV, MAIL_SPELL = new_env(spell), spell
+  return body()  -- a tail call: no frame of ours stays under the script's
+end
 local H = {runner = runner}
 function H.compile(code)
-  local f, err = load(PREFIX .. code .. SUFFIX, "=task", "t", NOENV)
-  if f == nil and not load(PREFIX .. code, "=task", "t", NOENV) then
+  local f, err = load(PREFIX .. code .. SUFFIX, "=task", "t", take)
+  if f == nil and not load(PREFIX .. code, "=task", "t", take) then
     -- a message about the user's code, not about our suffix
-    f, err = load(PREFIX .. code, "=task", "t", NOENV)
+    f, err = load(PREFIX .. code, "=task", "t", take)
   end
   if f then return f end
   return nil, err
@@ -488,11 +694,21 @@ function H.encode(v)
   if data == nil then return nil, conv_msg end
   return data
 end
+-- Closing a task's thread runs its pending __close handlers: with a fresh budget (the host
+-- restarts the clock), checked as usual; one that overruns it is stopped and the next one
+-- still runs (closing goes on whatever the handlers raise).
+local function close_task(co)
+  killed, closing = false, true
+  if COUNT > 0 then sethook(co, hook, "", COUNT) end
+  local _, _, e = pcall(co_close, co)
+  killed, closing = false, false
+  return e  -- the error the thread died with (or one a handler raised)
+end
 function H.fail_info(co)
   local tb = traceback(co)
-  local _, e = co_close(co)
-  local was_killed = killed or rawequal(e, KILL)
-  killed = false
+  local was_killed = killed
+  local e = close_task(co)
+  was_killed = was_killed or rawequal(e, KILL)
   local te, msg = type(e), nil
   if te == "string" then msg = e
   elseif te == "number" then msg = tostring(e)
@@ -500,8 +716,7 @@ function H.fail_info(co)
   return was_killed, msg, tb
 end
 function H.drop(co)
-  pcall(co_close, co)
-  killed = false
+  close_task(co)
 end
 function H.count() return collectgarbage("count") end
 function H.gc() collectgarbage("collect") end
@@ -509,7 +724,7 @@ function H.gc() collectgarbage("collect") end
 -- nothing outside this chunk may reach the unsafe parts of the real globals
 for _, k in next, {"io", "os", "debug", "package", "require", "dofile", "loadfile",
                    "load", "python", "collectgarbage", "string", "warn"} do
-  _G[k] = nil
+  G[k] = nil
 end
 return H
 """

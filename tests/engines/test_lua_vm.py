@@ -298,7 +298,8 @@ def test_errors_in_user_coroutines(vm: LuaVM) -> None:
         "x",
     ]
     f = failure(vm, "coroutine.wrap(function() error('inner', 0) end)()")
-    assert (f.kind, f.message) == ("runtime", "inner")
+    # as in Lua, wrap adds its caller's position to a string error
+    assert (f.kind, f.message) == ("runtime", "task:1: inner")
 
 
 # ---- values ---------------------------------------------------------------------------------
@@ -844,6 +845,8 @@ def test_random_programs_end_as_they_imply(
             stmt = f"assert(pcall(function() {stmt} end))" if outcome is None else stmt
         elif how == "coroutine":
             stmt = f"coroutine.wrap(function() {stmt} end)()"
+            if outcome is not None:  # as in Lua, wrap adds its caller's position
+                outcome = Failed("runtime", f"task:{len(lines) + 1}: {outcome.message}")
         lines.append(stmt + ";")  # ";": "f()\n(function() ... end)()" is one call in Lua
         if outcome is not None:
             break
