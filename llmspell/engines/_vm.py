@@ -136,23 +136,33 @@ class ScriptVM(Protocol):
         code: str,
         args: Any = None,
         input: Any = None,
+        source: str | None = None,
     ) -> Failed | None:
         """Prepare task ``task_id`` (compile, create its coroutine/promise).
 
         Returns ``Failed(kind="syntax", ...)`` if the code does not compile,
-        else None; the task then waits for its first ``resume``.
+        else None; the task then waits for its first ``resume``. ``source``
+        names the code in its errors and tracebacks (``"add.lua"``, ``"step
+        'transform' (flow.yaml:15)"``); None: the VM's default name.
         """
         ...
 
     def resume(
-        self, task_id: str, value: Any = None, error: str | None = None, request_id: int = 0
+        self,
+        task_id: str,
+        value: Any = None,
+        error: str | None = None,
+        request_id: int = 0,
+        budget: float | None = None,
     ) -> StepResult:
         """Run the task for one step (until it yields, returns or fails).
 
         The first resume after ``start`` begins the script (value ignored).
         ``request_id`` names the request answered (``Request.id``; a VM with one
-        request at a time may ignore it). After ``Completed``/``Failed`` the task
-        is forgotten by the VM.
+        request at a time may ignore it). ``budget``: seconds this step may run
+        when less than the VM's step budget (what a task's CPU limit leaves it);
+        running out is a ``"budget"`` failure. After ``Completed``/``Failed`` the
+        task is forgotten by the VM.
         """
         ...
 

@@ -764,6 +764,7 @@ class JsVM:
         self._lost: dict[str, Failed] = {}
         self._slots = itertools.count(1)
         self._closed = False
+        self._cur_budget = self._budget  # this step's (resume's budget=)
         self._scratch: Any = None  # the context that checks new code (_check_body)
         self._scratch_take: Any = None
         self._scratch_uses = 0
@@ -817,8 +818,15 @@ class JsVM:
         return None
 
     def resume(
-        self, task_id: str, value: Any = None, error: str | None = None, request_id: int = 0
+        self,
+        task_id: str,
+        value: Any = None,
+        error: str | None = None,
+        request_id: int = 0,
+        budget: float | None = None,
     ) -> StepResult:
+        """``budget``: seconds this step may run if less than the VM's step budget
+        (what is left of the task's CPU limit); running out is a ``"budget"`` failure."""
         rec = self._tasks.get(task_id)
         if rec is None:
             self._check_open()
@@ -827,15 +835,17 @@ class JsVM:
             raise KeyError(f"no JS task {task_id!r} here (finished, cancelled or never started)")
         t0 = self._now()
         rec.steps += 1
+        b = self._budget if budget is None or budget >= self._budget else max(budget, 1e-3)
+        self._cur_budget = b
         try:
             if not rec.started:
                 rec.started = True
-                self._ctx.set_time_limit(self._budget)
+                self._ctx.set_time_limit(b)
                 try:
                     self._js["run"](rec.t)
                 finally:
                     self._ctx.set_time_limit(-1)
-                return self._step(rec, t0 + self._budget, -2, None, False)
+                return self._step(rec, t0 + b, -2, None, False)
             if error is not None:
                 r = self._js_resume(rec.t, request_id, 3, str(error))
             elif value is None:
@@ -844,13 +854,13 @@ class JsVM:
                 r = self._js_resume(rec.t, request_id, *_to_js(value, "value"))
             if r == 1:
                 if error is None:  # the hot path: drain, then a lone sleep(0)/yield?
-                    deadline = t0 + self._budget
+                    deadline = t0 + b
                     jobs = self._drain(deadline, 0)
                     raw = self._js_collect()
                     if type(raw) is not str and raw and jobs >= 0:
                         return self._fast(rec, raw)
                     return self._step(rec, deadline, jobs, raw, False)
-                return self._step(rec, t0 + self._budget, -2, None, True)
+                return self._step(rec, t0 + b, -2, None, True)
             if r == 0:
                 return Waiting()
             raise ValueError(
@@ -1043,7 +1053,7 @@ class JsVM:
 
     def _drain(self, deadline: float, n: int) -> int:
         """Run jobs until the queue is empty: how many ran, -1 if the budget ran out."""
-        ex, setl, budget, clock = self._ex, self._setl, self._budget, self._now
+        ex, setl, budget, clock = self._ex, self._setl, self._cur_budget, self._now
         setl(budget)
         try:
             while True:

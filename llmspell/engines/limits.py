@@ -45,6 +45,7 @@ class Limit:
         "memory",
         "on_exceed",
         "parked",
+        "step_left",
         "waits",
         "warned",
     )
@@ -59,6 +60,7 @@ class Limit:
         self.cpu_at_grant = 0.0
         self.mem0 = 0  # VM memory when the current step began
         self.mem_used = 0  # net VM growth during the task's steps
+        self.step_left: float | None = None  # CPU the limit left the last step (kill)
 
     @classmethod
     def of(cls, limits: dict[str, Any] | None) -> Limit | None:

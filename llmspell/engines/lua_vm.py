@@ -640,6 +640,21 @@ function SPELL.coordinate(tasks, strategy, opts)
   local id = inputs ~= nil and check_data(inputs, "inputs", 2) or nil
   local v, e = co_yield(2, td, strategy, timeout, id)
   if e ~= nil then error(e, 0) end
+  if type(v) == "table" then  -- every index 1-based, as results is in Lua
+    if type(v.winner) == "number" then v.winner = v.winner + 1 end
+    for _, key in next, {"succeeded", "cancelled"} do
+      local list = v[key]
+      if type(list) == "table" then
+        for i = 1, #list do list[i] = list[i] + 1 end
+      end
+    end
+    if type(v.failed) == "table" then
+      for i = 1, #v.failed do
+        local f = v.failed[i]
+        if type(f) == "table" and type(f[1]) == "number" then f[1] = f[1] + 1 end
+      end
+    end
+  end
   return v
 end
 function SPELL.emit(name, payload)
@@ -680,11 +695,12 @@ local function runner(body, task_id, args, input)
   return body()  -- a tail call: no frame of ours stays under the script's
 end
 local H = {runner = runner}
-function H.compile(code)
-  local f, err = load(PREFIX .. code .. SUFFIX, "=task", "t", take)
-  if f == nil and not load(PREFIX .. code, "=task", "t", take) then
+function H.compile(code, name)
+  local chunk = "=" .. (name or "task")  -- errors read "<name>:<line>: ..."
+  local f, err = load(PREFIX .. code .. SUFFIX, chunk, "t", take)
+  if f == nil and not load(PREFIX .. code, chunk, "t", take) then
     -- a message about the user's code, not about our suffix
-    f, err = load(PREFIX .. code, "=task", "t", take)
+    f, err = load(PREFIX .. code, chunk, "t", take)
   end
   if f then return f end
   return nil, err
@@ -709,11 +725,14 @@ function H.fail_info(co)
   local was_killed = killed
   local e = close_task(co)
   was_killed = was_killed or rawequal(e, KILL)
-  local te, msg = type(e), nil
+  local te, msg, data = type(e), nil, nil
   if te == "string" then msg = e
-  elseif te == "number" then msg = tostring(e)
-  else msg = "(error object is a " .. te .. " value)" end
-  return was_killed, msg, tb
+  elseif te == "number" then msg = tostring(e); data = encode(e, "error")
+  else
+    msg = "(error object is a " .. te .. " value)"
+    if te == "table" or te == "boolean" then data = encode(e, "error") end  -- kept as data
+  end
+  return was_killed, msg, tb, data
 end
 function H.drop(co)
   close_task(co)
@@ -754,6 +773,7 @@ class LuaVM:
         self._clock = clock or perf_counter  # budgets and cpu_seconds (a simulation counts)
         self._max_memory = max_memory
         self._budget = float("inf") if step_budget is None else step_budget
+        self._cur_budget = self._budget  # this step's (resume's budget=)
         self._cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._tasks: dict[str, _Task] = {}
@@ -788,27 +808,37 @@ class LuaVM:
 
     # ---- the ScriptVM protocol -------------------------------------------------------
 
-    def start(self, task_id: str, code: str, args: Any = None, input: Any = None) -> Failed | None:
+    def start(
+        self,
+        task_id: str,
+        code: str,
+        args: Any = None,
+        input: Any = None,
+        source: str | None = None,
+    ) -> Failed | None:
+        """``source`` is the chunk's name in errors and tracebacks (``"add.lua"`` gives
+        ``add.lua:3: ...``); default ``task``."""
         if self._closed:
             raise RuntimeError("LuaVM is closed")
         if task_id in self._tasks:
             raise ValueError(f"task {task_id!r} already exists in this VM")
         cache = self._cache
-        body = cache.get(code)
+        key = code if not source else f"{source}\x00{code}"
+        body = cache.get(key)
         if body is None:
             try:
-                compiled = self._compile(code.encode())
+                compiled = self._compile(code.encode(), source.encode() if source else None)
             except _LuaMemoryError:
                 return self._memory_failed()
             if type(compiled) is tuple:
                 body = Failed("syntax", _text(compiled[1]))
             else:
                 body = compiled
-            cache[code] = body
+            cache[key] = body
             if len(cache) > self._cache_size:
                 cache.popitem(last=False)
         else:
-            cache.move_to_end(code)
+            cache.move_to_end(key)
         if type(body) is Failed:
             return body
         root = "args"
@@ -825,8 +855,16 @@ class LuaVM:
         return None
 
     def resume(
-        self, task_id: str, value: Any = None, error: str | None = None, request_id: int = 0
+        self,
+        task_id: str,
+        value: Any = None,
+        error: str | None = None,
+        request_id: int = 0,
+        budget: float | None = None,
     ) -> StepResult:
+        """``budget``: seconds this step may run when less than the step budget
+        (what the task's CPU limit leaves it)."""
+        self._cur_budget = self._budget if budget is None or budget >= self._budget else budget
         try:
             task = self._tasks[task_id]
         except KeyError:
@@ -925,7 +963,7 @@ class LuaVM:
         now = self._clock()
         if not self._hook_t0:
             self._hook_t0 = now
-        elif now - self._hook_t0 > self._budget:
+        elif now - self._hook_t0 > self._cur_budget:
             self._tripped = True
             return True
         return False
@@ -999,12 +1037,13 @@ class LuaVM:
         if isinstance(exc, _LuaMemoryError):
             self._tripped = False
             return self._memory_failed(co)
+        data = None
         if exc is None:
             self._drop(co)
             killed, msg, tb = True, "", ""
         else:
             try:
-                killed, msg, tb = self._fail_info(co)
+                killed, msg, tb, data = self._fail_info(co)
             except _LuaMemoryError:
                 self._tripped = False
                 return self._memory_failed()
@@ -1025,7 +1064,7 @@ class LuaVM:
                 " (a spell call that waits, like sleep, await or run, cannot be made inside a"
                 " callback that a C function runs: table.sort, string.gsub, a metamethod)"
             )
-        return Failed("runtime", text, tb)
+        return Failed("runtime", text, tb, None if data is None else _unpack(data))
 
     def _memory_failed(self, co: Any = None) -> Failed:
         """The task ran out of the VM's memory. Closing its coroutine and collecting

@@ -191,6 +191,7 @@ class ScriptEngine(EngineActor):
 
     def setup(self, config: dict[str, Any]) -> None:
         self.vm = self.make_vm(config)
+        self.step_budget = float(config.get("step_budget", 1.0))  # the VM's, per resume
         self.quantum = float(config.get("quantum", 0.005))
         # simulation: quanta by step count, and a seeded pick among equally ready tasks
         steps = config.get("quantum_steps")
@@ -224,7 +225,14 @@ class ScriptEngine(EngineActor):
     # -- work in ------------------------------------------------------------
 
     def start(self, spec: TaskSpec, attempt: int) -> None:
-        failed = self.vm.start(spec.id, spec.code or "", spec.args, spec.input)
+        source = (spec.metadata or {}).get("source")
+        failed = self.vm.start(
+            spec.id,
+            spec.code or "",
+            spec.args,
+            spec.input,
+            source=source if isinstance(source, str) and source else None,
+        )
         if failed is not None:
             self._fail(spec.id, attempt, failed)
             return
@@ -363,7 +371,13 @@ class ScriptEngine(EngineActor):
                 s.waits -= 1
             self.resumes += 1
             try:
-                result = resume(task_id, value, error, rid)
+                if lim is not None and lim.cpu is not None and lim.on_exceed == "kill":
+                    # the CPU limit is kept inside the step, not only after it: a script
+                    # that never yields stops at its limit, not at the step budget
+                    lim.step_left = max(lim.cpu - self._cpu(task_id), 1e-3)
+                    result = resume(task_id, value, error, rid, budget=lim.step_left)
+                else:
+                    result = resume(task_id, value, error, rid)
             except KeyError:  # the VM forgot it (e.g. its context was rebuilt)
                 result = Failed("runtime", "the script VM lost this task")
             except Exception as exc:  # a VM bug fails this task, never hangs it
@@ -673,11 +687,22 @@ class ScriptEngine(EngineActor):
             lim.mem_used = max(0, lim.mem_used + self._vm_memory() - lim.mem0)
             mem = lim.mem_used
         over = lim.over(cpu, mem)
+        cut = (  # the step ran out of what the CPU limit left it (less than the step budget)
+            type(result) is Failed
+            and result.kind == "budget"
+            and lim.cpu is not None
+            and lim.step_left is not None
+            and lim.step_left < self.step_budget
+        )
+        if cut:
+            over = [("cpu_seconds", max(cpu, lim.cpu or 0.0), lim.cpu or 0.0)] + [
+                o for o in over if o[0] != "cpu_seconds"
+            ]
         if not over:
             lim.waits = 0
             return False
         if lim.on_exceed == "kill":
-            if type(result) is Failed:
+            if type(result) is Failed and not cut:
                 return False  # it failed on its own
             if type(result) is not Completed:
                 self._forget(s.id)

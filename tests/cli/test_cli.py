@@ -32,7 +32,7 @@ def test_demo_runs_the_bundled_cross_engine_workflow() -> None:
     assert result["strategy"] == "pipeline" and result["ok"]
     docs, summary, headline = result["results"]
     assert [d["name"] for d in docs] == ["actors", "lua", "js"]  # the Python stage
-    assert summary["winner"] == 1  # the Lua stage's race: Python beat the slow JS
+    assert summary["winner"] == 2  # the Lua stage's race (1-based in Lua): Python beat JS
     assert headline == {  # the JS stage, which awaited a Lua task
         "headline": "PYTHON WON: actors (8 words), lua (11 words), js (8 words)",
         "docs": 3,

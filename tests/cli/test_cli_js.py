@@ -48,10 +48,10 @@ def test_run_a_failing_js_file_exits_1_with_the_error_and_stack(tmp_path: Path) 
     assert out.returncode == 1
     assert json.loads(out.stdout) == {
         "ok": False,
-        "error": "TypeError: cannot read property 'x' of null (line 3)",
+        "error": "TypeError: cannot read property 'x' of null (bad.js:3)",
     }
-    assert "at boom (task.js:3)" in out.stderr
-    assert "at <task> (task.js:5)" in out.stderr
+    assert "at boom (bad.js:3)" in out.stderr
+    assert "at <task> (bad.js:5)" in out.stderr
 
 
 def test_run_a_js_file_with_a_syntax_error_exits_1(tmp_path: Path) -> None:
@@ -60,4 +60,4 @@ def test_run_a_js_file_with_a_syntax_error_exits_1(tmp_path: Path) -> None:
     out = run_cli("run", str(f))
     assert out.returncode == 1
     assert json.loads(out.stdout)["error"].startswith("SyntaxError:")
-    assert "(line 2)" in json.loads(out.stdout)["error"]
+    assert "(syntax.js:2)" in json.loads(out.stdout)["error"]

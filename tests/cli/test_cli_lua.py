@@ -62,15 +62,16 @@ def test_failing_lua_script_exits_1_with_its_error(tmp_path: Path) -> None:
     path = script(tmp_path, "local what = spell.args.what\n\nerror('bad ' .. what)\n")
     out = run_cli("run", path, "--arg", "what=thing")
     assert out.returncode == 1
-    assert json.loads(out.stdout) == {"ok": False, "error": "task:3: bad thing"}
-    assert "task:3:" in out.stderr  # the script's traceback
+    # the error and the script's traceback name the file
+    assert json.loads(out.stdout) == {"ok": False, "error": "script.lua:3: bad thing"}
+    assert "script.lua:3: in main chunk" in out.stderr
 
 
 def test_lua_syntax_error_exits_1(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return = 1"))
     assert out.returncode == 1
     result = json.loads(out.stdout)
-    assert result["ok"] is False and result["error"].startswith("task:1:")
+    assert result["ok"] is False and result["error"].startswith("script.lua:1:")
 
 
 def test_lua_sandbox_escape_exits_1(tmp_path: Path) -> None:

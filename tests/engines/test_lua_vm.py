@@ -746,9 +746,9 @@ def test_compile_cache(host: FakeHost) -> None:
     calls: list[bytes] = []
     compile_ = v._compile
 
-    def counting(code: bytes) -> Any:
+    def counting(code: bytes, name: bytes | None = None) -> Any:
         calls.append(code)
-        return compile_(code)
+        return compile_(code, name)
 
     v._compile = counting
     for n in range(5):
