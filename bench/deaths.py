@@ -26,9 +26,7 @@ def engines(rt: Runtime) -> list[dict[str, object]]:
 def main() -> None:
     times: list[float] = []
     missed = 0
-    with Runtime(
-        mode="local", engines={"lua": 2, "js": 2}, supervision={"intensity": 1000}
-    ) as rt:
+    with Runtime(mode="local", engines={"lua": 2, "js": 2}, supervision={"intensity": 1000}) as rt:
         for _ in range(ROUNDS):
             deadline = time.monotonic() + 30
             while len(engines(rt)) < 4 and time.monotonic() < deadline:
