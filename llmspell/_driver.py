@@ -265,8 +265,7 @@ def _attach_secret(host: str, port: int, given: str | bytes | None) -> str | byt
         if secret is None:
             if _frames.probe(host, port, _frames.new_secret()) == "silent":
                 raise LlmspellError(
-                    f"no llmspell runtime answered at {host}:{port} (nothing answered its "
-                    "authentication probe)"
+                    f"no llmspell runtime answered at {host}:{port} (something else listens there)"
                 )
             raise LlmspellError(
                 f"no secret for the llmspell runtime at {host}:{port}: {path} does not "
@@ -281,8 +280,7 @@ def _attach_secret(host: str, port: int, given: str | bytes | None) -> str | byt
         )
     if answer != "ok":
         raise LlmspellError(
-            f"no llmspell runtime answered at {host}:{port} (nothing answered its "
-            "authentication probe)"
+            f"no llmspell runtime answered at {host}:{port} (something else listens there)"
         )
     return secret
 
