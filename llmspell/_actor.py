@@ -13,6 +13,7 @@ actors in the layering) are actors too.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -110,7 +111,7 @@ class WireActor(Actor):  # type: ignore[misc]
             log.debug("%s ignored %r", self.role, type(msg).__name__)
 
     def on_ping(self, msg: Any, sender: ActorAddress) -> None:
-        self.send_msg(sender, Pong(msg.role))
+        self.send_msg(sender, Pong(msg.role, os.getpid()))
 
     def on_stream_chunks(self, msg: Any, sender: ActorAddress) -> None:
         """Chunks of an agent task this actor submitted: an actor that does not

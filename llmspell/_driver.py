@@ -241,6 +241,50 @@ def _listener_pid(port: int) -> int:
     return 0
 
 
+def _attach_secret(host: str, port: int, given: str | bytes | None) -> str | bytes:
+    """The secret to attach to the runtime at ``host:port`` with: ``given``
+    (``secret=``), else ``LLMSPELL_SECRET``, else one this process already
+    holds for that port, else the served runtime's secret file. Checked with
+    the runtime at once: the wrong one is one clear error."""
+    import os
+
+    from . import _frames
+
+    secret: str | bytes | None = given or os.environ.get("LLMSPELL_SECRET") or None
+    where = "secret=" if given else "LLMSPELL_SECRET"
+    if secret is None:
+        secret = _frames.registered(port)
+        where = "this process"
+    if secret is None:
+        path = _frames.secret_path(port)
+        try:
+            secret = _frames.read_secret(port)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LlmspellError(f"cannot use the secret file of {host}:{port}: {exc}") from None
+        where = str(path)
+        if secret is None:
+            if _frames.probe(host, port, _frames.new_secret()) == "silent":
+                raise LlmspellError(
+                    f"no llmspell runtime answered at {host}:{port} (something else listens there)"
+                )
+            raise LlmspellError(
+                f"no secret for the llmspell runtime at {host}:{port}: {path} does not "
+                "exist (it is written by `llmspell serve`); pass secret= or set "
+                "LLMSPELL_SECRET"
+            )
+    answer = _frames.probe(host, port, secret)
+    if answer == "wrong":
+        raise LlmspellError(
+            f"the llmspell runtime at {host}:{port} refused this client's secret "
+            f"(from {where}): it is not that runtime's secret"
+        )
+    if answer != "ok":
+        raise LlmspellError(
+            f"no llmspell runtime answered at {host}:{port} (something else listens there)"
+        )
+    return secret
+
+
 def _reap(procs: list[Any], timeout: float) -> None:
     """Wait for the runtime's processes to exit; kill (by pid) what is left."""
     import psutil
@@ -307,8 +351,10 @@ class LocalDriver:
         on_message: Callable[[Any], None],
         *,
         attach: str | None = None,
+        secret: str | bytes | None = None,
     ) -> None:
         self.runtime_id = runtime_id
+        self.secret = secret
         self.config = config
         self.on_message = on_message
         self.attach = attach
@@ -328,7 +374,7 @@ class LocalDriver:
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
         import os
 
-        from . import _loopback
+        from . import _frames, _loopback
         from .messages.types import Hello, Via
 
         self._via = Via
@@ -342,11 +388,19 @@ class LocalDriver:
                 raise LlmspellError("llmspell attaches to runtimes on 127.0.0.1 only")
             if not port_in_use(port, host):
                 raise LlmspellError(f"no llmspell runtime is served at {host}:{port}")
+            self.secret = _attach_secret(host, port, self.secret)
         else:
             port = int(self.config.get("port") or free_port())
             if port_in_use(port):
                 raise LlmspellError(f"port {port} on 127.0.0.1 is already in use")
+            if self.secret is None:
+                self.secret = _frames.new_secret()
         self.port = port
+        # before Thespian starts: the admin and every actor process inherit it
+        _frames.install()
+        _frames.register(
+            port, self.secret, int(self.config.get("max_frame_bytes") or _frames.DEFAULT_MAX_FRAME)
+        )
         os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
         caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
         try:
@@ -475,5 +529,9 @@ class LocalDriver:
             procs = list({p.pid: p for p in [*current, *self._remembered()]}.values())
             self.asys.shutdown()
             _reap(procs, timeout)
+            from . import _frames
+
+            if self.secret is not None:
+                _frames.unregister(self.port, self.secret)
             _reap_forked(self._forked)
         self.asys = None

@@ -73,6 +73,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "python_inline": ((lambda v: isinstance(v, bool)), "must be True or False"),
     "seed": ((lambda v: _int(v) or isinstance(v, str)), "must be an int or a str"),
     "port": ((lambda v: _int(v) and 1 <= v <= 65535), "must be a TCP port (1..65535)"),
+    "max_frame_bytes": _int_at_least(_MiB, "must be an int of bytes >= 1 MiB"),
+    "secret": (
+        (lambda v: isinstance(v, (str, bytes)) and len(v) >= 16),
+        "must be a str or bytes of at least 16 characters (the served runtime's secret)",
+    ),
     "address": (
         (lambda v: isinstance(v, str) and v.rpartition(":")[2].isdigit()),
         'must be "host:port" of a served runtime',

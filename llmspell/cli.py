@@ -406,9 +406,8 @@ def _timed_out(timeout: float, what: str) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
-    import time
 
-    from . import Runtime
+    from . import Runtime, _frames
 
     config: dict[str, Any] = {"port": args.port}
     if args.workers is not None:
@@ -422,23 +421,35 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with Runtime(mode="local", **config) as rt:
-        # engines register as their processes come up: report them once they are there
-        expected = sum(int(n) for n in rt._core.config["engines"].values())
-        deadline = time.monotonic() + 30
-        engines = rt.stats()["engines"]
-        while len(engines) < expected and time.monotonic() < deadline:
-            time.sleep(0.05)
-            engines = rt.stats()["engines"]
-        serving: dict[str, Any] = {"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}
-        if args.metrics_port is not None:
-            serving["metrics"] = f"http://127.0.0.1:{args.metrics_port}/metrics"
-        print(json.dumps(serving), flush=True)
-        while not stop.wait(0.5):
-            if _stop_requested(rt):
-                break
+    # clients find the secret in a file only this user can read (or take LLMSPELL_SECRET)
+    secret = os.environ.get("LLMSPELL_SECRET") or _frames.new_secret()
+    with Runtime(mode="local", secret=secret, **config) as rt:
+        _frames.write_secret_file(args.port, secret)
+        try:
+            _serve_until_stopped(rt, args, stop)
+        finally:
+            _frames.remove_secret_file(args.port, secret)
     print(json.dumps({"stopped": f"127.0.0.1:{args.port}"}), flush=True)
     return 0
+
+
+def _serve_until_stopped(rt: Any, args: argparse.Namespace, stop: Any) -> None:
+    import time
+
+    # engines register as their processes come up: report them once they are there
+    expected = sum(int(n) for n in rt._core.config["engines"].values())
+    deadline = time.monotonic() + 30
+    engines = rt.stats()["engines"]
+    while len(engines) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        engines = rt.stats()["engines"]
+    serving: dict[str, Any] = {"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}
+    if args.metrics_port is not None:
+        serving["metrics"] = f"http://127.0.0.1:{args.metrics_port}/metrics"
+    print(json.dumps(serving), flush=True)
+    while not stop.wait(0.5):
+        if _stop_requested(rt):
+            break
 
 
 def _observe_command(args: argparse.Namespace) -> int:

@@ -115,6 +115,8 @@ _CONFIG = frozenset(
         "script_python",
         "tracing",
         "metrics_port",
+        "secret",
+        "max_frame_bytes",
     )
 )
 
@@ -166,6 +168,13 @@ class _Core:
                     "Runtime(mode='local', address=...)",
                     where="address",
                 )
+            for key in ("secret", "max_frame_bytes"):
+                if config.get(key) is not None:
+                    raise MessageError(
+                        f"{key}= protects the frames between the processes of "
+                        "mode='local'; an embedded runtime has no such frames",
+                        where=key,
+                    )
             if config.get("workers") is not None:
                 raise MessageError(
                     "workers= is the number of processes per engine in mode='local'; "
@@ -177,6 +186,8 @@ class _Core:
         history = config.get("history")
         self.mode = mode
         self.config = {k: v for k, v in config.items() if v is not None}  # None: the default
+        # never in a message or a process's arguments: the local driver keeps it
+        self.secret: str | bytes | None = self.config.pop("secret", None)
         if self.config.get("metrics_port") is not None:
             self.config["metrics"] = True  # the scheduler keeps its figures
         if mode == "local":
@@ -772,7 +783,11 @@ class Runtime:
         core = self._core
         if core.mode == "local":
             return LocalDriver(
-                core.runtime_id, core.config, core.on_message, attach=core.config.get("address")
+                core.runtime_id,
+                core.config,
+                core.on_message,
+                attach=core.config.get("address"),
+                secret=core.secret,
             )
         return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
 

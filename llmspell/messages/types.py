@@ -548,6 +548,7 @@ class Ping(Message):
 @dataclass(slots=True)
 class Pong(Message):
     role: str
+    pid: int = 0  # the answering actor's process (local mode: its supervisor watches it)
 
 
 @message("crash_engine")

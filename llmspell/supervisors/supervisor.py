@@ -37,9 +37,12 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from .. import _clock
 from .._actor import WireActor, addr_key, log
-from ..messages.types import EngineEvent, Introduce, Shutdown, SupervisorEvent
+from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown, SupervisorEvent
 
 __all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
+
+# how often a local-mode supervisor looks at its children's processes (s)
+WATCH_PERIOD = 0.5
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 RESTARTS = ("permanent", "transient", "temporary")
@@ -132,10 +135,11 @@ def backoff_delay(
 
 
 class _Child:
-    __slots__ = ("address", "key", "restarts", "spec", "state")
+    __slots__ = ("address", "key", "process", "restarts", "spec", "state")
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
+        self.process: Any = None  # psutil.Process of the child (local mode), once it answered
         self.address: ActorAddress | None = None
         self.key = ""
         self.restarts = 0
@@ -157,6 +161,7 @@ class Supervisor(WireActor):
         self.stopping = False
         self.escalated = False
         self.rng = random.Random()
+        self.watching = False
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         self.runtime_id = msg.runtime_id
@@ -168,8 +173,13 @@ class Supervisor(WireActor):
             self.rng = random.Random(f"{self.config['seed']}/{self.spec.name}")
         self.role = f"supervisor {self.spec.name}"
         self.children = [_Child(c) for c in self.spec.children]
+        # local mode: Thespian can drop ChildActorExited when children die together
+        # (thespian issue #85), so the children's pids are watched as well
+        self.watching = self.config.get("mode") == "local"
         for child in self.children:
             self._start(child)
+        if self.watching:
+            self.wake_after(WATCH_PERIOD, "watch")
 
     # -- children --------------------------------------------------------------------
 
@@ -179,10 +189,42 @@ class Supervisor(WireActor):
         child.address = self.createActor(cls)
         child.key = addr_key(child.address)
         child.state = "up"
+        child.process = None
         cfg = {k: v for k, v in self.config.items() if k != "supervisor"}
         cfg.update(child.spec.config)
         cfg["restarts"] = child.restarts
         self.send_msg(child.address, Introduce(self.runtime_id, self.addresses, cfg))
+        if self.watching:
+            self.send_msg(child.address, Ping(child.spec.name))
+
+    def on_pong(self, msg: Pong, sender: ActorAddress) -> None:
+        """A child tells its pid (local mode): from now on it is watched."""
+        child = self._find(sender)
+        if child is None or child.state != "up" or not msg.pid:
+            return
+        import psutil
+
+        try:
+            child.process = psutil.Process(msg.pid)
+        except psutil.Error:  # already gone: handled now rather than never
+            self.on_child_exited(sender)
+
+    def _watch(self) -> None:
+        """Handle the death of every child whose process is gone, whether or
+        not Thespian told us."""
+        import psutil
+
+        for child in list(self.children):
+            proc = child.process
+            if child.state != "up" or proc is None or child.address is None:
+                continue
+            try:
+                dead = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                dead = True
+            if dead:
+                log.warning("%s: child %s (pid %d) is gone", self.role, child.spec.name, proc.pid)
+                self.on_child_exited(child.address)
 
     def _stop(self, child: _Child) -> None:
         if child.address is not None and child.state == "up":
@@ -205,6 +247,7 @@ class Supervisor(WireActor):
         was = child.state
         child.state = "down"
         child.address = None
+        child.process = None
         if self.stopping or was == "stopping":
             return  # we asked it to stop
         log.warning("%s: child %s died", self.role, child.spec.name)
@@ -241,6 +284,11 @@ class Supervisor(WireActor):
         return len(self.history) <= self.spec.intensity
 
     def on_wakeup(self, payload: Any) -> None:
+        if payload == "watch":
+            if not self.stopping:
+                self._watch()
+                self.wake_after(WATCH_PERIOD, "watch")
+            return
         if not (isinstance(payload, tuple) and payload and payload[0] == "restart"):
             return
         if self.stopping or self.escalated:
