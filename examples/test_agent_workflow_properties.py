@@ -4,13 +4,13 @@ a re-run (every step has ``retries: 1``), never the answer.
 
 The simulation runs on a virtual clock, and a real HTTP exchange cannot run
 on it: the workflow's agent step is replaced by ``scripted_answer``, a Python
-step giving what the scripted model would answer. (Agent tasks do not run in
-a ``Simulation`` yet: see the expected failure at the end.)
+step giving what the scripted model would answer. An in-process agent
+(``ScriptedAnswerer``) does run in a ``Simulation`` (the last test): the
+simulation waits for an agent's own code before it moves its clock on.
 """
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llm_endpoint import DOCS
@@ -58,7 +58,6 @@ def test_a_step_failing_twice_fails_the_run_and_nothing_after_it_runs(seed: int)
         assert [i for i, _ in r.failed] == [0] and r.cancelled == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="agent tasks are not driven by a Simulation's clock yet")
 def test_an_agent_step_runs_in_a_simulation() -> None:
     with Simulation(seed=1) as sim:
         sim.register_agent("answerer", "llm_endpoint:ScriptedAnswerer")

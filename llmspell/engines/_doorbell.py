@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["get", "install", "remove"]
+__all__ = ["get", "held", "hold", "install", "release", "remove"]
 
 Bell = Callable[[Any, bytes], None]  # called with the engine's address and a message
 
@@ -35,3 +35,29 @@ def remove(runtime_id: str) -> None:
 def get(runtime_id: str) -> Bell | None:
     with _lock:
         return _bells.get(runtime_id)
+
+
+# Work of a runtime that runs on threads of its own in real time (an agent's own
+# code), counted so that a simulation waits for it before it moves its virtual
+# clock on: otherwise a jump in time would time the work out before it could end.
+_held: dict[str, int] = {}
+
+
+def hold(runtime_id: str) -> None:
+    with _lock:
+        _held[runtime_id] = _held.get(runtime_id, 0) + 1
+
+
+def release(runtime_id: str) -> None:
+    with _lock:
+        n = _held.get(runtime_id, 0) - 1
+        if n > 0:
+            _held[runtime_id] = n
+        else:
+            _held.pop(runtime_id, None)
+
+
+def held(runtime_id: str) -> int:
+    """How many pieces of real-time work of the runtime are running now."""
+    with _lock:
+        return _held.get(runtime_id, 0)

@@ -62,6 +62,7 @@ from .._context import _AGENT, _METER, AgentContext, Meter
 from .._exceptions import MessageError, TaskFailed, error_from_outcome
 from .._task import new_task_id
 from ..messages import check_data
+from . import _doorbell
 from ..messages.types import (
     CancelTasks,
     ProgressReport,
@@ -178,6 +179,9 @@ class _Run:
         self.started = now()
         self.cond = threading.Condition()
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.runtime_id = ""  # the engine's runtime (for _doorbell.hold), set by start
+        self.holding = False  # (lock) counted as real-time work now
+        self.finished = False  # (lock) _drive ended, or never will
         self.produced = 0  # chunks yielded so far
         self.first_chunk: float | None = None  # seconds from start to the first chunk
         self.acked = 0  # (lock) chunks the consumer took
@@ -205,7 +209,8 @@ class _Run:
             loop.call_soon_threadsafe(_settle, fut)
 
     async def wait(self, ready: Callable[[], bool]) -> None:
-        """Wait until ``ready()`` (checked under the lock) or the run is stopped."""
+        """Wait until ``ready()`` (checked under the lock) or the run is stopped.
+        Meanwhile the agent's own code is not running: it waits on the runtime."""
         loop = asyncio.get_running_loop()
         while True:
             with self.cond:
@@ -215,7 +220,23 @@ class _Run:
                     return
                 fut: asyncio.Future[None] = loop.create_future()
                 self.waiters.append((loop, fut))
-            await fut
+            self.hold(False)
+            try:
+                await fut
+            finally:
+                self.hold(True)
+
+    def hold(self, running: bool) -> None:
+        """Count this run's own code as running in real time, or not (see
+        ``_doorbell.hold``: a simulation waits for such work before it moves its
+        clock on). Idempotent; after ``hold(False)`` from ``_drive``'s end it stays off."""
+        if not self.runtime_id:
+            return
+        with self.cond:
+            if running == self.holding or (running and self.finished):
+                return
+            self.holding = running
+        (_doorbell.hold if running else _doorbell.release)(self.runtime_id)
 
     # -- the result -------------------------------------------------------------------
 
@@ -290,6 +311,8 @@ class AgentRunner:
             )
             return
         run = _Run(spec, attempt, agent, spec.name or "")
+        run.runtime_id = getattr(self.engine, "runtime_id", "")
+        run.hold(True)  # its own code runs in real time until it waits on the runtime
         is_async = (
             inspect.isasyncgenfunction(stream)
             if callable(stream)
@@ -319,8 +342,10 @@ class AgentRunner:
         with run.cond:
             run.stopped = True
         run.notify()
-        if run.future is not None:
-            run.future.cancel()
+        if run.future is not None and run.future.cancel():
+            run.hold(False)  # cancelled before _drive began: it never will
+            with run.cond:
+                run.finished = True
         self._drop_children(run, "the agent task ended")
 
     def close(self) -> None:
@@ -516,6 +541,9 @@ class AgentRunner:
         finally:
             _AGENT.reset(agent_token)
             _METER.reset(meter_token)
+            run.hold(False)  # after its end was posted (and the bell rung)
+            with run.cond:
+                run.finished = True
 
     async def _agent(self, run: _Run) -> Any:
         agent = run.agent

@@ -84,6 +84,7 @@ class EngineActor(WireActor):
         self.scheduler = self.addresses["scheduler"]
         self.config = dict(msg.config)
         self.index = int(self.config.get("index", 0))
+        self.runtime_id = msg.runtime_id
         self._bell = _doorbell.get(msg.runtime_id)
         if self._bell is None and self.config.get("mode") == "local" and self._pipe is None:
             r, w = os.pipe()

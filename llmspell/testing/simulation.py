@@ -40,6 +40,7 @@ callables that await real time, still take real time.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -145,6 +146,7 @@ def _install_clock(clock: VirtualClock | None) -> None:
 
 
 _MAX_SETTLE_ROUNDS = 200_000
+_REAL_WORK_POLLS = 60_000  # 1 ms sleeps while real-time work (an agent's code) runs
 _MAX_STEPS_AT_ONE_TIME = 100_000
 
 
@@ -224,6 +226,18 @@ class _SimDriver:
             for addr, data in batch:
                 self.asys.tell(addr, data)
 
+    def _wait_for_real_work(self) -> None:
+        from ..engines import _doorbell
+
+        for _ in range(_REAL_WORK_POLLS):  # ~60 s of real time at most
+            if not _doorbell.held(self.runtime_id) and not self.pending:
+                break
+            if self.pending:
+                self.settle()
+            else:
+                time.sleep(0.001)
+        self.settle()
+
     def next_wakeup(self) -> float | None:
         """The virtual time of the next Thespian wake-up. Read from the timer
         itself: its ``remaining()`` is rounded to microseconds, and a clock
@@ -240,7 +254,11 @@ class _SimDriver:
 
     def step(self, limit: float | None = None) -> bool:
         """Jump the clock to the next wake-up or timed fault (not past
-        ``limit``), fire what is due and settle. False if nothing was due."""
+        ``limit``), fire what is due and settle. False if nothing was due.
+
+        Work that runs on threads of its own in real time (an agent's own code)
+        is waited for first: a jump in virtual time must not time it out."""
+        self._wait_for_real_work()
         candidates = []
         due = self.next_wakeup()
         if due is not None:
