@@ -62,7 +62,6 @@ from .._context import _AGENT, _METER, AgentContext, Meter
 from .._exceptions import MessageError, TaskFailed, error_from_outcome
 from .._task import new_task_id
 from ..messages import check_data
-from . import _doorbell
 from ..messages.types import (
     CancelTasks,
     ProgressReport,
@@ -71,6 +70,7 @@ from ..messages.types import (
     TaskOutcome,
     TaskSpec,
 )
+from . import _doorbell
 
 if TYPE_CHECKING:
     from .python import PythonEngine
