@@ -1423,6 +1423,9 @@ class Runtime:
         # events of work submitted after this call are published (messages to two
         # actors, or even to one, may arrive in any order in local mode).
         self._ask(lambda ref: EventInterest([pattern], [], ref=ref))
+        # ...and wait until the event bus answers after the Subscribe, so an event
+        # another process publishes once this returns finds the subscription there
+        self._ask(lambda ref: QueryStats(ref), to=self._events)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:

@@ -477,14 +477,14 @@ def test_lua_script_coordinates_tasks_of_every_engine(rt: Runtime) -> None:
             {lang = "js", code = "return 'js won'"},
         }, "race")
         return {ok = r.ok, results = r.results, piped = p.results, winner = race.winner,
-                won = race.results[race.winner + 1]}
+                won = race.results[race.winner]}
     """)
     )
     assert rt.result(h, timeout=20) == {
         "ok": True,
         "results": [1, 2, 3],
         "piped": [3, 5, 7],
-        "winner": 1,
+        "winner": 2,  # 1-based in Lua, like results
         "won": "js won",
     }
 
@@ -522,7 +522,7 @@ def test_nested_coordination_from_lua_times_out(rt: Runtime) -> None:
         return {timed_out = r.timed_out, ok = r.ok, cancelled = r.cancelled}
     """)
     )
-    assert rt.result(h, timeout=20) == {"timed_out": True, "ok": False, "cancelled": [0]}
+    assert rt.result(h, timeout=20) == {"timed_out": True, "ok": False, "cancelled": [1]}
     assert rt.stats()["running"] == 0
 
 

@@ -325,8 +325,9 @@ def test_local_mode_limits_and_processes(local_rt: Runtime) -> None:
         with pytest.raises(ResourceLimitExceeded):
             local_rt.result(local_rt.submit(task), timeout=60)
     sub = local_rt.subscribe("llmspell.resource.throttle")
+    # 300 chunks: well over 10 ms of CPU on any machine (30 could finish under it)
     h = local_rt.submit(
-        Task.lua(LUA_SPIN, args={"n": 30}, limits=Limits(cpu_seconds=0.01, on_exceed="throttle"))
+        Task.lua(LUA_SPIN, args={"n": 300}, limits=Limits(cpu_seconds=0.01, on_exceed="throttle"))
     )
     local_rt.result(h, timeout=60)
     wait_for(sub, "llmspell.resource.throttle", h.id)
