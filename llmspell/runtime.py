@@ -1620,20 +1620,7 @@ class AsyncRuntime:
         rt = self._runtime()
         task_id, v = rt._core.view(handle)
         wait = _wait_time(timeout)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[TaskOutcome] = loop.create_future()
-
-        def done(o: TaskOutcome) -> None:
-            def settle() -> None:
-                if not fut.done():
-                    fut.set_result(o)
-
-            try:
-                loop.call_soon_threadsafe(settle)
-            except RuntimeError:  # that event loop is closed: nobody waits there now
-                pass
-
-        rt._core.on_done(v, done)
+        fut, done = self._future(asyncio.get_running_loop(), v)
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), wait)
         except TimeoutError:
