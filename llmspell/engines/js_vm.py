@@ -58,19 +58,20 @@ The contract is ``_vm.py``; what JavaScript adds:
   the drain loop's wall clock and the one of ``cpu_seconds`` (a simulation
   passes one that counts its reads); QuickJS's own interrupt keeps its clock.
 
-Measured on this 2-core VM (noisy), 10,000 tasks awaiting ``spell.sleep(0)``:
-one shared context holds 3.1-3.2 KiB (malloc) per pending task against 1.65
-KiB for a bare pending async function, starts a task in ~5 us (compile
-cached) and boots in ~9 ms. A Context per task would take ~310 us and ~75 KiB
-each before any prelude, with no sharing of compiled code or the frozen
-realm: one shared context it is. A sleep(0) step costs ~8-10 us against ~4 us
-for a hand-written loop resolving bare promises (``bench/js.py``). Its floor
-is the binding: a step is four calls into QuickJS (resolve, run the job, find
-the queue empty, collect), and the two that run jobs need the time limit, for
-which the binding reads the process CPU clock (a ~1.2 us system call here);
-the Python around them is ~1.5 us. A batched ``resume_many`` (resolve many,
-drain once) measured no faster, and it would run one task's jobs in another's
-step, so there is none.
+Measured on this 2-core VM (noisy; QuickJS 2021, re-measured on QuickJS-ng in
+bench/README.md: 2.9 KiB per pending task, boot ~8 ms with the lockdown's
+accessors), 10,000 tasks awaiting ``spell.sleep(0)``: one shared context holds
+3.1-3.2 KiB (malloc) per pending task against 1.65 KiB for a bare pending async
+function, starts a task in ~5 us (compile cached) and boots in ~9 ms. A Context
+per task would take ~310 us and ~75 KiB each before any prelude, with no sharing
+of compiled code or the frozen realm: one shared context it is. A sleep(0) step
+costs ~8-10 us against ~4 us for a hand-written loop resolving bare promises
+(``bench/js.py``). Its floor is the binding: a step is four calls into QuickJS
+(resolve, run the job, find the queue empty, collect), and the two that run jobs
+need the time limit, for which the binding reads the process CPU clock (a ~1.2
+us system call here); the Python around them is ~1.5 us. A batched
+``resume_many`` (resolve many, drain once) measured no faster, and it would run
+one task's jobs in another's step, so there is none.
 """
 
 from __future__ import annotations
