@@ -312,7 +312,14 @@ class Scheduler(WireActor):
         self._dirty.add(msg.engine)
 
     def on_engine_event(self, msg: EngineEvent, sender: ActorAddress) -> None:
-        """The engines' supervisor saw an engine die (or restarted it)."""
+        """The engines' supervisor saw an engine die, stopped it itself (a
+        sibling's restart under one_for_all or rest_for_one), or restarted it."""
+        if msg.what == "stop":
+            for s in self.slots.get(msg.engine, ()):
+                if s.index == msg.index:
+                    s.capacity = 0  # takes nothing until it registers again
+                    self._lose_slot(s, f"engine was {msg.detail} while running this task")
+            return
         if msg.what != "crash":
             return
         for s in self.slots.get(msg.engine, ()):
