@@ -222,7 +222,7 @@ def test_tasks_of_a_sibling_stopped_for_a_restart_fail_or_run_again() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         rt._inject_crash("python", 0)
-        with pytest.raises(TaskFailed, match="stopped by its supervisor .one_for_all: python/0"):
+        with pytest.raises(TaskFailed, match=r"stopped by its supervisor \(one_for_all: python/0"):
             rt.result(lost, timeout=10)
         assert rt.result(again, timeout=10) == 2
 
