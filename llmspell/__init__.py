@@ -9,6 +9,7 @@ from ._exceptions import LlmspellError as LlmspellError
 from ._exceptions import MessageError as MessageError
 from ._exceptions import ResourceLimitExceeded as ResourceLimitExceeded
 from ._exceptions import RuntimeClosed as RuntimeClosed
+from ._exceptions import RuntimeDegraded as RuntimeDegraded
 from ._exceptions import ScriptError as ScriptError
 from ._exceptions import TaskCancelled as TaskCancelled
 from ._exceptions import TaskFailed as TaskFailed
@@ -41,6 +42,7 @@ __all__ = [
     "ResourceUsage",
     "Runtime",
     "RuntimeClosed",
+    "RuntimeDegraded",
     "RuntimeState",
     "ScriptError",
     "Strategy",

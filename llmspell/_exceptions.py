@@ -9,7 +9,8 @@ The tree::
     │   └── ResourceLimitExceeded killed by its Limits (on_exceed="kill")
     ├── TaskCancelled             the task was cancelled before it finished
     ├── TaskTimeout               the task's own ``timeout`` ran out
-    └── RuntimeClosed             a call on a Runtime that is closed
+    ├── RuntimeClosed             a call on a Runtime that is closed
+    └── RuntimeDegraded           a call on a Runtime whose supervisor gave up
 
 ``Runtime.result(handle, timeout=...)`` running out of *its* timeout raises the
 builtin ``TimeoutError`` instead and leaves the task running: it says "you
@@ -25,6 +26,7 @@ __all__ = [
     "MessageError",
     "ResourceLimitExceeded",
     "RuntimeClosed",
+    "RuntimeDegraded",
     "ScriptError",
     "TaskCancelled",
     "TaskFailed",
@@ -121,6 +123,17 @@ class TaskTimeout(LlmspellError):
 
 class RuntimeClosed(LlmspellError):
     """A call on a ``Runtime`` that was closed (or never started)."""
+
+
+class RuntimeDegraded(LlmspellError):
+    """A call on a ``Runtime`` that is degraded: a supervisor went over its
+    restart intensity and stopped its engines for good. ``reason`` says which
+    supervisor gave up and why. Only ``close()`` still works; start a new
+    ``Runtime`` to run work again."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the runtime is degraded ({reason}); close it and start a new one")
 
 
 _FAILURE_CLASSES: dict[str, type[TaskFailed]] = {

@@ -36,7 +36,13 @@ from typing import Any
 from ._actor import log
 from ._clock import now
 from ._context import current_task_id
-from ._exceptions import LlmspellError, MessageError, RuntimeClosed, error_from_outcome
+from ._exceptions import (
+    LlmspellError,
+    MessageError,
+    RuntimeClosed,
+    RuntimeDegraded,
+    error_from_outcome,
+)
 from ._options import check_options, did_you_mean
 from ._task import (
     CoordinationResult,
@@ -77,6 +83,7 @@ from .messages.types import (
     SubmitRejected,
     SubmitTasks,
     Subscribe,
+    SupervisorEvent,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
@@ -222,6 +229,8 @@ class _Core:
         self.ack: Callable[[str, int], None] | None = None  # set by the runtime
         self.owner: Any = None  # the Runtime its handles are bound to (set by the runtime)
         self.spans: Any = None  # a _tracing.Spans when this runtime traces its tasks
+        # why the runtime is degraded (a supervisor gave up), or "": every later call raises
+        self.degraded = ""
 
     # -- building requests --------------------------------------------------
 
@@ -329,8 +338,32 @@ class _Core:
     def check_open(self) -> None:
         if self.state is not RuntimeState.OPEN:
             raise RuntimeClosed("this runtime is closed; create a new Runtime")
+        if self.degraded:
+            raise RuntimeDegraded(self.degraded)
+
+    def check_degraded(self) -> None:
+        if self.degraded and self.state is RuntimeState.OPEN:
+            raise RuntimeDegraded(self.degraded)
+
+    def degrade(self, reason: str) -> None:
+        """A supervisor gave up: from now on every call raises
+        ``RuntimeDegraded``; whoever waits is woken to get it."""
+        if self.degraded:
+            return
+        self.degraded = reason
+        log.error("the runtime is degraded: %s", reason)
+        with self.lock:
+            waiting = [task_id for task_id, entry in self.views.items() if type(entry) is not tuple]
+            coordinations = list(self.coordinations.values())
+            self.coordinations.clear()
+        error = {"message": f"the runtime is degraded: {reason}", "kind": "degraded"}
+        self.resolve_many([TaskOutcome(task_id, "failed", error=error) for task_id in waiting])
+        for waiter in coordinations:
+            waiter(None)
 
     def view(self, handle: Handle | str) -> tuple[str, _View]:
+        if self.degraded:
+            self.check_degraded()
         if isinstance(handle, Handle):
             task_id = handle.id
             if handle._ended is not None:
@@ -397,6 +430,8 @@ class _Core:
                 cb(msg)
         elif isinstance(msg, StreamChunks):
             self.on_chunks(msg)
+        elif isinstance(msg, SupervisorEvent) and msg.what == "escalate":
+            self.degrade(f"supervisor {msg.supervisor!r} gave up: {msg.detail}")
 
     def on_chunks(self, msg: StreamChunks) -> None:
         with self.lock:
@@ -871,18 +906,21 @@ class Runtime:
             TaskTimeout: the task's own ``timeout`` ran out.
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
-        if self._pump is None and type(handle) is Handle:  # fast path: it succeeded
+        core = self._core
+        if self._pump is None and type(handle) is Handle and not core.degraded:  # it succeeded
             ended = handle._ended
             if ended is not None and ended[0] == "succeeded":
                 return ended[1]
-        task_id, v = self._core.view(handle)
+        task_id, v = core.view(handle)
         wait = _wait_time(timeout)
         if self._pump is not None:
-            self._pump(lambda: v.outcome is not None, wait)
-        if not self._core.wait(v, 0 if self._pump is not None else wait):
+            self._pump(lambda: v.outcome is not None or bool(core.degraded), wait)
+        if not core.wait(v, 0 if self._pump is not None else wait):
+            core.check_degraded()
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
             )
+        core.check_degraded()  # woken because the runtime degraded
         assert v.outcome is not None
         return _Core.value_of(task_id, v.outcome)
 
@@ -1213,6 +1251,7 @@ class Runtime:
                 yield chunk
             assert v.outcome is not None
             if v.outcome.status != "succeeded":
+                self._core.check_degraded()
                 _Core.value_of(task_id, v.outcome)
         finally:
             with s.cond:
@@ -1300,6 +1339,7 @@ class Runtime:
         if self._pump is not None:
             self._pump(w.event.is_set, None)
         w.event.wait()
+        self._core.check_degraded()
         if w.msg is None:
             raise RuntimeClosed("the runtime closed while the coordination ran")
         result = w.msg.result
@@ -1377,7 +1417,8 @@ class Runtime:
         """Ask the process serving this (attached) runtime to shut it down."""
         from .messages.types import RequestStop
 
-        self._core.check_open()
+        if self._core.state is not RuntimeState.OPEN:  # a degraded runtime can still be stopped
+            raise RuntimeClosed("this runtime is closed; create a new Runtime")
         self._driver.send(self._scheduler, encode(RequestStop("stop requested by a client")))
 
     # -- events -------------------------------------------------------------
@@ -1629,6 +1670,7 @@ class AsyncRuntime:
             ) from None
         finally:
             rt._core.off_done(v, done)  # a cancelled or timed-out await leaves nothing behind
+        rt._core.check_degraded()  # woken because the runtime degraded
         return _Core.value_of(task_id, outcome)
 
     async def cancel(self, handle: Handle | str) -> bool:

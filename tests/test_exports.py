@@ -32,6 +32,8 @@ def test_api_names_from_the_contract_exist() -> None:
         "MessageError",
         "ScriptError",
         "ResourceLimitExceeded",
+        "RuntimeClosed",
+        "RuntimeDegraded",
     ):
         assert name in llmspell.__all__
 
@@ -44,6 +46,8 @@ def test_error_tree() -> None:
         llmspell.TaskCancelled,
         llmspell.TaskTimeout,
         llmspell.MessageError,
+        llmspell.RuntimeClosed,
+        llmspell.RuntimeDegraded,
     ):
         assert issubclass(cls, llmspell.LlmspellError)
     assert not issubclass(llmspell.TaskTimeout, TimeoutError)

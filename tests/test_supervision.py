@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from thespian.actors import ActorSystem
 
-from llmspell import Runtime, Task, TaskFailed
+from llmspell import Runtime, RuntimeDegraded, Task, TaskFailed
 from llmspell.messages import decode, encode
 from llmspell.messages.types import Introduce, Publish, QueryStats, SupervisorEvent
 from llmspell.supervisors.supervisor import (
@@ -182,6 +182,51 @@ def test_intensity_exceeded_stops_children_and_escalates(world_factory: Any) -> 
     assert "more than 2 restarts" in escalate.detail
 
 
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_siblings_the_supervisor_stops_are_not_crashes(world_factory: Any, strategy: str) -> None:
+    """OTP: only the child that died counts toward intensity, not the
+    siblings its supervisor stopped to restart them with it."""
+    w = world_factory(spec(strategy, intensity=2))
+    for n in range(1, 3):  # two real crashes: within an intensity of 2
+        w.crash("a")
+        w.wait_for(lambda n=n: len(starts(w.log())) == 3 * (n + 1))
+    assert [e.what for e in w.events].count("crash") == 2
+    assert not any(e.what == "escalate" for e in w.events)
+    w.crash("a")  # the third is one too many
+    w.wait_for(lambda: any(e.what == "escalate" for e in w.events))
+
+
+def test_one_for_all_engines_survive_as_many_crashes_as_the_intensity() -> None:
+    sup = {"strategy": "one_for_all", "intensity": 2, "backoff_base": 0.001}
+    with Runtime(supervision=sup) as rt:
+        restarts = rt.subscribe("llmspell.engine.restart")
+        for _ in range(2):
+            rt._inject_crash("python", 0)
+            seen = {(e.payload["engine"], e.payload["index"]) for e in [restarts.get(timeout=10)]}
+            while len(seen) < 3:  # every engine restarted with it
+                e = restarts.get(timeout=10)
+                seen.add((e.payload["engine"], e.payload["index"]))
+        stats = rt.stats()  # not degraded
+        assert stats["degraded"] is None
+        assert stats["crashes"] == 2
+        assert rt.result(rt.submit(Task.lua("return 6 * 7")), timeout=10) == 42
+
+
+def test_tasks_of_a_sibling_stopped_for_a_restart_fail_or_run_again() -> None:
+    sup = {"strategy": "one_for_all", "backoff_base": 0.001}
+    with Runtime(supervision=sup) as rt:
+        lost = rt.submit(Task.lua("spell.sleep(0.3) return 1"))
+        again = rt.submit(Task.lua("spell.sleep(0.3) return 2", retries=1))
+        deadline = time.monotonic() + 10
+        while rt.status(lost) != "running" or rt.status(again) != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        rt._inject_crash("python", 0)
+        with pytest.raises(TaskFailed, match=r"stopped by its supervisor \(one_for_all: python/0"):
+            rt.result(lost, timeout=10)
+        assert rt.result(again, timeout=10) == 2
+
+
 def test_backoff_grows_and_is_capped() -> None:
     rng = random.Random(1)
     delays = [backoff_delay(n, 0.1, 1.0, 0.0, rng) for n in range(1, 7)]
@@ -239,7 +284,8 @@ def test_too_many_engine_crashes_mark_the_runtime_degraded() -> None:
             time.sleep(0.1)
         event = sub.get(timeout=5)
         assert "gave up" in event.payload["reason"]
-        assert rt.stats()["degraded"]
+        with pytest.raises(RuntimeDegraded, match="gave up"):
+            rt.stats()
 
 
 # -- a stateful property: tasks and crashes ------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest
 
-from .._actor import WireActor, log
+from .._actor import WireActor, addr_key, log
 from ..messages.types import Hello, Introduce, Ping, Pong, Shutdown, SupervisorEvent
 from ..supervisors.supervisor import ChildSpec, Supervisor, SupervisorSpec
 from .coordinator import Coordinator
@@ -114,6 +114,9 @@ class Director(WireActor):
         self.requester: ActorAddress | None = None
         self.degraded = ""
         self.stopped = False
+        # the facades that introduced themselves or said hello: told when the runtime degrades
+        self.facades: dict[str, ActorAddress] = {}
+        self.escalation: SupervisorEvent | None = None
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         if self.started:
@@ -123,6 +126,7 @@ class Director(WireActor):
         self.runtime_id = msg.runtime_id
         self.config = dict(msg.config)
         self.requester = sender
+        self.facades[addr_key(sender)] = sender
         # Engines are created by their supervisor: only a parent hears that a child died.
         roles = {
             "events": EventBus,
@@ -184,15 +188,23 @@ class Director(WireActor):
         """A no-op: the embedded driver sends it to let due wake-ups fire."""
 
     def on_hello(self, msg: Hello, sender: ActorAddress) -> None:
+        self.facades[addr_key(sender)] = sender
         self.send_msg(
             sender, Introduce(self.runtime_id, self.addresses, dict(self.config, you=sender))
         )
+        if self.escalation is not None:  # a client attaching to a degraded runtime learns it
+            self.send_msg(sender, self.escalation)
 
     def on_supervisor_event(self, msg: SupervisorEvent, sender: ActorAddress) -> None:
         """A supervisor below reports a crash, a restart, or that it gave up."""
-        if msg.what == "escalate":
-            self.degraded = f"supervisor {msg.supervisor} gave up: {msg.detail}"
+        if msg.what == "escalate" and not self.degraded:
+            self.degraded = f"supervisor {msg.supervisor!r} gave up: {msg.detail}"
             log.error("runtime degraded: %s", self.degraded)
+            # the facades first: a caller woken by a task the scheduler fails now
+            # finds its runtime degraded already
+            self.escalation = msg
+            for facade in self.facades.values():
+                self.send_msg(facade, msg)
         scheduler = self.addresses.get("scheduler")
         if scheduler is not None:
             self.send_msg(scheduler, msg)

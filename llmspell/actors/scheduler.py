@@ -286,6 +286,8 @@ class Scheduler(WireActor):
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
+        if self.degraded:  # restarted just before its supervisor gave up: being stopped
+            return
         slots = self.slots[msg.engine]
         fresh = _Slot(msg, sender)
         for i, s in enumerate(slots):
@@ -310,7 +312,14 @@ class Scheduler(WireActor):
         self._dirty.add(msg.engine)
 
     def on_engine_event(self, msg: EngineEvent, sender: ActorAddress) -> None:
-        """The engines' supervisor saw an engine die (or restarted it)."""
+        """The engines' supervisor saw an engine die, stopped it itself (a
+        sibling's restart under one_for_all or rest_for_one), or restarted it."""
+        if msg.what == "stop":
+            for s in self.slots.get(msg.engine, ()):
+                if s.index == msg.index:
+                    s.capacity = 0  # takes nothing until it registers again
+                    self._lose_slot(s, f"engine was {msg.detail} while running this task")
+            return
         if msg.what != "crash":
             return
         for s in self.slots.get(msg.engine, ()):
@@ -355,9 +364,22 @@ class Scheduler(WireActor):
         self.stop_requested = True
 
     def on_supervisor_event(self, msg: SupervisorEvent, sender: ActorAddress) -> None:
-        if msg.what == "escalate":
+        if msg.what == "escalate" and not self.degraded:
             self.degraded = f"supervisor {msg.supervisor!r} gave up: {msg.detail}"
             self._publish("llmspell.runtime.degraded", {"reason": self.degraded})
+            self._degrade()
+
+    def _degrade(self) -> None:
+        """The engines' supervisor stopped its engines for good: no engine
+        takes work again, so every unfinished task fails now, saying why (a
+        retry has nowhere to run)."""
+        for slots in self.slots.values():
+            for s in slots:
+                s.capacity = 0
+        error = _err(f"the runtime is degraded: {self.degraded}", kind="degraded")
+        for rec in list(self.tasks.values()):
+            if rec.status not in TERMINAL:
+                self._finish(rec, "failed", error=dict(error))
 
     # -- submission ---------------------------------------------------------
 
@@ -552,6 +574,13 @@ class Scheduler(WireActor):
                 rec,
                 "failed",
                 error=_err(f"no engine runs {spec.kind!r} tasks yet", kind="failed"),
+            )
+            return
+        if self.degraded:
+            self._finish(
+                rec,
+                "failed",
+                error=_err(f"the runtime is degraded: {self.degraded}", kind="degraded"),
             )
             return
         if rec.engine in self.absent:

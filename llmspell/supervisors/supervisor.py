@@ -135,7 +135,7 @@ def backoff_delay(
 
 
 class _Child:
-    __slots__ = ("address", "key", "process", "restarts", "spec", "state")
+    __slots__ = ("address", "asked", "key", "process", "restarts", "spec", "state")
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -144,6 +144,7 @@ class _Child:
         self.key = ""
         self.restarts = 0
         self.state = "down"  # down | up | stopping | waiting
+        self.asked = False  # this supervisor asked it to stop: its exit is no crash
 
 
 class Supervisor(WireActor):
@@ -189,6 +190,7 @@ class Supervisor(WireActor):
         child.address = self.createActor(cls)
         child.key = addr_key(child.address)
         child.state = "up"
+        child.asked = False
         child.process = None
         cfg = {k: v for k, v in self.config.items() if k != "supervisor"}
         cfg.update(child.spec.config)
@@ -229,6 +231,7 @@ class Supervisor(WireActor):
     def _stop(self, child: _Child) -> None:
         if child.address is not None and child.state == "up":
             child.state = "stopping"
+            child.asked = True
             self.send_msg(child.address, Shutdown("stopped by its supervisor"))
             self.send(child.address, ActorExitRequest())
 
@@ -248,8 +251,8 @@ class Supervisor(WireActor):
         child.state = "down"
         child.address = None
         child.process = None
-        if self.stopping or was == "stopping":
-            return  # we asked it to stop
+        if self.stopping or was == "stopping" or child.asked:
+            return  # we asked it to stop (shutdown, escalation, or a sibling's restart)
         log.warning("%s: child %s died", self.role, child.spec.name)
         self._tell_engine_event(child, "crash", "the engine process died")
         self._tell_parent("crash", child)
@@ -267,7 +270,13 @@ class Supervisor(WireActor):
         else:
             group = self.children[i:]
         for other in group:
-            if other is not child:
+            if other is not child and other.state == "up":
+                # its tasks are lost with it, but it did not crash: no crash, no intensity
+                self._tell_engine_event(
+                    other,
+                    "stop",
+                    f"stopped by its supervisor ({self.spec.strategy}: {child.spec.name} crashed)",
+                )
                 self._stop(other)
         for other in group:
             other.state = "waiting"
