@@ -301,6 +301,16 @@ def _reap(procs: list[Any], timeout: float) -> None:
     psutil.wait_procs(alive, timeout=2.0)
 
 
+def _running(proc: Any) -> bool:
+    """``proc`` (a psutil.Process) still runs: not gone, not a zombie."""
+    import psutil
+
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _children() -> list[Any]:
     import psutil
 
@@ -352,8 +362,10 @@ class LocalDriver:
         *,
         attach: str | None = None,
         secret: str | bytes | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.runtime_id = runtime_id
+        self.on_lost = on_lost  # an attached client: the served runtime went away
         self.secret = secret
         self.config = config
         self.on_message = on_message
@@ -477,17 +489,42 @@ class LocalDriver:
     def call(self, fn: Callable[[], None]) -> None:
         fn()
 
+    def _served_admin(self) -> Any:
+        """The served runtime's admin process (attached clients), or None."""
+        import psutil
+
+        try:
+            return psutil.Process(self.admin_pid) if self.admin_pid else None
+        except psutil.Error:
+            return None
+
+    def _lost(self, why: str) -> None:
+        """An attached client: the served runtime is gone; stop listening."""
+        self._stopping.set()
+        log.warning("local driver: %s", why)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(why)
+            except Exception:
+                log.exception("local driver: handling the runtime's end failed")
+
     def _listen(self) -> None:
         import time
 
         look = 0.0
+        admin = self._served_admin() if self.attach else None
+        where = f"127.0.0.1:{self.port}"
         while not self._stopping.is_set():
-            if not self.attach and time.monotonic() >= look:
-                look = time.monotonic() + 1.0
-                try:  # note the runtime's processes while they are all under the admin
-                    self.processes()
-                except Exception:
-                    pass
+            if time.monotonic() >= look:
+                look = time.monotonic() + (0.5 if self.attach else 1.0)
+                if not self.attach:
+                    try:  # note the runtime's processes while they are all under the admin
+                        self.processes()
+                    except Exception:
+                        pass
+                elif admin is not None and not _running(admin):
+                    self._lost(f"the served runtime at {where} is gone (its admin process exited)")
+                    return
             try:
                 raw = self.asys.listen(0.2)
             except Exception:
@@ -502,6 +539,9 @@ class LocalDriver:
             except Exception as exc:
                 log.warning("local driver dropped a malformed message: %s", exc)
                 continue
+            if self.attach and type(msg) is Shutdown:  # the director says it stops
+                self._lost(f"the served runtime at {where} stopped")
+                return
             try:
                 self.on_message(msg)
             except Exception:
