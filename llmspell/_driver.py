@@ -384,9 +384,10 @@ class LocalDriver:
         self.admin_pid = 0
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
+        import contextlib
         import os
 
-        from . import _frames, _loopback
+        from . import _frames, _loopback, _watchdog
         from .messages.types import Hello, Via
 
         self._via = Via
@@ -416,9 +417,12 @@ class LocalDriver:
         os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
         caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
         try:
-            self.asys = ActorSystem(
-                "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
-            )
+            # every process this forks (the admin, its logger, the actors they fork)
+            # ends once this process is gone, from the very first fork
+            with contextlib.nullcontext() if self.attach else _watchdog.owned_forks():
+                self.asys = ActorSystem(
+                    "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
+                )
         except Exception as exc:
             if self.attach:  # something that is not an llmspell runtime listens there
                 raise LlmspellError(

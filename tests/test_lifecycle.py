@@ -8,9 +8,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from llmspell import Runtime, RuntimeClosed, Task
@@ -82,3 +85,65 @@ def test_an_attached_client_gets_runtime_closed_once_the_served_runtime_stops(
         assert rt.result(done) == 42  # what ended before is still there
     finally:
         rt.close()
+
+
+# The owner starts a local runtime and never gets to close it: it is killed.
+_OWNER = """# {marker}
+import sys
+sys.path.insert(0, {tests!r})
+from llmspell import Runtime
+Runtime(mode="local", workers=1)
+print("started", flush=True)
+import time
+time.sleep(60)
+"""
+
+
+def _processes_of(marker: str) -> list[psutil.Process]:
+    """Processes still running whose command line holds ``marker`` (every
+    process of the runtime is forked from the owner: they share its)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and any(marker in a for a in p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 5, "started"])
+def test_an_owner_killed_during_start_up_leaves_no_process_behind(kill_at: int | str) -> None:
+    """Killed once ``kill_at`` processes of the runtime exist (before the
+    director answers: the admin, its logger, the director, ...), or once the
+    runtime has started."""
+    marker = f"llmspell-owner-{uuid.uuid4().hex}"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _OWNER.format(marker=marker, tests=TESTS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        if kill_at == "started":
+            assert owner.stdout is not None
+            assert owner.stdout.readline().strip() == "started"
+            assert len(_processes_of(marker)) > 3  # the owner, the admin, its logger, ...
+        else:
+            deadline = time.monotonic() + 60
+            while len(_processes_of(marker)) < 1 + int(kill_at):
+                assert owner.poll() is None and time.monotonic() < deadline
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 10  # a guard: they end within ~1 s
+        left = _processes_of(marker)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = _processes_of(marker)
+        assert not left, [(p.pid, p.name()) for p in left]
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait(10)
+        for p in _processes_of(marker):  # this test's own processes, should any remain
+            p.kill()
