@@ -301,6 +301,14 @@ def _reap(procs: list[Any], timeout: float) -> None:
     psutil.wait_procs(alive, timeout=2.0)
 
 
+def _close_transport(asys: Any) -> None:
+    """Close this process's endpoint of ``asys`` without asking its admin."""
+    try:
+        asys._systemBase.transport.close()
+    except Exception:  # pragma: no cover - best effort; thespian internals
+        log.debug("local driver: closing the transport failed", exc_info=True)
+
+
 def _running(proc: Any) -> bool:
     """``proc`` (a psutil.Process) still runs: not gone, not a zombie."""
     import psutil
@@ -455,6 +463,8 @@ class LocalDriver:
         # processes Thespian forked from this one (the admin, its logger): this process
         # must reap them once they exit, or each runtime leaves a zombie behind
         self._forked = {c.pid for c in _children()} - self._before
+        if not self.attach:
+            self.processes()  # the admin noted at once: stop() must know if it died
         self.thread.start()
         return self.addresses
 
@@ -571,8 +581,16 @@ class LocalDriver:
             current = self.processes()
             # and those an actor left behind when its parent was killed (orphans)
             procs = list({p.pid: p for p in [*current, *self._remembered()]}.values())
-            self.asys.shutdown()
-            _reap(procs, timeout)
+            admin = self._seen.get(self.admin_pid)
+            if admin is None or _running(admin):
+                self.asys.shutdown()
+                _reap(procs, timeout)
+            else:
+                # Thespian's shutdown would retry the dead admin for ~15 s: the
+                # actors were told to stop above; what has not exited soon is killed
+                log.warning("local runtime: its admin process is gone; stopping the rest")
+                _close_transport(self.asys)
+                _reap(procs, min(timeout, 2.0))
             from . import _frames
 
             if self.secret is not None:
