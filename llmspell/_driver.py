@@ -301,6 +301,24 @@ def _reap(procs: list[Any], timeout: float) -> None:
     psutil.wait_procs(alive, timeout=2.0)
 
 
+def _close_transport(asys: Any) -> None:
+    """Close this process's endpoint of ``asys`` without asking its admin."""
+    try:
+        asys._systemBase.transport.close()
+    except Exception:  # pragma: no cover - best effort; thespian internals
+        log.debug("local driver: closing the transport failed", exc_info=True)
+
+
+def _running(proc: Any) -> bool:
+    """``proc`` (a psutil.Process) still runs: not gone, not a zombie."""
+    import psutil
+
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _children() -> list[Any]:
     import psutil
 
@@ -352,8 +370,10 @@ class LocalDriver:
         *,
         attach: str | None = None,
         secret: str | bytes | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.runtime_id = runtime_id
+        self.on_lost = on_lost  # an attached client: the served runtime went away
         self.secret = secret
         self.config = config
         self.on_message = on_message
@@ -372,9 +392,10 @@ class LocalDriver:
         self.admin_pid = 0
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
+        import contextlib
         import os
 
-        from . import _frames, _loopback
+        from . import _frames, _loopback, _watchdog
         from .messages.types import Hello, Via
 
         self._via = Via
@@ -404,9 +425,12 @@ class LocalDriver:
         os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
         caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
         try:
-            self.asys = ActorSystem(
-                "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
-            )
+            # every process this forks (the admin, its logger, the actors they fork)
+            # ends once this process is gone, from the very first fork
+            with contextlib.nullcontext() if self.attach else _watchdog.owned_forks():
+                self.asys = ActorSystem(
+                    "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
+                )
         except Exception as exc:
             if self.attach:  # something that is not an llmspell runtime listens there
                 raise LlmspellError(
@@ -439,6 +463,8 @@ class LocalDriver:
         # processes Thespian forked from this one (the admin, its logger): this process
         # must reap them once they exit, or each runtime leaves a zombie behind
         self._forked = {c.pid for c in _children()} - self._before
+        if not self.attach:
+            self.processes()  # the admin noted at once: stop() must know if it died
         self.thread.start()
         return self.addresses
 
@@ -477,17 +503,42 @@ class LocalDriver:
     def call(self, fn: Callable[[], None]) -> None:
         fn()
 
+    def _served_admin(self) -> Any:
+        """The served runtime's admin process (attached clients), or None."""
+        import psutil
+
+        try:
+            return psutil.Process(self.admin_pid) if self.admin_pid else None
+        except psutil.Error:
+            return None
+
+    def _lost(self, why: str) -> None:
+        """An attached client: the served runtime is gone; stop listening."""
+        self._stopping.set()
+        log.warning("local driver: %s", why)
+        if self.on_lost is not None:
+            try:
+                self.on_lost(why)
+            except Exception:
+                log.exception("local driver: handling the runtime's end failed")
+
     def _listen(self) -> None:
         import time
 
         look = 0.0
+        admin = self._served_admin() if self.attach else None
+        where = f"127.0.0.1:{self.port}"
         while not self._stopping.is_set():
-            if not self.attach and time.monotonic() >= look:
-                look = time.monotonic() + 1.0
-                try:  # note the runtime's processes while they are all under the admin
-                    self.processes()
-                except Exception:
-                    pass
+            if time.monotonic() >= look:
+                look = time.monotonic() + (0.5 if self.attach else 1.0)
+                if not self.attach:
+                    try:  # note the runtime's processes while they are all under the admin
+                        self.processes()
+                    except Exception:
+                        pass
+                elif admin is not None and not _running(admin):
+                    self._lost(f"the served runtime at {where} is gone (its admin process exited)")
+                    return
             try:
                 raw = self.asys.listen(0.2)
             except Exception:
@@ -502,6 +553,9 @@ class LocalDriver:
             except Exception as exc:
                 log.warning("local driver dropped a malformed message: %s", exc)
                 continue
+            if self.attach and type(msg) is Shutdown:  # the director says it stops
+                self._lost(f"the served runtime at {where} stopped")
+                return
             try:
                 self.on_message(msg)
             except Exception:
@@ -527,8 +581,16 @@ class LocalDriver:
             current = self.processes()
             # and those an actor left behind when its parent was killed (orphans)
             procs = list({p.pid: p for p in [*current, *self._remembered()]}.values())
-            self.asys.shutdown()
-            _reap(procs, timeout)
+            admin = self._seen.get(self.admin_pid)
+            if admin is None or _running(admin):
+                self.asys.shutdown()
+                _reap(procs, timeout)
+            else:
+                # Thespian's shutdown would retry the dead admin for ~15 s: the
+                # actors were told to stop above; what has not exited soon is killed
+                log.warning("local runtime: its admin process is gone; stopping the rest")
+                _close_transport(self.asys)
+                _reap(procs, min(timeout, 2.0))
             from . import _frames
 
             if self.secret is not None:

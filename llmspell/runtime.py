@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import enum
 import itertools
 import threading
@@ -433,6 +434,13 @@ class _Core:
         elif isinstance(msg, SupervisorEvent) and msg.what == "escalate":
             self.degrade(f"supervisor {msg.supervisor!r} gave up: {msg.detail}")
 
+    def on_served_message(self, msg: Any) -> None:
+        """``on_message`` of a client attached to a served runtime: a task the
+        served runtime cancelled as it shut down ends with ``RuntimeClosed``."""
+        if type(msg) is TaskOutcomes and any((o.error or {}).get("shutdown") for o in msg.items):
+            msg = TaskOutcomes([_closed_by_shutdown(o) for o in msg.items])
+        self.on_message(msg)
+
     def on_chunks(self, msg: StreamChunks) -> None:
         with self.lock:
             s = self.streams.get(msg.task_id)
@@ -533,10 +541,25 @@ class _Core:
             return o.value
         if o.status == "rejected":
             raise MessageError(str((o.error or {}).get("message")), where="id")
+        if (o.error or {}).get("kind") == _CLOSED_KIND:  # the served runtime went away
+            raise RuntimeClosed(str((o.error or {}).get("message")))
         raise error_from_outcome(task_id, o.status, o.error)
 
 
 _UNKNOWN: Any = object()
+_CLOSED_KIND = "runtime_closed"  # an outcome's error kind: its runtime went away
+
+
+def _closed_by_shutdown(o: TaskOutcome) -> TaskOutcome:
+    """A task the served runtime cancelled as it shut down: it ends with
+    ``RuntimeClosed`` for an attached client."""
+    if not (o.error or {}).get("shutdown"):
+        return o
+    why = (o.error or {}).get("message")
+    message = f"the served runtime stopped ({why}); create a new Runtime"
+    return dataclasses.replace(o, error=dict(o.error or {}, kind=_CLOSED_KIND, message=message))
+
+
 _new = object.__new__
 _SET_ID, _SET_ENDED, _SET_OWNER = (Handle.__dict__[f].__set__ for f in ("id", "_ended", "_owner"))
 
@@ -775,6 +798,8 @@ class Runtime:
             from ._metrics import MetricsServer
 
             self._metrics = MetricsServer(int(port), self._metric_figures)
+        self._stopped = False  # close() ran
+        self._gone = ""  # why the served runtime went away (an attached client)
         self._driver: Any = self._make_driver()
         try:
             addresses = self._driver.start()
@@ -791,6 +816,10 @@ class Runtime:
         self._core.ack = self._ack
         self._core.owner = self
         self._core.state = RuntimeState.OPEN
+        if self._gone:  # the served runtime stopped while this one attached
+            self._lost(self._gone)
+            self.close()
+            raise RuntimeClosed(self._gone)
         self._start_tracing()
 
     def _start_tracing(self) -> None:
@@ -817,12 +846,14 @@ class Runtime:
 
         core = self._core
         if core.mode == "local":
+            attach = core.config.get("address")
             return LocalDriver(
                 core.runtime_id,
                 core.config,
-                core.on_message,
-                attach=core.config.get("address"),
+                core.on_served_message if attach else core.on_message,
+                attach=attach,
                 secret=core.secret,
+                on_lost=self._lost,
             )
         return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
 
@@ -839,8 +870,9 @@ class Runtime:
     def close(self) -> None:
         """Cancel every unfinished task and stop the actor system. Idempotent;
         blocks until the actors are stopped (up to 10 s)."""
-        if self._core.state is RuntimeState.CLOSED:
+        if self._stopped:
             return
+        self._stopped = True
         spans = self._core.spans
         if spans is not None and getattr(self._driver, "mode", "") == "local":
             try:  # an attached runtime's scheduler lives on: stop sending us records
@@ -864,6 +896,36 @@ class Runtime:
             [
                 TaskOutcome(task_id, "cancelled", error=closed)
                 for task_id, entry in list(self._core.views.items())
+                if type(entry) is not tuple
+            ]
+        )
+
+    def _lost(self, why: str) -> None:
+        """An attached client's served runtime went away (driver thread): every
+        call from now on, and every one blocked now, raises ``RuntimeClosed``."""
+        core = self._core
+        if core.state is RuntimeState.STARTING:
+            self._gone = why  # __init__ finishes, then ends it
+            return
+        if core.state is not RuntimeState.OPEN:
+            return
+        core.state = RuntimeState.CLOSED
+        for subscription in list(core.subscriptions.values()):
+            subscription.close()
+        with core.lock:
+            waiters: list[Callable[[Any], None]] = [
+                *core.coordinations.values(),
+                *core.replies.values(),
+            ]
+            core.coordinations.clear()
+            core.replies.clear()
+        for waiter in waiters:
+            waiter(None)
+        gone = {"message": f"{why}; create a new Runtime", "kind": _CLOSED_KIND}
+        core.resolve_many(
+            [
+                TaskOutcome(task_id, "cancelled", error=gone)
+                for task_id, entry in list(core.views.items())
                 if type(entry) is not tuple
             ]
         )
@@ -1478,6 +1540,7 @@ class Runtime:
     def _ask(self, build: Callable[[int], Message], timeout: float = 30.0, to: Any = None) -> Any:
         w = _Waiter()
         data = self._core.request(build, w)
+        self._core.check_open()  # (the runtime may have gone away just now)
         if to is not None and to is self._events:
             self._flush_emits()
         self._driver.send(self._scheduler if to is None else to, data)
@@ -1485,6 +1548,8 @@ class Runtime:
             self._pump(w.event.is_set, None)
         if not w.event.wait(timeout):
             raise TimeoutError("the runtime did not answer in time")
+        if w.msg is None:
+            raise RuntimeClosed("the runtime went away before it answered; create a new Runtime")
         return w.msg
 
 

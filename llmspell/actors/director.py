@@ -58,6 +58,7 @@ def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
 
 
 _WATCHDOG_PERIOD = 1.0
+_MAX_CLIENTS = 256  # attached clients remembered (the newest)
 
 
 def _alive(pid: int) -> bool:
@@ -117,6 +118,9 @@ class Director(WireActor):
         # the facades that introduced themselves or said hello: told when the runtime degrades
         self.facades: dict[str, ActorAddress] = {}
         self.escalation: SupervisorEvent | None = None
+        # clients attached with Hello (local mode: other processes): told when the
+        # runtime shuts down, so their calls end with RuntimeClosed, not a time-out
+        self.clients: list[ActorAddress] = []
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         if self.started:
@@ -189,6 +193,9 @@ class Director(WireActor):
 
     def on_hello(self, msg: Hello, sender: ActorAddress) -> None:
         self.facades[addr_key(sender)] = sender
+        if sender not in self.clients:
+            self.clients.append(sender)
+            del self.clients[:-_MAX_CLIENTS]
         self.send_msg(
             sender, Introduce(self.runtime_id, self.addresses, dict(self.config, you=sender))
         )
@@ -211,6 +218,10 @@ class Director(WireActor):
 
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
         self.stopped = True
+        clients, self.clients = self.clients, []
+        for client in clients:  # attached clients first: the runtime is going away
+            if client != sender:
+                self.send_msg(client, Shutdown(f"the served runtime stopped ({msg.reason})"))
         scheduler = self.addresses.get("scheduler")
         if scheduler is not None:
             self.send_msg(scheduler, msg)

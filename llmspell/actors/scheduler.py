@@ -933,7 +933,9 @@ class Scheduler(WireActor):
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
             if rec is not None and rec.status not in TERMINAL:
-                self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
+                # marked: a client attached to a served runtime raises RuntimeClosed
+                error = dict(_err(msg.reason, kind="cancelled"), shutdown=True)
+                self._finish(rec, "cancelled", error=error)
                 cancelled.append(task_id)
             elif rec is None and msg.ref and task_id not in self._gone:
                 # The facade cancels only ids it handed out, so one unknown here is
