@@ -286,19 +286,29 @@ def _attach_secret(host: str, port: int, given: str | bytes | None) -> str | byt
 
 
 def _reap(procs: list[Any], timeout: float) -> None:
-    """Wait for the runtime's processes to exit; kill (by pid) what is left."""
+    """Wait up to ``timeout`` s for the runtime's processes to exit; kill (by
+    pid) what is left."""
     import psutil
 
     if not procs:
         return
-    _, alive = psutil.wait_procs(procs, timeout=min(timeout, 5.0))
+    _, alive = psutil.wait_procs(procs, timeout=max(0.0, timeout))
     for p in alive:
         try:
             log.warning("local runtime: process %d did not exit; killing it", p.pid)
             p.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=2.0)
+    deadline = time.monotonic() + 2.0  # a killed process not ours stays a zombie a while
+    while any(_running(p) for p in alive) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _shutdown_timeout(config: dict[str, Any]) -> float:
+    """``supervision.shutdown_timeout`` (default 5 s): how long close() lets
+    the runtime's processes stop before it kills them."""
+    value = (config.get("supervision") or {}).get("shutdown_timeout", 5.0)
+    return max(0.0, float(value))
 
 
 def _close_transport(asys: Any) -> None:
@@ -584,7 +594,9 @@ class LocalDriver:
             admin = self._seen.get(self.admin_pid)
             if admin is None or _running(admin):
                 self.asys.shutdown()
-                _reap(procs, timeout)
+                # an engine stuck in a call (holding the GIL, say) never stops:
+                # what has not exited within shutdown_timeout is killed by pid
+                _reap(procs, min(timeout, _shutdown_timeout(self.config)))
             else:
                 # Thespian's shutdown would retry the dead admin for ~15 s: the
                 # actors were told to stop above; what has not exited soon is killed

@@ -190,3 +190,14 @@ def submitting_hook(**payload: Any) -> None:
     from llmspell import Task
 
     HOOK_RUNTIME["rt"].submit(Task.lua("return 1"))
+
+
+def stuck(started: str, finished: str, seconds: int) -> None:
+    """Writes ``started``, sleeps in C *holding the GIL* (its engine can
+    handle no message meanwhile), then writes ``finished``."""
+    import ctypes
+    from pathlib import Path
+
+    Path(started).write_text("started")
+    ctypes.PyDLL(None).sleep(seconds)  # libc sleep(3), called without releasing the GIL
+    Path(finished).write_text("finished")

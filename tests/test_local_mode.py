@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,3 +280,25 @@ def test_close_stops_the_runtime_processes_even_after_one_was_killed() -> None:
     left = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == []
     assert not [c for c in me.children(recursive=True) if c.pid in {p.pid for p in procs}]
+
+
+def test_close_kills_an_engine_stuck_past_the_shutdown_timeout(tmp_path: Path) -> None:
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    rt = Runtime(mode="local", workers=1, supervision={"shutdown_timeout": 0.3})
+    try:
+        engine = next(e for e in wait_engines(rt, 3) if e["engine"] == "python")
+        proc = psutil.Process(int(engine["pid"]))  # type: ignore[call-overload]
+        args = {"started": str(started), "finished": str(finished), "seconds": 4}
+        rt.submit(Task.python("targets:stuck", args=args))
+        deadline = time.monotonic() + 30
+        while not started.exists():  # the engine is stuck in the call from now on
+            assert time.monotonic() < deadline, "the stuck call never started"
+            time.sleep(0.05)
+    finally:
+        closing = threading.Thread(target=rt.close, daemon=True)
+        closing.start()
+        closing.join(30)  # a bound against a hang only
+    assert not closing.is_alive(), "close() did not return"
+    assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    # killed within the 0.3 s, not left to finish its 4 s call (the default 5 s would)
+    assert not finished.exists()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +161,7 @@ class Supervisor(WireActor):
         self.parent_addr: ActorAddress | None = None
         self.history: list[float] = []  # restart times within the period
         self.stopping = False
+        self.stop_deadline = 0.0  # when stopping: children still running then are killed
         self.escalated = False
         self.rng = random.Random()
         self.watching = False
@@ -348,12 +350,40 @@ class Supervisor(WireActor):
     # -- shutdown ----------------------------------------------------------------------
 
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
-        self.stopping = True
-        for child in reversed(self.children):
-            self._stop(child)
+        self._stop_all()
 
     def on_exit(self) -> None:
+        self._stop_all()
+        if self.watching:
+            self._kill_stuck()
+
+    def _stop_all(self) -> None:
         if not self.stopping:
             self.stopping = True
+            self.stop_deadline = time.monotonic() + self.spec.shutdown_timeout
             for child in reversed(self.children):
                 self._stop(child)
+
+    def _kill_stuck(self) -> None:
+        """local mode, exiting: a child still running ``shutdown_timeout`` s
+        after it was asked to stop (stuck in a call that holds the GIL, say)
+        is killed by pid, so that nothing waits on it."""
+        import psutil
+
+        procs = [c.process for c in self.children if c.process is not None]
+        left = max(0.0, self.stop_deadline - time.monotonic())
+        try:
+            _, alive = psutil.wait_procs(procs, timeout=left)
+        except psutil.Error:  # pragma: no cover - defensive
+            alive = procs
+        for proc in alive:
+            log.warning(
+                "%s: child pid %d did not stop within %g s; killing it",
+                self.role,
+                proc.pid,
+                self.spec.shutdown_timeout,
+            )
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
