@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -354,8 +355,8 @@ class Supervisor(WireActor):
 
     def on_exit(self) -> None:
         self._stop_all()
-        if self.watching:
-            self._kill_stuck()
+        if self.watching:  # not blocking here: the stop messages must go out first
+            threading.Thread(target=self._kill_stuck, name="llmspell-kill", daemon=True).start()
 
     def _stop_all(self) -> None:
         if not self.stopping:
@@ -365,7 +366,8 @@ class Supervisor(WireActor):
                 self._stop(child)
 
     def _kill_stuck(self) -> None:
-        """local mode, exiting: a child still running ``shutdown_timeout`` s
+        """local mode, exiting (a thread of its own: the process lives on until
+        its children exited): a child still running ``shutdown_timeout`` s
         after it was asked to stop (stuck in a call that holds the GIL, say)
         is killed by pid, so that nothing waits on it."""
         import psutil
