@@ -447,20 +447,27 @@ class _Core:
             if s is None:
                 s = self.streams[msg.task_id] = _Stream()
         with s.cond:
+            if msg.attempt < s.attempt:
+                return  # from a run that died: its re-run sends these chunks again
+            restarted = msg.attempt > s.attempt
+            if restarted:  # a re-run numbers its chunks from 0 again
+                s.attempt, s.pos = msg.attempt, 0
+                s.early.clear()
             # batches can overtake each other (local mode): put them in seq order
-            if msg.seq > s.received:
+            if msg.seq > s.pos:
                 s.early[msg.seq] = msg.chunks
-            elif msg.seq == s.received:
-                s.chunks.extend(msg.chunks)
-                s.received += len(msg.chunks)
-                while s.received in s.early:
-                    more = s.early.pop(s.received)
-                    s.chunks.extend(more)
-                    s.received += len(more)
-            attached = s.attached
+            elif msg.seq == s.pos:
+                s.add(msg.chunks)
+                while s.pos in s.early:
+                    s.add(s.early.pop(s.pos))
+            attached, pos, taken = s.attached, s.pos, s.taken
             s.cond.notify_all()
-        if not attached and self.ack is not None:  # nobody reads now: do not hold the agent
-            self.ack(msg.task_id, s.received)
+        if self.ack is None:
+            return
+        if not attached:  # nobody reads now: do not hold the agent
+            self.ack(msg.task_id, pos)
+        elif restarted:  # the re-run may run buffer_size past what the reader took
+            self.ack(msg.task_id, taken)
 
     def resolve_many(self, outcomes: list[TaskOutcome]) -> None:
         """Settle a batch of outcomes under one lock; wake waiters after."""
@@ -645,17 +652,32 @@ def _default_engines(per_engine: int) -> dict[str, int]:
 
 
 class _Stream:
-    """The chunks of one streaming agent task that reached this facade."""
+    """The chunks of one streaming agent task that reached this facade.
 
-    __slots__ = ("attached", "chunks", "cond", "early", "received", "taken")
+    A re-run of the task (its engine died; it had retries left) sends its
+    chunks again from 0: those before ``received`` were delivered already
+    and are skipped (an agent that streams the same chunks for the same
+    input is assumed), the rest are delivered as usual."""
+
+    __slots__ = ("attached", "attempt", "chunks", "cond", "early", "pos", "received", "taken")
 
     def __init__(self, attached: bool = False) -> None:
         self.chunks: deque[Any] = deque()
         self.cond = threading.Condition()
         self.attached = attached  # a stream() reader acknowledges as it takes
-        self.received = 0  # chunks that arrived in order
+        self.received = 0  # chunks that arrived in order (over all runs)
         self.taken = 0  # chunks a reader took
+        self.attempt = 0  # the latest run of the task chunks came from
+        self.pos = 0  # chunks of that run that arrived in order
         self.early: dict[int, list[Any]] = {}  # batches that arrived before their turn
+
+    def add(self, chunks: list[Any]) -> None:
+        """Chunks ``pos``... of the latest run, in order (under ``cond``)."""
+        skip = min(len(chunks), max(0, self.received - self.pos))
+        if skip < len(chunks):
+            self.chunks.extend(chunks[skip:] if skip else chunks)
+        self.pos += len(chunks)
+        self.received = max(self.received, self.pos)
 
 
 class Subscription:
@@ -1318,9 +1340,9 @@ class Runtime:
         finally:
             with s.cond:
                 s.attached = False
-                received = s.received
+                pos = s.pos
             if v.outcome is None:
-                self._ack(task_id, received)
+                self._ack(task_id, pos)
 
     def _ack(self, task_id: str, seq: int) -> None:
         if self._core.state is RuntimeState.OPEN:

@@ -282,7 +282,8 @@ class AgentRunner:
         self.children: dict[str, _Run] = {}  # tool task id -> its agent run
         self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.agents: dict[str, Any] = {}  # resolved agent objects, by target
-        self.chunks: dict[str, tuple[int, list[Any]]] = {}  # task id -> (first seq, chunks)
+        # task id -> (first seq, attempt, chunks)
+        self.chunks: dict[str, tuple[int, int, list[Any]]] = {}
         self.counts: dict[str, int] = {}  # task id -> chunks so far (progress to report)
 
     # -- engine thread: starting and stopping ---------------------------------------
@@ -433,8 +434,10 @@ class AgentRunner:
                 seq, chunk = ev[2], ev[3]
                 self.counts[run.task_id] = seq + 1
                 if run.streaming:
-                    _, chunks = self.chunks.setdefault(run.task_id, (seq, []))
-                    chunks.append(chunk)
+                    held = self.chunks.get(run.task_id)
+                    if held is None or held[1] != run.attempt:
+                        held = self.chunks[run.task_id] = (seq, run.attempt, [])
+                    held[2].append(chunk)
             elif what == "tool":
                 spec = ev[2]
                 self.children[spec.id] = run
@@ -506,7 +509,10 @@ class AgentRunner:
         """The chunks to relay, one message per streaming task (engine thread)."""
         if not self.chunks:
             return []
-        out = [StreamChunks(task_id, seq, chunks) for task_id, (seq, chunks) in self.chunks.items()]
+        out = [
+            StreamChunks(task_id, seq, chunks, attempt)
+            for task_id, (seq, attempt, chunks) in self.chunks.items()
+        ]
         self.chunks = {}
         return out
 
@@ -539,8 +545,11 @@ class AgentRunner:
             message, tb = _describe(exc)
             self._post("done", run, "failed", None, (message, tb, "failed"))
         finally:
-            _AGENT.reset(agent_token)
-            _METER.reset(meter_token)
+            try:
+                _AGENT.reset(agent_token)
+                _METER.reset(meter_token)
+            except ValueError:  # closed by the garbage collector: its engine died
+                pass
             run.hold(False)  # after its end was posted (and the bell rung)
             with run.cond:
                 run.finished = True

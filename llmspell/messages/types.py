@@ -601,11 +601,13 @@ class Registered(Message):
 @dataclass(slots=True)
 class StreamChunks(Message):
     """engine -> scheduler -> consumer: chunks of a streaming agent task;
-    ``seq`` is the number of the first one (0-based)."""
+    ``seq`` is the number of the first one (0-based) in run ``attempt`` of
+    the task (a re-run after a crash numbers its chunks from 0 again)."""
 
     task_id: str
     seq: int
     chunks: list[Any]
+    attempt: int = 0
 
 
 @message("stream_ack")
