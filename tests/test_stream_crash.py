@@ -20,20 +20,6 @@ def test_a_stream_reads_every_chunk_once_across_an_engine_crash(agent: str) -> N
     assert got == [f"{i}," for i in range(n)]
 
 
-def test_a_stream_reads_every_chunk_once_across_an_engine_process_crash() -> None:
-    # local mode: the engine is a process of its own, and batches may overtake each other
-    n = 60
-    with Runtime(
-        mode="local", workers=1, supervision={"backoff_base": 0.001}, retry_backoff=0.0
-    ) as rt:
-        rt.register_agent("counter", "agent_targets:Counter")
-        chunks = rt.stream(Task.agent("counter", n, buffer_size=3, retries=1), timeout=30)
-        got = [next(chunks)["text"] for _ in range(10)]
-        rt._inject_crash("python", 0)
-        got += [chunk["text"] for chunk in chunks]
-    assert got == [f"{i}," for i in range(n)]
-
-
 def test_an_unread_stream_is_complete_after_an_engine_crash() -> None:
     n = 30
     with Runtime(supervision={"backoff_base": 0.001}, retry_backoff=0.0) as rt:
