@@ -162,7 +162,7 @@ def test_ctrl_c_names_the_cancelled_steps_after_the_table() -> None:
             {"id": "longer", "lang": "js", "code": "await spell.sleep(60); return 1"},
         ],
     }
-    timer = threading.Timer(0.6, _thread.interrupt_main)
+    timer = threading.Timer(1.5, _thread.interrupt_main)  # "quick" is long done by then
     with Runtime() as rt:
         timer.start()
         with pytest.raises(KeyboardInterrupt):
