@@ -141,3 +141,14 @@ def test_a_word_nothing_resembles_gets_no_suggestion() -> None:
     with pytest.raises(MessageError) as info:
         Runtime(zzzz=1)
     assert "did you mean" not in str(info.value)
+
+
+def test_a_memory_limit_on_a_python_tool_says_it_is_not_enforced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="llmspell"), Runtime() as rt:
+        rt.register_tool("add", "targets:add")
+        task = Task.tool("add", {"x": 1, "y": 2}, limits=Limits(memory_bytes=10 << 20))
+        assert rt.result(rt.submit(task), timeout=30) == 3
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("Limits(memory_bytes=...) is not enforced" in m for m in said), said

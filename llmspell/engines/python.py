@@ -160,6 +160,13 @@ class PythonEngine(EngineActor):
         call = _Call(spec.id, attempt, found[0], kwargs, found[1])
         if spec.limits:
             call.limit = Limit.of(spec.limits)
+            if spec.limits.get("memory_bytes") is not None:  # a tool's: not refusable earlier
+                log.warning(
+                    "task %s runs in the Python engine, whose memory every task there "
+                    "shares: its Limits(memory_bytes=...) is not enforced (use cpu_seconds, "
+                    "a Lua/JS tool, or Runtime(engine_memory=...) in mode='local')",
+                    spec.id,
+                )
             if call.limit is not None and not call.sync:
                 call.gate = Gate()
         self.calls[spec.id] = call
