@@ -5,8 +5,10 @@ Layout: this module re-exports the public API. Users import ``llmspell``,
 ``engines/`` and ``supervisors/`` are the internal architecture.
 """
 
+from ._exceptions import JournalError as JournalError
 from ._exceptions import LlmspellError as LlmspellError
 from ._exceptions import MessageError as MessageError
+from ._exceptions import ReplayDivergence as ReplayDivergence
 from ._exceptions import ResourceLimitExceeded as ResourceLimitExceeded
 from ._exceptions import RuntimeClosed as RuntimeClosed
 from ._exceptions import RuntimeDegraded as RuntimeDegraded
@@ -34,10 +36,12 @@ __all__ = [
     "CoordinationResult",
     "Event",
     "Handle",
+    "JournalError",
     "Limits",
     "LlmspellError",
     "MessageError",
     "Progress",
+    "ReplayDivergence",
     "ResourceLimitExceeded",
     "ResourceUsage",
     "Runtime",

@@ -6,10 +6,12 @@ The tree::
     ├── MessageError              a message or task that cannot be carried
     ├── TaskFailed                the task ran and failed
     │   ├── ScriptError           a Lua/JS syntax or runtime error
+    │   │   └── ReplayDivergence  a resumed script made another host call than recorded
     │   └── ResourceLimitExceeded killed by its Limits (on_exceed="kill")
     ├── TaskCancelled             the task was cancelled before it finished
     ├── TaskTimeout               the task's own ``timeout`` ran out
     ├── RuntimeClosed             a call on a Runtime that is closed
+    ├── JournalError              a journal file that cannot be used (Runtime(journal=...))
     └── RuntimeDegraded           a call on a Runtime whose supervisor gave up
 
 ``Runtime.result(handle, timeout=...)`` running out of *its* timeout raises the
@@ -22,8 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "JournalError",
     "LlmspellError",
     "MessageError",
+    "ReplayDivergence",
     "ResourceLimitExceeded",
     "RuntimeClosed",
     "RuntimeDegraded",
@@ -94,6 +98,13 @@ class ScriptError(TaskFailed):
     script's own traceback, with line numbers of the task's code."""
 
 
+class ReplayDivergence(ScriptError):
+    """A Lua or JS task resumed from a journal made another host call than
+    the one recorded at the same point of its earlier run (its code, or what
+    it reads, changed). The message names the call number, the recorded call
+    and the new one. Nothing of the new call was made."""
+
+
 class ResourceLimitExceeded(TaskFailed):
     """The task went over its ``Limits`` with ``on_exceed="kill"``."""
 
@@ -136,9 +147,22 @@ class RuntimeDegraded(LlmspellError):
         super().__init__(f"the runtime is degraded ({reason}); close it and start a new one")
 
 
+class JournalError(LlmspellError):
+    """``Runtime(journal=path)`` (or ``llmspell journal``) cannot use the file:
+    it is not an llmspell journal, is truncated or corrupt, was written by a
+    newer llmspell, is held by another live runtime, or cannot be written.
+    ``path`` names the file; nothing in it was changed."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"journal {path}: {message}" if path else message)
+
+
 _FAILURE_CLASSES: dict[str, type[TaskFailed]] = {
     "failed": TaskFailed,
     "script": ScriptError,
+    "divergence": ReplayDivergence,
     "resource": ResourceLimitExceeded,
 }
 

@@ -33,6 +33,7 @@ __all__ = [
     "EventDelivery",
     "EventInterest",
     "Hello",
+    "HostCalls",
     "InjectFaults",
     "Introduce",
     "Ping",
@@ -129,6 +130,9 @@ class SubmitTasks(Message):
     # when set: record the tasks as cancelled with this reason, never run them
     # (an aggregator's tasks that never started, so each still ends in one state)
     cancelled: str | None = None
+    # a script resumed from a journal submits again what its first run had
+    # submitted (same ids): a task already known is then taken as is, not refused
+    replayed: bool = False
 
 
 @message("submit_rejected")
@@ -180,6 +184,24 @@ class DispatchBatch(Message):
 
     tasks: list[TaskSpec]
     attempts: list[int]
+    # with a journal: per task, the host calls its earlier runs made (None: none),
+    # each ``[n, op, call, result, error, done]`` (see ``HostCalls``)
+    replays: list[list[list[Any]] | None] | None = None
+
+
+@message("host_calls")
+@dataclass(slots=True)
+class HostCalls(Message):
+    """script engine -> scheduler, only in a runtime with a journal: host calls
+    scripts made (``spell.submit/await/sleep/wait_event/coordinate/emit`` and
+    the clock reads), to be journaled. Each item is ``[task_id, attempt, n, op,
+    call, result, error, done]``: ``n`` counts the task's host calls from 1,
+    ``call`` the arguments that identify it, ``done`` False for a call made but
+    not answered yet (a sleep's wake-up time is in ``call``), True once
+    ``result`` (or ``error``, a message) is known. An ``emit`` is published by
+    the scheduler once journaled, not by the engine."""
+
+    items: list[list[Any]]
 
 
 @message("cancel")
