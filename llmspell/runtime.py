@@ -26,6 +26,7 @@ import atexit
 import dataclasses
 import enum
 import itertools
+import os
 import threading
 import uuid
 import weakref
@@ -125,6 +126,7 @@ _CONFIG = frozenset(
         "metrics_port",
         "secret",
         "max_frame_bytes",
+        "journal",
     )
 )
 
@@ -168,6 +170,8 @@ class _Core:
             raise MessageError(
                 "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
             )
+        if isinstance(config.get("journal"), os.PathLike):
+            config = dict(config, journal=os.fspath(config["journal"]))
         check_options(config)
         if mode == "embedded":  # settings that only another mode reads: said, not ignored
             if config.get("address") is not None:
@@ -199,8 +203,6 @@ class _Core:
         if self.config.get("metrics_port") is not None:
             self.config["metrics"] = True  # the scheduler keeps its figures
         if mode == "local":
-            import os
-
             per_engine = int(workers or os.cpu_count() or 1)
             # An engine process has a core to itself, and every quantum boundary costs
             # a flush over TCP: longer quanta (cancels still land between them).
