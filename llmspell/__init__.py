@@ -5,6 +5,8 @@ Layout: this module re-exports the public API. Users import ``llmspell``,
 ``engines/`` and ``supervisors/`` are the internal architecture.
 """
 
+from ._context import TaskContext as TaskContext
+from ._context import current_task as current_task
 from ._exceptions import JournalError as JournalError
 from ._exceptions import LlmspellError as LlmspellError
 from ._exceptions import MessageError as MessageError
@@ -52,9 +54,11 @@ __all__ = [
     "Strategy",
     "Task",
     "TaskCancelled",
+    "TaskContext",
     "TaskFailed",
     "TaskInfo",
     "TaskTimeout",
+    "current_task",
 ]
 
 

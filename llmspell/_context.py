@@ -8,16 +8,27 @@ call's own asyncio task, so concurrent calls never see each other's.
 * ``AgentContext``: the agent task's id and the catalogue of registered tools
   (name -> ``{"description", "parameters"}``), for agents that offer tools to
   a model (``llmspell.agents.OpenAIChat``).
+
+``current_task()`` (public as ``llmspell.current_task``) reads them: the id,
+attempt and idempotency key of the task running the calling code.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AgentContext", "Meter", "current_agent", "current_meter"]
+__all__ = [
+    "AgentContext",
+    "Meter",
+    "TaskContext",
+    "current_agent",
+    "current_meter",
+    "current_task",
+]
 
 
 class Meter:
@@ -71,6 +82,44 @@ class Meter:
 class AgentContext:
     task_id: str
     tools: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+
+
+# uuid5 namespace of idempotency keys (a fixed, random uuid: keys are ours alone)
+_KEYS = uuid.UUID("6f1d3c52-8a4e-4b7f-9a0e-2c5d7e31b9a4")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """The task running the calling code (``llmspell.current_task()``).
+
+    ``id``: the task's id. ``attempt``: 0 on its first run, then 1, 2, ... for
+    each re-run (a retry after a failure, a re-run after an engine crash or, with
+    a journal, after the process that owned the runtime died). ``idempotency_key``:
+    a string derived from the id alone, the same on every run of the task, in
+    every process: hand it to the services the task calls (a payment API's
+    ``Idempotency-Key`` header) so that work done twice happens once.
+    """
+
+    id: str
+    attempt: int
+    idempotency_key: str
+
+
+def current_task() -> TaskContext | None:
+    """The Python task (a ``Task.python`` call, a tool, an agent) running this
+    code, or None outside one. Works in sync functions (on the engine's worker
+    thread) and in ``async def`` ones alike."""
+    meter = _METER.get()
+    task_id = getattr(meter, "task_id", None)
+    attempt = getattr(meter, "attempt", None)
+    if not isinstance(task_id, str):
+        agent = _AGENT.get()
+        if agent is None:
+            return None
+        task_id, attempt = agent.task_id, agent.attempt
+    key = str(uuid.uuid5(_KEYS, task_id))
+    return TaskContext(task_id, int(attempt or 0), key)
 
 
 _METER: ContextVar[Meter | None] = ContextVar("llmspell_meter", default=None)

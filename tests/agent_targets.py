@@ -197,3 +197,13 @@ def fetch(url: str) -> int:
 
     with net.Client() as client:
         return len(client.get(url).content)
+
+
+class WhoAmIAgent:
+    """Answers with the task it runs in (``llmspell.current_task()``)."""
+
+    async def run(self, input: Any) -> Any:
+        import llmspell
+
+        t = llmspell.current_task()
+        return None if t is None else [t.id, t.attempt, t.idempotency_key]

@@ -201,3 +201,26 @@ def stuck(started: str, finished: str, seconds: int) -> None:
     Path(started).write_text("started")
     ctypes.PyDLL(None).sleep(seconds)  # libc sleep(3), called without releasing the GIL
     Path(finished).write_text("finished")
+
+
+def whoami() -> dict[str, Any] | None:
+    """The task running this, as ``llmspell.current_task()`` sees it."""
+    import llmspell
+
+    t = llmspell.current_task()
+    return None if t is None else {"id": t.id, "attempt": t.attempt, "key": t.idempotency_key}
+
+
+async def awhoami() -> dict[str, Any] | None:
+    await asyncio.sleep(0)
+    return whoami()
+
+
+def whoami_fails_first() -> dict[str, Any] | None:
+    """Fails on its first attempt, then says who it is."""
+    import llmspell
+
+    t = llmspell.current_task()
+    if t is not None and t.attempt == 0:
+        raise RuntimeError("first attempt fails")
+    return whoami()

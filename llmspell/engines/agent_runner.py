@@ -530,7 +530,9 @@ class AgentRunner:
 
     async def _drive(self, run: _Run) -> None:
         meter_token: Token[Meter | None] = _METER.set(run.meter)
-        agent_token: Token[AgentContext | None] = _AGENT.set(AgentContext(run.task_id, run.tools))
+        agent_token: Token[AgentContext | None] = _AGENT.set(
+            AgentContext(run.task_id, run.tools, run.attempt)
+        )
         try:
             value = await self._agent(run)
             check_data(value, "result")
