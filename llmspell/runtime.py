@@ -92,6 +92,7 @@ from .messages.types import (
     TasksReply,
     TraceTo,
     Unsubscribe,
+    WatchTasks,
 )
 
 __all__ = ["AsyncRuntime", "Runtime", "RuntimeState", "Subscription"]
@@ -997,7 +998,12 @@ class Runtime:
             ended = handle._ended
             if ended is not None and ended[0] == "succeeded":
                 return ended[1]
-        task_id, v = core.view(handle)
+        try:
+            task_id, v = core.view(handle)
+        except MessageError:
+            if not isinstance(handle, str):
+                raise
+            task_id, v = core.view(self._adopt(handle))
         wait = _wait_time(timeout)
         if self._pump is not None:
             self._pump(lambda: v.outcome is not None or bool(core.degraded), wait)
@@ -1211,6 +1217,18 @@ class Runtime:
             return handle
         self._core.view(handle)  # raises the usual "unknown task" error
         raise MessageError(f"unknown task {handle!r}", where="handle")  # pragma: no cover
+
+    def _adopt(self, handle: str) -> str:
+        """Wait on a task this facade did not submit (another client's, a task's
+        child, one of an earlier process on the same journal): known to the
+        scheduler, or the usual ``MessageError``. Returns its id."""
+        task_id = self._foreign(handle)
+        core = self._core
+        with core.lock:
+            if task_id not in core.views:
+                core.views[task_id] = None
+        self._driver.send(self._scheduler, encode(WatchTasks([task_id])))
+        return task_id
 
     def _foreign_status(self, task_id: str) -> str:
         reply: StatusReply = self._ask(lambda ref: QueryStatus(ref, [task_id]))
@@ -1748,7 +1766,13 @@ class AsyncRuntime:
 
     async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
         rt = self._runtime()
-        task_id, v = rt._core.view(handle)
+        try:
+            task_id, v = rt._core.view(handle)
+        except MessageError:
+            if not isinstance(handle, str):
+                raise
+            loop = asyncio.get_running_loop()
+            task_id, v = rt._core.view(await loop.run_in_executor(None, rt._adopt, handle))
         wait = _wait_time(timeout)
         fut, done = self._future(asyncio.get_running_loop(), v)
         try:

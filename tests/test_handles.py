@@ -158,3 +158,16 @@ def test_handles_in_a_simulation_run_on_virtual_time() -> None:
         done, pending = sim.wait([day], timeout=10)
         assert (done, pending) == ([], [day])
         assert day.result() == "day"
+
+
+def test_result_by_id_of_a_task_this_runtime_did_not_submit() -> None:
+    """A script's child is reachable by its id (as a task of an earlier
+    process on the same journal is): ``result`` waits for it like any other."""
+    with Runtime() as rt:
+        parent = rt.submit(
+            Task.lua('spell.submit({lang="lua", code="spell.sleep(0.05) return 5", id="kid"})')
+        )
+        rt.result(parent, timeout=10)
+        assert rt.result("kid", timeout=10) == 5
+        with pytest.raises(MessageError, match="unknown task 'nobody'"):
+            rt.result("nobody", timeout=10)
