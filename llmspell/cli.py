@@ -180,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print only the JSON result")
     run.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="a journal file (SQLite): resume an unfinished run of this file recorded "
+        "there, or start one that survives the death of this process",
+    )
+    run.add_argument(
         "--allow-python",
         dest="allow_python",
         action="append",
@@ -201,6 +208,12 @@ def _parser() -> argparse.ArgumentParser:
         type=_parse_workers,
         default=None,
         help=f"engine processes per engine, 1..{MAX_WORKERS} (default: one per core)",
+    )
+    serve.add_argument(
+        "--journal",
+        default=None,
+        metavar="PATH",
+        help="a journal file (SQLite): every task survives a restart of the server",
     )
     serve.add_argument(
         "--metrics-port",
@@ -308,12 +321,17 @@ def _run_file(args: argparse.Namespace) -> int:
         print(f"llmspell: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     make = Task.lua if suffix == ".lua" else Task.js
-    task = make(code, args=script_args, metadata={"source": path.name})  # errors name the file
     from ._observe import script_output
 
     script_output(lambda _task_id: path.name, args.log_threshold)
-    with Runtime(mode=args.mode, script_python=args.allow_python) as rt:
-        handle = rt.submit(task)
+    config = _journal_config(args)
+    with Runtime(mode=args.mode, script_python=args.allow_python, **config) as rt:
+        run_id = _journaled_run(rt, path, code, script_args) if config else None
+        handle: Any = run_id
+        if run_id is None or not _known(rt, run_id):
+            # errors name the file
+            task = make(code, args=script_args, metadata={"source": path.name}, id=run_id)
+            handle = rt.submit(task)
         try:
             if sys.stderr.isatty() and not args.json:  # drawn on stderr: `| jq` keeps it
                 from ._progress import wait_with_progress
@@ -357,7 +375,10 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
         from .examples import SCRIPT_PYTHON
 
         allowed += SCRIPT_PYTHON
-    with Runtime(mode=args.mode, script_python=allowed) as rt:
+    config = _journal_config(args)
+    with Runtime(mode=args.mode, script_python=allowed, **config) as rt:
+        if config:  # the whole workflow is one task, resumed by id from the journal
+            return _run_journaled_workflow(rt, path, args)
         if live:  # the display waits (and gives up after --timeout) on this thread
             from ._progress import run_with_progress
 
@@ -388,6 +409,53 @@ def _run_workflow(path: Path, args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _journal_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {"journal": str(args.journal)} if args.journal else {}
+
+
+def _run_key(path: Path, content: str) -> str:
+    """The id of a run of ``path`` in a journal: its name and a digest of its
+    location and content (a changed file is another run)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{path.resolve()}\0{content}".encode()).hexdigest()[:12]
+    return f"run:{path.name}@{digest}"
+
+
+def _journaled_run(rt: Any, path: Path, content: str, script_args: Any) -> str:
+    """The task id of this run: an unfinished run of the same file (and args)
+    in the journal, which the runtime resumed when it opened; else a new id."""
+    base = _run_key(path, json.dumps([content, script_args], sort_keys=True, default=str))
+    runs = [t for t in rt.tasks() if t.id == base or t.id.startswith(base + "#")]
+    for t in runs:
+        if t.status in ("pending", "running"):
+            print(
+                f"llmspell: resuming {t.id} from {rt._core.config.get('journal')}", file=sys.stderr
+            )
+            return str(t.id)
+    return base if not runs else f"{base}#{len(runs) + 1}"
+
+
+def _known(rt: Any, task_id: str) -> bool:
+    return any(t.id == task_id for t in rt.tasks())
+
+
+def _run_journaled_workflow(rt: Any, path: Path, args: argparse.Namespace) -> int:
+    from . import Task
+
+    text = path.read_text(encoding="utf-8")
+    run_id = _journaled_run(rt, path, text, None)
+    if not _known(rt, run_id):
+        rt.submit(Task.workflow(path, id=run_id))
+    try:
+        result = rt.result(run_id, timeout=args.timeout)
+    except TimeoutError:
+        rt.close()  # cancels every step
+        return _timed_out(args.timeout, "workflow")
+    _print_json(result)
+    return 0 if isinstance(result, dict) and result.get("ok") else 1
+
+
 def _is_bundled_demo(path: Path) -> bool:
     from .examples import path as example
 
@@ -414,6 +482,7 @@ def _serve(args: argparse.Namespace) -> int:
         config["workers"] = args.workers
     if args.metrics_port is not None:
         config["metrics_port"] = args.metrics_port
+    config.update(_journal_config(args))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
