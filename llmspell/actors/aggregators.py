@@ -164,6 +164,7 @@ class Aggregator(WireActor):
         self.coordinator: ActorAddress | None = None
         self.specs: list[TaskSpec] = []
         self.inputs: list[Any] | None = None
+        self.replayed = False  # SubmitTasks(replayed=True): a run resumed from a journal
         self.timeout: float | None = None
         self.ids: dict[str, int] = {}
         self.status: list[str | None] = []
@@ -197,6 +198,7 @@ class Aggregator(WireActor):
         self.events = msg.events
         self.coordinator = sender
         self.specs = list(msg.tasks)
+        self.replayed = msg.replayed
         self.inputs = msg.inputs
         self.timeout = msg.timeout
         n = len(self.specs)
@@ -401,7 +403,7 @@ class Aggregator(WireActor):
             # Order matters: a task is submitted before anyone cancels it.
             if self._submit:
                 specs, self._submit = self._submit, []
-                self.send_msg(sched, SubmitTasks(specs, notify=True))
+                self.send_msg(sched, SubmitTasks(specs, notify=True, replayed=self.replayed))
             if self._never:
                 never, self._never = self._never, []
                 for reason, specs in never:

@@ -115,11 +115,13 @@ class Coordinator(WireActor):
         self.by_task: dict[str, str] = {}  # workflow task id -> coord id
         self._results: list[TaskOutcome] = []
         self.closing = False
+        self.journaled = False  # the runtime has a journal (Runtime(journal=...))
 
     # -- set-up -------------------------------------------------------------------
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         self.addresses.update(msg.addresses)
+        self.journaled = bool(msg.config.get("journal"))
         scheduler = self.addresses.get("scheduler")
         if scheduler is not None:
             capacity = int(msg.config.get("workflow_capacity", WORKFLOW_CAPACITY))
@@ -128,7 +130,9 @@ class Coordinator(WireActor):
     # -- coordination requests ----------------------------------------------------
 
     def on_coordinate(self, msg: Coordinate, sender: ActorAddress) -> None:
-        self.start(msg.coord_id, sender, msg.tasks, msg.strategy, msg.timeout, msg.inputs)
+        self.start(
+            msg.coord_id, sender, msg.tasks, msg.strategy, msg.timeout, msg.inputs, msg.replayed
+        )
 
     def start(
         self,
@@ -138,9 +142,12 @@ class Coordinator(WireActor):
         strategy: str,
         timeout: float | None,
         inputs: list[Any] | None,
+        replayed: bool = False,
     ) -> None:
         """Create the aggregator for one coordination (or answer at once when
-        the request cannot run)."""
+        the request cannot run). ``replayed``: its tasks may be known to the
+        scheduler already (a run resumed from a journal), and are then taken
+        as they are."""
         scheduler = self.addresses.get("scheduler")
         strategy, problem = check_request(strategy, timeout, inputs)
         if problem is None and scheduler is None:
@@ -170,6 +177,7 @@ class Coordinator(WireActor):
                 timeout,
                 inputs,
                 self.addresses.get("events"),
+                replayed,
             ),
         )
 
@@ -223,7 +231,18 @@ class Coordinator(WireActor):
             coord_id = f"workflow:{prefix}"
             self.workflows[coord_id] = _Workflow(spec.id, attempt, wf.name, wf.steps)
             self.by_task[spec.id] = coord_id
-            self.start(coord_id, self.myAddress, wf.tasks, wf.strategy, wf.timeout, None)
+            # With a journal, a workflow task that runs again after its process died
+            # keeps its attempt, so its steps keep their ids: the steps of the earlier
+            # run (resumed or ended) are taken as they are, not run twice.
+            self.start(
+                coord_id,
+                self.myAddress,
+                wf.tasks,
+                wf.strategy,
+                wf.timeout,
+                None,
+                self.journaled,
+            )
 
     def on_coordination_done(self, msg: CoordinationDone, sender: ActorAddress) -> None:
         wf = self.workflows.pop(msg.coord_id, None)

@@ -425,6 +425,8 @@ class Coordinate(Message):
     strategy: str
     timeout: float | None = None
     inputs: list[Any] | None = None
+    # a run resumed from a journal: its tasks may be known already (see SubmitTasks)
+    replayed: bool = False
 
 
 @message("coordination_done")
@@ -451,6 +453,7 @@ class StartAggregation(Message):
     timeout: float | None = None
     inputs: list[Any] | None = None
     events: Address | None = None
+    replayed: bool = False  # submit with SubmitTasks(replayed=True)
 
 
 @message("stop_aggregation")
