@@ -60,6 +60,7 @@ WAL_SIZE_LIMIT = 16 << 20  # PRAGMA journal_size_limit: the WAL is cut back to t
 VACUUM_EVERY = 10_000  # forgotten tasks between looks at the free list
 _MAGIC = b"SQLite format 3\x00"
 _UNFINISHED = "status IN ('pending', 'running')"  # the partial index's condition, verbatim
+_STATUSES = frozenset(STATUSES)
 _COLUMNS = "id, kind, status, attempts, created, ended, parent, spec, value, error"
 
 _SCHEMA_SQL = f"""
@@ -131,6 +132,7 @@ class JournalTask:
     """
 
     __slots__ = (
+        "_path",
         "_spec",
         "attempts",
         "created",
@@ -152,6 +154,7 @@ class JournalTask:
     error: dict[str, Any] | None
     parent: str | None
     _spec: TaskSpec | bytes
+    _path: str | None
 
     def __init__(
         self,
@@ -165,6 +168,7 @@ class JournalTask:
         value: Any = None,
         error: dict[str, Any] | None = None,
         parent: str | None = None,
+        _path: str | None = None,  # the journal's, for an error decoding the spec
     ) -> None:
         s = object.__setattr__
         s(self, "id", id)
@@ -177,13 +181,17 @@ class JournalTask:
         s(self, "value", value)
         s(self, "error", error)
         s(self, "parent", parent)
+        s(self, "_path", _path)
 
     @property
     def spec(self) -> TaskSpec:
         spec = self._spec
         if isinstance(spec, TaskSpec):
             return spec
-        decoded = _decode_spec(spec, self.id)
+        try:
+            decoded = _decode_spec(spec, self.id)
+        except _Corrupt as exc:
+            raise JournalError(f"is corrupt: {exc}", path=self._path) from None
         object.__setattr__(self, "_spec", decoded)
         return decoded
 
@@ -434,6 +442,12 @@ class Journal:
             return cls._open_new(p, existed=exists)
         if not os.access(p, os.R_OK | os.W_OK):
             raise JournalError("cannot be written (permission denied)", path=p)
+        if not os.access(os.path.dirname(p), os.W_OK | os.X_OK):
+            raise JournalError(
+                "cannot be written: its directory is not writable "
+                "(SQLite keeps its -wal and -shm files beside it)",
+                path=p,
+            )
         return cls._open_existing(p, readonly=False)
 
     @classmethod
@@ -467,26 +481,27 @@ class Journal:
     @classmethod
     def _open_existing(cls, p: str, *, readonly: bool) -> Journal:
         _check_header(p)
+        # Validated read-only. With no -wal file nobody has the journal open, and
+        # it is read as immutable: SQLite then creates no -wal/-shm beside it either.
+        quiet = not os.path.exists(p + "-wal")
         try:
-            ro = _connect(_ro_uri(p), uri=True)
+            ro = _connect(_ro_uri(p) + ("&immutable=1" if quiet else ""), uri=True)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot be opened: {exc}", path=p) from None
         try:
-            owner = _inspect(ro, p, full=not readonly)
-            if readonly:
-                ro.execute("PRAGMA query_only = ON")
-                return cls(ro, p, readonly=True, token=None)
-            held = _holder(owner)
+            owner = _inspect(ro, p, full=True)
+            held = None if readonly else _holder(owner)
             if held is not None:
                 raise JournalError(held, path=p)
         except sqlite3.Error as exc:
-            ro.close()
             raise JournalError(f"is corrupt or unreadable ({exc})", path=p) from None
-        except BaseException:
+        finally:
             ro.close()
-            raise
-        ro.close()
         try:
+            if readonly:  # reads see what an owner commits from now on
+                conn = _connect(_ro_uri(p), uri=True)
+                conn.execute("PRAGMA query_only = ON")
+                return cls(conn, p, readonly=True, token=None)
             conn = _connect(p)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot be opened: {exc}", path=p) from None
@@ -718,6 +733,10 @@ class Journal:
             raise JournalError(f"cannot be read: {exc}", path=self.path) from None
 
     def _tasks(self, rows: list[Any]) -> list[JournalTask]:
+        for row in rows:
+            if row[2] not in _STATUSES or type(row[0]) is not str:
+                raise JournalError(f"is corrupt: a task row reads {row[:3]!r}", path=self.path)
+        path = self.path
         try:
             return [
                 JournalTask(
@@ -731,6 +750,7 @@ class Journal:
                     None if v is None else _unpack(v, f"task {i!r}: value"),
                     None if err is None else _unpack(err, f"task {i!r}: error"),
                     p,
+                    path,
                 )
                 for i, k, s, a, c, e, p, spec, v, err in rows
             ]
