@@ -115,6 +115,11 @@ _FORGET_CALLS = "DELETE FROM calls WHERE task_id = ?"
 
 _MEMORY: dict[str, _MemoryStore] = {}  # "memory:NAME" stores of this process
 _HELD: set[str] = set()  # owner tokens of the Journals open in this process
+# Files (st_dev, st_ino) this process has Journals open on: [writers, readers]. While
+# SQLite has a file open, nothing else in the process may open and close it (closing
+# any descriptor of a file drops the process's POSIX locks on it, SQLite's included),
+# so the raw header check is skipped for them.
+_FILES: dict[tuple[int, int], list[int]] = {}
 _lock = threading.Lock()
 
 
@@ -397,8 +402,31 @@ def _tune(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
 
 
+def _released(token: str | None, file: tuple[int, int] | None, readonly: bool) -> None:
+    """A Journal closed (or collected): it no longer holds its token or its file."""
+    if token is not None:
+        _HELD.discard(token)
+    if file is not None and file in _FILES:
+        counts = _FILES[file]
+        counts[1 if readonly else 0] -= 1
+        if counts == [0, 0]:
+            del _FILES[file]
+
+
+def _open_here(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _FILES.get((st.st_dev, st.st_ino))
+
+
 class Journal:
-    """A journal store. ``Journal.open`` makes one; see the module docstring."""
+    """A journal store. ``Journal.open`` makes one; see the module docstring.
+
+    One thread at a time: writes and reads go through one SQLite connection
+    (usable from any thread, not from two at once).
+    """
 
     def __init__(
         self, conn: sqlite3.Connection, path: str, *, readonly: bool, token: str | None
@@ -411,7 +439,12 @@ class Journal:
         # the buffer: runs of one statement, each with its parameters in order
         self._runs: list[tuple[str, list[tuple[Any, ...]]]] = []
         self._forgotten = 0
-        self._release = weakref.finalize(self, _HELD.discard, token) if token is not None else None
+        self._file: tuple[int, int] | None = None
+        if not self._memory:
+            st = os.stat(path)
+            self._file = (st.st_dev, st.st_ino)
+            _FILES.setdefault(self._file, [0, 0])[1 if readonly else 0] += 1
+        self._release = weakref.finalize(self, _released, token, self._file, readonly)
 
     # -- opening ------------------------------------------------------------------------
 
@@ -480,10 +513,14 @@ class Journal:
 
     @classmethod
     def _open_existing(cls, p: str, *, readonly: bool) -> Journal:
-        _check_header(p)
+        here = _open_here(p)
+        if here is None:
+            _check_header(p)
+        elif here[0] and not readonly:
+            raise JournalError("already open in this process", path=p)
         # Validated read-only. With no -wal file nobody has the journal open, and
         # it is read as immutable: SQLite then creates no -wal/-shm beside it either.
-        quiet = not os.path.exists(p + "-wal")
+        quiet = here is None and not os.path.exists(p + "-wal")
         try:
             ro = _connect(_ro_uri(p) + ("&immutable=1" if quiet else ""), uri=True)
         except sqlite3.Error as exc:
@@ -577,8 +614,7 @@ class Journal:
         if conn is None:
             return
         token = self._token
-        if self._release is not None:
-            self._release()  # drops the token from _HELD
+        self._release()  # drops the token and the file from this process's registries
         if self._memory:
             return  # the store, and its connection, outlive this Journal
         try:

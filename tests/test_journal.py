@@ -506,6 +506,31 @@ def test_one_process_cannot_open_a_journal_twice(tmp_path: Path) -> None:
     Journal.open(path).close()
 
 
+def test_readers_in_the_owners_process_leave_it_working(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal.open(path) as j:
+        for k in range(5):
+            with Journal.open(path, readonly=True) as r:
+                assert len(r.tasks()) == k
+            j.submitted(spec(k), float(k))
+            j.commit()
+        seen = subprocess.run(
+            [sys.executable, "-c", READ_COUNT, str(path)], capture_output=True, text=True
+        )
+        assert seen.stdout.strip() == "5", seen.stderr
+        refused(path, "already open in this process")
+    with Journal.open(path) as again:
+        assert [t.id for t in again.tasks()] == [str(k) for k in range(5)]
+
+
+READ_COUNT = """
+import sys
+from llmspell.journal import Journal
+with Journal.open(sys.argv[1], readonly=True) as r:
+    print(len(r.tasks()))
+"""
+
+
 def test_a_journal_dropped_without_close_is_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     j = Journal.open(path)
