@@ -641,3 +641,16 @@ def test_a_journal_that_forgets_stays_the_same_size(tmp_path: Path) -> None:
             sizes.append(path.stat().st_size)
         assert len(j.tasks()) == keep
     assert max(sizes[-40:]) <= sizes[19] * 1.2  # after 10,000 tasks as after 40,000
+
+
+def test_unfinished_reads_only_the_unfinished_index(tmp_path: Path) -> None:
+    """Ended tasks, however many, are not walked to find the unfinished ones."""
+    path = tmp_path / "j.db"
+    fill(path, 10)
+    con = sqlite3.connect(path)
+    plan = con.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE status IN ('pending', 'running') "
+        "ORDER BY seq"
+    ).fetchall()
+    con.close()
+    assert "USING INDEX tasks_unfinished" in plan[0][-1]
