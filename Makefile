@@ -48,7 +48,7 @@ test-deep: $(STAMP)
 	LLMSPELL_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	for b in overhead lua js coordination local events tracing; do \
+	for b in overhead lua js coordination local events tracing journal; do \
 		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:

@@ -2,7 +2,8 @@
 
 ``llmspell demo`` runs the bundled example; ``llmspell run FILE`` runs a
 ``.lua``/``.js`` script (its result printed as JSON) or a workflow
-``.yaml``/``.json`` file (its CoordinationResult printed as JSON). Exit codes: 0 success,
+``.yaml``/``.json`` file (its CoordinationResult printed as JSON); ``llmspell journal
+PATH [TASK_ID]`` lists a journal's tasks or shows one task's record. Exit codes: 0 success,
 1 the work failed (or no runtime answered), 2 bad input (file, arguments). An error is
 one line on stderr, never a traceback.
 
@@ -18,12 +19,13 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._exceptions import LlmspellError, MessageError, TaskFailed
+from ._exceptions import JournalError, LlmspellError, MessageError, TaskFailed
 
 __all__ = ["DEFAULT_PORT", "main"]
 
@@ -234,6 +236,18 @@ def _parser() -> argparse.ArgumentParser:
         "--interval", type=_parse_timeout, default=1.0, help="seconds between refreshes"
     )
 
+    journal = command(
+        "journal",
+        help="list the tasks of a journal file (Runtime(journal=...)), or show one task's record",
+        description="Without TASK_ID: the journal's tasks as a table (--json: a JSON list). "
+        "With TASK_ID: that task's record as JSON (spec, state changes, host calls and "
+        "their results). Reads only: works while a runtime owns the journal.",
+    )
+    journal.add_argument("path", metavar="PATH", help="the journal file")
+    journal.add_argument("task_id", metavar="TASK_ID", nargs="?", help="show this task's record")
+    journal.add_argument("--status", choices=STATUSES, default=None, help="only those")
+    journal.add_argument("--json", action="store_true", help="print a JSON list")
+
     for c in (tasks, cancel, top):
         c.add_argument(
             "--port",
@@ -275,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         if args.command == "stop":
             return _stop(args)
+        if args.command == "journal":
+            return _journal(args)
     except MessageError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 2
@@ -621,6 +637,49 @@ def _stop(args: argparse.Namespace) -> int:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({"stopping": f"127.0.0.1:{args.port}"}))
+    return 0
+
+
+def _journal(args: argparse.Namespace) -> int:
+    """``llmspell journal PATH [TASK_ID]``: read a journal file (read-only)."""
+    from .journal import Journal
+
+    if args.task_id is not None and args.status is not None:
+        print("llmspell: --status filters the task list; it does not go with TASK_ID",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        with Journal.open(args.path, readonly=True) as journal:
+            if args.task_id is not None:
+                try:
+                    record = journal.record(args.task_id)
+                except KeyError:
+                    print(f"llmspell: journal {journal.path}: no task {args.task_id!r}",
+                          file=sys.stderr)  # fmt: skip
+                    return 2
+                _print_json(record)
+                return 0
+            tasks = journal.tasks(args.status)
+    except JournalError as exc:
+        print(f"llmspell: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json([
+            {"id": t.id, "kind": t.kind, "status": t.status, "attempts": t.attempts,
+             "created": t.created, "ended": t.ended}
+            for t in tasks
+        ])  # fmt: skip
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    def when(t: float | None) -> str:
+        return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+    table = Table("id", "kind", "status", "attempts", "created", "ended")
+    for t in tasks:
+        table.add_row(t.id, t.kind, t.status, str(t.attempts), when(t.created), when(t.ended))
+    Console().print(table)
     return 0
 
 

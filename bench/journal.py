@@ -1,0 +1,244 @@
+"""The journal store (``llmspell/journal.py``) against bare ``sqlite3``.
+
+Part 1, writes: N tasks each journaled as submitted, dispatched and ended,
+500 tasks a commit as a scheduler batches them (a commit holds the
+submissions and dispatches of one batch and the ends of the one before),
+through ``Journal`` against a bare ``sqlite3`` loop that runs the same
+statements on the same schema with the same batching and pragmas (WAL,
+``synchronous=FULL``). The bare loop is timed twice: with its rows built
+before the clock starts (SQLite alone) and with them built in the loop
+(encoding each spec as the journal must). Target: journal / bare <= 1.5x.
+
+Part 2, reads: ``unfinished()`` of 100,000 queued tasks against a bare
+``SELECT`` of the same rows. Target <= 3x. Also shown: ``unfinished()`` with
+every spec decoded (the journal decodes a spec when it is first read) and
+``Journal.open`` itself (validation, ``quick_check``, ownership).
+
+Part 3 (``--size``): file size while N trivial tasks are appended, ended and
+forgotten past the last 100,000, as a runtime with ``history`` would.
+
+Usage: ``python bench/journal.py [--tasks N] [--queued N] [--size N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _util import best_of, paired_rounds, table
+
+from llmspell.journal import _DISPATCHED, _ENDED, _SUBMITTED, Journal
+from llmspell.messages import encode
+from llmspell.messages.types import TaskSpec
+
+BATCH = 500
+
+
+def specs(n: int, tag: str) -> list[TaskSpec]:
+    return [TaskSpec(id=f"{tag}-{i:07d}", kind="lua", code="return 1") for i in range(n)]
+
+
+def fresh(path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    Journal.open(path).close()  # the same schema and file settings for both sides
+
+
+def bare_connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def journal_writes(path: str, tasks: list[TaskSpec]) -> None:
+    fresh(path)
+    j = Journal.open(path)
+    prev: list[TaskSpec] = []
+    for k in range(0, len(tasks) + BATCH, BATCH):
+        batch = tasks[k : k + BATCH]
+        t = time.time()
+        for s in batch:
+            j.submitted(s, t)
+        for s in batch:
+            j.dispatched(s.id, 0, t)
+        for s in prev:
+            j.ended(s.id, "succeeded", 1, None, 0, t)
+        j.commit()
+        prev = batch
+    j.close()
+
+
+def bare_rows(tasks: list[TaskSpec], t: float) -> list[tuple[list, list, list]]:
+    """Each commit's parameters for the three statements, as the journal makes them."""
+    out = []
+    prev: list[TaskSpec] = []
+    for k in range(0, len(tasks) + BATCH, BATCH):
+        batch = tasks[k : k + BATCH]
+        out.append(
+            (
+                [(s.id, s.kind, t, s.parent, encode(s), f'["submitted",{t!r}]\n') for s in batch],
+                [(1, f'["dispatched",{t!r},0]\n', s.id) for s in batch],
+                [
+                    ("succeeded", t, b"\x01", None, f'["ended",{t!r},0,"succeeded"]\n', s.id)
+                    for s in prev
+                ],
+            )
+        )
+        prev = batch
+    return out
+
+
+def bare_writes(path: str, rows: list[tuple[list, list, list]]) -> None:
+    fresh(path)
+    conn = bare_connect(path)
+    for sub, disp, end in rows:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_SUBMITTED, sub)
+        conn.executemany(_DISPATCHED, disp)
+        conn.executemany(_ENDED, end)
+        conn.execute("COMMIT")
+    conn.close()
+
+
+def bare_writes_encoding(path: str, tasks: list[TaskSpec]) -> None:
+    bare_writes(path, bare_rows(tasks, time.time()))
+
+
+def part1(d: str, n: int, rounds: int) -> list[tuple[str, str]]:
+    tasks = specs(n, "w")
+    path = os.path.join(d, "w.db")
+    rows = bare_rows(tasks, time.time())
+    base, meas, ratios, extra = paired_rounds(
+        lambda: bare_writes(path, rows),
+        lambda: journal_writes(path, tasks),
+        rounds,
+        {"bare, rows built in the loop": lambda: bare_writes_encoding(path, tasks)},
+    )
+    enc = extra["bare, rows built in the loop"]
+    return [
+        (f"writes: {n:,} tasks x 3 changes, {BATCH} tasks a commit", ""),
+        ("bare sqlite3, rows built beforehand, best", f"{min(base):.3f} s"),
+        ("bare sqlite3, rows built in the loop, best", f"{min(enc):.3f} s"),
+        ("Journal, best", f"{min(meas):.3f} s ({n / min(meas):,.0f} tasks/s)"),
+        (
+            "**Journal / bare (rows beforehand), median of rounds (target <= 1.5x)**",
+            f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}x)",
+        ),
+        ("Journal / bare (rows in the loop), bests", f"{min(meas) / min(enc):.2f}x"),
+    ]
+
+
+def part2(d: str, n: int, rounds: int) -> list[tuple[str, str]]:
+    path = os.path.join(d, "q.db")
+    fresh(path)
+    j = Journal.open(path)
+    for k, s in enumerate(specs(n, "q")):
+        j.submitted(s, time.time())
+        if k % 10_000 == 9_999:
+            j.commit()
+    j.commit()
+    j.close()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    j = Journal.open(path, readonly=True)
+    select = (
+        "SELECT id, kind, status, attempts, created, ended, parent, spec, value, error "
+        "FROM tasks WHERE status IN ('pending', 'running') ORDER BY seq"
+    )
+    assert len(conn.execute(select).fetchall()) == n == len(j.unfinished())
+
+    def decoded() -> None:
+        for t in j.unfinished():
+            t.spec  # noqa: B018
+
+    base, meas, ratios, extra = paired_rounds(
+        lambda: conn.execute(select).fetchall(),
+        j.unfinished,
+        rounds,
+        {"decoded": decoded},
+    )
+    j.close()
+    conn.close()
+    opened = best_of(lambda: Journal.open(path).close(), 3)
+    return [
+        (f"reads: {n:,} queued tasks", ""),
+        ("bare SELECT of their rows, best", f"{min(base) * 1000:.1f} ms"),
+        ("unfinished(), best", f"{min(meas) * 1000:.1f} ms"),
+        (
+            "**unfinished() / bare SELECT, median of rounds (target <= 3x)**",
+            f"**{statistics.median(ratios):.2f}x** ({min(ratios):.2f}-{max(ratios):.2f}x)",
+        ),
+        (
+            "unfinished() and every spec decoded / bare SELECT, bests",
+            f"{min(extra['decoded']) / min(base):.2f}x ({min(extra['decoded']) * 1000:.1f} ms)",
+        ),
+        ("Journal.open of that file (validate, quick_check, own)", f"{opened * 1000:.1f} ms"),
+    ]
+
+
+def part3(d: str, n: int, keep: int = 100_000) -> list[tuple[str, str]]:
+    """Append, end and forget ``n`` tasks; the file size at every tenth of the way."""
+    path = os.path.join(d, "s.db")
+    fresh(path)
+    j = Journal.open(path)
+    ended: list[str] = []
+    rows = [(f"size: {n:,} tasks through a journal keeping the last {keep:,}", "")]
+    step = max(n // 10, BATCH)
+    t0 = time.perf_counter()
+    for k in range(0, n, BATCH):
+        t = time.time()
+        batch = [
+            TaskSpec(id=f"s-{i:08d}", kind="lua", code="return 1") for i in range(k, k + BATCH)
+        ]
+        for s in batch:
+            j.submitted(s, t)
+            j.dispatched(s.id, 0, t)
+            j.ended(s.id, "succeeded", 1, None, 0, t)
+            ended.append(s.id)
+        if len(ended) > keep:
+            j.forget(ended[: len(ended) - keep])
+            del ended[: len(ended) - keep]
+        j.commit()
+        done = k + BATCH
+        if done % step == 0:
+            size = os.path.getsize(path)
+            wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+            rows.append(
+                (
+                    f"after {done:,} tasks ({time.perf_counter() - t0:.0f} s)",
+                    f"file {size / 2**20:.1f} MiB, WAL {wal / 2**20:.1f} MiB",
+                )
+            )
+    j.close()
+    rows.append(("after close", f"file {os.path.getsize(path) / 2**20:.1f} MiB"))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=20_000, help="part 1: tasks written")
+    ap.add_argument("--queued", type=int, default=100_000, help="part 2: queued tasks read")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", type=int, default=0, help="part 3: tasks through (0: skip)")
+    args = ap.parse_args()
+    d = tempfile.mkdtemp(prefix="llmspell-bench-journal-")
+    try:
+        rows = part1(d, args.tasks, args.rounds) + part2(d, args.queued, args.rounds)
+        if args.size:
+            rows += part3(d, args.size)
+        print(table(rows))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
