@@ -95,8 +95,14 @@ CREATE TABLE calls (
     done INTEGER NOT NULL,
     PRIMARY KEY (task_id, n)
 ) WITHOUT ROWID;
+CREATE TABLE registrations (
+    seq INTEGER PRIMARY KEY,
+    what TEXT NOT NULL,
+    name TEXT NOT NULL,
+    target BLOB NOT NULL
+);
 """
-_TABLES = {"meta", "owner", "tasks", "calls"}
+_TABLES = {"meta", "owner", "tasks", "calls", "registrations"}
 
 # the statements commit() runs; a buffered write is (statement, parameters)
 _SUBMITTED = (
@@ -110,6 +116,9 @@ _CALL = (
     "INSERT OR REPLACE INTO calls (task_id, n, op, call, result, error, done) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_UNREGISTER = "DELETE FROM registrations WHERE what = ? AND name = ? AND what != 'hook'"
+_UNHOOK = "DELETE FROM registrations WHERE what = 'hook' AND name = ? AND target = ?"
+_REGISTER = "INSERT INTO registrations (what, name, target) VALUES (?, ?, ?)"
 _FORGET_TASK = "DELETE FROM tasks WHERE id = ?"
 _FORGET_CALLS = "DELETE FROM calls WHERE task_id = ?"
 
@@ -702,6 +711,26 @@ class Journal:
         """Host call ``n`` of a script task (made, or answered: the later write
         of the same ``(task_id, n)`` replaces the earlier)."""
         self._add(_CALL, (task_id, n, op, _pack(call), _pack(result), error, 1 if done else 0))
+
+    def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
+        """A registration (``tool``, ``agent``, ``executor``: replaces the one of
+        the same name; ``hook``: one more at point ``name``, unless the same
+        target is there already), so a resumed runtime has it before its
+        application registers anything again."""
+        packed = _pack(target)
+        if what == "hook":
+            self._add(_UNHOOK, (name, packed))
+        else:
+            self._add(_UNREGISTER, (what, name))
+        self._add(_REGISTER, (what, name, packed))
+
+    def registrations(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """Every registration ``(what, name, target)``, in the order made."""
+        rows = self._rows("SELECT what, name, target FROM registrations ORDER BY seq")
+        try:
+            return [(w, n, _unpack(t, f"registration {w} {n!r}")) for w, n, t in rows]
+        except _Corrupt as exc:
+            raise JournalError(f"is corrupt: {exc}", path=self.path) from None
 
     def forget(self, task_ids: Iterable[str]) -> None:
         """Drop these tasks, their state changes and host calls entirely

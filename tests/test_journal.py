@@ -654,3 +654,20 @@ def test_unfinished_reads_only_the_unfinished_index(tmp_path: Path) -> None:
     ).fetchall()
     con.close()
     assert "USING INDEX tasks_unfinished" in plan[0][-1]
+
+
+def test_registrations_are_kept_in_order_a_name_replaced_a_hook_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "j.db")
+    with Journal.open(path) as j:
+        j.registered("tool", "fetch", {"lang": "python", "target": "m:f"})
+        j.registered("tool", "fetch", {"lang": "python", "target": "m:g"})  # replaces
+        j.registered("hook", "task.after", {"lang": "python", "target": "m:h"})
+        j.registered("hook", "task.after", {"lang": "python", "target": "m:h"})  # same: once
+        j.registered("hook", "task.after", {"lang": "lua", "code": "return 1"})
+        j.commit()
+    with Journal.open(path) as j:
+        assert j.registrations() == [
+            ("tool", "fetch", {"lang": "python", "target": "m:g"}),
+            ("hook", "task.after", {"lang": "python", "target": "m:h"}),
+            ("hook", "task.after", {"lang": "lua", "code": "return 1"}),
+        ]
