@@ -1,5 +1,16 @@
 """The scheduler actor: owns every task's lifecycle.
 
+The task state itself (records, statuses, the dependency graph and its cycle
+checks, retries, what an end sets off, retention, parent/child ties) is an
+I/O-free ``llmspell.table.TaskTable`` that changes only by typed events
+(``Submitted``, ``Dispatched``, ``Retried``, ``Ended``, ``Cancelled``,
+``Restored``, ``Tombstoned``). This actor is its shell: its ``on_*`` handlers
+turn messages into events, and after each message it carries out what the
+table left to do (route ready tasks to engines, tell watchers, stop tasks on
+engines, arm retry wake-ups, publish events, run hooks), then sends. It owns
+what is really actor work: engine slots and dispatch batches, timeouts,
+tracing spans, metrics, the registry and hooks, injected faults.
+
 One record per task. A task is *pending* until its dependencies succeeded and
 an engine of its kind has room, *running* once dispatched, and then reaches
 exactly one terminal state: succeeded, failed, cancelled or timed_out. The
@@ -40,7 +51,6 @@ parent ends; a task whose value a pending dependent will take
 from __future__ import annotations
 
 import bisect
-import itertools
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -53,7 +63,6 @@ from .._clock import now
 from .._options import ENGINES
 from .._task import new_task_id
 from ..messages.types import (
-    TERMINAL,
     Ack,
     CancelReply,
     CancelTasks,
@@ -93,63 +102,28 @@ from ..messages.types import (
     TraceTo,
     WatchTasks,
 )
+from ..table import (
+    TERMINAL,
+    Cancelled,
+    Dispatched,
+    Ended,
+    Rec,
+    Submitted,
+    TaskStatus,
+    TaskTable,
+)
+from ..table.table import err as _err
 from .events import compile_pattern
 from .registry import REGISTERED_KINDS, Registry, RegistryError
 
 __all__ = ["Scheduler"]
 
-# kind -> engine that runs it
-_ROUTES = {"python": "python", "lua": "lua", "js": "js", "workflow": "workflow"}
-
-
-class _Rec:
-    """One task, as the scheduler tracks it."""
-
-    __slots__ = (
-        "attempt",
-        "children",
-        "dependents",
-        "depth",
-        "ended_at",
-        "engine",
-        "errors",
-        "kids",
-        "outcome",
-        "progress",
-        "scripted",
-        "sink",
-        "slot",
-        "spec",
-        "started_at",
-        "status",
-        "submitted_at",
-        "waiting",
-        "watchers",
-    )
-
-    def __init__(self, spec: TaskSpec, t: float) -> None:
-        self.spec = spec
-        # Invariant: status moves pending -> running -> one terminal state,
-        # (running -> pending again only for a retry) and never leaves a terminal state.
-        self.status = "pending"
-        self.waiting = 0  # dependencies not yet succeeded
-        self.dependents: list[str] | None = None
-        self.children: list[str] | None = None  # ended children kept until this ends
-        self.kids: list[str] | None = None  # children submitted while it ran
-        self.depth = 0  # how many parents above it
-        self.scripted = False  # a Lua or JS script submitted it, or one of its parents
-        self.watchers: list[ActorAddress] | None = None
-        self.outcome: TaskOutcome | None = None
-        self.progress: dict[str, Any] | None = None
-        self.engine = _ROUTES.get(spec.kind, "")
-        self.slot: _Slot | None = None
-        self.attempt = 0
-        self.errors: list[str] | None = None
-        self.submitted_at = t
-        self.started_at: float | None = None
-        self.ended_at: float | None = None
-        # who gets its span records (tracing): (address, addr_key(address))
-        self.sink: tuple[ActorAddress, str] | None = None
+PENDING = TaskStatus.PENDING
+RUNNING = TaskStatus.RUNNING
+SUCCEEDED = TaskStatus.SUCCEEDED
+FAILED = TaskStatus.FAILED
+CANCELLED = TaskStatus.CANCELLED
+TIMED_OUT = TaskStatus.TIMED_OUT
 
 
 class _Ready:
@@ -212,20 +186,21 @@ class Scheduler(WireActor):
 
     def __init__(self) -> None:
         super().__init__()
-        self.tasks: dict[str, _Rec] = {}
-        self.history = _HISTORY  # finished records kept (oldest forgotten first)
-        self._ended: deque[str] = deque()  # finished ids, oldest first
-        # forgotten task -> (status, value, error, deps_input key), oldest first
-        self._gone: dict[str, tuple[str, Any, dict[str, Any] | None, str]] = {}
+        # the task state (llmspell.table); self.tasks is its records, by id
+        self.table = TaskTable()
+        self.tasks = self.table.tasks
         self.slots: dict[str, list[_Slot]] = defaultdict(list)
         self.ready: dict[str, _Ready] = defaultdict(_Ready)
         self.addresses: dict[str, ActorAddress] = {}
-        self.counts: dict[str, int] = defaultdict(int)
+        self.crashes = 0
         # outgoing batches, keyed by addr_key(address): (address, items)
         self._out: dict[str, tuple[ActorAddress, list[TaskOutcome]]] = {}
         self._last_watcher: ActorAddress | None = None  # _notify's last batch, for speed
         self._last_batch: list[TaskOutcome] | None = None
-        self._dispatch: dict[str, tuple[ActorAddress, list[_Rec]]] = {}
+        self._dispatch: dict[str, tuple[ActorAddress, list[Rec]]] = {}
+        # StopTasks and replies that wait for flush (after the log is committed)
+        self._stops: list[tuple[ActorAddress, StopTasks]] = []
+        self._replies: list[tuple[ActorAddress, CancelReply]] = []
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
         self.degraded = ""
@@ -234,8 +209,6 @@ class Scheduler(WireActor):
         # planned task faults (simulation): [id matcher, dispatches left, fault]
         self.faults: list[list[Any]] = []
         self.stop_requested = False
-        self.retry_base = 0.02  # seconds before the first re-run; doubles per attempt
-        self.retry_cap = 1.0
         # registrations, hooks, streams (see the module docstring)
         self.registry = Registry()
         self._extras = False  # hooks registered or streams seen: _finish has more to do
@@ -250,10 +223,6 @@ class Scheduler(WireActor):
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
         self.absent: set[str] = set()  # engines this runtime does not start
-        self._precancelled: dict[str, str] = {}  # cancelled before submitted -> reason
-        # Python targets a script may run (Runtime(script_python=[patterns])): none by default
-        self._script_python: Callable[[str], Any] | None = None
-        self._cascade: list[tuple[_Rec, str, dict[str, Any] | None]] | None = None
         # tracing (see llmspell._tracing): facades that asked for span records, the
         # records not sent yet per facade, the next batch number per facade, and
         # span events (retries, crashes) of unfinished tasks
@@ -270,11 +239,13 @@ class Scheduler(WireActor):
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         self.addresses.update(msg.addresses)
-        self.retry_base = float(msg.config.get("retry_backoff", self.retry_base))
-        self.retry_cap = float(msg.config.get("retry_backoff_cap", self.retry_cap))
-        self.history = int(msg.config.get("history", self.history))
+        table = self.table
+        table.retry_base = float(msg.config.get("retry_backoff", table.retry_base))
+        table.retry_cap = float(msg.config.get("retry_backoff_cap", table.retry_cap))
+        table.history = int(msg.config.get("history", table.history))
+        # Python targets a script may run (Runtime(script_python=[patterns])): none by default
         allowed = msg.config.get("script_python") or ()
-        self._script_python = (
+        table.script_python = (
             re.compile("|".join(f"(?:{compile_pattern(str(p)).pattern})" for p in allowed)).match
             if allowed
             else None
@@ -327,7 +298,7 @@ class Scheduler(WireActor):
                 s.capacity = 0  # takes nothing until it registers again
                 s.restarts += 1
                 self._lose_slot(s, "engine process crashed while running this task")
-        self.counts["crashes"] += 1
+        self.crashes += 1
         self._publish(
             "llmspell.engine.crash",
             {"engine": msg.engine, "index": msg.index, "detail": msg.detail},
@@ -336,23 +307,19 @@ class Scheduler(WireActor):
     def _lose_slot(self, slot: _Slot, message: str) -> None:
         """Everything in flight on ``slot`` is lost: re-run it if it has retries
         left, else fail it with ``message``. Never both, never neither."""
+        t = now()
         for task_id in list(slot.running):
             rec = self.tasks.get(task_id)
             slot.running.discard(task_id)
-            if rec is None or rec.status != "running":
+            if rec is None or rec.status is not RUNNING:
                 continue
             rec.slot = None
             if rec.sink is not None:
                 self._span_event(
                     rec, "llmspell.engine.crash", {"engine": slot.engine, "index": slot.index}
                 )
-            lost = TaskOutcome(
-                task_id, "failed", error=_err(message, engine=slot.engine), attempt=rec.attempt
-            )
-            if rec.attempt < rec.spec.retries:
-                self._retry(rec, lost)
-            else:
-                self._finish(rec, "failed", error=lost.error)
+            error = _err(message, engine=slot.engine)
+            self.table.apply(Ended(task_id, FAILED, t, error=error, may_retry=True))
         self._dirty.add(slot.engine)
 
     def on_crash_engine(self, msg: Any, sender: ActorAddress) -> None:
@@ -377,217 +344,63 @@ class Scheduler(WireActor):
             for s in slots:
                 s.capacity = 0
         error = _err(f"the runtime is degraded: {self.degraded}", kind="degraded")
+        t = now()
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
-                self._finish(rec, "failed", error=dict(error))
+                self.table.apply(Ended(rec.spec.id, FAILED, t, error=dict(error)))
 
     # -- submission ---------------------------------------------------------
 
     def on_submit(self, msg: SubmitTasks, sender: ActorAddress) -> None:
-        t = now()
-        fresh: list[_Rec] = []
-        # one list for the whole batch: watcher lists are replaced, never appended to
-        watchers = [sender] if msg.notify else None
-        for spec in msg.tasks:
-            if spec.id in self.tasks or spec.id in self._gone:
-                self.send_msg(sender, SubmitRejected(spec.id, f"duplicate task id {spec.id!r}"))
-                continue
-            rec = _Rec(spec, t)
-            self.tasks[spec.id] = rec
-            rec.watchers = watchers
+        ev = Submitted(
+            msg.tasks,
+            now(),
+            [sender] if msg.notify else None,
+            msg.cancelled,
+            bool(msg.replayed),
+        )
+        self.table.apply(ev)
+        for task_id, why in ev.rejected:
+            self.send_msg(sender, SubmitRejected(task_id, why))
+        if ev.known and msg.notify:  # a replayed child: the resumed script waits on it
+            self.on_watch(WatchTasks(ev.known), sender)
+        tasks, early, traced = self.tasks, self._early, self._sink is not None
+        for spec in ev.accepted:
             if spec.kind == "agent":  # its chunks go to whoever submitted it
                 self._consumers[spec.id] = sender
                 self._extras = True
-            if self._early:
-                early = self._early.pop(spec.id, None)
-                if early:
-                    rec.watchers = [*(rec.watchers or ()), *early]
-            self.counts["submitted"] += 1
-            if self._sink is not None:
-                self._trace_open(rec, sender)
-            if spec.parent is not None:
-                self._adopt(rec)
-            if self._precancelled and spec.id in self._precancelled:
-                reason = self._precancelled.pop(spec.id)
-                self._finish(rec, "cancelled", error=_err(reason, kind="cancelled"))
-            fresh.append(rec)
-        if msg.cancelled is not None:  # an aggregator's tasks that will never run
-            for rec in fresh:
-                self._finish(rec, "cancelled", error=_err(msg.cancelled, kind="cancelled"))
-            return
-        # a child of a task that was cancelled or timed out, or nested too deeply
-        fresh = [rec for rec in fresh if rec.status == "pending"]
-        # Dependencies are resolved after the whole batch is known, so a batch
-        # may list a task before the task it depends on.
-        for rec in fresh:
-            self._link(rec)
-        # Only a batch can close a cycle (a task may name only tasks already
-        # known or listed with it): fail the tasks of each cycle, which would
-        # otherwise wait for each other forever.
-        if any(rec.waiting and rec.status == "pending" for rec in fresh):
-            self._fail_cycles(fresh)
+            if early or traced:
+                rec = tasks.get(spec.id)
+                if rec is None:
+                    continue
+                if early and spec.id in early:
+                    rec.watchers = [*(rec.watchers or ()), *early.pop(spec.id)]
+                if traced:
+                    self._trace_open(rec, sender)
 
-    def _fail_cycles(self, fresh: list[_Rec]) -> None:
-        waiting = {r.spec.id: r for r in fresh if r.waiting and r.status == "pending"}
-        state: dict[str, int] = {}  # 1: on the current path, 2: explored
-        cycles: list[list[str]] = []
-        for root in waiting:
-            if root in state:
-                continue
-            state[root] = 1
-            path = [root]
-            stack = [iter(waiting[root].spec.deps or ())]
-            while stack:
-                for dep in stack[-1]:
-                    if dep not in waiting:
-                        continue
-                    if state.get(dep) == 1:
-                        cycles.append([*path[path.index(dep) :], dep])
-                    elif dep not in state:
-                        state[dep] = 1
-                        path.append(dep)
-                        stack.append(iter(waiting[dep].spec.deps or ()))
-                        break
-                else:
-                    state[path.pop()] = 2
-                    stack.pop()
-        for cycle in cycles:
-            error = _err("dependency cycle: " + " -> ".join(cycle), kind="dependency")
-            error["cause"] = error["message"]
-            for task_id in cycle[:-1]:
-                rec = self.tasks.get(task_id)
-                if rec is not None and rec.status == "pending":
-                    self._finish(rec, "failed", error=error)
-
-    def _adopt(self, rec: _Rec) -> None:
-        """Tie a child task to its parent: the parent's depth + 1 (too deep fails
-        it: a task that submits itself for ever), and a parent that is cancelled
-        or times out cancels the children it submitted that are still going."""
-        parent = self.tasks.get(rec.spec.parent or "")
-        if parent is None:
-            return
-        rec.depth = parent.depth + 1
-        # a script's children and theirs (through workflows, coordinations) are
-        # sandboxed; the children of Python code are the application's own again
-        rec.scripted = parent.engine in ("lua", "js") or (
-            parent.scripted and parent.engine != "python"
-        )
-        refused = self._refused(rec) if rec.scripted else None
-        if refused is not None:
-            # said where it cannot be missed: a race or best-effort may swallow the failure
-            log.warning(
-                "task %s (submitted by %s) refused: %s", rec.spec.id, parent.spec.id, refused
-            )
-            self._finish(rec, "failed", error=_err(refused))
-        elif rec.depth > _MAX_DEPTH:
-            self._finish(
-                rec,
-                "failed",
-                error=_err(
-                    f"tasks nested more than {_MAX_DEPTH} levels deep (a task or workflow "
-                    "that submits itself?)"
-                ),
-            )
-        elif parent.status in ("cancelled", "timed_out"):
-            self._finish(rec, "cancelled", error=_parent_gone(parent))
-        elif parent.status not in TERMINAL:
-            if parent.kids is None:
-                parent.kids = []
-            parent.kids.append(rec.spec.id)
-
-    def _refused(self, rec: _Rec) -> str | None:
-        """Why a task a script submitted (directly or through a workflow or a
-        coordination) may not run: scripts are sandboxed, so they reach Python
-        only through registered tools and agents and the targets the runtime
-        allows, and they read no files."""
+    def _route(self, rec: Rec) -> None:
+        """A task the table made ready (its dependencies succeeded): queue it
+        for its engine, or end it here (an event task, nowhere to run)."""
         spec = rec.spec
-        if spec.kind == "python":
-            target = spec.target or ""
-            allowed = self._script_python
-            if allowed is None or not allowed(target):
-                return (
-                    f"a script may not run the Python target {target!r}: list the targets "
-                    "scripts may run in Runtime(script_python=['package.module:*', ...]) or "
-                    "`llmspell run --allow-python 'package.module:*'` (none by default; "
-                    "registered tools and agents are always allowed)"
-                )
-        elif spec.kind == "workflow":
-            steps = spec.payload.get("steps") if isinstance(spec.payload, dict) else None
-            if not isinstance(spec.payload, dict) or (
-                isinstance(steps, list) and any(isinstance(x, dict) and "file" in x for x in steps)
-            ):
-                return (
-                    "a script may not load a workflow file or a step's file: pass the "
-                    "workflow itself (a table/object with its steps and their code)"
-                )
-        return None
-
-    def _link(self, rec: _Rec) -> None:
-        for dep_id in rec.spec.deps or ():
-            dep = self.tasks.get(dep_id)
-            if dep is None:
-                gone = self._gone.get(dep_id)
-                if gone is not None and gone[0] == "succeeded":
-                    continue  # its value, for deps_input, is in the tombstone
-                if gone is None:
-                    error = _err(f"unknown dependency {dep_id!r}")
-                else:
-                    error = _dep_error_of(dep_id, gone[0], gone[2])
-                self._finish(rec, "failed", error=error)
-                return
-            if dep.status in TERMINAL and dep.status != "succeeded":
-                self._finish(rec, "failed", error=_dep_error(dep))
-                return
-            if dep.status != "succeeded":
-                rec.waiting += 1
-                if dep.dependents is None:
-                    dep.dependents = []
-                dep.dependents.append(rec.spec.id)
-        if rec.waiting == 0:
-            self._make_ready(rec)
-
-    def _make_ready(self, rec: _Rec) -> None:
-        spec = rec.spec
-        if spec.deps_input and spec.deps:
-            values: dict[str, Any] = {}  # deps_input key -> value
-            for d in spec.deps:
-                dep = self.tasks.get(d)
-                if dep is not None and dep.outcome is not None:
-                    values[_input_key(dep)] = dep.outcome.value
-                elif d in self._gone:
-                    _, value, _, key = self._gone[d]
-                    values[key] = value
-                else:  # older than its tombstone (held while this waited: not expected)
-                    error = _err(f"dependency {d!r} ended too long ago: {_FORGOTTEN}")
-                    self._finish(rec, "failed", error=error)
-                    return
-            # one dependency: its value; several: keyed by workflow step id (or task id)
-            spec.input = next(iter(values.values())) if len(spec.deps) == 1 else values
         if spec.kind == "event":
             self._publish(spec.name or "", spec.payload, always=True)  # the user's own event
-            self._finish(rec, "succeeded", value=None)
+            self._end(rec, SUCCEEDED)
             return
         if not rec.engine and spec.kind in REGISTERED_KINDS and not self._resolve(rec):
             return
         if not rec.engine:
-            self._finish(
-                rec,
-                "failed",
-                error=_err(f"no engine runs {spec.kind!r} tasks yet", kind="failed"),
-            )
+            self._end(rec, FAILED, _err(f"no engine runs {spec.kind!r} tasks yet", kind="failed"))
             return
         if self.degraded:
-            self._finish(
-                rec,
-                "failed",
-                error=_err(f"the runtime is degraded: {self.degraded}", kind="degraded"),
+            self._end(
+                rec, FAILED, _err(f"the runtime is degraded: {self.degraded}", kind="degraded")
             )
             return
         if rec.engine in self.absent:
-            self._finish(
+            self._end(
                 rec,
-                "failed",
-                error=_err(
+                FAILED,
+                _err(
                     f"this runtime has no {rec.engine} engine (Runtime(engines=...) left it "
                     "out), so the task cannot run",
                     kind="failed",
@@ -612,7 +425,7 @@ class Scheduler(WireActor):
                 room = 0 if slot.paused else slot.capacity - len(slot.running)
                 while queue and room > 0:
                     rec = tasks.get(queue.pop())
-                    if rec is None or rec.status != "pending":
+                    if rec is None or rec.status is not PENDING:
                         continue
                     self._start(rec, slot, t)
                     room -= 1
@@ -621,19 +434,18 @@ class Scheduler(WireActor):
                 slot = min(slots, key=_load)
                 if len(slot.running) >= slot.capacity or slot.paused:
                     break
-                rec = self.tasks.get(queue.pop())
-                if rec is None or rec.status != "pending":
+                rec = tasks.get(queue.pop())
+                if rec is None or rec.status is not PENDING:
                     continue
                 self._start(rec, slot, t)
         self._dirty.clear()
 
-    def _start(self, rec: _Rec, slot: _Slot, t: float) -> None:
+    def _start(self, rec: Rec, slot: _Slot, t: float) -> None:
         task_id = rec.spec.id
-        if self.faults and self._apply_fault(rec):
+        if self.faults and self._apply_fault(rec, t):
             return
-        rec.status = "running"
+        self.table.apply(Dispatched(task_id, rec.attempt, t))
         rec.slot = slot
-        rec.started_at = t
         slot.running.add(task_id)
         batch = self._dispatch.get(slot.key)
         if batch is None:
@@ -664,7 +476,7 @@ class Scheduler(WireActor):
                 return dict(entry[2])
         return None
 
-    def _apply_fault(self, rec: _Rec) -> bool:
+    def _apply_fault(self, rec: Rec, t: float) -> bool:
         """Apply a fault planned for ``rec`` as it would be dispatched; True
         if it is not dispatched now."""
         f = self._fault_for(rec.spec.id)
@@ -676,12 +488,11 @@ class Scheduler(WireActor):
             delay = float(f.get("delay") or 0.0)
             self.wake_after(delay, ("retry", task_id, rec.attempt))
             return True
-        rec.status = "running"
-        rec.started_at = now()
+        table = self.table
+        table.apply(Dispatched(task_id, rec.attempt, t))
         if kind == "task_timeout":
-            self._finish(
-                rec, "timed_out", error=_err("injected fault: task timed out", kind="timeout")
-            )
+            error = _err("injected fault: task timed out", kind="timeout")
+            table.apply(Ended(task_id, TIMED_OUT, t, error=error))
             return True
         if kind == "script_error":
             error = _err("injected fault: script error", kind="script", engine=rec.engine)
@@ -689,21 +500,33 @@ class Scheduler(WireActor):
             error = _err(
                 "injected fault: resource limit exceeded", kind="resource", engine=rec.engine
             )
-        if rec.attempt < rec.spec.retries:  # a failure like any other: retried as one
-            self._retry(rec, TaskOutcome(task_id, "failed", error=error))
-        else:
-            self._finish(rec, "failed", error=error)
+        # a failure like any other: retried as one
+        table.apply(Ended(task_id, FAILED, t, error=error, may_retry=True))
         return True
 
     def flush(self) -> None:
+        self._settle()
         if self._hooks_due:
             self._run_hooks()
-        if self._dirty:
+            self._settle()
+        while self._dirty:
             self._pump()
-        if self._hooks_due:  # task.before of what was just started
-            self._run_hooks()
-            if self._dirty:
-                self._pump()
+            self._settle()
+            if self._hooks_due:  # task.before of what was just started, task.after ...
+                self._run_hooks()
+                self._settle()
+        # ---- the commit point: everything the table logged for this message is
+        # made durable HERE, before anything below is sent (dispatches, outcomes,
+        # stops, replies, published events).
+        self._commit_log()
+        if self._replies:
+            replies, self._replies = self._replies, []
+            for addr, reply in replies:
+                self.send_msg(addr, reply)
+        if self._stops:
+            stops, self._stops = self._stops, []
+            for addr, stop in stops:
+                self.send_msg(addr, stop)
         if self._dispatch:
             batches, self._dispatch = self._dispatch, {}
             for addr, recs in batches.values():
@@ -733,97 +556,105 @@ class Scheduler(WireActor):
 
     # -- results ------------------------------------------------------------
 
+    def _commit_log(self) -> None:
+        """Make the table's log durable (the journal, issue 13, hooks in here).
+        Without a journal the log is None and this costs nothing; a list is
+        drained and dropped for now."""
+        log = self.table.log
+        if log:
+            log.clear()
+
     def on_engine_results(self, msg: EngineResults, sender: ActorAddress) -> None:
+        tasks, apply, t = self.tasks, self.table.apply, now()
         for o in msg.items:
-            rec = self.tasks.get(o.task_id)
-            if rec is None or rec.status != "running" or o.attempt != rec.attempt:
+            rec = tasks.get(o.task_id)
+            if rec is None or rec.status is not RUNNING or o.attempt != rec.attempt:
                 continue  # late: the task already ended (cancel, timeout) or was retried
             usage = o.usage
             if usage is not None and ("spans" in usage or "first_chunk" in usage):
                 self._take_extras(rec, usage)
-            if o.status == "failed" and rec.attempt < rec.spec.retries:
-                self._retry(rec, o)
-                continue
-            self._finish(rec, o.status, value=o.value, error=o.error, usage=o.usage, reuse=o)
+            apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, True))
 
-    def _retry(self, rec: _Rec, o: TaskOutcome) -> None:
-        if rec.errors is None:
-            rec.errors = []
-        rec.errors.append(str((o.error or {}).get("message", "failed")))
+    def _end(
+        self, rec: Rec, status: TaskStatus, error: dict[str, Any] | None = None, value: Any = None
+    ) -> None:
+        self.table.apply(Ended(rec.spec.id, status, now(), value, error))
+
+    def _settle(self) -> None:
+        """Carry out what the table left to do, until it leaves nothing (what
+        is done here may apply more events: a hook fan-in ends its Task.hook,
+        a ready task with nowhere to run fails)."""
+        table = self.table
+        while table.ended or table.ready or table.retried or table.warnings:
+            if table.ended:
+                ended, table.ended = table.ended, []
+                for rec in ended:
+                    self._on_end(rec)
+            if table.retried:
+                retried, table.retried = table.retried, []
+                for rec, delay in retried:
+                    self._on_retry(rec, delay)
+            if table.ready:
+                ready, table.ready = table.ready, []
+                for rec in ready:
+                    if rec.status is PENDING:
+                        self._route(rec)
+            if table.warnings:
+                for message in table.warnings:
+                    log.warning("%s", message)
+                table.warnings.clear()
+
+    def _on_retry(self, rec: Rec, delay: float) -> None:
+        error = rec.errors[-1] if rec.errors else "failed"
         if rec.sink is not None:
-            self._span_event(
-                rec, "llmspell.task.retry", {"attempt": rec.attempt + 1, "error": rec.errors[-1]}
-            )
+            self._span_event(rec, "llmspell.task.retry", {"attempt": rec.attempt, "error": error})
         self._release(rec)
-        rec.attempt += 1
-        rec.status = "pending"
-        self.counts["retries"] += 1
         self._publish(
             "llmspell.task.retry",
-            {"task_id": rec.spec.id, "attempt": rec.attempt, "error": rec.errors[-1]},
+            {"task_id": rec.spec.id, "attempt": rec.attempt, "error": error},
         )
         if self._extras:
-            self._task_hook("task.retry", rec, "pending", error=rec.errors[-1])
-        # exponential backoff between attempts: base, 2*base, 4*base ... up to the cap
-        delay = min(self.retry_cap, self.retry_base * 2 ** (rec.attempt - 1))
+            self._task_hook("task.retry", rec, "pending", error=error)
+        # exponential backoff between attempts (the table's figure)
         if delay > 0:
             self.wake_after(delay, ("retry", rec.spec.id, rec.attempt))
         else:
             self._requeue(rec)
 
-    def _requeue(self, rec: _Rec) -> None:
+    def _requeue(self, rec: Rec) -> None:
         self.ready[rec.engine].push(rec.spec.priority, rec.spec.id)
         self._dirty.add(rec.engine)
 
-    def _release(self, rec: _Rec) -> None:
-        if rec.slot is not None:
-            rec.slot.running.discard(rec.spec.id)
-            self._dirty.add(rec.slot.engine)
+    def _release(self, rec: Rec) -> None:
+        slot = rec.slot
+        if slot is not None:
+            slot.running.discard(rec.spec.id)
+            self._dirty.add(slot.engine)
             rec.slot = None
 
-    def _finish(
-        self,
-        rec: _Rec,
-        status: str,
-        *,
-        value: Any = None,
-        error: dict[str, Any] | None = None,
-        usage: dict[str, Any] | None = None,
-        reuse: TaskOutcome | None = None,
-    ) -> None:
-        """End ``rec`` in ``status`` (the first terminal state wins). ``reuse``:
-        the engine's outcome this came from, kept as the record's own."""
-        if rec.status in TERMINAL:
-            return
-        was_running = rec.status == "running"
+    def _on_end(self, rec: Rec) -> None:
+        """Tell the world that ``rec`` ended: free its engine slot (and stop it
+        there if it was cancelled or timed out), tell its watchers, metrics,
+        traces, events, hooks."""
+        status = rec.status
+        outcome = rec.outcome
         slot = rec.slot
-        self._release(rec)
-        if was_running and status in ("cancelled", "timed_out") and slot is not None:
-            reason = "timed out" if status == "timed_out" else "cancelled"
-            self.send_msg(slot.address, StopTasks([rec.spec.id], reason))
-        t = now()
-        rec.status = status
-        rec.ended_at = t
-        if error is not None and rec.errors:
-            error = dict(error)
-            error["attempts"] = [*rec.errors, str(error.get("message", ""))]
-        if usage is None:
-            usage = {}
-        if rec.started_at is not None and "duration" not in usage:
-            usage["duration"] = t - rec.started_at
-        if reuse is not None and reuse.error is error:
-            reuse.usage = usage
-            rec.outcome = reuse
-        else:
-            rec.outcome = TaskOutcome(rec.spec.id, status, value, error, usage, rec.attempt)
-        self.counts[status] += 1
+        if slot is not None:
+            slot.running.discard(rec.spec.id)
+            self._dirty.add(slot.engine)
+            rec.slot = None
+            if status is CANCELLED or status is TIMED_OUT:
+                reason = "timed out" if status is TIMED_OUT else "cancelled"
+                self._stops.append((slot.address, StopTasks([rec.spec.id], reason)))
+        error = outcome.error if outcome is not None else None
+        t = rec.ended_at if rec.ended_at is not None else now()
         if self._metrics is not None:
             self._metrics.ended(rec, status, t)
         if rec.sink is not None:
             self._trace_close(rec, status, t, error)
-        if rec.watchers is not None:
+        if rec.watchers is not None and outcome is not None:
             for w in rec.watchers:
-                self._notify(w, rec.outcome)
+                self._notify(w, outcome)
             rec.watchers = None
         if self._wanted is not None:
             self._publish(
@@ -832,89 +663,6 @@ class Scheduler(WireActor):
             )
         if self._extras:
             self._finished(rec, status, error)
-        dependents, rec.dependents = rec.dependents, None
-        holder = None  # a dependent that will still read this task's value
-        # What this end sets off (dependents made ready or failed) is done by the
-        # outermost _finish, in order, not by recursion: a failure at the head of
-        # a chain of 10,000 tasks must not exhaust the stack.
-        cascade = self._cascade
-        outer = cascade is None
-        if cascade is None:
-            cascade = self._cascade = []
-        for dep_id in dependents or ():
-            child = self.tasks.get(dep_id)
-            if child is None or child.status != "pending":
-                continue
-            if status == "succeeded":
-                child.waiting -= 1
-                if child.waiting == 0:
-                    cascade.append((child, "ready", None))
-                elif child.spec.deps_input and holder is None:
-                    holder = child
-            else:
-                cascade.append((child, "failed", _dep_error(rec)))
-        kids, rec.kids = rec.kids, None
-        if kids and status in ("cancelled", "timed_out"):
-            gone = _parent_gone(rec)
-            for kid_id in kids:
-                kid = self.tasks.get(kid_id)
-                if kid is not None and kid.status not in TERMINAL:
-                    cascade.append((kid, "cancelled", gone))
-        self._retire(rec, holder)
-        if outer:
-            try:
-                i = 0
-                while i < len(cascade):
-                    child, what, err = cascade[i]
-                    i += 1
-                    if what == "ready":
-                        if child.status == "pending":
-                            self._make_ready(child)
-                    elif what == "failed":
-                        if child.status == "pending":
-                            self._finish(child, "failed", error=err)
-                    else:
-                        self._finish(child, what, error=err)
-            finally:
-                self._cascade = None
-
-    def _retire(self, rec: _Rec, holder: _Rec | None = None) -> None:
-        """Queue a finished record to be forgotten after ``history`` more ends;
-        kept longer while ``holder`` (a dependent that takes its value) or its
-        parent task has not ended."""
-        spec = rec.spec
-        if holder is not None:
-            if holder.children is None:
-                holder.children = []
-            holder.children.append(spec.id)
-            return
-        if spec.parent is not None:
-            parent = self.tasks.get(spec.parent)
-            if parent is not None and parent.status not in TERMINAL:
-                if parent.children is None:
-                    parent.children = []
-                parent.children.append(spec.id)
-                return
-        ended = self._ended
-        ended.append(spec.id)
-        if rec.children is not None:
-            ended.extend(rec.children)
-            rec.children = None
-        if len(ended) > self.history + min(_FORGET_BATCH, self.history >> 3):
-            self._forget(len(ended) - self.history)
-
-    def _forget(self, count: int) -> None:
-        """Forget the ``count`` oldest finished records (in one go: cheaper per task)."""
-        ended, tasks, gone = self._ended, self.tasks, self._gone
-        pop, take = tasks.pop, ended.popleft
-        for _ in range(count):
-            task_id = take()
-            rec = pop(task_id, None)
-            if rec is not None and rec.outcome is not None:
-                o = rec.outcome
-                gone[task_id] = (o.status, o.value, o.error, _input_key(rec))
-        if len(gone) > max(100 * self.history, 100):  # keep the newer half (insertion order)
-            self._gone = dict(itertools.islice(gone.items(), len(gone) // 2, None))
 
     def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
         # the same watcher gets most outcomes in a row: skip str(address) then
@@ -929,24 +677,11 @@ class Scheduler(WireActor):
     # -- cancel, timeout ----------------------------------------------------
 
     def on_cancel(self, msg: CancelTasks, sender: ActorAddress) -> None:
-        cancelled = []
-        for task_id in msg.task_ids:
-            rec = self.tasks.get(task_id)
-            if rec is not None and rec.status not in TERMINAL:
-                # marked: a client attached to a served runtime raises RuntimeClosed
-                error = dict(_err(msg.reason, kind="cancelled"), shutdown=True)
-                self._finish(rec, "cancelled", error=error)
-                cancelled.append(task_id)
-            elif rec is None and msg.ref and task_id not in self._gone:
-                # The facade cancels only ids it handed out, so one unknown here is
-                # not submitted yet (a coordination's later member, or a submit
-                # the cancel overtook): it ends cancelled the moment it comes.
-                self._precancelled[task_id] = msg.reason
-                if len(self._precancelled) > 10_000:
-                    self._precancelled.pop(next(iter(self._precancelled)))
-                cancelled.append(task_id)
-        if msg.ref:
-            self.send_msg(sender, CancelReply(msg.ref, cancelled))
+        # marked shutdown: a client attached to a served runtime raises RuntimeClosed
+        ev = Cancelled(msg.task_ids, msg.reason, now(), early=bool(msg.ref), shutdown=True)
+        self.table.apply(ev)
+        if msg.ref:  # sent in flush, once the cancels are committed
+            self._replies.append((sender, CancelReply(msg.ref, ev.done)))
 
     def on_wakeup(self, payload: Any) -> None:
         if isinstance(payload, tuple) and payload and payload[0] == "watch":
@@ -957,29 +692,24 @@ class Scheduler(WireActor):
         if isinstance(payload, tuple) and payload and payload[0] == "retry":
             _, task_id, attempt = payload
             rec = self.tasks.get(task_id)
-            if rec is not None and rec.status == "pending" and rec.attempt == attempt:
+            if rec is not None and rec.status is PENDING and rec.attempt == attempt:
                 self._requeue(rec)
             return
         if isinstance(payload, tuple) and payload and payload[0] == "timeout":
             _, task_id, attempt = payload
             rec = self.tasks.get(task_id)
-            if rec is not None and rec.status == "running" and rec.attempt == attempt:
+            if rec is not None and rec.status is RUNNING and rec.attempt == attempt:
                 limit = rec.spec.timeout
-                self._finish(
-                    rec,
-                    "timed_out",
-                    error=_err(
-                        f"task did not finish within its timeout of {limit:g} s", kind="timeout"
-                    ),
-                )
+                message = f"task did not finish within its timeout of {limit:g} s"
+                self._end(rec, TIMED_OUT, _err(message, kind="timeout"))
 
     # -- watching, progress, queries ----------------------------------------
 
     def on_watch(self, msg: WatchTasks, sender: ActorAddress) -> None:
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
-            if rec is None and task_id in self._gone:
-                status, value, error, _ = self._gone[task_id]
+            if rec is None and task_id in self.table.gone:
+                status, value, error, _ = self.table.gone[task_id]
                 self._notify(sender, TaskOutcome(task_id, status, value, error))
             elif rec is None:  # its submit may still be on the way: wait a little
                 self._early.setdefault(task_id, []).append(sender)
@@ -1012,19 +742,15 @@ class Scheduler(WireActor):
             rec.progress = prog
 
     def on_query_status(self, msg: QueryStatus, sender: ActorAddress) -> None:
-        statuses = {}
-        for task_id in msg.task_ids:
-            rec = self.tasks.get(task_id)
-            statuses[task_id] = (
-                rec.status if rec is not None else self._gone.get(task_id, ("unknown",))[0]
-            )
+        status = self.table.status
+        statuses = {task_id: status(task_id) for task_id in msg.task_ids}
         self.send_msg(sender, StatusReply(msg.ref, statuses))
 
     def on_query_progress(self, msg: QueryProgress, sender: ActorAddress) -> None:
         rec = self.tasks.get(msg.task_id)
         self.send_msg(sender, ProgressReply(msg.ref, msg.task_id, self._progress_of(rec)))
 
-    def _progress_of(self, rec: _Rec | None) -> dict[str, Any] | None:
+    def _progress_of(self, rec: Rec | None) -> dict[str, Any] | None:
         if rec is None or (rec.progress is None and rec.outcome is None):
             return None
         prog = dict(rec.progress or {})
@@ -1041,7 +767,7 @@ class Scheduler(WireActor):
         return prog
 
     @staticmethod
-    def _eta(rec: _Rec, prog: dict[str, Any]) -> float | None:
+    def _eta(rec: Rec, prog: dict[str, Any]) -> float | None:
         if rec.ended_at is not None:
             return rec.ended_at
         done, total = prog.get("completed_steps"), prog.get("total_steps")
@@ -1055,8 +781,9 @@ class Scheduler(WireActor):
         return float(t + max(0.0, (total - done) / rate - (t - prog["reported_at"])))
 
     def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
-        running = sum(1 for r in self.tasks.values() if r.status == "running")
-        pending = sum(1 for r in self.tasks.values() if r.status == "pending")
+        running = sum(1 for r in self.tasks.values() if r.status is RUNNING)
+        pending = sum(1 for r in self.tasks.values() if r.status is PENDING)
+        counts = self.table.counts
         engines = [
             {
                 "engine": s.engine,
@@ -1073,20 +800,20 @@ class Scheduler(WireActor):
         ]
         coordinators = self.slots.get("workflow", [])
         stats = {
-            "submitted": self.counts["submitted"],
+            "submitted": counts["submitted"],
             "running": running,
             "pending": pending,
-            "succeeded": self.counts["succeeded"],
-            "failed": self.counts["failed"],
-            "cancelled": self.counts["cancelled"],
-            "timed_out": self.counts["timed_out"],
-            "retries": self.counts["retries"],
+            "succeeded": counts["succeeded"],
+            "failed": counts["failed"],
+            "cancelled": counts["cancelled"],
+            "timed_out": counts["timed_out"],
+            "retries": counts["retries"],
             "restarts": sum(s.restarts for slots in self.slots.values() for s in slots),
             "queued": {e: len(q) for e, q in self.ready.items()},
             "engines": engines,
             "coordinations_running": sum(len(s.running) for s in coordinators),
             "bad_messages": self.bad_messages,
-            "crashes": self.counts["crashes"],
+            "crashes": self.crashes,
             "degraded": self.degraded or None,
             "stop_requested": self.stop_requested,
             "hooks": dict(
@@ -1103,9 +830,11 @@ class Scheduler(WireActor):
     # -- shutdown -----------------------------------------------------------
 
     def on_shutdown(self, msg: Any, sender: ActorAddress) -> None:
+        t = now()
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
-                self._finish(rec, "cancelled", error=_err(msg.reason, kind="cancelled"))
+                error = _err(msg.reason, kind="cancelled")
+                self.table.apply(Ended(rec.spec.id, CANCELLED, t, error=error))
 
     def _publish(self, name: str, payload: Any, always: bool = False) -> None:
         # Lifecycle events cost per task: publish only what someone subscribed to.
@@ -1143,7 +872,7 @@ class Scheduler(WireActor):
                 self.send_msg(bus, Subscribe("scheduler.hooks", "llmspell.coordination.*"))
         self.send_msg(sender, Registered(msg.ref, error))
 
-    def _resolve(self, rec: _Rec) -> bool:
+    def _resolve(self, rec: Rec) -> bool:
         """Fill in a tool/agent/custom task from its registration (True), or
         fan a ``Task.hook`` out / fail the task (False)."""
         spec = rec.spec
@@ -1153,20 +882,19 @@ class Scheduler(WireActor):
         try:
             rec.engine = self.registry.resolve(spec)
         except RegistryError as exc:
-            self._finish(rec, "failed", error=_err(str(exc)))
+            self._end(rec, FAILED, _err(str(exc)))
             return False
         return True
 
-    def _fan_out(self, rec: _Rec) -> None:
+    def _fan_out(self, rec: Rec) -> None:
         """A submitted ``Task.hook(point)``: one hook task per hook at ``point``;
         its value is their values in registration order (None where one failed)."""
         spec = rec.spec
         targets = self.registry.hooks.get(spec.name or "", [])
         if not targets:
-            self._finish(rec, "succeeded", value=[])
+            self._end(rec, SUCCEEDED, value=[])
             return
-        rec.status = "running"
-        rec.started_at = now()
+        self.table.apply(Dispatched(spec.id, rec.attempt, now()))
         self._fanin[spec.id] = [len(targets), [None] * len(targets)]
         payload = spec.payload if spec.payload is not None else {}
         if isinstance(payload, dict):
@@ -1174,13 +902,12 @@ class Scheduler(WireActor):
         for i, target in enumerate(targets):
             child = self._spawn_hook(spec.name or "", payload, target, spec.id)
             self._hook_parent[child.spec.id] = (spec.id, i)
-            self._make_ready(child)
 
     def _hook(self, point: str, payload: dict[str, Any]) -> None:
         if point in self.registry.hooks:
             self._hooks_due.append((point, {**payload, "point": point}))
 
-    def _task_hook(self, point: str, rec: _Rec, status: str, **extra: Any) -> None:
+    def _task_hook(self, point: str, rec: Rec, status: str, **extra: Any) -> None:
         spec = rec.spec
         if spec.kind == "hook" or spec.id in self._hook_ids:
             return
@@ -1207,11 +934,11 @@ class Scheduler(WireActor):
         due, self._hooks_due = self._hooks_due, []
         for point, payload in due:
             for target in self.registry.hooks.get(point, ()):
-                self._make_ready(self._spawn_hook(point, payload, target, None))
+                self._spawn_hook(point, payload, target, None)
 
     def _spawn_hook(
         self, point: str, payload: Any, target: dict[str, Any], parent: str | None
-    ) -> _Rec:
+    ) -> Rec:
         spec = TaskSpec(
             id=new_task_id(),
             kind="hook",
@@ -1220,17 +947,17 @@ class Scheduler(WireActor):
             timeout=_HOOK_TIMEOUT,
             parent=parent,
         )
-        rec = _Rec(spec, now())
+        # made ready by the table, routed in _settle (so after its engine is set here)
+        self.table.apply(Submitted([spec], now(), durable=False))
+        rec = self.tasks[spec.id]
         rec.engine = self.registry.hook_task(spec, target)
-        self.tasks[spec.id] = rec
         self._hook_ids.add(spec.id)
-        self.counts["submitted"] += 1
         self.hook_counts["runs"] += 1
         if self._sink is not None:
             self._trace_open(rec, None)
         return rec
 
-    def _finished(self, rec: _Rec, status: str, error: dict[str, Any] | None) -> None:
+    def _finished(self, rec: Rec, status: str, error: dict[str, Any] | None) -> None:
         """Hooks, fan-in and stream bookkeeping of a task that just ended."""
         spec = rec.spec
         if self._consumers:
@@ -1256,7 +983,7 @@ class Scheduler(WireActor):
         if status in ("failed", "timed_out"):
             self._task_hook("task.error", rec, status, **extra)
 
-    def _fan_in(self, parent: tuple[str, int], child: _Rec, status: str) -> None:
+    def _fan_in(self, parent: tuple[str, int], child: Rec, status: str) -> None:
         parent_id, i = parent
         fan = self._fanin.get(parent_id)
         if fan is None:
@@ -1268,7 +995,7 @@ class Scheduler(WireActor):
             del self._fanin[parent_id]
             prec = self.tasks.get(parent_id)
             if prec is not None:
-                self._finish(prec, "succeeded", value=fan[1])
+                self._end(prec, SUCCEEDED, value=fan[1])
 
     def on_event_delivery(self, msg: EventDelivery, sender: ActorAddress) -> None:
         """Coordination events from the bus: run the coordination hooks."""
@@ -1314,7 +1041,7 @@ class Scheduler(WireActor):
             self._sink = next(reversed(self._sinks.values()), None) if self._sinks else None
         self.send_msg(sender, Ack(msg.ref))
 
-    def _trace_open(self, rec: _Rec, sender: ActorAddress | None) -> None:
+    def _trace_open(self, rec: Rec, sender: ActorAddress | None) -> None:
         """Note who traces ``rec``: the facade that submitted it, else its parent's,
         else the last one that asked. Its span record is sent when it ends; its
         parent's "open" record now, if not sent yet (the child's span names it)."""
@@ -1336,7 +1063,7 @@ class Scheduler(WireActor):
             item += (spec.trace, parent.submitted_at)
             self._span_item(parent, item)
 
-    def _trace_close(self, rec: _Rec, status: str, t: float, error: dict[str, Any] | None) -> None:
+    def _trace_close(self, rec: Rec, status: str, t: float, error: dict[str, Any] | None) -> None:
         spec = rec.spec
         attempts = rec.attempt + 1 if rec.started_at is not None else 0
         events = self._span_events.pop(spec.id, None) if self._span_events else None
@@ -1362,7 +1089,7 @@ class Scheduler(WireActor):
             ]
         self._span_item(rec, item)
 
-    def _span_item(self, rec: _Rec, item: list[Any]) -> None:
+    def _span_item(self, rec: Rec, item: list[Any]) -> None:
         sink = rec.sink
         if sink is None:
             return
@@ -1374,10 +1101,10 @@ class Scheduler(WireActor):
             out = self._spans[sink[1]] = (sink[0], [])
         out[1].append(item)
 
-    def _span_event(self, rec: _Rec, name: str, attrs: dict[str, Any]) -> None:
+    def _span_event(self, rec: Rec, name: str, attrs: dict[str, Any]) -> None:
         self._span_events.setdefault(rec.spec.id, []).append([name, now(), attrs])
 
-    def _take_extras(self, rec: _Rec, usage: dict[str, Any]) -> None:
+    def _take_extras(self, rec: Rec, usage: dict[str, Any]) -> None:
         """An engine's figures for traces and metrics, off the task's usage: the
         spans of its model requests and an agent's time to its first chunk."""
         spans = usage.pop("spans", None)
@@ -1458,7 +1185,7 @@ class _Metrics:
         self.durations: dict[str, _Histogram] = {}
         self.first_chunk = _Histogram()
 
-    def ended(self, rec: _Rec, status: str, t: float) -> None:
+    def ended(self, rec: Rec, status: str, t: float) -> None:
         kind = rec.spec.kind
         self.totals[(kind, status)] += 1
         if rec.started_at is not None:
@@ -1481,14 +1208,6 @@ def _span_name(spec: TaskSpec) -> str | None:
     return spec.name
 
 
-def _input_key(dep: _Rec) -> str:
-    """The key of a dependency's value in a ``deps_input`` map: its workflow
-    step id (``metadata["step"]``, set by ``llmspell.workflow``) or its task id."""
-    md = dep.spec.metadata
-    step = md.get("step") if md else None
-    return step if isinstance(step, str) else dep.spec.id
-
-
 _SCRIPT_AND_PYTHON = frozenset(("python", "lua", "js"))
 _HOOK_TIMEOUT = 30.0  # seconds a hook task may run
 _EARLY_WATCH_GRACE = 5.0  # seconds a watch of a task not (yet) submitted waits for it
@@ -1502,17 +1221,6 @@ def _load(slot: _Slot) -> tuple[int, float]:
     return (len(slot.running), len(slot.running) / slot.capacity)
 
 
-def _err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict[str, Any]:
-    return {"message": message, "kind": kind, "engine": engine}
-
-
-_HISTORY = 1_000  # finished task records kept by default (Runtime(history=...))
-_MAX_DEPTH = 256  # parents above a task at the most
-_FORGET_BATCH = 256  # records are forgotten in batches (up to this many, history/8)
-_FORGOTTEN = "its result is no longer kept (the scheduler keeps 100 x `history` finished tasks)"
-_ENDED = {"failed": "failed", "cancelled": "was cancelled", "timed_out": "timed out"}
-
-
 def _could_be_ours(pattern: str) -> bool:
     """Can the glob ``pattern`` match a name the scheduler publishes (all start
     with "llmspell.")? Only its literal head, before any wildcard, decides."""
@@ -1521,30 +1229,3 @@ def _could_be_ours(pattern: str) -> bool:
 
 
 _OURS = "llmspell."
-
-
-def _parent_gone(parent: _Rec) -> dict[str, Any]:
-    ended = _ENDED.get(parent.status, parent.status)
-    return _err(f"its parent task {parent.spec.id!r} {ended}", kind="cancelled")
-
-
-def _dep_error(dep: _Rec) -> dict[str, Any]:
-    return _dep_error_of(dep.spec.id, dep.status, dep.outcome.error if dep.outcome else None)
-
-
-def _dep_error_of(dep_id: str, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
-    """The error of a task whose dependency ``dep_id`` ended ``status``. Along a
-    chain it names the direct dependency and the first failure (its ``cause``),
-    never every link: a failure at the head of a chain of 10,000 tasks gives
-    each one a message of constant size."""
-    ended = _ENDED.get(status, status)
-    cause = error.get("cause") if error else None
-    if cause:
-        message = f"dependency {dep_id!r} {ended} (because {cause})"
-    else:
-        reason = f": {error.get('message', '')}" if error else ""
-        message = f"dependency {dep_id!r} {ended}{reason}"
-        cause = f"{dep_id!r} {ended}{reason}"
-    e = _err(message, kind="dependency")
-    e["cause"] = cause
-    return e
