@@ -712,6 +712,49 @@ class Journal:
         of the same ``(task_id, n)`` replaces the earlier)."""
         self._add(_CALL, (task_id, n, op, _pack(call), _pack(result), error, 1 if done else 0))
 
+    def trim(self, keep: int) -> int:
+        """Compaction by count: forget every ended task but the ``keep`` most
+        recently submitted ones (unfinished tasks are never forgotten). Written
+        at once, in a transaction of its own; returns how many were forgotten."""
+        conn = self._conn
+        if self.readonly or conn is None:
+            raise JournalError("opened read-only" if self.readonly else "is closed", path=self.path)
+        row = conn.execute(
+            f"SELECT seq FROM tasks WHERE NOT ({_UNFINISHED}) ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (max(0, int(keep)),),
+        ).fetchone()
+        if row is None:
+            return 0
+        cutoff = int(row[0]) + 1
+        try:
+            with conn:  # one transaction
+                conn.execute(
+                    "DELETE FROM calls WHERE task_id IN (SELECT id FROM tasks WHERE seq < ? "
+                    f"AND NOT ({_UNFINISHED}))",
+                    (cutoff,),
+                )
+                gone = conn.execute(
+                    f"DELETE FROM tasks WHERE seq < ? AND NOT ({_UNFINISHED})", (cutoff,)
+                ).rowcount
+        except sqlite3.Error as exc:
+            raise JournalError(f"cannot write to it: {exc}", path=self.path) from None
+        self._forgotten += gone
+        if self._forgotten >= VACUUM_EVERY:
+            self._forgotten = 0
+            self._shrink(conn)
+        return int(gone)
+
+    def existing(self, task_ids: list[str]) -> list[JournalTask]:
+        """The tasks among ``task_ids`` the journal has (any status)."""
+        found: list[JournalTask] = []
+        for i in range(0, len(task_ids), 500):
+            chunk = task_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found += self._tasks(
+                self._rows(f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({marks})", tuple(chunk))
+            )
+        return found
+
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         """A registration (``tool``, ``agent``, ``executor``: replaces the one of
         the same name; ``hook``: one more at point ``name``, unless the same

@@ -195,6 +195,18 @@ class _Core:
                     "or JS VMs here: engines={'lua': 2})",
                     where="workers",
                 )
+        if config.get("journal") is not None:
+            if config.get("address") is not None:
+                raise MessageError(
+                    "a client attached to a served runtime uses the server's journal "
+                    "(`llmspell serve --journal PATH`); it has none of its own",
+                    where="journal",
+                )
+            from .journal import Journal
+
+            # every bad journal is one JournalError here, before anything starts
+            # (the scheduler opens it again, for good)
+            Journal.open(config["journal"]).close()
         workers = config.get("workers")
         history = config.get("history")
         self.mode = mode

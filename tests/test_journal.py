@@ -671,3 +671,18 @@ def test_registrations_are_kept_in_order_a_name_replaced_a_hook_once(tmp_path: P
             ("hook", "task.after", {"lang": "python", "target": "m:h"}),
             ("hook", "task.after", {"lang": "lua", "code": "return 1"}),
         ]
+
+
+def test_trim_keeps_the_newest_ended_tasks_and_every_unfinished_one(tmp_path: Path) -> None:
+    with Journal.open(str(tmp_path / "j.db")) as j:
+        for i in range(10):
+            j.submitted(TaskSpec(id=f"t{i}", kind="lua", code="return 1"), float(i))
+            if i != 2:  # t2 never ends
+                j.ended(f"t{i}", "succeeded", i, None, 0, float(i))
+            j.host_call(f"t{i}", 1, "time", {"fn": "time"}, i, None, True)
+        j.commit()
+        assert j.trim(3) == 6  # t0, t1, t3, t4, t5, t6
+        assert [t.id for t in j.tasks()] == ["t2", "t7", "t8", "t9"]
+        assert j.calls("t0") == [] and j.calls("t2") != []
+        assert [t.id for t in j.existing(["t2", "t0", "t9", "nope"])] == ["t2", "t9"]
+        assert j.trim(3) == 0

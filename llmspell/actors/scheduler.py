@@ -60,6 +60,7 @@ from thespian.actors import ActorAddress
 
 from .._actor import WireActor, addr_key, log
 from .._clock import now
+from .._exceptions import JournalError, MessageError
 from .._options import ENGINES
 from .._task import new_task_id
 from ..messages.types import (
@@ -73,6 +74,7 @@ from ..messages.types import (
     EngineResults,
     EventDelivery,
     EventInterest,
+    HostCalls,
     InjectFaults,
     Introduce,
     ProgressBatch,
@@ -113,6 +115,7 @@ from ..table import (
     TaskTable,
 )
 from ..table.table import err as _err
+from .durable import Durable
 from .events import compile_pattern
 from .registry import REGISTERED_KINDS, Registry, RegistryError
 
@@ -200,7 +203,7 @@ class Scheduler(WireActor):
         self._dispatch: dict[str, tuple[ActorAddress, list[Rec]]] = {}
         # StopTasks and replies that wait for flush (after the log is committed)
         self._stops: list[tuple[ActorAddress, StopTasks]] = []
-        self._replies: list[tuple[ActorAddress, CancelReply]] = []
+        self._replies: list[tuple[ActorAddress, CancelReply | Registered]] = []
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
         self.degraded = ""
@@ -234,6 +237,9 @@ class Scheduler(WireActor):
         self._opened: set[str] = set()  # tasks whose "open" record was sent
         # metrics (Runtime(metrics_port=...)): None when off (see llmspell._metrics)
         self._metrics: _Metrics | None = None
+        # the journal (Runtime(journal=path), llmspell.actors.durable): None without one
+        self.durable: Durable | None = None
+        self._restored_hooks: list[tuple[str, Any]] = []  # hooks the journal gave back
 
     # -- set-up -------------------------------------------------------------
 
@@ -255,6 +261,27 @@ class Scheduler(WireActor):
         engines = msg.config.get("engines")
         if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
+        path = msg.config.get("journal")
+        if path and self.durable is None:
+            self._open_journal(str(path))
+
+    def _open_journal(self, path: str) -> None:
+        """Open the journal and resume what it left unfinished: registrations
+        first (resumed tasks find their tools), then the tasks."""
+        try:
+            durable = Durable(path, self.table)
+            self.durable = durable
+            registrations = durable.journal.registrations() if durable.journal else []
+            for what, name, target in registrations:
+                error = self.registry.register(what, name, target)
+                if error is not None:
+                    log.warning("journal %s: %s %r not restored: %s", path, what, name, error)
+                elif what == "hook":
+                    self._restored_hooks.append((name, target))
+                    self._hook_registered(name)
+            durable.resume(now())
+        except JournalError as exc:  # the facade checked it; it went bad since
+            self._journal_failed(exc)
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
         if self.degraded:  # restarted just before its supervisor gave up: being stopped
@@ -352,6 +379,12 @@ class Scheduler(WireActor):
     # -- submission ---------------------------------------------------------
 
     def on_submit(self, msg: SubmitTasks, sender: ActorAddress) -> None:
+        if self.durable is not None:  # ids and dependencies of earlier processes
+            ids = [spec.id for spec in msg.tasks]
+            for spec in msg.tasks:
+                if spec.deps:
+                    ids.extend(spec.deps)
+            self._lookup(ids)
         ev = Submitted(
             msg.tasks,
             now(),
@@ -532,8 +565,14 @@ class Scheduler(WireActor):
             for addr, recs in batches.values():
                 for i in range(0, len(recs), 500):
                     chunk = recs[i : i + 500]
+                    replays = (
+                        self.durable.replays(r.spec.id for r in chunk)
+                        if self.durable is not None and self.durable.calls
+                        else None
+                    )
                     self.send_msg(
-                        addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk])
+                        addr,
+                        DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk], replays),
                     )
         if self._spans:
             spans, self._spans = self._spans, {}
@@ -557,12 +596,61 @@ class Scheduler(WireActor):
     # -- results ------------------------------------------------------------
 
     def _commit_log(self) -> None:
-        """Make the table's log durable (the journal, issue 13, hooks in here).
-        Without a journal the log is None and this costs nothing; a list is
-        drained and dropped for now."""
-        log = self.table.log
-        if log:
-            log.clear()
+        """Make the table's log and the host calls recorded by this message
+        durable (``llmspell.actors.durable``). Without a journal the log is
+        None and this costs nothing. A journal that cannot be written any more
+        degrades the runtime: its unfinished tasks stay unfinished in the file
+        (the next runtime on it resumes them) and fail here, saying why."""
+        durable = self.durable
+        if durable is None:
+            return
+        try:
+            durable.commit()
+        except JournalError as exc:
+            self._journal_failed(exc)
+
+    def on_exit(self) -> None:
+        if self.durable is not None:  # what was not committed is dropped, as in a crash
+            self.durable.close()
+            self.durable = None
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        log.error("scheduler: %s; the runtime is degraded", exc)
+        if self.durable is not None:
+            self.durable.close()
+            self.durable = None
+        self.table.log = None
+        if not self.degraded:
+            self.degraded = f"the journal cannot be used: {exc}"
+            self._publish("llmspell.runtime.degraded", {"reason": self.degraded})
+            self._degrade()
+            self._settle()
+
+    def on_host_calls(self, msg: HostCalls, sender: ActorAddress) -> None:
+        """Host calls of script tasks (only with a journal): recorded, and
+        replayed when the task runs again; an ``emit`` is published here, once,
+        after it is journaled."""
+        durable = self.durable
+        if durable is None:
+            return
+        tasks = self.tasks
+        for item in msg.items:
+            if not isinstance(item, list) or len(item) != 8 or not isinstance(item[2], int):
+                log.warning("scheduler: a malformed host call record was dropped: %.200r", item)
+                continue
+            rec = tasks.get(item[0]) if isinstance(item[0], str) else None
+            if rec is None or rec.status is not RUNNING or rec.attempt != item[1]:
+                continue  # late: the task ended or runs again
+            try:
+                new = durable.host_call(item)
+            except (MessageError, TypeError, ValueError) as exc:
+                log.warning(
+                    "scheduler: host call %s of task %s not recorded: %s", item[2], item[0], exc
+                )
+                continue
+            call = item[4]
+            if item[3] == "emit" and new and isinstance(call, dict) and "events" in self.addresses:
+                self._events.append(Publish(str(call.get("name")), call.get("payload"), now()))
 
     def on_engine_results(self, msg: EngineResults, sender: ActorAddress) -> None:
         tasks, apply, t = self.tasks, self.table.apply, now()
@@ -705,7 +793,19 @@ class Scheduler(WireActor):
 
     # -- watching, progress, queries ----------------------------------------
 
+    def _lookup(self, task_ids: list[str]) -> None:
+        """Tasks of earlier processes on the journal among ``task_ids`` become
+        tombstones in the table (a journal that cannot be read degrades)."""
+        if self.durable is None:
+            return
+        try:
+            self.durable.lookup(task_ids)
+        except JournalError as exc:
+            self._journal_failed(exc)
+
     def on_watch(self, msg: WatchTasks, sender: ActorAddress) -> None:
+        if self.durable is not None:
+            self._lookup(list(msg.task_ids))
         for task_id in msg.task_ids:
             rec = self.tasks.get(task_id)
             if rec is None and task_id in self.table.gone:
@@ -742,6 +842,8 @@ class Scheduler(WireActor):
             rec.progress = prog
 
     def on_query_status(self, msg: QueryStatus, sender: ActorAddress) -> None:
+        if self.durable is not None:
+            self._lookup(list(msg.task_ids))
         status = self.table.status
         statuses = {task_id: status(task_id) for task_id in msg.task_ids}
         self.send_msg(sender, StatusReply(msg.ref, statuses))
@@ -830,6 +932,12 @@ class Scheduler(WireActor):
     # -- shutdown -----------------------------------------------------------
 
     def on_shutdown(self, msg: Any, sender: ActorAddress) -> None:
+        if self.durable is not None:
+            # With a journal, closing the runtime is not the end of its tasks: they
+            # stay unfinished in the file, and the next runtime on it resumes them.
+            # Here they end cancelled for this process's waiters only.
+            self.durable.close()
+            self.durable = None
         t = now()
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
@@ -862,15 +970,29 @@ class Scheduler(WireActor):
     # -- registrations, hooks, streams, engine load ------------------------------------
 
     def on_register(self, msg: Register, sender: ActorAddress) -> None:
-        error = self.registry.register(msg.what, msg.name, msg.target)
+        restored = self._restored_hooks
+        if msg.what == "hook" and (msg.name, msg.target) in restored:
+            # the journal gave it back already: registered again by the resumed
+            # application, it still runs once
+            restored.remove((msg.name, msg.target))
+            error = None
+        else:
+            error = self.registry.register(msg.what, msg.name, msg.target)
         if error is None and msg.what == "hook":
-            self._extras = True
-            bus = self.addresses.get("events")
-            if msg.name.startswith("coordination.") and not self._coordination_sub and bus:
-                # aggregators publish llmspell.coordination.before/after on the bus
-                self._coordination_sub = True
-                self.send_msg(bus, Subscribe("scheduler.hooks", "llmspell.coordination.*"))
+            self._hook_registered(msg.name)
+        if error is None and self.durable is not None:
+            self.durable.registered(msg.what, msg.name, msg.target)
+            self._replies.append((sender, Registered(msg.ref, error)))  # once journaled
+            return
         self.send_msg(sender, Registered(msg.ref, error))
+
+    def _hook_registered(self, point: str) -> None:
+        self._extras = True
+        bus = self.addresses.get("events")
+        if point.startswith("coordination.") and not self._coordination_sub and bus:
+            # aggregators publish llmspell.coordination.before/after on the bus
+            self._coordination_sub = True
+            self.send_msg(bus, Subscribe("scheduler.hooks", "llmspell.coordination.*"))
 
     def _resolve(self, rec: Rec) -> bool:
         """Fill in a tool/agent/custom task from its registration (True), or
@@ -1132,6 +1254,11 @@ class Scheduler(WireActor):
             for r in self.tasks.values()
             if want is None or r.status == want
         ]
+        if self.durable is not None:  # and those of earlier processes on the journal
+            try:
+                rows = self.durable.earlier_tasks(want) + rows
+            except JournalError as exc:
+                self._journal_failed(exc)
         self.send_msg(sender, TasksReply(msg.ref, rows))
 
     def _metric_figures(self) -> dict[str, Any]:

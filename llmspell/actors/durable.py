@@ -1,0 +1,209 @@
+"""The scheduler's journal (``Runtime(journal=path)``): what it writes, when,
+and how a runtime opened on a journal picks up where the last one stopped.
+
+The scheduler's task table logs its durable events (``Submitted``,
+``Dispatched``, ``Retried``, ``Ended``); script engines send the host calls
+their tasks make (``HostCalls``); ``register_*`` calls are registrations. All
+of it is buffered here and written in ONE transaction at the scheduler's
+commit point, at the end of each message it handles and before anything that
+message caused is sent (an outcome to a watcher, a dispatch, a published
+event): a record is durable before its effect is visible.
+
+Resume (``Durable.resume``): registrations first (a resumed task finds the
+tools it calls), then every unfinished task back in the table, pending, with
+the attempt number of the run that was interrupted (a crash of the owning
+process is not a retry: ``current_task().attempt`` stays, and ``retries`` are
+not spent), linked to the ended tasks it depends on (as tombstones), and, for
+scripts, their recorded host calls, handed to the engine with the dispatch so
+the script replays them.
+
+Tasks ended in earlier processes are found in the journal when asked for
+(``lookup``): a watch, a status, a dependency, a duplicate id. The journal
+keeps the newest ``100 x history`` ended tasks (at least 1,000) and forgets
+older ones (``Journal.trim``), so it stays bounded however long it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .._actor import log
+from .._exceptions import JournalError
+from ..journal import Journal, JournalTask
+from ..messages.types import TaskOutcome, TaskSpec
+from ..table import (
+    Dispatched,
+    Ended,
+    Restored,
+    Retried,
+    Submitted,
+    TaskTable,
+    Tombstoned,
+)
+from ..table.table import input_key
+
+__all__ = ["Durable"]
+
+_SCRIPTS = frozenset(("lua", "js"))
+
+
+class Durable:
+    """One scheduler's journal. Not thread-safe: the scheduler's thread only."""
+
+    __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table")
+
+    def __init__(self, path: str, table: TaskTable) -> None:
+        self.path = path
+        self.journal: Journal | None = Journal.open(path)
+        self.table = table
+        table.log = []
+        # the recorded host calls of unfinished script tasks: id -> n -> record
+        self.calls: dict[str, dict[int, list[Any]]] = {}
+        self.keep = max(1_000, 100 * table.history)
+        self._since_trim = 0
+
+    # -- writing ----------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Write what the table logged and what was recorded since the last
+        commit, in one transaction. Raises ``JournalError`` when the file
+        cannot be written (the caller degrades the runtime)."""
+        j = self.journal
+        if j is None:
+            return
+        log_ = self.table.log
+        if log_:
+            ended = 0
+            for ev in log_:
+                kind = type(ev)
+                if kind is Ended:
+                    assert isinstance(ev, Ended)
+                    j.ended(ev.task_id, str(ev.status), ev.value, ev.error, ev.attempt, ev.t)
+                    self.calls.pop(ev.task_id, None)
+                    ended += 1
+                elif kind is Dispatched:
+                    assert isinstance(ev, Dispatched)
+                    j.dispatched(ev.task_id, ev.attempt, ev.t)
+                elif kind is Submitted:
+                    assert isinstance(ev, Submitted)
+                    for spec in ev.accepted:
+                        j.submitted(spec, ev.t)
+                elif kind is Retried:
+                    assert isinstance(ev, Retried)
+                    j.retried(ev.task_id, ev.attempt, ev.error, ev.t)
+            log_.clear()
+            self._since_trim += ended
+        j.commit()
+        if self._since_trim >= max(1_000, self.keep // 10):
+            self._since_trim = 0
+            j.trim(self.keep)
+
+    def host_call(self, item: list[Any]) -> bool:
+        """Record one host call ``[task_id, attempt, n, op, call, result,
+        error, done]`` of a running script task (its next dispatch replays it).
+        True when it is new and done: an ``emit`` is then published."""
+        task_id, _attempt, n, op, call, result, error, done = item
+        calls = self.calls.setdefault(task_id, {})
+        before = calls.get(n)
+        calls[n] = [n, op, call, result, error, bool(done)]
+        if self.journal is not None:
+            self.journal.host_call(task_id, n, str(op), call, result, error, bool(done))
+        return bool(done) and (before is None or not before[5])
+
+    def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
+        if self.journal is not None:
+            self.journal.registered(what, name, target)
+
+    def replays(self, task_ids: Iterable[str]) -> list[list[list[Any]] | None] | None:
+        """The recorded host calls of these tasks (by ``n``) for their dispatch;
+        None when none has any."""
+        calls = self.calls
+        out: list[list[list[Any]] | None] = []
+        for task_id in task_ids:
+            c = calls.get(task_id)
+            out.append([c[n] for n in sorted(c)] if c else None)
+        return out if any(out) else None
+
+    # -- reading ----------------------------------------------------------------------
+
+    def lookup(self, task_ids: list[str]) -> list[JournalTask]:
+        """Tasks of earlier processes among ``task_ids`` (those the table does
+        not know), ended ones made tombstones in the table."""
+        j = self.journal
+        table = self.table
+        unknown = [i for i in task_ids if i not in table.tasks and i not in table.gone]
+        if j is None or not unknown:
+            return []
+        found = j.existing(unknown)
+        for jt in found:
+            if jt.status in ("succeeded", "failed", "cancelled", "timed_out"):
+                table.apply(Tombstoned(jt.id, jt.status, jt.value, jt.error, input_key(jt.spec)))
+        return found
+
+    def outcome(self, task_id: str) -> TaskOutcome | None:
+        """The outcome of a task that ended in an earlier process, or None."""
+        self.lookup([task_id])
+        gone = self.table.gone.get(task_id)
+        if gone is None:
+            return None
+        status, value, error, _ = gone
+        return TaskOutcome(task_id, status, value, error)
+
+    def earlier_tasks(self, status: str | None) -> list[list[Any]]:
+        """``rt.tasks()`` rows of tasks the journal has and the table does not."""
+        j = self.journal
+        if j is None:
+            return []
+        tasks = self.table.tasks
+        return [
+            [t.id, t.kind, t.status, t.attempts, t.created, t.ended]
+            for t in j.tasks(status)
+            if t.id not in tasks
+        ]
+
+    # -- resume -----------------------------------------------------------------------
+
+    def resume(self, t: float) -> list[tuple[str, str, dict[str, Any]]]:
+        """Put the journal's unfinished tasks back in the table; return its
+        registrations for the scheduler to make again."""
+        j = self.journal
+        assert j is not None
+        registrations = j.registrations()
+        unfinished = j.unfinished()
+        if not unfinished:
+            return registrations
+        ids = {jt.id for jt in unfinished}
+        deps: set[str] = set()
+        restored: list[tuple[TaskSpec, int, float]] = []
+        for jt in unfinished:
+            spec = jt.spec
+            # the run that was cut short keeps its number; a task waiting for a
+            # retry (or never started) is on the number of its next run
+            attempt = jt.attempts - 1 if jt.status == "running" else jt.attempts
+            restored.append((spec, max(0, attempt), jt.created))
+            for d in spec.deps or ():
+                if d not in ids:
+                    deps.add(d)
+            if jt.kind in _SCRIPTS and jt.attempts:
+                calls = j.calls(jt.id)
+                if calls:
+                    self.calls[jt.id] = {int(c[0]): c for c in calls}
+        if deps:
+            self.lookup(sorted(deps))
+        ev = Restored(restored, t)
+        self.table.apply(ev)
+        for task_id, why in ev.rejected:
+            log.warning("journal %s: task %s not resumed: %s", self.path, task_id, why)
+        log.info("journal %s: resumed %d unfinished task(s)", self.path, len(ev.accepted))
+        return registrations
+
+    def close(self) -> None:
+        """Stop writing (what was not committed is dropped, as in a crash)."""
+        j, self.journal = self.journal, None
+        self.table.log = None
+        if j is not None:
+            try:
+                j.close()
+            except JournalError:
+                log.exception("journal %s: closing failed", self.path)
