@@ -64,6 +64,7 @@ from ..messages.types import (
     EngineResults,
     EventDelivery,
     EventInterest,
+    HostCalls,
     InjectFaults,
     Introduce,
     ProgressBatch,
@@ -265,6 +266,10 @@ class Scheduler(WireActor):
         self._opened: set[str] = set()  # tasks whose "open" record was sent
         # metrics (Runtime(metrics_port=...)): None when off (see llmspell._metrics)
         self._metrics: _Metrics | None = None
+        # durable scripts (Runtime(journal=...)): the host calls of unfinished script
+        # tasks, task id -> n -> [n, op, call, result, error, done] (see on_host_calls)
+        self._journaled = False
+        self._calls: dict[str, dict[int, list[Any]]] = {}
 
     # -- set-up -------------------------------------------------------------
 
@@ -279,6 +284,7 @@ class Scheduler(WireActor):
             if allowed
             else None
         )
+        self._journaled = bool(msg.config.get("journal"))
         if msg.config.get("metrics") and self._metrics is None:
             self._metrics = _Metrics()
         engines = msg.config.get("engines")
@@ -390,6 +396,8 @@ class Scheduler(WireActor):
         watchers = [sender] if msg.notify else None
         for spec in msg.tasks:
             if spec.id in self.tasks or spec.id in self._gone:
+                if msg.replayed:  # a replayed script submits its child again: known, kept
+                    continue
                 self.send_msg(sender, SubmitRejected(spec.id, f"duplicate task id {spec.id!r}"))
                 continue
             rec = _Rec(spec, t)
@@ -710,7 +718,12 @@ class Scheduler(WireActor):
                 for i in range(0, len(recs), 500):
                     chunk = recs[i : i + 500]
                     self.send_msg(
-                        addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk])
+                        addr,
+                        DispatchBatch(
+                            [r.spec for r in chunk],
+                            [r.attempt for r in chunk],
+                            self._replays(chunk) if self._calls else None,
+                        ),
                     )
         if self._spans:
             spans, self._spans = self._spans, {}
@@ -741,10 +754,44 @@ class Scheduler(WireActor):
             usage = o.usage
             if usage is not None and ("spans" in usage or "first_chunk" in usage):
                 self._take_extras(rec, usage)
-            if o.status == "failed" and rec.attempt < rec.spec.retries:
+            if (
+                o.status == "failed"
+                and rec.attempt < rec.spec.retries
+                and (o.error or {}).get("kind") != "divergence"  # would diverge again
+            ):
                 self._retry(rec, o)
                 continue
             self._finish(rec, o.status, value=o.value, error=o.error, usage=o.usage, reuse=o)
+
+    # -- durable scripts: host calls (in memory until the journal keeps them) -----------
+
+    def on_host_calls(self, msg: HostCalls, sender: ActorAddress) -> None:
+        """A script engine's host calls (only with a journal): kept per unfinished task
+        (upsert by n) for its next dispatch; an emit is published here, once."""
+        if not self._journaled:
+            return
+        for item in msg.items:
+            if not isinstance(item, list) or len(item) != 8:
+                log.warning("scheduler: a malformed host call record was dropped: %r", item)
+                continue
+            task_id, attempt, n, op, call, result, error, done = item
+            rec = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            if rec is None or rec.status != "running" or rec.attempt != attempt:
+                continue  # late: the task ended or runs again
+            calls = self._calls.setdefault(task_id, {})
+            before = calls.get(n)
+            calls[n] = [n, op, call, result, error, bool(done)]
+            if op == "emit" and done and before is None and isinstance(call, dict):
+                if "events" in self.addresses:
+                    self._events.append(Publish(str(call.get("name")), call.get("payload"), now()))
+
+    def _replays(self, recs: list[_Rec]) -> list[list[list[Any]] | None] | None:
+        """The recorded host calls of these tasks (by n), for their dispatch."""
+        out: list[list[list[Any]] | None] = []
+        for r in recs:
+            calls = self._calls.get(r.spec.id)
+            out.append([calls[n] for n in sorted(calls)] if calls else None)
+        return out if any(out) else None
 
     def _retry(self, rec: _Rec, o: TaskOutcome) -> None:
         if rec.errors is None:
@@ -795,6 +842,8 @@ class Scheduler(WireActor):
         the engine's outcome this came from, kept as the record's own."""
         if rec.status in TERMINAL:
             return
+        if self._calls:
+            self._calls.pop(rec.spec.id, None)
         was_running = rec.status == "running"
         slot = rec.slot
         self._release(rec)
