@@ -412,35 +412,41 @@ function ls$fail(e) {
   } catch (e2) { msg = "uncaught exception (it could not be shown)"; }
   ls$put(t, "f\x1f" + stringify([kind, msg, stack, data]));
 }
-// Math.random is per task: each task has its own generator (sfc32), seeded from its task
-// id, so a task that runs again (a retry, a replay) draws the same numbers.
-function ls$sfc(s) {
-  const a = s[0], b = s[1], c = s[2], d = s[3], t = (((a + b) | 0) + d) | 0;
-  s[3] = (d + 1) | 0;
-  s[0] = b ^ (b >>> 9);
-  s[1] = (c + (c << 3)) | 0;
-  s[2] = (((c << 21) | (c >>> 11)) + t) | 0;
-  return t >>> 0;
-}
-function ls$seed(id) {  // four FNV-1a-like hashes of the id, then 12 rounds to mix
-  let a = 0x811c9dc5 | 0, b = 0x9e3779b9 | 0, c = 0x6a09e667 | 0, d = 0xbb67ae85 | 0;
+// Math.random is per task: each task has its own generator, seeded from its task id, so
+// a task that runs again (a retry, a replay) draws the same numbers. The generator is
+// Baagoe's Alea (floating point only: QuickJS runs it ~3x faster than 32-bit integer
+// generators, whose sums overflow to doubles), two steps per number for 53 bits.
+function ls$seed(id) {  // [s0, s1, s2, c] from four FNV-1a-like hashes of the id
+  let a = 0x811c9dc5 | 0, b = 0x9e3779b9 | 0, c = 0x6a09e667 | 0;
   for (let i = 0; i < id.length; i++) {
     const x = id.charCodeAt(i);
-    a = imul(a ^ x, 0x01000193); b = imul(b ^ x, 0x85ebca6b);
-    c = imul(c ^ x, 0xc2b2ae35); d = imul(d ^ x, 0x27d4eb2f);
+    a = imul(a ^ x, 0x01000193); b = imul(b ^ x, 0x85ebca6b); c = imul(c ^ x, 0xc2b2ae35);
   }
-  const s = [a, b, c, d];
-  for (let i = 0; i < 12; i++) ls$sfc(s);
-  return s;
+  return [((a >>> 0) + 0.5) / 4294967296, ((b >>> 0) + 0.5) / 4294967296,
+    ((c >>> 0) + 0.5) / 4294967296, 1];
 }
-function ls$random() {
-  const t = cur;
-  if (t === null) return mathRandom();
+// the generator of the task that called last (ro), held in variables: most calls come
+// from the same task; it goes back to its record (t.rng) when another task calls
+let ro = null, ra = 0, rb = 0, rc = 0, rd = 0;
+function ls$rswitch(t) {
+  if (ro !== null) { const s = ro.rng; s[0] = ra; s[1] = rb; s[2] = rc; s[3] = rd; }
+  ro = t;
   const s = t.rng === null ? (t.rng = ls$seed(t.tid)) : t.rng;
-  return ((ls$sfc(s) >>> 5) * 67108864 + (ls$sfc(s) >>> 6)) / 9007199254740992;
+  ra = s[0]; rb = s[1]; rc = s[2]; rd = s[3];
 }
-defineProperty(Math, "random", {value: {random() { return ls$random(); }}.random,
-  writable: true, configurable: true});
+defineProperty(Math, "random", {value: {random() {
+  if (cur !== ro) {
+    if (cur === null) return mathRandom();
+    ls$rswitch(cur);
+  }
+  let t = 2091639 * ra + rd * 2.3283064365386963e-10;
+  ra = rb; rb = rc; rc = t - (rd = t | 0);
+  const hi = rc;
+  t = 2091639 * ra + rd * 2.3283064365386963e-10;
+  ra = rb; rb = rc; rc = t - (rd = t | 0);
+  const r = hi + ((rc * 2097152) | 0) * 1.1102230246251565e-16;
+  return r < 1 ? r : hi;
+}}.random, writable: true, configurable: true});
 // With a journal (record_clock), Date.now(), new Date() and Date() are clock reads the host
 // records ("T" entries); a replayed task reads its recorded values first (t.times).
 function ls$now(what) {

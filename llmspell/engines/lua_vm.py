@@ -285,10 +285,6 @@ local function seed_of(id)  -- FNV-1a over the id's bytes
   for i = 1, #id do h = (h ~ sbyte(id, i)) * 0x100000001b3 end
   return h
 end
-local function rng_task()
-  local co = co_running()
-  return OWNER[co] or co
-end
 local function rng_state(task)
   local st = RNG[task]
   if st == nil then
@@ -298,13 +294,15 @@ local function rng_state(task)
   end
   return st
 end
-local function next64(st)
+local function next64(st)  -- SplitMix64
   local z = st[1] + 0x9e3779b97f4a7c15
   st[1] = z
   z = (z ~ (z >> 30)) * 0xbf58476d1ce4e5b9
   z = (z ~ (z >> 27)) * 0x94d049bb133111eb
   return z ~ (z >> 31)
 end
+-- the thread that called last and its generator: most calls come from the same one
+local last_co, last_st = nil, nil
 local function project(ran, n, st)  -- ran into [0, n], both unsigned (as Lua's own)
   if n & (n + 1) == 0 then return ran & n end
   local lim = n
@@ -326,21 +324,40 @@ local function int_arg(v)  -- luaL_checkinteger's conversion: the integer, or ni
   return nil, "number expected, got " .. typename(v, true)
 end
 local function s_random(...)
-  local n = select("#", ...)
-  local st = rng_state(rng_task())
-  local rv = next64(st)
-  local low, up, e
-  if n == 0 then return (rv >> 11) * 0x1p-53 end
+  local co = co_running()
+  local st = last_st
+  if co ~= last_co then
+    st = rng_state(OWNER[co] or co)
+    last_co, last_st = co, st
+  end
+  local z = st[1] + 0x9e3779b97f4a7c15  -- next64, inline
+  st[1] = z
+  z = (z ~ (z >> 30)) * 0xbf58476d1ce4e5b9
+  z = (z ~ (z >> 27)) * 0x94d049bb133111eb
+  local rv = z ~ (z >> 31)
+  local low, up = ...
+  local n, e
+  if up == nil then
+    n = select("#", ...)
+    if n == 0 then return (rv >> 11) * 0x1p-53 end
+  else
+    n = 2
+  end
   if n == 1 then
-    up, e = int_arg((...))
+    up, e = int_arg(low)
     if up == nil then argerr(1, "random", e) end
     if up == 0 then return rv end  -- all bits random, as Lua's math.random(0)
     low = 1
   elseif n == 2 then
-    low, e = int_arg((...))
-    if low == nil then argerr(1, "random", e) end
-    up, e = int_arg((select(2, ...)))
-    if up == nil then argerr(2, "random", e) end
+    if mtype(low) ~= "integer" then
+      low, e = int_arg(low)
+      if low == nil then argerr(1, "random", e) end
+    end
+    if mtype(up) ~= "integer" then
+      up, e = int_arg(up)
+      if up == nil then argerr(2, "random", e) end
+    end
+    if select("#", ...) > 2 then error("wrong number of arguments", 2) end
   else
     error("wrong number of arguments", 2)
   end
@@ -357,7 +374,8 @@ end
 -- id and how many times it was called so (never from the clock: a replay must see the
 -- same numbers). Returns the two seed components, as Lua's does.
 local function s_randomseed(...)
-  local task = rng_task()
+  local co = co_running()
+  local task = OWNER[co] or co
   local st = rng_state(task)
   local n1, n2
   if select("#", ...) == 0 then
