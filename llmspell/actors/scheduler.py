@@ -661,7 +661,9 @@ class Scheduler(WireActor):
             usage = o.usage
             if usage is not None and ("spans" in usage or "first_chunk" in usage):
                 self._take_extras(rec, usage)
-            apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, True))
+            # a replay that diverged would diverge again: not retried
+            retry = o.error is None or o.error.get("kind") != "divergence"
+            apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, retry))
 
     def _end(
         self, rec: Rec, status: TaskStatus, error: dict[str, Any] | None = None, value: Any = None

@@ -124,6 +124,12 @@ class Host(Protocol):
 
     def log(self, task_id: str, level: str, message: str) -> None: ...
 
+    def clock(self, task_id: str, fn: str, value: Any) -> None:
+        """A clock read by the script (``os.time``, ``Date.now``, ...; called only by a
+        VM made with ``record_clock=True``, in the order of the task's reads):
+        ``fn`` names it, ``value`` is what the script got."""
+        ...
+
 
 class ScriptVM(Protocol):
     """One VM hosting many script tasks. Not thread-safe: one actor drives it."""
@@ -137,6 +143,7 @@ class ScriptVM(Protocol):
         args: Any = None,
         input: Any = None,
         source: str | None = None,
+        clock: list[Any] | None = None,
     ) -> Failed | None:
         """Prepare task ``task_id`` (compile, create its coroutine/promise).
 
@@ -144,6 +151,8 @@ class ScriptVM(Protocol):
         else None; the task then waits for its first ``resume``. ``source``
         names the code in its errors and tracebacks (``"add.lua"``, ``"step
         'transform' (flow.yaml:15)"``); None: the VM's default name.
+        ``clock`` (a replay, with ``record_clock``): what the task's first clock
+        reads return, in order, instead of the real clock.
         """
         ...
 

@@ -104,9 +104,14 @@ class EngineActor(WireActor):
     # -- work in ------------------------------------------------------------
 
     def on_dispatch(self, msg: DispatchBatch, sender: ActorAddress) -> None:
-        for spec, attempt in zip(msg.tasks, msg.attempts, strict=False):
+        replays = msg.replays
+        for i, (spec, attempt) in enumerate(zip(msg.tasks, msg.attempts, strict=False)):
             try:
-                self.start(spec, attempt)
+                calls = replays[i] if replays is not None and i < len(replays) else None
+                if calls:
+                    self.start_replay(spec, attempt, calls)
+                else:
+                    self.start(spec, attempt)
             except Exception as exc:  # a bug in start must fail the task, not vanish it
                 log.exception("%s engine could not start task %s", self.engine, spec.id)
                 self.report(
@@ -188,6 +193,12 @@ class EngineActor(WireActor):
 
     def stop(self, task_id: str, reason: str) -> None:
         raise NotImplementedError
+
+    def start_replay(self, spec: TaskSpec, attempt: int, calls: list[list[Any]]) -> None:
+        """Start a task whose earlier runs made the host ``calls`` (a journal's
+        ``[n, op, call, result, error, done]``): script engines replay them; others
+        run the task again."""
+        self.start(spec, attempt)
 
     def poll(self) -> None:
         """Collect work finished on other threads."""

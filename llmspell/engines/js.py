@@ -21,4 +21,5 @@ class JsEngine(ScriptEngine):
             memory_limit=int(config.get("js_memory", 256 * 1024 * 1024)),
             step_budget=float(config.get("step_budget", 1.0)),
             clock=vm_clock(config),
+            record_clock=bool(config.get("journal")),
         )

@@ -96,7 +96,7 @@ _log = logging.getLogger("llmspell.engines.js")
 _clock = time.perf_counter
 _TAG = "\x00"
 _MiB = 1 << 20
-_EXPORTS = ("start", "run", "resume", "collect", "count", "kill", "take")
+_EXPORTS = ("start", "run", "resume", "collect", "count", "kill", "take", "record_clock")
 # QuickJS-ng frames: "    at name (<input>:line:column)"; "(native)" for built-ins
 _FRAME = re.compile(r"^\s*at (\S+|<anonymous>) \((<input>|native)(?::(\d+))?(?::\d+)?\)\s*$")
 _POS = re.compile(r"\s+at <input>:(\d+)(?::\d+)?\s*$", re.M)
@@ -113,6 +113,7 @@ const ObjProto = O.prototype, ErrorC = Error, IErr = InternalError, PromiseC = P
 const U8 = Uint8Array, AB = ArrayBuffer, EXOTIC = [Map, Set, WeakMap, WeakSet, Promise, RegExp];
 const NONE = [null, null], I64 = 9223372036854775808;
 let cur = null, nextId = 2, compiled = null, busy = null, R = null, J = null;
+const imul = Math.imul, mathRandom = Math.random, DateC = Date, dateNow = Date.now;
 
 class ConvFail { constructor(path, msg) { this.path = path.slice(); this.msg = msg; } }
 function ls$path(root, path) {
@@ -411,13 +412,74 @@ function ls$fail(e) {
   } catch (e2) { msg = "uncaught exception (it could not be shown)"; }
   ls$put(t, "f\x1f" + stringify([kind, msg, stack, data]));
 }
+// Math.random is per task: each task has its own generator, seeded from its task id, so
+// a task that runs again (a retry, a replay) draws the same numbers. The generator is
+// Baagoe's Alea (floating point only: QuickJS runs it ~3x faster than 32-bit integer
+// generators, whose sums overflow to doubles), two steps per number for 53 bits.
+function ls$seed(id) {  // [s0, s1, s2, c] from four FNV-1a-like hashes of the id
+  let a = 0x811c9dc5 | 0, b = 0x9e3779b9 | 0, c = 0x6a09e667 | 0;
+  for (let i = 0; i < id.length; i++) {
+    const x = id.charCodeAt(i);
+    a = imul(a ^ x, 0x01000193); b = imul(b ^ x, 0x85ebca6b); c = imul(c ^ x, 0xc2b2ae35);
+  }
+  return [((a >>> 0) + 0.5) / 4294967296, ((b >>> 0) + 0.5) / 4294967296,
+    ((c >>> 0) + 0.5) / 4294967296, 1];
+}
+// the generator of the task that called last (ro), held in variables: most calls come
+// from the same task; it goes back to its record (t.rng) when another task calls
+let ro = null, ra = 0, rb = 0, rc = 0, rd = 0;
+function ls$rswitch(t) {
+  if (ro !== null) { const s = ro.rng; s[0] = ra; s[1] = rb; s[2] = rc; s[3] = rd; }
+  ro = t;
+  const s = t.rng === null ? (t.rng = ls$seed(t.tid)) : t.rng;
+  ra = s[0]; rb = s[1]; rc = s[2]; rd = s[3];
+}
+defineProperty(Math, "random", {value: {random() {
+  if (cur !== ro) {
+    if (cur === null) return mathRandom();
+    ls$rswitch(cur);
+  }
+  let t = 2091639 * ra + rd * 2.3283064365386963e-10;
+  ra = rb; rb = rc; rc = t - (rd = t | 0);
+  const hi = rc;
+  t = 2091639 * ra + rd * 2.3283064365386963e-10;
+  ra = rb; rb = rc; rc = t - (rd = t | 0);
+  const r = hi + ((rc * 2097152) | 0) * 1.1102230246251565e-16;
+  return r < 1 ? r : hi;
+}}.random, writable: true, configurable: true});
+// With a journal (record_clock), Date.now(), new Date() and Date() are clock reads the host
+// records ("T" entries); a replayed task reads its recorded values first (t.times).
+function ls$now(what) {
+  const t = cur;
+  if (t === null || t.done) return dateNow();
+  const v = t.times !== null && t.ti < t.times.length ? t.times[t.ti++] : dateNow();
+  ls$put(t, "T\x1f" + what + "\x1f" + stringify(v));
+  return v;
+}
+function ls$recordClock() {
+  const D = function Date(...a) {
+    if (new.target === undefined) return String(new DateC(ls$now("Date()")));
+    return Reflect.construct(DateC, a.length === 0 ? [ls$now("new Date()")] : a, new.target);
+  };
+  defineProperty(D, "prototype", {value: DateC.prototype, writable: false});
+  defineProperty(D, "length", {value: 7});
+  defineProperty(D, "now", {value: {now() { return ls$now("Date.now"); }}.now, writable: true,
+    configurable: true});
+  for (const k of ["parse", "UTC"]) {
+    defineProperty(D, k, {value: DateC[k], writable: true, configurable: true});
+  }
+  defineProperty(DateC.prototype, "constructor", {value: D, writable: true, configurable: true});
+  defineProperty(G, "Date", {value: D, writable: true, configurable: true});
+}
 const api = {
   // The host holds each task's record (t) and passes it back: no lookup per step.
-  start: function ls$start(fid, tid, fn, kind, payload) {
+  start: function ls$start(fid, tid, fn, kind, payload, times) {
     const ai = kind === 0 ? NONE : ls$in(kind, payload);
     return {fid, fn, spell: {__proto__: SP, task_id: tid, args: ai[0], input: ai[1]},
-      done: false, rid: 0, res: null, rej: null, more: null, timers: null, out: null, fast: 0};
+      done: false, rid: 0, res: null, rej: null, more: null, timers: null, out: null, fast: 0,
+      tid, rng: null, times: times === null ? null : parse(times), ti: 0};
   },
+  record_clock: function ls$record_clock() { ls$recordClock(); },
   run: function ls$runTask(t) {
     const fn = t.fn;
     cur = t;
@@ -746,10 +808,13 @@ class JsVM:
         max_stack_size: int = 512 * 1024,
         compile_cache: int = 256,
         clock: Callable[[], float] | None = None,
+        record_clock: bool = False,
     ) -> None:
         if step_budget <= 0:
             raise ValueError("step_budget must be > 0 seconds")
         self._host = host
+        # a journaled runtime: Date.now/new Date()/Date() reads are reported to host.clock
+        self._record_clock = record_clock
         self._now = clock or _clock  # budgets, cpu_seconds (a simulation counts reads)
         self._shrink = clock is None  # QuickJS's CPU-clock limit follows a real clock only
         self._memory_limit = memory_limit
@@ -777,6 +842,8 @@ class JsVM:
         ctx.set_max_stack_size(self._max_stack)
         ctx.eval(_PRELUDE)
         self._js: dict[str, Any] = {k: ctx.get("__ls_" + k) for k in _EXPORTS}
+        if self._record_clock:
+            self._js["record_clock"]()
         ctx.get("__ls_lockdown")()
         self._ctx: Any = ctx
         self._compiled: OrderedDict[str, Any] = OrderedDict()
@@ -793,9 +860,12 @@ class JsVM:
         args: Any = None,
         input: Any = None,
         source: str | None = None,
+        clock: list[Any] | None = None,
     ) -> Failed | None:
         """``source`` names where the code came from in its errors and stack
-        (``"add.js"``, ``"step 'transform' (flow.yaml:15)"``); default ``task.js``."""
+        (``"add.js"``, ``"step 'transform' (flow.yaml:15)"``); default ``task.js``.
+        ``clock``: what the task's first clock reads return (a replay; with
+        ``record_clock``)."""
         self._check_open()
         if task_id in self._tasks:
             raise ValueError(f"JS task {task_id!r} was already started")
@@ -812,7 +882,8 @@ class JsVM:
         rec = _Task(task_id, -next(self._slots))
         rec.source = source
         try:
-            rec.t = self._js["start"](rec.fid, task_id, fn, kind, payload)
+            times = json.dumps(clock) if clock else None
+            rec.t = self._js["start"](rec.fid, task_id, fn, kind, payload, times)
         except quickjs.JSException as e:
             return Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
         self._tasks[task_id] = rec
@@ -1132,6 +1203,8 @@ class JsVM:
                 host.progress(tid, *_loads(f[0]))
             elif tag == "l":
                 host.log(tid, *_loads(f[0]))
+            elif tag == "T":
+                host.clock(tid, f[0], _loads(f[1]))
             elif tag == "d":
                 end = Completed(_loads(f[0]))
             else:

@@ -21,4 +21,5 @@ class LuaEngine(ScriptEngine):
             max_memory=int(config.get("lua_memory", 256 * 1024 * 1024)),
             step_budget=float(config.get("step_budget", 1.0)),
             clock=vm_clock(config),
+            record_clock=bool(config.get("journal")),
         )

@@ -61,8 +61,9 @@ Semantics (the contract is ``_vm.py``):
 
 from __future__ import annotations
 
+import logging
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -123,7 +124,7 @@ _PREFIX = b"local _ENV, spell = _ENV(); do "
 _SUFFIX = b"\nend return nil"
 
 _PRELUDE = r"""
-local over, h_submit, h_emit, h_progress, h_log, COUNT, PREFIX, SUFFIX = ...
+local over, h_submit, h_emit, h_progress, h_log, COUNT, PREFIX, SUFFIX, h_clock = ...
 local type, next, error, select, tostring, rawget, rawset, rawequal =
       type, next, error, select, tostring, rawget, rawset, rawequal
 local setmetatable, getmetatable, pcall, xpcall, load, collectgarbage =
@@ -136,6 +137,7 @@ local sethook, traceback, getinfo, getlocal, getupvalue, rawmeta =
       debug.getmetatable
 local spack, schar, concat, mtype, utf8len = string.pack, string.char, table.concat,
       math.type, utf8.len
+local sbyte, sunpack, mtointeger, mult = string.byte, string.unpack, math.tointeger, math.ult
 local assert, ipairs, pairs, tonumber, rawlen, VERSION =
       assert, ipairs, pairs, tonumber, rawlen, _VERSION
 local string, table, math, utf8, os, coroutine, G = string, table, math, utf8, os, coroutine, _G
@@ -194,7 +196,8 @@ local function materialize(env)
   setmetatable(env, nil)
 end
 local RO = {}  -- read-only library proxy -> the table it shows
-local TASKS = setmetatable({}, {__mode = "k"})  -- the task threads
+local TASKS = setmetatable({}, {__mode = "k"})  -- the task threads -> their task ids
+local OWNER = setmetatable({}, {__mode = "k"})  -- a script's own coroutine -> its task thread
 
 local function readonly(src, name)
   local p = setmetatable({}, {
@@ -208,6 +211,8 @@ end
 
 local function s_create(f)
   local co = co_create(f)
+  local by = co_running()
+  OWNER[co] = OWNER[by] or by
   if COUNT > 0 then sethook(co, hook, "", COUNT) end
   return co
 end
@@ -269,6 +274,151 @@ local function caller_env()
   -- no script function above (load called by the coroutine machinery, e.g.
   -- coroutine.wrap(load)): globals of its own, never a table tasks share
   return new_env()
+end
+-- math.random and math.randomseed are per task: each task has its own generator
+-- (SplitMix64), seeded from its task id, so a task that runs again (a retry, a replay)
+-- draws the same numbers. The state lives with the task's thread (OWNER maps a script's
+-- own coroutines to it).
+local RNG = setmetatable({}, {__mode = "k"})  -- task thread -> {state, reseeds}
+local function seed_of(id)  -- FNV-1a over the id's bytes
+  local h = 0xcbf29ce484222325
+  for i = 1, #id do h = (h ~ sbyte(id, i)) * 0x100000001b3 end
+  return h
+end
+local function rng_state(task)
+  local st = RNG[task]
+  if st == nil then
+    local id = TASKS[task]
+    st = {type(id) == "string" and seed_of(id) or 0, 0}
+    RNG[task] = st
+  end
+  return st
+end
+local function next64(st)  -- SplitMix64
+  local z = st[1] + 0x9e3779b97f4a7c15
+  st[1] = z
+  z = (z ~ (z >> 30)) * 0xbf58476d1ce4e5b9
+  z = (z ~ (z >> 27)) * 0x94d049bb133111eb
+  return z ~ (z >> 31)
+end
+-- the thread that called last and its generator: most calls come from the same one
+local last_co, last_st = nil, nil
+local function project(ran, n, st)  -- ran into [0, n], both unsigned (as Lua's own)
+  if n & (n + 1) == 0 then return ran & n end
+  local lim = n
+  lim = lim | (lim >> 1); lim = lim | (lim >> 2); lim = lim | (lim >> 4)
+  lim = lim | (lim >> 8); lim = lim | (lim >> 16); lim = lim | (lim >> 32)
+  ran = ran & lim
+  while mult(n, ran) do ran = next64(st) & lim end
+  return ran
+end
+local function int_arg(v)  -- luaL_checkinteger's conversion: the integer, or nil and why
+  local r = mtointeger(v)
+  if r ~= nil then return r end
+  local x = type(v) == "string" and tonumber(v) or nil
+  if x ~= nil then
+    r = mtointeger(x)
+    if r ~= nil then return r end
+  end
+  if type(v) == "number" or x ~= nil then return nil, "number has no integer representation" end
+  return nil, "number expected, got " .. typename(v, true)
+end
+local function s_random(...)
+  local co = co_running()
+  local st = last_st
+  if co ~= last_co then
+    st = rng_state(OWNER[co] or co)
+    last_co, last_st = co, st
+  end
+  local z = st[1] + 0x9e3779b97f4a7c15  -- next64, inline
+  st[1] = z
+  z = (z ~ (z >> 30)) * 0xbf58476d1ce4e5b9
+  z = (z ~ (z >> 27)) * 0x94d049bb133111eb
+  local rv = z ~ (z >> 31)
+  local low, up = ...
+  local n, e
+  if up == nil then
+    n = select("#", ...)
+    if n == 0 then return (rv >> 11) * 0x1p-53 end
+  else
+    n = 2
+  end
+  if n == 1 then
+    up, e = int_arg(low)
+    if up == nil then argerr(1, "random", e) end
+    if up == 0 then return rv end  -- all bits random, as Lua's math.random(0)
+    low = 1
+  elseif n == 2 then
+    if mtype(low) ~= "integer" then
+      low, e = int_arg(low)
+      if low == nil then argerr(1, "random", e) end
+    end
+    if mtype(up) ~= "integer" then
+      up, e = int_arg(up)
+      if up == nil then argerr(2, "random", e) end
+    end
+    if select("#", ...) > 2 then error("wrong number of arguments", 2) end
+  else
+    error("wrong number of arguments", 2)
+  end
+  if not (low <= up) then argerr(n, "random", "interval is empty") end
+  return low + project(rv, up - low, st)
+end
+local function seed_arg(v)  -- an integer as is; a float by its bits unless integral
+  if type(v) == "number" and mtype(v) == "float" and mtointeger(v) == nil then
+    return (sunpack("<i8", spack("<d", v)))
+  end
+  return int_arg(v)
+end
+-- math.randomseed(x [, y]) seeds this task's generator; with no argument, from the task
+-- id and how many times it was called so (never from the clock: a replay must see the
+-- same numbers). Returns the two seed components, as Lua's does.
+local function s_randomseed(...)
+  local co = co_running()
+  local task = OWNER[co] or co
+  local st = rng_state(task)
+  local n1, n2
+  if select("#", ...) == 0 then
+    st[2] = st[2] + 1
+    local id = TASKS[task]
+    n1, n2 = type(id) == "string" and seed_of(id) or 0, st[2]
+  else
+    local e
+    n1, e = seed_arg((...))
+    if n1 == nil then argerr(1, "randomseed", e) end
+    n2 = 0
+    if select("#", ...) > 1 then
+      n2, e = seed_arg((select(2, ...)))
+      if n2 == nil then argerr(2, "randomseed", e) end
+    end
+  end
+  st[1] = n1 ~ (n2 * 0xbf58476d1ce4e5b9)
+  return n1, n2
+end
+local MATH = {}
+for k, v in next, math do MATH[k] = v end
+MATH.random, MATH.randomseed = s_random, s_randomseed
+
+-- os: with a journal (h_clock given), every clock read is a host call the host records
+-- and, in a replay, answers with the value recorded; os.time(t) and os.date(fmt, t)
+-- read no clock
+local OS
+if h_clock then
+  local os_time, os_clock, os_date = os.time, os.clock, os.date
+  OS = {
+    time = function(...)
+      if (...) ~= nil then return os_time(...) end
+      return h_clock("os.time", os_time())
+    end,
+    clock = function() return h_clock("os.clock", os_clock()) end,
+    date = function(...)
+      local fmt, t = ...
+      if t == nil then t = h_clock("os.date", os_time()) end
+      return os_date(fmt, t)
+    end,
+  }
+else
+  OS = {time = os.time, clock = os.clock, date = os.date}
 end
 local GC_OPTS = {stop = 1, restart = 1, collect = 1, count = 1, step = 1, isrunning = 1,
                  generational = 1, incremental = 1, param = 1}
@@ -406,8 +556,8 @@ BASE = {
 }
 BASE_NEXT = BASE.next
 BASE.string, BASE.table = readonly(string, "string"), readonly(table, "table")
-BASE.math, BASE.utf8 = readonly(math, "math"), readonly(utf8, "utf8")
-BASE.os = readonly({time = os.time, clock = os.clock, date = os.date}, "os")
+BASE.math, BASE.utf8 = readonly(MATH, "math"), readonly(utf8, "utf8")
+BASE.os = readonly(OS, "os")
 BASE.coroutine = readonly({
   running = co_running, status = co_status, isyieldable = coroutine.isyieldable,
   -- a task's own thread plays Lua's main thread: closing it is refused as Lua refuses that
@@ -688,7 +838,7 @@ local function take()
 end
 local function runner(body, task_id, args, input)
   local co = co_running()
-  TASKS[co] = true
+  TASKS[co] = task_id
   if COUNT > 0 then sethook(co, hook, "", COUNT) end
   local spell = setmetatable({task_id = task_id, args = args, input = input}, SPELL_MT)
   MAIL_ENV, MAIL_SPELL = new_env(spell), spell
@@ -768,8 +918,12 @@ class LuaVM:
         cache_size: int = 256,
         timing: bool = True,
         clock: Callable[[], float] | None = None,
+        record_clock: bool = False,
     ) -> None:
         self._host = host
+        # record_clock (a journaled runtime): os.time/os.clock/os.date are reported to
+        # host.clock; a task started with clock=[values] reads those first (a replay)
+        self._times: dict[str, deque[Any]] = {}
         self._clock = clock or perf_counter  # budgets and cpu_seconds (a simulation counts)
         self._max_memory = max_memory
         self._budget = float("inf") if step_budget is None else step_budget
@@ -796,6 +950,7 @@ class LuaVM:
         h = real_load(_PRELUDE.encode(), b"=[llmspell]", b"t")(
             self._over, self._h_submit, self._h_emit, self._h_progress, self._h_log,
             0 if step_budget is None else hook_count, _PREFIX, _SUFFIX,
+            self._h_clock if record_clock else None,
         )  # fmt: skip
         self._compile: Any = h.compile
         self._coroutine: Any = h.runner.coroutine
@@ -815,9 +970,11 @@ class LuaVM:
         args: Any = None,
         input: Any = None,
         source: str | None = None,
+        clock: list[Any] | None = None,
     ) -> Failed | None:
         """``source`` is the chunk's name in errors and tracebacks (``"add.lua"`` gives
-        ``add.lua:3: ...``); default ``task``."""
+        ``add.lua:3: ...``); default ``task``. ``clock``: what the task's first clock
+        reads return (a replay; only with ``record_clock``)."""
         if self._closed:
             raise RuntimeError("LuaVM is closed")
         if task_id in self._tasks:
@@ -852,6 +1009,8 @@ class LuaVM:
         except _LuaMemoryError:
             return self._memory_failed()
         self._tasks[task_id] = _Task(co)
+        if clock:
+            self._times[task_id] = deque(clock)
         return None
 
     def resume(
@@ -971,6 +1130,8 @@ class LuaVM:
     def _remember(self, task_id: str, task: _Task) -> None:
         """Keep the finished task's figures, not its coroutine."""
         task.co = task.send = None
+        if self._times:
+            self._times.pop(task_id, None)
         done = self._done
         done[task_id] = task
         if len(done) >= _STATS_KEPT:
@@ -1134,6 +1295,21 @@ class LuaVM:
         except Exception as e:
             return f"spell.emit: {e}".encode()
         return None
+
+    def _h_clock(self, fn: bytes, value: Any) -> Any:
+        """A clock read (``record_clock``): the replayed value if any is left, else
+        ``value`` (what Lua read); reported to ``host.clock`` either way."""
+        task_id = self._current
+        q = self._times.get(task_id)
+        if q:
+            value = q.popleft()
+        try:
+            self._host.clock(task_id, _text(fn), value)
+        except Exception:  # the host's trouble is the host's: the script gets its value
+            logging.getLogger("llmspell.engines.lua").exception(
+                "recording a clock read of task %s failed", task_id
+            )
+        return value
 
     def _h_progress(self, done: float, total: float | None, message: Any) -> bytes | None:
         try:

@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import random
 import time
 from collections import deque
 from typing import Any
 
+import msgpack
 from thespian.actors import ActorAddress
 
 from .._actor import log
@@ -49,12 +51,14 @@ from ..messages.types import (
     Coordinate,
     CoordinationDone,
     EventDelivery,
+    HostCalls,
     ProgressBatch,
     ProgressReport,
     ResourceGrant,
     ResourceWait,
     StopTasks,
     SubmitRejected,
+    SubmitTasks,
     Subscribe,
     TaskOutcomes,
     TaskSpec,
@@ -65,7 +69,14 @@ from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
 from .base import EngineActor
 from .limits import Limit, kill_message, warn_payload
 
-__all__ = ["ScriptEngine", "StepClock", "spec_from_script", "vm_clock"]
+__all__ = [
+    "ScriptEngine",
+    "StepClock",
+    "divergence_message",
+    "same_call",
+    "spec_from_script",
+    "vm_clock",
+]
 
 _TICK = encode(Tick())
 _NPRIO = len(PRIORITIES)  # ready queues, one per priority
@@ -168,7 +179,7 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
 class _Script:
     """One logical actor: a script task inside the engine."""
 
-    __slots__ = ("attempt", "id", "limit", "priority", "status", "subs", "waits")
+    __slots__ = ("attempt", "id", "j", "limit", "priority", "status", "subs", "waits")
 
     def __init__(self, task_id: str, attempt: int, priority: int) -> None:
         self.id = task_id
@@ -178,6 +189,91 @@ class _Script:
         self.waits = 0  # outstanding requests
         self.subs: list[str] | None = None  # event subscriptions it holds
         self.limit: Limit | None = None  # its Limits, when it has any
+        self.j: _Journaled | None = None  # its host calls, in a runtime with a journal
+
+
+# -- durable scripts (a runtime with a journal) ----------------------------------------
+#
+# Each host call a script task makes gets the next number n (from 1, afresh on every
+# run) and goes to the scheduler as a HostCalls item [task_id, attempt, n, op, call,
+# result, error, done] in the engine's flush, before its submits and results. A task
+# dispatched with the record of its earlier runs (DispatchBatch.replays) replays it: a
+# call recorded and done is answered at once with its recorded result (nothing made; a
+# submit is sent again with SubmitTasks(replayed=True) and the same id), one recorded
+# but not done is made live with its recorded parameters (a sleep wakes at its recorded
+# "until", a wait_event keeps its deadline), one past the record is made live, and one
+# that differs from the record at the same n fails the task (kind "divergence").
+
+_RECORDED = frozenset(("sleep", "await", "wait_event", "coordinate"))  # requests
+
+
+class _Journaled:
+    """A script task's host calls in a journaled runtime."""
+
+    __slots__ = ("diverged", "n", "pending", "record")
+
+    def __init__(self, record: list[list[Any]] | None) -> None:
+        self.n = 0  # host calls made so far in this run
+        # n -> [n, op, call, result, error, done] of the earlier runs
+        self.record: dict[int, list[Any]] | None = (
+            {int(c[0]): c for c in record} if record else None
+        )
+        # request id -> (n, op, call) of a call made and not answered yet
+        self.pending: dict[int, tuple[int, str, Any]] = {}
+        self.diverged: str | None = None  # why the replay failed
+
+
+def _wire(value: Any) -> Any:
+    """``value`` as it comes back from msgpack (tuples become lists, ...), as the
+    recorded calls did on their way to the journal."""
+    return msgpack.unpackb(
+        msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass"),
+        raw=False,
+        strict_map_key=False,
+        unicode_errors="surrogatepass",
+    )
+
+
+def _call_key(op: str, call: Any) -> Any:
+    """What identifies a call: a sleep is its seconds and a wait its pattern and
+    timeout, not the wake-up time ("until") that differs on every run."""
+    if isinstance(call, dict):
+        if op == "sleep":
+            return {"seconds": call.get("seconds")}
+        if op == "wait_event":
+            return {"pattern": call.get("pattern"), "timeout": call.get("timeout")}
+    return call
+
+
+def same_call(op: str, call: Any, recorded_op: str, recorded_call: Any) -> bool:
+    """Whether a call a replayed script makes is the one its journal recorded at
+    the same number: the same op and the same arguments (compared as msgpack
+    carries them; a submit's spec carries no generated id, a sleep compares its
+    seconds, a wait_event its pattern and timeout)."""
+    if op != recorded_op:
+        return False
+    try:
+        return bool(_wire(_call_key(op, call)) == _wire(_call_key(recorded_op, recorded_call)))
+    except (TypeError, ValueError, msgpack.PackException):
+        return False
+
+
+def _show(op: str, call: Any) -> str:
+    try:
+        text = json.dumps(_call_key(op, call), sort_keys=True, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(call)
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{op} {text}"
+
+
+def divergence_message(n: int, recorded_op: str, recorded_call: Any, op: str, call: Any) -> str:
+    """The error of a replay whose call ``n`` is not the recorded one."""
+    return (
+        f"replay diverged at host call {n}: the journal recorded "
+        f"{_show(recorded_op, recorded_call)}, the script now made {_show(op, call)}"
+    )
 
 
 class ScriptEngine(EngineActor):
@@ -221,18 +317,26 @@ class ScriptEngine(EngineActor):
         self.held: dict[str, list[tuple[str, int, Any, str | None, int]]] = {}  # throttled
         self.rwaits: dict[tuple[str, int], list[int]] = {}  # spell.resource_wait requests
         self.rejected: dict[str, str] = {}  # task ids a script submitted, refused -> why
+        # durable scripts: record host calls (a runtime with a journal)
+        self.journal = bool(config.get("journal"))
+        self._calls: list[list[Any]] = []  # HostCalls items not sent yet
+        self._resubmits: list[TaskSpec] = []  # replayed submits not sent yet
 
     # -- work in ------------------------------------------------------------
 
-    def start(self, spec: TaskSpec, attempt: int) -> None:
+    def start(self, spec: TaskSpec, attempt: int, replay: list[list[Any]] | None = None) -> None:
         source = (spec.metadata or {}).get("source")
-        failed = self.vm.start(
-            spec.id,
-            spec.code or "",
-            spec.args,
-            spec.input,
-            source=source if isinstance(source, str) and source else None,
-        )
+        name = source if isinstance(source, str) and source else None
+        times = None
+        if replay and self.journal:  # its clock reads give what the earlier runs read
+            replay = sorted(replay, key=lambda c: int(c[0]))
+            times = [c[3] for c in replay if c[1] == "time" and c[5]]
+        if times:
+            failed = self.vm.start(
+                spec.id, spec.code or "", spec.args, spec.input, source=name, clock=times
+            )
+        else:
+            failed = self.vm.start(spec.id, spec.code or "", spec.args, spec.input, source=name)
         if failed is not None:
             self._fail(spec.id, attempt, failed)
             return
@@ -240,7 +344,12 @@ class ScriptEngine(EngineActor):
         s = self.scripts[spec.id] = _Script(spec.id, attempt, priority)
         if spec.limits:
             s.limit = Limit.of(spec.limits)
+        if self.journal:
+            s.j = _Journaled(replay)
         self._ready(spec.id, attempt, None, None, 0, priority)
+
+    def start_replay(self, spec: TaskSpec, attempt: int, calls: list[list[Any]]) -> None:
+        self.start(spec, attempt, calls)
 
     def _forget(self, task_id: str) -> None:
         """Drop the task from the VM; a VM that fails at that is logged, never raised."""
@@ -347,6 +456,7 @@ class ScriptEngine(EngineActor):
             clock, deadline = _no_clock, _NEVER
         queues, scripts, vm = self.ready, self.scripts, self.vm
         resume = vm.resume
+        journal = self.journal
         low, normal, high, critical = queues
         while self.nready:
             q = critical or high or normal or low
@@ -369,6 +479,8 @@ class ScriptEngine(EngineActor):
             s.status = "running"
             if s.waits:
                 s.waits -= 1
+            if journal and s.j is not None and s.j.pending:
+                self._answered(s, s.j, rid, value, error)
             self.resumes += 1
             try:
                 if lim is not None and lim.cpu is not None and lim.on_exceed == "kill":
@@ -384,6 +496,9 @@ class ScriptEngine(EngineActor):
                 log.exception("%s engine: resuming task %s failed", self.engine, task_id)
                 self._forget(task_id)
                 result = Failed("runtime", f"internal error in the {self.engine} VM: {exc!r}")
+            if journal and s.j is not None and s.j.diverged is not None:
+                self._diverged(s, result)  # a call made in this step was not the recorded one
+                continue
             if lim is not None and self._limit_check(s, lim, result):
                 continue  # killed over its limits
             if type(result) is Yielded and not result.more:
@@ -413,6 +528,8 @@ class ScriptEngine(EngineActor):
         if type(result) is Yielded:
             self._request(s, result.request)
             for req in result.more:
+                if s.status == "completed":  # failed by the one before (a replay diverged)
+                    break
                 self._request(s, req)
         elif type(result) is Waiting:
             s.status = "blocked"
@@ -462,6 +579,8 @@ class ScriptEngine(EngineActor):
             self._ready(s.id, s.attempt, None, None, req.id, s.priority)
             return
         s.status = "blocked"
+        if s.j is not None and op in _RECORDED and self._replay_request(s, s.j, req):
+            return
         if op == "sleep":
             seconds = _number(args.get("seconds"))
             if seconds is None or seconds < 0:
@@ -498,7 +617,7 @@ class ScriptEngine(EngineActor):
         else:
             self._ready(s.id, s.attempt, None, f"unknown request {op!r}", req.id, s.priority)
 
-    def _wait_event(self, s: _Script, req: Request) -> None:
+    def _wait_event(self, s: _Script, req: Request, until: float | None = None) -> None:
         pattern = req.args.get("pattern")
         bus = self.addresses.get("events")
         if not isinstance(pattern, str) or not pattern:
@@ -523,7 +642,9 @@ class ScriptEngine(EngineActor):
         s.subs.append(sub_id)
         self.send_msg(bus, Subscribe(sub_id, pattern, limit=1, once=True))
         timeout = _number(req.args.get("timeout"))
-        if timeout is not None:
+        if until is not None:  # a replay: the deadline of the first run
+            self._timer(until, s, req.id, "event:" + sub_id)
+        elif timeout is not None:
             self._timer(now() + max(0.0, timeout), s, req.id, "event:" + sub_id)
 
     def _coordinate(self, s: _Script, req: Request) -> None:
@@ -609,11 +730,21 @@ class ScriptEngine(EngineActor):
 
     def submit(self, parent_id: str, spec: dict[str, Any]) -> str:
         task = spec_from_script(spec, parent_id)
+        if self.journal:
+            return self._journal_submit(parent_id, spec, task)
         self.submit_child(task)
         return task.id
 
     def emit(self, task_id: str, name: str, payload: Any) -> None:
+        if self.journal:  # the scheduler publishes it once journaled
+            self._journal_sync(task_id, "emit", {"name": str(name), "payload": payload}, None)
+            return
         self.publish(str(name), payload)
+
+    def clock(self, task_id: str, fn: str, value: Any) -> None:
+        """A clock read by a script (VMs report them only in a journaled runtime)."""
+        if self.journal:
+            self._journal_sync(task_id, "time", {"fn": str(fn)}, value)
 
     def progress(self, task_id: str, done: float, total: float | None, message: str | None) -> None:
         self.report_progress(
@@ -639,7 +770,123 @@ class ScriptEngine(EngineActor):
             extra={"task_id": task_id, "engine": self.engine, "text": message},
         )
 
+    # -- durable scripts (see _Journaled) ----------------------------------------------
+
+    def _next_call(self, s: _Script, j: _Journaled, op: str, call: Any) -> list[Any] | None:
+        """Number a host call of ``s``: its record from the earlier runs, if any;
+        a record of another call marks the replay as diverged."""
+        j.n += 1
+        if j.record is None:
+            return None
+        rec = j.record.get(j.n)
+        if rec is not None and not same_call(op, call, str(rec[1]), rec[2]):
+            j.diverged = divergence_message(j.n, str(rec[1]), rec[2], op, call)
+            log.warning("%s task %s: %s", self.engine, s.id, j.diverged)
+        return rec
+
+    def _journal_sync(self, task_id: str, op: str, call: Any, result: Any) -> None:
+        """An emit or a clock read: recorded (a replayed one is not recorded again)."""
+        s = self.scripts.get(task_id)
+        if s is None or s.j is None or s.j.diverged is not None:
+            return
+        if self._next_call(s, s.j, op, call) is None:
+            self._calls.append([s.id, s.attempt, s.j.n, op, call, result, None, True])
+
+    def _journal_submit(self, parent_id: str, spec: dict[str, Any], task: TaskSpec) -> str:
+        s = self.scripts.get(parent_id)
+        j = s.j if s is not None else None
+        if s is None or j is None:
+            self.submit_child(task)
+            return task.id
+        if j.diverged is not None:
+            raise ValueError(j.diverged)
+        rec = self._next_call(s, j, "submit", spec)
+        if j.diverged is not None:
+            raise ValueError(j.diverged)
+        if rec is not None:  # submitted by an earlier run: the same child, sent again
+            child = str(rec[3])
+            self._resubmits.append(spec_from_script(dict(spec, id=child), parent_id))
+            return child
+        self.submit_child(task)
+        self._calls.append([s.id, s.attempt, j.n, "submit", spec, task.id, None, True])
+        return task.id
+
+    def _replay_request(self, s: _Script, j: _Journaled, req: Request) -> bool:
+        """A request that waits (sleep, await, wait_event, coordinate), numbered and
+        recorded; True if handled here (answered from the record, made live with its
+        recorded parameters, or diverged), False to make it live as usual."""
+        op, args = req.op, req.args
+        if op == "sleep":
+            call: dict[str, Any] = {"seconds": args.get("seconds")}
+        elif op == "wait_event":
+            call = {"pattern": args.get("pattern"), "timeout": args.get("timeout")}
+        else:
+            call = dict(args)
+        rec = self._next_call(s, j, op, call)
+        if j.diverged is not None:
+            self._diverged(s, None)
+            return True
+        if rec is not None and rec[5]:  # answered in an earlier run: the same answer now
+            self._ready(s.id, s.attempt, rec[3], rec[4], req.id, s.priority)
+            return True
+        old = rec[2] if rec is not None and isinstance(rec[2], dict) else None
+        j.pending[req.id] = (j.n, op, call)
+        if op == "sleep":
+            seconds = _number(args.get("seconds"))
+            if seconds is None or seconds < 0:
+                return False  # answered with the error below
+            until = _number(old.get("until")) if old is not None else None
+            call["until"] = now() + seconds if until is None else until
+            if rec is None:
+                self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
+            self._timer(call["until"], s, req.id, "sleep")
+            return True
+        if op == "wait_event":
+            timeout = _number(args.get("timeout"))
+            until = _number(old.get("until")) if old is not None else None
+            if until is None and timeout is not None:
+                until = now() + max(0.0, timeout)
+            call["until"] = until
+            if rec is None:
+                self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
+            self._wait_event(s, req, until)
+            return True
+        if rec is None:
+            self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
+        return False
+
+    def _answered(self, s: _Script, j: _Journaled, rid: int, value: Any, error: str | None) -> None:
+        """A recorded request of ``s`` is answered: record its result."""
+        p = j.pending.pop(rid, None)
+        if p is not None:
+            self._calls.append([s.id, s.attempt, p[0], p[1], p[2], value, error, True])
+
+    def _diverged(self, s: _Script, result: Any) -> None:
+        """Fail ``s``: its replay made another call than the recorded one."""
+        if self.scripts.get(s.id) is not s:
+            return
+        if type(result) is not Completed and type(result) is not Failed:
+            self._forget(s.id)
+        self._finish(s)
+        assert s.j is not None and s.j.diverged is not None
+        self.report(
+            s.id,
+            s.attempt,
+            "failed",
+            usage=self._usage(s),
+            error=self.error(s.j.diverged, kind="divergence"),
+        )
+
     def flush(self) -> None:
+        if self.scheduler is not None and (self._calls or self._resubmits):
+            # before the submits and results of this flush: the scheduler journals them
+            # first
+            if self._calls:
+                calls, self._calls = self._calls, []
+                self.send_msg(self.scheduler, HostCalls(calls))
+            if self._resubmits:
+                again, self._resubmits = self._resubmits, []
+                self.send_msg(self.scheduler, SubmitTasks(again, notify=False, replayed=True))
         # Progress before results: the scheduler ignores progress of a task that has
         # ended, and a script's last spell.progress often comes in the step that returns.
         if self._progress and self.scheduler is not None:
