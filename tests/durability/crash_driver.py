@@ -15,7 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from llmspell import LlmspellError, Runtime, Task  # noqa: E402
+from llmspell import LlmspellError, Runtime, Task
 
 IDS = ("A", "L", "J", "R", "E")
 
@@ -47,13 +47,15 @@ def workflow(dir: str) -> list[Task]:
         ],
     }
     return [
-        Task.python("durable_targets:count", args={"dir": dir, "tag": "A", "delay": 0.3},
-                    id="A", retries=1),
+        Task.python(
+            "durable_targets:count", args={"dir": dir, "tag": "A", "delay": 0.3}, id="A", retries=1
+        ),
         Task.lua(LUA, args={"dir": dir}, id="L", deps=["A"]),
         Task.js(JS, args={"dir": dir}, id="J"),
         Task.workflow(race, id="R"),
-        Task.python("durable_targets:count", args={"dir": dir, "tag": "E"}, id="E",
-                    deps=["L", "R"]),
+        Task.python(
+            "durable_targets:count", args={"dir": dir, "tag": "E"}, id="E", deps=["L", "R"]
+        ),
     ]
 
 
