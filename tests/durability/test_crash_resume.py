@@ -73,7 +73,7 @@ def run_and_kill(tmp: Path, kill_after: float) -> dict[str, Any]:
         if second.poll() is None:
             _kill_tree(second)
     assert second.returncode == 0, err
-    results = json.loads((dir / "results.json").read_text())
+    results: dict[str, Any] = json.loads((dir / "results.json").read_text())
     results["effects"] = {tag: _runs(dir, tag) for tag in ("A", "L", "J", "E")}
     return results
 
