@@ -43,7 +43,11 @@ from ..table import (
 )
 from ..table.table import input_key
 
-__all__ = ["Durable"]
+__all__ = ["Durable", "crash"]
+
+# the Durables of this process by journal path (a Simulation's restart fault
+# stops one from writing as a crash of its process would: ``crash``)
+_OPEN: dict[str, Durable] = {}
 
 _SCRIPTS = frozenset(("lua", "js"))
 
@@ -62,6 +66,7 @@ class Durable:
         self.calls: dict[str, dict[int, list[Any]]] = {}
         self.keep = max(1_000, 100 * table.history)
         self._since_trim = 0
+        _OPEN[path] = self
 
     # -- writing ----------------------------------------------------------------------
 
@@ -202,8 +207,21 @@ class Durable:
         """Stop writing (what was not committed is dropped, as in a crash)."""
         j, self.journal = self.journal, None
         self.table.log = None
+        if _OPEN.get(self.path) is self:
+            del _OPEN[self.path]
         if j is not None:
             try:
                 j.close()
             except JournalError:
                 log.exception("journal %s: closing failed", self.path)
+
+
+def crash(path: str) -> bool:
+    """Stop the scheduler of this process that writes ``path`` from writing
+    anything more, as the death of its process would (what it had not
+    committed is dropped). True if there was one."""
+    durable = _OPEN.get(path)
+    if durable is None:
+        return False
+    durable.close()
+    return True

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from typing import Any
 from .. import _clock
 from .._driver import _NOOP
 from .._exceptions import LlmspellError, MessageError
+from .._task import Handle
 from ..messages import decode, encode
 from ..messages.types import Introduce, QueryStatus, Shutdown, TaskOutcomes
 from ..runtime import Runtime, RuntimeState
@@ -64,6 +66,7 @@ FAULT_KINDS = (
     "resource_breach",  # task: the task is killed by its limits
     "drop_event",  # pattern, count: the next ``count`` matching events are not delivered
     "duplicate_event",  # pattern, count: ... are delivered twice
+    "restart",  # at: the runtime dies and is reopened on its journal (virtual seconds)
 )
 
 
@@ -97,6 +100,7 @@ class Fault:
             "resource_breach": ("task",),
             "drop_event": ("pattern",),
             "duplicate_event": ("pattern",),
+            "restart": ("at",),
         }[self.kind]
         for name in needs:
             if getattr(self, name) is None:
@@ -104,6 +108,12 @@ class Fault:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def restart(cls, at: float) -> Fault:
+        """At virtual time ``at`` the runtime dies as if its process were killed
+        and is opened again on its journal (see ``Simulation.restart``)."""
+        return cls("restart", at=at)
 
 
 @dataclass(frozen=True)
@@ -305,6 +315,14 @@ class _SimDriver:
                 )
         return True
 
+    def crash(self) -> None:
+        """Drop the actor system as a killed process would lose it: no shutdown
+        message, nothing more written to the journal (the caller severed it)."""
+        if self.asys is not None:
+            asys, self.asys = self.asys, None
+            self.pending.clear()
+            asys.shutdown()
+
     def stop(self, timeout: float = 10.0) -> None:
         from ..engines import _doorbell
 
@@ -344,6 +362,13 @@ class Simulation(Runtime):
         # time and would only add wake-ups: sample once an aeon
         config.setdefault("resource_interval", 1e9)
         config["seed"] = self.seed
+        # an in-memory journal, so that a restart (Fault.restart, restart()) has
+        # something to resume from; journal=None: none
+        if config.get("journal", True) is True:
+            config["journal"] = f"memory:simulation-{uuid.uuid4().hex}"
+        elif config.get("journal") is None:
+            config.pop("journal", None)
+        self.restarts = 0
         from .. import _task
 
         _task._new_id_prefix(f"sim{self.seed}")
@@ -403,8 +428,13 @@ class Simulation(Runtime):
         from ..messages.types import InjectFaults
 
         faults = plan.faults if isinstance(plan, FaultPlan) else FaultPlan.of(*plan).faults
-        timed = [f for f in faults if f.kind == "engine_crash"]
-        sent = [f.to_dict() for f in faults if f.kind != "engine_crash"]
+        if any(f.kind == "restart" for f in faults) and not self._core.config.get("journal"):
+            raise MessageError(
+                "a restart fault needs a journal to resume from: Simulation(journal=None) has none",
+                where="restart",
+            )
+        timed = [f for f in faults if f.kind in ("engine_crash", "restart")]
+        sent = [f.to_dict() for f in faults if f.kind not in ("engine_crash", "restart")]
         self._driver.timed_faults.extend(timed)
         self._faults.extend(faults)
         if sent:
@@ -415,6 +445,9 @@ class Simulation(Runtime):
     def _fire_timed_fault(self, fault: Fault) -> None:
         from ..messages.types import CrashEngine
 
+        if fault.kind == "restart":
+            self.restart()
+            return
         self.trace.append(
             (
                 self.clock.now(),
@@ -427,6 +460,48 @@ class Simulation(Runtime):
             encode(CrashEngine(str(fault.engine), fault.index)),
         )
 
+    def restart(self) -> None:
+        """Kill the runtime as the death of its process would (no shutdown: its
+        tasks are not cancelled, what was not journaled is lost) and open it
+        again on its journal at the same virtual time: unfinished tasks resume
+        (Python ones run again, scripts replay their host calls), registrations
+        come back, and handles, ``result`` and subscriptions of this
+        ``Simulation`` go on working. Task faults injected before are not
+        carried over (the new runtime is a new process)."""
+        from ..actors import durable
+        from ..messages.types import EventInterest, Subscribe, TraceTo, WatchTasks
+
+        journal = self._core.config.get("journal")
+        if not journal:
+            raise MessageError("restart needs a journal; Simulation(journal=None) has none")
+        self.check_open_for_restart()
+        self.trace.append((self.clock.now(), "llmspell.fault.restart", {"restarts": self.restarts}))
+        self.restarts += 1
+        durable.crash(str(journal))
+        driver = self._driver
+        driver.crash()
+        addresses = driver.start()
+        core = self._core
+        core.addresses = addresses
+        self._scheduler = addresses["scheduler"]
+        self._events = addresses["events"]
+        # what this facade waits for or listens to lives on in the new runtime
+        subs = list(core.subscriptions.values())
+        for sub in subs:
+            driver.send(self._events, encode(Subscribe(sub.sub_id, sub.pattern, sub.limit)))
+        if subs:
+            patterns = sorted({sub.pattern for sub in subs})
+            driver.send(self._scheduler, encode(EventInterest(patterns, [])))
+        if core.spans is not None:
+            driver.send(self._scheduler, encode(TraceTo(0, True)))
+        waiting = [task_id for task_id, entry in list(core.views.items()) if _unended(entry)]
+        if waiting:
+            driver.send(self._scheduler, encode(WatchTasks(waiting)))
+
+    def check_open_for_restart(self) -> None:
+        if self._core.state is not RuntimeState.OPEN:
+            raise LlmspellError("the simulation is closed")
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -435,6 +510,11 @@ class Simulation(Runtime):
         try:
             super().close()
         finally:
+            journal = self._core.config.get("journal")
+            if isinstance(journal, str) and journal.startswith("memory:simulation-"):
+                from ..journal import Journal
+
+                Journal.drop(journal)  # its own store: gone with it
             Simulation._active = None
             _install_clock(None)
             from .. import _task
@@ -449,3 +529,14 @@ class Simulation(Runtime):
         """A fresh simulation with ``seed``: run the same program against it
         to reproduce a recorded failure step by step."""
         return cls(seed=seed, **config)
+
+
+def _unended(entry: Any) -> bool:
+    """A facade's view of a task that has not told it its end yet."""
+    if entry is None:
+        return True
+    if type(entry) is tuple:
+        return False
+    if isinstance(entry, Handle):
+        return entry._ended is None
+    return getattr(entry, "outcome", None) is None
