@@ -30,6 +30,7 @@ Statuses of a logical actor: ``ready`` (in the ready queue), ``running``,
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -242,6 +243,8 @@ def _call_key(op: str, call: Any) -> Any:
             return {"seconds": call.get("seconds")}
         if op == "wait_event":
             return {"pattern": call.get("pattern"), "timeout": call.get("timeout")}
+        if op == "coordinate" and ("coord_id" in call or "ids" in call):
+            return {k: v for k, v in call.items() if k not in ("coord_id", "ids")}
     return call
 
 
@@ -647,7 +650,18 @@ class ScriptEngine(EngineActor):
         elif timeout is not None:
             self._timer(now() + max(0.0, timeout), s, req.id, "event:" + sub_id)
 
-    def _coordinate(self, s: _Script, req: Request) -> None:
+    def _coordinate(
+        self,
+        s: _Script,
+        req: Request,
+        coord_id: str | None = None,
+        ids: list[str] | None = None,
+        replayed: bool = False,
+    ) -> None:
+        """``spell.coordinate``. In a journaled runtime ``coord_id`` and the
+        tasks' ``ids`` are the ones recorded (a replay makes the call again with
+        them and ``replayed``: tasks of the earlier run are taken as they are,
+        so a race keeps its winner and nothing runs twice)."""
         coordinator = self.addresses.get("coordinator")
         if coordinator is None:
             self._ready(
@@ -664,6 +678,8 @@ class ScriptEngine(EngineActor):
             if inputs is not None and not isinstance(inputs, list):
                 raise ValueError("spell.coordinate: inputs must be a list (one per pipeline run)")
             tasks = [spec_from_script(t, s.id) for t in req.args.get("tasks") or []]
+            if ids is not None and len(ids) == len(tasks):
+                tasks = [dataclasses.replace(t, id=i) for t, i in zip(tasks, ids, strict=True)]
         except ValueError as exc:
             self._ready(
                 s.id,
@@ -674,7 +690,7 @@ class ScriptEngine(EngineActor):
                 s.priority,
             )
             return
-        coord_id = new_task_id()
+        coord_id = coord_id or new_task_id()
         self.coords[coord_id] = (s.id, s.attempt, req.id)
         self.send_msg(
             coordinator,
@@ -684,6 +700,7 @@ class ScriptEngine(EngineActor):
                 str(req.args.get("strategy", "")),
                 _number(req.args.get("timeout")),
                 req.args.get("inputs"),
+                replayed,
             ),
         )
 
@@ -850,6 +867,24 @@ class ScriptEngine(EngineActor):
             if rec is None:
                 self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
             self._wait_event(s, req, until)
+            return True
+        if op == "coordinate":
+            # the coordination's id and its tasks' ids go in the record, so that a
+            # replay makes it again with them (see _coordinate)
+            tasks = args.get("tasks")
+            old_ids = old.get("ids") if old is not None else None
+            if isinstance(old_ids, list):
+                ids = [str(i) for i in old_ids]
+            else:
+                ids = [
+                    str(t.get("id")) if isinstance(t, dict) and t.get("id") else new_task_id()
+                    for t in (tasks if isinstance(tasks, list) else [])
+                ]
+            coord_id = str(old.get("coord_id") or "") if old is not None else ""
+            call["coord_id"], call["ids"] = coord_id or new_task_id(), ids
+            if rec is None:
+                self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
+            self._coordinate(s, req, call["coord_id"], ids, replayed=old is not None)
             return True
         if rec is None:
             self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
