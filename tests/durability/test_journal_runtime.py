@@ -19,7 +19,7 @@ from llmspell.journal import Journal
 def test_a_file_that_is_not_a_journal_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database\n")
-    with pytest.raises(JournalError, match="notes.txt") as info:
+    with pytest.raises(JournalError, match=r"notes\.txt") as info:
         Runtime(journal=str(notes))
     assert info.value.path is not None and "notes.txt" in info.value.path
     assert notes.read_text() == "not a database\n"
@@ -60,7 +60,7 @@ def test_a_journal_in_use_by_another_live_runtime_is_refused(tmp_path: Path) -> 
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(JournalError, match="runs.db"):
+        with pytest.raises(JournalError, match=r"runs\.db"):
             Runtime(journal=str(path))
     finally:
         assert holder.stdin is not None
@@ -72,7 +72,7 @@ def test_a_journal_in_use_by_another_live_runtime_is_refused(tmp_path: Path) -> 
 
 
 def test_a_path_that_cannot_be_written_is_one_clear_error() -> None:
-    with pytest.raises(JournalError, match="/proc/llmspell-runs.db"):
+    with pytest.raises(JournalError, match=r"/proc/llmspell-runs\.db"):
         Runtime(journal="/proc/llmspell-runs.db")
 
 
