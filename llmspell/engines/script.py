@@ -448,6 +448,11 @@ class ScriptEngine(EngineActor):
         s = self.scripts.get(task_id)
         if s is None or s.attempt != attempt:
             return  # the task ended meanwhile
+        if s.j is not None and s.j.pending:
+            # recorded as it arrives, not when the script takes it: an event taken
+            # off the bus is journaled at the end of this message, not lost in a crash
+            # before the script's next step
+            self._answered(s, s.j, rid, value, error)
         self._ready(task_id, attempt, value, error, rid, s.priority)
 
     def _run_quantum(self) -> None:
