@@ -78,6 +78,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         (lambda v: isinstance(v, (str, bytes)) and len(v) >= 16),
         "must be a str or bytes of at least 16 characters (the served runtime's secret)",
     ),
+    "replay_check": ((lambda v: isinstance(v, bool)), "must be True or False"),
     "journal": (
         (lambda v: isinstance(v, str) and bool(v)),
         'must be the path of a journal file (a str, e.g. "runs.db") or None',

@@ -128,6 +128,7 @@ _CONFIG = frozenset(
         "secret",
         "max_frame_bytes",
         "journal",
+        "replay_check",  # Simulation.replay_journal: replays stop where their record does
     )
 )
 

@@ -662,7 +662,7 @@ class Scheduler(WireActor):
             if usage is not None and ("spans" in usage or "first_chunk" in usage):
                 self._take_extras(rec, usage)
             # a replay that diverged would diverge again: not retried
-            retry = o.error is None or o.error.get("kind") != "divergence"
+            retry = o.error is None or o.error.get("kind") not in ("divergence", "replay_end")
             apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, retry))
 
     def _end(

@@ -211,7 +211,7 @@ _RECORDED = frozenset(("sleep", "await", "wait_event", "coordinate"))  # request
 class _Journaled:
     """A script task's host calls in a journaled runtime."""
 
-    __slots__ = ("diverged", "n", "pending", "record")
+    __slots__ = ("data", "diverged", "end", "kind", "n", "pending", "record")
 
     def __init__(self, record: list[list[Any]] | None) -> None:
         self.n = 0  # host calls made so far in this run
@@ -222,6 +222,9 @@ class _Journaled:
         # request id -> (n, op, call) of a call made and not answered yet
         self.pending: dict[int, tuple[int, str, Any]] = {}
         self.diverged: str | None = None  # why the replay failed
+        self.kind = "divergence"  # ... as an error kind ("replay_end": see replay_check)
+        self.data: dict[str, Any] | None = None  # the divergence: call, recorded, made
+        self.end = max(self.record) if self.record else 0  # the last recorded call
 
 
 def _wire(value: Any) -> Any:
@@ -322,6 +325,9 @@ class ScriptEngine(EngineActor):
         self.rejected: dict[str, str] = {}  # task ids a script submitted, refused -> why
         # durable scripts: record host calls (a runtime with a journal)
         self.journal = bool(config.get("journal"))
+        # Simulation.replay_journal: a replay stops where its record does (past its last
+        # recorded call, or at one recorded but not answered), ending the task
+        self.replay_check = bool(config.get("replay_check"))
         self._calls: list[list[Any]] = []  # HostCalls items not sent yet
         self._resubmits: list[TaskSpec] = []  # replayed submits not sent yet
 
@@ -798,12 +804,17 @@ class ScriptEngine(EngineActor):
         """Number a host call of ``s``: its record from the earlier runs, if any;
         a record of another call marks the replay as diverged."""
         j.n += 1
-        if j.record is None:
-            return None
-        rec = j.record.get(j.n)
+        rec = j.record.get(j.n) if j.record is not None else None
         if rec is not None and not same_call(op, call, str(rec[1]), rec[2]):
             j.diverged = divergence_message(j.n, str(rec[1]), rec[2], op, call)
+            j.data = {"call": j.n, "recorded": _show(str(rec[1]), rec[2]), "made": _show(op, call)}
             log.warning("%s task %s: %s", self.engine, s.id, j.diverged)
+        elif self.replay_check and (rec is None or not rec[5]):
+            j.kind = "replay_end"
+            j.diverged = (
+                f"replayed {j.n - 1} recorded host call(s) with no divergence "
+                f"(call {j.n} is {'past the record' if rec is None else 'not answered in it'})"
+            )
         return rec
 
     def _journal_sync(self, task_id: str, op: str, call: Any, result: Any) -> None:
@@ -914,7 +925,7 @@ class ScriptEngine(EngineActor):
             s.attempt,
             "failed",
             usage=self._usage(s),
-            error=self.error(s.j.diverged, kind="divergence"),
+            error=self.error(s.j.diverged, kind=s.j.kind, data=s.j.data),
         )
 
     def flush(self) -> None:

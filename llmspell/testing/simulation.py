@@ -39,6 +39,7 @@ callables that await real time, still take real time.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import uuid
@@ -53,10 +54,17 @@ from .._driver import _NOOP
 from .._exceptions import LlmspellError, MessageError
 from .._task import Handle
 from ..messages import decode, encode
-from ..messages.types import Introduce, QueryStatus, Shutdown, TaskOutcomes
+from ..messages.types import TERMINAL, Introduce, QueryStatus, Shutdown, TaskOutcomes
 from ..runtime import Runtime, RuntimeState
 
-__all__ = ["Fault", "FaultPlan", "Simulation", "SimulationDeadlock", "VirtualClock"]
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "ReplayReport",
+    "Simulation",
+    "SimulationDeadlock",
+    "VirtualClock",
+]
 
 FAULT_KINDS = (
     "engine_crash",  # engine, index, at (virtual seconds)
@@ -126,6 +134,23 @@ class FaultPlan:
     @classmethod
     def of(cls, *faults: Fault | Mapping[str, Any]) -> FaultPlan:
         return cls(tuple(f if isinstance(f, Fault) else Fault(**dict(f)) for f in faults))
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """How one recorded script task replayed (``Simulation.replay_journal``).
+
+    ``ok``: it replayed every host call it had recorded (or completed) making
+    the same calls. ``divergence``: else, where it first differed: ``{"call":
+    n, "recorded": "...", "made": "..."}``. ``calls``: how many host calls the
+    journal had recorded for it. ``message``: one line saying what happened.
+    """
+
+    task_id: str
+    ok: bool
+    calls: int
+    message: str
+    divergence: dict[str, Any] | None = None
 
 
 class VirtualClock:
@@ -525,6 +550,74 @@ class Simulation(Runtime):
         return self
 
     @classmethod
+    def replay_journal(
+        cls,
+        path: str,
+        task_id: str | None = None,
+        *,
+        code: Mapping[str, str] | Callable[[Any], str | None] | None = None,
+        seed: int = 0,
+        horizon: float = 1e7,
+    ) -> list[ReplayReport]:
+        """Replay the Lua and JS tasks a journal recorded against the code of
+        today, on the virtual clock: each runs from the top, its recorded host
+        calls are answered with their recorded results (nothing is made again:
+        no tool runs, no event is published), and it stops where its record
+        does. A task whose code now makes another call than the one recorded at
+        the same point is reported with the call number and both calls, as it
+        would fail with ``ReplayDivergence`` if the runtime resumed it.
+
+        ``task_id``: only that task (else every script task that ran).
+        ``code``: the new code of the tasks, by task id (a mapping, or a
+        function of the recorded ``TaskSpec`` returning the code or None to keep
+        the recorded one): check that a change will not break runs in flight.
+        The journal is only read (it may be in use by a live runtime)."""
+        from ..journal import Journal
+
+        reports: list[ReplayReport] = []
+        name = f"memory:replay-{uuid.uuid4().hex}"
+        with Journal.open(path, readonly=True) as src:
+            if task_id is not None:
+                one = src.get(task_id)
+                if one is None:
+                    raise MessageError(
+                        f"the journal {path} has no task {task_id!r}", where="task_id"
+                    )
+                chosen = {one.id}
+            else:
+                chosen = {t.id for t in src.tasks() if t.kind in ("lua", "js") and t.attempts}
+            counts: dict[str, int] = {}
+            with Journal.open(name) as dst:
+                for t in src.tasks():
+                    spec = t.spec
+                    if t.id in chosen:
+                        new = code(spec) if callable(code) else (code or {}).get(t.id)
+                        if new is not None:
+                            spec = dataclasses.replace(spec, code=new)
+                        dst.submitted(spec, t.created)
+                        dst.dispatched(t.id, 0, t.created)
+                        calls = src.calls(t.id)
+                        counts[t.id] = len(calls)
+                        for n, op, call, result, error, done in calls:
+                            dst.host_call(t.id, n, op, call, result, error, done)
+                    else:  # what the replayed tasks awaited: answered from here
+                        dst.submitted(spec, t.created)
+                        status = t.status if t.status in TERMINAL else "cancelled"
+                        dst.ended(t.id, status, t.value, t.error, 0, t.ended or t.created)
+                dst.commit()
+        try:
+            with cls(seed=seed, journal=name, replay_check=True) as sim:
+                ids = sorted(chosen)
+                sim._pump(  # type: ignore[misc]
+                    lambda: all(sim._scheduler_status(i) in TERMINAL for i in ids), horizon
+                )
+                for i in ids:
+                    reports.append(_report(sim, i, counts.get(i, 0)))
+        finally:
+            Journal.drop(name)
+        return reports
+
+    @classmethod
     def replay(cls, seed: int, **config: Any) -> Simulation:
         """A fresh simulation with ``seed``: run the same program against it
         to reproduce a recorded failure step by step."""
@@ -540,3 +633,25 @@ def _unended(entry: Any) -> bool:
     if isinstance(entry, Handle):
         return entry._ended is None
     return getattr(entry, "outcome", None) is None
+
+
+def _report(sim: Simulation, task_id: str, calls: int) -> ReplayReport:
+    """How the replay of ``task_id`` ended."""
+    outcome = sim._core.outcome(task_id)
+    if outcome is None:
+        try:
+            sim.result(task_id, timeout=0)
+        except Exception:
+            pass
+        outcome = sim._core.outcome(task_id)
+    if outcome is None:
+        return ReplayReport(task_id, False, calls, "the replay did not end")
+    error = outcome.error or {}
+    kind = error.get("kind")
+    if outcome.status == "succeeded" or kind == "replay_end":
+        message = str(error.get("message") or f"completed, replaying {calls} host call(s)")
+        return ReplayReport(task_id, True, calls, message)
+    if kind == "divergence":
+        data = error.get("data") if isinstance(error.get("data"), dict) else None
+        return ReplayReport(task_id, False, calls, str(error.get("message")), data)
+    return ReplayReport(task_id, False, calls, f"{outcome.status}: {error.get('message')}")

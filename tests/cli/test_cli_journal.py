@@ -163,9 +163,7 @@ def _llmspell(*args: str) -> list[str]:
 def test_run_with_a_journal_resumes_a_killed_run_of_the_same_file(tmp_path: Path) -> None:
     script = tmp_path / "slow.lua"
     script.write_text(
-        'local n = spell.run({lang = "lua", code = "return 40"})\n'
-        "spell.sleep(1.5)\n"
-        "return n + 2\n"
+        'local n = spell.run({lang = "lua", code = "return 40"})\nspell.sleep(1.5)\nreturn n + 2\n'
     )
     journal = tmp_path / "runs.db"
     first = subprocess.Popen(
