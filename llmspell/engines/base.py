@@ -29,6 +29,7 @@ from ..messages.types import (
     ProgressReport,
     Publish,
     PublishBatch,
+    ResourceWait,
     Shutdown,
     StopTasks,
     SubmitTasks,
@@ -37,6 +38,7 @@ from ..messages.types import (
     WatchTasks,
 )
 from . import _doorbell
+from .limits import Limit
 
 __all__ = ["EngineActor"]
 
@@ -259,6 +261,31 @@ class EngineActor(WireActor):
         from .._clock import now
 
         self._events.append(Publish(name, payload, now()))
+
+    def park(
+        self,
+        task_id: str,
+        attempt: int,
+        lim: Limit,
+        resource: str,
+        used: float,
+        limit: float,
+        step: float,
+    ) -> bool:
+        """Hold a throttled task: ask the resource tracker when it may go on (it
+        answers ``ResourceGrant``). False when there is no tracker: the task goes on."""
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            return False
+        lim.parked = True
+        self.send_msg(
+            tracker,
+            ResourceWait(
+                task_id, attempt, self.engine, self.index, resource, used, limit, step, lim.waits
+            ),
+        )
+        lim.waits += 1
+        return True
 
     def error(
         self, message: str, *, kind: str = "failed", traceback: str = "", data: Any = None
