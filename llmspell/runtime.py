@@ -654,12 +654,13 @@ def _outcome(task_id: str, ended: _Ended) -> TaskOutcome:
 
 
 def _default_engines(per_engine: int) -> dict[str, int]:
-    from .actors.director import ENGINE_CLASSES, _load
+    from ._imports import import_target
+    from .actors.director import ENGINE_CLASSES
 
     engines = {}
     for name in ("python", "lua", "js"):
         try:
-            _load(ENGINE_CLASSES[name])
+            import_target(ENGINE_CLASSES[name])
         except (ImportError, AttributeError):
             continue
         engines[name] = per_engine

@@ -46,7 +46,6 @@ chunks until the resource tracker grants it to go on.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import queue
@@ -60,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 from .._clock import now
 from .._context import _AGENT, _METER, AgentContext, Meter
 from .._exceptions import MessageError, TaskFailed, error_from_outcome
+from .._imports import import_target
 from .._task import new_task_id
 from ..messages import check_data
 from ..messages.types import (
@@ -147,9 +147,7 @@ def _resolve_agent(target: str | None, factory: str | None, kwargs: dict[str, An
     module_name, _, attrs = path.partition(":")
     if not module_name or not attrs:
         raise MessageError(f"an agent target is 'module:attribute', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attrs.split("."):
-        obj = getattr(obj, part)
+    obj = import_target(path)
     if factory is not None:
         return obj(**kwargs)
     if isinstance(obj, type):

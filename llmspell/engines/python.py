@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import queue
 import threading
 import time
@@ -36,6 +35,7 @@ from typing import Any
 from .._actor import log
 from .._clock import now
 from .._context import _METER, Meter
+from .._imports import import_target
 from ..messages.types import (
     ProgressBatch,
     ProgressReport,
@@ -54,10 +54,7 @@ __all__ = ["PythonEngine", "resolve_target"]
 
 def resolve_target(target: str) -> Callable[..., Any]:
     """Import ``"package.module:attr.path"`` and return the object it names."""
-    module_name, _, path = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in path.split("."):
-        obj = getattr(obj, part)
+    obj = import_target(target)
     if not callable(obj):
         raise TypeError(f"{target!r} is not callable")
     return obj  # type: ignore[no-any-return]
