@@ -58,6 +58,7 @@ from ._task import (
 )
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
+from .messages.options import timeout_problem
 from .messages.types import (
     STATUSES,
     TERMINAL,
@@ -1396,14 +1397,9 @@ class Runtime:
         is left and returns a result with ``timed_out`` set (it does not raise).
         """
         strat = Strategy.parse(strategy)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout < float("inf")
-        ):
-            raise MessageError(
-                f"must be a positive number of seconds, got {timeout!r}", where="timeout"
-            )
+        problem = timeout_problem(timeout)
+        if problem is not None:
+            raise MessageError(problem, where="timeout")
         if inputs is not None:
             if isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
                 raise MessageError(

@@ -60,8 +60,8 @@ from .._clock import now
 from .._context import _AGENT, _METER, AgentContext, Meter
 from .._exceptions import MessageError, TaskFailed, error_from_outcome
 from .._imports import import_target
-from .._task import new_task_id
 from ..messages import check_data
+from ..messages.ids import new_task_id
 from ..messages.types import (
     CancelTasks,
     ProgressReport,

@@ -87,7 +87,6 @@ from typing import Any
 
 import quickjs
 
-from llmspell._task import lone_surrogate
 from llmspell.engines._vm import (
     Completed,
     Failed,
@@ -98,6 +97,7 @@ from llmspell.engines._vm import (
     Yielded,
     read_prelude,
 )
+from llmspell.messages.options import lone_surrogate
 
 __all__ = ["JsVM"]
 

@@ -44,8 +44,9 @@ from thespian.actors import ActorAddress
 
 from .._actor import log
 from .._clock import now
-from .._task import lone_surrogate, new_task_id
 from ..messages import encode
+from ..messages.ids import new_task_id
+from ..messages.options import lone_surrogate, task_option_problems
 from ..messages.types import (
     PRIORITIES,
     Coordinate,
@@ -145,21 +146,9 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
     args = spec.get("args")
     if args is not None and not isinstance(args, dict):
         raise ValueError("spell.submit: args must be a table/object with string keys")
-    priority = spec.get("priority", "normal")
-    if not isinstance(priority, str) or priority not in PRIORITIES:
-        raise ValueError(f"spell.submit: priority must be one of {', '.join(PRIORITIES)}")
-    timeout = spec.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 0 < timeout < float("inf")
-    ):
-        raise ValueError(
-            f"spell.submit: timeout must be a positive number of seconds, got {timeout!r}"
-        )
-    retries = spec.get("retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < 2**31:
-        raise ValueError("spell.submit: retries must be an integer from 0 to 2**31 - 1")
+    for name, problem in task_option_problems(spec):
+        raise ValueError(f"spell.submit: {name} {problem}")
+    priority, timeout = spec.get("priority", "normal"), spec.get("timeout")
     return TaskSpec(
         id=tid,
         kind=kind,
@@ -171,7 +160,7 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
         input=spec.get("input"),
         priority=PRIORITIES[priority],
         timeout=float(timeout) if timeout is not None else None,
-        retries=retries,
+        retries=spec.get("retries", 0),
         parent=parent,
     )
 
