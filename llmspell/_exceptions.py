@@ -170,8 +170,9 @@ _FAILURE_CLASSES: dict[str, type[TaskFailed]] = {
 def error_from_outcome(task_id: str, status: str, error: dict[str, Any] | None) -> LlmspellError:
     """Build the exception ``result()`` raises for a task that ended badly.
 
-    ``error`` is the wire form of a failure: ``{"message", "kind", "engine",
-    "traceback", "attempts"}``.
+    ``error`` is the wire form of a failure (``messages.types.TaskError.wire()``,
+    with the scheduler's ``attempts``); what it leaves out reads as kind
+    ``"failed"``, engine ``"runtime"``.
     """
     err = error or {}
     message = str(err.get("message") or status)

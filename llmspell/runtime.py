@@ -87,6 +87,7 @@ from .messages.types import (
     SubmitTasks,
     Subscribe,
     SupervisorEvent,
+    TaskError,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
@@ -373,7 +374,7 @@ class _Core:
             waiting = [task_id for task_id, entry in self.views.items() if type(entry) is not tuple]
             coordinations = list(self.coordinations.values())
             self.coordinations.clear()
-        error = {"message": f"the runtime is degraded: {reason}", "kind": "degraded"}
+        error = TaskError(f"the runtime is degraded: {reason}", kind="degraded").wire()
         self.resolve_many([TaskOutcome(task_id, "failed", error=error) for task_id in waiting])
         for waiter in coordinations:
             waiter(None)
@@ -425,7 +426,7 @@ class _Core:
         if type(msg) is TaskOutcomes:
             self.resolve_many(msg.items)
         elif isinstance(msg, SubmitRejected):
-            self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
+            self.resolve(TaskOutcome(msg.task_id, "rejected", error=TaskError(msg.message).wire()))
         elif isinstance(msg, CoordinationDone):
             with self.lock:
                 w = self.coordinations.pop(msg.coord_id, None)
@@ -930,7 +931,7 @@ class Runtime:
         for waiter in list(self._core.coordinations.values()):
             waiter(None)
         self._core.coordinations.clear()
-        closed = {"message": "the runtime was closed"}
+        closed = TaskError("the runtime was closed").wire()
         self._core.resolve_many(
             [
                 TaskOutcome(task_id, "cancelled", error=closed)
@@ -960,7 +961,7 @@ class Runtime:
             core.replies.clear()
         for waiter in waiters:
             waiter(None)
-        gone = {"message": f"{why}; create a new Runtime", "kind": _CLOSED_KIND}
+        gone = TaskError(f"{why}; create a new Runtime", kind=_CLOSED_KIND).wire()
         core.resolve_many(
             [
                 TaskOutcome(task_id, "cancelled", error=gone)
@@ -1471,23 +1472,23 @@ class Runtime:
             if not staged and i < len(statuses) and statuses[i] != "succeeded":
                 error = errors[i] if i < len(errors) and isinstance(errors[i], dict) else None
                 if error is None and i in failed:
-                    error = {"message": failed[i]}
+                    error = TaskError(failed[i]).wire()
                 elif error is None:
-                    error = {"message": "cancelled by its coordination"}
+                    error = TaskError("cancelled by its coordination").wire()
                 o = TaskOutcome(spec.id, str(statuses[i]), None, error)
             elif staged:  # pipeline over inputs: the stages ran as per-input clones
                 o = (
                     TaskOutcome(spec.id, "succeeded")
                     if result.get("ok")
                     else TaskOutcome(
-                        spec.id, "failed", error={"message": "the pipeline did not succeed"}
+                        spec.id, "failed", error=TaskError("the pipeline did not succeed").wire()
                     )
                 )
             elif i in failed:
-                o = TaskOutcome(spec.id, "failed", error={"message": failed[i]})
+                o = TaskOutcome(spec.id, "failed", error=TaskError(failed[i]).wire())
             elif i in cancelled:
                 o = TaskOutcome(
-                    spec.id, "cancelled", error={"message": "cancelled by its coordination"}
+                    spec.id, "cancelled", error=TaskError("cancelled by its coordination").wire()
                 )
             else:
                 o = TaskOutcome(spec.id, "succeeded", values[i] if i < len(values) else None)

@@ -33,6 +33,7 @@ from ..messages.types import (
     Shutdown,
     StopTasks,
     SubmitTasks,
+    TaskError,
     TaskOutcome,
     TaskSpec,
     WatchTasks,
@@ -290,10 +291,7 @@ class EngineActor(WireActor):
     def error(
         self, message: str, *, kind: str = "failed", traceback: str = "", data: Any = None
     ) -> dict[str, Any]:
-        e = {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
-        if data is not None:  # what the script threw, when it was data
-            e["data"] = data
-        return e
+        return TaskError(message, kind, self.engine, traceback, data).wire()
 
     def _encode_results(self, items: list[TaskOutcome]) -> bytes:
         """Encode a batch; an outcome that cannot be sent (a value that is not
