@@ -12,7 +12,12 @@ The tree::
     ├── TaskTimeout               the task's own ``timeout`` ran out
     ├── RuntimeClosed             a call on a Runtime that is closed
     ├── JournalError              a journal file that cannot be used (Runtime(journal=...))
-    └── RuntimeDegraded           a call on a Runtime whose supervisor gave up
+    ├── RuntimeDegraded           a call on a Runtime whose supervisor gave up
+    ├── AgentError                (llmspell.agents) an agent got no answer from its server
+    └── SimulationDeadlock        (llmspell.testing) a simulation where nothing can happen
+
+These are all the public errors: every other exception class in the package is
+internal (raised and caught inside it, or turned into one of these).
 
 ``Runtime.result(handle, timeout=...)`` running out of *its* timeout raises the
 builtin ``TimeoutError`` instead and leaves the task running: it says "you

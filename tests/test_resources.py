@@ -16,10 +16,10 @@ from llmspell import (
     Limits,
     ResourceLimitExceeded,
     Runtime,
+    Subscription,
     Task,
     TaskCancelled,
 )
-from llmspell.runtime import Subscription
 
 LUA_SPIN = """
 local x = 0
