@@ -393,14 +393,20 @@ class Task:
 
     @classmethod
     def tool(cls, name: str, params: Mapping[str, Any] | None = None, **opts: Any) -> Task:
+        """A call of the registered tool ``name`` with ``params`` (checked against its
+        schema when it runs). Never blocks; raises ``MessageError`` for a bad name or option."""
         return cls._make("tool", name=_name(name), payload=params, opts=opts)
 
     @classmethod
     def agent(cls, name: str, input: Any, **opts: Any) -> Task:
+        """A run of the registered agent ``name`` on ``input`` (``execution=``,
+        ``buffer_size=`` too). Never blocks; raises ``MessageError`` for a bad name or option."""
         return cls._make("agent", name=_name(name), payload=input, opts=opts, extra=_AGENT_OPTIONS)
 
     @classmethod
     def hook(cls, point: str, payload: Any = None, **opts: Any) -> Task:
+        """A task that runs the hooks registered at ``point`` (one of ``HOOK_POINTS``)
+        with ``payload``. Never blocks; raises ``MessageError`` for an unknown point."""
         if point not in HOOK_POINTS:
             raise MessageError(
                 f"unknown hook point {point!r}; use one of {', '.join(HOOK_POINTS)}",
@@ -410,12 +416,16 @@ class Task:
 
     @classmethod
     def event(cls, name: str, payload: Any = None, **opts: Any) -> Task:
+        """A task that publishes the event ``name`` with ``payload``. Never blocks;
+        raises ``MessageError`` for a bad name, payload or option."""
         return cls._make("event", name=_name(name), payload=payload, opts=opts)
 
     @classmethod
     def workflow(
         cls, path_or_dict: str | os.PathLike[str] | Mapping[str, Any], **opts: Any
     ) -> Task:
+        """A workflow (a YAML file's path or its dict) as one task; it is read and
+        checked when it runs. Never blocks; raises ``MessageError`` for an empty path."""
         if isinstance(path_or_dict, Mapping):
             return cls._make("workflow", payload=dict(path_or_dict), opts=opts)
         if not isinstance(path_or_dict, (str, os.PathLike)) or not str(path_or_dict):
@@ -426,6 +436,8 @@ class Task:
 
     @classmethod
     def custom(cls, kind: str, payload: Any = None, **opts: Any) -> Task:
+        """A task of a registered executor's ``kind``. Never blocks; raises
+        ``MessageError`` for a bad kind, payload or option."""
         return cls._make("custom", name=_name(kind), payload=payload, opts=opts)
 
     @classmethod
@@ -530,6 +542,7 @@ class Task:
 
     @property
     def priority(self) -> str:
+        """The task's priority name (``"normal"`` unless given)."""
         return str(self.opts.get("priority", "normal"))
 
     def __repr__(self) -> str:

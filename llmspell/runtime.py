@@ -901,10 +901,12 @@ class Runtime:
 
     @property
     def state(self) -> RuntimeState:
+        """The runtime's lifecycle state (``RuntimeState``); reads memory, never blocks."""
         return self._core.state
 
     @property
     def mode(self) -> str:
+        """``"embedded"``, ``"local"`` or ``"cluster"``; never blocks."""
         return self._core.mode
 
     def close(self) -> None:
@@ -1064,6 +1066,8 @@ class Runtime:
         return "pending" if status == "unknown" else status
 
     def is_completed(self, handle: Handle | str) -> bool:
+        """True when the task has ended (its ``status`` is terminal). Blocks as ``status``
+        does (at most one round trip to the scheduler) and raises what it raises."""
         return self.status(handle) in TERMINAL
 
     def progress(self, handle: Handle | str) -> Progress | None:
@@ -1650,6 +1654,9 @@ class AsyncRuntime:
         return self._runtime()
 
     async def start(self) -> AsyncRuntime:
+        """Start the runtime (``Runtime(mode, **config)``) in a worker thread: waits as long as
+        that takes (engines started, seconds in local mode). Raises ``RuntimeClosed`` when
+        already started, and what ``Runtime(...)`` raises (``MessageError`` for a bad option)."""
         if self._rt is not None:
             raise RuntimeClosed("this AsyncRuntime was already started")
         loop = asyncio.get_running_loop()
@@ -1668,15 +1675,22 @@ class AsyncRuntime:
         return self._rt
 
     async def close(self) -> None:
+        """``Runtime.close`` in a worker thread: cancels what is unfinished and stops the
+        actor system (waits for that, about a second at most). Idempotent."""
         if self._rt is not None:
             rt = self._rt
             await asyncio.get_running_loop().run_in_executor(None, rt.close)
 
     async def submit(self, task: Task) -> Handle:
+        """``Runtime.submit`` without blocking the loop (queues at once); the handle is
+        awaitable (``await h`` is ``await rt.result(h)``). Raises ``MessageError``,
+        ``RuntimeClosed``, ``RuntimeDegraded`` as ``Runtime.submit``."""
         (h,) = await self.submit_many([task])
         return h
 
     async def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
+        """``Runtime.submit_many``: all the tasks or none (queued at once, no waiting);
+        awaitable handles. Raises as ``Runtime.submit_many``."""
         handles = self._runtime().submit_many(tasks)
         for h in handles:
             _SET_OWNER(h, self)  # awaitable: ``await h``
@@ -1775,6 +1789,10 @@ class AsyncRuntime:
                 rt._core.off_done(v, cb)
 
     async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
+        """The task's value: awaits its end (up to ``timeout`` seconds, None: for ever)
+        without blocking the loop. Raises what the task ended with (``TaskFailed``,
+        ``TaskCancelled``, ``TaskTimeout``), the builtin ``TimeoutError`` when ``timeout``
+        runs out (the task goes on), ``RuntimeDegraded``/``RuntimeClosed``."""
         rt = self._runtime()
         try:
             task_id, v = rt._core.view(handle)
@@ -1797,21 +1815,28 @@ class AsyncRuntime:
         return _Core.value_of(task_id, outcome)
 
     async def cancel(self, handle: Handle | str) -> bool:
+        """``Runtime.cancel`` in a worker thread: True if the task had not finished (it
+        ends ``cancelled``), False if it had already ended."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.cancel, handle)
 
     async def status(self, handle: Handle | str) -> str:
+        """``Runtime.status`` in a worker thread (at most one round trip to the scheduler;
+        none once the task's end is known here)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.status, handle)
 
     async def is_completed(self, handle: Handle | str) -> bool:
+        """True when the task has ended (``status`` is terminal); as ``status``."""
         return await self.status(handle) in TERMINAL
 
     async def progress(self, handle: Handle | str) -> Progress | None:
+        """``Runtime.progress`` in a worker thread: the task's last progress, or None."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.progress, handle)
 
     async def stats(self) -> dict[str, Any]:
+        """``Runtime.stats`` in a worker thread (a round trip to each actor asked)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
 
@@ -1828,6 +1853,9 @@ class AsyncRuntime:
         timeout: float | None = None,
         inputs: list[Any] | None = None,
     ) -> CoordinationResult:
+        """``Runtime.coordinate`` in a worker thread: awaits until every task ended or
+        ``timeout`` ran out (then ``timed_out`` is set; it does not raise). Raises
+        ``MessageError`` for a bad strategy, timeout or inputs."""
         rt = self._runtime()
         tasks = list(tasks)
         return await asyncio.get_running_loop().run_in_executor(
@@ -1837,10 +1865,13 @@ class AsyncRuntime:
     async def run_workflow(
         self, path_or_dict: str | Path | Mapping[str, Any]
     ) -> CoordinationResult:
+        """``Runtime.run_workflow`` in a worker thread: awaits the workflow's end.
+        Raises ``MessageError`` for a malformed workflow (nothing runs then)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow, path_or_dict)
 
     async def emit(self, event: str, payload: Any = None) -> None:
+        """``Runtime.emit``: publishes at once, no waiting."""
         self._runtime().emit(event, payload)
 
     async def register_tool(
@@ -1851,20 +1882,26 @@ class AsyncRuntime:
         *,
         description: str | None = None,
     ) -> None:
+        """``Runtime.register_tool`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for a bad name, target or schema."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: rt.register_tool(name, target, schema, description=description)
         )
 
     async def register_agent(self, name: str, target: Any) -> None:
+        """``Runtime.register_agent`` in a worker thread (awaits the registry's answer)."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_agent, name, target)
 
     async def register_hook(self, point: str, target: Any) -> None:
+        """``Runtime.register_hook`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for an unknown hook point."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_hook, point, target)
 
     async def register_executor(self, kind: str, target: Any) -> None:
+        """``Runtime.register_executor`` in a worker thread (awaits the registry's answer)."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_executor, kind, target)
 
@@ -1877,4 +1914,6 @@ class AsyncRuntime:
         return _aiter_stream(it)
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
+        """``Runtime.subscribe``: a ``Subscription`` at once (no waiting); read it with
+        ``get(timeout=...)`` or iterate."""
         return self._runtime().subscribe(pattern, limit=limit)

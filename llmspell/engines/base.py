@@ -10,6 +10,7 @@ on other threads) and ``close()``.
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any
 
@@ -51,7 +52,7 @@ _POLL_FIRST = 0.0001
 _POLL_INTERVAL = 0.001
 
 
-class EngineActor(WireActor):
+class EngineActor(WireActor, metaclass=abc.ABCMeta):
     """Base of the python, lua and js engine contexts."""
 
     engine = "?"
@@ -191,11 +192,14 @@ class EngineActor(WireActor):
 
     # -- hooks --------------------------------------------------------------
 
+    @abc.abstractmethod
     def start(self, spec: TaskSpec, attempt: int) -> None:
-        raise NotImplementedError
+        """Begin running ``spec`` (its ``attempt``-th try); its end is ``report``ed."""
 
+    @abc.abstractmethod
     def stop(self, task_id: str, reason: str) -> None:
-        raise NotImplementedError
+        """Stop the task at once (cancelled, timed out, over a limit); no outcome
+        is reported for it. Unknown or ended ids are ignored."""
 
     def start_replay(self, spec: TaskSpec, attempt: int, calls: list[list[Any]]) -> None:
         """Start a task whose earlier runs made the host ``calls`` (a journal's

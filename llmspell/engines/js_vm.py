@@ -217,7 +217,7 @@ def _to_js(v: Any, path: str) -> tuple[int, Any]:
         return 2, json.dumps(_tagged(v, path), allow_nan=False, separators=(",", ":"))
 
 
-def _user_stack(stack: str) -> tuple[str, int | None]:
+def _user_traceback(stack: str) -> tuple[str, int | None]:
     """The JS stack without llmspell's frames, in user line numbers; the first line."""
     lines, first = [], None
     for raw in stack.splitlines():
@@ -282,7 +282,7 @@ class JsVM:
         self,
         host: Host,
         *,
-        memory_limit: int = 256 * _MiB,
+        max_memory: int = 256 * _MiB,
         step_budget: float = 1.0,
         max_stack_size: int = 512 * 1024,
         compile_cache: int = 256,
@@ -296,7 +296,7 @@ class JsVM:
         self._record_clock = record_clock
         self._now = clock or _clock  # budgets, cpu_seconds (a simulation counts reads)
         self._shrink = clock is None  # QuickJS's CPU-clock limit follows a real clock only
-        self._memory_limit = memory_limit
+        self._max_memory = max_memory
         self._budget = float(step_budget)
         self._budget_text = (
             f"the task ran for more than its step budget of {step_budget:g} s "
@@ -317,7 +317,7 @@ class JsVM:
 
     def _boot(self) -> None:
         ctx = quickjs.Context()
-        ctx.set_memory_limit(self._memory_limit)
+        ctx.set_memory_limit(self._max_memory)
         ctx.set_max_stack_size(self._max_stack)
         ctx.eval(_PRELUDE)
         self._js: dict[str, Any] = {k: ctx.get("__ls_" + k) for k in _EXPORTS}
@@ -533,7 +533,7 @@ class JsVM:
         sc = self._scratch
         if sc is None or self._scratch_uses >= _SCRATCH_USES:
             sc = quickjs.Context()
-            sc.set_memory_limit(min(self._memory_limit, 64 * _MiB))
+            sc.set_memory_limit(min(self._max_memory, 64 * _MiB))
             sc.set_max_stack_size(self._max_stack)
             self._scratch_take = sc.eval(_SCRATCH_PRELUDE)
             self._scratch, self._scratch_uses = sc, 0
@@ -687,24 +687,24 @@ class JsVM:
             elif tag == "d":
                 end = Completed(_loads(f[0]))
             else:
-                end = _relabel(self._failure(*_loads(f[0])), rec.source)
+                end = _relabel(self._failed(*_loads(f[0])), rec.source)
         return end, again
 
-    def _failure(self, kind: Any, msg: str, stack: str, data: str | None = None) -> Failed:
+    def _failed(self, kind: Any, msg: str, stack: str, data: str | None = None) -> Failed:
         """The task's end from what ls$fail recorded; ``data``: a thrown value that is
         not an Error (``throw {code: 42}``), as wire JSON, kept as the error's data."""
-        tb, line = _user_stack(stack)
+        tb, line = _user_traceback(stack)
         if data is not None:
             return Failed(kind, msg, tb, _loads(data))  # msg: "uncaught {...}" as it is
         if kind == "budget":
             msg = self._budget_text
         elif kind == "memory":
-            msg = f"out of memory: the JS VM's limit of {self._memory_limit} bytes was reached"
+            msg = f"out of memory: the JS VM's limit of {self._max_memory} bytes was reached"
         elif msg == "uncaught null" and not tb:
             # QuickJS throws null when it cannot even allocate its "out of memory" error
             msg = (
                 "uncaught null: the script threw null, or the JS VM ran out of memory "
-                f"(its limit is {self._memory_limit} bytes)"
+                f"(its limit is {self._max_memory} bytes)"
             )
         elif line is not None and kind == "runtime":
             msg = f"{msg} (line {line})"

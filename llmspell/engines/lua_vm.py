@@ -77,6 +77,7 @@ __all__ = ["LuaVM"]
 
 _LuaError: Any = lua55.LuaError
 _LuaMemoryError: Any = lua55.LuaMemoryError
+_log = logging.getLogger("llmspell.engines.lua")
 _PRELUDE_POS = re.compile(r"\[llmspell\]:\d+: ")
 _MAXINT: int = lua55.LUA_MAXINTEGER
 _MININT: int = lua55.LUA_MININTEGER
@@ -533,9 +534,7 @@ class LuaVM:
         try:
             self._host.clock(task_id, _text(fn), value)
         except Exception:  # the host's trouble is the host's: the script gets its value
-            logging.getLogger("llmspell.engines.lua").exception(
-                "recording a clock read of task %s failed", task_id
-            )
+            _log.exception("recording a clock read of task %s failed", task_id)
         return value
 
     def _h_progress(self, done: float, total: float | None, message: Any) -> bytes | None:
