@@ -58,6 +58,7 @@ from ._task import (
 )
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
+from .messages.options import timeout_problem
 from .messages.types import (
     STATUSES,
     TERMINAL,
@@ -86,6 +87,7 @@ from .messages.types import (
     SubmitTasks,
     Subscribe,
     SupervisorEvent,
+    TaskError,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
@@ -373,7 +375,7 @@ class _Core:
             waiting = [task_id for task_id, entry in self.views.items() if type(entry) is not tuple]
             coordinations = list(self.coordinations.values())
             self.coordinations.clear()
-        error = {"message": f"the runtime is degraded: {reason}", "kind": "degraded"}
+        error = TaskError(f"the runtime is degraded: {reason}", kind="degraded").wire()
         self.resolve_many([TaskOutcome(task_id, "failed", error=error) for task_id in waiting])
         for waiter in coordinations:
             waiter(None)
@@ -425,7 +427,7 @@ class _Core:
         if type(msg) is TaskOutcomes:
             self.resolve_many(msg.items)
         elif isinstance(msg, SubmitRejected):
-            self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
+            self.resolve(TaskOutcome(msg.task_id, "rejected", error=TaskError(msg.message).wire()))
         elif isinstance(msg, CoordinationDone):
             with self.lock:
                 w = self.coordinations.pop(msg.coord_id, None)
@@ -655,12 +657,13 @@ def _outcome(task_id: str, ended: _Ended) -> TaskOutcome:
 
 
 def _default_engines(per_engine: int) -> dict[str, int]:
-    from .actors.director import ENGINE_CLASSES, _load
+    from ._imports import import_target
+    from .actors.director import ENGINE_CLASSES
 
     engines = {}
     for name in ("python", "lua", "js"):
         try:
-            _load(ENGINE_CLASSES[name])
+            import_target(ENGINE_CLASSES[name])
         except (ImportError, AttributeError):
             continue
         engines[name] = per_engine
@@ -899,10 +902,12 @@ class Runtime:
 
     @property
     def state(self) -> RuntimeState:
+        """The runtime's lifecycle state (``RuntimeState``); reads memory, never blocks."""
         return self._core.state
 
     @property
     def mode(self) -> str:
+        """``"embedded"``, ``"local"`` or ``"cluster"``; never blocks."""
         return self._core.mode
 
     def close(self) -> None:
@@ -929,7 +934,7 @@ class Runtime:
         for waiter in list(self._core.coordinations.values()):
             waiter(None)
         self._core.coordinations.clear()
-        closed = {"message": "the runtime was closed"}
+        closed = TaskError("the runtime was closed").wire()
         self._core.resolve_many(
             [
                 TaskOutcome(task_id, "cancelled", error=closed)
@@ -959,7 +964,7 @@ class Runtime:
             core.replies.clear()
         for waiter in waiters:
             waiter(None)
-        gone = {"message": f"{why}; create a new Runtime", "kind": _CLOSED_KIND}
+        gone = TaskError(f"{why}; create a new Runtime", kind=_CLOSED_KIND).wire()
         core.resolve_many(
             [
                 TaskOutcome(task_id, "cancelled", error=gone)
@@ -1062,6 +1067,8 @@ class Runtime:
         return "pending" if status == "unknown" else status
 
     def is_completed(self, handle: Handle | str) -> bool:
+        """True when the task has ended (its ``status`` is terminal). Blocks as ``status``
+        does (at most one round trip to the scheduler) and raises what it raises."""
         return self.status(handle) in TERMINAL
 
     def progress(self, handle: Handle | str) -> Progress | None:
@@ -1396,14 +1403,9 @@ class Runtime:
         is left and returns a result with ``timed_out`` set (it does not raise).
         """
         strat = Strategy.parse(strategy)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout < float("inf")
-        ):
-            raise MessageError(
-                f"must be a positive number of seconds, got {timeout!r}", where="timeout"
-            )
+        problem = timeout_problem(timeout)
+        if problem is not None:
+            raise MessageError(problem, where="timeout")
         if inputs is not None:
             if isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
                 raise MessageError(
@@ -1475,23 +1477,23 @@ class Runtime:
             if not staged and i < len(statuses) and statuses[i] != "succeeded":
                 error = errors[i] if i < len(errors) and isinstance(errors[i], dict) else None
                 if error is None and i in failed:
-                    error = {"message": failed[i]}
+                    error = TaskError(failed[i]).wire()
                 elif error is None:
-                    error = {"message": "cancelled by its coordination"}
+                    error = TaskError("cancelled by its coordination").wire()
                 o = TaskOutcome(spec.id, str(statuses[i]), None, error)
             elif staged:  # pipeline over inputs: the stages ran as per-input clones
                 o = (
                     TaskOutcome(spec.id, "succeeded")
                     if result.get("ok")
                     else TaskOutcome(
-                        spec.id, "failed", error={"message": "the pipeline did not succeed"}
+                        spec.id, "failed", error=TaskError("the pipeline did not succeed").wire()
                     )
                 )
             elif i in failed:
-                o = TaskOutcome(spec.id, "failed", error={"message": failed[i]})
+                o = TaskOutcome(spec.id, "failed", error=TaskError(failed[i]).wire())
             elif i in cancelled:
                 o = TaskOutcome(
-                    spec.id, "cancelled", error={"message": "cancelled by its coordination"}
+                    spec.id, "cancelled", error=TaskError("cancelled by its coordination").wire()
                 )
             else:
                 o = TaskOutcome(spec.id, "succeeded", values[i] if i < len(values) else None)
@@ -1653,6 +1655,9 @@ class AsyncRuntime:
         return self._runtime()
 
     async def start(self) -> AsyncRuntime:
+        """Start the runtime (``Runtime(mode, **config)``) in a worker thread: waits as long as
+        that takes (engines started, seconds in local mode). Raises ``RuntimeClosed`` when
+        already started, and what ``Runtime(...)`` raises (``MessageError`` for a bad option)."""
         if self._rt is not None:
             raise RuntimeClosed("this AsyncRuntime was already started")
         loop = asyncio.get_running_loop()
@@ -1671,15 +1676,22 @@ class AsyncRuntime:
         return self._rt
 
     async def close(self) -> None:
+        """``Runtime.close`` in a worker thread: cancels what is unfinished and stops the
+        actor system (waits for that, about a second at most). Idempotent."""
         if self._rt is not None:
             rt = self._rt
             await asyncio.get_running_loop().run_in_executor(None, rt.close)
 
     async def submit(self, task: Task) -> Handle:
+        """``Runtime.submit`` without blocking the loop (queues at once); the handle is
+        awaitable (``await h`` is ``await rt.result(h)``). Raises ``MessageError``,
+        ``RuntimeClosed``, ``RuntimeDegraded`` as ``Runtime.submit``."""
         (h,) = await self.submit_many([task])
         return h
 
     async def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
+        """``Runtime.submit_many``: all the tasks or none (queued at once, no waiting);
+        awaitable handles. Raises as ``Runtime.submit_many``."""
         handles = self._runtime().submit_many(tasks)
         for h in handles:
             _SET_OWNER(h, self)  # awaitable: ``await h``
@@ -1778,6 +1790,10 @@ class AsyncRuntime:
                 rt._core.off_done(v, cb)
 
     async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
+        """The task's value: awaits its end (up to ``timeout`` seconds, None: for ever)
+        without blocking the loop. Raises what the task ended with (``TaskFailed``,
+        ``TaskCancelled``, ``TaskTimeout``), the builtin ``TimeoutError`` when ``timeout``
+        runs out (the task goes on), ``RuntimeDegraded``/``RuntimeClosed``."""
         rt = self._runtime()
         try:
             task_id, v = rt._core.view(handle)
@@ -1800,21 +1816,28 @@ class AsyncRuntime:
         return _Core.value_of(task_id, outcome)
 
     async def cancel(self, handle: Handle | str) -> bool:
+        """``Runtime.cancel`` in a worker thread: True if the task had not finished (it
+        ends ``cancelled``), False if it had already ended."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.cancel, handle)
 
     async def status(self, handle: Handle | str) -> str:
+        """``Runtime.status`` in a worker thread (at most one round trip to the scheduler;
+        none once the task's end is known here)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.status, handle)
 
     async def is_completed(self, handle: Handle | str) -> bool:
+        """True when the task has ended (``status`` is terminal); as ``status``."""
         return await self.status(handle) in TERMINAL
 
     async def progress(self, handle: Handle | str) -> Progress | None:
+        """``Runtime.progress`` in a worker thread: the task's last progress, or None."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.progress, handle)
 
     async def stats(self) -> dict[str, Any]:
+        """``Runtime.stats`` in a worker thread (a round trip to each actor asked)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
 
@@ -1831,6 +1854,9 @@ class AsyncRuntime:
         timeout: float | None = None,
         inputs: list[Any] | None = None,
     ) -> CoordinationResult:
+        """``Runtime.coordinate`` in a worker thread: awaits until every task ended or
+        ``timeout`` ran out (then ``timed_out`` is set; it does not raise). Raises
+        ``MessageError`` for a bad strategy, timeout or inputs."""
         rt = self._runtime()
         tasks = list(tasks)
         return await asyncio.get_running_loop().run_in_executor(
@@ -1840,10 +1866,13 @@ class AsyncRuntime:
     async def run_workflow(
         self, path_or_dict: str | Path | Mapping[str, Any]
     ) -> CoordinationResult:
+        """``Runtime.run_workflow`` in a worker thread: awaits the workflow's end.
+        Raises ``MessageError`` for a malformed workflow (nothing runs then)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow, path_or_dict)
 
     async def emit(self, event: str, payload: Any = None) -> None:
+        """``Runtime.emit``: publishes at once, no waiting."""
         self._runtime().emit(event, payload)
 
     async def register_tool(
@@ -1854,20 +1883,26 @@ class AsyncRuntime:
         *,
         description: str | None = None,
     ) -> None:
+        """``Runtime.register_tool`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for a bad name, target or schema."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: rt.register_tool(name, target, schema, description=description)
         )
 
     async def register_agent(self, name: str, target: Any) -> None:
+        """``Runtime.register_agent`` in a worker thread (awaits the registry's answer)."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_agent, name, target)
 
     async def register_hook(self, point: str, target: Any) -> None:
+        """``Runtime.register_hook`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for an unknown hook point."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_hook, point, target)
 
     async def register_executor(self, kind: str, target: Any) -> None:
+        """``Runtime.register_executor`` in a worker thread (awaits the registry's answer)."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_executor, kind, target)
 
@@ -1880,4 +1915,6 @@ class AsyncRuntime:
         return _aiter_stream(it)
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
+        """``Runtime.subscribe``: a ``Subscription`` at once (no waiting); read it with
+        ``get(timeout=...)`` or iterate."""
         return self._runtime().subscribe(pattern, limit=limit)

@@ -44,6 +44,7 @@ from ..messages.types import (
     StartAggregation,
     StopAggregation,
     StopTasks,
+    TaskError,
     TaskOutcome,
     TaskSpec,
 )
@@ -298,7 +299,7 @@ class Coordinator(WireActor):
 
 
 def _error(message: str) -> dict[str, Any]:
-    return {"message": message, "kind": "failed", "engine": "workflow"}
+    return TaskError(message, kind="failed", engine="workflow").wire()
 
 
 def _why(wf: _Workflow, result: dict[str, Any]) -> str:

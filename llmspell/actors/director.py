@@ -10,7 +10,6 @@ stops its children.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest
@@ -93,11 +92,6 @@ def _terminate_admin() -> None:
     except psutil.Error:
         pass
     os._exit(0)
-
-
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 class Director(WireActor):

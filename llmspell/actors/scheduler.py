@@ -62,7 +62,7 @@ from .._actor import WireActor, addr_key, log
 from .._clock import now
 from .._exceptions import JournalError, MessageError
 from .._options import ENGINES
-from .._task import new_task_id
+from ..messages.ids import new_task_id
 from ..messages.types import (
     Ack,
     CancelReply,

@@ -10,6 +10,7 @@ on other threads) and ``close()``.
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any
 
@@ -29,14 +30,17 @@ from ..messages.types import (
     ProgressReport,
     Publish,
     PublishBatch,
+    ResourceWait,
     Shutdown,
     StopTasks,
     SubmitTasks,
+    TaskError,
     TaskOutcome,
     TaskSpec,
     WatchTasks,
 )
 from . import _doorbell
+from .limits import Limit
 
 __all__ = ["EngineActor"]
 
@@ -48,7 +52,7 @@ _POLL_FIRST = 0.0001
 _POLL_INTERVAL = 0.001
 
 
-class EngineActor(WireActor):
+class EngineActor(WireActor, metaclass=abc.ABCMeta):
     """Base of the python, lua and js engine contexts."""
 
     engine = "?"
@@ -188,11 +192,14 @@ class EngineActor(WireActor):
 
     # -- hooks --------------------------------------------------------------
 
+    @abc.abstractmethod
     def start(self, spec: TaskSpec, attempt: int) -> None:
-        raise NotImplementedError
+        """Begin running ``spec`` (its ``attempt``-th try); its end is ``report``ed."""
 
+    @abc.abstractmethod
     def stop(self, task_id: str, reason: str) -> None:
-        raise NotImplementedError
+        """Stop the task at once (cancelled, timed out, over a limit); no outcome
+        is reported for it. Unknown or ended ids are ignored."""
 
     def start_replay(self, spec: TaskSpec, attempt: int, calls: list[list[Any]]) -> None:
         """Start a task whose earlier runs made the host ``calls`` (a journal's
@@ -260,13 +267,35 @@ class EngineActor(WireActor):
 
         self._events.append(Publish(name, payload, now()))
 
+    def park(
+        self,
+        task_id: str,
+        attempt: int,
+        lim: Limit,
+        resource: str,
+        used: float,
+        limit: float,
+        step: float,
+    ) -> bool:
+        """Hold a throttled task: ask the resource tracker when it may go on (it
+        answers ``ResourceGrant``). False when there is no tracker: the task goes on."""
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            return False
+        lim.parked = True
+        self.send_msg(
+            tracker,
+            ResourceWait(
+                task_id, attempt, self.engine, self.index, resource, used, limit, step, lim.waits
+            ),
+        )
+        lim.waits += 1
+        return True
+
     def error(
         self, message: str, *, kind: str = "failed", traceback: str = "", data: Any = None
     ) -> dict[str, Any]:
-        e = {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
-        if data is not None:  # what the script threw, when it was data
-            e["data"] = data
-        return e
+        return TaskError(message, kind, self.engine, traceback, data).wire()
 
     def _encode_results(self, items: list[TaskOutcome]) -> bytes:
         """Encode a batch; an outcome that cannot be sent (a value that is not

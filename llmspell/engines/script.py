@@ -45,8 +45,9 @@ from thespian.actors import ActorAddress
 
 from .._actor import log
 from .._clock import now
-from .._task import lone_surrogate, new_task_id
 from ..messages import encode
+from ..messages.ids import new_task_id
+from ..messages.options import lone_surrogate, task_option_problems
 from ..messages.types import (
     PRIORITIES,
     Coordinate,
@@ -68,7 +69,7 @@ from ..messages.types import (
 )
 from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
 from .base import EngineActor
-from .limits import Limit, kill_message, warn_payload
+from .limits import Limit, judge
 
 __all__ = [
     "ScriptEngine",
@@ -146,21 +147,9 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
     args = spec.get("args")
     if args is not None and not isinstance(args, dict):
         raise ValueError("spell.submit: args must be a table/object with string keys")
-    priority = spec.get("priority", "normal")
-    if not isinstance(priority, str) or priority not in PRIORITIES:
-        raise ValueError(f"spell.submit: priority must be one of {', '.join(PRIORITIES)}")
-    timeout = spec.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 0 < timeout < float("inf")
-    ):
-        raise ValueError(
-            f"spell.submit: timeout must be a positive number of seconds, got {timeout!r}"
-        )
-    retries = spec.get("retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < 2**31:
-        raise ValueError("spell.submit: retries must be an integer from 0 to 2**31 - 1")
+    for name, problem in task_option_problems(spec):
+        raise ValueError(f"spell.submit: {name} {problem}")
+    priority, timeout = spec.get("priority", "normal"), spec.get("timeout")
     return TaskSpec(
         id=tid,
         kind=kind,
@@ -172,7 +161,7 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
         input=spec.get("input"),
         priority=PRIORITIES[priority],
         timeout=float(timeout) if timeout is not None else None,
-        retries=retries,
+        retries=spec.get("retries", 0),
         parent=parent,
     )
 
@@ -996,61 +985,24 @@ class ScriptEngine(EngineActor):
             over = [("cpu_seconds", max(cpu, lim.cpu or 0.0), lim.cpu or 0.0)] + [
                 o for o in over if o[0] != "cpu_seconds"
             ]
-        if not over:
-            lim.waits = 0
-            return False
-        if lim.on_exceed == "kill":
-            if type(result) is Failed and not cut:
-                return False  # it failed on its own
+        if over and lim.on_exceed == "kill" and type(result) is Failed and not cut:
+            return False  # it failed on its own
+        v = judge(lim, over, task_id=s.id, engine=self.engine, what=f"{self.engine} task")
+        if v.action == "kill":
             if type(result) is not Completed:
                 self._forget(s.id)
             self._finish(s)
             usage = {"cpu_seconds": cpu, "memory_bytes": mem if mem is not None else 0}
             self.report(
-                s.id,
-                s.attempt,
-                "failed",
-                usage=usage,
-                error=self.error(kill_message(f"{self.engine} task", over), kind="resource"),
+                s.id, s.attempt, "failed", usage=usage, error=self.error(v.message, kind="resource")
             )
             return True
-        if lim.on_exceed == "warn":
-            for resource, used, limit in over:
-                if resource not in lim.warned:
-                    lim.warned.add(resource)
-                    log.warning(
-                        "%s task %s used %g of %s, over its limit of %g",
-                        self.engine,
-                        s.id,
-                        used,
-                        resource,
-                        limit,
-                    )
-                    self.publish(
-                        "llmspell.resource.warn",
-                        warn_payload(s.id, self.engine, resource, used, limit),
-                    )
-            return False
-        if type(result) in (Completed, Failed) or lim.parked:
-            return False
-        resource, used, limit = over[0]
-        self._park(s, lim, resource, used, limit, cpu - lim.cpu_at_grant)
+        for payload in v.warnings:
+            self.publish("llmspell.resource.warn", payload)
+        if v.action == "park" and type(result) not in (Completed, Failed):
+            resource, used, limit = over[0]
+            self.park(s.id, s.attempt, lim, resource, used, limit, cpu - lim.cpu_at_grant)
         return False
-
-    def _park(
-        self, s: _Script, lim: Limit, resource: str, used: float, limit: float, step: float
-    ) -> None:
-        tracker = self.addresses.get("resources")
-        if tracker is None:
-            return
-        lim.parked = True
-        self.send_msg(
-            tracker,
-            ResourceWait(
-                s.id, s.attempt, self.engine, self.index, resource, used, limit, step, lim.waits
-            ),
-        )
-        lim.waits += 1
 
     def _resource_request(self, s: _Script, req: Request) -> None:
         tracker = self.addresses.get("resources")
@@ -1079,7 +1031,9 @@ class ScriptEngine(EngineActor):
             vm_memory = self._vm_memory()
             if vm_memory > lim.memory:  # the VM still holds too much: wait on
                 lim.parked = False
-                self._park(s, lim, "memory_bytes", float(vm_memory), float(lim.memory), 0.0)
+                self.park(
+                    s.id, s.attempt, lim, "memory_bytes", float(vm_memory), float(lim.memory), 0.0
+                )
                 return
         lim.parked = False
         lim.cpu_at_grant = self._cpu(s.id)

@@ -66,6 +66,7 @@ __all__ = [
     "SubmitTasks",
     "Subscribe",
     "SupervisorEvent",
+    "TaskError",
     "TaskOutcome",
     "TaskOutcomes",
     "TaskSpec",
@@ -144,12 +145,43 @@ class SubmitRejected(Message):
     message: str
 
 
+@dataclass(slots=True)
+class TaskError:
+    """A task's failure, as ``TaskOutcome.error`` carries it.
+
+    On the wire (and in the journal) it stays a plain dict, ``wire()``: the
+    fields that are set, ``None`` ones left out. Readers take what is absent as
+    kind ``"failed"``, engine ``"runtime"`` (``error_from_outcome``). The
+    scheduler adds ``attempts`` (earlier attempts' messages), ``cause`` and
+    ``shutdown`` to the dicts of tasks it retried or ended itself.
+    """
+
+    message: str
+    kind: str | None = None  # "failed", "script", "resource", "cancelled", "degraded", ...
+    engine: str | None = None  # the engine that ran it, or "runtime"/"workflow"
+    traceback: str | None = None
+    data: Any = None  # what a script threw, when it threw data
+
+    def wire(self) -> dict[str, Any]:
+        """The dict ``TaskOutcome.error`` holds."""
+        e: dict[str, Any] = {"message": self.message}
+        if self.kind is not None:
+            e["kind"] = self.kind
+        if self.engine is not None:
+            e["engine"] = self.engine
+        if self.traceback is not None:
+            e["traceback"] = self.traceback
+        if self.data is not None:
+            e["data"] = self.data
+        return e
+
+
 @message("outcome")
 @dataclass(slots=True)
 class TaskOutcome(Message):
     """How a task ended (engine -> scheduler; scheduler -> watchers).
 
-    ``error``: ``{"message", "kind", "engine", "traceback", "attempts"}``.
+    ``error``: a ``TaskError``'s wire dict.
     """
 
     task_id: str

@@ -28,7 +28,6 @@ which fails or re-dispatches what was in flight on the crashed engine.
 
 from __future__ import annotations
 
-import importlib
 import random
 import threading
 import time
@@ -39,6 +38,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from .. import _clock
 from .._actor import WireActor, addr_key, log
+from .._imports import import_target
 from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown, SupervisorEvent
 
 __all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
@@ -188,8 +188,7 @@ class Supervisor(WireActor):
     # -- children --------------------------------------------------------------------
 
     def _start(self, child: _Child) -> None:
-        module, _, name = child.spec.actor.partition(":")
-        cls = getattr(importlib.import_module(module), name)
+        cls = import_target(child.spec.actor)
         child.address = self.createActor(cls)
         child.key = addr_key(child.address)
         child.state = "up"
