@@ -116,6 +116,12 @@ class Durable:
             self.journal.host_call(task_id, n, str(op), call, result, error, bool(done))
         return bool(done) and (before is None or not before[5])
 
+    def fresh_attempt(self, task_id: str) -> None:
+        """The task failed and is retried: its next run makes its host calls
+        afresh (a replay would only fail the same way again)."""
+        if self.calls.pop(task_id, None) is not None and self.journal is not None:
+            self.journal.forget_calls(task_id)
+
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         if self.journal is not None:
             self.journal.registered(what, name, target)

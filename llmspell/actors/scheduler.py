@@ -240,6 +240,7 @@ class Scheduler(WireActor):
         # the journal (Runtime(journal=path), llmspell.actors.durable): None without one
         self.durable: Durable | None = None
         self._restored_hooks: list[tuple[str, Any]] = []  # hooks the journal gave back
+        self._lost: set[str] = set()  # tasks lost with their engine, to run again (journal)
 
     # -- set-up -------------------------------------------------------------
 
@@ -346,6 +347,8 @@ class Scheduler(WireActor):
                     rec, "llmspell.engine.crash", {"engine": slot.engine, "index": slot.index}
                 )
             error = _err(message, engine=slot.engine)
+            if self.durable is not None:  # its re-run replays the host calls it made
+                self._lost.add(task_id)
             self.table.apply(Ended(task_id, FAILED, t, error=error, may_retry=True))
         self._dirty.add(slot.engine)
 
@@ -695,6 +698,11 @@ class Scheduler(WireActor):
                 table.warnings.clear()
 
     def _on_retry(self, rec: Rec, delay: float) -> None:
+        if self.durable is not None:
+            if rec.spec.id in self._lost:  # cut short by a crash: the re-run replays
+                self._lost.discard(rec.spec.id)
+            else:  # it failed: a retry is a fresh attempt that makes its calls again
+                self.durable.fresh_attempt(rec.spec.id)
         error = rec.errors[-1] if rec.errors else "failed"
         if rec.sink is not None:
             self._span_event(rec, "llmspell.task.retry", {"attempt": rec.attempt, "error": error})
@@ -753,6 +761,8 @@ class Scheduler(WireActor):
             )
         if self._extras:
             self._finished(rec, status, error)
+        if self._lost:
+            self._lost.discard(rec.spec.id)
 
     def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
         # the same watcher gets most outcomes in a row: skip str(address) then

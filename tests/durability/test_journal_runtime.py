@@ -124,3 +124,18 @@ def test_tasks_lists_those_of_earlier_processes(tmp_path: Path) -> None:
         assert [t.id for t in rt.tasks(status="succeeded")] == ["old", "new"]
         with pytest.raises(Exception, match="duplicate task id 'old'"):
             rt.result(rt.submit(Task.lua("return 3", id="old")), timeout=10)
+
+
+def test_a_retry_after_a_failure_makes_its_host_calls_again(tmp_path: Path) -> None:
+    """With a journal a script re-run after a crash replays its host calls; one
+    re-run after a failure is a fresh attempt: it does not replay the failure."""
+    path = str(tmp_path / "runs.db")
+    code = """
+        local ok, v = pcall(spell.tool, "flaky", {dir = spell.args.dir})
+        if not ok then error("the tool failed: " .. tostring(v)) end
+        return v
+    """
+    with Runtime(journal=path, retry_backoff=0) as rt:
+        rt.register_tool("flaky", "durable_targets:flaky")
+        h = rt.submit(Task.lua(code, args={"dir": str(tmp_path)}, retries=1))
+        assert rt.result(h, timeout=20) == "fine"
