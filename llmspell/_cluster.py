@@ -26,17 +26,12 @@ import os
 import signal
 import socket
 import threading
-from datetime import timedelta
 from typing import Any
 
 from ._driver import _LOG_DEFS, LocalDriver, _reap_forked, free_port, parse_address, port_in_use
 from ._exceptions import LlmspellError
 
 __all__ = ["ClusterDriver", "join", "local_address", "route_to"]
-
-# a member re-registers with the leader this often, so that it joins a new
-# leader at the same address soon after a restart (Thespian's default: 7 min)
-REREGISTER = timedelta(seconds=3)
 
 
 def local_address(host: str) -> bool:
@@ -143,11 +138,9 @@ def join(
     _loopback.allow(host)
     _frames.install()
     _frames.register(port, secret, int(max_frame_bytes or _frames.DEFAULT_MAX_FRAME))
-    from thespian.system.admin import convention
     from thespian.system.transport.IPBase import thisSystem
 
     thisSystem.add_local_addr(host)
-    convention.CONVENTION_REREGISTRATION_PERIOD = REREGISTER
     caps = {
         "Admin Port": port,
         "Convention Address.IPv4": f"{lhost}:{lport}",
@@ -167,11 +160,14 @@ def join(
     signal.signal(signal.SIGINT, on_signal)
     import psutil
 
-    before = {c.pid for c in psutil.Process().children()}
-    # every process this forks ends once this one is gone (kill -9 included)
-    with _watchdog.owned_forks():
-        asys = ActorSystem("multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS)
-    forked = {c.pid for c in psutil.Process().children()} - before
+    def start() -> tuple[Any, set[int]]:
+        before = {c.pid for c in psutil.Process().children()}
+        # every process this forks ends once this one is gone (kill -9 included)
+        with _watchdog.owned_forks():
+            asys = ActorSystem("multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS)
+        return asys, {c.pid for c in psutil.Process().children()} - before
+
+    asys, forked = start()
     print(
         json.dumps(
             {
@@ -191,10 +187,16 @@ def join(
     missed = 0
     try:
         while not stop.wait(0.5):
-            if not exit_with_leader:
+            if port_in_use(lport, lhost):
+                if missed >= 2:  # a new leader at the same address: join it afresh
+                    asys.shutdown()
+                    _reap_forked(forked)
+                    asys, forked = start()
+                    print(json.dumps({"rejoined": f"{lhost}:{lport}"}), flush=True)
+                missed = 0
                 continue
-            missed = 0 if port_in_use(lport, lhost) else missed + 1
-            if missed >= 2:
+            missed += 1
+            if missed >= 2 and exit_with_leader:
                 why = "the leader is gone"
                 break
     finally:

@@ -89,8 +89,9 @@ class Proc:
         """Every process of this one's, its admin's and theirs (remembered: an
         orphan stays known)."""
         roots = [self.pid]
-        if self.listen is not None and not getattr(self, "_admin", 0):
-            self._admin = self.admin_pid()
+        admin = self.tree.get(getattr(self, "_admin", 0))
+        if self.listen is not None and (admin is None or not _running(admin)):
+            self._admin = self.admin_pid()  # (a member that re-joined has a new admin)
         if getattr(self, "_admin", 0):
             roots.append(self._admin)
         for pid in roots:
@@ -146,6 +147,17 @@ class Cluster:
         self.leader.listen = ("127.0.0.1", self.port)
         self.leader.note_tree()
 
+    def restart_leader(self) -> None:
+        """A new leader at the same address (the old one stopped)."""
+        old = self.leader
+        self.leader = Proc(
+            ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"], self.secret
+        )
+        self.leader.tree.update(old.tree)
+        self.leader.first()
+        self.leader.listen = ("127.0.0.1", self.port)
+        self.leader.note_tree()
+
     def join(
         self,
         host: str,
@@ -168,7 +180,9 @@ class Cluster:
             p.note_tree()
         return p
 
-    def wait_engines(self, rt: Any, host: str, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    def wait_engines(
+        self, rt: Any, host: str, n: int, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in rt.stats()["engines"] if e.get("host") == host]

@@ -107,3 +107,64 @@ def test_a_member_with_the_wrong_secret_is_refused(cluster: Cluster, rt: Runtime
     err = "".join(m.err).strip().splitlines()
     assert len(err) == 1 and "refused this member's secret" in err[0], err
     assert len(rt.stats()["engines"]) == before
+
+
+def test_a_killed_member_is_noticed_and_a_late_joiner_takes_work() -> None:
+    c = Cluster()
+    try:
+        a = c.join("127.0.0.2", engines="python", workers=2)
+        b = c.join("127.0.0.3", engines="python")
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            c.wait_engines(r, "127.0.0.2", 2)
+            c.wait_engines(r, "127.0.0.3", 1)
+            task = "cluster_procs:where"
+            retried = [
+                r.submit(Task.python(task, args={"seconds": 1.0}, retries=2)) for _ in range(30)
+            ]
+            once = [r.submit(Task.python(task, args={"seconds": 1.0})) for _ in range(30)]
+            # the member dies under load, its engines with it (they watch its join process)
+            a.kill9()
+            b_pids = {p.pid for p in b.note_tree()}
+            for h in retried:  # nothing lost, nothing hung: each re-ran on the other member
+                assert r.result(h, timeout=60) in b_pids
+            failed = []
+            for h in once:
+                try:
+                    assert r.result(h, timeout=60) in b_pids | {p.pid for p in a.tree.values()}
+                except TaskFailed as exc:
+                    failed.append(exc.message)
+            assert failed, "the killed member ran some of these when it died"
+            assert all("cluster member 127.0.0.2:" in m for m in failed), failed
+            assert all("127.0.0.2" != e["host"] for e in r.stats()["engines"])
+            # a member joining later takes new work
+            late = c.join("127.0.0.2", engines="python", tags=("late",))
+            c.wait_engines(r, "127.0.0.2", 1)
+            pid = r.result(r.submit(Task.python(task, tags=["late"], timeout=30)), timeout=60)
+            assert member_of(pid, late)
+    finally:
+        c.stop()
+    assert not c.processes()
+
+
+def test_stopping_the_leader_stops_the_members_engines() -> None:
+    c = Cluster()
+    try:
+        stays = c.join("127.0.0.2", engines="lua")
+        leaves = c.join("127.0.0.3", engines="lua", extra=("--exit-with-leader",))
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            c.wait_engines(r, "127.0.0.2", 1)
+            c.wait_engines(r, "127.0.0.3", 1)
+            engines = [psutil.Process(e["pid"]) for e in r.stats()["engines"]]
+        c.leader.stop()
+        gone = psutil.wait_procs(engines, timeout=15)[1]
+        assert not gone, "engines still running after the leader stopped"
+        assert leaves.popen.wait(15) == 0
+        assert stays.popen.poll() is None  # waits for a new leader at the same address
+        c.restart_leader()
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            (engine,) = c.wait_engines(r, "127.0.0.2", 1)
+            assert member_of(engine["pid"], stays)
+            assert r.result(r.submit(Task.lua("return 'back'")), timeout=30) == "back"
+    finally:
+        c.stop()
+    assert not c.processes()
