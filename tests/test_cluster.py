@@ -9,10 +9,9 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+from cluster_procs import Cluster, member_of
 
 from llmspell import Runtime, Task, TaskFailed, TaskTimeout
-
-from cluster_procs import Cluster, member_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.x aliases")
 
