@@ -118,9 +118,9 @@ def test_a_killed_member_is_noticed_and_a_late_joiner_takes_work() -> None:
             c.wait_engines(r, "127.0.0.3", 1)
             task = "cluster_procs:where"
             retried = [
-                r.submit(Task.python(task, args={"seconds": 1.0}, retries=2)) for _ in range(30)
+                r.submit(Task.python(task, args={"seconds": 3.0}, retries=2)) for _ in range(30)
             ]
-            once = [r.submit(Task.python(task, args={"seconds": 1.0})) for _ in range(30)]
+            once = [r.submit(Task.python(task, args={"seconds": 3.0})) for _ in range(30)]
             # the member dies under load, its engines with it (they watch its join process)
             a.kill9()
             b_pids = {p.pid for p in b.note_tree()}
