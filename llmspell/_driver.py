@@ -223,8 +223,8 @@ def parse_address(address: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def _listener_pid(port: int) -> int:
-    """The pid of the process (not this one) listening on 127.0.0.1:port."""
+def _listener_pid(port: int, host: str = "") -> int:
+    """The pid of the process (not this one) listening on port (on ``host``)."""
     import os
 
     import psutil
@@ -234,7 +234,12 @@ def _listener_pid(port: int) -> int:
             continue
         try:
             for c in proc.net_connections(kind="tcp"):
-                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                if (
+                    c.status == psutil.CONN_LISTEN
+                    and c.laddr
+                    and c.laddr.port == port
+                    and (not host or c.laddr.ip in (host, "0.0.0.0", "::"))
+                ):
                     return int(proc.pid)
         except psutil.Error:
             continue
@@ -371,6 +376,8 @@ class LocalDriver:
     """
 
     mode = "local"
+    #: the address every socket of the runtime binds to (cluster mode: ``host=``)
+    host = "127.0.0.1"
 
     def __init__(
         self,
@@ -415,15 +422,15 @@ class LocalDriver:
         _loopback.install()
         if self.attach:
             host, port = parse_address(self.attach)
-            if not _loopback.is_loopback(host):
-                raise LlmspellError("llmspell attaches to runtimes on 127.0.0.1 only")
+            self._check_attach_host(host)
             if not port_in_use(port, host):
                 raise LlmspellError(f"no llmspell runtime is served at {host}:{port}")
             self.secret = _attach_secret(host, port, self.secret)
+            self.host = host
         else:
-            port = int(self.config.get("port") or free_port())
-            if port_in_use(port):
-                raise LlmspellError(f"port {port} on 127.0.0.1 is already in use")
+            port = int(self.config.get("port") or free_port(self.host))
+            if port_in_use(port, self.host):
+                raise LlmspellError(f"port {port} on {self.host} is already in use")
             if self.secret is None:
                 self.secret = _frames.new_secret()
         self.port = port
@@ -432,7 +439,7 @@ class LocalDriver:
         _frames.register(
             port, self.secret, int(self.config.get("max_frame_bytes") or _frames.DEFAULT_MAX_FRAME)
         )
-        os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
+        os.environ["THESPIAN_BASE_IPADDR"] = self.host
         caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
         try:
             # every process this forks (the admin, its logger, the actors they fork)
@@ -444,7 +451,7 @@ class LocalDriver:
         except Exception as exc:
             if self.attach:  # something that is not an llmspell runtime listens there
                 raise LlmspellError(
-                    f"no llmspell runtime answered at 127.0.0.1:{port} ({exc})"
+                    f"no llmspell runtime answered at {self.host}:{port} ({exc})"
                 ) from None
             raise
         try:
@@ -454,6 +461,7 @@ class LocalDriver:
                 request = encode(Hello(self.runtime_id))
             else:
                 cfg = dict(self.config, owner_pid=os.getpid(), mode="local", port=port)
+                cfg.update(self._actor_config())
                 request = encode(Introduce(self.runtime_id, {}, cfg))
             raw = self.asys.ask(director, request, timeout)
             if raw is None:
@@ -469,7 +477,7 @@ class LocalDriver:
             raise
         self._sender_cm = self.asys.private()
         self._sender = self._sender_cm.__enter__()
-        self.admin_pid = _listener_pid(port)
+        self.admin_pid = _listener_pid(port, self.host)
         # processes Thespian forked from this one (the admin, its logger): this process
         # must reap them once they exit, or each runtime leaves a zombie behind
         self._forked = {c.pid for c in _children()} - self._before
@@ -477,6 +485,16 @@ class LocalDriver:
             self.processes()  # the admin noted at once: stop() must know if it died
         self.thread.start()
         return self.addresses
+
+    def _check_attach_host(self, host: str) -> None:
+        from . import _loopback
+
+        if not _loopback.is_loopback(host):
+            raise LlmspellError("llmspell attaches to runtimes on 127.0.0.1 only")
+
+    def _actor_config(self) -> dict[str, Any]:
+        """What the director is told beyond the runtime's configuration."""
+        return {}
 
     def processes(self) -> list[Any]:
         """The runtime's processes: the Thespian admin and every actor under it."""
@@ -537,7 +555,7 @@ class LocalDriver:
 
         look = 0.0
         admin = self._served_admin() if self.attach else None
-        where = f"127.0.0.1:{self.port}"
+        where = f"{self.host}:{self.port}"
         while not self._stopping.is_set():
             if time.monotonic() >= look:
                 look = time.monotonic() + (0.5 if self.attach else 1.0)

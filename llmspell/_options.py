@@ -83,6 +83,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         (lambda v: isinstance(v, str) and bool(v)),
         'must be the path of a journal file (a str, e.g. "runs.db") or None',
     ),
+    "host": (
+        (lambda v: isinstance(v, str) and bool(v) and ":" not in v),
+        "must be an IPv4 address of this machine to bind to (e.g. '10.0.0.5')",
+    ),
     "address": (
         (lambda v: isinstance(v, str) and v.rpartition(":")[2].isdigit()),
         'must be "host:port" of a served runtime',

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 _OPTIONS = frozenset(
-    ("priority", "timeout", "deps", "retries", "limits", "metadata", "id", "compensate")
+    ("priority", "timeout", "deps", "retries", "limits", "metadata", "id", "compensate", "tags")
 )
 _AGENT_OPTIONS = frozenset(("execution", "buffer_size"))
 _NO_OPTS: Mapping[str, Any] = types.MappingProxyType({})  # shared by tasks without options
@@ -538,6 +538,8 @@ class Task:
         compensate = o.get("compensate")
         if isinstance(compensate, Task):
             spec.compensate = compensate.to_spec()
+        if o.get("tags"):
+            spec.tags = sorted(set(o["tags"]))
         return spec
 
     @property
@@ -605,6 +607,17 @@ def _check_opts(o: Mapping[str, Any]) -> None:
     comp = o.get("compensate")
     if comp is not None and not isinstance(comp, Task):
         raise MessageError(f"must be a Task, got {type(comp).__name__}", where="compensate")
+    tags = o.get("tags")
+    if tags is not None and (
+        isinstance(tags, (str, bytes))
+        or not isinstance(tags, Iterable)
+        or not all(isinstance(t, str) and t and "," not in t for t in tags)
+    ):
+        raise MessageError(
+            "must be a list of non-empty tag names without commas (cluster members' "
+            f"--tag), got {tags!r}",
+            where="tags",
+        )
     ex = o.get("execution")
     if ex is not None and ex not in _EXECUTIONS:
         raise MessageError(

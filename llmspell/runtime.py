@@ -131,6 +131,7 @@ _CONFIG = frozenset(
         "max_frame_bytes",
         "journal",
         "replay_check",  # Simulation.replay_journal: replays stop where their record does
+        "host",
     )
 )
 
@@ -170,9 +171,11 @@ class _Core:
             raise MessageError(
                 f"unknown runtime option {unknown[0]!r}{did_you_mean(unknown[0], _CONFIG)}"
             )
-        if mode == "cluster":
+        if config.get("host") is not None and mode != "cluster":
             raise MessageError(
-                "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
+                "host= is the address a cluster leader binds to (mode='cluster'); "
+                f"a {mode} runtime binds to 127.0.0.1",
+                where="host",
             )
         if isinstance(config.get("journal"), os.PathLike):
             config = dict(config, journal=os.fspath(config["journal"]))
@@ -218,7 +221,7 @@ class _Core:
         self.secret: str | bytes | None = self.config.pop("secret", None)
         if self.config.get("metrics_port") is not None:
             self.config["metrics"] = True  # the scheduler keeps its figures
-        if mode == "local":
+        if mode in ("local", "cluster"):
             per_engine = int(workers or os.cpu_count() or 1)
             # An engine process has a core to itself, and every quantum boundary costs
             # a flush over TCP: longer quanta (cancels still land between them).
@@ -886,6 +889,18 @@ class Runtime:
         from ._driver import EmbeddedDriver, LocalDriver
 
         core = self._core
+        if core.mode == "cluster":
+            from ._cluster import ClusterDriver
+
+            attach = core.config.get("address")
+            return ClusterDriver(
+                core.runtime_id,
+                core.config,
+                core.on_served_message if attach else core.on_message,
+                attach=attach,
+                secret=core.secret,
+                on_lost=self._lost,
+            )
         if core.mode == "local":
             attach = core.config.get("address")
             return LocalDriver(

@@ -37,6 +37,8 @@ ENGINE_CLASSES = {
 def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
     """The engines' supervisor: one child per engine worker, one-for-one."""
     counts: dict[str, int] = config.get("engines", {"python": 1})
+    if config.get("cluster"):  # a cluster's engines run on its members (actors.cluster)
+        counts = {}
     children = [
         ChildSpec(f"{engine}/{index}", ENGINE_CLASSES[engine], {"engine": engine, "index": index})
         for engine, count in counts.items()
@@ -133,6 +135,10 @@ class Director(WireActor):
             "resources": ResourceTracker,
             "supervisor": Supervisor,
         }
+        if self.config.get("cluster"):  # the leader of a cluster: places engines on members
+            from .cluster import ClusterManager
+
+            roles["cluster"] = ClusterManager
         self.addresses = {"director": self.myAddress}
         self.expected = set(roles)
         for role, cls in roles.items():
@@ -149,10 +155,14 @@ class Director(WireActor):
         if self.expected:
             return
         supervisor = self.addresses.pop("supervisor")
+        cluster = self.addresses.pop("cluster", None)
         self.children = [
             self.addresses[r] for r in ("scheduler", "events", "coordinator", "resources")
         ]
         self.engines = [supervisor]
+        if cluster is not None:
+            self.engines.append(cluster)
+            self.send_msg(cluster, Introduce(self.runtime_id, self.addresses, self.config))
         for addr in self.children:
             self.send_msg(addr, Introduce(self.runtime_id, self.addresses, self.config))
         spec = engine_supervisor_spec(self.config)

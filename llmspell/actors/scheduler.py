@@ -164,12 +164,15 @@ class _Slot:
         "address",
         "capacity",
         "engine",
+        "host",
         "index",
         "key",
+        "member",
         "paused",
         "pid",
         "restarts",
         "running",
+        "tags",
     )
 
     def __init__(self, ready: EngineReady, address: ActorAddress) -> None:
@@ -182,6 +185,10 @@ class _Slot:
         self.key = addr_key(address)
         self.running: set[str] = set()
         self.paused = False  # over the runtime's engine_memory: no new tasks
+        # cluster mode: the member running it, its address and tags (llmspell.actors.cluster)
+        self.member = ready.member
+        self.host = ready.host or "127.0.0.1"
+        self.tags = frozenset(ready.tags or ())
 
 
 class Scheduler(WireActor):
@@ -226,6 +233,9 @@ class Scheduler(WireActor):
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
         self.absent: set[str] = set()  # engines this runtime does not start
+        # cluster mode: ready queues of tasks with tags=[...] ("lua#gpu,big"), by engine
+        self.cluster = False
+        self._tagged: dict[str, set[str]] = defaultdict(set)
         # tracing (see llmspell._tracing): facades that asked for span records, the
         # records not sent yet per facade, the next batch number per facade, and
         # span events (retries, crashes) of unfinished tasks
@@ -259,8 +269,10 @@ class Scheduler(WireActor):
         )
         if msg.config.get("metrics") and self._metrics is None:
             self._metrics = _Metrics()
+        self.cluster = bool(msg.config.get("cluster"))
         engines = msg.config.get("engines")
-        if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
+        # a task for an engine the runtime never starts fails (a cluster's members come later)
+        if isinstance(engines, dict) and not self.cluster:
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
         path = msg.config.get("journal")
         if path and self.durable is None:
@@ -318,6 +330,20 @@ class Scheduler(WireActor):
                 if s.index == msg.index:
                     s.capacity = 0  # takes nothing until it registers again
                     self._lose_slot(s, f"engine was {msg.detail} while running this task")
+            return
+        if msg.what == "lost":  # cluster: its member is gone, and the engine with it
+            for s in self.slots.get(msg.engine, ()):
+                if s.index == msg.index:
+                    s.capacity = 0
+                    self._lose_slot(s, f"{msg.detail}; it was running this task")
+            self.slots[msg.engine] = [
+                s for s in self.slots.get(msg.engine, ()) if s.index != msg.index
+            ]
+            self.crashes += 1
+            self._publish(
+                "llmspell.engine.crash",
+                {"engine": msg.engine, "index": msg.index, "detail": msg.detail},
+            )
             return
         if msg.what != "crash":
             return
@@ -443,17 +469,42 @@ class Scheduler(WireActor):
                 ),
             )
             return
+        if spec.tags:
+            if not self.cluster:
+                why = "tags=[...] places a task on cluster members; this runtime is no cluster"
+                self._end(rec, FAILED, _err(why, kind="failed"))
+                return
+            self._queue_tagged(rec)
+            return
         self.ready[rec.engine].push(spec.priority, spec.id)
         self._dirty.add(rec.engine)
+
+    def _queue_tagged(self, rec: Rec) -> None:
+        """Cluster mode: a task with ``tags`` waits in a queue of its own, served
+        only by engines of members having all of them; with a timeout it times
+        out while it waits (no member with those tags may ever come)."""
+        key = f"{rec.engine}#{','.join(rec.spec.tags or ())}"
+        self._tagged[rec.engine].add(key)
+        self.ready[key].push(rec.spec.priority, rec.spec.id)
+        self._dirty.add(key)
+        if rec.spec.timeout is not None:
+            self.wake_after(rec.spec.timeout, ("waiting", rec.spec.id, rec.attempt))
 
     # -- dispatch -----------------------------------------------------------
 
     def _pump(self) -> None:
         t = now()
         tasks = self.tasks
+        if self._tagged:  # an engine with room may serve its tagged queues too
+            for engine in [e for e in self._dirty if e in self._tagged]:
+                self._dirty.update(self._tagged[engine])
         for engine in self._dirty:
             slots = self.slots.get(engine)
             queue = self.ready.get(engine)
+            if "#" in engine and queue:  # tagged: the engines of members with all the tags
+                name, _, tags = engine.partition("#")
+                wanted = frozenset(tags.split(","))
+                slots = [s for s in self.slots.get(name, ()) if wanted <= s.tags]
             if not slots or not queue:
                 continue
             if len(slots) == 1:
@@ -720,6 +771,9 @@ class Scheduler(WireActor):
             self._requeue(rec)
 
     def _requeue(self, rec: Rec) -> None:
+        if rec.spec.tags:
+            self._queue_tagged(rec)
+            return
         self.ready[rec.engine].push(rec.spec.priority, rec.spec.id)
         self._dirty.add(rec.engine)
 
@@ -802,6 +856,27 @@ class Scheduler(WireActor):
                 limit = rec.spec.timeout
                 message = f"task did not finish within its timeout of {limit:g} s"
                 self._end(rec, TIMED_OUT, _err(message, kind="timeout"))
+            return
+        if isinstance(payload, tuple) and payload and payload[0] == "waiting":
+            _, task_id, attempt = payload  # cluster: still no member with its tags
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.status is PENDING and rec.attempt == attempt:
+                message = (
+                    f"task did not start within its timeout of {rec.spec.timeout:g} s: "
+                    f"{self._waiting_for(rec)}"
+                )
+                self._end(rec, TIMED_OUT, _err(message, kind="timeout"))
+
+    def _waiting_for(self, rec: Rec) -> str:
+        """Why a ready task of a cluster has not started (for status and time-outs)."""
+        tags = rec.spec.tags or []
+        if not any(s.capacity for s in self.slots.get(rec.engine, ())):
+            return f"no cluster member offers the {rec.engine} engine"
+        if tags and not any(
+            frozenset(tags) <= s.tags and s.capacity for s in self.slots.get(rec.engine, ())
+        ):
+            return f"no cluster member with tags {tags} offers the {rec.engine} engine"
+        return "waiting for a free engine"
 
     # -- watching, progress, queries ----------------------------------------
 
@@ -907,6 +982,8 @@ class Scheduler(WireActor):
                 "running": len(s.running),
                 "capacity": s.capacity,
                 "paused": s.paused,
+                "host": s.host,
+                **({"member": s.member, "tags": sorted(s.tags)} if s.member else {}),
             }
             for name, slots in self.slots.items()
             if name in _SCRIPT_AND_PYTHON

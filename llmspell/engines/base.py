@@ -98,9 +98,12 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
         self.setup(self.config)
         capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
         restarts = int(self.config.get("restarts", 0))
-        self.send_msg(
-            self.scheduler, EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
-        )
+        ready = EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
+        if self.config.get("member"):  # cluster mode: where this engine runs
+            ready.member = str(self.config["member"])
+            ready.host = str(self.config.get("host", ""))
+            ready.tags = list(self.config.get("tags") or ()) or None
+        self.send_msg(self.scheduler, ready)
 
     def setup(self, config: dict[str, Any]) -> None:
         """Create the engine's resources (thread pool, VM, ...)."""

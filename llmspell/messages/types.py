@@ -113,6 +113,8 @@ class TaskSpec(Message):
     # W3C traceparent of the submitter's span (the application's current span
     # for rt.submit); the task's span becomes its child (llmspell._tracing)
     trace: str | None = None
+    # cluster mode: run only on a member that has every one of these tags
+    tags: list[str] | None = None
 
 
 # -- task lifecycle ---------------------------------------------------------
@@ -520,6 +522,10 @@ class EngineReady(Message):
     pid: int
     capacity: int
     restarts: int = 0
+    # cluster mode: the member that runs this engine, its address and its tags
+    member: str = ""
+    host: str = ""
+    tags: list[str] | None = None
 
 
 @message("engine_event")
