@@ -69,6 +69,10 @@ def test_tags_restrict_a_task_to_members_with_all_of_them(cluster: Cluster, rt: 
 def test_a_task_no_member_can_run_waits_and_times_out(rt: Runtime) -> None:
     h = rt.submit(Task.python("cluster_procs:where", tags=["gpu", "tpu"], timeout=1.5))
     assert rt.status(h) == "pending"
+    why = rt.progress(h)  # what rt.progress and `llmspell tasks` say while it waits
+    assert why is not None and why.current_operation == (
+        "waiting: no cluster member with tags ['gpu', 'tpu'] offers the python engine"
+    )
     with pytest.raises(TaskTimeout, match=r"no cluster member with tags \['gpu', 'tpu'\]"):
         rt.result(h, timeout=30)
     h = rt.submit(Task.js("return 1", tags=["gpu"], timeout=1.5))  # gpu member: no js

@@ -940,6 +940,17 @@ class Scheduler(WireActor):
         self.send_msg(sender, ProgressReply(msg.ref, msg.task_id, self._progress_of(rec)))
 
     def _progress_of(self, rec: Rec | None) -> dict[str, Any] | None:
+        if (
+            rec is not None
+            and rec.status is PENDING
+            and rec.progress is None
+            and (rec.spec.tags or any(s.member for s in self.slots.get(rec.engine, ())))
+        ):  # cluster: a task waiting to be placed says why
+            return {
+                "current_operation": f"waiting: {self._waiting_for(rec)}",
+                "resource_usage": {},
+                "estimated_completion": None,
+            }
         if rec is None or (rec.progress is None and rec.outcome is None):
             return None
         prog = dict(rec.progress or {})
