@@ -306,20 +306,22 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--status", choices=STATUSES, default=None, help="only those")
     journal.add_argument("--json", action="store_true", help="print a JSON list")
 
-    for c in (tasks, cancel, top):
-        c.add_argument(
-            "--port",
-            type=_parse_port,
-            default=DEFAULT_PORT,
-            help=f"its admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
-        )
+    observers = [tasks, cancel, top]
     for name, text in (("status", "inspect a served runtime"), ("stop", "stop a served runtime")):
-        c = command(name, help=text)
+        observers.append(command(name, help=text))
+    for c in observers:
         c.add_argument(
             "--port",
             type=_parse_port,
             default=DEFAULT_PORT,
-            help=f"its admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
+            help=f"its admin port, 1..65535 (default {DEFAULT_PORT})",
+        )
+        c.add_argument(
+            "--host",
+            default="127.0.0.1",
+            metavar="ADDR",
+            help="the address it listens on: 127.0.0.1 (default), or the address of this "
+            "machine a cluster leader was served on (`serve --cluster --host ADDR`)",
         )
     return p
 
@@ -651,7 +653,7 @@ def _observe_command(args: argparse.Namespace) -> int:
     from . import _observe
 
     try:
-        rt = _attach(args.port)
+        rt = _attach(args.port, args.host)
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
@@ -660,7 +662,7 @@ def _observe_command(args: argparse.Namespace) -> int:
             return _observe.tasks_command(rt, args.status, args.json)
         if args.command == "cancel":
             return _observe.cancel_command(rt, args.task_id)
-        return _observe.top_command(rt, f"127.0.0.1:{args.port}", args.interval)
+        return _observe.top_command(rt, f"{args.host}:{args.port}", args.interval)
 
 
 def _stop_requested(rt: Any) -> bool:
@@ -670,7 +672,7 @@ def _stop_requested(rt: Any) -> bool:
         return True  # the runtime is gone
 
 
-def _attach(port: int) -> Any:
+def _attach(port: int, host: str = "127.0.0.1") -> Any:
     """A Runtime attached to the one ``llmspell serve`` runs on ``port``.
 
     Raises ``LlmspellError`` if nothing listens there, or if no llmspell
@@ -681,13 +683,16 @@ def _attach(port: int) -> Any:
 
     from . import Runtime
 
-    address = f"127.0.0.1:{port}"
+    address = f"{host}:{port}"
+    # a served runtime or a cluster leader on 127.0.0.1 attaches the same way; a
+    # leader on another address of this machine as a cluster client
+    mode = "local" if host == "127.0.0.1" else "cluster"
     attached: list[Any] = []
     failed: list[BaseException] = []
 
     def attach() -> None:
         try:
-            attached.append(Runtime(mode="local", address=address))
+            attached.append(Runtime(mode=mode, address=address))
         except BaseException as exc:
             failed.append(exc)
 
@@ -703,7 +708,7 @@ def _attach(port: int) -> Any:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        with _attach(args.port) as rt:
+        with _attach(args.port, args.host) as rt:
             stats = rt.stats()
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
@@ -712,7 +717,7 @@ def _status(args: argparse.Namespace) -> int:
     print(
         json.dumps(
             {
-                "address": f"127.0.0.1:{args.port}",
+                "address": f"{args.host}:{args.port}",
                 "engines": [
                     {k: e[k] for k in ("engine", "index", "pid", "restarts", "running")}
                     for e in stats["engines"]
@@ -741,12 +746,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     try:
-        with _attach(args.port) as rt:
+        with _attach(args.port, args.host) as rt:
             rt._request_stop()
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"stopping": f"127.0.0.1:{args.port}"}))
+    print(json.dumps({"stopping": f"{args.host}:{args.port}"}))
     return 0
 
 

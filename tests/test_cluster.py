@@ -4,6 +4,9 @@ process is stopped by pid at the end of each test."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -172,3 +175,29 @@ def test_stopping_the_leader_stops_the_members_engines() -> None:
     finally:
         c.stop()
     assert not c.processes()
+
+
+def test_status_and_stop_reach_a_leader_served_on_another_address() -> None:
+    from cluster_procs import Proc, free_port
+
+    secret = "s" * 32
+    port = free_port("127.0.0.2")
+    leader = Proc(["serve", "--cluster", "--port", str(port), "--host", "127.0.0.2"], secret)
+    try:
+        leader.first()
+        leader.listen = ("127.0.0.2", port)
+        env = dict(os.environ, LLMSPELL_SECRET=secret)
+        base = [sys.executable, "-m", "llmspell", "--port", str(port), "--host", "127.0.0.2"]
+
+        def cli(command: str) -> subprocess.CompletedProcess[str]:
+            args = [*base[:3], command, *base[3:]]
+            return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60)
+
+        status = cli("status")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["address"] == f"127.0.0.2:{port}"
+        stop = cli("stop")
+        assert stop.returncode == 0, stop.stderr
+        assert leader.popen.wait(30) == 0
+    finally:
+        leader.stop()
