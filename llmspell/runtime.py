@@ -889,29 +889,22 @@ class Runtime:
         from ._driver import EmbeddedDriver, LocalDriver
 
         core = self._core
+        if core.mode == "embedded":
+            return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
+        driver: type[LocalDriver] = LocalDriver
         if core.mode == "cluster":
             from ._cluster import ClusterDriver
 
-            attach = core.config.get("address")
-            return ClusterDriver(
-                core.runtime_id,
-                core.config,
-                core.on_served_message if attach else core.on_message,
-                attach=attach,
-                secret=core.secret,
-                on_lost=self._lost,
-            )
-        if core.mode == "local":
-            attach = core.config.get("address")
-            return LocalDriver(
-                core.runtime_id,
-                core.config,
-                core.on_served_message if attach else core.on_message,
-                attach=attach,
-                secret=core.secret,
-                on_lost=self._lost,
-            )
-        return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
+            driver = ClusterDriver
+        attach = core.config.get("address")
+        return driver(
+            core.runtime_id,
+            core.config,
+            core.on_served_message if attach else core.on_message,
+            attach=attach,
+            secret=core.secret,
+            on_lost=self._lost,
+        )
 
     # -- lifecycle ----------------------------------------------------------
 
