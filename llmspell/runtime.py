@@ -1246,6 +1246,10 @@ class Runtime:
                     e["cpu_percent"] = proc["cpu_percent"]
                     e["over_memory"] = proc["over_memory"]
             stats["resources"] = resources
+        director = self._core.addresses.get("director")
+        if self._core.mode == "local" and director is not None:
+            pids: StatsReply = self._ask(lambda ref: QueryStats(ref), to=director)
+            stats["processes"] = dict(pids.stats.get("processes") or {})
         return stats
 
     def tasks(self, status: str | None = None) -> list[TaskInfo]:

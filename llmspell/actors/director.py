@@ -23,8 +23,10 @@ from ..messages.types import (
     Introduce,
     Ping,
     Pong,
+    QueryStats,
     Replaced,
     Shutdown,
+    StatsReply,
     SupervisorEvent,
 )
 from ..supervisors.supervisor import ChildSpec, Supervisor, SupervisorSpec
@@ -286,6 +288,13 @@ class Director(WireActor):
     # runtime is degraded), and everyone who holds its address learns the new one
     # (``Replaced``): the other children, the engines (through their supervisor),
     # the facades. What each of them does about the work it lost is theirs to say.
+
+    def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
+        """The pid of each runtime process it watches (local mode), its own too."""
+        procs = {role: int(p.pid) for role, p in self.procs.items()}
+        if procs:
+            procs["director"] = os.getpid()
+        self.send_msg(sender, StatsReply(msg.ref, {"processes": procs}))
 
     def _note_process(self, role: str, pid: int) -> None:
         if not pid:

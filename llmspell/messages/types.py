@@ -596,7 +596,11 @@ class Replaced(Message):
         return f"the {_ROLE_NAMES.get(self.role, self.role)} process (pid {self.pid}) crashed"
 
 
-_ROLE_NAMES = {"events": "event bus", "resources": "resource tracker"}
+_ROLE_NAMES = {
+    "events": "event bus",
+    "resources": "resource tracker",
+    "supervisor": "engines' supervisor",
+}
 
 
 @message("crash_engine")
