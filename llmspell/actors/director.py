@@ -366,8 +366,11 @@ class Director(WireActor):
         if self.stopped:
             self.send(sender, ActorExitRequest())
             return
-        note = Replaced(role, sender, pid, bool(self.config.get("journal")))
+        note = Replaced(role, sender, pid, bool(self.config.get("journal")), msg.pid)
         if role == "supervisor":
+            # the scheduler first loses what ran on the dead engines, then new ones register
+            for address in [*self.children, *self.facades.values()]:
+                self.send_msg(address, note)
             self.engines = [sender]
             spec = engine_supervisor_spec(self.config)
             self.send_msg(
@@ -376,7 +379,7 @@ class Director(WireActor):
                     self.runtime_id, self.addresses, dict(self.config, supervisor=spec.to_dict())
                 ),
             )
-            others = list(self.children)
+            return
         else:
             self.addresses[role] = sender
             self.children = [sender if c == old else c for c in self.children]

@@ -371,7 +371,7 @@ class Scheduler(WireActor):
                 if (engine == "workflow") != (msg.role == "coordinator"):
                     continue
                 for s in slots:
-                    if not _pid_alive(s.pid):  # not the replacement's, registered already
+                    if _lost_with(s.pid, msg):  # not the replacement's, registered already
                         s.capacity = 0  # takes nothing until it registers again
                         self._lose_slot(s, f"{msg.crashed} while running this task")
             self.crashes += 1
@@ -1378,13 +1378,23 @@ def _load(slot: _Slot) -> tuple[int, float]:
     return (len(slot.running), len(slot.running) / slot.capacity)
 
 
-def _pid_alive(pid: int) -> bool:
+def _lost_with(pid: int, msg: Replaced) -> bool:
+    """Whether the engine process ``pid`` went with the process ``msg`` says
+    died: the coordinator itself (the workflow engine), or an engine of the
+    dead supervisor, which is stopped here if it still runs (an orphan: the
+    new supervisor starts engines of its own)."""
     import psutil
 
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        if msg.role == "coordinator" or proc.ppid() == msg.new_pid:
+            return False  # the new coordinator, or an engine of the new supervisor
+        proc.kill()
     except psutil.Error:
-        return False
+        pass
+    return True
 
 
 def _could_be_ours(pattern: str) -> bool:

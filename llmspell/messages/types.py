@@ -589,6 +589,7 @@ class Replaced(Message):
     address: Address
     pid: int = 0
     journaled: bool = False
+    new_pid: int = 0  # the replacement's process
 
     @property
     def crashed(self) -> str:
