@@ -24,7 +24,7 @@ from ._exceptions import LlmspellError
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
-from .messages.types import Introduce, Poll, Shutdown
+from .messages.types import Introduce, Poll, Shutdown, SupervisorEvent
 
 __all__ = ["EmbeddedDriver"]
 
@@ -407,6 +407,8 @@ class LocalDriver:
         self._sender_cm: Any = None
         self.me: Any = None
         self.admin_pid = 0
+        self.served_config: dict[str, Any] = {}
+        self._director_gone = False
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
         import contextlib
@@ -564,6 +566,7 @@ class LocalDriver:
                         self.processes()
                     except Exception:
                         pass
+                    self._watch_director()
                 elif admin is not None and not _running(admin):
                     self._lost(f"the served runtime at {where} is gone (its admin process exited)")
                     return
@@ -588,6 +591,25 @@ class LocalDriver:
                 self.on_message(msg)
             except Exception:
                 log.exception("local driver: handling a message failed")
+
+    def _watch_director(self) -> None:
+        """The director restarts every other runtime process; its own death
+        (its process killed) degrades the runtime, saying so, rather than
+        leaving calls to wait for what nobody restarts."""
+        import psutil
+
+        pid = int(self.served_config.get("director_pid") or 0)
+        if not pid or self._director_gone:
+            return
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            gone = True
+        if gone:
+            self._director_gone = True
+            detail = f"the director process (pid {pid}) died"
+            log.error("local runtime: %s", detail)
+            self.on_message(SupervisorEvent("llmspell", "director", "escalate", detail))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.asys is None:

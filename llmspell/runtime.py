@@ -78,6 +78,7 @@ from .messages.types import (
     QueryTasks,
     Register,
     Registered,
+    Replaced,
     SpanRecords,
     StatsReply,
     StatusReply,
@@ -249,6 +250,8 @@ class _Core:
         self.coordinations: dict[str, _Waiter] = {}
         self.streams: dict[str, _Stream] = {}
         self.ack: Callable[[str, int], None] | None = None  # set by the runtime
+        # a runtime process was restarted (local mode; set by the runtime)
+        self.replaced: Callable[[Replaced], None] | None = None
         self.owner: Any = None  # the Runtime its handles are bound to (set by the runtime)
         self.spans: Any = None  # a _tracing.Spans when this runtime traces its tasks
         # why the runtime is degraded (a supervisor gave up), or "": every later call raises
@@ -454,6 +457,8 @@ class _Core:
             self.on_chunks(msg)
         elif isinstance(msg, SupervisorEvent) and msg.what == "escalate":
             self.degrade(f"supervisor {msg.supervisor!r} gave up: {msg.detail}")
+        elif type(msg) is Replaced and self.replaced is not None:
+            self.replaced(msg)
 
     def on_served_message(self, msg: Any) -> None:
         """``on_message`` of a client attached to a served runtime: a task the
@@ -799,11 +804,13 @@ def _close_open_runtimes() -> None:
 class _Waiter:
     """A one-shot reply slot for a blocking request."""
 
-    __slots__ = ("event", "msg")
+    __slots__ = ("event", "lost", "msg", "what")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.msg: Any = None
+        self.lost = ""  # why no answer comes: the process asked died (local mode)
+        self.what: tuple[str, int] = ("", 0)  # a coordination's strategy and size
 
     def __call__(self, msg: Any) -> None:
         self.msg = msg
@@ -858,6 +865,7 @@ class Runtime:
         self._emits: list[Publish] = []
         self._emit_lock = threading.Lock()
         self._core.ack = self._ack
+        self._core.replaced = self._replaced
         self._core.owner = self
         self._core.state = RuntimeState.OPEN
         if self._gone:  # the served runtime stopped while this one attached
@@ -980,6 +988,52 @@ class Runtime:
                 if type(entry) is not tuple
             ]
         )
+
+    def _replaced(self, msg: Replaced) -> None:
+        """local mode: a runtime process died and the director restarted it
+        (driver thread). Calls go to the new one from now on; what this
+        facade waits on is asked again (a new scheduler resumed it from the
+        journal) or ends saying which process crashed."""
+        core = self._core
+        core.addresses[msg.role] = msg.address
+        why = msg.crashed
+        log.warning("%s; it was restarted", why)
+        if msg.role in ("scheduler", "events", "resources"):
+            with core.lock:  # a question to it, or its answer, is lost with it
+                replies = list(core.replies.values())
+                core.replies.clear()
+            for reply in replies:
+                if isinstance(reply, _Waiter):  # (the only kind there is)
+                    reply.lost = why
+                    reply(None)
+        if msg.role == "scheduler":
+            self._scheduler = msg.address
+            with core.lock:
+                waiting = [task_id for task_id, e in core.views.items() if type(e) is not tuple]
+            if msg.journaled:
+                if waiting:
+                    self._driver.send(msg.address, encode(WatchTasks(waiting)))
+            else:
+                error = {"message": f"{why}; the task was lost with it", "kind": "failed"}
+                core.resolve_many([TaskOutcome(t, "failed", error=dict(error)) for t in waiting])
+            if core.spans is not None:
+                self._driver.send(msg.address, encode(TraceTo(0, True)))
+        elif msg.role == "events":
+            self._events = msg.address
+            for sub in list(core.subscriptions.values()):
+                self._driver.send(
+                    msg.address, encode(Subscribe(sub.sub_id, sub.pattern, sub.limit))
+                )
+        elif msg.role == "coordinator":
+            from .actors.aggregators import empty_result
+
+            with core.lock:
+                coordinations = dict(core.coordinations)
+                core.coordinations.clear()
+            message = f"{why} while the coordination ran"
+            for coord_id, waiter in coordinations.items():
+                strategy, n = waiter.what
+                waiter(CoordinationDone(coord_id, empty_result(strategy, n, message)))
 
     def __enter__(self) -> Runtime:
         return self
@@ -1207,6 +1261,10 @@ class Runtime:
                     e["cpu_percent"] = proc["cpu_percent"]
                     e["over_memory"] = proc["over_memory"]
             stats["resources"] = resources
+        director = self._core.addresses.get("director")
+        if self._core.mode == "local" and director is not None:
+            pids: StatsReply = self._ask(lambda ref: QueryStats(ref), to=director)
+            stats["processes"] = dict(pids.stats.get("processes") or {})
         return stats
 
     def tasks(self, status: str | None = None) -> list[TaskInfo]:
@@ -1458,6 +1516,7 @@ class Runtime:
             raise LlmspellError("this runtime has no coordinator")
         coord_id = f"coord-{new_task_id()}"  # a simulation's repeat with its seed
         w = _Waiter()
+        w.what = (strategy, len(specs))
         with self._core.lock:
             self._core.coordinations[coord_id] = w
         self._driver.send(
@@ -1613,6 +1672,8 @@ class Runtime:
             self._pump(w.event.is_set, None)
         if not w.event.wait(timeout):
             raise TimeoutError("the runtime did not answer in time")
+        if w.msg is None and w.lost:
+            raise LlmspellError(f"{w.lost} before it answered; it was restarted: ask again")
         if w.msg is None:
             raise RuntimeClosed("the runtime went away before it answered; create a new Runtime")
         return w.msg

@@ -87,6 +87,7 @@ from ..messages.types import (
     QueryTasks,
     Register,
     Registered,
+    Replaced,
     SpanRecords,
     StatsReply,
     StatusReply,
@@ -377,6 +378,33 @@ class Scheduler(WireActor):
                 self._lost.add(task_id)
             self.table.apply(Ended(task_id, FAILED, t, error=error, may_retry=True))
         self._dirty.add(slot.engine)
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and the director restarted it (local mode).
+        A new event bus gets this scheduler's own subscription again; a new
+        resource tracker learns the engines; what ran on a dead coordinator
+        (workflow tasks) or on the engines of a dead supervisor is lost like
+        the tasks of a crashed engine: run again per retries, or failed."""
+        self.addresses[msg.role] = msg.address
+        if msg.role == "events":
+            if self._coordination_sub:
+                self.send_msg(msg.address, Subscribe("scheduler.hooks", "llmspell.coordination.*"))
+        elif msg.role == "resources":
+            for slots in self.slots.values():
+                for s in slots:
+                    if s.engine != "workflow":
+                        ready = EngineReady(s.engine, s.index, s.pid, s.capacity, s.restarts)
+                        self.send_msg(msg.address, ready)
+        elif msg.role in ("coordinator", "supervisor"):
+            for engine, slots in self.slots.items():
+                if (engine == "workflow") != (msg.role == "coordinator"):
+                    continue
+                for s in slots:
+                    if _lost_with(s.pid, msg):  # not the replacement's, registered already
+                        s.capacity = 0  # takes nothing until it registers again
+                        self._lose_slot(s, f"{msg.crashed} while running this task")
+            self.crashes += 1
+            self._publish("llmspell.runtime.restart", {"role": msg.role, "pid": msg.pid})
 
     def on_crash_engine(self, msg: Any, sender: ActorAddress) -> None:
         for s in self.slots.get(msg.engine, ()):
@@ -1446,6 +1474,25 @@ def _load(slot: _Slot) -> tuple[int, float]:
     if not slot.capacity or slot.paused:
         return (1 << 62, 1.0)
     return (len(slot.running), len(slot.running) / slot.capacity)
+
+
+def _lost_with(pid: int, msg: Replaced) -> bool:
+    """Whether the engine process ``pid`` went with the process ``msg`` says
+    died: the coordinator itself (the workflow engine), or an engine of the
+    dead supervisor, which is stopped here if it still runs (an orphan: the
+    new supervisor starts engines of its own)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        if msg.role == "coordinator" or proc.ppid() == msg.new_pid:
+            return False  # the new coordinator, or an engine of the new supervisor
+        proc.kill()
+    except psutil.Error:
+        pass
+    return True
 
 
 def _could_be_ours(pattern: str) -> bool:

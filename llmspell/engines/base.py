@@ -30,6 +30,7 @@ from ..messages.types import (
     ProgressReport,
     Publish,
     PublishBatch,
+    Replaced,
     ResourceWait,
     Shutdown,
     StopTasks,
@@ -107,6 +108,35 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
 
     def setup(self, config: dict[str, Any]) -> None:
         """Create the engine's resources (thread pool, VM, ...)."""
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and was restarted (local mode; told by the
+        director through the engines' supervisor). A new scheduler knows
+        nothing this engine runs for the dead one: those tasks are dropped (with
+        a journal the new scheduler dispatches them again; without one their
+        waiters were told they failed) and the engine registers again."""
+        self.addresses[msg.role] = msg.address
+        if msg.role == "scheduler":
+            self.scheduler = msg.address
+            for task_id in self.running_ids():
+                self.stop(task_id, msg.crashed)
+            self._results.clear()
+            self._progress.clear()
+            self._submits.clear()
+            self._watches.clear()
+            capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
+            restarts = int(self.config.get("restarts", 0))
+            self.send_msg(
+                msg.address, EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
+            )
+        self.replaced(msg)
+
+    def running_ids(self) -> list[str]:
+        """The tasks this engine runs now."""
+        return []
+
+    def replaced(self, msg: Replaced) -> None:
+        """What an engine of this kind does when ``msg.role`` was restarted."""
 
     # -- work in ------------------------------------------------------------
 

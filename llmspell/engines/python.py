@@ -292,6 +292,9 @@ class PythonEngine(EngineActor):
     def busy(self) -> bool:
         return bool(self.calls) or self.agents.busy()
 
+    def running_ids(self) -> list[str]:
+        return [*self.calls, *self.agents.runs]
+
     def stop(self, task_id: str, reason: str) -> None:
         self.agents.stop(task_id)
         call = self.calls.pop(task_id, None)

@@ -56,6 +56,7 @@ from ..messages.types import (
     HostCalls,
     ProgressBatch,
     ProgressReport,
+    Replaced,
     ResourceGrant,
     ResourceWait,
     StopTasks,
@@ -307,6 +308,7 @@ class ScriptEngine(EngineActor):
         self.awaiting: dict[str, list[tuple[str, int, int]]] = {}  # child -> waiters
         self.subs: dict[str, tuple[str, int, int]] = {}  # sub id -> (task, attempt, request)
         self.coords: dict[str, tuple[str, int, int]] = {}
+        self.patterns: dict[str, str] = {}  # sub id -> its pattern (subscribed again)
         self.ticking = False
         self.resumes = 0
         self.held: dict[str, list[tuple[str, int, Any, str | None, int]]] = {}  # throttled
@@ -640,6 +642,9 @@ class ScriptEngine(EngineActor):
             return
         sub_id = f"{s.id}#{s.attempt}#{req.id}"
         self.subs[sub_id] = (s.id, s.attempt, req.id)
+        self.patterns[sub_id] = pattern
+        if len(self.patterns) > 2 * len(self.subs) + 64:  # forget those that ended
+            self.patterns = {k: p for k, p in self.patterns.items() if k in self.subs}
         if s.subs is None:
             s.subs = []
         s.subs.append(sub_id)
@@ -1047,6 +1052,35 @@ class ScriptEngine(EngineActor):
 
     def busy(self) -> bool:
         return False
+
+    def running_ids(self) -> list[str]:
+        return list(self.scripts)
+
+    def replaced(self, msg: Replaced) -> None:
+        """A new event bus has none of the ``wait_event`` subscriptions: they
+        are made again. A new coordinator has none of the coordinations:
+        whoever waits in ``spell.coordinate`` gets an error naming the crash. A
+        new resource tracker has none of the waits: they are granted."""
+        if msg.role == "events":
+            for sub_id in [k for k in self.patterns if k not in self.subs]:
+                del self.patterns[sub_id]
+            for sub_id, pattern in self.patterns.items():
+                self.send_msg(msg.address, Subscribe(sub_id, pattern, limit=1, once=True))
+        elif msg.role == "coordinator":
+            coords, self.coords = self.coords, {}
+            for task_id, attempt, rid in coords.values():
+                self._answer(task_id, attempt, None, f"spell.coordinate: {msg.crashed}", rid)
+        elif msg.role == "resources":
+            for (task_id, attempt), rids in list(self.rwaits.items()):
+                for _ in rids:
+                    self.on_resource_grant(
+                        ResourceGrant(task_id, attempt, "requested"), self.myAddress
+                    )
+            for s in list(self.scripts.values()):
+                if s.limit is not None and s.limit.parked:
+                    self.on_resource_grant(
+                        ResourceGrant(s.id, s.attempt, "granted"), self.myAddress
+                    )
 
     def close(self) -> None:
         for task_id in list(self.scripts):

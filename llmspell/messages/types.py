@@ -50,6 +50,7 @@ __all__ = [
     "QueryTasks",
     "Register",
     "Registered",
+    "Replaced",
     "RequestStop",
     "ResourceGrant",
     "ResourceWait",
@@ -612,6 +613,33 @@ class Ping(Message):
 class Pong(Message):
     role: str
     pid: int = 0  # the answering actor's process (local mode: its supervisor watches it)
+
+
+@message("replaced")
+@dataclass(slots=True)
+class Replaced(Message):
+    """director -> the runtime's actors and facades (the engines' supervisor
+    passes it on to its engines): the process of ``role`` (pid ``pid``) died
+    and its replacement runs at ``address``. ``journaled``: the runtime has a
+    journal, so a new scheduler resumes what the dead one held."""
+
+    role: str
+    address: Address
+    pid: int = 0
+    journaled: bool = False
+    new_pid: int = 0  # the replacement's process
+
+    @property
+    def crashed(self) -> str:
+        """What to tell whoever lost work with it."""
+        return f"the {_ROLE_NAMES.get(self.role, self.role)} process (pid {self.pid}) crashed"
+
+
+_ROLE_NAMES = {
+    "events": "event bus",
+    "resources": "resource tracker",
+    "supervisor": "engines' supervisor",
+}
 
 
 @message("crash_engine")

@@ -39,7 +39,15 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from .. import _clock
 from .._actor import WireActor, addr_key, log
 from .._imports import import_target
-from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown, SupervisorEvent
+from ..messages.types import (
+    EngineEvent,
+    Introduce,
+    Ping,
+    Pong,
+    Replaced,
+    Shutdown,
+    SupervisorEvent,
+)
 
 __all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
 
@@ -184,6 +192,14 @@ class Supervisor(WireActor):
             self._start(child)
         if self.watching:
             self.wake_after(WATCH_PERIOD, "watch")
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and was restarted: the children started from
+        now on get the new address, and those running now are told."""
+        self.addresses[msg.role] = msg.address
+        for child in self.children:
+            if child.address is not None and child.state == "up":
+                self.send_msg(child.address, msg)
 
     # -- children --------------------------------------------------------------------
 
