@@ -413,6 +413,50 @@ def bench_yields(n: int, rounds: int) -> list[tuple[str, str]]:
     return rows
 
 
+# -- A/B: this session's two changes on and off, same run -----------------------------------
+
+
+def bench_ab(rounds: int, block: int) -> list[tuple[str, str]]:
+    """Embedded one-at-a-time round trips with ``_driver.DIRECT_REPLIES`` and
+    ``_driver.INLINE_FIRST_QUANTUM`` off (the design before issue 15) and on."""
+    from llmspell import _driver
+
+    flags = ("DIRECT_REPLIES", "INLINE_FIRST_QUANTUM")
+    saved = {f: getattr(_driver, f) for f in flags}
+    runtimes = {}
+    try:
+        for label, on in (("before", False), ("after", True)):
+            for f in flags:
+                setattr(_driver, f, on)
+            runtimes[label] = Runtime()
+    finally:
+        for f, v in saved.items():
+            setattr(_driver, f, v)
+    tasks = {
+        "python": Task.python("tasks:add", args={"x": 1, "y": 1}),
+        "lua": Task.lua("return 1"),
+        "js": Task.js("return 1"),
+    }
+    cases: list[tuple[Samples, Callable[[], None]]] = []
+    for kind, task in tasks.items():
+        for label, rt in runtimes.items():
+
+            def trip(rt: Runtime = rt, task: Task = task) -> None:
+                rt.result(rt.submit(task), timeout=30)
+
+            cases.append((Samples(f"{kind}, {label}"), trip))
+    try:
+        interleave(cases, rounds, block)
+    finally:
+        for rt in runtimes.values():
+            rt.close()
+    rows: list[tuple[str, str]] = [("A/B embedded round trip: changes off / on", "")]
+    for i in range(0, len(cases), 2):
+        off, on = cases[i][0], cases[i + 1][0]
+        rows += [off.row(), on.row(), ("   after / before", f"{on.median() / off.median():.2f}x")]
+    return rows
+
+
 # -- running it all ------------------------------------------------------------------------
 
 
@@ -449,6 +493,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     parser.add_argument("--only", default="1,2,3,4,5", help="which parts, e.g. 1,2")
+    parser.add_argument("--ab", action="store_true", help="also: issue 15's changes off/on")
     parser.add_argument("--no-netns", action="store_true", help="skip the network namespace")
     args = parser.parse_args()
     if not args.no_netns:
@@ -470,6 +515,8 @@ def main() -> None:
             rows.append((why, ""))
     if 4 in only:
         rows += bench_yields(n_yield, 3 if args.quick else 5)
+    if args.ab:
+        rows += bench_ab(rounds, block)
     took = time.perf_counter() - t0
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {took:.0f} s")
     print(table(rows))
