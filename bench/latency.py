@@ -492,13 +492,13 @@ def _ray_available() -> tuple[bool, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="which parts, e.g. 1,2")
+    parser.add_argument("--only", default="1,2,3,4,5", help="which parts, e.g. 1,2 (or ab)")
     parser.add_argument("--ab", action="store_true", help="also: issue 15's changes off/on")
     parser.add_argument("--no-netns", action="store_true", help="skip the network namespace")
     args = parser.parse_args()
     if not args.no_netns:
         _in_private_netns(sys.argv)
-    only = {int(x) for x in args.only.split(",")}
+    only = {int(x) if x.isdigit() else 0 for x in args.only.split(",")}
     rounds, block = (4, 50) if args.quick else (10, 200)
     n_batch = 2_000 if args.quick else 10_000
     n_yield = 2_000 if args.quick else 10_000
@@ -515,7 +515,7 @@ def main() -> None:
             rows.append((why, ""))
     if 4 in only:
         rows += bench_yields(n_yield, 3 if args.quick else 5)
-    if args.ab:
+    if args.ab or "ab" in args.only.split(","):
         rows += bench_ab(rounds, block)
     took = time.perf_counter() - t0
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {took:.0f} s")

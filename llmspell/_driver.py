@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorSystem
+from thespian.system import isInternalActorSystemMessage
 
 from ._actor import log, set_sink
 from ._exceptions import LlmspellError
@@ -199,11 +200,16 @@ class EmbeddedDriver:
         queued = getattr(requester.instance, "responses", None)
         while queued:
             raw = queued.pop(0)
-            if isinstance(raw, (bytes, bytearray)):
-                try:
-                    self._deliver(decode(raw))
-                except Exception as exc:
-                    log.warning("driver dropped a malformed reply: %s", exc)
+            if not isinstance(raw, (bytes, bytearray)):
+                if not isInternalActorSystemMessage(raw):
+                    self._deliver(raw)  # as _collect does
+                continue
+            try:
+                msg_before = decode(raw)
+            except Exception as exc:
+                log.warning("driver dropped a malformed reply: %s", exc)
+                continue
+            self._deliver(msg_before)
         if type(msg) is TaskOutcomes:
             msg = TaskOutcomes(
                 [
