@@ -96,6 +96,8 @@ def test_local_mode_an_engine_process_killed_midway_replays(tmp_path: Path) -> N
         journal=str(tmp_path / "j.db"),
         script_python=SCRIPT_PYTHON,
     ) as rt:
+        # the engine registers with the scheduler a moment after the runtime opens
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=30) == 1
         pid = next(int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua")
         assert psutil.pid_exists(pid)
 
