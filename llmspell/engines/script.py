@@ -1084,8 +1084,23 @@ class ScriptEngine(EngineActor):
         """A new event bus has none of the ``wait_event`` subscriptions: they
         are made again. A new coordinator has none of the coordinations:
         whoever waits in ``spell.coordinate`` gets an error naming the crash. A
-        new resource tracker has none of the waits: they are granted."""
-        if msg.role == "events":
+        new resource tracker has none of the waits: they are granted. A new
+        scheduler dispatches again what this engine ran (the base class stopped
+        those runs): everything they left behind goes too, or a timer or answer
+        of an old run would resume the new run of the same task and attempt."""
+        if msg.role == "scheduler":
+            self.timers.clear()
+            self.armed = None
+            self.awaiting.clear()
+            self.coords.clear()
+            self.held.clear()
+            self.rwaits.clear()
+            self._calls.clear()
+            self._resubmits.clear()
+            for queue in self.ready:
+                queue.clear()
+            self.nready = 0
+        elif msg.role == "events":
             for sub_id in [k for k in self.patterns if k not in self.subs]:
                 del self.patterns[sub_id]
             for sub_id, pattern in self.patterns.items():
