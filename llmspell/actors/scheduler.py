@@ -310,7 +310,12 @@ class Scheduler(WireActor):
         fresh = _Slot(msg, sender)
         for i, s in enumerate(slots):
             if s.index == msg.index:
-                self._lose_slot(s, "engine process was replaced while running this task")
+                self._lose_slot(
+                    s,
+                    f"the coordinator process (pid {s.pid}) crashed while running this task"
+                    if msg.engine == "workflow"
+                    else f"engine process (pid {s.pid}) was replaced while running this task",
+                )
                 slots[i] = fresh
                 break
         else:

@@ -313,6 +313,14 @@ class PythonEngine(EngineActor):
         self.calls.clear()
         self.pool.shutdown()
         if self._loop is not None:
+            # Cancelled tasks need turns of the loop to end: a loop stopped at once left
+            # them pending, and their "Task was destroyed" finalizer then ran at some
+            # later garbage collection (once inside ast.parse, which CPython 3.11
+            # reports as a SystemError there)
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop).result(2.0)
+            except Exception:  # a stuck loop: stop it anyway
+                log.debug("python engine %d: its tasks did not all end", self.index)
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
                 self._loop_thread.join(timeout=2)
@@ -434,6 +442,17 @@ class PythonEngine(EngineActor):
 
 
 _USAGE_INTERVAL = 0.5  # seconds between live usage reports of a running call
+
+
+async def _cancel_all(wait: float = 1.0) -> None:
+    """Cancel every other task of the running loop and give them ``wait``
+    seconds to end."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=wait)
 
 
 async def _metered(coro: Any, call: _Call) -> Any:
