@@ -25,6 +25,7 @@ older ones (``Journal.trim``), so it stays bounded however long it runs.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Any
 
@@ -170,33 +171,57 @@ class Durable:
         j = self.journal
         assert j is not None
         registrations = j.registrations()
-        unfinished = j.unfinished()
-        if not unfinished:
+        # Tens of thousands of records are made here and all of them live on:
+        # the cyclic GC would walk them again and again for nothing (a third of
+        # the time of a big resume, more than reading them). So it is off while
+        # they are made, and they go straight to its oldest generation (through
+        # the permanent one and back: two list splices, no walk), where the
+        # next full collection looks at them as at any other old object.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            ev = self._restore(j, t)
+        finally:
+            if not gc.get_freeze_count():  # (an application's own frozen objects stay so)
+                gc.freeze()
+                gc.unfreeze()
+            if collecting:
+                gc.enable()
+        if ev is None:
             return registrations
-        ids = {jt.id for jt in unfinished}
-        deps: set[str] = set()
-        restored: list[tuple[TaskSpec, int, float]] = []
-        for jt in unfinished:
-            spec = jt.spec
-            # the run that was cut short keeps its number; a task waiting for a
-            # retry (or never started) is on the number of its next run
-            attempt = jt.attempts - 1 if jt.status == "running" else jt.attempts
-            restored.append((spec, max(0, attempt), jt.created))
-            for d in spec.deps or ():
-                if d not in ids:
-                    deps.add(d)
-            if jt.kind in _SCRIPTS and jt.attempts:
-                calls = j.calls(jt.id)
-                if calls:
-                    self.calls[jt.id] = {int(c[0]): c for c in calls}
-        if deps:
-            self.lookup(sorted(deps))
-        ev = Restored(restored, t)
-        self.table.apply(ev)
         for task_id, why in ev.rejected:
             log.warning("journal %s: task %s not resumed: %s", self.path, task_id, why)
         log.info("journal %s: resumed %d unfinished task(s)", self.path, len(ev.accepted))
         return registrations
+
+    def _restore(self, j: Journal, t: float) -> Restored | None:
+        unfinished = j.resumable()
+        if not unfinished:
+            return None
+        deps: set[str] = set()
+        restored: list[tuple[TaskSpec, int, float]] = []
+        add = restored.append
+        calls = self.calls
+        for spec, status, attempts, created in unfinished:
+            # the run that was cut short keeps its number; a task waiting for a
+            # retry (or never started) is on the number of its next run
+            if attempts:
+                add((spec, attempts - 1 if status == "running" else attempts, created))
+                if spec.kind in _SCRIPTS:
+                    recorded = j.calls(spec.id)
+                    if recorded:
+                        calls[spec.id] = {int(c[0]): c for c in recorded}
+            else:
+                add((spec, 0, created))
+            if spec.deps:
+                deps.update(spec.deps)
+        if deps:  # those not resumed with them: ended tasks of earlier processes
+            deps.difference_update(spec.id for spec, _, _ in restored)
+            if deps:
+                self.lookup(sorted(deps))
+        ev = Restored(restored, t)
+        self.table.apply(ev)
+        return ev
 
     def close(self) -> None:
         """Stop writing (what was not committed is dropped, as in a crash)."""
