@@ -54,9 +54,12 @@ class Durable:
 
     __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table")
 
-    def __init__(self, path: str, table: TaskTable) -> None:
+    def __init__(self, path: str, table: TaskTable, *, checked: bool = False) -> None:
+        """``checked``: the runtime's facade opened and checked the file a
+        moment ago (``Runtime(journal=...)``), so the page-by-page
+        ``quick_check`` is not run a second time."""
         self.path = path
-        self.journal: Journal | None = Journal.open(path)
+        self.journal: Journal | None = Journal.open(path, quick_check=not checked)
         self.table = table
         table.log = []
         # the recorded host calls of unfinished script tasks: id -> n -> record
@@ -202,11 +205,11 @@ class Durable:
         restored: list[tuple[TaskSpec, int, float]] = []
         add = restored.append
         calls = self.calls
-        for spec, status, attempts, created in unfinished:
+        for spec, running, attempts, created in unfinished:
             # the run that was cut short keeps its number; a task waiting for a
             # retry (or never started) is on the number of its next run
             if attempts:
-                add((spec, attempts - 1 if status == "running" else attempts, created))
+                add((spec, attempts - 1 if running else attempts, created))
                 if spec.kind in _SCRIPTS:
                     recorded = j.calls(spec.id)
                     if recorded:

@@ -251,6 +251,13 @@ def _field_code(name: str, tp: Any, env: dict[str, Any], k: int, x: str = "x") -
         if item_tp is Any:
             return [f"if type({x}) is not list: raise _bad({name!r}, 'a list', {x})"]
         env[f"I{k}"] = _item_checker(item_tp)
+        if item_tp in (str, int, bool, bytes):  # (deps): no conversion, a loop of checks
+            env[f"T{k}"] = item_tp
+            return [
+                f"if type({x}) is not list: raise _bad({name!r}, 'a list', {x})",
+                f"for i in {x}:",
+                f"    if type(i) is not T{k}: _list_of({x}, {name!r}, I{k})",  # (raises)
+            ]
         if isinstance(item_tp, type) and issubclass(item_tp, Message):
             # hot path (batches of tasks and outcomes): one comprehension; the
             # slow path runs only to name the bad item's index

@@ -272,6 +272,18 @@ class TaskTable:
             self._fail_cycles(fresh, t)
 
     def _fail_cycles(self, fresh: list[Rec], t: float) -> None:
+        # A cycle needs a waiting task whose dependency waits too: when no
+        # dependency of the batch waits (the usual fan-in, or a resume of many
+        # tasks behind one), there is none, and no walk.
+        tasks = self.tasks
+        named: set[str] = set()
+        named.update(*(r.spec.deps for r in fresh if r.waiting and r.status is PENDING))
+        for dep_id in named:
+            dep = tasks.get(dep_id)
+            if dep is not None and dep.waiting and dep.status is PENDING:
+                break
+        else:
+            return
         waiting = {r.spec.id: r for r in fresh if r.waiting and r.status is PENDING}
         state: dict[str, int] = {}  # 1: on the current path, 2: explored
         cycles: list[list[str]] = []
