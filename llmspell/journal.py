@@ -110,6 +110,13 @@ _SUBMITTED = (
     "INSERT INTO tasks (id, kind, status, created, parent, spec, log) "
     "VALUES (?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
+# submitted and dispatched in one commit: one row, running (a replayed submit of a
+# task the journal has: the row is kept and takes the dispatch, as _DISPATCHED would)
+_STARTED = (
+    "INSERT INTO tasks (id, kind, status, attempts, created, parent, spec, log) "
+    "VALUES (?, ?, 'running', ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "status = 'running', attempts = excluded.attempts, log = log || ?"
+)
 _DISPATCHED = "UPDATE tasks SET status = 'running', attempts = ?, log = log || ? WHERE id = ?"
 _RETRIED = "UPDATE tasks SET status = 'pending', log = log || ? WHERE id = ?"
 _ENDED = "UPDATE tasks SET status = ?, ended = ?, value = ?, error = ?, log = log || ? WHERE id = ?"
@@ -663,13 +670,26 @@ class Journal:
             raise JournalError("is closed", path=self.path)
         runs.append((sql, [params]))
 
-    def submitted(self, spec: TaskSpec, t: float) -> None:
+    def submitted(
+        self, spec: TaskSpec, t: float, dispatched: tuple[int, float] | None = None
+    ) -> None:
         """A new task (its spec as on the wire), submitted at ``t``. A task id
-        already in the journal keeps its row (a replayed submit)."""
+        already in the journal keeps its row (a replayed submit).
+        ``dispatched=(attempt, t)``: it also started, in the same commit (the
+        same as ``dispatched()`` after this, in one statement)."""
+        if dispatched is None:
+            self._add(
+                _SUBMITTED,
+                (spec.id, spec.kind, t, spec.parent, encode(spec), f'["submitted",{t!r}]\n'),
+            )
+            return
+        attempt, t2 = dispatched
+        started = f'["dispatched",{t2!r},{attempt}]\n'
         self._add(
-            _SUBMITTED,
-            (spec.id, spec.kind, t, spec.parent, encode(spec), f'["submitted",{t!r}]\n'),
-        )
+            _STARTED,
+            (spec.id, spec.kind, attempt + 1, t, spec.parent, encode(spec),
+             f'["submitted",{t!r}]\n' + started, started),
+        )  # fmt: skip
 
     def dispatched(self, task_id: str, attempt: int, t: float) -> None:
         """The task started on an engine (``attempt`` 0, 1, ...): it is running."""

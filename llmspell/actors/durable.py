@@ -49,6 +49,23 @@ __all__ = ["Durable"]
 _SCRIPTS = frozenset(("lua", "js"))
 
 
+def _first_dispatches(log_: list[Any]) -> dict[str, Dispatched] | None:
+    """The first ``Dispatched`` of each task the same log submitted (a task
+    queued and started in one message: one row written as running, not a row
+    and its update); None when there is none."""
+    submitted: set[str] = set()
+    for ev in log_:
+        if type(ev) is Submitted:
+            submitted.update(spec.id for spec in ev.accepted)
+    if not submitted:
+        return None
+    first: dict[str, Dispatched] = {}
+    for ev in log_:
+        if type(ev) is Dispatched and ev.task_id in submitted and ev.task_id not in first:
+            first[ev.task_id] = ev
+    return first or None
+
+
 class Durable:
     """One scheduler's journal. Not thread-safe: the scheduler's thread only."""
 
@@ -79,6 +96,7 @@ class Durable:
         log_ = self.table.log
         if log_:
             ended = 0
+            first = _first_dispatches(log_)
             for ev in log_:
                 kind = type(ev)
                 if kind is Ended:
@@ -88,11 +106,18 @@ class Durable:
                     ended += 1
                 elif kind is Dispatched:
                     assert isinstance(ev, Dispatched)
-                    j.dispatched(ev.task_id, ev.attempt, ev.t)
+                    if first is None or first.get(ev.task_id) is not ev:  # (else: written)
+                        j.dispatched(ev.task_id, ev.attempt, ev.t)
                 elif kind is Submitted:
                     assert isinstance(ev, Submitted)
-                    for spec in ev.accepted:
-                        j.submitted(spec, ev.t)
+                    t = ev.t
+                    if first is None:
+                        for spec in ev.accepted:
+                            j.submitted(spec, t)
+                    else:
+                        for spec in ev.accepted:
+                            d = first.get(spec.id)
+                            j.submitted(spec, t, None if d is None else (d.attempt, d.t))
                 elif kind is Retried:
                     assert isinstance(ev, Retried)
                     j.retried(ev.task_id, ev.attempt, ev.error, ev.t)
