@@ -48,7 +48,7 @@ import psutil
 from . import __version__
 from ._exceptions import JournalError, MessageError
 from .messages import encode
-from .messages.codec import decode_as
+from .messages.codec import decode_as, decode_many
 from .messages.types import STATUSES, TERMINAL, TaskSpec
 
 __all__ = ["APPLICATION_ID", "SCHEMA", "Journal", "JournalTask"]
@@ -906,23 +906,39 @@ class Journal:
             "SELECT seq, status = 'running', attempts, created, spec FROM tasks "
             f"WHERE {_UNFINISHED} ORDER BY seq"
         )
+        try:
+            specs = decode_many(TaskSpec, [row[4] for row in rows])
+        except MessageError:  # which one, and why
+            specs = []
+            for seq, _, _, _, data in rows:
+                try:
+                    if type(data) is not bytes:
+                        raise MessageError(f"a {type(data).__name__}, not bytes")
+                    specs.append(decode_as(TaskSpec, data))
+                except MessageError as exc:
+                    raise JournalError(
+                        f"is corrupt: task {self._id_of(seq)!r}: stored spec does not decode "
+                        f"({exc})",
+                        path=self.path,
+                    ) from None
         out: list[tuple[TaskSpec, bool, int, float]] = []
         add = out.append
-        decode = decode_as
-        seq = None
+        row: Any = None
         try:
-            for seq, running, attempts, created, data in rows:  # noqa: B007 (seq: below)
-                if type(data) is not bytes or type(attempts) is not int:
-                    raise MessageError(f"a {type(data).__name__}, attempts {attempts!r}")
-                add((decode(TaskSpec, data), running == 1, attempts, float(created)))
-        except (MessageError, TypeError, ValueError) as exc:
-            task_id = self._rows("SELECT id FROM tasks WHERE seq = ?", (seq,))
+            for spec, row in zip(specs, rows, strict=True):
+                attempts = row[2]
+                if type(attempts) is not int:
+                    raise TypeError(f"attempts {attempts!r}")
+                add((spec, row[1] == 1, attempts, float(row[3])))
+        except (TypeError, ValueError) as exc:
             raise JournalError(
-                f"is corrupt: task {task_id[0][0] if task_id else None!r}: "
-                f"stored spec does not decode ({exc})",
-                path=self.path,
+                f"is corrupt: task {self._id_of(row[0])!r}: its row reads {exc}", path=self.path
             ) from None
         return out
+
+    def _id_of(self, seq: int) -> str | None:
+        found = self._rows("SELECT id FROM tasks WHERE seq = ?", (seq,))
+        return found[0][0] if found else None
 
     def get(self, task_id: str) -> JournalTask | None:
         """The task ``task_id``, or None if the journal has none (or forgot it)."""
