@@ -243,8 +243,9 @@ class Durable:
                 add((spec, 0, created))
             if spec.deps:
                 deps.update(spec.deps)
-        if deps:  # those not resumed with them: ended tasks of earlier processes
-            deps.difference_update(spec.id for spec, _, _ in restored)
+        if deps:  # ended tasks of earlier processes among them become tombstones
+            if len(deps) > 500:  # (a few are looked up at once, resumed or not)
+                deps.difference_update([spec.id for spec, _, _ in restored])
             if deps:
                 self.lookup(sorted(deps))
         ev = Restored(restored, t)

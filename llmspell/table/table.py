@@ -267,23 +267,14 @@ class TaskTable:
                 ready.append(rec)
         # Only a batch can close a cycle (a task may name only tasks already
         # known or listed with it): fail the tasks of each cycle, which would
-        # otherwise wait for each other forever.
-        if any(rec.waiting and rec.status is PENDING for rec in fresh):
+        # otherwise wait for each other forever. On a cycle every task waits
+        # and is waited for by one of the batch (nothing earlier can depend on
+        # it): with no such task there is no walk (the usual fan-in, or a
+        # resume of many tasks behind one).
+        if any(rec.waiting and rec.dependents and rec.status is PENDING for rec in fresh):
             self._fail_cycles(fresh, t)
 
     def _fail_cycles(self, fresh: list[Rec], t: float) -> None:
-        # A cycle needs a waiting task whose dependency waits too: when no
-        # dependency of the batch waits (the usual fan-in, or a resume of many
-        # tasks behind one), there is none, and no walk.
-        tasks = self.tasks
-        named: set[str] = set()
-        named.update(*(r.spec.deps for r in fresh if r.waiting and r.status is PENDING))
-        for dep_id in named:
-            dep = tasks.get(dep_id)
-            if dep is not None and dep.waiting and dep.status is PENDING:
-                break
-        else:
-            return
         waiting = {r.spec.id: r for r in fresh if r.waiting and r.status is PENDING}
         state: dict[str, int] = {}  # 1: on the current path, 2: explored
         cycles: list[list[str]] = []
