@@ -742,3 +742,39 @@ def test_trim_keeps_the_newest_ended_tasks_and_every_unfinished_one(tmp_path: Pa
         assert j.calls("t0") == [] and j.calls("t2") != []
         assert [t.id for t in j.existing(["t2", "t0", "t9", "nope"])] == ["t2", "t9"]
         assert j.trim(3) == 0
+
+
+def test_a_resume_puts_unfinished_tasks_back_in_order_with_their_attempts(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    from llmspell.actors.durable import Durable
+    from llmspell.table import TaskTable
+
+    path = str(tmp_path / "j.db")
+    with Journal.open(path) as j:
+        j.submitted(spec("done"), 1.0, dispatched=(0, 1.5))
+        j.ended("done", "succeeded", 7, None, 0, 2.0)
+        j.submitted(spec("q", deps=["done"]), 3.0)
+        j.submitted(spec("r", kind="python"), 4.0, dispatched=(0, 4.5))  # cut short
+        j.submitted(spec("w"), 5.0, dispatched=(0, 5.5))
+        j.retried("w", 0, "boom", 6.0)  # waits for its second run
+        j.submitted(spec("c2", deps=["c1"]), 7.0)
+        j.submitted(spec("c1"), 7.0)
+        j.commit()
+    table = TaskTable()
+    durable = Durable(path, table)
+    try:
+        assert durable.resume(10.0) == []
+        assert gc.isenabled()
+        assert [(r.spec.id, r.attempt) for r in table.ready] == [
+            ("q", 0),
+            ("r", 0),
+            ("w", 1),
+            ("c1", 0),
+        ]
+        assert table.tasks["c2"].waiting == 1 and table.tasks["r"].submitted_at == 4.0
+        assert table.gone["done"][:2] == ("succeeded", 7)
+    finally:
+        durable.close()
