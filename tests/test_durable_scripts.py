@@ -96,7 +96,12 @@ def test_local_mode_an_engine_process_killed_midway_replays(tmp_path: Path) -> N
         journal=str(tmp_path / "j.db"),
         script_python=SCRIPT_PYTHON,
     ) as rt:
-        pid = next(int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua")
+        # the engine processes start after the runtime answers: wait for the Lua one
+        deadline = time.monotonic() + 30
+        while not (pids := [int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua"]):
+            assert time.monotonic() < deadline, "the Lua engine process never started"
+            time.sleep(0.05)
+        pid = pids[0]
         assert psutil.pid_exists(pid)
 
         def kill() -> None:
