@@ -7,7 +7,7 @@ DEMO   := $(VENV)/.installed-demo
 # An editable install mypy can follow: a plain path in a .pth file, not an import hook
 EDITABLE := --config-settings editable_mode=compat -e
 
-.PHONY: demo test lint check format test-deep bench clean
+.PHONY: demo test test-fast lint check format test-deep bench clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -43,6 +43,10 @@ check: $(STAMP)
 
 test: lint check
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# the same gate without the tests marked slow (subprocesses, crashes, local mode): to run often
+test-fast: lint check
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 test-deep: $(STAMP)
 	LLMSPELL_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider

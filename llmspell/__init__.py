@@ -30,6 +30,7 @@ from ._task import TaskInfo as TaskInfo
 from .runtime import AsyncRuntime as AsyncRuntime
 from .runtime import Runtime as Runtime
 from .runtime import RuntimeState as RuntimeState
+from .runtime import Subscription as Subscription
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,7 @@ __all__ = [
     "RuntimeState",
     "ScriptError",
     "Strategy",
+    "Subscription",
     "Task",
     "TaskCancelled",
     "TaskContext",

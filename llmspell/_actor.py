@@ -118,6 +118,14 @@ class WireActor(Actor):  # type: ignore[misc]
         read them takes them at once, so the agent is never held for it."""
         self.send_msg(sender, StreamAck(msg.task_id, msg.seq + len(msg.chunks)))
 
+    def on_replaced(self, msg: Any, sender: ActorAddress) -> None:
+        """A runtime process died and the director restarted it: the new
+        address (``Replaced``) replaces the old one wherever this actor keeps
+        addresses. Actors that lost work with it say more."""
+        addresses = getattr(self, "addresses", None)
+        if isinstance(addresses, dict):
+            addresses[msg.role] = msg.address
+
     # -- hooks subclasses override -------------------------------------------
 
     def on_wakeup(self, payload: Any) -> None:

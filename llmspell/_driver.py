@@ -24,7 +24,7 @@ from ._exceptions import LlmspellError
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
-from .messages.types import Introduce, Poll, Shutdown
+from .messages.types import Introduce, Poll, Shutdown, SupervisorEvent
 
 __all__ = ["EmbeddedDriver"]
 
@@ -223,8 +223,8 @@ def parse_address(address: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def _listener_pid(port: int) -> int:
-    """The pid of the process (not this one) listening on 127.0.0.1:port."""
+def _listener_pid(port: int, host: str = "") -> int:
+    """The pid of the process (not this one) listening on port (on ``host``)."""
     import os
 
     import psutil
@@ -234,7 +234,12 @@ def _listener_pid(port: int) -> int:
             continue
         try:
             for c in proc.net_connections(kind="tcp"):
-                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port:
+                if (
+                    c.status == psutil.CONN_LISTEN
+                    and c.laddr
+                    and c.laddr.port == port
+                    and (not host or c.laddr.ip in (host, "0.0.0.0", "::"))
+                ):
                     return int(proc.pid)
         except psutil.Error:
             continue
@@ -371,6 +376,8 @@ class LocalDriver:
     """
 
     mode = "local"
+    #: the address every socket of the runtime binds to (cluster mode: ``host=``)
+    host = "127.0.0.1"
 
     def __init__(
         self,
@@ -400,6 +407,8 @@ class LocalDriver:
         self._sender_cm: Any = None
         self.me: Any = None
         self.admin_pid = 0
+        self.served_config: dict[str, Any] = {}
+        self._director_gone = False
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
         import contextlib
@@ -415,15 +424,15 @@ class LocalDriver:
         _loopback.install()
         if self.attach:
             host, port = parse_address(self.attach)
-            if not _loopback.is_loopback(host):
-                raise LlmspellError("llmspell attaches to runtimes on 127.0.0.1 only")
+            self._check_attach_host(host)
             if not port_in_use(port, host):
                 raise LlmspellError(f"no llmspell runtime is served at {host}:{port}")
             self.secret = _attach_secret(host, port, self.secret)
+            self.host = host
         else:
-            port = int(self.config.get("port") or free_port())
-            if port_in_use(port):
-                raise LlmspellError(f"port {port} on 127.0.0.1 is already in use")
+            port = int(self.config.get("port") or free_port(self.host))
+            if port_in_use(port, self.host):
+                raise LlmspellError(f"port {port} on {self.host} is already in use")
             if self.secret is None:
                 self.secret = _frames.new_secret()
         self.port = port
@@ -432,7 +441,7 @@ class LocalDriver:
         _frames.register(
             port, self.secret, int(self.config.get("max_frame_bytes") or _frames.DEFAULT_MAX_FRAME)
         )
-        os.environ["THESPIAN_BASE_IPADDR"] = "127.0.0.1"
+        os.environ["THESPIAN_BASE_IPADDR"] = self.host
         caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
         try:
             # every process this forks (the admin, its logger, the actors they fork)
@@ -444,7 +453,7 @@ class LocalDriver:
         except Exception as exc:
             if self.attach:  # something that is not an llmspell runtime listens there
                 raise LlmspellError(
-                    f"no llmspell runtime answered at 127.0.0.1:{port} ({exc})"
+                    f"no llmspell runtime answered at {self.host}:{port} ({exc})"
                 ) from None
             raise
         try:
@@ -454,6 +463,7 @@ class LocalDriver:
                 request = encode(Hello(self.runtime_id))
             else:
                 cfg = dict(self.config, owner_pid=os.getpid(), mode="local", port=port)
+                cfg.update(self._actor_config())
                 request = encode(Introduce(self.runtime_id, {}, cfg))
             raw = self.asys.ask(director, request, timeout)
             if raw is None:
@@ -469,7 +479,7 @@ class LocalDriver:
             raise
         self._sender_cm = self.asys.private()
         self._sender = self._sender_cm.__enter__()
-        self.admin_pid = _listener_pid(port)
+        self.admin_pid = _listener_pid(port, self.host)
         # processes Thespian forked from this one (the admin, its logger): this process
         # must reap them once they exit, or each runtime leaves a zombie behind
         self._forked = {c.pid for c in _children()} - self._before
@@ -477,6 +487,16 @@ class LocalDriver:
             self.processes()  # the admin noted at once: stop() must know if it died
         self.thread.start()
         return self.addresses
+
+    def _check_attach_host(self, host: str) -> None:
+        from . import _loopback
+
+        if not _loopback.is_loopback(host):
+            raise LlmspellError("llmspell attaches to runtimes on 127.0.0.1 only")
+
+    def _actor_config(self) -> dict[str, Any]:
+        """What the director is told beyond the runtime's configuration."""
+        return {}
 
     def processes(self) -> list[Any]:
         """The runtime's processes: the Thespian admin and every actor under it."""
@@ -537,7 +557,7 @@ class LocalDriver:
 
         look = 0.0
         admin = self._served_admin() if self.attach else None
-        where = f"127.0.0.1:{self.port}"
+        where = f"{self.host}:{self.port}"
         while not self._stopping.is_set():
             if time.monotonic() >= look:
                 look = time.monotonic() + (0.5 if self.attach else 1.0)
@@ -546,6 +566,7 @@ class LocalDriver:
                         self.processes()
                     except Exception:
                         pass
+                    self._watch_director()
                 elif admin is not None and not _running(admin):
                     self._lost(f"the served runtime at {where} is gone (its admin process exited)")
                     return
@@ -570,6 +591,25 @@ class LocalDriver:
                 self.on_message(msg)
             except Exception:
                 log.exception("local driver: handling a message failed")
+
+    def _watch_director(self) -> None:
+        """The director restarts every other runtime process; its own death
+        (its process killed) degrades the runtime, saying so, rather than
+        leaving calls to wait for what nobody restarts."""
+        import psutil
+
+        pid = int(self.served_config.get("director_pid") or 0)
+        if not pid or self._director_gone:
+            return
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            gone = True
+        if gone:
+            self._director_gone = True
+            detail = f"the director process (pid {pid}) died"
+            log.error("local runtime: %s", detail)
+            self.on_message(SupervisorEvent("llmspell", "director", "escalate", detail))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.asys is None:

@@ -12,7 +12,12 @@ The tree::
     ├── TaskTimeout               the task's own ``timeout`` ran out
     ├── RuntimeClosed             a call on a Runtime that is closed
     ├── JournalError              a journal file that cannot be used (Runtime(journal=...))
-    └── RuntimeDegraded           a call on a Runtime whose supervisor gave up
+    ├── RuntimeDegraded           a call on a Runtime whose supervisor gave up
+    ├── AgentError                (llmspell.agents) an agent got no answer from its server
+    └── SimulationDeadlock        (llmspell.testing) a simulation where nothing can happen
+
+These are all the public errors: every other exception class in the package is
+internal (raised and caught inside it, or turned into one of these).
 
 ``Runtime.result(handle, timeout=...)`` running out of *its* timeout raises the
 builtin ``TimeoutError`` instead and leaves the task running: it says "you
@@ -170,8 +175,9 @@ _FAILURE_CLASSES: dict[str, type[TaskFailed]] = {
 def error_from_outcome(task_id: str, status: str, error: dict[str, Any] | None) -> LlmspellError:
     """Build the exception ``result()`` raises for a task that ended badly.
 
-    ``error`` is the wire form of a failure: ``{"message", "kind", "engine",
-    "traceback", "attempts"}``.
+    ``error`` is the wire form of a failure (``messages.types.TaskError.wire()``,
+    with the scheduler's ``attempts``); what it leaves out reads as kind
+    ``"failed"``, engine ``"runtime"``.
     """
     err = error or {}
     message = str(err.get("message") or status)

@@ -20,9 +20,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-__all__ = ["install", "is_loopback"]
+__all__ = ["allow", "install", "is_loopback"]
 
 _installed = False
+_hosts: set[str] = set()  # other addresses given (cluster mode's --host): bound as such
+
+
+def allow(host: str) -> None:
+    """Sockets of addresses on ``host`` bind to ``host`` itself (a cluster's
+    ``--host``), not to all interfaces; inherited by processes forked later."""
+    _hosts.add(host)
 
 
 def is_loopback(host: str) -> bool:
@@ -45,7 +52,7 @@ def install() -> None:
 
     def bind_args(self: Any) -> tuple[Any, ...]:
         host = self.sockname[0] if self.sockname else ""
-        if isinstance(host, str) and is_loopback(host):
+        if isinstance(host, str) and (is_loopback(host) or host in _hosts):
             return (self.sockname,)
         return original.fget(self)  # type: ignore[no-any-return]
 

@@ -80,11 +80,16 @@ def tasks_command(rt: Any, status: str | None, as_json: bool) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "kind", "status", "attempts", "created", "ended (s)")
+    table = Table("id", "kind", "status", "attempts", "created", "ended (s)", "note")
     for i in infos:
         created = time.strftime("%H:%M:%S", time.localtime(i.created))
         took = "" if i.ended is None else f"{i.ended - i.created:.3f}"
-        table.add_row(i.id, i.kind, i.status, str(i.attempts), created, took)
+        note = ""
+        if i.status == "pending":  # a task of a cluster waiting for a member says why
+            p = rt.progress(i.id)
+            op = getattr(p, "current_operation", None) or ""
+            note = op if op.startswith("waiting:") else ""
+        table.add_row(i.id, i.kind, i.status, str(i.attempts), created, took, note)
     Console().print(table)
     return 0
 

@@ -8,11 +8,11 @@ one ``MessageError`` naming the option and what it must be.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._exceptions import MessageError
+from .messages.options import did_you_mean as did_you_mean
 
 __all__ = ["ENGINES", "check_options"]
 
@@ -78,24 +78,20 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         (lambda v: isinstance(v, (str, bytes)) and len(v) >= 16),
         "must be a str or bytes of at least 16 characters (the served runtime's secret)",
     ),
+    "replay_check": ((lambda v: isinstance(v, bool)), "must be True or False"),
     "journal": (
         (lambda v: isinstance(v, str) and bool(v)),
         'must be the path of a journal file (a str, e.g. "runs.db") or None',
+    ),
+    "host": (
+        (lambda v: isinstance(v, str) and bool(v) and ":" not in v),
+        "must be an IPv4 address of this machine to bind to (e.g. '10.0.0.5')",
     ),
     "address": (
         (lambda v: isinstance(v, str) and v.rpartition(":")[2].isdigit()),
         'must be "host:port" of a served runtime',
     ),
 }
-
-
-def did_you_mean(word: Any, choices: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped
-    ``word``, or ``""`` when none is close."""
-    if not isinstance(word, str):
-        return ""
-    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def check_options(config: Mapping[str, Any]) -> None:

@@ -8,19 +8,21 @@ needs the runtime (id uniqueness, handles to ids).
 from __future__ import annotations
 
 import enum
-import inspect
-import itertools
 import os
 import types
-import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._exceptions import MessageError
-from ._options import did_you_mean
 from .messages import check_data
-from .messages.types import PRIORITIES, PRIORITY_NAMES, TaskSpec
+
+# the ids and the option rules live with the wire (engines and actors use them too);
+# named here as well for code that imports them from this module
+from .messages.ids import _new_id_prefix as _new_id_prefix
+from .messages.ids import new_task_id as new_task_id
+from .messages.options import HOOK_POINTS, did_you_mean, lone_surrogate, task_option_problems
+from .messages.types import PRIORITIES, TaskSpec
 
 __all__ = [
     "CoordinationResult",
@@ -35,44 +37,12 @@ __all__ = [
 ]
 
 _OPTIONS = frozenset(
-    ("priority", "timeout", "deps", "retries", "limits", "metadata", "id", "compensate")
+    ("priority", "timeout", "deps", "retries", "limits", "metadata", "id", "compensate", "tags")
 )
 _AGENT_OPTIONS = frozenset(("execution", "buffer_size"))
 _NO_OPTS: Mapping[str, Any] = types.MappingProxyType({})  # shared by tasks without options
 
-#: every hook point, in the order a task meets them
-HOOK_POINTS = (
-    "task.before",
-    "task.after",
-    "task.error",
-    "task.retry",
-    "coordination.before",
-    "coordination.after",
-    "engine.restart",
-)
 _EXECUTIONS = ("single", "threaded", "distributed", "streaming")
-
-
-_ID_PREFIX = uuid.uuid4().hex[:12]
-_id_counter = itertools.count(1)
-
-
-def _new_id_prefix(prefix: str | None = None) -> None:
-    """A forked process (an engine in local mode) must not repeat its parent's
-    ids; a simulation sets a prefix of its own so that ids repeat with the seed."""
-    global _ID_PREFIX, _id_counter
-    _ID_PREFIX = prefix or uuid.uuid4().hex[:12]
-    _id_counter = itertools.count(1)
-
-
-os.register_at_fork(after_in_child=lambda: _new_id_prefix())
-
-
-def new_task_id() -> str:
-    """A fresh task id, unique across processes: a random per-process prefix
-    (new in every forked process) and a counter (a uuid4 per task costs 10x
-    more)."""
-    return f"{_ID_PREFIX}-{next(_id_counter)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,14 +393,20 @@ class Task:
 
     @classmethod
     def tool(cls, name: str, params: Mapping[str, Any] | None = None, **opts: Any) -> Task:
+        """A call of the registered tool ``name`` with ``params`` (checked against its
+        schema when it runs). Never blocks; raises ``MessageError`` for a bad name or option."""
         return cls._make("tool", name=_name(name), payload=params, opts=opts)
 
     @classmethod
     def agent(cls, name: str, input: Any, **opts: Any) -> Task:
+        """A run of the registered agent ``name`` on ``input`` (``execution=``,
+        ``buffer_size=`` too). Never blocks; raises ``MessageError`` for a bad name or option."""
         return cls._make("agent", name=_name(name), payload=input, opts=opts, extra=_AGENT_OPTIONS)
 
     @classmethod
     def hook(cls, point: str, payload: Any = None, **opts: Any) -> Task:
+        """A task that runs the hooks registered at ``point`` (one of ``HOOK_POINTS``)
+        with ``payload``. Never blocks; raises ``MessageError`` for an unknown point."""
         if point not in HOOK_POINTS:
             raise MessageError(
                 f"unknown hook point {point!r}; use one of {', '.join(HOOK_POINTS)}",
@@ -440,12 +416,16 @@ class Task:
 
     @classmethod
     def event(cls, name: str, payload: Any = None, **opts: Any) -> Task:
+        """A task that publishes the event ``name`` with ``payload``. Never blocks;
+        raises ``MessageError`` for a bad name, payload or option."""
         return cls._make("event", name=_name(name), payload=payload, opts=opts)
 
     @classmethod
     def workflow(
         cls, path_or_dict: str | os.PathLike[str] | Mapping[str, Any], **opts: Any
     ) -> Task:
+        """A workflow (a YAML file's path or its dict) as one task; it is read and
+        checked when it runs. Never blocks; raises ``MessageError`` for an empty path."""
         if isinstance(path_or_dict, Mapping):
             return cls._make("workflow", payload=dict(path_or_dict), opts=opts)
         if not isinstance(path_or_dict, (str, os.PathLike)) or not str(path_or_dict):
@@ -456,6 +436,8 @@ class Task:
 
     @classmethod
     def custom(cls, kind: str, payload: Any = None, **opts: Any) -> Task:
+        """A task of a registered executor's ``kind``. Never blocks; raises
+        ``MessageError`` for a bad kind, payload or option."""
         return cls._make("custom", name=_name(kind), payload=payload, opts=opts)
 
     @classmethod
@@ -519,7 +501,7 @@ class Task:
         o = self.opts
         if not o:
             return TaskSpec(
-                task_id or f"{_ID_PREFIX}-{next(_id_counter)}",
+                task_id or new_task_id(),
                 self.kind,
                 self.code,
                 self.target,
@@ -556,10 +538,13 @@ class Task:
         compensate = o.get("compensate")
         if isinstance(compensate, Task):
             spec.compensate = compensate.to_spec()
+        if o.get("tags"):
+            spec.tags = sorted(set(o["tags"]))
         return spec
 
     @property
     def priority(self) -> str:
+        """The task's priority name (``"normal"`` unless given)."""
         return str(self.opts.get("priority", "normal"))
 
     def __repr__(self) -> str:
@@ -584,19 +569,6 @@ def _code(code: Any) -> str:
     return code
 
 
-def lone_surrogate(text: str) -> str | None:
-    """Why ``text`` is not valid Unicode (a lone surrogate, which no engine can
-    compile), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return (
-            f"holds a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}: "
-            "code must be valid Unicode text"
-        )
-    return None
-
-
 def _name(name: Any) -> str:
     if not isinstance(name, str) or not name:
         raise MessageError(f"must be a non-empty str, got {name!r}", where="name")
@@ -614,20 +586,8 @@ def _dep_id(dep: Any) -> str:
 def _check_opts(o: Mapping[str, Any]) -> None:
     if not o:
         return
-    p = o.get("priority", "normal")
-    if not isinstance(p, str) or p not in PRIORITIES:
-        raise MessageError(
-            f"must be one of {', '.join(PRIORITIES)}, got {p!r}{did_you_mean(p, PRIORITIES)}",
-            where="priority",
-        )
-    t = o.get("timeout")
-    if t is not None and (
-        isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf")
-    ):
-        raise MessageError(f"must be a positive number of seconds, got {t!r}", where="timeout")
-    r = o.get("retries", 0)
-    if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < 2**31:
-        raise MessageError(f"must be an int from 0 to 2**31 - 1, got {r!r}", where="retries")
+    for name, problem in task_option_problems(o):
+        raise MessageError(problem, where=name)
     deps = o.get("deps", ())
     if isinstance(deps, (str, Handle)) or not isinstance(deps, Iterable):
         raise MessageError("must be a list of handles or task ids", where="deps")
@@ -647,6 +607,17 @@ def _check_opts(o: Mapping[str, Any]) -> None:
     comp = o.get("compensate")
     if comp is not None and not isinstance(comp, Task):
         raise MessageError(f"must be a Task, got {type(comp).__name__}", where="compensate")
+    tags = o.get("tags")
+    if tags is not None and (
+        isinstance(tags, (str, bytes))
+        or not isinstance(tags, Iterable)
+        or not all(isinstance(t, str) and t and "," not in t for t in tags)
+    ):
+        raise MessageError(
+            "must be a list of non-empty tag names without commas (cluster members' "
+            f"--tag), got {tags!r}",
+            where="tags",
+        )
     ex = o.get("execution")
     if ex is not None and ex not in _EXECUTIONS:
         raise MessageError(
@@ -656,11 +627,3 @@ def _check_opts(o: Mapping[str, Any]) -> None:
     bs = o.get("buffer_size")
     if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1):
         raise MessageError("must be an int >= 1", where="buffer_size")
-
-
-def priority_name(p: int) -> str:
-    return PRIORITY_NAMES.get(p, "normal")
-
-
-def is_coroutine_function(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn)

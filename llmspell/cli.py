@@ -224,6 +224,64 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics",
     )
 
+    serve.add_argument(
+        "--cluster",
+        action="store_true",
+        help="be a cluster leader: members join with `llmspell join HOST:PORT` and run the "
+        "engines (this process runs none)",
+    )
+    serve.add_argument(
+        "--host",
+        default=None,
+        metavar="ADDR",
+        help="with --cluster: the address of this machine to listen on (default 127.0.0.1); "
+        "nothing listens on any other",
+    )
+
+    join = command(
+        "join",
+        help="join a cluster as a member that runs engines",
+        description="Run a cluster member until SIGTERM/Ctrl-C. The cluster's secret comes "
+        "from --secret-file, else LLMSPELL_SECRET, else the leader's secret file on this "
+        "machine.",
+    )
+    join.add_argument("leader", metavar="HOST:PORT", help="the leader (`llmspell serve --cluster`)")
+    join.add_argument(
+        "--host", default=None, metavar="ADDR", help="this member's address to listen on"
+    )
+    join.add_argument(
+        "--port", type=_parse_port, default=None, help="this member's admin port (default: free)"
+    )
+    join.add_argument(
+        "--engines",
+        type=_parse_engines,
+        default=["python", "lua", "js"],
+        metavar="LIST",
+        help="engines it offers, comma-separated (default: python,lua,js)",
+    )
+    join.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        type=_parse_tag,
+        metavar="NAME",
+        help="a tag tasks can ask for (Task option tags=[...]); repeatable",
+    )
+    join.add_argument(
+        "--workers",
+        type=_parse_workers,
+        default=1,
+        help=f"engine processes per engine, 1..{MAX_WORKERS} (default 1)",
+    )
+    join.add_argument("--name", default=None, help="this member's name (default HOST:PORT)")
+    join.add_argument("--secret-file", default=None, metavar="PATH", help="the cluster's secret")
+    join.add_argument(
+        "--exit-with-leader",
+        action="store_true",
+        help="exit when the leader is gone (default: wait and join a new one there)",
+    )
+
     from .messages.types import STATUSES
 
     tasks = command("tasks", help="list the tasks of a served runtime")
@@ -248,20 +306,22 @@ def _parser() -> argparse.ArgumentParser:
     journal.add_argument("--status", choices=STATUSES, default=None, help="only those")
     journal.add_argument("--json", action="store_true", help="print a JSON list")
 
-    for c in (tasks, cancel, top):
-        c.add_argument(
-            "--port",
-            type=_parse_port,
-            default=DEFAULT_PORT,
-            help=f"its admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
-        )
+    observers = [tasks, cancel, top]
     for name, text in (("status", "inspect a served runtime"), ("stop", "stop a served runtime")):
-        c = command(name, help=text)
+        observers.append(command(name, help=text))
+    for c in observers:
         c.add_argument(
             "--port",
             type=_parse_port,
             default=DEFAULT_PORT,
-            help=f"its admin port on 127.0.0.1, 1..65535 (default {DEFAULT_PORT})",
+            help=f"its admin port, 1..65535 (default {DEFAULT_PORT})",
+        )
+        c.add_argument(
+            "--host",
+            default="127.0.0.1",
+            metavar="ADDR",
+            help="the address it listens on: 127.0.0.1 (default), or the address of this "
+            "machine a cluster leader was served on (`serve --cluster --host ADDR`)",
         )
     return p
 
@@ -285,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_file(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "join":
+            return _join(args)
         if args.command == "status":
             return _status(args)
         if args.command == "stop":
@@ -508,27 +570,77 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     # clients find the secret in a file only this user can read (or take LLMSPELL_SECRET)
     secret = os.environ.get("LLMSPELL_SECRET") or _frames.new_secret()
-    with Runtime(mode="local", secret=secret, **config) as rt:
+    if args.host is not None and not args.cluster:
+        raise MessageError("--host needs --cluster (a local runtime listens on 127.0.0.1)")
+    mode = "local"
+    if args.cluster:
+        mode = "cluster"
+        config["host"] = args.host or "127.0.0.1"
+    host = config.get("host", "127.0.0.1")
+    with Runtime(mode=mode, secret=secret, **config) as rt:
         _frames.write_secret_file(args.port, secret)
         try:
             _serve_until_stopped(rt, args, stop)
         finally:
             _frames.remove_secret_file(args.port, secret)
-    print(json.dumps({"stopped": f"127.0.0.1:{args.port}"}), flush=True)
+    print(json.dumps({"stopped": f"{host}:{args.port}"}), flush=True)
     return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from . import _cluster
+    from ._driver import parse_address
+
+    _, port = parse_address(args.leader)
+    secret, where = _cluster.member_secret(port, args.secret_file)
+    return _cluster.join(
+        args.leader,
+        host=args.host,
+        port=args.port,
+        engines=args.engines,
+        tags=args.tags,
+        workers=args.workers,
+        secret=secret,
+        secret_from=where,
+        name=args.name,
+        exit_with_leader=args.exit_with_leader,
+    )
+
+
+def _parse_engines(text: str) -> list[str]:
+    from ._options import ENGINES
+
+    names = [e.strip() for e in text.split(",") if e.strip()]
+    bad = [e for e in names if e not in ENGINES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of {', '.join(ENGINES)}, got {text!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _parse_tag(text: str) -> str:
+    if not text or "," in text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"a tag is a name without commas or spaces, got {text!r}")
+    return text
 
 
 def _serve_until_stopped(rt: Any, args: argparse.Namespace, stop: Any) -> None:
     import time
 
     # engines register as their processes come up: report them once they are there
-    expected = sum(int(n) for n in rt._core.config["engines"].values())
+    expected = (
+        0 if rt.mode == "cluster" else sum(int(n) for n in rt._core.config["engines"].values())
+    )
     deadline = time.monotonic() + 30
     engines = rt.stats()["engines"]
     while len(engines) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
         engines = rt.stats()["engines"]
-    serving: dict[str, Any] = {"serving": f"127.0.0.1:{args.port}", "engines": len(engines)}
+    host = args.host or "127.0.0.1"
+    serving: dict[str, Any] = {"serving": f"{host}:{args.port}", "engines": len(engines)}
+    if rt.mode == "cluster":
+        serving["cluster"] = True
     if args.metrics_port is not None:
         serving["metrics"] = f"http://127.0.0.1:{args.metrics_port}/metrics"
     print(json.dumps(serving), flush=True)
@@ -541,7 +653,7 @@ def _observe_command(args: argparse.Namespace) -> int:
     from . import _observe
 
     try:
-        rt = _attach(args.port)
+        rt = _attach(args.port, args.host)
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
@@ -550,7 +662,7 @@ def _observe_command(args: argparse.Namespace) -> int:
             return _observe.tasks_command(rt, args.status, args.json)
         if args.command == "cancel":
             return _observe.cancel_command(rt, args.task_id)
-        return _observe.top_command(rt, f"127.0.0.1:{args.port}", args.interval)
+        return _observe.top_command(rt, f"{args.host}:{args.port}", args.interval)
 
 
 def _stop_requested(rt: Any) -> bool:
@@ -560,7 +672,7 @@ def _stop_requested(rt: Any) -> bool:
         return True  # the runtime is gone
 
 
-def _attach(port: int) -> Any:
+def _attach(port: int, host: str = "127.0.0.1") -> Any:
     """A Runtime attached to the one ``llmspell serve`` runs on ``port``.
 
     Raises ``LlmspellError`` if nothing listens there, or if no llmspell
@@ -571,13 +683,16 @@ def _attach(port: int) -> Any:
 
     from . import Runtime
 
-    address = f"127.0.0.1:{port}"
+    address = f"{host}:{port}"
+    # a served runtime or a cluster leader on 127.0.0.1 attaches the same way; a
+    # leader on another address of this machine as a cluster client
+    mode = "local" if host == "127.0.0.1" else "cluster"
     attached: list[Any] = []
     failed: list[BaseException] = []
 
     def attach() -> None:
         try:
-            attached.append(Runtime(mode="local", address=address))
+            attached.append(Runtime(mode=mode, address=address))
         except BaseException as exc:
             failed.append(exc)
 
@@ -593,7 +708,7 @@ def _attach(port: int) -> Any:
 
 def _status(args: argparse.Namespace) -> int:
     try:
-        with _attach(args.port) as rt:
+        with _attach(args.port, args.host) as rt:
             stats = rt.stats()
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
@@ -602,7 +717,7 @@ def _status(args: argparse.Namespace) -> int:
     print(
         json.dumps(
             {
-                "address": f"127.0.0.1:{args.port}",
+                "address": f"{args.host}:{args.port}",
                 "engines": [
                     {k: e[k] for k in ("engine", "index", "pid", "restarts", "running")}
                     for e in stats["engines"]
@@ -631,12 +746,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     try:
-        with _attach(args.port) as rt:
+        with _attach(args.port, args.host) as rt:
             rt._request_stop()
     except LlmspellError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"stopping": f"127.0.0.1:{args.port}"}))
+    print(json.dumps({"stopping": f"{args.host}:{args.port}"}))
     return 0
 
 

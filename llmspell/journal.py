@@ -781,6 +781,11 @@ class Journal:
             )
         return found
 
+    def forget_calls(self, task_id: str) -> None:
+        """Drop the recorded host calls of ``task_id`` (its next run is a fresh
+        attempt, not a replay)."""
+        self._add(_FORGET_CALLS, (task_id,))
+
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         """A registration (``tool``, ``agent``, ``executor``: replaces the one of
         the same name; ``hook``: one more at point ``name``, unless the same

@@ -58,6 +58,7 @@ from ._task import (
 )
 from .messages import Message, check_data, encode
 from .messages.codec import encode_item, encode_with_items
+from .messages.options import timeout_problem
 from .messages.types import (
     STATUSES,
     TERMINAL,
@@ -77,6 +78,7 @@ from .messages.types import (
     QueryTasks,
     Register,
     Registered,
+    Replaced,
     SpanRecords,
     StatsReply,
     StatusReply,
@@ -86,6 +88,7 @@ from .messages.types import (
     SubmitTasks,
     Subscribe,
     SupervisorEvent,
+    TaskError,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
@@ -128,6 +131,8 @@ _CONFIG = frozenset(
         "secret",
         "max_frame_bytes",
         "journal",
+        "replay_check",  # Simulation.replay_journal: replays stop where their record does
+        "host",
     )
 )
 
@@ -167,9 +172,11 @@ class _Core:
             raise MessageError(
                 f"unknown runtime option {unknown[0]!r}{did_you_mean(unknown[0], _CONFIG)}"
             )
-        if mode == "cluster":
+        if config.get("host") is not None and mode != "cluster":
             raise MessageError(
-                "mode 'cluster' is not available in this version yet; use 'local'", where="mode"
+                "host= is the address a cluster leader binds to (mode='cluster'); "
+                f"a {mode} runtime binds to 127.0.0.1",
+                where="host",
             )
         if isinstance(config.get("journal"), os.PathLike):
             config = dict(config, journal=os.fspath(config["journal"]))
@@ -217,7 +224,7 @@ class _Core:
         self.secret: str | bytes | None = self.config.pop("secret", None)
         if self.config.get("metrics_port") is not None:
             self.config["metrics"] = True  # the scheduler keeps its figures
-        if mode == "local":
+        if mode in ("local", "cluster"):
             per_engine = int(workers or os.cpu_count() or 1)
             # An engine process has a core to itself, and every quantum boundary costs
             # a flush over TCP: longer quanta (cancels still land between them).
@@ -245,6 +252,8 @@ class _Core:
         self.coordinations: dict[str, _Waiter] = {}
         self.streams: dict[str, _Stream] = {}
         self.ack: Callable[[str, int], None] | None = None  # set by the runtime
+        # a runtime process was restarted (local mode; set by the runtime)
+        self.replaced: Callable[[Replaced], None] | None = None
         self.owner: Any = None  # the Runtime its handles are bound to (set by the runtime)
         self.spans: Any = None  # a _tracing.Spans when this runtime traces its tasks
         # why the runtime is degraded (a supervisor gave up), or "": every later call raises
@@ -374,7 +383,7 @@ class _Core:
             waiting = [task_id for task_id, entry in self.views.items() if type(entry) is not tuple]
             coordinations = list(self.coordinations.values())
             self.coordinations.clear()
-        error = {"message": f"the runtime is degraded: {reason}", "kind": "degraded"}
+        error = TaskError(f"the runtime is degraded: {reason}", kind="degraded").wire()
         self.resolve_many([TaskOutcome(task_id, "failed", error=error) for task_id in waiting])
         for waiter in coordinations:
             waiter(None)
@@ -426,7 +435,7 @@ class _Core:
         if type(msg) is TaskOutcomes:
             self.resolve_many(msg.items)
         elif isinstance(msg, SubmitRejected):
-            self.resolve(TaskOutcome(msg.task_id, "rejected", error={"message": msg.message}))
+            self.resolve(TaskOutcome(msg.task_id, "rejected", error=TaskError(msg.message).wire()))
         elif isinstance(msg, CoordinationDone):
             with self.lock:
                 w = self.coordinations.pop(msg.coord_id, None)
@@ -450,6 +459,8 @@ class _Core:
             self.on_chunks(msg)
         elif isinstance(msg, SupervisorEvent) and msg.what == "escalate":
             self.degrade(f"supervisor {msg.supervisor!r} gave up: {msg.detail}")
+        elif type(msg) is Replaced and self.replaced is not None:
+            self.replaced(msg)
 
     def on_served_message(self, msg: Any) -> None:
         """``on_message`` of a client attached to a served runtime: a task the
@@ -656,12 +667,13 @@ def _outcome(task_id: str, ended: _Ended) -> TaskOutcome:
 
 
 def _default_engines(per_engine: int) -> dict[str, int]:
-    from .actors.director import ENGINE_CLASSES, _load
+    from ._imports import import_target
+    from .actors.director import ENGINE_CLASSES
 
     engines = {}
     for name in ("python", "lua", "js"):
         try:
-            _load(ENGINE_CLASSES[name])
+            import_target(ENGINE_CLASSES[name])
         except (ImportError, AttributeError):
             continue
         engines[name] = per_engine
@@ -794,11 +806,13 @@ def _close_open_runtimes() -> None:
 class _Waiter:
     """A one-shot reply slot for a blocking request."""
 
-    __slots__ = ("event", "msg")
+    __slots__ = ("event", "lost", "msg", "what")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.msg: Any = None
+        self.lost = ""  # why no answer comes: the process asked died (local mode)
+        self.what: tuple[str, int] = ("", 0)  # a coordination's strategy and size
 
     def __call__(self, msg: Any) -> None:
         self.msg = msg
@@ -853,6 +867,7 @@ class Runtime:
         self._emits: list[Publish] = []
         self._emit_lock = threading.Lock()
         self._core.ack = self._ack
+        self._core.replaced = self._replaced
         self._core.owner = self
         self._core.state = RuntimeState.OPEN
         if self._gone:  # the served runtime stopped while this one attached
@@ -884,26 +899,33 @@ class Runtime:
         from ._driver import EmbeddedDriver, LocalDriver
 
         core = self._core
-        if core.mode == "local":
-            attach = core.config.get("address")
-            return LocalDriver(
-                core.runtime_id,
-                core.config,
-                core.on_served_message if attach else core.on_message,
-                attach=attach,
-                secret=core.secret,
-                on_lost=self._lost,
-            )
-        return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
+        if core.mode == "embedded":
+            return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
+        driver: type[LocalDriver] = LocalDriver
+        if core.mode == "cluster":
+            from ._cluster import ClusterDriver
+
+            driver = ClusterDriver
+        attach = core.config.get("address")
+        return driver(
+            core.runtime_id,
+            core.config,
+            core.on_served_message if attach else core.on_message,
+            attach=attach,
+            secret=core.secret,
+            on_lost=self._lost,
+        )
 
     # -- lifecycle ----------------------------------------------------------
 
     @property
     def state(self) -> RuntimeState:
+        """The runtime's lifecycle state (``RuntimeState``); reads memory, never blocks."""
         return self._core.state
 
     @property
     def mode(self) -> str:
+        """``"embedded"``, ``"local"`` or ``"cluster"``; never blocks."""
         return self._core.mode
 
     def close(self) -> None:
@@ -930,7 +952,7 @@ class Runtime:
         for waiter in list(self._core.coordinations.values()):
             waiter(None)
         self._core.coordinations.clear()
-        closed = {"message": "the runtime was closed"}
+        closed = TaskError("the runtime was closed").wire()
         self._core.resolve_many(
             [
                 TaskOutcome(task_id, "cancelled", error=closed)
@@ -960,7 +982,7 @@ class Runtime:
             core.replies.clear()
         for waiter in waiters:
             waiter(None)
-        gone = {"message": f"{why}; create a new Runtime", "kind": _CLOSED_KIND}
+        gone = TaskError(f"{why}; create a new Runtime", kind=_CLOSED_KIND).wire()
         core.resolve_many(
             [
                 TaskOutcome(task_id, "cancelled", error=gone)
@@ -968,6 +990,52 @@ class Runtime:
                 if type(entry) is not tuple
             ]
         )
+
+    def _replaced(self, msg: Replaced) -> None:
+        """local mode: a runtime process died and the director restarted it
+        (driver thread). Calls go to the new one from now on; what this
+        facade waits on is asked again (a new scheduler resumed it from the
+        journal) or ends saying which process crashed."""
+        core = self._core
+        core.addresses[msg.role] = msg.address
+        why = msg.crashed
+        log.warning("%s; it was restarted", why)
+        if msg.role in ("scheduler", "events", "resources"):
+            with core.lock:  # a question to it, or its answer, is lost with it
+                replies = list(core.replies.values())
+                core.replies.clear()
+            for reply in replies:
+                if isinstance(reply, _Waiter):  # (the only kind there is)
+                    reply.lost = why
+                    reply(None)
+        if msg.role == "scheduler":
+            self._scheduler = msg.address
+            with core.lock:
+                waiting = [task_id for task_id, e in core.views.items() if type(e) is not tuple]
+            if msg.journaled:
+                if waiting:
+                    self._driver.send(msg.address, encode(WatchTasks(waiting)))
+            else:
+                error = {"message": f"{why}; the task was lost with it", "kind": "failed"}
+                core.resolve_many([TaskOutcome(t, "failed", error=dict(error)) for t in waiting])
+            if core.spans is not None:
+                self._driver.send(msg.address, encode(TraceTo(0, True)))
+        elif msg.role == "events":
+            self._events = msg.address
+            for sub in list(core.subscriptions.values()):
+                self._driver.send(
+                    msg.address, encode(Subscribe(sub.sub_id, sub.pattern, sub.limit))
+                )
+        elif msg.role == "coordinator":
+            from .actors.aggregators import empty_result
+
+            with core.lock:
+                coordinations = dict(core.coordinations)
+                core.coordinations.clear()
+            message = f"{why} while the coordination ran"
+            for coord_id, waiter in coordinations.items():
+                strategy, n = waiter.what
+                waiter(CoordinationDone(coord_id, empty_result(strategy, n, message)))
 
     def __enter__(self) -> Runtime:
         return self
@@ -1063,6 +1131,8 @@ class Runtime:
         return "pending" if status == "unknown" else status
 
     def is_completed(self, handle: Handle | str) -> bool:
+        """True when the task has ended (its ``status`` is terminal). Blocks as ``status``
+        does (at most one round trip to the scheduler) and raises what it raises."""
         return self.status(handle) in TERMINAL
 
     def progress(self, handle: Handle | str) -> Progress | None:
@@ -1193,6 +1263,10 @@ class Runtime:
                     e["cpu_percent"] = proc["cpu_percent"]
                     e["over_memory"] = proc["over_memory"]
             stats["resources"] = resources
+        director = self._core.addresses.get("director")
+        if self._core.mode == "local" and director is not None:
+            pids: StatsReply = self._ask(lambda ref: QueryStats(ref), to=director)
+            stats["processes"] = dict(pids.stats.get("processes") or {})
         return stats
 
     def tasks(self, status: str | None = None) -> list[TaskInfo]:
@@ -1397,14 +1471,9 @@ class Runtime:
         is left and returns a result with ``timed_out`` set (it does not raise).
         """
         strat = Strategy.parse(strategy)
-        if timeout is not None and (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, (int, float))
-            or not 0 < timeout < float("inf")
-        ):
-            raise MessageError(
-                f"must be a positive number of seconds, got {timeout!r}", where="timeout"
-            )
+        problem = timeout_problem(timeout)
+        if problem is not None:
+            raise MessageError(problem, where="timeout")
         if inputs is not None:
             if isinstance(inputs, (str, bytes, dict)) or not isinstance(inputs, Iterable):
                 raise MessageError(
@@ -1449,6 +1518,7 @@ class Runtime:
             raise LlmspellError("this runtime has no coordinator")
         coord_id = f"coord-{new_task_id()}"  # a simulation's repeat with its seed
         w = _Waiter()
+        w.what = (strategy, len(specs))
         with self._core.lock:
             self._core.coordinations[coord_id] = w
         self._driver.send(
@@ -1476,23 +1546,23 @@ class Runtime:
             if not staged and i < len(statuses) and statuses[i] != "succeeded":
                 error = errors[i] if i < len(errors) and isinstance(errors[i], dict) else None
                 if error is None and i in failed:
-                    error = {"message": failed[i]}
+                    error = TaskError(failed[i]).wire()
                 elif error is None:
-                    error = {"message": "cancelled by its coordination"}
+                    error = TaskError("cancelled by its coordination").wire()
                 o = TaskOutcome(spec.id, str(statuses[i]), None, error)
             elif staged:  # pipeline over inputs: the stages ran as per-input clones
                 o = (
                     TaskOutcome(spec.id, "succeeded")
                     if result.get("ok")
                     else TaskOutcome(
-                        spec.id, "failed", error={"message": "the pipeline did not succeed"}
+                        spec.id, "failed", error=TaskError("the pipeline did not succeed").wire()
                     )
                 )
             elif i in failed:
-                o = TaskOutcome(spec.id, "failed", error={"message": failed[i]})
+                o = TaskOutcome(spec.id, "failed", error=TaskError(failed[i]).wire())
             elif i in cancelled:
                 o = TaskOutcome(
-                    spec.id, "cancelled", error={"message": "cancelled by its coordination"}
+                    spec.id, "cancelled", error=TaskError("cancelled by its coordination").wire()
                 )
             else:
                 o = TaskOutcome(spec.id, "succeeded", values[i] if i < len(values) else None)
@@ -1604,6 +1674,8 @@ class Runtime:
             self._pump(w.event.is_set, None)
         if not w.event.wait(timeout):
             raise TimeoutError("the runtime did not answer in time")
+        if w.msg is None and w.lost:
+            raise LlmspellError(f"{w.lost} before it answered; it was restarted: ask again")
         if w.msg is None:
             raise RuntimeClosed("the runtime went away before it answered; create a new Runtime")
         return w.msg
@@ -1654,6 +1726,9 @@ class AsyncRuntime:
         return self._runtime()
 
     async def start(self) -> AsyncRuntime:
+        """Start the runtime (``Runtime(mode, **config)``) in a worker thread: waits as long as
+        that takes (engines started, seconds in local mode). Raises ``RuntimeClosed`` when
+        already started, and what ``Runtime(...)`` raises (``MessageError`` for a bad option)."""
         if self._rt is not None:
             raise RuntimeClosed("this AsyncRuntime was already started")
         loop = asyncio.get_running_loop()
@@ -1672,15 +1747,22 @@ class AsyncRuntime:
         return self._rt
 
     async def close(self) -> None:
+        """``Runtime.close`` in a worker thread: cancels what is unfinished and stops the
+        actor system (waits for that, about a second at most). Idempotent."""
         if self._rt is not None:
             rt = self._rt
             await asyncio.get_running_loop().run_in_executor(None, rt.close)
 
     async def submit(self, task: Task) -> Handle:
+        """``Runtime.submit`` without blocking the loop (queues at once); the handle is
+        awaitable (``await h`` is ``await rt.result(h)``). Raises ``MessageError``,
+        ``RuntimeClosed``, ``RuntimeDegraded`` as ``Runtime.submit``."""
         (h,) = await self.submit_many([task])
         return h
 
     async def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
+        """``Runtime.submit_many``: all the tasks or none (queued at once, no waiting);
+        awaitable handles. Raises as ``Runtime.submit_many``."""
         handles = self._runtime().submit_many(tasks)
         for h in handles:
             _SET_OWNER(h, self)  # awaitable: ``await h``
@@ -1779,6 +1861,10 @@ class AsyncRuntime:
                 rt._core.off_done(v, cb)
 
     async def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
+        """The task's value: awaits its end (up to ``timeout`` seconds, None: for ever)
+        without blocking the loop. Raises what the task ended with (``TaskFailed``,
+        ``TaskCancelled``, ``TaskTimeout``), the builtin ``TimeoutError`` when ``timeout``
+        runs out (the task goes on), ``RuntimeDegraded``/``RuntimeClosed``."""
         rt = self._runtime()
         try:
             task_id, v = rt._core.view(handle)
@@ -1801,21 +1887,28 @@ class AsyncRuntime:
         return _Core.value_of(task_id, outcome)
 
     async def cancel(self, handle: Handle | str) -> bool:
+        """``Runtime.cancel`` in a worker thread: True if the task had not finished (it
+        ends ``cancelled``), False if it had already ended."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.cancel, handle)
 
     async def status(self, handle: Handle | str) -> str:
+        """``Runtime.status`` in a worker thread (at most one round trip to the scheduler;
+        none once the task's end is known here)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.status, handle)
 
     async def is_completed(self, handle: Handle | str) -> bool:
+        """True when the task has ended (``status`` is terminal); as ``status``."""
         return await self.status(handle) in TERMINAL
 
     async def progress(self, handle: Handle | str) -> Progress | None:
+        """``Runtime.progress`` in a worker thread: the task's last progress, or None."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.progress, handle)
 
     async def stats(self) -> dict[str, Any]:
+        """``Runtime.stats`` in a worker thread (a round trip to each actor asked)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
 
@@ -1832,6 +1925,9 @@ class AsyncRuntime:
         timeout: float | None = None,
         inputs: list[Any] | None = None,
     ) -> CoordinationResult:
+        """``Runtime.coordinate`` in a worker thread: awaits until every task ended or
+        ``timeout`` ran out (then ``timed_out`` is set; it does not raise). Raises
+        ``MessageError`` for a bad strategy, timeout or inputs."""
         rt = self._runtime()
         tasks = list(tasks)
         return await asyncio.get_running_loop().run_in_executor(
@@ -1841,10 +1937,13 @@ class AsyncRuntime:
     async def run_workflow(
         self, path_or_dict: str | Path | Mapping[str, Any]
     ) -> CoordinationResult:
+        """``Runtime.run_workflow`` in a worker thread: awaits the workflow's end.
+        Raises ``MessageError`` for a malformed workflow (nothing runs then)."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow, path_or_dict)
 
     async def emit(self, event: str, payload: Any = None) -> None:
+        """``Runtime.emit``: publishes at once, no waiting."""
         self._runtime().emit(event, payload)
 
     async def register_tool(
@@ -1855,20 +1954,26 @@ class AsyncRuntime:
         *,
         description: str | None = None,
     ) -> None:
+        """``Runtime.register_tool`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for a bad name, target or schema."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: rt.register_tool(name, target, schema, description=description)
         )
 
     async def register_agent(self, name: str, target: Any) -> None:
+        """``Runtime.register_agent`` in a worker thread (awaits the registry's answer)."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_agent, name, target)
 
     async def register_hook(self, point: str, target: Any) -> None:
+        """``Runtime.register_hook`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for an unknown hook point."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_hook, point, target)
 
     async def register_executor(self, kind: str, target: Any) -> None:
+        """``Runtime.register_executor`` in a worker thread (awaits the registry's answer)."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_executor, kind, target)
 
@@ -1881,4 +1986,6 @@ class AsyncRuntime:
         return _aiter_stream(it)
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
+        """``Runtime.subscribe``: a ``Subscription`` at once (no waiting); read it with
+        ``get(timeout=...)`` or iterate."""
         return self._runtime().subscribe(pattern, limit=limit)

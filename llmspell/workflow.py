@@ -58,8 +58,10 @@ from typing import Any
 import yaml
 
 from ._exceptions import MessageError
-from ._task import Strategy, new_task_id
+from ._task import Strategy
 from .messages import check_data
+from .messages.ids import new_task_id
+from .messages.options import task_option_problems, timeout_problem
 from .messages.types import PRIORITIES, TaskSpec
 
 __all__ = ["Workflow", "load_workflow"]
@@ -428,18 +430,14 @@ class _Loader:
             else:
                 spec.input = step["input"]
         spec.timeout = self.seconds(step.get("timeout"), f"{where}.timeout")
-        retries = step.get("retries", 0)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            self.problem(f"{where}.retries", f"must be an integer >= 0, got {retries!r}")
-        else:
-            spec.retries = retries
-        priority = step.get("priority", "normal")
-        if priority not in PRIORITIES:
-            self.problem(
-                f"{where}.priority", f"must be one of {', '.join(PRIORITIES)}, got {priority!r}"
-            )
-        else:
-            spec.priority = PRIORITIES[priority]
+        bad = dict(task_option_problems(step))
+        for name in ("retries", "priority"):
+            if name in bad:
+                self.problem(f"{where}.{name}", bad[name])
+        if "retries" not in bad:
+            spec.retries = step.get("retries", 0)
+        if "priority" not in bad:
+            spec.priority = PRIORITIES[step.get("priority", "normal")]
         spec.metadata = {"workflow": self.name, "step": sid}
         return spec if len(self.problems) == before else None
 
@@ -583,14 +581,15 @@ class _Loader:
     def seconds(self, value: Any, where: str) -> float | None:
         if value is None:
             return None
-        # "not value > 0" rejects NaN too; "value > _MAX_SECONDS" rejects infinity
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            self.problem(where, f"must be a positive number of seconds, got {value!r}")
-            return None
-        if value > _MAX_SECONDS:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and value > _MAX_SECONDS:  # infinity too
             self.problem(
                 where, f"must be at most {_MAX_SECONDS:.0f} s (about 3 years), got {value!r}"
             )
+            return None
+        problem = timeout_problem(value)
+        if problem is not None:
+            self.problem(where, problem)
             return None
         return float(value)
 

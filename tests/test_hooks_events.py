@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from conftest import SCRIPT_PYTHON
 
-from llmspell import Event, MessageError, Runtime, Task, TaskFailed
-from llmspell.runtime import Subscription
+from llmspell import Event, MessageError, Runtime, Subscription, Task, TaskFailed
 
 LUA_HOOK = Task.lua(
     'spell.emit("hook.lua." .. spell.args.point, spell.args) return spell.args.point'

@@ -63,3 +63,15 @@ def test_mypy_sees_the_installed_package_types(tmp_path: Path) -> None:
     assert "import-not-found" not in out.stdout, out.stdout
     assert 'expression has type "Task", variable has type "str"' in out.stdout, out.stdout
     assert out.stdout.count("error:") == 1, out.stdout
+
+
+@pytest.mark.parametrize("name", ["prelude.lua", "prelude.js"])
+def test_script_preludes_are_package_data(name: str) -> None:
+    """The Lua and JavaScript sandboxes are files the wheel ships: listed as package
+    data, and readable through importlib.resources from the installed package."""
+    from importlib import resources
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert f"engines/{name}" in project["tool"]["setuptools"]["package-data"]["llmspell"]
+    text = resources.files("llmspell.engines").joinpath(name).read_text(encoding="utf-8")
+    assert "llmspell" in text.splitlines()[0]

@@ -16,10 +16,10 @@ from llmspell import (
     Limits,
     ResourceLimitExceeded,
     Runtime,
+    Subscription,
     Task,
     TaskCancelled,
 )
-from llmspell.runtime import Subscription
 
 LUA_SPIN = """
 local x = 0
@@ -270,6 +270,25 @@ def test_agents_are_killed_over_cpu(rt: Runtime) -> None:
     h = rt.submit(Task.agent("spinner", 100, limits=Limits(cpu_seconds=0.05)))
     with pytest.raises(ResourceLimitExceeded, match="agent task used"):
         rt.result(h, timeout=30)
+
+
+def test_agents_over_cpu_with_warn_run_on_and_publish_once(rt: Runtime) -> None:
+    rt.register_agent("spinner", "agent_targets:Spinner")
+    sub = rt.subscribe("llmspell.resource.warn")
+    h = rt.submit(Task.agent("spinner", 6, limits=Limits(cpu_seconds=0.03, on_exceed="warn")))
+    assert rt.result(h, timeout=30)["content"] == "012345"
+    warning = wait_for(sub, "llmspell.resource.warn", h.id)
+    assert warning["resource"] == "cpu_seconds" and warning["used"] > warning["limit"] == 0.03
+    with pytest.raises(TimeoutError):
+        sub.get(timeout=0.3)  # once per resource, not once per chunk
+
+
+def test_agents_over_cpu_with_throttle_are_parked_and_finish(rt: Runtime) -> None:
+    rt.register_agent("spinner", "agent_targets:Spinner")
+    sub = rt.subscribe("llmspell.resource.throttle")
+    h = rt.submit(Task.agent("spinner", 6, limits=Limits(cpu_seconds=0.03, on_exceed="throttle")))
+    assert rt.result(h, timeout=60)["content"] == "012345"
+    assert wait_for(sub, "llmspell.resource.throttle", h.id)["resource"] == "cpu_seconds"
 
 
 def test_resource_wait_is_granted_by_the_tracker(rt: Runtime) -> None:

@@ -129,6 +129,24 @@ def problems(wf: Any) -> str:
     return str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("priority", ["high"], "must be one of low, normal, high, critical, got ['high']"),
+        (
+            "priority",
+            "hihg",
+            "must be one of low, normal, high, critical, got 'hihg' (did you mean 'high'?)",
+        ),
+        ("retries", 2**31, "must be an integer from 0 to 2**31 - 1, got 2147483648"),
+        ("retries", True, "must be an integer from 0 to 2**31 - 1, got True"),
+    ],
+)
+def test_step_options_follow_the_task_option_rules(option: str, value: Any, expected: str) -> None:
+    step = {**ONE_STEP[0], option: value}
+    assert f"step 'a'.{option}: {expected}" in problems({"steps": [step]})
+
+
 def test_a_malformed_workflow_lists_every_problem_at_once(rt: Runtime) -> None:
     wf = {
         "name": "broken",

@@ -65,6 +65,7 @@ from ..messages.types import (
     StopAggregation,
     SubmitRejected,
     SubmitTasks,
+    TaskError,
     TaskOutcome,
     TaskOutcomes,
     TaskSpec,
@@ -321,7 +322,7 @@ class Aggregator(WireActor):
         self._maybe_answer()
 
     def on_submit_rejected(self, msg: SubmitRejected, sender: ActorAddress) -> None:
-        self._outcome(TaskOutcome(msg.task_id, "failed", error={"message": msg.message}))
+        self._outcome(TaskOutcome(msg.task_id, "failed", error=TaskError(msg.message).wire()))
         self._maybe_answer()
 
     def _outcome(self, o: TaskOutcome) -> None:

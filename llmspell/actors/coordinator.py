@@ -41,9 +41,11 @@ from ..messages.types import (
     EngineReady,
     EngineResults,
     Introduce,
+    Replaced,
     StartAggregation,
     StopAggregation,
     StopTasks,
+    TaskError,
     TaskOutcome,
     TaskSpec,
 )
@@ -116,16 +118,41 @@ class Coordinator(WireActor):
         self._results: list[TaskOutcome] = []
         self.closing = False
         self.journaled = False  # the runtime has a journal (Runtime(journal=...))
+        self.capacity = WORKFLOW_CAPACITY
 
     # -- set-up -------------------------------------------------------------------
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         self.addresses.update(msg.addresses)
         self.journaled = bool(msg.config.get("journal"))
+        self.capacity = int(msg.config.get("workflow_capacity", WORKFLOW_CAPACITY))
         scheduler = self.addresses.get("scheduler")
         if scheduler is not None:
-            capacity = int(msg.config.get("workflow_capacity", WORKFLOW_CAPACITY))
-            self.send_msg(scheduler, EngineReady("workflow", 0, os.getpid(), capacity))
+            self.send_msg(scheduler, EngineReady("workflow", 0, os.getpid(), self.capacity))
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and was restarted (local mode). A new
+        scheduler knows none of the tasks the running coordinations wait on:
+        each ends now, its requester told why; workflow tasks are the
+        scheduler's to run again or fail; the coordinator registers again."""
+        self.addresses[msg.role] = msg.address
+        if msg.role != "scheduler":
+            return
+        runs, self.runs = self.runs, {}
+        self.children.clear()
+        self.workflows.clear()
+        self.by_task.clear()
+        self._results.clear()
+        for run in runs.values():
+            self.send(run.address, ActorExitRequest())
+            if not run.ended and run.requester != self.myAddress:
+                message = f"{msg.crashed} while the coordination ran"
+                self._answer(
+                    run.requester,
+                    run.coord_id,
+                    empty_result(run.strategy, len(run.task_ids), message),
+                )
+        self.send_msg(msg.address, EngineReady("workflow", 0, os.getpid(), self.capacity))
 
     # -- coordination requests ----------------------------------------------------
 
@@ -298,7 +325,7 @@ class Coordinator(WireActor):
 
 
 def _error(message: str) -> dict[str, Any]:
-    return {"message": message, "kind": "failed", "engine": "workflow"}
+    return TaskError(message, kind="failed", engine="workflow").wire()
 
 
 def _why(wf: _Workflow, result: dict[str, Any]) -> str:

@@ -10,13 +10,24 @@ stops its children.
 
 from __future__ import annotations
 
-import importlib
+import os
 from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest
 
+from .. import _clock
 from .._actor import WireActor, addr_key, log
-from ..messages.types import Hello, Introduce, Ping, Pong, Shutdown, SupervisorEvent
+from ..messages.types import (
+    Hello,
+    Introduce,
+    Ping,
+    Pong,
+    QueryStats,
+    Replaced,
+    Shutdown,
+    StatsReply,
+    SupervisorEvent,
+)
 from ..supervisors.supervisor import ChildSpec, Supervisor, SupervisorSpec
 from .coordinator import Coordinator
 from .events import EventBus
@@ -38,6 +49,8 @@ ENGINE_CLASSES = {
 def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
     """The engines' supervisor: one child per engine worker, one-for-one."""
     counts: dict[str, int] = config.get("engines", {"python": 1})
+    if config.get("cluster"):  # a cluster's engines run on its members (actors.cluster)
+        counts = {}
     children = [
         ChildSpec(f"{engine}/{index}", ENGINE_CLASSES[engine], {"engine": engine, "index": index})
         for engine, count in counts.items()
@@ -58,6 +71,7 @@ def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
 
 
 _WATCHDOG_PERIOD = 1.0
+WATCH_PERIOD = 0.5  # how often the director looks at its children's processes (s)
 _MAX_CLIENTS = 256  # attached clients remembered (the newest)
 
 
@@ -95,9 +109,13 @@ def _terminate_admin() -> None:
     os._exit(0)
 
 
-def _load(path: str) -> Any:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+_ROLES: dict[str, type[WireActor]] = {
+    "events": EventBus,
+    "scheduler": Scheduler,
+    "coordinator": Coordinator,
+    "resources": ResourceTracker,
+    "supervisor": Supervisor,
+}
 
 
 class Director(WireActor):
@@ -121,6 +139,15 @@ class Director(WireActor):
         # clients attached with Hello (local mode: other processes): told when the
         # runtime shuts down, so their calls end with RuntimeClosed, not a time-out
         self.clients: list[ActorAddress] = []
+        # local mode: the processes of the runtime's actors, watched and restarted
+        # (see the "watching" section below)
+        self.roles: dict[str, ActorAddress] = {}  # role -> its actor now
+        self.classes: dict[str, type[WireActor]] = dict(_ROLES)  # role -> its actor class
+        self.procs: dict[str, Any] = {}  # role -> psutil.Process of its actor
+        self.below: dict[str, list[Any]] = {}  # role -> processes it started (engines...)
+        self.restarting: dict[str, int] = {}  # role -> pid of the process that died
+        self.restart_times: list[float] = []
+        self.watching = False
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         if self.started:
@@ -132,13 +159,12 @@ class Director(WireActor):
         self.requester = sender
         self.facades[addr_key(sender)] = sender
         # Engines are created by their supervisor: only a parent hears that a child died.
-        roles = {
-            "events": EventBus,
-            "scheduler": Scheduler,
-            "coordinator": Coordinator,
-            "resources": ResourceTracker,
-            "supervisor": Supervisor,
-        }
+        roles: dict[str, type[WireActor]] = dict(_ROLES)
+        if self.config.get("cluster"):  # the leader of a cluster: places engines on members
+            from .cluster import ClusterManager
+
+            roles["cluster"] = ClusterManager
+        self.classes = roles
         self.addresses = {"director": self.myAddress}
         self.expected = set(roles)
         for role, cls in roles.items():
@@ -148,17 +174,26 @@ class Director(WireActor):
             self.send_msg(self.createActor(cls), Ping(role))
 
     def on_pong(self, msg: Pong, sender: ActorAddress) -> None:
+        if msg.role in self.restarting:
+            self._replacement_up(msg, sender)
+            return
         if msg.role not in self.expected:
             return
         self.expected.discard(msg.role)
+        self.roles[msg.role] = sender
+        self._note_process(msg.role, msg.pid)
         self.addresses[msg.role] = sender
         if self.expected:
             return
         supervisor = self.addresses.pop("supervisor")
+        cluster = self.addresses.pop("cluster", None)
         self.children = [
             self.addresses[r] for r in ("scheduler", "events", "coordinator", "resources")
         ]
         self.engines = [supervisor]
+        if cluster is not None:
+            self.engines.append(cluster)
+            self.send_msg(cluster, Introduce(self.runtime_id, self.addresses, self.config))
         for addr in self.children:
             self.send_msg(addr, Introduce(self.runtime_id, self.addresses, self.config))
         spec = engine_supervisor_spec(self.config)
@@ -170,14 +205,24 @@ class Director(WireActor):
         )
         self.send_msg(
             self.requester,
-            Introduce(self.runtime_id, self.addresses, dict(self.config, you=self.requester)),
+            Introduce(
+                self.runtime_id,
+                self.addresses,
+                dict(self.config, you=self.requester, director_pid=os.getpid()),
+            ),
         )
         if self.config.get("owner_pid"):
             self.wake_after(_WATCHDOG_PERIOD, "watchdog")
+        if self.config.get("mode") == "local":
+            self.watching = True
+            self.wake_after(WATCH_PERIOD, "watch")
 
     def on_wakeup(self, payload: Any) -> None:
         """local mode: when the process that owns the runtime is gone (killed,
         crashed), stop everything, the admin process included."""
+        if payload == "watch":
+            self._watch()
+            return
         if payload != "watchdog" or self.stopped:
             return
         owner = int(self.config.get("owner_pid") or 0)
@@ -235,3 +280,117 @@ class Director(WireActor):
 
     def on_child_exited(self, child: ActorAddress) -> None:
         log.debug("director: child %s exited", child)
+        if not self.watching or self.stopped:
+            return
+        for role, address in list(self.roles.items()):
+            if address == child:
+                self._died(role)
+
+    # -- watching: every process of the runtime is restarted when it dies ---------------
+    #
+    # local mode only (every actor a process of its own). Thespian can drop the
+    # ChildActorExited it owes a parent, so the children's pids are polled as well.
+    # A dead child is created again (restart intensity as for the engines: more than
+    # ``supervision.intensity`` restarts within ``supervision.period`` s and the
+    # runtime is degraded), and everyone who holds its address learns the new one
+    # (``Replaced``): the other children, the engines (through their supervisor),
+    # the facades. What each of them does about the work it lost is theirs to say.
+
+    def on_query_stats(self, msg: QueryStats, sender: ActorAddress) -> None:
+        """The pid of each runtime process it watches (local mode), its own too."""
+        procs = {role: int(p.pid) for role, p in self.procs.items()}
+        if procs:
+            procs["director"] = os.getpid()
+        self.send_msg(sender, StatsReply(msg.ref, {"processes": procs}))
+
+    def _note_process(self, role: str, pid: int) -> None:
+        if not pid:
+            return
+        import psutil
+
+        try:
+            self.procs[role] = psutil.Process(pid)
+        except psutil.Error:  # already gone: noticed on the next look
+            self.procs.pop(role, None)
+
+    def _watch(self) -> None:
+        if self.stopped:
+            return
+        import psutil
+
+        for role, proc in list(self.procs.items()):
+            try:
+                dead = not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                dead = True
+            if dead:
+                self._died(role)
+                continue
+            if role in ("supervisor", "coordinator"):  # engines, aggregators: orphans if it dies
+                try:
+                    self.below[role] = proc.children(recursive=True)
+                except psutil.Error:
+                    pass
+        self.wake_after(WATCH_PERIOD, "watch")
+
+    def _died(self, role: str) -> None:
+        if self.stopped or role in self.restarting or self.degraded:
+            return
+        proc = self.procs.pop(role, None)
+        pid = int(proc.pid) if proc is not None else 0
+        log.warning("director: the %s process (pid %d) died", role, pid)
+        for orphan in self.below.pop(role, ()):  # what it started cannot be reached now
+            try:
+                orphan.kill()
+            except Exception:
+                pass
+        sup: dict[str, Any] = dict(self.config.get("supervision") or {})
+        intensity = int(sup.get("intensity", 10))
+        period = float(sup.get("period", 30.0))
+        t = _clock.monotonic()
+        self.restart_times = [h for h in self.restart_times if t - h <= period]
+        self.restart_times.append(t)
+        if len(self.restart_times) > intensity:
+            detail = (
+                f"the {role} process (pid {pid}) died; more than {intensity} restarts "
+                f"of the runtime's processes within {period} s"
+            )
+            self.on_supervisor_event(
+                SupervisorEvent("director", role, "escalate", detail), self.myAddress
+            )
+            return
+        self.restarting[role] = pid
+        self.send_msg(self.createActor(self.classes[role]), Ping(role))
+
+    def _replacement_up(self, msg: Pong, sender: ActorAddress) -> None:
+        """The new actor of a role that died answers: it gets its introduction,
+        and everyone who held the dead one's address the new one."""
+        role = msg.role
+        pid = self.restarting.pop(role)
+        old = self.roles.get(role)
+        self.roles[role] = sender
+        self._note_process(role, msg.pid)
+        if self.stopped:
+            self.send(sender, ActorExitRequest())
+            return
+        note = Replaced(role, sender, pid, bool(self.config.get("journal")), msg.pid)
+        if role == "supervisor":
+            # the scheduler first loses what ran on the dead engines, then new ones register
+            for address in [*self.children, *self.facades.values()]:
+                self.send_msg(address, note)
+            self.engines = [sender]
+            spec = engine_supervisor_spec(self.config)
+            self.send_msg(
+                sender,
+                Introduce(
+                    self.runtime_id, self.addresses, dict(self.config, supervisor=spec.to_dict())
+                ),
+            )
+            return
+        else:
+            self.addresses[role] = sender
+            self.children = [sender if c == old else c for c in self.children]
+            self.send_msg(sender, Introduce(self.runtime_id, self.addresses, self.config))
+            others = [c for c in self.children if c != sender] + list(self.engines)
+        for address in [*others, *self.facades.values()]:
+            self.send_msg(address, note)

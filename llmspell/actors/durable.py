@@ -44,7 +44,11 @@ from ..table import (
 )
 from ..table.table import input_key
 
-__all__ = ["Durable"]
+__all__ = ["Durable", "crash"]
+
+# the Durables of this process by journal path (a Simulation's restart fault
+# stops one from writing as a crash of its process would: ``crash``)
+_OPEN: dict[str, Durable] = {}
 
 _SCRIPTS = frozenset(("lua", "js"))
 
@@ -83,6 +87,7 @@ class Durable:
         self.calls: dict[str, dict[int, list[Any]]] = {}
         self.keep = max(1_000, 100 * table.history)
         self._since_trim = 0
+        _OPEN[path] = self
 
     # -- writing ----------------------------------------------------------------------
 
@@ -139,6 +144,12 @@ class Durable:
         if self.journal is not None:
             self.journal.host_call(task_id, n, str(op), call, result, error, bool(done))
         return bool(done) and (before is None or not before[5])
+
+    def fresh_attempt(self, task_id: str) -> None:
+        """The task failed and is retried: its next run makes its host calls
+        afresh (a replay would only fail the same way again)."""
+        if self.calls.pop(task_id, None) is not None and self.journal is not None:
+            self.journal.forget_calls(task_id)
 
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         if self.journal is not None:
@@ -256,8 +267,21 @@ class Durable:
         """Stop writing (what was not committed is dropped, as in a crash)."""
         j, self.journal = self.journal, None
         self.table.log = None
+        if _OPEN.get(self.path) is self:
+            del _OPEN[self.path]
         if j is not None:
             try:
                 j.close()
             except JournalError:
                 log.exception("journal %s: closing failed", self.path)
+
+
+def crash(path: str) -> bool:
+    """Stop the scheduler of this process that writes ``path`` from writing
+    anything more, as the death of its process would (what it had not
+    committed is dropped). True if there was one."""
+    durable = _OPEN.get(path)
+    if durable is None:
+        return False
+    durable.close()
+    return True

@@ -31,6 +31,7 @@ from ..messages.types import (
     Publish,
     PublishBatch,
     QueryStats,
+    Replaced,
     StatsReply,
     Subscribe,
     Unsubscribe,
@@ -72,6 +73,14 @@ class EventBus(WireActor):
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         self.scheduler = msg.addresses.get("scheduler")
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A new scheduler (local mode, after a crash) learns every pattern
+        someone subscribed to: it publishes the events they match."""
+        if msg.role == "scheduler":
+            self.scheduler = msg.address
+            self._added = list(self.patterns)
+            self._removed = []
 
     def on_subscribe(self, msg: Subscribe, sender: ActorAddress) -> None:
         old = self.subs.get(msg.sub_id)

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import MessageError
-from .._task import HOOK_POINTS
+from ..messages.options import HOOK_POINTS
 from ..messages.types import TaskSpec
 from ..schema import check_schema, validate
 

@@ -54,6 +54,7 @@ from ..messages.types import (
     Introduce,
     Publish,
     QueryStats,
+    Replaced,
     ResourceGrant,
     ResourceWait,
     StatsReply,
@@ -117,6 +118,9 @@ class ResourceTracker(WireActor):
         self.interval = max(0.01, float(cfg.get("resource_interval", self.interval)))
         if self.engine_memory is not None:
             self._sample_soon(self.interval)
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        self.addresses[msg.role] = msg.address
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
         self.engines[(msg.engine, msg.index)] = _Engine(msg.engine, msg.index, msg.pid)

@@ -62,7 +62,7 @@ from .._actor import WireActor, addr_key, log
 from .._clock import now
 from .._exceptions import JournalError, MessageError
 from .._options import ENGINES
-from .._task import new_task_id
+from ..messages.ids import new_task_id
 from ..messages.types import (
     Ack,
     CancelReply,
@@ -87,6 +87,7 @@ from ..messages.types import (
     QueryTasks,
     Register,
     Registered,
+    Replaced,
     SpanRecords,
     StatsReply,
     StatusReply,
@@ -164,12 +165,15 @@ class _Slot:
         "address",
         "capacity",
         "engine",
+        "host",
         "index",
         "key",
+        "member",
         "paused",
         "pid",
         "restarts",
         "running",
+        "tags",
     )
 
     def __init__(self, ready: EngineReady, address: ActorAddress) -> None:
@@ -182,6 +186,10 @@ class _Slot:
         self.key = addr_key(address)
         self.running: set[str] = set()
         self.paused = False  # over the runtime's engine_memory: no new tasks
+        # cluster mode: the member running it, its address and tags (llmspell.actors.cluster)
+        self.member = ready.member
+        self.host = ready.host or "127.0.0.1"
+        self.tags = frozenset(ready.tags or ())
 
 
 class Scheduler(WireActor):
@@ -226,6 +234,9 @@ class Scheduler(WireActor):
         # WatchTasks can overtake its SubmitTasks on the way here)
         self._early: dict[str, list[ActorAddress]] = {}
         self.absent: set[str] = set()  # engines this runtime does not start
+        # cluster mode: ready queues of tasks with tags=[...] ("lua#gpu,big"), by engine
+        self.cluster = False
+        self._tagged: dict[str, set[str]] = defaultdict(set)
         # tracing (see llmspell._tracing): facades that asked for span records, the
         # records not sent yet per facade, the next batch number per facade, and
         # span events (retries, crashes) of unfinished tasks
@@ -240,6 +251,7 @@ class Scheduler(WireActor):
         # the journal (Runtime(journal=path), llmspell.actors.durable): None without one
         self.durable: Durable | None = None
         self._restored_hooks: list[tuple[str, Any]] = []  # hooks the journal gave back
+        self._lost: set[str] = set()  # tasks lost with their engine, to run again (journal)
 
     # -- set-up -------------------------------------------------------------
 
@@ -258,8 +270,10 @@ class Scheduler(WireActor):
         )
         if msg.config.get("metrics") and self._metrics is None:
             self._metrics = _Metrics()
+        self.cluster = bool(msg.config.get("cluster"))
         engines = msg.config.get("engines")
-        if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
+        # a task for an engine the runtime never starts fails (a cluster's members come later)
+        if isinstance(engines, dict) and not self.cluster:
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
         path = msg.config.get("journal")
         if path and self.durable is None:
@@ -318,6 +332,20 @@ class Scheduler(WireActor):
                     s.capacity = 0  # takes nothing until it registers again
                     self._lose_slot(s, f"engine was {msg.detail} while running this task")
             return
+        if msg.what == "lost":  # cluster: its member is gone, and the engine with it
+            for s in self.slots.get(msg.engine, ()):
+                if s.index == msg.index:
+                    s.capacity = 0
+                    self._lose_slot(s, f"{msg.detail}; it was running this task")
+            self.slots[msg.engine] = [
+                s for s in self.slots.get(msg.engine, ()) if s.index != msg.index
+            ]
+            self.crashes += 1
+            self._publish(
+                "llmspell.engine.crash",
+                {"engine": msg.engine, "index": msg.index, "detail": msg.detail},
+            )
+            return
         if msg.what != "crash":
             return
         for s in self.slots.get(msg.engine, ()):
@@ -346,8 +374,37 @@ class Scheduler(WireActor):
                     rec, "llmspell.engine.crash", {"engine": slot.engine, "index": slot.index}
                 )
             error = _err(message, engine=slot.engine)
+            if self.durable is not None:  # its re-run replays the host calls it made
+                self._lost.add(task_id)
             self.table.apply(Ended(task_id, FAILED, t, error=error, may_retry=True))
         self._dirty.add(slot.engine)
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and the director restarted it (local mode).
+        A new event bus gets this scheduler's own subscription again; a new
+        resource tracker learns the engines; what ran on a dead coordinator
+        (workflow tasks) or on the engines of a dead supervisor is lost like
+        the tasks of a crashed engine: run again per retries, or failed."""
+        self.addresses[msg.role] = msg.address
+        if msg.role == "events":
+            if self._coordination_sub:
+                self.send_msg(msg.address, Subscribe("scheduler.hooks", "llmspell.coordination.*"))
+        elif msg.role == "resources":
+            for slots in self.slots.values():
+                for s in slots:
+                    if s.engine != "workflow":
+                        ready = EngineReady(s.engine, s.index, s.pid, s.capacity, s.restarts)
+                        self.send_msg(msg.address, ready)
+        elif msg.role in ("coordinator", "supervisor"):
+            for engine, slots in self.slots.items():
+                if (engine == "workflow") != (msg.role == "coordinator"):
+                    continue
+                for s in slots:
+                    if _lost_with(s.pid, msg):  # not the replacement's, registered already
+                        s.capacity = 0  # takes nothing until it registers again
+                        self._lose_slot(s, f"{msg.crashed} while running this task")
+            self.crashes += 1
+            self._publish("llmspell.runtime.restart", {"role": msg.role, "pid": msg.pid})
 
     def on_crash_engine(self, msg: Any, sender: ActorAddress) -> None:
         for s in self.slots.get(msg.engine, ()):
@@ -440,17 +497,42 @@ class Scheduler(WireActor):
                 ),
             )
             return
+        if spec.tags:
+            if not self.cluster:
+                why = "tags=[...] places a task on cluster members; this runtime is no cluster"
+                self._end(rec, FAILED, _err(why, kind="failed"))
+                return
+            self._queue_tagged(rec)
+            return
         self.ready[rec.engine].push(spec.priority, spec.id)
         self._dirty.add(rec.engine)
+
+    def _queue_tagged(self, rec: Rec) -> None:
+        """Cluster mode: a task with ``tags`` waits in a queue of its own, served
+        only by engines of members having all of them; with a timeout it times
+        out while it waits (no member with those tags may ever come)."""
+        key = f"{rec.engine}#{','.join(rec.spec.tags or ())}"
+        self._tagged[rec.engine].add(key)
+        self.ready[key].push(rec.spec.priority, rec.spec.id)
+        self._dirty.add(key)
+        if rec.spec.timeout is not None:
+            self.wake_after(rec.spec.timeout, ("waiting", rec.spec.id, rec.attempt))
 
     # -- dispatch -----------------------------------------------------------
 
     def _pump(self) -> None:
         t = now()
         tasks = self.tasks
+        if self._tagged:  # an engine with room may serve its tagged queues too
+            for engine in [e for e in self._dirty if e in self._tagged]:
+                self._dirty.update(self._tagged[engine])
         for engine in self._dirty:
             slots = self.slots.get(engine)
             queue = self.ready.get(engine)
+            if "#" in engine and queue:  # tagged: the engines of members with all the tags
+                name, _, tags = engine.partition("#")
+                wanted = frozenset(tags.split(","))
+                slots = [s for s in self.slots.get(name, ()) if wanted <= s.tags]
             if not slots or not queue:
                 continue
             if len(slots) == 1:
@@ -662,7 +744,7 @@ class Scheduler(WireActor):
             if usage is not None and ("spans" in usage or "first_chunk" in usage):
                 self._take_extras(rec, usage)
             # a replay that diverged would diverge again: not retried
-            retry = o.error is None or o.error.get("kind") != "divergence"
+            retry = o.error is None or o.error.get("kind") not in ("divergence", "replay_end")
             apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, retry))
 
     def _end(
@@ -695,6 +777,11 @@ class Scheduler(WireActor):
                 table.warnings.clear()
 
     def _on_retry(self, rec: Rec, delay: float) -> None:
+        if self.durable is not None:
+            if rec.spec.id in self._lost:  # cut short by a crash: the re-run replays
+                self._lost.discard(rec.spec.id)
+            else:  # it failed: a retry is a fresh attempt that makes its calls again
+                self.durable.fresh_attempt(rec.spec.id)
         error = rec.errors[-1] if rec.errors else "failed"
         if rec.sink is not None:
             self._span_event(rec, "llmspell.task.retry", {"attempt": rec.attempt, "error": error})
@@ -712,6 +799,9 @@ class Scheduler(WireActor):
             self._requeue(rec)
 
     def _requeue(self, rec: Rec) -> None:
+        if rec.spec.tags:
+            self._queue_tagged(rec)
+            return
         self.ready[rec.engine].push(rec.spec.priority, rec.spec.id)
         self._dirty.add(rec.engine)
 
@@ -753,6 +843,8 @@ class Scheduler(WireActor):
             )
         if self._extras:
             self._finished(rec, status, error)
+        if self._lost:
+            self._lost.discard(rec.spec.id)
 
     def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
         # the same watcher gets most outcomes in a row: skip str(address) then
@@ -792,6 +884,27 @@ class Scheduler(WireActor):
                 limit = rec.spec.timeout
                 message = f"task did not finish within its timeout of {limit:g} s"
                 self._end(rec, TIMED_OUT, _err(message, kind="timeout"))
+            return
+        if isinstance(payload, tuple) and payload and payload[0] == "waiting":
+            _, task_id, attempt = payload  # cluster: still no member with its tags
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.status is PENDING and rec.attempt == attempt:
+                message = (
+                    f"task did not start within its timeout of {rec.spec.timeout:g} s: "
+                    f"{self._waiting_for(rec)}"
+                )
+                self._end(rec, TIMED_OUT, _err(message, kind="timeout"))
+
+    def _waiting_for(self, rec: Rec) -> str:
+        """Why a ready task of a cluster has not started (for status and time-outs)."""
+        tags = rec.spec.tags or []
+        if not any(s.capacity for s in self.slots.get(rec.engine, ())):
+            return f"no cluster member offers the {rec.engine} engine"
+        if tags and not any(
+            frozenset(tags) <= s.tags and s.capacity for s in self.slots.get(rec.engine, ())
+        ):
+            return f"no cluster member with tags {tags} offers the {rec.engine} engine"
+        return "waiting for a free engine"
 
     # -- watching, progress, queries ----------------------------------------
 
@@ -855,6 +968,17 @@ class Scheduler(WireActor):
         self.send_msg(sender, ProgressReply(msg.ref, msg.task_id, self._progress_of(rec)))
 
     def _progress_of(self, rec: Rec | None) -> dict[str, Any] | None:
+        if (
+            rec is not None
+            and rec.status is PENDING
+            and rec.progress is None
+            and (rec.spec.tags or any(s.member for s in self.slots.get(rec.engine, ())))
+        ):  # cluster: a task waiting to be placed says why
+            return {
+                "current_operation": f"waiting: {self._waiting_for(rec)}",
+                "resource_usage": {},
+                "estimated_completion": None,
+            }
         if rec is None or (rec.progress is None and rec.outcome is None):
             return None
         prog = dict(rec.progress or {})
@@ -897,6 +1021,8 @@ class Scheduler(WireActor):
                 "running": len(s.running),
                 "capacity": s.capacity,
                 "paused": s.paused,
+                "host": s.host,
+                **({"member": s.member, "tags": sorted(s.tags)} if s.member else {}),
             }
             for name, slots in self.slots.items()
             if name in _SCRIPT_AND_PYTHON
@@ -1348,6 +1474,25 @@ def _load(slot: _Slot) -> tuple[int, float]:
     if not slot.capacity or slot.paused:
         return (1 << 62, 1.0)
     return (len(slot.running), len(slot.running) / slot.capacity)
+
+
+def _lost_with(pid: int, msg: Replaced) -> bool:
+    """Whether the engine process ``pid`` went with the process ``msg`` says
+    died: the coordinator itself (the workflow engine), or an engine of the
+    dead supervisor, which is stopped here if it still runs (an orphan: the
+    new supervisor starts engines of its own)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+        if msg.role == "coordinator" or proc.ppid() == msg.new_pid:
+            return False  # the new coordinator, or an engine of the new supervisor
+        proc.kill()
+    except psutil.Error:
+        pass
+    return True
 
 
 def _could_be_ours(pattern: str) -> bool:

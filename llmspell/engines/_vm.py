@@ -35,6 +35,7 @@ str, bytes, list, dict with str keys.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Literal, Protocol
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "StepResult",
     "Waiting",
     "Yielded",
+    "read_prelude",
 ]
 
 RequestOp = Literal[
@@ -184,3 +186,10 @@ class ScriptVM(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def read_prelude(name: str) -> str:
+    """The text of a VM's prelude, ``prelude.lua`` or ``prelude.js``: package data next to
+    this module (the sandbox each VM runs before any task; read once, when the VM's module
+    is imported)."""
+    return resources.files("llmspell.engines").joinpath(name).read_text(encoding="utf-8")

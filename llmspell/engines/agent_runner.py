@@ -46,7 +46,6 @@ chunks until the resource tracker grants it to go on.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import queue
@@ -60,17 +59,18 @@ from typing import TYPE_CHECKING, Any
 from .._clock import now
 from .._context import _AGENT, _METER, AgentContext, Meter
 from .._exceptions import MessageError, TaskFailed, error_from_outcome
-from .._task import new_task_id
+from .._imports import import_target
 from ..messages import check_data
+from ..messages.ids import new_task_id
 from ..messages.types import (
     CancelTasks,
     ProgressReport,
-    ResourceWait,
     StreamChunks,
     TaskOutcome,
     TaskSpec,
 )
 from . import _doorbell
+from .limits import Limit, judge
 
 if TYPE_CHECKING:
     from .python import PythonEngine
@@ -147,9 +147,7 @@ def _resolve_agent(target: str | None, factory: str | None, kwargs: dict[str, An
     module_name, _, attrs = path.partition(":")
     if not module_name or not attrs:
         raise MessageError(f"an agent target is 'module:attribute', got {path!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in attrs.split("."):
-        obj = getattr(obj, part)
+    obj = import_target(path)
     if factory is not None:
         return obj(**kwargs)
     if isinstance(obj, type):
@@ -170,9 +168,8 @@ class _Run:
         self.input = spec.input if spec.input is not None else spec.payload  # deps, pipeline
         self.buffer = int(options.get("buffer_size") or DEFAULT_BUFFER)
         self.tools: dict[str, Any] = dict(options.get("tools") or {})
-        limits = spec.limits or {}
-        self.cpu_limit: float | None = limits.get("cpu_seconds")
-        self.on_exceed = str(limits.get("on_exceed") or "kill")
+        # an agent's CPU is limited (its memory cannot be told from the process's)
+        self.limit = Limit.of({**(spec.limits or {}), "memory_bytes": None})
         self.execution = str(options.get("execution") or "")
         self.streaming = False
         self.meter = Meter()
@@ -193,9 +190,6 @@ class _Run:
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
         self.metadata: dict[str, Any] = {}
-        self.warned = False
-        self.waits = 0  # throttle waits in a row
-        self.cpu_at_grant = 0.0
         self.future: Any = None
         self.thread: threading.Thread | None = None
 
@@ -415,7 +409,9 @@ class AgentRunner:
             return
         with run.cond:
             run.parked = False
-            run.cpu_at_grant = run.meter.cpu_seconds
+            if run.limit is not None:
+                run.limit.parked = False
+                run.limit.cpu_at_grant = run.meter.cpu_seconds
         run.notify()
 
     def poll(self) -> None:
@@ -446,25 +442,11 @@ class AgentRunner:
                 engine.watch(spec.id)
             elif what == "park":
                 resource, used, limit, step = ev[2], ev[3], ev[4], ev[5]
-                tracker = engine.addresses.get("resources")
-                if tracker is None:
+                assert run.limit is not None  # only a run with limits parks
+                if not engine.park(
+                    run.task_id, run.attempt, run.limit, resource, used, limit, step
+                ):
                     self.on_grant(run.task_id, run.attempt)
-                    continue
-                engine.send_msg(
-                    tracker,
-                    ResourceWait(
-                        run.task_id,
-                        run.attempt,
-                        engine.engine,
-                        engine.index,
-                        resource,
-                        float(used),
-                        float(limit),
-                        float(step),
-                        run.waits,
-                    ),
-                )
-                run.waits += 1
             elif what == "warn":
                 engine.publish("llmspell.resource.warn", ev[2])
             elif what == "done":
@@ -616,24 +598,21 @@ class AgentRunner:
             await run.wait(lambda: not run.parked)
 
     def _check_limits(self, run: _Run) -> None:
-        limit = run.cpu_limit
-        if limit is None:
+        lim = run.limit
+        if lim is None:
             return
         used = run.meter.cpu_seconds
-        if used <= limit:
-            run.waits = 0
-            return
-        what = f"{used:.3f} s of CPU, over its limit of {limit:g} s"
-        if run.on_exceed == "kill":
-            raise _LimitKill(f"agent task used {what} (Limits on_exceed='kill')")
-        if run.on_exceed == "warn":
-            if not run.warned:
-                run.warned = True
-                self._post("warn", run, _warn_payload(run, "cpu_seconds", used, limit))
-            return
-        with run.cond:  # throttle: park until the tracker grants
-            run.parked = True
-        self._post("park", run, "cpu_seconds", used, limit, used - run.cpu_at_grant)
+        v = judge(lim, lim.over(used, None), task_id=run.task_id, engine="python",
+                  what="agent task")  # fmt: skip
+        if v.action == "kill":
+            raise _LimitKill(v.message)
+        for payload in v.warnings:
+            self._post("warn", run, payload)
+        if v.action == "park":
+            with run.cond:  # park until the tracker grants
+                run.parked = True
+            _, used, limit = v.over[0]
+            self._post("park", run, "cpu_seconds", used, limit, used - lim.cpu_at_grant)
 
     async def _chunk(self, run: _Run, chunk: Any) -> tuple[Any, BaseException | None]:
         """Handle one chunk; returns the value to send back (or an exception to throw)."""
@@ -705,16 +684,6 @@ class AgentRunner:
         if seq == 0:
             run.first_chunk = now() - run.started
         self._post("chunk", run, seq, chunk)
-
-
-def _warn_payload(run: _Run, resource: str, used: float, limit: float) -> dict[str, Any]:
-    return {
-        "task_id": run.task_id,
-        "engine": "python",
-        "resource": resource,
-        "used": used,
-        "limit": limit,
-    }
 
 
 def _run_result(r: Any, run: _Run) -> dict[str, Any]:

@@ -10,6 +10,7 @@ on other threads) and ``close()``.
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any
 
@@ -29,14 +30,18 @@ from ..messages.types import (
     ProgressReport,
     Publish,
     PublishBatch,
+    Replaced,
+    ResourceWait,
     Shutdown,
     StopTasks,
     SubmitTasks,
+    TaskError,
     TaskOutcome,
     TaskSpec,
     WatchTasks,
 )
 from . import _doorbell
+from .limits import Limit
 
 __all__ = ["EngineActor"]
 
@@ -48,7 +53,7 @@ _POLL_FIRST = 0.0001
 _POLL_INTERVAL = 0.001
 
 
-class EngineActor(WireActor):
+class EngineActor(WireActor, metaclass=abc.ABCMeta):
     """Base of the python, lua and js engine contexts."""
 
     engine = "?"
@@ -94,12 +99,44 @@ class EngineActor(WireActor):
         self.setup(self.config)
         capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
         restarts = int(self.config.get("restarts", 0))
-        self.send_msg(
-            self.scheduler, EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
-        )
+        ready = EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
+        if self.config.get("member"):  # cluster mode: where this engine runs
+            ready.member = str(self.config["member"])
+            ready.host = str(self.config.get("host", ""))
+            ready.tags = list(self.config.get("tags") or ()) or None
+        self.send_msg(self.scheduler, ready)
 
     def setup(self, config: dict[str, Any]) -> None:
         """Create the engine's resources (thread pool, VM, ...)."""
+
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and was restarted (local mode; told by the
+        director through the engines' supervisor). A new scheduler knows
+        nothing this engine runs for the dead one: those tasks are dropped (with
+        a journal the new scheduler dispatches them again; without one their
+        waiters were told they failed) and the engine registers again."""
+        self.addresses[msg.role] = msg.address
+        if msg.role == "scheduler":
+            self.scheduler = msg.address
+            for task_id in self.running_ids():
+                self.stop(task_id, msg.crashed)
+            self._results.clear()
+            self._progress.clear()
+            self._submits.clear()
+            self._watches.clear()
+            capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
+            restarts = int(self.config.get("restarts", 0))
+            self.send_msg(
+                msg.address, EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
+            )
+        self.replaced(msg)
+
+    def running_ids(self) -> list[str]:
+        """The tasks this engine runs now."""
+        return []
+
+    def replaced(self, msg: Replaced) -> None:
+        """What an engine of this kind does when ``msg.role`` was restarted."""
 
     # -- work in ------------------------------------------------------------
 
@@ -188,11 +225,14 @@ class EngineActor(WireActor):
 
     # -- hooks --------------------------------------------------------------
 
+    @abc.abstractmethod
     def start(self, spec: TaskSpec, attempt: int) -> None:
-        raise NotImplementedError
+        """Begin running ``spec`` (its ``attempt``-th try); its end is ``report``ed."""
 
+    @abc.abstractmethod
     def stop(self, task_id: str, reason: str) -> None:
-        raise NotImplementedError
+        """Stop the task at once (cancelled, timed out, over a limit); no outcome
+        is reported for it. Unknown or ended ids are ignored."""
 
     def start_replay(self, spec: TaskSpec, attempt: int, calls: list[list[Any]]) -> None:
         """Start a task whose earlier runs made the host ``calls`` (a journal's
@@ -260,13 +300,35 @@ class EngineActor(WireActor):
 
         self._events.append(Publish(name, payload, now()))
 
+    def park(
+        self,
+        task_id: str,
+        attempt: int,
+        lim: Limit,
+        resource: str,
+        used: float,
+        limit: float,
+        step: float,
+    ) -> bool:
+        """Hold a throttled task: ask the resource tracker when it may go on (it
+        answers ``ResourceGrant``). False when there is no tracker: the task goes on."""
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            return False
+        lim.parked = True
+        self.send_msg(
+            tracker,
+            ResourceWait(
+                task_id, attempt, self.engine, self.index, resource, used, limit, step, lim.waits
+            ),
+        )
+        lim.waits += 1
+        return True
+
     def error(
         self, message: str, *, kind: str = "failed", traceback: str = "", data: Any = None
     ) -> dict[str, Any]:
-        e = {"message": message, "kind": kind, "engine": self.engine, "traceback": traceback}
-        if data is not None:  # what the script threw, when it was data
-            e["data"] = data
-        return e
+        return TaskError(message, kind, self.engine, traceback, data).wire()
 
     def _encode_results(self, items: list[TaskOutcome]) -> bytes:
         """Encode a batch; an outcome that cannot be sent (a value that is not

@@ -18,7 +18,7 @@ class JsEngine(ScriptEngine):
     def make_vm(self, config: dict[str, Any]) -> ScriptVM:
         return JsVM(
             self,
-            memory_limit=int(config.get("js_memory", 256 * 1024 * 1024)),
+            max_memory=int(config.get("js_memory", 256 * 1024 * 1024)),
             step_budget=float(config.get("step_budget", 1.0)),
             clock=vm_clock(config),
             record_clock=bool(config.get("journal")),

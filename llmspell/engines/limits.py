@@ -12,24 +12,40 @@ An engine measures what a task uses and compares it with the task's limits
   Python process cannot attribute memory to a call, so ``memory_bytes`` is
   not enforced per Python task (use the runtime-wide ``engine_memory``).
 
-On going over: ``kill`` stops the task and fails it with kind "resource"
-(``ResourceLimitExceeded``); ``warn`` logs and publishes
-``llmspell.resource.warn`` (once per resource); ``throttle`` parks the task
-and asks the resource tracker (``ResourceWait``), which grants it to go on
-later (see ``actors/resources.py``). A running sync Python call cannot be
-paused from outside: throttle then warns instead and says so.
+On going over (the policy is ``judge``, the one place it is written; the
+engines measure and carry out what it says): ``kill`` stops the task and fails
+it with kind "resource" (``ResourceLimitExceeded``); ``warn`` logs and
+publishes ``llmspell.resource.warn`` (once per resource); ``throttle`` parks
+the task and asks the resource tracker (``ResourceWait``), which grants it to
+go on later (see ``actors/resources.py``). A running sync Python call cannot
+be paused from outside: throttle then warns instead and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["CHECK_INTERVAL", "Gate", "Limit", "kill_message", "warn_payload"]
+__all__ = [
+    "CHECK_INTERVAL",
+    "Gate",
+    "Limit",
+    "Over",
+    "Verdict",
+    "judge",
+    "kill_message",
+    "warn_payload",
+]
+
+log = logging.getLogger("llmspell")
 
 #: seconds between CPU checks of running Python calls that have limits
 CHECK_INTERVAL = 0.02
+
+#: one limit a task went over: ``(resource, used, limit)``
+Over = tuple[str, float, float]
 
 _UNITS = {"cpu_seconds": "s of CPU", "memory_bytes": "bytes of memory"}
 
@@ -75,9 +91,9 @@ class Limit:
             str(limits.get("on_exceed") or "kill"),
         )
 
-    def over(self, cpu: float, memory: int | None) -> list[tuple[str, float, float]]:
+    def over(self, cpu: float, memory: int | None) -> list[Over]:
         """``(resource, used, limit)`` for every limit ``cpu``/``memory`` exceed."""
-        out: list[tuple[str, float, float]] = []
+        out: list[Over] = []
         if self.cpu is not None and cpu > self.cpu:
             out.append(("cpu_seconds", cpu, self.cpu))
         if self.memory is not None and memory is not None and memory > self.memory:
@@ -85,7 +101,8 @@ class Limit:
         return out
 
 
-def kill_message(what: str, over: list[tuple[str, float, float]]) -> str:
+def kill_message(what: str, over: list[Over]) -> str:
+    """The failure message of a task killed over its limits (``what``: "lua task")."""
     parts = [
         f"{used:.3f} {_UNITS[r]}, over its limit of {limit:g}"
         if r == "cpu_seconds"
@@ -98,10 +115,68 @@ def kill_message(what: str, over: list[tuple[str, float, float]]) -> str:
 def warn_payload(
     task_id: str, engine: str, resource: str, used: float, limit: float, **extra: Any
 ) -> dict[str, Any]:
+    """The payload of an ``llmspell.resource.warn`` event."""
     return dict(
         {"task_id": task_id, "engine": engine, "resource": resource, "used": used, "limit": limit},
         **extra,
     )
+
+
+class Verdict(NamedTuple):
+    """What ``judge`` says an engine must do about a task's use of its limits.
+
+    ``action``: ``"go"`` (nothing to do), ``"kill"`` (fail the task with kind
+    "resource" and ``message``), ``"warn"`` (publish each of ``warnings`` as
+    ``llmspell.resource.warn``; the task goes on) or ``"park"`` (hold the task
+    and ask the resource tracker for ``over[0]``, see ``EngineActor.park``).
+    """
+
+    action: Literal["go", "kill", "warn", "park"]
+    over: list[Over]
+    message: str = ""
+    warnings: list[dict[str, Any]] = []
+
+
+_GO = Verdict("go", [])
+
+
+def judge(
+    lim: Limit,
+    over: list[Over],
+    *,
+    task_id: str,
+    engine: str,
+    what: str,
+    can_park: bool = True,
+) -> Verdict:
+    """The limits policy: what to do with a task whose use went ``over`` its limits.
+
+    ``over`` is ``lim.over(...)`` (empty: within its limits, which ends a run of
+    throttle waits). ``what`` names the task in messages ("lua task", "agent
+    task"); ``can_park`` is False for what cannot be held between steps (a running
+    sync Python call): throttle then warns, with a note saying so. A resource is
+    warned about once per task (``lim.warned``); a parked task is not parked again.
+    """
+    if not over:
+        lim.waits = 0
+        return _GO
+    if lim.on_exceed == "kill":
+        return Verdict("kill", over, kill_message(what, over))
+    if lim.on_exceed == "throttle" and can_park:
+        return _GO if lim.parked else Verdict("park", over)
+    warnings: list[dict[str, Any]] = []
+    for resource, used, limit in over:  # warn (or throttle of what cannot be parked)
+        if resource in lim.warned:
+            continue
+        lim.warned.add(resource)
+        extra: dict[str, Any] = {}
+        if lim.on_exceed == "throttle":
+            extra["note"] = "a running sync Python call cannot be paused; it goes on"
+        log.warning(
+            "%s %s used %g of %s, over its limit of %g", what, task_id, used, resource, limit
+        )
+        warnings.append(warn_payload(task_id, engine, resource, used, limit, **extra))
+    return Verdict("warn", over, warnings=warnings)
 
 
 def _settle(fut: asyncio.Future[None]) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import queue
 import threading
 import time
@@ -36,11 +35,11 @@ from typing import Any
 from .._actor import log
 from .._clock import now
 from .._context import _METER, Meter
+from .._imports import import_target
 from ..messages.types import (
     ProgressBatch,
     ProgressReport,
     ResourceGrant,
-    ResourceWait,
     StreamAck,
     TaskOutcome,
     TaskOutcomes,
@@ -48,17 +47,14 @@ from ..messages.types import (
 )
 from .agent_runner import AgentRunner, Timed
 from .base import EngineActor
-from .limits import CHECK_INTERVAL, Gate, Limit, kill_message, warn_payload
+from .limits import CHECK_INTERVAL, Gate, Limit, Over, judge
 
 __all__ = ["PythonEngine", "resolve_target"]
 
 
 def resolve_target(target: str) -> Callable[..., Any]:
     """Import ``"package.module:attr.path"`` and return the object it names."""
-    module_name, _, path = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in path.split("."):
-        obj = getattr(obj, part)
+    obj = import_target(target)
     if not callable(obj):
         raise TypeError(f"{target!r} is not callable")
     return obj  # type: ignore[no-any-return]
@@ -296,6 +292,9 @@ class PythonEngine(EngineActor):
     def busy(self) -> bool:
         return bool(self.calls) or self.agents.busy()
 
+    def running_ids(self) -> list[str]:
+        return [*self.calls, *self.agents.runs]
+
     def stop(self, task_id: str, reason: str) -> None:
         self.agents.stop(task_id)
         call = self.calls.pop(task_id, None)
@@ -410,61 +409,28 @@ class PythonEngine(EngineActor):
         if self.calls:
             self._watch_soon()
 
-    def _over(
-        self, call: _Call, lim: Limit, over: list[tuple[str, float, float]], cpu: float
-    ) -> None:
-        usage = {"cpu_seconds": cpu, "duration": now() - call.started}
-        if lim.on_exceed == "kill":
+    def _over(self, call: _Call, lim: Limit, over: list[Over], cpu: float) -> None:
+        can_park = call.gate is not None  # a running sync call cannot be held
+        v = judge(lim, over, task_id=call.task_id, engine=self.engine, what="task",
+                  can_park=can_park)  # fmt: skip
+        if v.action == "kill":
             self.stop(call.task_id, "resource limit")
+            usage = {"cpu_seconds": cpu, "duration": now() - call.started}
             self.report(
                 call.task_id,
                 call.attempt,
                 "failed",
                 usage=usage,
-                error=self.error(kill_message("task", over), kind="resource"),
+                error=self.error(v.message, kind="resource"),
             )
-            return
-        if lim.on_exceed == "throttle" and call.gate is not None:
+        elif v.action == "park" and call.gate is not None:
             resource, used, limit = over[0]
-            tracker = self.addresses.get("resources")
-            if tracker is None:
-                return
-            lim.parked = True
-            call.gate.park()
-            self.send_msg(
-                tracker,
-                ResourceWait(
-                    call.task_id,
-                    call.attempt,
-                    self.engine,
-                    self.index,
-                    resource,
-                    used,
-                    limit,
-                    cpu - lim.cpu_at_grant,
-                    lim.waits,
-                ),
-            )
-            lim.waits += 1
-            return
-        for resource, used, limit in over:  # warn (or throttle of a sync call)
-            if resource in lim.warned:
-                continue
-            lim.warned.add(resource)
-            extra: dict[str, Any] = {}
-            if lim.on_exceed == "throttle":
-                extra["note"] = "a running sync Python call cannot be paused; it goes on"
-            log.warning(
-                "python task %s used %.3f of %s, over its limit of %g",
-                call.task_id,
-                used,
-                resource,
-                limit,
-            )
-            self.publish(
-                "llmspell.resource.warn",
-                warn_payload(call.task_id, self.engine, resource, used, limit, **extra),
-            )
+            if self.park(
+                call.task_id, call.attempt, lim, resource, used, limit, cpu - lim.cpu_at_grant
+            ):
+                call.gate.park()
+        for payload in v.warnings:
+            self.publish("llmspell.resource.warn", payload)
 
 
 _USAGE_INTERVAL = 0.5  # seconds between live usage reports of a running call

@@ -30,6 +30,7 @@ Statuses of a logical actor: ``ready`` (in the ready queue), ``running``,
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -44,8 +45,9 @@ from thespian.actors import ActorAddress
 
 from .._actor import log
 from .._clock import now
-from .._task import lone_surrogate, new_task_id
 from ..messages import encode
+from ..messages.ids import new_task_id
+from ..messages.options import lone_surrogate, task_option_problems
 from ..messages.types import (
     PRIORITIES,
     Coordinate,
@@ -54,6 +56,7 @@ from ..messages.types import (
     HostCalls,
     ProgressBatch,
     ProgressReport,
+    Replaced,
     ResourceGrant,
     ResourceWait,
     StopTasks,
@@ -67,7 +70,7 @@ from ..messages.types import (
 )
 from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
 from .base import EngineActor
-from .limits import Limit, kill_message, warn_payload
+from .limits import Limit, judge
 
 __all__ = [
     "ScriptEngine",
@@ -145,21 +148,9 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
     args = spec.get("args")
     if args is not None and not isinstance(args, dict):
         raise ValueError("spell.submit: args must be a table/object with string keys")
-    priority = spec.get("priority", "normal")
-    if not isinstance(priority, str) or priority not in PRIORITIES:
-        raise ValueError(f"spell.submit: priority must be one of {', '.join(PRIORITIES)}")
-    timeout = spec.get("timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not 0 < timeout < float("inf")
-    ):
-        raise ValueError(
-            f"spell.submit: timeout must be a positive number of seconds, got {timeout!r}"
-        )
-    retries = spec.get("retries", 0)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < 2**31:
-        raise ValueError("spell.submit: retries must be an integer from 0 to 2**31 - 1")
+    for name, problem in task_option_problems(spec):
+        raise ValueError(f"spell.submit: {name} {problem}")
+    priority, timeout = spec.get("priority", "normal"), spec.get("timeout")
     return TaskSpec(
         id=tid,
         kind=kind,
@@ -171,7 +162,7 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
         input=spec.get("input"),
         priority=PRIORITIES[priority],
         timeout=float(timeout) if timeout is not None else None,
-        retries=retries,
+        retries=spec.get("retries", 0),
         parent=parent,
     )
 
@@ -210,7 +201,7 @@ _RECORDED = frozenset(("sleep", "await", "wait_event", "coordinate"))  # request
 class _Journaled:
     """A script task's host calls in a journaled runtime."""
 
-    __slots__ = ("diverged", "n", "pending", "record")
+    __slots__ = ("data", "diverged", "end", "kind", "n", "pending", "record")
 
     def __init__(self, record: list[list[Any]] | None) -> None:
         self.n = 0  # host calls made so far in this run
@@ -221,6 +212,9 @@ class _Journaled:
         # request id -> (n, op, call) of a call made and not answered yet
         self.pending: dict[int, tuple[int, str, Any]] = {}
         self.diverged: str | None = None  # why the replay failed
+        self.kind = "divergence"  # ... as an error kind ("replay_end": see replay_check)
+        self.data: dict[str, Any] | None = None  # the divergence: call, recorded, made
+        self.end = max(self.record) if self.record else 0  # the last recorded call
 
 
 def _wire(value: Any) -> Any:
@@ -242,6 +236,8 @@ def _call_key(op: str, call: Any) -> Any:
             return {"seconds": call.get("seconds")}
         if op == "wait_event":
             return {"pattern": call.get("pattern"), "timeout": call.get("timeout")}
+        if op == "coordinate" and ("coord_id" in call or "ids" in call):
+            return {k: v for k, v in call.items() if k not in ("coord_id", "ids")}
     return call
 
 
@@ -312,6 +308,7 @@ class ScriptEngine(EngineActor):
         self.awaiting: dict[str, list[tuple[str, int, int]]] = {}  # child -> waiters
         self.subs: dict[str, tuple[str, int, int]] = {}  # sub id -> (task, attempt, request)
         self.coords: dict[str, tuple[str, int, int]] = {}
+        self.patterns: dict[str, str] = {}  # sub id -> its pattern (subscribed again)
         self.ticking = False
         self.resumes = 0
         self.held: dict[str, list[tuple[str, int, Any, str | None, int]]] = {}  # throttled
@@ -319,6 +316,9 @@ class ScriptEngine(EngineActor):
         self.rejected: dict[str, str] = {}  # task ids a script submitted, refused -> why
         # durable scripts: record host calls (a runtime with a journal)
         self.journal = bool(config.get("journal"))
+        # Simulation.replay_journal: a replay stops where its record does (past its last
+        # recorded call, or at one recorded but not answered), ending the task
+        self.replay_check = bool(config.get("replay_check"))
         self._calls: list[list[Any]] = []  # HostCalls items not sent yet
         self._resubmits: list[TaskSpec] = []  # replayed submits not sent yet
 
@@ -445,6 +445,11 @@ class ScriptEngine(EngineActor):
         s = self.scripts.get(task_id)
         if s is None or s.attempt != attempt:
             return  # the task ended meanwhile
+        if s.j is not None and s.j.pending:
+            # recorded as it arrives, not when the script takes it: an event taken
+            # off the bus is journaled at the end of this message, not lost in a crash
+            # before the script's next step
+            self._answered(s, s.j, rid, value, error)
         self._ready(task_id, attempt, value, error, rid, s.priority)
 
     def _run_quantum(self) -> None:
@@ -637,6 +642,9 @@ class ScriptEngine(EngineActor):
             return
         sub_id = f"{s.id}#{s.attempt}#{req.id}"
         self.subs[sub_id] = (s.id, s.attempt, req.id)
+        self.patterns[sub_id] = pattern
+        if len(self.patterns) > 2 * len(self.subs) + 64:  # forget those that ended
+            self.patterns = {k: p for k, p in self.patterns.items() if k in self.subs}
         if s.subs is None:
             s.subs = []
         s.subs.append(sub_id)
@@ -647,7 +655,18 @@ class ScriptEngine(EngineActor):
         elif timeout is not None:
             self._timer(now() + max(0.0, timeout), s, req.id, "event:" + sub_id)
 
-    def _coordinate(self, s: _Script, req: Request) -> None:
+    def _coordinate(
+        self,
+        s: _Script,
+        req: Request,
+        coord_id: str | None = None,
+        ids: list[str] | None = None,
+        replayed: bool = False,
+    ) -> None:
+        """``spell.coordinate``. In a journaled runtime ``coord_id`` and the
+        tasks' ``ids`` are the ones recorded (a replay makes the call again with
+        them and ``replayed``: tasks of the earlier run are taken as they are,
+        so a race keeps its winner and nothing runs twice)."""
         coordinator = self.addresses.get("coordinator")
         if coordinator is None:
             self._ready(
@@ -664,6 +683,8 @@ class ScriptEngine(EngineActor):
             if inputs is not None and not isinstance(inputs, list):
                 raise ValueError("spell.coordinate: inputs must be a list (one per pipeline run)")
             tasks = [spec_from_script(t, s.id) for t in req.args.get("tasks") or []]
+            if ids is not None and len(ids) == len(tasks):
+                tasks = [dataclasses.replace(t, id=i) for t, i in zip(tasks, ids, strict=True)]
         except ValueError as exc:
             self._ready(
                 s.id,
@@ -674,7 +695,7 @@ class ScriptEngine(EngineActor):
                 s.priority,
             )
             return
-        coord_id = new_task_id()
+        coord_id = coord_id or new_task_id()
         self.coords[coord_id] = (s.id, s.attempt, req.id)
         self.send_msg(
             coordinator,
@@ -684,6 +705,7 @@ class ScriptEngine(EngineActor):
                 str(req.args.get("strategy", "")),
                 _number(req.args.get("timeout")),
                 req.args.get("inputs"),
+                replayed,
             ),
         )
 
@@ -776,12 +798,17 @@ class ScriptEngine(EngineActor):
         """Number a host call of ``s``: its record from the earlier runs, if any;
         a record of another call marks the replay as diverged."""
         j.n += 1
-        if j.record is None:
-            return None
-        rec = j.record.get(j.n)
+        rec = j.record.get(j.n) if j.record is not None else None
         if rec is not None and not same_call(op, call, str(rec[1]), rec[2]):
             j.diverged = divergence_message(j.n, str(rec[1]), rec[2], op, call)
+            j.data = {"call": j.n, "recorded": _show(str(rec[1]), rec[2]), "made": _show(op, call)}
             log.warning("%s task %s: %s", self.engine, s.id, j.diverged)
+        elif self.replay_check and (rec is None or not rec[5]):
+            j.kind = "replay_end"
+            j.diverged = (
+                f"replayed {j.n - 1} recorded host call(s) with no divergence "
+                f"(call {j.n} is {'past the record' if rec is None else 'not answered in it'})"
+            )
         return rec
 
     def _journal_sync(self, task_id: str, op: str, call: Any, result: Any) -> None:
@@ -851,6 +878,24 @@ class ScriptEngine(EngineActor):
                 self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
             self._wait_event(s, req, until)
             return True
+        if op == "coordinate":
+            # the coordination's id and its tasks' ids go in the record, so that a
+            # replay makes it again with them (see _coordinate)
+            tasks = args.get("tasks")
+            old_ids = old.get("ids") if old is not None else None
+            if isinstance(old_ids, list):
+                ids = [str(i) for i in old_ids]
+            else:
+                ids = [
+                    str(t.get("id")) if isinstance(t, dict) and t.get("id") else new_task_id()
+                    for t in (tasks if isinstance(tasks, list) else [])
+                ]
+            coord_id = str(old.get("coord_id") or "") if old is not None else ""
+            call["coord_id"], call["ids"] = coord_id or new_task_id(), ids
+            if rec is None:
+                self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
+            self._coordinate(s, req, call["coord_id"], ids, replayed=old is not None)
+            return True
         if rec is None:
             self._calls.append([s.id, s.attempt, j.n, op, call, None, None, False])
         return False
@@ -874,7 +919,7 @@ class ScriptEngine(EngineActor):
             s.attempt,
             "failed",
             usage=self._usage(s),
-            error=self.error(s.j.diverged, kind="divergence"),
+            error=self.error(s.j.diverged, kind=s.j.kind, data=s.j.data),
         )
 
     def flush(self) -> None:
@@ -945,61 +990,24 @@ class ScriptEngine(EngineActor):
             over = [("cpu_seconds", max(cpu, lim.cpu or 0.0), lim.cpu or 0.0)] + [
                 o for o in over if o[0] != "cpu_seconds"
             ]
-        if not over:
-            lim.waits = 0
-            return False
-        if lim.on_exceed == "kill":
-            if type(result) is Failed and not cut:
-                return False  # it failed on its own
+        if over and lim.on_exceed == "kill" and type(result) is Failed and not cut:
+            return False  # it failed on its own
+        v = judge(lim, over, task_id=s.id, engine=self.engine, what=f"{self.engine} task")
+        if v.action == "kill":
             if type(result) is not Completed:
                 self._forget(s.id)
             self._finish(s)
             usage = {"cpu_seconds": cpu, "memory_bytes": mem if mem is not None else 0}
             self.report(
-                s.id,
-                s.attempt,
-                "failed",
-                usage=usage,
-                error=self.error(kill_message(f"{self.engine} task", over), kind="resource"),
+                s.id, s.attempt, "failed", usage=usage, error=self.error(v.message, kind="resource")
             )
             return True
-        if lim.on_exceed == "warn":
-            for resource, used, limit in over:
-                if resource not in lim.warned:
-                    lim.warned.add(resource)
-                    log.warning(
-                        "%s task %s used %g of %s, over its limit of %g",
-                        self.engine,
-                        s.id,
-                        used,
-                        resource,
-                        limit,
-                    )
-                    self.publish(
-                        "llmspell.resource.warn",
-                        warn_payload(s.id, self.engine, resource, used, limit),
-                    )
-            return False
-        if type(result) in (Completed, Failed) or lim.parked:
-            return False
-        resource, used, limit = over[0]
-        self._park(s, lim, resource, used, limit, cpu - lim.cpu_at_grant)
+        for payload in v.warnings:
+            self.publish("llmspell.resource.warn", payload)
+        if v.action == "park" and type(result) not in (Completed, Failed):
+            resource, used, limit = over[0]
+            self.park(s.id, s.attempt, lim, resource, used, limit, cpu - lim.cpu_at_grant)
         return False
-
-    def _park(
-        self, s: _Script, lim: Limit, resource: str, used: float, limit: float, step: float
-    ) -> None:
-        tracker = self.addresses.get("resources")
-        if tracker is None:
-            return
-        lim.parked = True
-        self.send_msg(
-            tracker,
-            ResourceWait(
-                s.id, s.attempt, self.engine, self.index, resource, used, limit, step, lim.waits
-            ),
-        )
-        lim.waits += 1
 
     def _resource_request(self, s: _Script, req: Request) -> None:
         tracker = self.addresses.get("resources")
@@ -1028,7 +1036,9 @@ class ScriptEngine(EngineActor):
             vm_memory = self._vm_memory()
             if vm_memory > lim.memory:  # the VM still holds too much: wait on
                 lim.parked = False
-                self._park(s, lim, "memory_bytes", float(vm_memory), float(lim.memory), 0.0)
+                self.park(
+                    s.id, s.attempt, lim, "memory_bytes", float(vm_memory), float(lim.memory), 0.0
+                )
                 return
         lim.parked = False
         lim.cpu_at_grant = self._cpu(s.id)
@@ -1042,6 +1052,35 @@ class ScriptEngine(EngineActor):
 
     def busy(self) -> bool:
         return False
+
+    def running_ids(self) -> list[str]:
+        return list(self.scripts)
+
+    def replaced(self, msg: Replaced) -> None:
+        """A new event bus has none of the ``wait_event`` subscriptions: they
+        are made again. A new coordinator has none of the coordinations:
+        whoever waits in ``spell.coordinate`` gets an error naming the crash. A
+        new resource tracker has none of the waits: they are granted."""
+        if msg.role == "events":
+            for sub_id in [k for k in self.patterns if k not in self.subs]:
+                del self.patterns[sub_id]
+            for sub_id, pattern in self.patterns.items():
+                self.send_msg(msg.address, Subscribe(sub_id, pattern, limit=1, once=True))
+        elif msg.role == "coordinator":
+            coords, self.coords = self.coords, {}
+            for task_id, attempt, rid in coords.values():
+                self._answer(task_id, attempt, None, f"spell.coordinate: {msg.crashed}", rid)
+        elif msg.role == "resources":
+            for (task_id, attempt), rids in list(self.rwaits.items()):
+                for _ in rids:
+                    self.on_resource_grant(
+                        ResourceGrant(task_id, attempt, "requested"), self.myAddress
+                    )
+            for s in list(self.scripts.values()):
+                if s.limit is not None and s.limit.parked:
+                    self.on_resource_grant(
+                        ResourceGrant(s.id, s.attempt, "granted"), self.myAddress
+                    )
 
     def close(self) -> None:
         for task_id in list(self.scripts):

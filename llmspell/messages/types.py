@@ -50,6 +50,7 @@ __all__ = [
     "QueryTasks",
     "Register",
     "Registered",
+    "Replaced",
     "RequestStop",
     "ResourceGrant",
     "ResourceWait",
@@ -66,6 +67,7 @@ __all__ = [
     "SubmitTasks",
     "Subscribe",
     "SupervisorEvent",
+    "TaskError",
     "TaskOutcome",
     "TaskOutcomes",
     "TaskSpec",
@@ -112,6 +114,8 @@ class TaskSpec(Message):
     # W3C traceparent of the submitter's span (the application's current span
     # for rt.submit); the task's span becomes its child (llmspell._tracing)
     trace: str | None = None
+    # cluster mode: run only on a member that has every one of these tags
+    tags: list[str] | None = None
 
 
 # -- task lifecycle ---------------------------------------------------------
@@ -144,12 +148,43 @@ class SubmitRejected(Message):
     message: str
 
 
+@dataclass(slots=True)
+class TaskError:
+    """A task's failure, as ``TaskOutcome.error`` carries it.
+
+    On the wire (and in the journal) it stays a plain dict, ``wire()``: the
+    fields that are set, ``None`` ones left out. Readers take what is absent as
+    kind ``"failed"``, engine ``"runtime"`` (``error_from_outcome``). The
+    scheduler adds ``attempts`` (earlier attempts' messages), ``cause`` and
+    ``shutdown`` to the dicts of tasks it retried or ended itself.
+    """
+
+    message: str
+    kind: str | None = None  # "failed", "script", "resource", "cancelled", "degraded", ...
+    engine: str | None = None  # the engine that ran it, or "runtime"/"workflow"
+    traceback: str | None = None
+    data: Any = None  # what a script threw, when it threw data
+
+    def wire(self) -> dict[str, Any]:
+        """The dict ``TaskOutcome.error`` holds."""
+        e: dict[str, Any] = {"message": self.message}
+        if self.kind is not None:
+            e["kind"] = self.kind
+        if self.engine is not None:
+            e["engine"] = self.engine
+        if self.traceback is not None:
+            e["traceback"] = self.traceback
+        if self.data is not None:
+            e["data"] = self.data
+        return e
+
+
 @message("outcome")
 @dataclass(slots=True)
 class TaskOutcome(Message):
     """How a task ended (engine -> scheduler; scheduler -> watchers).
 
-    ``error``: ``{"message", "kind", "engine", "traceback", "attempts"}``.
+    ``error``: a ``TaskError``'s wire dict.
     """
 
     task_id: str
@@ -488,6 +523,10 @@ class EngineReady(Message):
     pid: int
     capacity: int
     restarts: int = 0
+    # cluster mode: the member that runs this engine, its address and its tags
+    member: str = ""
+    host: str = ""
+    tags: list[str] | None = None
 
 
 @message("engine_event")
@@ -574,6 +613,33 @@ class Ping(Message):
 class Pong(Message):
     role: str
     pid: int = 0  # the answering actor's process (local mode: its supervisor watches it)
+
+
+@message("replaced")
+@dataclass(slots=True)
+class Replaced(Message):
+    """director -> the runtime's actors and facades (the engines' supervisor
+    passes it on to its engines): the process of ``role`` (pid ``pid``) died
+    and its replacement runs at ``address``. ``journaled``: the runtime has a
+    journal, so a new scheduler resumes what the dead one held."""
+
+    role: str
+    address: Address
+    pid: int = 0
+    journaled: bool = False
+    new_pid: int = 0  # the replacement's process
+
+    @property
+    def crashed(self) -> str:
+        """What to tell whoever lost work with it."""
+        return f"the {_ROLE_NAMES.get(self.role, self.role)} process (pid {self.pid}) crashed"
+
+
+_ROLE_NAMES = {
+    "events": "event bus",
+    "resources": "resource tracker",
+    "supervisor": "engines' supervisor",
+}
 
 
 @message("crash_engine")

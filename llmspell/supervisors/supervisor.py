@@ -28,7 +28,6 @@ which fails or re-dispatches what was in flight on the crashed engine.
 
 from __future__ import annotations
 
-import importlib
 import random
 import threading
 import time
@@ -39,7 +38,16 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from .. import _clock
 from .._actor import WireActor, addr_key, log
-from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown, SupervisorEvent
+from .._imports import import_target
+from ..messages.types import (
+    EngineEvent,
+    Introduce,
+    Ping,
+    Pong,
+    Replaced,
+    Shutdown,
+    SupervisorEvent,
+)
 
 __all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
 
@@ -185,11 +193,18 @@ class Supervisor(WireActor):
         if self.watching:
             self.wake_after(WATCH_PERIOD, "watch")
 
+    def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
+        """A runtime process died and was restarted: the children started from
+        now on get the new address, and those running now are told."""
+        self.addresses[msg.role] = msg.address
+        for child in self.children:
+            if child.address is not None and child.state == "up":
+                self.send_msg(child.address, msg)
+
     # -- children --------------------------------------------------------------------
 
     def _start(self, child: _Child) -> None:
-        module, _, name = child.spec.actor.partition(":")
-        cls = getattr(importlib.import_module(module), name)
+        cls = import_target(child.spec.actor)
         child.address = self.createActor(cls)
         child.key = addr_key(child.address)
         child.state = "up"

@@ -59,7 +59,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
-from ..messages.types import TaskOutcome, TaskSpec
+from ..messages.types import TaskError, TaskOutcome, TaskSpec
 from .events import (
     Cancelled,
     Dispatched,
@@ -654,7 +654,7 @@ def input_key(spec: TaskSpec) -> str:
 
 def err(message: str, *, kind: str = "failed", engine: str = "runtime") -> dict[str, Any]:
     """An error dict as outcomes carry it."""
-    return {"message": message, "kind": kind, "engine": engine}
+    return TaskError(message, kind=kind, engine=engine).wire()
 
 
 def _parent_gone(parent: Rec) -> dict[str, Any]:

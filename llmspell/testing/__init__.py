@@ -12,6 +12,7 @@ from .fake_openai import Answer as Answer
 from .fake_openai import FakeOpenAI as FakeOpenAI
 from .simulation import Fault as Fault
 from .simulation import FaultPlan as FaultPlan
+from .simulation import ReplayReport as ReplayReport
 from .simulation import Simulation as Simulation
 from .simulation import SimulationDeadlock as SimulationDeadlock
 from .simulation import VirtualClock as VirtualClock
@@ -21,6 +22,7 @@ __all__ = [
     "FakeOpenAI",
     "Fault",
     "FaultPlan",
+    "ReplayReport",
     "RuntimeStateMachine",
     "Simulation",
     "SimulationDeadlock",

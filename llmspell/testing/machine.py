@@ -4,8 +4,9 @@ with the runtime's invariants built in.
 Subclass it to model your own workflows: add ``@rule``s that submit your
 tasks (through ``self.sim`` and ``self.track(handle, task)``), and the
 built-in rules (named after the user calls: ``submit``, ``submit_many``,
-``cancel``, ``advance``, ``emit``, ``coordinate``, ``crash_engine``) and
-invariants (checked after every step) come with it:
+``cancel``, ``advance``, ``emit``, ``coordinate``, ``crash_engine``, and
+``restart``: the runtime dies and reopens on its journal) and invariants
+(checked after every step) come with it:
 
 * every task is in exactly one state, and a terminal state never changes;
 * every result is delivered to the caller exactly once;
@@ -13,7 +14,8 @@ invariants (checked after every step) come with it:
 * among tasks ready at once, higher priority is dispatched first;
 * race and all-or-nothing never report partial success;
 * retries never exceed a task's ``retries``; engine restarts never exceed
-  the crashes injected;
+  the crashes injected; a task starts at most once more per restart of the
+  runtime (at least once: what was running when it died runs again);
 * when the run ends, no task is left running.
 
 Settings are class attributes a subclass overrides, and the built-in rules
@@ -89,6 +91,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         self.terminal: dict[str, str] = {}
         self.crashes = 0
         self.coordinations = 0
+        self.runtime_restarts = 0
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -231,6 +234,16 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         self.sim._inject_crash(engine, 0)
         self.sim.advance(0.0)
 
+    @precondition(lambda self: self.runtime_restarts < 3)
+    @rule()
+    def restart(self) -> None:
+        """The runtime dies (as its process would) and is opened again on its
+        journal; unfinished work resumes."""
+        assert self.sim is not None
+        self.runtime_restarts += 1
+        self.sim.restart()
+        self.sim.advance(0.0)
+
     # -- invariants ------------------------------------------------------------------
 
     @invariant()
@@ -302,6 +315,16 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         self._check(
             restarts <= self.crashes, f"{restarts} engine restarts for {self.crashes} crashes"
         )
+        starts = Counter(
+            str(d.get("task_id")) for _, n, d in self.sim.trace if n == "llmspell.task.running"
+        )
+        for task_id, count in starts.items():
+            if task_id in self.tasks:
+                self._check(
+                    count <= 1 + self.runtime_restarts,
+                    f"task {task_id} started {count} times in a run with "
+                    f"{self.runtime_restarts} restarts of the runtime",
+                )
 
     def _check_priority_order(self, handles: list[Handle], batch: list[Task]) -> None:
         """Tasks submitted together with no dependencies, to one engine, start

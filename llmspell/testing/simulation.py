@@ -39,8 +39,10 @@ callables that await real time, still take real time.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,11 +52,19 @@ from typing import Any
 from .. import _clock
 from .._driver import _NOOP
 from .._exceptions import LlmspellError, MessageError
+from .._task import Handle
 from ..messages import decode, encode
-from ..messages.types import Introduce, QueryStatus, Shutdown, TaskOutcomes
+from ..messages.types import TERMINAL, Introduce, QueryStatus, Shutdown, TaskOutcomes
 from ..runtime import Runtime, RuntimeState
 
-__all__ = ["Fault", "FaultPlan", "Simulation", "SimulationDeadlock", "VirtualClock"]
+__all__ = [
+    "Fault",
+    "FaultPlan",
+    "ReplayReport",
+    "Simulation",
+    "SimulationDeadlock",
+    "VirtualClock",
+]
 
 FAULT_KINDS = (
     "engine_crash",  # engine, index, at (virtual seconds)
@@ -64,6 +74,7 @@ FAULT_KINDS = (
     "resource_breach",  # task: the task is killed by its limits
     "drop_event",  # pattern, count: the next ``count`` matching events are not delivered
     "duplicate_event",  # pattern, count: ... are delivered twice
+    "restart",  # at: the runtime dies and is reopened on its journal (virtual seconds)
 )
 
 
@@ -97,6 +108,7 @@ class Fault:
             "resource_breach": ("task",),
             "drop_event": ("pattern",),
             "duplicate_event": ("pattern",),
+            "restart": ("at",),
         }[self.kind]
         for name in needs:
             if getattr(self, name) is None:
@@ -104,6 +116,12 @@ class Fault:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def restart(cls, at: float) -> Fault:
+        """At virtual time ``at`` the runtime dies as if its process were killed
+        and is opened again on its journal (see ``Simulation.restart``)."""
+        return cls("restart", at=at)
 
 
 @dataclass(frozen=True)
@@ -116,6 +134,23 @@ class FaultPlan:
     @classmethod
     def of(cls, *faults: Fault | Mapping[str, Any]) -> FaultPlan:
         return cls(tuple(f if isinstance(f, Fault) else Fault(**dict(f)) for f in faults))
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """How one recorded script task replayed (``Simulation.replay_journal``).
+
+    ``ok``: it replayed every host call it had recorded (or completed) making
+    the same calls. ``divergence``: else, where it first differed: ``{"call":
+    n, "recorded": "...", "made": "..."}``. ``calls``: how many host calls the
+    journal had recorded for it. ``message``: one line saying what happened.
+    """
+
+    task_id: str
+    ok: bool
+    calls: int
+    message: str
+    divergence: dict[str, Any] | None = None
 
 
 class VirtualClock:
@@ -305,6 +340,14 @@ class _SimDriver:
                 )
         return True
 
+    def crash(self) -> None:
+        """Drop the actor system as a killed process would lose it: no shutdown
+        message, nothing more written to the journal (the caller severed it)."""
+        if self.asys is not None:
+            asys, self.asys = self.asys, None
+            self.pending.clear()
+            asys.shutdown()
+
     def stop(self, timeout: float = 10.0) -> None:
         from ..engines import _doorbell
 
@@ -344,6 +387,13 @@ class Simulation(Runtime):
         # time and would only add wake-ups: sample once an aeon
         config.setdefault("resource_interval", 1e9)
         config["seed"] = self.seed
+        # an in-memory journal, so that a restart (Fault.restart, restart()) has
+        # something to resume from; journal=None: none
+        if config.get("journal", True) is True:
+            config["journal"] = f"memory:simulation-{uuid.uuid4().hex}"
+        elif config.get("journal") is None:
+            config.pop("journal", None)
+        self.restarts = 0
         from .. import _task
 
         _task._new_id_prefix(f"sim{self.seed}")
@@ -403,8 +453,13 @@ class Simulation(Runtime):
         from ..messages.types import InjectFaults
 
         faults = plan.faults if isinstance(plan, FaultPlan) else FaultPlan.of(*plan).faults
-        timed = [f for f in faults if f.kind == "engine_crash"]
-        sent = [f.to_dict() for f in faults if f.kind != "engine_crash"]
+        if any(f.kind == "restart" for f in faults) and not self._core.config.get("journal"):
+            raise MessageError(
+                "a restart fault needs a journal to resume from: Simulation(journal=None) has none",
+                where="restart",
+            )
+        timed = [f for f in faults if f.kind in ("engine_crash", "restart")]
+        sent = [f.to_dict() for f in faults if f.kind not in ("engine_crash", "restart")]
         self._driver.timed_faults.extend(timed)
         self._faults.extend(faults)
         if sent:
@@ -415,6 +470,9 @@ class Simulation(Runtime):
     def _fire_timed_fault(self, fault: Fault) -> None:
         from ..messages.types import CrashEngine
 
+        if fault.kind == "restart":
+            self.restart()
+            return
         self.trace.append(
             (
                 self.clock.now(),
@@ -427,6 +485,48 @@ class Simulation(Runtime):
             encode(CrashEngine(str(fault.engine), fault.index)),
         )
 
+    def restart(self) -> None:
+        """Kill the runtime as the death of its process would (no shutdown: its
+        tasks are not cancelled, what was not journaled is lost) and open it
+        again on its journal at the same virtual time: unfinished tasks resume
+        (Python ones run again, scripts replay their host calls), registrations
+        come back, and handles, ``result`` and subscriptions of this
+        ``Simulation`` go on working. Task faults injected before are not
+        carried over (the new runtime is a new process)."""
+        from ..actors import durable
+        from ..messages.types import EventInterest, Subscribe, TraceTo, WatchTasks
+
+        journal = self._core.config.get("journal")
+        if not journal:
+            raise MessageError("restart needs a journal; Simulation(journal=None) has none")
+        self.check_open_for_restart()
+        self.trace.append((self.clock.now(), "llmspell.fault.restart", {"restarts": self.restarts}))
+        self.restarts += 1
+        durable.crash(str(journal))
+        driver = self._driver
+        driver.crash()
+        addresses = driver.start()
+        core = self._core
+        core.addresses = addresses
+        self._scheduler = addresses["scheduler"]
+        self._events = addresses["events"]
+        # what this facade waits for or listens to lives on in the new runtime
+        subs = list(core.subscriptions.values())
+        for sub in subs:
+            driver.send(self._events, encode(Subscribe(sub.sub_id, sub.pattern, sub.limit)))
+        if subs:
+            patterns = sorted({sub.pattern for sub in subs})
+            driver.send(self._scheduler, encode(EventInterest(patterns, [])))
+        if core.spans is not None:
+            driver.send(self._scheduler, encode(TraceTo(0, True)))
+        waiting = [task_id for task_id, entry in list(core.views.items()) if _unended(entry)]
+        if waiting:
+            driver.send(self._scheduler, encode(WatchTasks(waiting)))
+
+    def check_open_for_restart(self) -> None:
+        if self._core.state is not RuntimeState.OPEN:
+            raise LlmspellError("the simulation is closed")
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -435,6 +535,11 @@ class Simulation(Runtime):
         try:
             super().close()
         finally:
+            journal = self._core.config.get("journal")
+            if isinstance(journal, str) and journal.startswith("memory:simulation-"):
+                from ..journal import Journal
+
+                Journal.drop(journal)  # its own store: gone with it
             Simulation._active = None
             _install_clock(None)
             from .. import _task
@@ -445,7 +550,108 @@ class Simulation(Runtime):
         return self
 
     @classmethod
+    def replay_journal(
+        cls,
+        path: str,
+        task_id: str | None = None,
+        *,
+        code: Mapping[str, str] | Callable[[Any], str | None] | None = None,
+        seed: int = 0,
+        horizon: float = 1e7,
+    ) -> list[ReplayReport]:
+        """Replay the Lua and JS tasks a journal recorded against the code of
+        today, on the virtual clock: each runs from the top, its recorded host
+        calls are answered with their recorded results (nothing is made again:
+        no tool runs, no event is published), and it stops where its record
+        does. A task whose code now makes another call than the one recorded at
+        the same point is reported with the call number and both calls, as it
+        would fail with ``ReplayDivergence`` if the runtime resumed it.
+
+        ``task_id``: only that task (else every script task that ran).
+        ``code``: the new code of the tasks, by task id (a mapping, or a
+        function of the recorded ``TaskSpec`` returning the code or None to keep
+        the recorded one): check that a change will not break runs in flight.
+        The journal is only read (it may be in use by a live runtime)."""
+        from ..journal import Journal
+
+        reports: list[ReplayReport] = []
+        name = f"memory:replay-{uuid.uuid4().hex}"
+        with Journal.open(path, readonly=True) as src:
+            if task_id is not None:
+                one = src.get(task_id)
+                if one is None:
+                    raise MessageError(
+                        f"the journal {path} has no task {task_id!r}", where="task_id"
+                    )
+                chosen = {one.id}
+            else:
+                chosen = {t.id for t in src.tasks() if t.kind in ("lua", "js") and t.attempts}
+            counts: dict[str, int] = {}
+            with Journal.open(name) as dst:
+                for t in src.tasks():
+                    spec = t.spec
+                    if t.id in chosen:
+                        new = code(spec) if callable(code) else (code or {}).get(t.id)
+                        if new is not None:
+                            spec = dataclasses.replace(spec, code=new)
+                        dst.submitted(spec, t.created)
+                        dst.dispatched(t.id, 0, t.created)
+                        calls = src.calls(t.id)
+                        counts[t.id] = len(calls)
+                        for n, op, call, result, error, done in calls:
+                            dst.host_call(t.id, n, op, call, result, error, done)
+                    else:  # what the replayed tasks awaited: answered from here
+                        dst.submitted(spec, t.created)
+                        status = t.status if t.status in TERMINAL else "cancelled"
+                        dst.ended(t.id, status, t.value, t.error, 0, t.ended or t.created)
+                dst.commit()
+        try:
+            with cls(seed=seed, journal=name, replay_check=True) as sim:
+                ids = sorted(chosen)
+                sim._pump(  # type: ignore[misc]
+                    lambda: all(sim._scheduler_status(i) in TERMINAL for i in ids), horizon
+                )
+                for i in ids:
+                    reports.append(_report(sim, i, counts.get(i, 0)))
+        finally:
+            Journal.drop(name)
+        return reports
+
+    @classmethod
     def replay(cls, seed: int, **config: Any) -> Simulation:
         """A fresh simulation with ``seed``: run the same program against it
         to reproduce a recorded failure step by step."""
         return cls(seed=seed, **config)
+
+
+def _unended(entry: Any) -> bool:
+    """A facade's view of a task that has not told it its end yet."""
+    if entry is None:
+        return True
+    if type(entry) is tuple:
+        return False
+    if isinstance(entry, Handle):
+        return entry._ended is None
+    return getattr(entry, "outcome", None) is None
+
+
+def _report(sim: Simulation, task_id: str, calls: int) -> ReplayReport:
+    """How the replay of ``task_id`` ended."""
+    outcome = sim._core.outcome(task_id)
+    if outcome is None:
+        try:
+            sim.result(task_id, timeout=0)
+        except Exception:
+            pass
+        outcome = sim._core.outcome(task_id)
+    if outcome is None:
+        return ReplayReport(task_id, False, calls, "the replay did not end")
+    error = outcome.error or {}
+    kind = error.get("kind")
+    if outcome.status == "succeeded" or kind == "replay_end":
+        message = str(error.get("message") or f"completed, replaying {calls} host call(s)")
+        return ReplayReport(task_id, True, calls, message)
+    if kind == "divergence":
+        data = error.get("data") if isinstance(error.get("data"), dict) else None
+        return ReplayReport(task_id, False, calls, str(error.get("message")), data)
+    return ReplayReport(task_id, False, calls, f"{outcome.status}: {error.get('message')}")

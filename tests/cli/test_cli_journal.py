@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,69 @@ def test_the_help_lists_the_command() -> None:
     assert "journal" in done.stdout
     done = run_cli("journal", "--help")
     assert done.returncode == 0 and "TASK_ID" in done.stdout and "--status" in done.stdout
+
+
+# -- llmspell run FILE --journal: resume an unfinished run ---------------------------------
+
+
+def _llmspell(*args: str) -> list[str]:
+    return [sys.executable, "-m", "llmspell.cli", *args]
+
+
+def test_run_with_a_journal_resumes_a_killed_run_of_the_same_file(tmp_path: Path) -> None:
+    script = tmp_path / "slow.lua"
+    script.write_text(
+        'local n = spell.run({lang = "lua", code = "return 40"})\nspell.sleep(1.5)\nreturn n + 2\n'
+    )
+    journal = tmp_path / "runs.db"
+    first = subprocess.Popen(
+        _llmspell("run", str(script), "--journal", str(journal), "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # started, sleeping
+    first.kill()
+    first.wait(10)
+    again = subprocess.run(
+        _llmspell("run", str(script), "--journal", str(journal), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == 42
+    assert "resuming run:slow.lua@" in again.stderr
+    with Journal.open(str(journal), readonly=True) as j:
+        tasks = j.tasks()
+    assert len(tasks) == 2  # the run and its one child: nothing ran twice
+    # a finished run is not resumed: the same command starts a new one
+    third = subprocess.run(
+        _llmspell("run", str(script), "--journal", str(journal), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert third.returncode == 0 and json.loads(third.stdout) == 42
+    assert "resuming" not in third.stderr
+    with Journal.open(str(journal), readonly=True) as j:
+        ids = sorted(t.id for t in j.tasks() if t.parent is None)
+    assert len(ids) == 2 and ids[1] == ids[0] + "#2"
+
+
+def test_run_a_workflow_with_a_journal(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "name: f\nstrategy: sequential\nsteps:\n"
+        "  - id: a\n    lang: lua\n    code: return 1\n"
+        "  - id: b\n    lang: js\n    code: return spell.input + 1\n    deps: [a]\n"
+    )
+    out = subprocess.run(
+        _llmspell("run", str(flow), "--journal", str(tmp_path / "runs.db"), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["ok"] and result["results"] == [1, 2]

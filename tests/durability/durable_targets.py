@@ -24,3 +24,13 @@ def count(dir: str, tag: str, delay: float = 0.0) -> str:
 
 def runs(dir: str, tag: str) -> int:
     return sum(1 for name in os.listdir(dir) if name.split(".")[0] == tag)
+
+
+def flaky(dir: str) -> str:
+    """Fails the first time it runs (per ``dir``), then succeeds."""
+    marker = os.path.join(dir, "flaky.ran")
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("1")
+        raise RuntimeError("flaky the first time")
+    return "fine"

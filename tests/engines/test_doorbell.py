@@ -26,6 +26,12 @@ class _Engine(EngineActor):
         self.polls = 0
         self.wakeups: list[Any] = []
 
+    def start(self, spec: Any, attempt: int) -> None:
+        pass
+
+    def stop(self, task_id: str, reason: str) -> None:
+        pass
+
     def poll(self) -> None:
         self.polls += 1
 

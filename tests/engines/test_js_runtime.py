@@ -22,8 +22,7 @@ from conftest import SCRIPT_PYTHON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmspell import Handle, Runtime, ScriptError, Task, TaskCancelled, TaskTimeout
-from llmspell.runtime import Subscription
+from llmspell import Handle, Runtime, ScriptError, Subscription, Task, TaskCancelled, TaskTimeout
 
 WAIT = 10.0  # hang guard for every wait in this file
 

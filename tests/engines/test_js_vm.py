@@ -49,7 +49,7 @@ def host() -> FakeHost:
 
 @pytest.fixture
 def vm(host: FakeHost) -> Any:
-    v = JsVM(host, step_budget=0.3, memory_limit=64 << 20)
+    v = JsVM(host, step_budget=0.3, max_memory=64 << 20)
     yield v
     v.close()
 
@@ -528,7 +528,7 @@ def test_stack_overflow_is_a_runtime_failure(vm: JsVM) -> None:
 
 
 def test_a_context_that_cannot_be_stopped_is_rebuilt() -> None:
-    vm = JsVM(FakeHost(), step_budget=0.05, memory_limit=512 << 20)
+    vm = JsVM(FakeHost(), step_budget=0.05, max_memory=512 << 20)
     try:
         vm.start("victim", "await spell.sleep(1); return 1")
         assert isinstance(vm.resume("victim"), Yielded)

@@ -24,12 +24,12 @@ from llmspell import (
     Handle,
     Runtime,
     ScriptError,
+    Subscription,
     Task,
     TaskCancelled,
     TaskFailed,
     TaskTimeout,
 )
-from llmspell.runtime import Subscription
 
 WAIT = 10.0  # hang guard for every wait in this file
 

@@ -265,3 +265,18 @@ def test_decode_many_gives_what_decode_does_or_one_message_error() -> None:
             decode_many(t.TaskSpec, [*blobs, bad])  # type: ignore[list-item]
         with pytest.raises(MessageError):
             decode_as(t.TaskSpec, bad)  # type: ignore[arg-type]
+
+
+def test_a_task_error_travels_as_a_dict_holding_only_what_is_set() -> None:
+    from llmspell import ScriptError, TaskFailed
+    from llmspell._exceptions import error_from_outcome
+
+    bare = t.TaskError("it broke").wire()
+    assert bare == {"message": "it broke"}
+    full = t.TaskError("boom", kind="script", engine="lua", traceback="", data={"x": 1}).wire()
+    outcome = decode(encode(t.TaskOutcome("t1", "failed", error=full)))
+    assert isinstance(outcome, t.TaskOutcome) and outcome.error == full
+    exc = error_from_outcome("t1", "failed", outcome.error)
+    assert isinstance(exc, ScriptError) and exc.engine == "lua" and exc.data == {"x": 1}
+    plain = error_from_outcome("t1", "failed", bare)
+    assert type(plain) is TaskFailed and plain.engine == "runtime"

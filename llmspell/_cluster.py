@@ -1,0 +1,235 @@
+"""Cluster mode, the processes' side: the leader's driver and ``llmspell join``.
+
+A cluster is a Thespian convention (see ``llmspell.actors.cluster`` for the
+placement of engines and the handling of members' deaths):
+
+* the **leader** is a local-mode runtime whose sockets bind to ``host``
+  (``Runtime(mode="cluster", host=..., port=P)``, run by ``llmspell serve
+  --cluster``): its admin is the convention leader and the director also
+  starts a ``ClusterManager``; it starts no engines of its own;
+* a **member** (``join``) is a Thespian admin of its own on ``--host``, whose
+  capabilities name the leader (``Convention Address.IPv4``) and say what it
+  offers; it runs no llmspell actor until the leader places engines on it;
+* a **client** (``Runtime(mode="cluster", address="HOST:P")``) attaches to the
+  leader as a local-mode client does, from a machine where ``HOST`` is one of
+  its own addresses.
+
+Every frame between them is authenticated with the cluster's one secret
+(``llmspell._frames``); every socket binds to the address given, never to
+all interfaces (``llmspell._loopback.allow``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from ._driver import _LOG_DEFS, LocalDriver, _reap_forked, free_port, parse_address, port_in_use
+from ._exceptions import LlmspellError
+
+__all__ = ["ClusterDriver", "join", "local_address", "route_to"]
+
+
+def local_address(host: str) -> bool:
+    """``host`` is an address of this machine (a socket can bind to it)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+        return True
+    except OSError:
+        return False
+
+
+def route_to(host: str) -> str:
+    """The address of this machine that reaches ``host`` (no packet is sent)."""
+    try:
+        if ipaddress_is_loopback(host):
+            return "127.0.0.1"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+def ipaddress_is_loopback(host: str) -> bool:
+    from ._loopback import is_loopback
+
+    return is_loopback(host)
+
+
+class ClusterDriver(LocalDriver):
+    """The leader of a cluster (``attach`` None) or a client attached to one."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        host = self.config.get("host") or "127.0.0.1"
+        self.host = str(host)
+
+    def start(self, timeout: float = 30.0) -> dict[str, Any]:
+        from . import _loopback
+
+        host = parse_address(self.attach)[0] if self.attach else self.host
+        if not local_address(host):
+            raise LlmspellError(
+                f"{host} is not an address of this machine: the cluster leader binds "
+                "there, and a client attaches from the leader's machine"
+            )
+        _loopback.install()
+        _loopback.allow(host)
+        return super().start(timeout)
+
+    def _check_attach_host(self, host: str) -> None:
+        pass  # checked in start: an address of this machine
+
+    def _actor_config(self) -> dict[str, Any]:
+        return {"cluster": True, "host": self.host}
+
+
+def _member_id(host: str, port: int, name: str | None) -> str:
+    return name or f"{host}:{port}"
+
+
+def join(
+    leader: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    engines: list[str],
+    tags: list[str],
+    workers: int,
+    secret: str,
+    secret_from: str,
+    name: str | None = None,
+    exit_with_leader: bool = False,
+    max_frame_bytes: int | None = None,
+) -> int:
+    """Run a cluster member until SIGTERM/SIGINT (or the leader's end with
+    ``exit_with_leader``). Returns the process's exit status."""
+    from thespian.actors import ActorSystem
+
+    from . import _frames, _loopback, _watchdog
+
+    lhost, lport = parse_address(leader)
+    host = host or route_to(lhost)
+    if not local_address(host):
+        raise LlmspellError(f"--host {host} is not an address of this machine")
+    if not port_in_use(lport, lhost):
+        raise LlmspellError(f"no cluster leader listens at {lhost}:{lport}")
+    answer = _frames.probe(lhost, lport, secret)
+    if answer == "wrong":
+        raise LlmspellError(
+            f"the cluster leader at {lhost}:{lport} refused this member's secret (from "
+            f"{secret_from}): it is not the cluster's secret"
+        )
+    if answer != "ok":
+        raise LlmspellError(f"no llmspell cluster leader answered at {lhost}:{lport}")
+    port = int(port or free_port(host))
+    if port_in_use(port, host):
+        raise LlmspellError(f"port {port} on {host} is already in use")
+    member = _member_id(host, port, name)
+    # before Thespian starts: the admin and every actor process inherit all this
+    os.environ["THESPIAN_BASE_IPADDR"] = host
+    _loopback.install()
+    _loopback.allow(host)
+    _frames.install()
+    _frames.register(port, secret, int(max_frame_bytes or _frames.DEFAULT_MAX_FRAME))
+    from thespian.system.transport.IPBase import thisSystem
+
+    thisSystem.add_local_addr(host)
+    caps = {
+        "Admin Port": port,
+        "Convention Address.IPv4": f"{lhost}:{lport}",
+        "llmspell.member": member,
+        "llmspell.engines": list(engines),
+        "llmspell.tags": sorted(set(tags)),
+        "llmspell.workers": int(workers),
+        "llmspell.host": host,
+        "llmspell.pid": os.getpid(),
+    }
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    import psutil
+
+    def start() -> tuple[Any, set[int]]:
+        before = {c.pid for c in psutil.Process().children()}
+        # every process this forks ends once this one is gone (kill -9 included)
+        with _watchdog.owned_forks():
+            asys = ActorSystem("multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS)
+        return asys, {c.pid for c in psutil.Process().children()} - before
+
+    asys, forked = start()
+    print(
+        json.dumps(
+            {
+                "member": member,
+                "host": host,
+                "port": port,
+                "leader": f"{lhost}:{lport}",
+                "engines": list(engines),
+                "tags": sorted(set(tags)),
+                "workers": workers,
+                "pid": os.getpid(),
+            }
+        ),
+        flush=True,
+    )
+    why = "stopped"
+    missed = 0
+    try:
+        while not stop.wait(0.5):
+            if port_in_use(lport, lhost):
+                if missed >= 2:  # a new leader at the same address: join it afresh
+                    asys.shutdown()
+                    _reap_forked(forked)
+                    asys, forked = start()
+                    print(json.dumps({"rejoined": f"{lhost}:{lport}"}), flush=True)
+                missed = 0
+                continue
+            missed += 1
+            if missed >= 2 and exit_with_leader:
+                why = "the leader is gone"
+                break
+    finally:
+        asys.shutdown()
+        _frames.unregister(port, secret)
+        _reap_forked(forked)
+    print(json.dumps({"left": f"{lhost}:{lport}", "member": member, "why": why}), flush=True)
+    return 0
+
+
+def member_secret(leader_port: int, secret_file: str | None) -> tuple[str, str]:
+    """The cluster secret a member uses, and where it came from: ``--secret-file``,
+    else ``LLMSPELL_SECRET``, else the leader's own secret file on this machine."""
+    from . import _frames
+
+    if secret_file:
+        try:
+            text = open(secret_file, encoding="utf-8").read().strip()
+        except OSError as exc:
+            raise LlmspellError(f"cannot read the secret file {secret_file}: {exc}") from None
+        if not text:
+            raise LlmspellError(f"the secret file {secret_file} is empty")
+        return text, secret_file
+    env = os.environ.get("LLMSPELL_SECRET")
+    if env:
+        return env, "LLMSPELL_SECRET"
+    try:
+        found = _frames.read_secret(leader_port)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LlmspellError(f"cannot use the secret file of port {leader_port}: {exc}") from None
+    if found is None:
+        raise LlmspellError(
+            "no cluster secret: pass --secret-file PATH (a copy of the leader's "
+            f"{_frames.secret_path(leader_port)}) or set LLMSPELL_SECRET"
+        )
+    return found, str(_frames.secret_path(leader_port))

@@ -1,0 +1,274 @@
+"""Cluster mode, the leader's side: engines placed on members by capability.
+
+A cluster is a Thespian *convention*: the leader's admin (``llmspell serve
+--cluster``) is the convention leader, and each member (``llmspell join``)
+starts an admin of its own whose capabilities name the convention leader
+(``Convention Address.IPv4``) and describe the member: ``llmspell.member``
+(its id), ``llmspell.engines``, ``llmspell.tags``, ``llmspell.workers``,
+``llmspell.host`` and ``llmspell.pid`` (see ``llmspell._cluster``).
+
+The ``ClusterManager`` (created by the director on the leader) asks the
+leader's admin for convention updates (``notifyOnSystemRegistrationChanges``).
+For each member that registers it creates the member's engine actors with
+``createActor(..., targetActorRequirements={"llmspell.member": id})``: the
+engine classes here accept only an actor system whose ``llmspell.member`` is
+that id (``actorSystemCapabilityCheck``), so Thespian's admin forwards the
+creation to that member and the engine runs there, in a process of the
+member's admin. Engines register with the scheduler as in local mode, their
+``EngineReady`` carrying the member, its host and its tags; the scheduler
+places each task on the least loaded engine of its kind whose member has all
+the task's ``tags``.
+
+Deaths. The member's admin tells the manager when one engine exited
+(Thespian forwards ``ChildActorExited`` to the actor that asked for the
+creation): the scheduler re-runs or fails its tasks and the engine is
+created again on the same member. A member that left (deregistered) or went
+silent is *lost*: the manager pings every engine each ``BEAT`` seconds, and a
+member none of whose engines answered for ``LOST_AFTER`` seconds (or whose
+join process is gone, seen by its convention deregistration) is dropped; its
+in-flight tasks re-run elsewhere per ``retries`` or fail with an error naming
+the member. A member that joins later gets engines and takes new work.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from thespian.actors import ActorAddress, ActorExitRequest, ActorSystemConventionUpdate
+
+from .._actor import WireActor, log
+from ..engines.js import JsEngine
+from ..engines.lua import LuaEngine
+from ..engines.python import PythonEngine
+from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown
+
+__all__ = [
+    "BEAT",
+    "LOST_AFTER",
+    "MEMBER_CAP",
+    "ClusterJsEngine",
+    "ClusterLuaEngine",
+    "ClusterManager",
+    "ClusterPythonEngine",
+]
+
+MEMBER_CAP = "llmspell.member"
+BEAT = 0.5  # seconds between two pings of every engine
+LOST_AFTER = 3.0  # a member none of whose engines answered for this long is lost
+
+
+def _placed_on(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bool:
+    """Thespian's placement test: only the member the leader chose runs it."""
+    wanted = requirements.get(MEMBER_CAP)
+    return wanted is not None and capabilities.get(MEMBER_CAP) == wanted
+
+
+class ClusterPythonEngine(PythonEngine):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
+        return _placed_on(capabilities, requirements)
+
+
+class ClusterLuaEngine(LuaEngine):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
+        return _placed_on(capabilities, requirements)
+
+
+class ClusterJsEngine(JsEngine):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
+        return _placed_on(capabilities, requirements)
+
+
+CLASSES: dict[str, type[WireActor]] = {
+    "python": ClusterPythonEngine,
+    "lua": ClusterLuaEngine,
+    "js": ClusterJsEngine,
+}
+
+
+class _Member:
+    __slots__ = ("admin", "engines", "host", "id", "pid", "seen", "tags", "workers")
+
+    def __init__(self, admin: ActorAddress, caps: dict[str, Any]) -> None:
+        self.admin = admin
+        self.id = str(caps[MEMBER_CAP])
+        self.host = str(caps.get("llmspell.host", ""))
+        self.pid = int(caps.get("llmspell.pid", 0) or 0)
+        self.engines = [e for e in caps.get("llmspell.engines") or () if e in CLASSES]
+        self.tags = sorted(str(t) for t in caps.get("llmspell.tags") or ())
+        self.workers = max(1, int(caps.get("llmspell.workers", 1) or 1))
+        self.seen = time.monotonic()
+
+    def describe(self) -> str:
+        return f"cluster member {self.id} (host {self.host}, pid {self.pid})"
+
+
+class _Engine:
+    __slots__ = ("address", "engine", "index", "member", "restarts")
+
+    def __init__(self, engine: str, index: int, member: _Member) -> None:
+        self.engine = engine
+        self.index = index
+        self.member = member
+        self.address: ActorAddress | None = None
+        self.restarts = 0
+
+
+class ClusterManager(WireActor):
+    role = "cluster"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runtime_id = ""
+        self.addresses: dict[str, ActorAddress] = {}
+        self.config: dict[str, Any] = {}
+        self.members: dict[str, _Member] = {}
+        self.engines: list[_Engine] = []
+        self.next_index: dict[str, int] = {}
+        self.stopping = False
+
+    # -- Thespian's convention updates come as objects, not wire bytes --------------
+
+    def _dispatch_message(self, msg: Any, sender: ActorAddress) -> None:
+        if isinstance(msg, ActorSystemConventionUpdate):
+            self.on_convention_update(msg)
+            return
+        super()._dispatch_message(msg, sender)
+
+    def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
+        self.runtime_id = msg.runtime_id
+        self.addresses = dict(msg.addresses)
+        self.config = dict(msg.config)
+        self.notifyOnSystemRegistrationChanges(True)
+        self.wake_after(BEAT, "beat")
+
+    def on_convention_update(self, msg: ActorSystemConventionUpdate) -> None:
+        caps = msg.remoteCapabilities or {}
+        if MEMBER_CAP not in caps or self.stopping:
+            return
+        member_id = str(caps[MEMBER_CAP])
+        if not msg.remoteAdded:
+            member = self.members.get(member_id)
+            if member is not None:
+                self._lose(member, "left the cluster")
+            return
+        if member_id in self.members:
+            return  # a re-registration
+        member = _Member(msg.remoteAdminAddress, caps)
+        self.members[member_id] = member
+        log.warning(
+            "cluster: %s joined, offering %s with tags %s",
+            member.describe(),
+            ", ".join(f"{member.workers} x {e}" for e in member.engines) or "no engines",
+            member.tags,
+        )
+        for engine in member.engines:
+            for _ in range(member.workers):
+                index = self.next_index.get(engine, 0)
+                self.next_index[engine] = index + 1
+                eng = _Engine(engine, index, member)
+                self.engines.append(eng)
+                self._start(eng)
+
+    def _start(self, eng: _Engine) -> None:
+        member = eng.member
+        eng.address = self.createActor(
+            CLASSES[eng.engine], targetActorRequirements={MEMBER_CAP: member.id}
+        )
+        cfg = dict(self.config)
+        cfg.pop("owner_pid", None)
+        cfg.update(
+            engine=eng.engine,
+            index=eng.index,
+            restarts=eng.restarts,
+            member=member.id,
+            host=member.host,
+            tags=member.tags,
+            mode="local",  # an engine in a process of its own, as in local mode
+        )
+        self.send_msg(eng.address, Introduce(self.runtime_id, self.addresses, cfg))
+
+    # -- liveness ---------------------------------------------------------------------
+
+    def on_wakeup(self, payload: Any) -> None:
+        if payload != "beat" or self.stopping:
+            return
+        t = time.monotonic()
+        for member in list(self.members.values()):
+            if t - member.seen > LOST_AFTER:
+                self._lose(member, f"answered no heartbeat for {LOST_AFTER:g} s")
+        for eng in self.engines:
+            if eng.address is not None:
+                self.send_msg(eng.address, Ping("cluster"))
+        self.wake_after(BEAT, "beat")
+
+    def on_pong(self, msg: Pong, sender: ActorAddress) -> None:
+        eng = self._find(sender)
+        if eng is not None:
+            eng.member.seen = time.monotonic()
+
+    def _find(self, address: ActorAddress) -> _Engine | None:
+        for eng in self.engines:
+            if eng.address is not None and eng.address == address:
+                return eng
+        return None
+
+    def on_child_exited(self, child: ActorAddress) -> None:
+        """One engine of a member exited (its member's admin says so): its tasks
+        re-run or fail, and it is created again on the same member."""
+        eng = self._find(child)
+        if eng is None or self.stopping:
+            return
+        member = eng.member
+        log.warning("cluster: %s engine %d on %s died", eng.engine, eng.index, member.describe())
+        eng.address = None
+        scheduler = self.addresses.get("scheduler")
+        if scheduler is not None:
+            self.send_msg(
+                scheduler,
+                EngineEvent(
+                    eng.engine, eng.index, "crash", f"the engine on {member.describe()} died"
+                ),
+            )
+        if member.id in self.members:
+            eng.restarts += 1
+            self._start(eng)
+
+    def _lose(self, member: _Member, why: str) -> None:
+        self.members.pop(member.id, None)
+        detail = f"{member.describe()} {why}"
+        log.warning("cluster: %s; its engines are dropped", detail)
+        scheduler = self.addresses.get("scheduler")
+        mine = [e for e in self.engines if e.member is member]
+        self.engines = [e for e in self.engines if e.member is not member]
+        for eng in mine:
+            if scheduler is not None:
+                self.send_msg(scheduler, EngineEvent(eng.engine, eng.index, "lost", detail))
+            if eng.address is not None:  # if it still runs somewhere: stop it
+                self.send(eng.address, ActorExitRequest())
+                eng.address = None
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
+        self._stop_all()
+
+    def on_exit(self) -> None:
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for eng in self.engines:
+            if eng.address is not None:
+                self.send_msg(eng.address, Shutdown("the cluster leader stopped"))
+                self.send(eng.address, ActorExitRequest())
+                eng.address = None
+        try:
+            self.notifyOnSystemRegistrationChanges(False)
+        except Exception:  # pragma: no cover - the admin may be gone already
+            pass
