@@ -4,10 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := $(VENV)/.installed-demo
+BENCH  := $(VENV)/.installed-bench
 # An editable install mypy can follow: a plain path in a .pth file, not an import hook
 EDITABLE := --config-settings editable_mode=compat -e
 
-.PHONY: demo test test-fast lint check format test-deep bench clean
+.PHONY: demo test test-fast lint check format test-deep bench bench-deps latency clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -51,9 +52,20 @@ test-fast: lint check
 test-deep: $(STAMP)
 	LLMSPELL_DEEP=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: $(STAMP)
-	for b in overhead lua js coordination local events tracing journal; do \
+# the benchmarks' own baselines (pykka, ray): never installed by the test targets
+$(BENCH): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install -q $(EDITABLE) '.[test,bench]'
+	@touch $(BENCH)
+
+bench-deps: $(BENCH)
+
+bench: $(BENCH)
+	for b in overhead lua js coordination local events tracing journal latency; do \
 		echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
+
+# one task's round trip against Pykka, asyncio and Ray (issue 15)
+latency: $(BENCH)
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -37,6 +38,17 @@ from .messages.types import Pong, StreamAck, Via
 __all__ = ["WireActor", "addr_key", "log"]
 
 log = logging.getLogger("llmspell")
+
+# An embedded runtime's driver thread runs every actor of its system, and its
+# facade is in this process: the driver puts a sink here, on its own thread, that
+# takes (address, message) and hands a message for the facade over as an object
+# (False for any other address). Other threads and processes have none.
+_thread = threading.local()
+
+
+def set_sink(sink: Callable[[Any, Any], bool] | None) -> None:
+    """Install ``sink`` for the actors run by the calling thread."""
+    _thread.sink = sink
 
 
 def addr_key(address: ActorAddress) -> str:
@@ -151,6 +163,9 @@ class WireActor(Actor):  # type: ignore[misc]
     # -- sending ------------------------------------------------------------
 
     def send_msg(self, to: ActorAddress, msg: Message) -> None:
+        sink = getattr(_thread, "sink", None)
+        if sink is not None and sink(to, msg):
+            return
         self.send(to, encode(msg))
 
     def flush(self) -> None:

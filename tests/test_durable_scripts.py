@@ -96,12 +96,9 @@ def test_local_mode_an_engine_process_killed_midway_replays(tmp_path: Path) -> N
         journal=str(tmp_path / "j.db"),
         script_python=SCRIPT_PYTHON,
     ) as rt:
-        # the engine processes start after the runtime answers: wait for the Lua one
-        deadline = time.monotonic() + 30
-        while not (pids := [int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua"]):
-            assert time.monotonic() < deadline, "the Lua engine process never started"
-            time.sleep(0.05)
-        pid = pids[0]
+        # the engine registers with the scheduler a moment after the runtime opens
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=30) == 1
+        pid = next(int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua")
         assert psutil.pid_exists(pid)
 
         def kill() -> None:

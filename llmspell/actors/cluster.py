@@ -106,6 +106,29 @@ class _Member:
         return f"cluster member {self.id} (host {self.host}, pid {self.pid})"
 
 
+def _gone_here(member: _Member) -> bool:
+    """The member runs on this machine and its process is gone (on another host
+    only its heartbeat can tell)."""
+    if not member.pid or not member.host:
+        return False
+    import socket
+
+    import psutil
+
+    try:  # an address of this machine: a socket can bind to it
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((member.host, 0))
+    except OSError:
+        return False
+
+    try:
+        return psutil.Process(member.pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
 class _Engine:
     __slots__ = ("address", "engine", "index", "member", "restarts")
 
@@ -225,6 +248,11 @@ class ClusterManager(WireActor):
         member = eng.member
         log.warning("cluster: %s engine %d on %s died", eng.engine, eng.index, member.describe())
         eng.address = None
+        if member.id in self.members and _gone_here(member):
+            # its member's process is dead (an engine exits when its member's process
+            # dies): the member is lost now, not re-created on, to be lost again later
+            self._lose(member, "process exited")
+            return
         scheduler = self.addresses.get("scheduler")
         if scheduler is not None:
             self.send_msg(

@@ -296,6 +296,12 @@ class Scheduler(WireActor):
             durable.resume(now())
         except JournalError as exc:  # the facade checked it; it went bad since
             self._journal_failed(exc)
+            return
+        if self._early:  # watches that came before the journal was open (a restart)
+            early, self._early = self._early, {}
+            for task_id, watchers in early.items():
+                for watcher in watchers:
+                    self.on_watch(WatchTasks([task_id]), watcher)
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
         if self.degraded:  # restarted just before its supervisor gave up: being stopped

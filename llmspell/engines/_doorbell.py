@@ -14,22 +14,33 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["get", "held", "hold", "install", "release", "remove"]
+__all__ = ["get", "held", "hold", "install", "quiet", "release", "remove"]
 
 Bell = Callable[[Any, bytes], None]  # called with the engine's address and a message
 
 _bells: dict[str, Bell] = {}
+# runtime id -> True while nothing waits in the driver's queue (no submit, cancel or
+# query of the facade): an engine may then go on at once instead of ringing
+_quiet: dict[str, Callable[[], bool]] = {}
 _lock = threading.Lock()
 
 
-def install(runtime_id: str, bell: Bell) -> None:
+def install(runtime_id: str, bell: Bell, quiet: Callable[[], bool] | None = None) -> None:
     with _lock:
         _bells[runtime_id] = bell
+        if quiet is not None:
+            _quiet[runtime_id] = quiet
 
 
 def remove(runtime_id: str) -> None:
     with _lock:
         _bells.pop(runtime_id, None)
+        _quiet.pop(runtime_id, None)
+
+
+def quiet(runtime_id: str) -> Callable[[], bool] | None:
+    with _lock:
+        return _quiet.get(runtime_id)
 
 
 def get(runtime_id: str) -> Bell | None:

@@ -52,6 +52,7 @@ from ..messages.types import (
     PRIORITIES,
     Coordinate,
     CoordinationDone,
+    DispatchBatch,
     EventDelivery,
     HostCalls,
     ProgressBatch,
@@ -68,6 +69,7 @@ from ..messages.types import (
     Tick,
     Unsubscribe,
 )
+from . import _doorbell
 from ._vm import Completed, Failed, Request, ScriptVM, Waiting, Yielded
 from .base import EngineActor
 from .limits import Limit, judge
@@ -283,6 +285,8 @@ class ScriptEngine(EngineActor):
 
     def setup(self, config: dict[str, Any]) -> None:
         self.vm = self.make_vm(config)
+        # embedded: True while the driver's queue is empty (engines._doorbell)
+        self._quiet = _doorbell.quiet(self.runtime_id) if self._bell is not None else None
         self.step_budget = float(config.get("step_budget", 1.0))  # the VM's, per resume
         self.quantum = float(config.get("quantum", 0.005))
         # simulation: quanta by step count, and a seeded pick among equally ready tasks
@@ -323,6 +327,26 @@ class ScriptEngine(EngineActor):
         self._resubmits: list[TaskSpec] = []  # replayed submits not sent yet
 
     # -- work in ------------------------------------------------------------
+
+    def on_dispatch(self, msg: DispatchBatch, sender: ActorAddress) -> None:
+        """Start the tasks; embedded, when nothing waits in the driver's queue, run
+        their first quantum at once instead of ringing for a tick (one pass
+        through the driver less per task). Anything waiting there (a cancel, a
+        query) still goes first: the engine rings as before."""
+        quiet = self._quiet
+        if quiet is None or self.ticking:
+            super().on_dispatch(msg, sender)
+            return
+        self.ticking = True  # no tick while the tasks start
+        try:
+            super().on_dispatch(msg, sender)
+        finally:
+            self.ticking = False
+        if self.nready:
+            if quiet():
+                self._run_quantum()
+            else:
+                self._tick()
 
     def start(self, spec: TaskSpec, attempt: int, replay: list[list[Any]] | None = None) -> None:
         source = (spec.metadata or {}).get("source")
@@ -1060,8 +1084,23 @@ class ScriptEngine(EngineActor):
         """A new event bus has none of the ``wait_event`` subscriptions: they
         are made again. A new coordinator has none of the coordinations:
         whoever waits in ``spell.coordinate`` gets an error naming the crash. A
-        new resource tracker has none of the waits: they are granted."""
-        if msg.role == "events":
+        new resource tracker has none of the waits: they are granted. A new
+        scheduler dispatches again what this engine ran (the base class stopped
+        those runs): everything they left behind goes too, or a timer or answer
+        of an old run would resume the new run of the same task and attempt."""
+        if msg.role == "scheduler":
+            self.timers.clear()
+            self.armed = None
+            self.awaiting.clear()
+            self.coords.clear()
+            self.held.clear()
+            self.rwaits.clear()
+            self._calls.clear()
+            self._resubmits.clear()
+            for queue in self.ready:
+                queue.clear()
+            self.nready = 0
+        elif msg.role == "events":
             for sub_id in [k for k in self.patterns if k not in self.subs]:
                 del self.patterns[sub_id]
             for sub_id, pattern in self.patterns.items():

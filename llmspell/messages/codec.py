@@ -596,6 +596,13 @@ def encode_with_items(cls: type[Message], packed: list[bytes]) -> bytes:
     return b"".join(head + packed)
 
 
+def copy_data(value: Any) -> Any:
+    """A copy of msgpack data, as a trip through the wire would give it."""
+    return msgpack.unpackb(
+        _pack(value), raw=False, ext_hook=_ext_hook, unicode_errors="surrogatepass"
+    )
+
+
 # -- decoding -----------------------------------------------------------------
 
 
