@@ -212,8 +212,10 @@ class _Core:
             from .journal import Journal
 
             # every bad journal is one JournalError here, before anything starts
-            # (the scheduler opens it again, for good)
+            # (the scheduler opens it again, for good, without checking every
+            # page a second time)
             Journal.open(config["journal"]).close()
+            config = dict(config, journal_checked=True)
         workers = config.get("workers")
         history = config.get("history")
         self.mode = mode

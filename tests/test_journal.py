@@ -207,6 +207,61 @@ def test_a_replayed_submit_of_a_known_task_keeps_its_row(j: Journal) -> None:
     assert a is not None and (a.status, a.created, a.spec.args) == ("running", 1.0, None)
 
 
+def test_submitted_and_dispatched_in_one_statement_read_as_written_apart(j: Journal) -> None:
+    j.submitted(spec("apart", retries=2), 1.0)
+    j.dispatched("apart", 0, 2.0)
+    j.submitted(spec("one", retries=2), 1.0, dispatched=(0, 2.0))
+    j.submitted(spec("known"), 1.0)
+    j.commit()
+    j.submitted(spec("known", args={"other": True}), 5.0, dispatched=(1, 6.0))  # replayed
+    j.commit()
+    apart, one = j.record("apart"), j.record("one")
+    assert one == {**apart, "id": "one", "spec": {**apart["spec"], "id": "one"}}
+    assert (one["status"], one["attempts"]) == ("running", 1)
+    known = j.record("known")
+    assert (known["status"], known["attempts"], known["created"]) == ("running", 2, 1.0)
+    assert "args" not in known["spec"]  # the row kept its spec and took the dispatch
+    assert known["events"] == [
+        {"event": "submitted", "t": 1.0},
+        {"event": "dispatched", "t": 6.0, "attempt": 1},
+    ]
+
+
+def test_resumable_gives_what_unfinished_does_with_every_spec_decoded(j: Journal) -> None:
+    j.submitted(spec("q", deps=["x"], timeout=2), 1.0)
+    j.submitted(spec("r", kind="python"), 2.0, dispatched=(0, 2.5))
+    j.submitted(spec("w"), 3.0)
+    j.dispatched("w", 0, 3.5)
+    j.retried("w", 0, "boom", 4.0)
+    j.submitted(spec("e"), 5.0)
+    j.ended("e", "succeeded", 1, None, 0, 6.0)
+    j.commit()
+    assert j.resumable() == [
+        (t.spec, t.status == "running", t.attempts, t.created) for t in j.unfinished()
+    ]
+    assert [(s.id, running, attempts) for s, running, attempts, _ in j.resumable()] == [
+        ("q", False, 0),
+        ("r", True, 1),
+        ("w", False, 1),
+    ]
+    assert j.resumable()[0][0].timeout == 2.0  # converted as any decode does
+
+
+def test_resumable_names_the_task_whose_spec_is_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    with Journal.open(path) as j:
+        j.submitted(spec("good"), 1.0)
+        j.submitted(spec("bad"), 2.0)
+        j.commit()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE tasks SET spec = ? WHERE id = 'bad'", (b"\x93\xa4task\x01\x91\x07",))
+    conn.commit()
+    conn.close()
+    with Journal.open(path) as j, pytest.raises(JournalError) as info:
+        j.resumable()
+    assert "'bad'" in str(info.value) and "task.kind" in str(info.value)
+
+
 def test_nothing_is_seen_before_commit_and_close_discards_it(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     j = Journal.open(path)
@@ -403,7 +458,8 @@ def test_flipped_bytes_anywhere_never_give_anything_but_journal_error(tmp_path: 
             assert str(path) in str(exc) and path.read_bytes() == bytes(damaged)
             continue
         try:
-            for read in (j.unfinished, j.tasks, lambda j=j: [t.spec for t in j.tasks()]):
+            reads = (j.unfinished, j.resumable, j.tasks, lambda j=j: [t.spec for t in j.tasks()])
+            for read in reads:
                 try:
                     read()
                 except JournalError:
@@ -686,3 +742,39 @@ def test_trim_keeps_the_newest_ended_tasks_and_every_unfinished_one(tmp_path: Pa
         assert j.calls("t0") == [] and j.calls("t2") != []
         assert [t.id for t in j.existing(["t2", "t0", "t9", "nope"])] == ["t2", "t9"]
         assert j.trim(3) == 0
+
+
+def test_a_resume_puts_unfinished_tasks_back_in_order_with_their_attempts(
+    tmp_path: Path,
+) -> None:
+    import gc
+
+    from llmspell.actors.durable import Durable
+    from llmspell.table import TaskTable
+
+    path = str(tmp_path / "j.db")
+    with Journal.open(path) as j:
+        j.submitted(spec("done"), 1.0, dispatched=(0, 1.5))
+        j.ended("done", "succeeded", 7, None, 0, 2.0)
+        j.submitted(spec("q", deps=["done"]), 3.0)
+        j.submitted(spec("r", kind="python"), 4.0, dispatched=(0, 4.5))  # cut short
+        j.submitted(spec("w"), 5.0, dispatched=(0, 5.5))
+        j.retried("w", 0, "boom", 6.0)  # waits for its second run
+        j.submitted(spec("c2", deps=["c1"]), 7.0)
+        j.submitted(spec("c1"), 7.0)
+        j.commit()
+    table = TaskTable()
+    durable = Durable(path, table)
+    try:
+        assert durable.resume(10.0) == []
+        assert gc.isenabled()
+        assert [(r.spec.id, r.attempt) for r in table.ready] == [
+            ("q", 0),
+            ("r", 0),
+            ("w", 1),
+            ("c1", 0),
+        ]
+        assert table.tasks["c2"].waiting == 1 and table.tasks["r"].submitted_at == 4.0
+        assert table.gone["done"][:2] == ("succeeded", 7)
+    finally:
+        durable.close()

@@ -25,6 +25,7 @@ older ones (``Journal.trim``), so it stays bounded however long it runs.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,14 +53,34 @@ _OPEN: dict[str, Durable] = {}
 _SCRIPTS = frozenset(("lua", "js"))
 
 
+def _first_dispatches(log_: list[Any]) -> dict[str, Dispatched] | None:
+    """The first ``Dispatched`` of each task the same log submitted (a task
+    queued and started in one message: one row written as running, not a row
+    and its update); None when there is none."""
+    submitted: set[str] = set()
+    for ev in log_:
+        if type(ev) is Submitted:
+            submitted.update(spec.id for spec in ev.accepted)
+    if not submitted:
+        return None
+    first: dict[str, Dispatched] = {}
+    for ev in log_:
+        if type(ev) is Dispatched and ev.task_id in submitted and ev.task_id not in first:
+            first[ev.task_id] = ev
+    return first or None
+
+
 class Durable:
     """One scheduler's journal. Not thread-safe: the scheduler's thread only."""
 
     __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table")
 
-    def __init__(self, path: str, table: TaskTable) -> None:
+    def __init__(self, path: str, table: TaskTable, *, checked: bool = False) -> None:
+        """``checked``: the runtime's facade opened and checked the file a
+        moment ago (``Runtime(journal=...)``), so the page-by-page
+        ``quick_check`` is not run a second time."""
         self.path = path
-        self.journal: Journal | None = Journal.open(path)
+        self.journal: Journal | None = Journal.open(path, quick_check=not checked)
         self.table = table
         table.log = []
         # the recorded host calls of unfinished script tasks: id -> n -> record
@@ -80,6 +101,7 @@ class Durable:
         log_ = self.table.log
         if log_:
             ended = 0
+            first = _first_dispatches(log_)
             for ev in log_:
                 kind = type(ev)
                 if kind is Ended:
@@ -89,11 +111,18 @@ class Durable:
                     ended += 1
                 elif kind is Dispatched:
                     assert isinstance(ev, Dispatched)
-                    j.dispatched(ev.task_id, ev.attempt, ev.t)
+                    if first is None or first.get(ev.task_id) is not ev:  # (else: written)
+                        j.dispatched(ev.task_id, ev.attempt, ev.t)
                 elif kind is Submitted:
                     assert isinstance(ev, Submitted)
-                    for spec in ev.accepted:
-                        j.submitted(spec, ev.t)
+                    t = ev.t
+                    if first is None:
+                        for spec in ev.accepted:
+                            j.submitted(spec, t)
+                    else:
+                        for spec in ev.accepted:
+                            d = first.get(spec.id)
+                            j.submitted(spec, t, None if d is None else (d.attempt, d.t))
                 elif kind is Retried:
                     assert isinstance(ev, Retried)
                     j.retried(ev.task_id, ev.attempt, ev.error, ev.t)
@@ -181,33 +210,58 @@ class Durable:
         j = self.journal
         assert j is not None
         registrations = j.registrations()
-        unfinished = j.unfinished()
-        if not unfinished:
+        # Tens of thousands of records are made here and all of them live on:
+        # the cyclic GC would walk them again and again for nothing (a third of
+        # the time of a big resume, more than reading them). So it is off while
+        # they are made, and they go straight to its oldest generation (through
+        # the permanent one and back: two list splices, no walk), where the
+        # next full collection looks at them as at any other old object.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            ev = self._restore(j, t)
+        finally:
+            if not gc.get_freeze_count():  # (an application's own frozen objects stay so)
+                gc.freeze()
+                gc.unfreeze()
+            if collecting:
+                gc.enable()
+        if ev is None:
             return registrations
-        ids = {jt.id for jt in unfinished}
-        deps: set[str] = set()
-        restored: list[tuple[TaskSpec, int, float]] = []
-        for jt in unfinished:
-            spec = jt.spec
-            # the run that was cut short keeps its number; a task waiting for a
-            # retry (or never started) is on the number of its next run
-            attempt = jt.attempts - 1 if jt.status == "running" else jt.attempts
-            restored.append((spec, max(0, attempt), jt.created))
-            for d in spec.deps or ():
-                if d not in ids:
-                    deps.add(d)
-            if jt.kind in _SCRIPTS and jt.attempts:
-                calls = j.calls(jt.id)
-                if calls:
-                    self.calls[jt.id] = {int(c[0]): c for c in calls}
-        if deps:
-            self.lookup(sorted(deps))
-        ev = Restored(restored, t)
-        self.table.apply(ev)
         for task_id, why in ev.rejected:
             log.warning("journal %s: task %s not resumed: %s", self.path, task_id, why)
         log.info("journal %s: resumed %d unfinished task(s)", self.path, len(ev.accepted))
         return registrations
+
+    def _restore(self, j: Journal, t: float) -> Restored | None:
+        unfinished = j.resumable()
+        if not unfinished:
+            return None
+        deps: set[str] = set()
+        restored: list[tuple[TaskSpec, int, float]] = []
+        add = restored.append
+        calls = self.calls
+        for spec, running, attempts, created in unfinished:
+            # the run that was cut short keeps its number; a task waiting for a
+            # retry (or never started) is on the number of its next run
+            if attempts:
+                add((spec, attempts - 1 if running else attempts, created))
+                if spec.kind in _SCRIPTS:
+                    recorded = j.calls(spec.id)
+                    if recorded:
+                        calls[spec.id] = {int(c[0]): c for c in recorded}
+            else:
+                add((spec, 0, created))
+            if spec.deps:
+                deps.update(spec.deps)
+        if deps:  # ended tasks of earlier processes among them become tombstones
+            if len(deps) > 500:  # (a few are looked up at once, resumed or not)
+                deps.difference_update([spec.id for spec, _, _ in restored])
+            if deps:
+                self.lookup(sorted(deps))
+        ev = Restored(restored, t)
+        self.table.apply(ev)
+        return ev
 
     def close(self) -> None:
         """Stop writing (what was not committed is dropped, as in a crash)."""

@@ -277,13 +277,13 @@ class Scheduler(WireActor):
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
         path = msg.config.get("journal")
         if path and self.durable is None:
-            self._open_journal(str(path))
+            self._open_journal(str(path), bool(msg.config.get("journal_checked")))
 
-    def _open_journal(self, path: str) -> None:
+    def _open_journal(self, path: str, checked: bool = False) -> None:
         """Open the journal and resume what it left unfinished: registrations
         first (resumed tasks find their tools), then the tasks."""
         try:
-            durable = Durable(path, self.table)
+            durable = Durable(path, self.table, checked=checked)
             self.durable = durable
             registrations = durable.journal.registrations() if durable.journal else []
             for what, name, target in registrations:

@@ -228,20 +228,25 @@ class TaskTable:
                 self._cascade = None
 
     def _take_restored(self, ev: Restored) -> None:
-        tasks, fresh = self.tasks, []
+        # (a resume may bring back 100,000s of tasks: the loop is kept lean)
+        tasks, gone, t = self.tasks, self.gone, ev.t
+        fresh: list[Rec] = []
+        add, accept = fresh.append, ev.accepted.append
         for spec, attempt, created in ev.tasks:
-            if spec.id in tasks or spec.id in self.gone:
-                ev.rejected.append((spec.id, f"task id {spec.id!r} is known already"))
+            task_id = spec.id
+            if task_id in tasks or task_id in gone:
+                ev.rejected.append((task_id, f"task id {task_id!r} is known already"))
                 continue
             rec = Rec(spec, created)
-            rec.attempt = attempt
-            tasks[spec.id] = rec
-            ev.accepted.append(spec)
-            self.counts["restored"] += 1
+            if attempt:
+                rec.attempt = attempt
+            tasks[task_id] = rec
+            accept(spec)
             if spec.parent is not None:
-                self._adopt(rec, ev.t)
-            fresh.append(rec)
-        self._link_all(fresh, ev.t)
+                self._adopt(rec, t)
+            add(rec)
+        self.counts["restored"] += len(ev.accepted)
+        self._link_all(fresh, t)
 
     def _tombstoned(self, ev: Tombstoned) -> None:
         status = STATUS.get(ev.status)
@@ -254,12 +259,19 @@ class TaskTable:
         fresh = [rec for rec in fresh if rec.status is PENDING]
         # Dependencies are resolved after the whole batch is known, so a batch
         # may list a task before the task it depends on.
+        ready = self.ready
         for rec in fresh:
-            self._link(rec, t)
+            if rec.spec.deps:
+                self._link(rec, t)
+            else:  # (what _link and _ready come to for a task without dependencies)
+                ready.append(rec)
         # Only a batch can close a cycle (a task may name only tasks already
         # known or listed with it): fail the tasks of each cycle, which would
-        # otherwise wait for each other forever.
-        if any(rec.waiting and rec.status is PENDING for rec in fresh):
+        # otherwise wait for each other forever. On a cycle every task waits
+        # and is waited for by one of the batch (nothing earlier can depend on
+        # it): with no such task there is no walk (the usual fan-in, or a
+        # resume of many tasks behind one).
+        if any(rec.waiting and rec.dependents and rec.status is PENDING for rec in fresh):
             self._fail_cycles(fresh, t)
 
     def _fail_cycles(self, fresh: list[Rec], t: float) -> None:

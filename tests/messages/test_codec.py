@@ -228,6 +228,45 @@ def test_a_batch_encoded_item_by_item_is_the_same_message() -> None:
     assert decode(encode_with_items(t.SubmitTasks, [])) == t.SubmitTasks([])
 
 
+def test_fields_left_off_take_their_defaults_a_fresh_one_from_a_factory() -> None:
+    a = decode(msgpack.packb(["introduce", 1, ["r", {}]]))
+    b = decode(msgpack.packb(["introduce", 1, ["r", {}]]))
+    assert isinstance(a, t.Introduce) and isinstance(b, t.Introduce)
+    assert a == t.Introduce("r", {}) and a.config == {} and a.config is not b.config
+    spec = decode(msgpack.packb(["task", 1, ["a", "lua", "return 1"]]))
+    assert spec == t.TaskSpec(id="a", kind="lua", code="return 1")
+
+
+def test_a_bad_field_after_good_ones_is_named_and_every_present_field_is_checked() -> None:
+    base = ["a", "lua", None, None, None, None, None, None, 1, 2, ["d"], 0]
+    spec = decode(msgpack.packb(["task", 1, base]))
+    assert isinstance(spec, t.TaskSpec) and spec.timeout == 2.0 and spec.deps == ["d"]
+    for k, bad, where in [
+        (10, ["d", 3], "task.deps[1]"),
+        (10, "d", "task.deps"),
+        (11, "0", "task.retries"),
+        (9, "2", "task.timeout"),
+    ]:
+        fields = list(base)
+        fields[k] = bad
+        with pytest.raises(MessageError) as info:
+            decode(msgpack.packb(["task", 1, fields]))
+        assert info.value.where == where, (k, bad)
+
+
+def test_decode_many_gives_what_decode_does_or_one_message_error() -> None:
+    from llmspell.messages.codec import decode_as, decode_many
+
+    specs = [t.TaskSpec(id=str(i), kind="lua", code="return 1", deps=["x"]) for i in range(3)]
+    blobs = [encode(s) for s in specs]
+    assert decode_many(t.TaskSpec, blobs) == specs == [decode_as(t.TaskSpec, b) for b in blobs]
+    for bad in (b"\xc1", encode(t.Introduce("r", {})), msgpack.packb(["task", 1, ["a"]]), "text"):
+        with pytest.raises(MessageError):
+            decode_many(t.TaskSpec, [*blobs, bad])  # type: ignore[list-item]
+        with pytest.raises(MessageError):
+            decode_as(t.TaskSpec, bad)  # type: ignore[arg-type]
+
+
 def test_a_task_error_travels_as_a_dict_holding_only_what_is_set() -> None:
     from llmspell import ScriptError, TaskFailed
     from llmspell._exceptions import error_from_outcome
