@@ -317,9 +317,7 @@ class PythonEngine(EngineActor):
             # them pending, and their "Task was destroyed" finalizer then ran at some
             # later garbage collection (once inside ast.parse, which CPython 3.11
             # reports as a SystemError there)
-            try:
-                asyncio.run_coroutine_threadsafe(_cancel_all(), self._loop).result(2.0)
-            except Exception:  # a stuck loop: stop it anyway
+            if self._loop.is_running() and not _cancel_all(self._loop, 2.0):
                 log.debug("python engine %d: its tasks did not all end", self.index)
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._loop_thread is not None:
@@ -444,15 +442,32 @@ class PythonEngine(EngineActor):
 _USAGE_INTERVAL = 0.5  # seconds between live usage reports of a running call
 
 
-async def _cancel_all(wait: float = 1.0) -> None:
-    """Cancel every other task of the running loop and give them ``wait``
-    seconds to end."""
-    me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me]
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=wait)
+def _cancel_all(loop: asyncio.AbstractEventLoop, wait: float) -> bool:
+    """Cancel every task of ``loop`` (running on another thread) and wait up to
+    ``wait`` seconds for them to end; True if they all did. A plain callback,
+    not a coroutine: a loop too busy to run it leaves nothing unawaited."""
+    ended = threading.Event()
+
+    def cancel() -> None:
+        left = set(asyncio.all_tasks(loop))
+        if not left:
+            ended.set()
+            return
+
+        def one(task: asyncio.Task[Any]) -> None:
+            left.discard(task)
+            if not left:
+                ended.set()
+
+        for task in list(left):
+            task.add_done_callback(one)
+            task.cancel()
+
+    try:
+        loop.call_soon_threadsafe(cancel)
+    except RuntimeError:  # closed meanwhile
+        return True
+    return ended.wait(wait)
 
 
 async def _metered(coro: Any, call: _Call) -> Any:
