@@ -55,7 +55,7 @@ _SCRIPTS = frozenset(("lua", "js"))
 class Durable:
     """One scheduler's journal. Not thread-safe: the scheduler's thread only."""
 
-    __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table")
+    __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table", "unwritten")
 
     def __init__(self, path: str, table: TaskTable) -> None:
         self.path = path
@@ -66,6 +66,8 @@ class Durable:
         self.calls: dict[str, dict[int, list[Any]]] = {}
         self.keep = max(1_000, 100 * table.history)
         self._since_trim = 0
+        # ids of the tasks whose end was in the last commit, if it failed
+        self.unwritten: list[str] = []
         _OPEN[path] = self
 
     # -- writing ----------------------------------------------------------------------
@@ -78,15 +80,15 @@ class Durable:
         if j is None:
             return
         log_ = self.table.log
+        ended: list[str] = []
         if log_:
-            ended = 0
             for ev in log_:
                 kind = type(ev)
                 if kind is Ended:
                     assert isinstance(ev, Ended)
                     j.ended(ev.task_id, str(ev.status), ev.value, ev.error, ev.attempt, ev.t)
                     self.calls.pop(ev.task_id, None)
-                    ended += 1
+                    ended.append(ev.task_id)
                 elif kind is Dispatched:
                     assert isinstance(ev, Dispatched)
                     j.dispatched(ev.task_id, ev.attempt, ev.t)
@@ -98,8 +100,12 @@ class Durable:
                     assert isinstance(ev, Retried)
                     j.retried(ev.task_id, ev.attempt, ev.error, ev.t)
             log_.clear()
-            self._since_trim += ended
-        j.commit()
+            self._since_trim += len(ended)
+        try:
+            j.commit()
+        except JournalError:
+            self.unwritten = ended  # the caller must not let these ends be seen
+            raise
         if self._since_trim >= max(1_000, self.keep // 10):
             self._since_trim = 0
             j.trim(self.keep)

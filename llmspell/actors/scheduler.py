@@ -113,6 +113,7 @@ from ..table import (
     Submitted,
     TaskStatus,
     TaskTable,
+    Unrecorded,
 )
 from ..table.table import err as _err
 from .durable import Durable
@@ -607,6 +608,24 @@ class Scheduler(WireActor):
         try:
             durable.commit()
         except JournalError as exc:
+            # Nothing this message did is in the file: none of it may be seen. No
+            # dispatch goes out (the tasks fail below, as every unfinished one), no
+            # event is published, and a task whose end was not written reads failed
+            # here (the next runtime on the journal runs it again).
+            self._dispatch.clear()
+            self._events.clear()
+            if durable.unwritten:
+                error = _err(
+                    f"the runtime is degraded: the journal cannot be used: {exc} "
+                    "(this task's end was not recorded)",
+                    kind="degraded",
+                )
+                lost = set(durable.unwritten)
+                self.table.apply(Unrecorded(durable.unwritten, error))
+                for _, outcomes in self._out.values():
+                    for i, o in enumerate(outcomes):
+                        if o.task_id in lost:
+                            outcomes[i] = TaskOutcome(o.task_id, "failed", None, dict(error))
             self._journal_failed(exc)
 
     def on_exit(self) -> None:
