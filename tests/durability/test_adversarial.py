@@ -10,6 +10,7 @@ import pytest
 
 from llmspell import JournalError, LlmspellError, Runtime, Task
 from llmspell.journal import _ENDED, Journal
+from llmspell.testing import Fault, Simulation
 
 
 def test_a_result_whose_record_could_not_be_written_is_never_seen(
@@ -45,3 +46,34 @@ def test_a_result_whose_record_could_not_be_written_is_never_seen(
         task = j.get("first")
         assert task is not None and task.status == "running"  # the next runtime runs it
     assert not marker.exists()
+
+
+SETTLE_OUT_OF_ORDER = """
+const ps = [];
+for (const d of [7, 3, 5, 1]) {
+  ps.push(spell.run({lang: "lua", code: "spell.sleep(" + d + ") return " + d})
+    .then(v => { spell.emit("done." + v, {}); return v; }));
+  ps.push(spell.sleep(d + 0.5).then(() => spell.emit("slept", {d})));
+}
+const first = await Promise.race(ps.slice(0, 4));
+const all = await Promise.all(ps);
+await spell.sleep(50);
+return [first, all[0], all[6]];
+"""
+
+
+@pytest.mark.parametrize("at", [1.2, 4.0, 8.0, 20.0])
+@pytest.mark.parametrize("seed", [1, 11])
+def test_calls_that_settle_out_of_order_replay_in_the_order_they_settled(
+    seed: int, at: float
+) -> None:
+    """Several host calls outstanding at once (Promise.all/race) settle in the
+    order their answers came, not the order they were made: a replay must hand
+    the recorded answers back in that order, or the script's later calls come
+    in another order and the replay diverges though nothing changed."""
+    with Simulation(seed=seed) as sim:
+        h = sim.submit(Task.js(SETTLE_OUT_OF_ORDER, id="fan-out"))
+        sim.inject([Fault.restart(at=at)])
+        assert sim.result(h) == [3, 7, 1]
+        lua_runs = [t for t in sim.tasks() if t.kind == "lua"]
+        assert len(lua_runs) == 4  # no child ran twice
