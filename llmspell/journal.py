@@ -892,6 +892,26 @@ class Journal:
             self._rows(f"SELECT {_COLUMNS} FROM tasks {where} ORDER BY seq{tail}", params)
         )
 
+    def listing(self, status: str | None = None) -> list[list[Any]]:
+        """``[id, kind, status, attempts, created, ended]`` of the journal's tasks
+        in submission order (only those with ``status`` when given): what
+        ``rt.tasks()`` shows, without reading or decoding specs and values."""
+        where, params = "", ()  # type: tuple[str, tuple[str, ...]]
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+            where = f"WHERE {_UNFINISHED} AND " if status in ("pending", "running") else "WHERE "
+            where += "status = ?"
+            params = (status,)
+        rows = self._rows(
+            f"SELECT id, kind, status, attempts, created, ended FROM tasks {where} ORDER BY seq",
+            params,
+        )
+        for row in rows:
+            if row[2] not in _STATUSES or type(row[0]) is not str:
+                raise JournalError(f"is corrupt: a task row reads {row[:3]!r}", path=self.path)
+        return [list(row) for row in rows]
+
     def calls(self, task_id: str) -> list[list[Any]]:
         """Task ``task_id``'s host calls ``[n, op, call, result, error, done]`` by ``n``."""
         rows = self._rows(

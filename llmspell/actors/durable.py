@@ -167,11 +167,7 @@ class Durable:
         if j is None:
             return []
         tasks = self.table.tasks
-        return [
-            [t.id, t.kind, t.status, t.attempts, t.created, t.ended]
-            for t in j.tasks(status)
-            if t.id not in tasks
-        ]
+        return [row for row in j.listing(status) if row[0] not in tasks]
 
     # -- resume -----------------------------------------------------------------------
 

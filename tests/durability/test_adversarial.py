@@ -4,6 +4,7 @@ here is a promise of docs/durability.md that an adversarial sweep found broken
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,21 @@ def test_calls_that_settle_out_of_order_replay_in_the_order_they_settled(
         assert sim.result(h) == [3, 7, 1]
         lua_runs = [t for t in sim.tasks() if t.kind == "lua"]
         assert len(lua_runs) == 4  # no child ran twice
+
+
+def test_listing_tasks_reads_no_values_so_one_bad_value_breaks_nothing(tmp_path: Path) -> None:
+    """``rt.tasks()`` shows ids, kinds and statuses: it must not read (nor
+    decode) every value the journal keeps. Reading 100,000 of them made it slow,
+    and one that did not decode degraded the whole runtime."""
+    path = str(tmp_path / "runs.db")
+    with Runtime(journal=path) as rt:
+        rt.result(rt.submit(Task.lua("return 'fine'", id="good")), timeout=10)
+        rt.result(rt.submit(Task.lua("return 'spoilt'", id="bad")), timeout=10)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE tasks SET value = X'c1' WHERE id = 'bad'")  # 0xc1: never msgpack
+    conn.commit()
+    conn.close()
+    with Runtime(journal=path) as rt:
+        assert {t.id: t.status for t in rt.tasks()} == {"good": "succeeded", "bad": "succeeded"}
+        assert rt.stats()["degraded"] is None
+        assert rt.result("good", timeout=10) == "fine"
