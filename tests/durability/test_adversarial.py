@@ -5,6 +5,7 @@ here is a promise of docs/durability.md that an adversarial sweep found broken
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,25 @@ def test_listing_tasks_reads_no_values_so_one_bad_value_breaks_nothing(tmp_path:
         assert {t.id: t.status for t in rt.tasks()} == {"good": "succeeded", "bad": "succeeded"}
         assert rt.stats()["degraded"] is None
         assert rt.result("good", timeout=10) == "fine"
+
+
+def test_performance_now_reads_the_same_on_a_replay(tmp_path: Path) -> None:
+    """``performance.now()`` differs between runs like ``Date.now()``: it is a
+    clock read, recorded and replayed; a script that reports it must not fail
+    with ReplayDivergence when it resumes."""
+    path = str(tmp_path / "runs.db")
+    code = """
+        const t = performance.now();
+        spell.emit("measured", {t});
+        await spell.wait_event("go");
+        return t;
+    """
+    with Runtime(journal=path) as rt:  # closed while it waits: it stays unfinished
+        sub = rt.subscribe("measured")
+        rt.submit(Task.js(code, id="timed"))
+        first = sub.get(timeout=10)
+    assert first is not None
+    with Runtime(journal=path) as rt:
+        time.sleep(0.5)  # let the replayed script subscribe
+        rt.emit("go", {})
+        assert rt.result("timed", timeout=10) == first.payload["t"]
