@@ -5,6 +5,9 @@ here is a promise of docs/durability.md that an adversarial sweep found broken
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -119,3 +122,39 @@ def test_performance_now_reads_the_same_on_a_replay(tmp_path: Path) -> None:
         time.sleep(0.5)  # let the replayed script subscribe
         rt.emit("go", {})
         assert rt.result("timed", timeout=10) == first.payload["t"]
+
+
+def test_lua_pairs_goes_in_the_same_order_in_every_process(tmp_path: Path) -> None:
+    """Lua seeds its string hashes per process: the native ``pairs`` order of
+    string keys differs from one run to the next. A script that makes a host
+    call per key, in ``pairs`` order (the usual way to fan out over a table),
+    must not diverge when a new process replays it."""
+    path = str(tmp_path / "runs.db")
+    code = """
+        local sources = {}
+        for i = 1, 40 do sources["source" .. i] = i end
+        sources[1], sources[2], sources[true] = "one", "two", "yes"
+        local seen = {}
+        for name in pairs(sources) do
+            seen[#seen + 1] = tostring(name)
+            spell.emit("fetch", {name = tostring(name)})
+        end
+        spell.wait_event("go")
+        return seen
+    """
+    first = textwrap.dedent(f"""
+        import time
+        from llmspell import Runtime, Task
+        with Runtime(journal={path!r}) as rt:
+            sub = rt.subscribe("fetch")
+            rt.submit(Task.lua({code!r}, id="fan-out"))
+            for _ in range(43):
+                sub.get(timeout=10)
+    """)
+    subprocess.run([sys.executable, "-c", first], check=True, timeout=60)
+    with Runtime(journal=path) as rt:
+        time.sleep(0.5)  # let the replayed script subscribe
+        rt.emit("go", {})
+        seen = rt.result("fan-out", timeout=10)
+    names = [f"source{i}" for i in range(1, 41)]
+    assert seen == ["1", "2", *sorted(names), "true"]
