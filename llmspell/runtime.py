@@ -39,6 +39,7 @@ from ._actor import log
 from ._clock import now
 from ._context import current_task_id
 from ._exceptions import (
+    JournalError,
     LlmspellError,
     MessageError,
     RuntimeClosed,
@@ -861,7 +862,25 @@ class Runtime:
             self._lost(self._gone)
             self.close()
             raise RuntimeClosed(self._gone)
+        if self._core.config.get("journal") is not None:
+            self._journal_opened()
         self._start_tracing()
+
+    def _journal_opened(self) -> None:
+        """The scheduler opened the journal for good: raise its ``JournalError``
+        if it could not (another runtime took the file after the check in
+        ``_Core``), rather than hand back a runtime degraded from the start."""
+        reply: StatsReply = self._ask(lambda ref: QueryStats(ref))
+        degraded = str(reply.stats.get("degraded") or "")
+        path = str(self._core.config["journal"])
+        if path.startswith("memory:"):
+            where = path
+        else:
+            where = os.path.abspath(path)
+        prefix = f"the journal cannot be used: journal {where}: "
+        if degraded.startswith(prefix):
+            self.close()
+            raise JournalError(degraded[len(prefix) :], path=where)
 
     def _start_tracing(self) -> None:
         """Trace this runtime's tasks when the application configured a tracer

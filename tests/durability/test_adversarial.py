@@ -4,6 +4,7 @@ here is a promise of docs/durability.md that an adversarial sweep found broken
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from llmspell import JournalError, LlmspellError, Runtime, Task
@@ -158,3 +160,38 @@ def test_lua_pairs_goes_in_the_same_order_in_every_process(tmp_path: Path) -> No
         seen = rt.result("fan-out", timeout=10)
     names = [f"source{i}" for i in range(1, 41)]
     assert seen == ["1", "2", *sorted(names), "true"]
+
+
+def test_a_journal_taken_between_the_check_and_the_open_is_a_journal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Runtime(journal=...)`` checks the file, then its scheduler opens it for
+    good. Another runtime that takes the file in between (two services started
+    at once) must make this one raise JournalError, not hand back a runtime
+    that is degraded from its first call."""
+    path = str(tmp_path / "runs.db")
+    with Runtime(journal=path):
+        pass
+    check = Journal.open
+    calls = []
+
+    def racing_open(p: str, *, readonly: bool = False) -> Journal:
+        calls.append(p)
+        j = check(p, readonly=readonly)
+        if len(calls) == 1:  # the facade's check: another process takes the file now
+            j.close()
+            conn = sqlite3.connect(path)
+            conn.execute(
+                "INSERT OR REPLACE INTO owner (slot, pid, started, host, token, since) "
+                "VALUES (0, 1, ?, ?, 'other', 0)",
+                (psutil.Process(1).create_time(), socket.gethostname()),
+            )
+            conn.commit()
+            conn.close()
+            return check(p, readonly=True)
+        return j
+
+    monkeypatch.setattr(Journal, "open", racing_open)
+    with pytest.raises(JournalError, match="in use by another runtime") as info:
+        Runtime(journal=path)
+    assert info.value.path == path
