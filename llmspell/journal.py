@@ -798,6 +798,8 @@ class Journal:
             return
         conn = self._conn
         assert conn is not None
+        if self._file is not None:
+            self._still_there()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -817,6 +819,22 @@ class Journal:
         if self._forgotten >= VACUUM_EVERY:
             self._forgotten = 0
             self._shrink(conn)
+
+    def _still_there(self) -> None:
+        """The file at ``path`` is still the one opened: SQLite would go on
+        writing to a deleted (or replaced) journal, and all of it would be lost
+        at close without a word. One ``stat`` per commit (which fsyncs anyway)."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file
+        except OSError:
+            same = False
+        if not same:
+            raise JournalError(
+                "was deleted or replaced while in use: nothing more can be recorded "
+                "(what was recorded since it was opened is lost with it)",
+                path=self.path,
+            )
 
     def _shrink(self, conn: sqlite3.Connection) -> None:
         """Return free pages to the file system when more than half the file is

@@ -195,3 +195,18 @@ def test_a_journal_taken_between_the_check_and_the_open_is_a_journal_error(
     with pytest.raises(JournalError, match="in use by another runtime") as info:
         Runtime(journal=path)
     assert info.value.path == path
+
+
+def test_a_journal_deleted_while_in_use_is_said_not_silently_lost(tmp_path: Path) -> None:
+    """Someone deletes (or replaces) the journal under a running runtime.
+    SQLite goes on writing to the unlinked file, which vanishes at close: every
+    later result would be lost without a word. The next write fails instead,
+    saying why, and no result whose record went nowhere is seen."""
+    path = tmp_path / "runs.db"
+    with Runtime(journal=str(path)) as rt:
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=10) == 1
+        for f in tmp_path.iterdir():
+            f.unlink()
+        with pytest.raises(LlmspellError, match="deleted or replaced"):
+            rt.result(rt.submit(Task.lua("return 2", id="after")), timeout=10)
+        assert "deleted or replaced" in rt.stats()["degraded"]
