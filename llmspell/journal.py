@@ -121,6 +121,7 @@ _UNHOOK = "DELETE FROM registrations WHERE what = 'hook' AND name = ? AND target
 _REGISTER = "INSERT INTO registrations (what, name, target) VALUES (?, ?, ?)"
 _FORGET_TASK = "DELETE FROM tasks WHERE id = ?"
 _FORGET_CALLS = "DELETE FROM calls WHERE task_id = ?"
+_CALLS_FROM = "DELETE FROM calls WHERE task_id = ? AND n >= ?"
 
 _MEMORY: dict[str, _MemoryStore] = {}  # "memory:NAME" stores of this process
 _HELD: set[str] = set()  # owner tokens of the Journals open in this process
@@ -711,6 +712,11 @@ class Journal:
         """Host call ``n`` of a script task (made, or answered: the later write
         of the same ``(task_id, n)`` replaces the earlier)."""
         self._add(_CALL, (task_id, n, op, _pack(call), _pack(result), error, 1 if done else 0))
+
+    def calls_dropped(self, task_id: str, n: int) -> None:
+        """Host calls ``n`` and later of a script task are to be made anew (its
+        retry after a failed call)."""
+        self._add(_CALLS_FROM, (task_id, n))
 
     def trim(self, keep: int) -> int:
         """Compaction by count: forget every ended task but the ``keep`` most

@@ -122,6 +122,31 @@ class Durable:
             self.journal.host_call(task_id, n, str(op), call, result, error, bool(done))
         return bool(done) and (before is None or not before[5])
 
+    def failed_run(self, task_id: str) -> None:
+        """A script task failed by itself and will run again (``retries``): its
+        retry replays the host calls that were answered well up to its first
+        failed one, and makes that one and every later one anew (a retry that
+        replayed the failure would fail the same way every time). A run cut
+        short by a crash is not this: it replays everything recorded."""
+        calls = self.calls.get(task_id)
+        if not calls:
+            return
+        failed = [c for c in calls.values() if c[5] and c[4] is not None]
+        if not failed:
+            return
+        cut = min(c[0] for c in failed)
+        # an awaited task that failed is made anew too: from the submit that made it
+        awaited = {
+            c[2].get("task_id") for c in failed if c[1] == "await" and isinstance(c[2], dict)
+        }
+        for c in calls.values():
+            if c[1] == "submit" and c[3] in awaited and c[0] < cut:
+                cut = c[0]
+        for n in [n for n in calls if n >= cut]:
+            del calls[n]
+        if self.journal is not None:
+            self.journal.calls_dropped(task_id, cut)
+
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         if self.journal is not None:
             self.journal.registered(what, name, target)

@@ -683,6 +683,8 @@ class Scheduler(WireActor):
             # a replay that diverged would diverge again: not retried
             retry = o.error is None or o.error.get("kind") not in ("divergence", "replay_end")
             apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, retry))
+            if rec.status is PENDING and self.durable is not None:  # to be retried
+                self.durable.failed_run(o.task_id)
 
     def _end(
         self, rec: Rec, status: TaskStatus, error: dict[str, Any] | None = None, value: Any = None

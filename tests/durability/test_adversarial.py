@@ -210,3 +210,33 @@ def test_a_journal_deleted_while_in_use_is_said_not_silently_lost(tmp_path: Path
         with pytest.raises(LlmspellError, match="deleted or replaced"):
             rt.result(rt.submit(Task.lua("return 2", id="after")), timeout=10)
         assert "deleted or replaced" in rt.stats()["degraded"]
+
+
+@pytest.mark.parametrize("lang", ["lua", "js"])
+def test_a_retried_script_makes_its_failed_call_again(tmp_path: Path, lang: str) -> None:
+    """``retries`` on a script whose tool call failed: without a journal the
+    retry calls the tool again and succeeds. With one, the retry replayed the
+    recorded failure and failed again, every time. A retry replays the calls
+    that succeeded (nothing made twice) and makes the failed one again."""
+    code = {
+        "lua": """
+            local a = spell.tool("steady", {value = 1})
+            local b = spell.tool("flaky", {key = spell.args.key, failures = 1})
+            return {a, b}
+        """,
+        "js": """
+            const a = await spell.tool("steady", {value: 1});
+            const b = await spell.tool("flaky", {key: spell.args.key, failures: 1});
+            return [a, b];
+        """,
+    }[lang]
+    with Runtime(journal=str(tmp_path / "runs.db"), retry_backoff=0) as rt:
+        rt.register_tool("flaky", "targets:flaky")
+        rt.register_tool("steady", "targets:echo")
+        h = rt.submit(Task.lua(code, args={"key": f"{tmp_path}-{lang}"}, retries=2)
+                      if lang == "lua" else
+                      Task.js(code, args={"key": f"{tmp_path}-{lang}"}, retries=2))  # fmt: skip
+        steady, flaky = rt.result(h, timeout=10)
+        assert steady["value"] == 1 and flaky == 2  # flaky failed once, then was made again
+        tools = sorted(t.kind for t in rt.tasks() if t.kind == "tool")
+        assert len(tools) == 3  # steady once, flaky twice
