@@ -1124,7 +1124,7 @@ class Runtime:
         _check_return_when(return_when)
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [self._core.view(h)[1] for h in items]
+        views = self._views(items)
         if not views:
             return [], []
         need = len(views) if return_when == "all" else 1
@@ -1161,7 +1161,7 @@ class Runtime:
         go on). Bad arguments raise at the call, not at the first ``next``."""
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [self._core.view(h)[1] for h in items]
+        views = self._views(items)
         return self._as_completed(items, views, wait, timeout)
 
     def _as_completed(
@@ -1256,6 +1256,20 @@ class Runtime:
             return handle
         self._core.view(handle)  # raises the usual "unknown task" error
         raise MessageError(f"unknown task {handle!r}", where="handle")  # pragma: no cover
+
+    def _views(self, items: list[Handle | str]) -> list[_View]:
+        """The views of ``items`` to wait on; an id this facade did not submit
+        (an earlier process's, another client's) is adopted, as ``result`` does."""
+        core = self._core
+        views = []
+        for h in items:
+            try:
+                views.append(core.view(h)[1])
+            except MessageError:
+                if not isinstance(h, str):
+                    raise
+                views.append(core.view(self._adopt(h))[1])
+        return views
 
     def _adopt(self, handle: str) -> str:
         """Wait on a task this facade did not submit (another client's, a task's
@@ -1747,10 +1761,10 @@ class AsyncRuntime:
         rt = self._runtime()
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [rt._core.view(h)[1] for h in items]
+        loop = asyncio.get_running_loop()
+        views = await loop.run_in_executor(None, rt._views, items)
         if not views:
             return [], []
-        loop = asyncio.get_running_loop()
         futures = [self._future(loop, v) for v in views]
         try:
             await asyncio.wait(
@@ -1775,7 +1789,7 @@ class AsyncRuntime:
         rt = self._runtime()
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [rt._core.view(h)[1] for h in items]
+        views = rt._views(items)  # a round trip only for an id this facade did not submit
         return self._as_completed(rt, items, views, wait, timeout)
 
     async def _as_completed(

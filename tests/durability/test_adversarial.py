@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmspell import JournalError, LlmspellError, Runtime, Task
+from llmspell import JournalError, LlmspellError, MessageError, Runtime, Task
 from llmspell.journal import _ENDED, Journal
 from llmspell.testing import Fault, Simulation
 
@@ -240,3 +240,19 @@ def test_a_retried_script_makes_its_failed_call_again(tmp_path: Path, lang: str)
         assert steady["value"] == 1 and flaky == 2  # flaky failed once, then was made again
         tools = sorted(t.kind for t in rt.tasks() if t.kind == "tool")
         assert len(tools) == 3  # steady once, flaky twice
+
+
+def test_wait_and_as_completed_take_ids_of_an_earlier_process(tmp_path: Path) -> None:
+    """Tasks are reachable by id across restarts: ``rt.result(id)`` was, but
+    ``rt.wait`` and ``rt.as_completed`` said the id was unknown."""
+    path = str(tmp_path / "runs.db")
+    with Runtime(journal=path) as rt:
+        rt.result(rt.submit(Task.lua("return 'old'", id="old")), timeout=10)
+        rt.submit(Task.lua("spell.sleep(0.5) return 'resumed'", id="resumed"))
+    with Runtime(journal=path) as rt:
+        assert list(rt.as_completed(["resumed", "old"], timeout=10)) == ["old", "resumed"]
+        done, pending = rt.wait(["old", "resumed"], timeout=10)
+        assert (done, pending) == (["old", "resumed"], [])
+        assert rt.result("resumed", timeout=10) == "resumed"
+        with pytest.raises(MessageError, match="unknown task 'never'"):
+            rt.wait(["never"], timeout=1)
