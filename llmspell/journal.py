@@ -718,10 +718,13 @@ class Journal:
         retry after a failed call)."""
         self._add(_CALLS_FROM, (task_id, n))
 
-    def trim(self, keep: int) -> int:
+    def trim(self, keep: int, needed: Iterable[str] = ()) -> int:
         """Compaction by count: forget every ended task but the ``keep`` most
-        recently submitted ones (unfinished tasks are never forgotten). Written
-        at once, in a transaction of its own; returns how many were forgotten."""
+        recently submitted ones. Never forgotten: unfinished tasks, the children
+        of unfinished tasks (a replayed script submits them again by id: a
+        forgotten one would run again) and the ``needed`` ones (dependencies of
+        unfinished tasks). Written at once, in a transaction of its own; returns
+        how many were forgotten."""
         conn = self._conn
         if self.readonly or conn is None:
             raise JournalError("opened read-only" if self.readonly else "is closed", path=self.path)
@@ -732,16 +735,23 @@ class Journal:
         if row is None:
             return 0
         cutoff = int(row[0]) + 1
+        old = (
+            f"seq < ? AND NOT ({_UNFINISHED}) AND (parent IS NULL OR parent NOT IN "
+            f"(SELECT id FROM tasks WHERE {_UNFINISHED})) "
+            "AND id NOT IN (SELECT id FROM temp.needed)"
+        )
         try:
             with conn:  # one transaction
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS needed (id TEXT PRIMARY KEY)")
+                conn.execute("DELETE FROM temp.needed")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO temp.needed (id) VALUES (?)", ((i,) for i in needed)
+                )
                 conn.execute(
-                    "DELETE FROM calls WHERE task_id IN (SELECT id FROM tasks WHERE seq < ? "
-                    f"AND NOT ({_UNFINISHED}))",
+                    f"DELETE FROM calls WHERE task_id IN (SELECT id FROM tasks WHERE {old})",
                     (cutoff,),
                 )
-                gone = conn.execute(
-                    f"DELETE FROM tasks WHERE seq < ? AND NOT ({_UNFINISHED})", (cutoff,)
-                ).rowcount
+                gone = conn.execute(f"DELETE FROM tasks WHERE {old}", (cutoff,)).rowcount
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write to it: {exc}", path=self.path) from None
         self._forgotten += gone

@@ -33,6 +33,7 @@ from .._exceptions import JournalError
 from ..journal import Journal, JournalTask
 from ..messages.types import TaskOutcome, TaskSpec
 from ..table import (
+    TERMINAL,
     Dispatched,
     Ended,
     Restored,
@@ -108,7 +109,16 @@ class Durable:
             raise
         if self._since_trim >= max(1_000, self.keep // 10):
             self._since_trim = 0
-            j.trim(self.keep)
+            j.trim(self.keep, self._needed())
+
+    def _needed(self) -> set[str]:
+        """The dependencies of unfinished tasks (compaction keeps them)."""
+        needed: set[str] = set()
+        for rec in self.table.tasks.values():
+            deps = rec.spec.deps
+            if deps and rec.status not in TERMINAL:
+                needed.update(deps)
+        return needed
 
     def host_call(self, item: list[Any]) -> bool:
         """Record one host call ``[task_id, attempt, n, op, call, result,

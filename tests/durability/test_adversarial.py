@@ -256,3 +256,31 @@ def test_wait_and_as_completed_take_ids_of_an_earlier_process(tmp_path: Path) ->
         assert rt.result("resumed", timeout=10) == "resumed"
         with pytest.raises(MessageError, match="unknown task 'never'"):
             rt.wait(["never"], timeout=1)
+
+
+def test_compaction_keeps_what_unfinished_tasks_still_need(tmp_path: Path) -> None:
+    """The journal forgets the oldest ended tasks (``history``). A script that
+    waits long (an approval) while many tasks end must not lose its children:
+    its replay submits them again by id, and a forgotten one ran again. Nor may
+    a task waiting on a dependency lose the one that already succeeded."""
+    path = str(tmp_path / "runs.db")
+    side = tmp_path / "side-effects"
+    waiter = f"""
+        local v = spell.run({{target = "targets:append_line",
+                              args = {{path = {str(side)!r}, key = "child"}}}})
+        spell.wait_event("approve")
+        return v
+    """
+    opts = {"journal": path, "history": 1, "script_python": ["targets:*"]}
+    with Runtime(**opts) as rt:  # type: ignore[arg-type]
+        rt.submit(Task.lua(waiter, id="waiter"))
+        rt.result(rt.submit(Task.lua("return 'a'", id="dep-a")), timeout=10)
+        rt.submit(Task.js("return (await spell.wait_event('approve')).name", id="dep-b"))
+        rt.submit(Task.lua("return 'joined'", id="joined", deps=["dep-a", "dep-b"]))
+        rt.wait(rt.submit_many([Task.lua("return 1") for _ in range(2100)]), timeout=60)
+    with Runtime(**opts) as rt:  # type: ignore[arg-type]
+        time.sleep(0.5)  # let the resumed scripts subscribe
+        rt.emit("approve", {})
+        assert rt.result("waiter", timeout=10) == "child"
+        assert rt.result("joined", timeout=10) == "joined"
+    assert side.read_text().split() == ["child"]  # the child ran once
