@@ -449,7 +449,11 @@ def _journaled_run(rt: Any, path: Path, content: str, script_args: Any) -> str:
                 f"llmspell: resuming {t.id} from {rt._core.config.get('journal')}", file=sys.stderr
             )
             return str(t.id)
-    return base if not runs else f"{base}#{len(runs) + 1}"
+    if not runs:
+        return base
+    # the next number after the highest kept (older runs may have been compacted away)
+    numbers = [int(t.id[len(base) + 1 :]) for t in runs if t.id[len(base) + 1 :].isdigit()]
+    return f"{base}#{max([1, *numbers]) + 1}"
 
 
 def _known(rt: Any, task_id: str) -> bool:

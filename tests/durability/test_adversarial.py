@@ -4,6 +4,7 @@ here is a promise of docs/durability.md that an adversarial sweep found broken
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -284,3 +286,21 @@ def test_compaction_keeps_what_unfinished_tasks_still_need(tmp_path: Path) -> No
         assert rt.result("waiter", timeout=10) == "child"
         assert rt.result("joined", timeout=10) == "joined"
     assert side.read_text().split() == ["child"]  # the child ran once
+
+
+def test_run_journal_numbers_a_new_run_past_every_kept_one(tmp_path: Path) -> None:
+    """``llmspell run FILE --journal``: runs of one file are ``KEY``, ``KEY#2``,
+    ... Once compaction had forgotten ``KEY``, the next run was numbered by
+    count, got the id of the kept ``KEY#2``, and printed that old run's result
+    without running anything."""
+    from llmspell.cli import _journaled_run, _run_key
+
+    script = tmp_path / "job.lua"
+    script.write_text("return 1")
+    base = _run_key(script, json.dumps([script.read_text(), None], sort_keys=True))
+
+    class Kept:  # what rt.tasks() lists: only the second run is left
+        def tasks(self) -> list[SimpleNamespace]:
+            return [SimpleNamespace(id=f"{base}#2", status="succeeded")]
+
+    assert _journaled_run(Kept(), script, script.read_text(), None) == f"{base}#3"
