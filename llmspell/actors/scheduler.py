@@ -56,12 +56,15 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from thespian.actors import ActorAddress
 
 from .._actor import WireActor, addr_key, log
 from .._clock import now
 from .._exceptions import JournalError, MessageError
+from .._frames import DEFAULT_MAX_FRAME
 from .._options import ENGINES
+from ..messages import decode
 from ..messages.ids import new_task_id
 from ..messages.types import (
     Ack,
@@ -240,6 +243,7 @@ class Scheduler(WireActor):
         self._metrics: _Metrics | None = None
         # the journal (Runtime(journal=path), llmspell.actors.durable): None without one
         self.durable: Durable | None = None
+        self._max_frame = DEFAULT_MAX_FRAME  # local mode's limit on one message
         self._restored_hooks: list[tuple[str, Any]] = []  # hooks the journal gave back
 
     # -- set-up -------------------------------------------------------------
@@ -262,6 +266,7 @@ class Scheduler(WireActor):
         engines = msg.config.get("engines")
         if isinstance(engines, dict):  # a task for an engine the runtime never starts fails
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
+        self._max_frame = int(msg.config.get("max_frame_bytes") or DEFAULT_MAX_FRAME)
         path = msg.config.get("journal")
         if path and self.durable is None:
             self._open_journal(str(path))
@@ -566,14 +571,11 @@ class Scheduler(WireActor):
             for addr, recs in batches.values():
                 for i in range(0, len(recs), 500):
                     chunk = recs[i : i + 500]
-                    replays = (
-                        self.durable.replays(r.spec.id for r in chunk)
-                        if self.durable is not None and self.durable.calls
-                        else None
-                    )
+                    if self.durable is not None and self.durable.calls:
+                        self._dispatch_replays(addr, chunk)
+                        continue
                     self.send_msg(
-                        addr,
-                        DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk], replays),
+                        addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk])
                     )
         if self._spans:
             spans, self._spans = self._spans, {}
@@ -593,6 +595,54 @@ class Scheduler(WireActor):
             self.send_msg(self.addresses["events"], PublishBatch(events))
         else:
             self._events.clear()
+
+    def _dispatch_replays(self, addr: ActorAddress, chunk: list[Rec]) -> None:
+        """Dispatch ``chunk`` with the host calls their scripts replay, in
+        batches of at most half ``max_frame_bytes`` of records each (resumed
+        scripts carry every result they had: 500 in one frame could exceed it)."""
+        assert self.durable is not None
+        replays = self.durable.replays(r.spec.id for r in chunk)
+        if replays is None:
+            self.send_msg(addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk]))
+            return
+        budget = self._max_frame // 2
+        start, used = 0, 0
+        for i, replay in enumerate(replays):
+            size = _size(replay) if replay else 0
+            if i > start and used + size > budget:
+                part = chunk[start:i]
+                self.send_msg(
+                    addr,
+                    DispatchBatch(
+                        [r.spec for r in part], [r.attempt for r in part], replays[start:i]
+                    ),
+                )
+                start, used = i, 0
+            used += size
+        part = chunk[start:]
+        self.send_msg(
+            addr, DispatchBatch([r.spec for r in part], [r.attempt for r in part], replays[start:])
+        )
+
+    def on_poison(self, original: Any, sender: ActorAddress) -> None:
+        """A dispatch that could not be delivered (too large for a frame, an
+        engine gone): its tasks fail saying why, rather than run for ever."""
+        try:
+            msg = decode(original) if isinstance(original, bytes) else None
+        except MessageError:
+            return
+        if not isinstance(msg, DispatchBatch):
+            return
+        t = now()
+        for spec, attempt in zip(msg.tasks, msg.attempts, strict=False):
+            rec = self.tasks.get(spec.id)
+            if rec is None or rec.status is not RUNNING or rec.attempt != attempt:
+                continue
+            message = (
+                "the task could not be sent to its engine (with the host calls it "
+                "replays, it is larger than max_frame_bytes, or the engine is gone)"
+            )
+            self.table.apply(Ended(spec.id, FAILED, t, error=_err(message, engine=rec.engine)))
 
     # -- results ------------------------------------------------------------
 
@@ -1343,6 +1393,14 @@ class _Metrics:
             if h is None:
                 h = self.durations[kind] = _Histogram()
             h.observe(max(0.0, t - rec.started_at))
+
+
+def _size(value: Any) -> int:
+    """About how many bytes ``value`` takes in a message."""
+    try:
+        return len(msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass"))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _span_name(spec: TaskSpec) -> str | None:

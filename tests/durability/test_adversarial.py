@@ -304,3 +304,40 @@ def test_run_journal_numbers_a_new_run_past_every_kept_one(tmp_path: Path) -> No
             return [SimpleNamespace(id=f"{base}#2", status="succeeded")]
 
     assert _journaled_run(Kept(), script, script.read_text(), None) == f"{base}#3"
+
+
+@pytest.mark.slow
+def test_a_resumed_script_too_large_to_send_fails_instead_of_hanging(tmp_path: Path) -> None:
+    """A resumed script goes to its engine with the results of every host call
+    it made. In local mode a frame is at most ``max_frame_bytes``: a record
+    larger than that could not be sent, and the task stayed "running" for
+    ever. It fails instead, saying why."""
+    path = str(tmp_path / "runs.db")
+    code = """
+        local total = 0
+        for i = 1, 4 do
+            total = total + #spell.run({lang = "lua", code = "return string.rep('x', 600000)"})
+        end
+        spell.sleep(1.5)
+        return total
+    """
+    fits = """
+        local n = #spell.run({lang = "lua", code = "spell.sleep(spell.args.after) "
+                              .. "return string.rep('y', 600000)", args = spell.args})
+        spell.sleep(1.5)
+        return n
+    """
+    opts = {"mode": "local", "journal": path, "max_frame_bytes": 2_000_000, "workers": 1}
+    with Runtime(**opts) as rt:  # type: ignore[arg-type]
+        rt.submit(Task.lua(code, id="big"))
+        # each fits in a frame, not all four in one dispatch
+        rt.submit_many(  # their results one at a time: one batch would exceed a frame
+            [Task.lua(fits, id=f"fits-{i}", args={"after": i * 0.15}) for i in range(4)]
+        )
+        while len([t for t in rt.tasks() if t.kind == "lua"]) < 13:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the last result recorded; closed in the sleeps
+    with Runtime(**opts) as rt:  # type: ignore[arg-type]
+        with pytest.raises(LlmspellError, match="max_frame_bytes"):
+            rt.result("big", timeout=30)
+        assert [rt.result(f"fits-{i}", timeout=30) for i in range(4)] == [600000] * 4
