@@ -341,3 +341,17 @@ def test_a_resumed_script_too_large_to_send_fails_instead_of_hanging(tmp_path: P
         with pytest.raises(LlmspellError, match="max_frame_bytes"):
             rt.result("big", timeout=30)
         assert [rt.result(f"fits-{i}", timeout=30) for i in range(4)] == [600000] * 4
+
+
+@pytest.mark.slow
+def test_results_that_fit_alone_but_not_together_all_arrive() -> None:
+    """Local mode: an engine sends the results of a quantum in one message. Four
+    results that each fit in ``max_frame_bytes`` but not together could not be
+    sent, and their tasks stayed "running" for ever (journal or not)."""
+    code = "return string.rep('z', 600000)"
+    with Runtime(mode="local", max_frame_bytes=2_000_000, workers=1) as rt:
+        handles = rt.submit_many([Task.lua(code) for _ in range(4)])
+        assert [len(rt.result(h, timeout=30)) for h in handles] == [600000] * 4
+        too_big = rt.submit(Task.lua("return string.rep('z', 3000000)"))
+        with pytest.raises(LlmspellError, match="max_frame_bytes"):
+            rt.result(too_big, timeout=30)
