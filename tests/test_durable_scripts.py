@@ -96,7 +96,12 @@ def test_local_mode_an_engine_process_killed_midway_replays(tmp_path: Path) -> N
         journal=str(tmp_path / "j.db"),
         script_python=SCRIPT_PYTHON,
     ) as rt:
-        pid = next(int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua")
+        deadline = time.monotonic() + 30
+        lua: list[int] = []
+        while not lua and time.monotonic() < deadline:  # the engine registers after start
+            lua = [int(e["pid"]) for e in rt.stats()["engines"] if e["engine"] == "lua"]
+            time.sleep(0.05)
+        (pid,) = lua
         assert psutil.pid_exists(pid)
 
         def kill() -> None:
