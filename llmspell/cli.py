@@ -511,7 +511,11 @@ def _journaled_run(rt: Any, path: Path, content: str, script_args: Any) -> str:
                 f"llmspell: resuming {t.id} from {rt._core.config.get('journal')}", file=sys.stderr
             )
             return str(t.id)
-    return base if not runs else f"{base}#{len(runs) + 1}"
+    if not runs:
+        return base
+    # the next number after the highest kept (older runs may have been compacted away)
+    numbers = [int(t.id[len(base) + 1 :]) for t in runs if t.id[len(base) + 1 :].isdigit()]
+    return f"{base}#{max([1, *numbers]) + 1}"
 
 
 def _known(rt: Any, task_id: str) -> bool:
@@ -774,14 +778,13 @@ def _journal(args: argparse.Namespace) -> int:
                     return 2
                 _print_json(record)
                 return 0
-            tasks = journal.tasks(args.status)
+            tasks = journal.listing(args.status)  # no values read: a bad one breaks no listing
     except JournalError as exc:
         print(f"llmspell: {exc}", file=sys.stderr)
         return 2
     if args.json:
         _print_json([
-            {"id": t.id, "kind": t.kind, "status": t.status, "attempts": t.attempts,
-             "created": t.created, "ended": t.ended}
+            dict(zip(("id", "kind", "status", "attempts", "created", "ended"), t, strict=True))
             for t in tasks
         ])  # fmt: skip
         return 0
@@ -792,8 +795,8 @@ def _journal(args: argparse.Namespace) -> int:
         return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
     table = Table("id", "kind", "status", "attempts", "created", "ended")
-    for t in tasks:
-        table.add_row(t.id, t.kind, t.status, str(t.attempts), when(t.created), when(t.ended))
+    for task_id, kind, status, attempts, created, ended in tasks:
+        table.add_row(task_id, kind, status, str(attempts), when(created), when(ended))
     Console().print(table)
     return 0
 

@@ -129,6 +129,7 @@ _UNHOOK = "DELETE FROM registrations WHERE what = 'hook' AND name = ? AND target
 _REGISTER = "INSERT INTO registrations (what, name, target) VALUES (?, ?, ?)"
 _FORGET_TASK = "DELETE FROM tasks WHERE id = ?"
 _FORGET_CALLS = "DELETE FROM calls WHERE task_id = ?"
+_CALLS_FROM = "DELETE FROM calls WHERE task_id = ? AND n >= ?"
 
 _MEMORY: dict[str, _MemoryStore] = {}  # "memory:NAME" stores of this process
 _HELD: set[str] = set()  # owner tokens of the Journals open in this process
@@ -738,10 +739,18 @@ class Journal:
         of the same ``(task_id, n)`` replaces the earlier)."""
         self._add(_CALL, (task_id, n, op, _pack(call), _pack(result), error, 1 if done else 0))
 
-    def trim(self, keep: int) -> int:
+    def calls_dropped(self, task_id: str, n: int) -> None:
+        """Host calls ``n`` and later of a script task are to be made anew (its
+        retry after a failed call)."""
+        self._add(_CALLS_FROM, (task_id, n))
+
+    def trim(self, keep: int, needed: Iterable[str] = ()) -> int:
         """Compaction by count: forget every ended task but the ``keep`` most
-        recently submitted ones (unfinished tasks are never forgotten). Written
-        at once, in a transaction of its own; returns how many were forgotten."""
+        recently submitted ones. Never forgotten: unfinished tasks, the children
+        of unfinished tasks (a replayed script submits them again by id: a
+        forgotten one would run again) and the ``needed`` ones (dependencies of
+        unfinished tasks). Written at once, in a transaction of its own; returns
+        how many were forgotten."""
         conn = self._conn
         if self.readonly or conn is None:
             raise JournalError("opened read-only" if self.readonly else "is closed", path=self.path)
@@ -752,16 +761,23 @@ class Journal:
         if row is None:
             return 0
         cutoff = int(row[0]) + 1
+        old = (
+            f"seq < ? AND NOT ({_UNFINISHED}) AND (parent IS NULL OR parent NOT IN "
+            f"(SELECT id FROM tasks WHERE {_UNFINISHED})) "
+            "AND id NOT IN (SELECT id FROM temp.needed)"
+        )
         try:
             with conn:  # one transaction
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS needed (id TEXT PRIMARY KEY)")
+                conn.execute("DELETE FROM temp.needed")
+                conn.executemany(
+                    "INSERT OR IGNORE INTO temp.needed (id) VALUES (?)", ((i,) for i in needed)
+                )
                 conn.execute(
-                    "DELETE FROM calls WHERE task_id IN (SELECT id FROM tasks WHERE seq < ? "
-                    f"AND NOT ({_UNFINISHED}))",
+                    f"DELETE FROM calls WHERE task_id IN (SELECT id FROM tasks WHERE {old})",
                     (cutoff,),
                 )
-                gone = conn.execute(
-                    f"DELETE FROM tasks WHERE seq < ? AND NOT ({_UNFINISHED})", (cutoff,)
-                ).rowcount
+                gone = conn.execute(f"DELETE FROM tasks WHERE {old}", (cutoff,)).rowcount
         except sqlite3.Error as exc:
             raise JournalError(f"cannot write to it: {exc}", path=self.path) from None
         self._forgotten += gone
@@ -780,11 +796,6 @@ class Journal:
                 self._rows(f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({marks})", tuple(chunk))
             )
         return found
-
-    def forget_calls(self, task_id: str) -> None:
-        """Drop the recorded host calls of ``task_id`` (its next run is a fresh
-        attempt, not a replay)."""
-        self._add(_FORGET_CALLS, (task_id,))
 
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         """A registration (``tool``, ``agent``, ``executor``: replaces the one of
@@ -829,6 +840,8 @@ class Journal:
             return
         conn = self._conn
         assert conn is not None
+        if self._file is not None:
+            self._still_there()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -848,6 +861,22 @@ class Journal:
         if self._forgotten >= VACUUM_EVERY:
             self._forgotten = 0
             self._shrink(conn)
+
+    def _still_there(self) -> None:
+        """The file at ``path`` is still the one opened: SQLite would go on
+        writing to a deleted (or replaced) journal, and all of it would be lost
+        at close without a word. One ``stat`` per commit (which fsyncs anyway)."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file
+        except OSError:
+            same = False
+        if not same:
+            raise JournalError(
+                "was deleted or replaced while in use: nothing more can be recorded "
+                "(what was recorded since it was opened is lost with it)",
+                path=self.path,
+            )
 
     def _shrink(self, conn: sqlite3.Connection) -> None:
         """Return free pages to the file system when more than half the file is
@@ -965,6 +994,26 @@ class Journal:
         return self._tasks(
             self._rows(f"SELECT {_COLUMNS} FROM tasks {where} ORDER BY seq{tail}", params)
         )
+
+    def listing(self, status: str | None = None) -> list[list[Any]]:
+        """``[id, kind, status, attempts, created, ended]`` of the journal's tasks
+        in submission order (only those with ``status`` when given): what
+        ``rt.tasks()`` shows, without reading or decoding specs and values."""
+        where, params = "", ()  # type: tuple[str, tuple[str, ...]]
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+            where = f"WHERE {_UNFINISHED} AND " if status in ("pending", "running") else "WHERE "
+            where += "status = ?"
+            params = (status,)
+        rows = self._rows(
+            f"SELECT id, kind, status, attempts, created, ended FROM tasks {where} ORDER BY seq",
+            params,
+        )
+        for row in rows:
+            if row[2] not in _STATUSES or type(row[0]) is not str:
+                raise JournalError(f"is corrupt: a task row reads {row[:3]!r}", path=self.path)
+        return [list(row) for row in rows]
 
     def calls(self, task_id: str) -> list[list[Any]]:
         """Task ``task_id``'s host calls ``[n, op, call, result, error, done]`` by ``n``."""

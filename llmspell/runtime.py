@@ -39,6 +39,7 @@ from ._actor import log
 from ._clock import now
 from ._context import current_task_id
 from ._exceptions import (
+    JournalError,
     LlmspellError,
     MessageError,
     RuntimeClosed,
@@ -874,7 +875,25 @@ class Runtime:
             self._lost(self._gone)
             self.close()
             raise RuntimeClosed(self._gone)
+        if self._core.config.get("journal") is not None:
+            self._journal_opened()
         self._start_tracing()
+
+    def _journal_opened(self) -> None:
+        """The scheduler opened the journal for good: raise its ``JournalError``
+        if it could not (another runtime took the file after the check in
+        ``_Core``), rather than hand back a runtime degraded from the start."""
+        reply: StatsReply = self._ask(lambda ref: QueryStats(ref))
+        degraded = str(reply.stats.get("degraded") or "")
+        path = str(self._core.config["journal"])
+        if path.startswith("memory:"):
+            where = path
+        else:
+            where = os.path.abspath(path)
+        prefix = f"the journal cannot be used: journal {where}: "
+        if degraded.startswith(prefix):
+            self.close()
+            raise JournalError(degraded[len(prefix) :], path=where)
 
     def _start_tracing(self) -> None:
         """Trace this runtime's tasks when the application configured a tracer
@@ -1169,7 +1188,7 @@ class Runtime:
         _check_return_when(return_when)
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [self._core.view(h)[1] for h in items]
+        views = self._views(items)
         if not views:
             return [], []
         need = len(views) if return_when == "all" else 1
@@ -1206,7 +1225,7 @@ class Runtime:
         go on). Bad arguments raise at the call, not at the first ``next``."""
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [self._core.view(h)[1] for h in items]
+        views = self._views(items)
         return self._as_completed(items, views, wait, timeout)
 
     def _as_completed(
@@ -1305,6 +1324,20 @@ class Runtime:
             return handle
         self._core.view(handle)  # raises the usual "unknown task" error
         raise MessageError(f"unknown task {handle!r}", where="handle")  # pragma: no cover
+
+    def _views(self, items: list[Handle | str]) -> list[_View]:
+        """The views of ``items`` to wait on; an id this facade did not submit
+        (an earlier process's, another client's) is adopted, as ``result`` does."""
+        core = self._core
+        views = []
+        for h in items:
+            try:
+                views.append(core.view(h)[1])
+            except MessageError:
+                if not isinstance(h, str):
+                    raise
+                views.append(core.view(self._adopt(h))[1])
+        return views
 
     def _adopt(self, handle: str) -> str:
         """Wait on a task this facade did not submit (another client's, a task's
@@ -1799,10 +1832,10 @@ class AsyncRuntime:
         rt = self._runtime()
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [rt._core.view(h)[1] for h in items]
+        loop = asyncio.get_running_loop()
+        views = await loop.run_in_executor(None, rt._views, items)
         if not views:
             return [], []
-        loop = asyncio.get_running_loop()
         futures = [self._future(loop, v) for v in views]
         try:
             await asyncio.wait(
@@ -1827,7 +1860,7 @@ class AsyncRuntime:
         rt = self._runtime()
         items = _handle_list(handles)
         wait = _wait_time(timeout)
-        views = [rt._core.view(h)[1] for h in items]
+        views = rt._views(items)  # a round trip only for an id this facade did not submit
         return self._as_completed(rt, items, views, wait, timeout)
 
     async def _as_completed(

@@ -34,6 +34,7 @@ from .._exceptions import JournalError
 from ..journal import Journal, JournalTask
 from ..messages.types import TaskOutcome, TaskSpec
 from ..table import (
+    TERMINAL,
     Dispatched,
     Ended,
     Restored,
@@ -73,7 +74,7 @@ def _first_dispatches(log_: list[Any]) -> dict[str, Dispatched] | None:
 class Durable:
     """One scheduler's journal. Not thread-safe: the scheduler's thread only."""
 
-    __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table")
+    __slots__ = ("_since_trim", "calls", "journal", "keep", "path", "table", "unwritten")
 
     def __init__(self, path: str, table: TaskTable, *, checked: bool = False) -> None:
         """``checked``: the runtime's facade opened and checked the file a
@@ -87,6 +88,8 @@ class Durable:
         self.calls: dict[str, dict[int, list[Any]]] = {}
         self.keep = max(1_000, 100 * table.history)
         self._since_trim = 0
+        # ids of the tasks whose end was in the last commit, if it failed
+        self.unwritten: list[str] = []
         _OPEN[path] = self
 
     # -- writing ----------------------------------------------------------------------
@@ -99,8 +102,8 @@ class Durable:
         if j is None:
             return
         log_ = self.table.log
+        ended: list[str] = []
         if log_:
-            ended = 0
             first = _first_dispatches(log_)
             for ev in log_:
                 kind = type(ev)
@@ -108,7 +111,7 @@ class Durable:
                     assert isinstance(ev, Ended)
                     j.ended(ev.task_id, str(ev.status), ev.value, ev.error, ev.attempt, ev.t)
                     self.calls.pop(ev.task_id, None)
-                    ended += 1
+                    ended.append(ev.task_id)
                 elif kind is Dispatched:
                     assert isinstance(ev, Dispatched)
                     if first is None or first.get(ev.task_id) is not ev:  # (else: written)
@@ -127,11 +130,24 @@ class Durable:
                     assert isinstance(ev, Retried)
                     j.retried(ev.task_id, ev.attempt, ev.error, ev.t)
             log_.clear()
-            self._since_trim += ended
-        j.commit()
+            self._since_trim += len(ended)
+        try:
+            j.commit()
+        except JournalError:
+            self.unwritten = ended  # the caller must not let these ends be seen
+            raise
         if self._since_trim >= max(1_000, self.keep // 10):
             self._since_trim = 0
-            j.trim(self.keep)
+            j.trim(self.keep, self._needed())
+
+    def _needed(self) -> set[str]:
+        """The dependencies of unfinished tasks (compaction keeps them)."""
+        needed: set[str] = set()
+        for rec in self.table.tasks.values():
+            deps = rec.spec.deps
+            if deps and rec.status not in TERMINAL:
+                needed.update(deps)
+        return needed
 
     def host_call(self, item: list[Any]) -> bool:
         """Record one host call ``[task_id, attempt, n, op, call, result,
@@ -145,11 +161,30 @@ class Durable:
             self.journal.host_call(task_id, n, str(op), call, result, error, bool(done))
         return bool(done) and (before is None or not before[5])
 
-    def fresh_attempt(self, task_id: str) -> None:
-        """The task failed and is retried: its next run makes its host calls
-        afresh (a replay would only fail the same way again)."""
-        if self.calls.pop(task_id, None) is not None and self.journal is not None:
-            self.journal.forget_calls(task_id)
+    def failed_run(self, task_id: str) -> None:
+        """A script task failed by itself and will run again (``retries``): its
+        retry replays the host calls that were answered well up to its first
+        failed one, and makes that one and every later one anew (a retry that
+        replayed the failure would fail the same way every time). A run cut
+        short by a crash is not this: it replays everything recorded."""
+        calls = self.calls.get(task_id)
+        if not calls:
+            return
+        failed = [c for c in calls.values() if c[5] and c[4] is not None]
+        if not failed:
+            return
+        cut = min(c[0] for c in failed)
+        # an awaited task that failed is made anew too: from the submit that made it
+        awaited = {
+            c[2].get("task_id") for c in failed if c[1] == "await" and isinstance(c[2], dict)
+        }
+        for c in calls.values():
+            if c[1] == "submit" and c[3] in awaited and c[0] < cut:
+                cut = c[0]
+        for n in [n for n in calls if n >= cut]:
+            del calls[n]
+        if self.journal is not None:
+            self.journal.calls_dropped(task_id, cut)
 
     def registered(self, what: str, name: str, target: dict[str, Any]) -> None:
         if self.journal is not None:
@@ -196,11 +231,7 @@ class Durable:
         if j is None:
             return []
         tasks = self.table.tasks
-        return [
-            [t.id, t.kind, t.status, t.attempts, t.created, t.ended]
-            for t in j.tasks(status)
-            if t.id not in tasks
-        ]
+        return [row for row in j.listing(status) if row[0] not in tasks]
 
     # -- resume -----------------------------------------------------------------------
 

@@ -56,12 +56,15 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from thespian.actors import ActorAddress
 
 from .._actor import WireActor, addr_key, log
 from .._clock import now
 from .._exceptions import JournalError, MessageError
+from .._frames import DEFAULT_MAX_FRAME
 from .._options import ENGINES
+from ..messages import decode
 from ..messages.ids import new_task_id
 from ..messages.types import (
     Ack,
@@ -114,6 +117,7 @@ from ..table import (
     Submitted,
     TaskStatus,
     TaskTable,
+    Unrecorded,
 )
 from ..table.table import err as _err
 from .durable import Durable
@@ -250,8 +254,8 @@ class Scheduler(WireActor):
         self._metrics: _Metrics | None = None
         # the journal (Runtime(journal=path), llmspell.actors.durable): None without one
         self.durable: Durable | None = None
+        self._max_frame = DEFAULT_MAX_FRAME  # local mode's limit on one message
         self._restored_hooks: list[tuple[str, Any]] = []  # hooks the journal gave back
-        self._lost: set[str] = set()  # tasks lost with their engine, to run again (journal)
 
     # -- set-up -------------------------------------------------------------
 
@@ -275,6 +279,7 @@ class Scheduler(WireActor):
         # a task for an engine the runtime never starts fails (a cluster's members come later)
         if isinstance(engines, dict) and not self.cluster:
             self.absent = {e for e in ENGINES if int(engines.get(e, 0) or 0) < 1}
+        self._max_frame = int(msg.config.get("max_frame_bytes") or DEFAULT_MAX_FRAME)
         path = msg.config.get("journal")
         if path and self.durable is None:
             self._open_journal(str(path), bool(msg.config.get("journal_checked")))
@@ -385,8 +390,6 @@ class Scheduler(WireActor):
                     rec, "llmspell.engine.crash", {"engine": slot.engine, "index": slot.index}
                 )
             error = _err(message, engine=slot.engine)
-            if self.durable is not None:  # its re-run replays the host calls it made
-                self._lost.add(task_id)
             self.table.apply(Ended(task_id, FAILED, t, error=error, may_retry=True))
         self._dirty.add(slot.engine)
 
@@ -658,14 +661,11 @@ class Scheduler(WireActor):
             for addr, recs in batches.values():
                 for i in range(0, len(recs), 500):
                     chunk = recs[i : i + 500]
-                    replays = (
-                        self.durable.replays(r.spec.id for r in chunk)
-                        if self.durable is not None and self.durable.calls
-                        else None
-                    )
+                    if self.durable is not None and self.durable.calls:
+                        self._dispatch_replays(addr, chunk)
+                        continue
                     self.send_msg(
-                        addr,
-                        DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk], replays),
+                        addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk])
                     )
         if self._spans:
             spans, self._spans = self._spans, {}
@@ -686,6 +686,54 @@ class Scheduler(WireActor):
         else:
             self._events.clear()
 
+    def _dispatch_replays(self, addr: ActorAddress, chunk: list[Rec]) -> None:
+        """Dispatch ``chunk`` with the host calls their scripts replay, in
+        batches of at most half ``max_frame_bytes`` of records each (resumed
+        scripts carry every result they had: 500 in one frame could exceed it)."""
+        assert self.durable is not None
+        replays = self.durable.replays(r.spec.id for r in chunk)
+        if replays is None:
+            self.send_msg(addr, DispatchBatch([r.spec for r in chunk], [r.attempt for r in chunk]))
+            return
+        budget = self._max_frame // 2
+        start, used = 0, 0
+        for i, replay in enumerate(replays):
+            size = _size(replay) if replay else 0
+            if i > start and used + size > budget:
+                part = chunk[start:i]
+                self.send_msg(
+                    addr,
+                    DispatchBatch(
+                        [r.spec for r in part], [r.attempt for r in part], replays[start:i]
+                    ),
+                )
+                start, used = i, 0
+            used += size
+        part = chunk[start:]
+        self.send_msg(
+            addr, DispatchBatch([r.spec for r in part], [r.attempt for r in part], replays[start:])
+        )
+
+    def on_poison(self, original: Any, sender: ActorAddress) -> None:
+        """A dispatch that could not be delivered (too large for a frame, an
+        engine gone): its tasks fail saying why, rather than run for ever."""
+        try:
+            msg = decode(original) if isinstance(original, bytes) else None
+        except MessageError:
+            return
+        if not isinstance(msg, DispatchBatch):
+            return
+        t = now()
+        for spec, attempt in zip(msg.tasks, msg.attempts, strict=False):
+            rec = self.tasks.get(spec.id)
+            if rec is None or rec.status is not RUNNING or rec.attempt != attempt:
+                continue
+            message = (
+                "the task could not be sent to its engine (with the host calls it "
+                "replays, it is larger than max_frame_bytes, or the engine is gone)"
+            )
+            self.table.apply(Ended(spec.id, FAILED, t, error=_err(message, engine=rec.engine)))
+
     # -- results ------------------------------------------------------------
 
     def _commit_log(self) -> None:
@@ -700,6 +748,24 @@ class Scheduler(WireActor):
         try:
             durable.commit()
         except JournalError as exc:
+            # Nothing this message did is in the file: none of it may be seen. No
+            # dispatch goes out (the tasks fail below, as every unfinished one), no
+            # event is published, and a task whose end was not written reads failed
+            # here (the next runtime on the journal runs it again).
+            self._dispatch.clear()
+            self._events.clear()
+            if durable.unwritten:
+                error = _err(
+                    f"the runtime is degraded: the journal cannot be used: {exc} "
+                    "(this task's end was not recorded)",
+                    kind="degraded",
+                )
+                lost = set(durable.unwritten)
+                self.table.apply(Unrecorded(durable.unwritten, error))
+                for _, outcomes in self._out.values():
+                    for i, o in enumerate(outcomes):
+                        if o.task_id in lost:
+                            outcomes[i] = TaskOutcome(o.task_id, "failed", None, dict(error))
             self._journal_failed(exc)
 
     def on_exit(self) -> None:
@@ -757,6 +823,8 @@ class Scheduler(WireActor):
             # a replay that diverged would diverge again: not retried
             retry = o.error is None or o.error.get("kind") not in ("divergence", "replay_end")
             apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, retry))
+            if rec.status is PENDING and self.durable is not None:  # to be retried
+                self.durable.failed_run(o.task_id)
 
     def _end(
         self, rec: Rec, status: TaskStatus, error: dict[str, Any] | None = None, value: Any = None
@@ -788,11 +856,6 @@ class Scheduler(WireActor):
                 table.warnings.clear()
 
     def _on_retry(self, rec: Rec, delay: float) -> None:
-        if self.durable is not None:
-            if rec.spec.id in self._lost:  # cut short by a crash: the re-run replays
-                self._lost.discard(rec.spec.id)
-            else:  # it failed: a retry is a fresh attempt that makes its calls again
-                self.durable.fresh_attempt(rec.spec.id)
         error = rec.errors[-1] if rec.errors else "failed"
         if rec.sink is not None:
             self._span_event(rec, "llmspell.task.retry", {"attempt": rec.attempt, "error": error})
@@ -854,8 +917,6 @@ class Scheduler(WireActor):
             )
         if self._extras:
             self._finished(rec, status, error)
-        if self._lost:
-            self._lost.discard(rec.spec.id)
 
     def _notify(self, watcher: ActorAddress, outcome: TaskOutcome) -> None:
         # the same watcher gets most outcomes in a row: skip str(address) then
@@ -1459,6 +1520,14 @@ class _Metrics:
             if h is None:
                 h = self.durations[kind] = _Histogram()
             h.observe(max(0.0, t - rec.started_at))
+
+
+def _size(value: Any) -> int:
+    """About how many bytes ``value`` takes in a message."""
+    try:
+        return len(msgpack.packb(value, use_bin_type=True, unicode_errors="surrogatepass"))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _span_name(spec: TaskSpec) -> str | None:

@@ -18,7 +18,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from .._actor import WireActor, log
 from .._exceptions import MessageError
-from ..messages import check_data, encode
+from ..messages import check_data, decode, encode
 from ..messages.codec import encode_item, encode_with_items
 from ..messages.types import (
     DispatchBatch,
@@ -356,6 +356,31 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
                 )
                 parts.append(encode_item(failed))
             return encode_with_items(EngineResults, parts)
+
+    def on_poison(self, original: Any, sender: ActorAddress) -> None:
+        """Results that could not be delivered (in local mode, together larger
+        than ``max_frame_bytes``): sent again one by one; one too large alone
+        fails its task, saying so, instead of leaving it running for ever."""
+        sched = self.scheduler
+        try:
+            msg = decode(original) if isinstance(original, bytes) else None
+        except MessageError:
+            return
+        if sched is None or not isinstance(msg, EngineResults) or not msg.items:
+            return
+        if len(msg.items) > 1:
+            for o in msg.items:
+                self.send(sched, self._encode_results([o]))
+            return
+        (o,) = msg.items
+        why = (
+            "the task's outcome could not be sent (larger than max_frame_bytes, "
+            "or the scheduler is gone)"
+        )
+        if o.error is not None and o.error.get("message") == why:
+            return  # even the failure could not be sent: the scheduler is gone
+        failed = TaskOutcome(o.task_id, "failed", None, self.error(why), None, o.attempt)
+        self.send(sched, self._encode_results([failed]))
 
     def flush(self) -> None:
         sched = self.scheduler

@@ -10,6 +10,8 @@ const U8 = Uint8Array, AB = ArrayBuffer, EXOTIC = [Map, Set, WeakMap, WeakSet, P
 const NONE = [null, null], I64 = 9223372036854775808;
 let cur = null, nextId = 2, compiled = null, busy = null, R = null, J = null;
 const imul = Math.imul, mathRandom = Math.random, DateC = Date, dateNow = Date.now;
+const perf = G.performance, perfNow = perf && typeof perf.now === "function"
+  ? perf.now.bind(perf) : null;
 
 class ConvFail { constructor(path, msg) { this.path = path.slice(); this.msg = msg; } }
 function ls$path(root, path) {
@@ -343,12 +345,14 @@ defineProperty(Math, "random", {value: {random() {
   const r = hi + ((rc * 2097152) | 0) * 1.1102230246251565e-16;
   return r < 1 ? r : hi;
 }}.random, writable: true, configurable: true});
-// With a journal (record_clock), Date.now(), new Date() and Date() are clock reads the host
-// records ("T" entries); a replayed task reads its recorded values first (t.times).
-function ls$now(what) {
+// With a journal (record_clock), Date.now(), new Date(), Date() and performance.now() are
+// clock reads the host records ("T" entries); a replayed task reads its recorded values
+// first (t.times).
+function ls$now(what, live) {
+  const read = live === undefined ? dateNow : live;
   const t = cur;
-  if (t === null || t.done) return dateNow();
-  const v = t.times !== null && t.ti < t.times.length ? t.times[t.ti++] : dateNow();
+  if (t === null || t.done) return read();
+  const v = t.times !== null && t.ti < t.times.length ? t.times[t.ti++] : read();
   ls$put(t, "T\x1f" + what + "\x1f" + stringify(v));
   return v;
 }
@@ -366,6 +370,15 @@ function ls$recordClock() {
   }
   defineProperty(DateC.prototype, "constructor", {value: D, writable: true, configurable: true});
   defineProperty(G, "Date", {value: D, writable: true, configurable: true});
+  if (perfNow !== null) {  // its "now" cannot be redefined: a performance of our own
+    const P = {};
+    defineProperty(P, "now", {value: {now() { return ls$now("performance.now", perfNow); }}.now,
+      writable: true, configurable: true, enumerable: true});
+    const origin = () => perf.timeOrigin;
+    defineProperty(P, "timeOrigin", {enumerable: true, configurable: true,
+      get: function timeOrigin() { return ls$now("performance.timeOrigin", origin); }});
+    defineProperty(G, "performance", {value: P, writable: true, configurable: true});
+  }
 }
 const api = {
   // The host holds each task's record (t) and passes it back: no lookup per step.

@@ -295,12 +295,48 @@ if h_clock then
 else
   OS = {time = os.time, clock = os.clock, date = os.date}
 end
+-- pairs: with a journal, a plain table's keys come in an order that is the same in every
+-- process: numbers ascending, then strings, then false and true, then the rest. Lua seeds
+-- its string hashes per state, so the native order of string keys differs from one process
+-- to the next, and a script making host calls in pairs order would diverge on a replay.
+-- A table with __pairs (the library proxies, the globals) iterates as it says; a key set to
+-- nil during the loop is skipped, as natively. (next keeps Lua's own order.)
+local PAIRS = pairs
+if h_clock then
+  local RANK, sort = {number = 1, string = 2, boolean = 3}, table.sort
+  local function before(a, b)
+    local ra, rb = RANK[type(a)] or 4, RANK[type(b)] or 4
+    if ra ~= rb then return ra < rb end
+    if ra == 3 then return b and not a end
+    if ra == 4 then return false end
+    return a < b
+  end
+  PAIRS = function(...)
+    local t = ...
+    local mt = type(t) == "table" and rawmeta(t) or nil
+    if type(t) ~= "table" or (mt ~= nil and rawget(mt, "__pairs") ~= nil) then
+      return pairs(...)
+    end
+    local keys, n, i = {}, 0, 0
+    for k in next, t do n = n + 1; keys[n] = k end
+    sort(keys, before)
+    return function(tt)
+      while i < n do
+        i = i + 1
+        local k = keys[i]
+        local v = rawget(tt, k)
+        if v ~= nil then return k, v end
+      end
+      return nil
+    end, t, nil
+  end
+end
 local GC_OPTS = {stop = 1, restart = 1, collect = 1, count = 1, step = 1, isrunning = 1,
                  generational = 1, incremental = 1, param = 1}
 -- The globals every task starts with (see ENV_MT, materialize). The library tables are
 -- shared read-only proxies; next and rawget see through them.
 BASE = {
-  assert = assert, error = error, ipairs = ipairs, pairs = pairs, select = select,
+  assert = assert, error = error, ipairs = ipairs, pairs = PAIRS, select = select,
   tonumber = tonumber, tostring = tostring, type = type, rawequal = rawequal,
   rawlen = rawlen, pcall = pcall, _VERSION = VERSION,
   -- Lua runs a message handler with hooks off when the error came from a hook (KILL): the

@@ -198,12 +198,29 @@ class _Script:
 # that differs from the record at the same n fails the task (kind "divergence").
 
 _RECORDED = frozenset(("sleep", "await", "wait_event", "coordinate"))  # requests
+# An answered request's record carries, in its call, the order in which the answers
+# of the task came (1, 2, ...): a replay hands recorded answers back in that order,
+# one at a time, so a script with several calls outstanding (JS Promise.all/race)
+# sees them settle as it did, not in call order (which would diverge spuriously).
+_ANSWERED = "~answered"
 
 
 class _Journaled:
     """A script task's host calls in a journaled runtime."""
 
-    __slots__ = ("data", "diverged", "end", "kind", "n", "pending", "record")
+    __slots__ = (
+        "answers",
+        "data",
+        "diverged",
+        "end",
+        "held",
+        "inflight",
+        "kind",
+        "n",
+        "order",
+        "pending",
+        "record",
+    )
 
     def __init__(self, record: list[list[Any]] | None) -> None:
         self.n = 0  # host calls made so far in this run
@@ -211,6 +228,13 @@ class _Journaled:
         self.record: dict[int, list[Any]] | None = (
             {int(c[0]): c for c in record} if record else None
         )
+        # the order of the recorded answers (see _ANSWERED), those to hand back,
+        # and the requests of this run whose recorded answer waits for its turn
+        order = sorted(k for k in map(_answered_as, record or ()) if k is not None)
+        self.order: deque[int] = deque(order)
+        self.answers = order[-1] if order else 0  # answers numbered so far
+        self.held: dict[int, tuple[int, Any, str | None]] = {}  # order -> (rid, value, error)
+        self.inflight: int | None = None  # the request id of the answer handed back last
         # request id -> (n, op, call) of a call made and not answered yet
         self.pending: dict[int, tuple[int, str, Any]] = {}
         self.diverged: str | None = None  # why the replay failed
@@ -230,10 +254,20 @@ def _wire(value: Any) -> Any:
     )
 
 
+def _answered_as(record: list[Any]) -> int | None:
+    """The place of a recorded request's answer among the task's answers."""
+    call = record[2] if len(record) > 5 and record[5] else None
+    k = call.get(_ANSWERED) if isinstance(call, dict) else None
+    return k if type(k) is int else None
+
+
 def _call_key(op: str, call: Any) -> Any:
     """What identifies a call: a sleep is its seconds and a wait its pattern and
-    timeout, not the wake-up time ("until") that differs on every run."""
+    timeout, not the wake-up time ("until") that differs on every run, nor when
+    it was answered."""
     if isinstance(call, dict):
+        if _ANSWERED in call:
+            call = {k: v for k, v in call.items() if k != _ANSWERED}
         if op == "sleep":
             return {"seconds": call.get("seconds")}
         if op == "wait_event":
@@ -508,8 +542,11 @@ class ScriptEngine(EngineActor):
             s.status = "running"
             if s.waits:
                 s.waits -= 1
-            if journal and s.j is not None and s.j.pending:
-                self._answered(s, s.j, rid, value, error)
+            if journal and s.j is not None:
+                if s.j.pending:
+                    self._answered(s, s.j, rid, value, error)
+                if s.j.inflight is not None:
+                    self._taken(s, s.j, rid)
             self.resumes += 1
             try:
                 if lim is not None and lim.cpu is not None and lim.on_exceed == "kill":
@@ -878,7 +915,12 @@ class ScriptEngine(EngineActor):
             self._diverged(s, None)
             return True
         if rec is not None and rec[5]:  # answered in an earlier run: the same answer now
-            self._ready(s.id, s.attempt, rec[3], rec[4], req.id, s.priority)
+            k = _answered_as(rec)
+            if k is None:  # recorded without its place among the answers
+                self._ready(s.id, s.attempt, rec[3], rec[4], req.id, s.priority)
+            else:  # ... in its turn
+                j.held[k] = (req.id, rec[3], rec[4])
+                self._hand_back(s, j)
             return True
         old = rec[2] if rec is not None and isinstance(rec[2], dict) else None
         j.pending[req.id] = (j.n, op, call)
@@ -925,10 +967,28 @@ class ScriptEngine(EngineActor):
         return False
 
     def _answered(self, s: _Script, j: _Journaled, rid: int, value: Any, error: str | None) -> None:
-        """A recorded request of ``s`` is answered: record its result."""
+        """A recorded request of ``s`` is answered: record its result, and its
+        place among the task's answers."""
         p = j.pending.pop(rid, None)
         if p is not None:
-            self._calls.append([s.id, s.attempt, p[0], p[1], p[2], value, error, True])
+            j.answers += 1
+            call = dict(p[2], **{_ANSWERED: j.answers}) if isinstance(p[2], dict) else p[2]
+            self._calls.append([s.id, s.attempt, p[0], p[1], call, value, error, True])
+
+    def _hand_back(self, s: _Script, j: _Journaled) -> None:
+        """Hand the next recorded answer back to ``s`` when its request was made
+        and the one before it was taken."""
+        order = j.order
+        if j.inflight is None and order and order[0] in j.held:
+            rid, value, error = j.held.pop(order.popleft())
+            j.inflight = rid
+            self._ready(s.id, s.attempt, value, error, rid, s.priority)
+
+    def _taken(self, s: _Script, j: _Journaled, rid: int) -> None:
+        """``s`` takes the answer to request ``rid``: the next recorded one may follow."""
+        if j.inflight == rid:
+            j.inflight = None
+            self._hand_back(s, j)
 
     def _diverged(self, s: _Script, result: Any) -> None:
         """Fail ``s``: its replay made another call than the recorded one."""

@@ -14,6 +14,7 @@ from .events import (
     Retried,
     Submitted,
     Tombstoned,
+    Unrecorded,
 )
 from .records import Rec, Tombstone
 from .status import TERMINAL, TaskStatus
@@ -33,4 +34,5 @@ __all__ = [
     "TaskTable",
     "Tombstone",
     "Tombstoned",
+    "Unrecorded",
 ]

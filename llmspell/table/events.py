@@ -20,6 +20,7 @@ __all__ = [
     "Retried",
     "Submitted",
     "Tombstoned",
+    "Unrecorded",
 ]
 
 
@@ -135,4 +136,16 @@ class Tombstoned:
     key: str = ""
 
 
-Event = Submitted | Dispatched | Retried | Ended | Cancelled | Restored | Tombstoned
+@dataclass(slots=True)
+class Unrecorded:
+    """The journal could not record the ends of ``task_ids`` (its write failed):
+    storage still has them unfinished, and the next runtime on it runs them
+    again. So this runtime must not show the value of any: each that ended
+    reads ``failed`` with ``error`` from now on, its dependents included. The
+    one event that changes a terminal state; never logged."""
+
+    task_ids: list[str]
+    error: dict[str, Any]
+
+
+Event = Submitted | Dispatched | Retried | Ended | Cancelled | Restored | Tombstoned | Unrecorded

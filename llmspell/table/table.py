@@ -28,11 +28,14 @@ The events (``llmspell.table.events``):
   ``min(retry_cap, retry_base * 2 ** (attempt - 1))``.
 * ``Cancelled``: the named tasks end cancelled (unknown ones remembered).
 * ``Restored`` / ``Tombstoned``: resume from storage (see their docstrings).
+* ``Unrecorded``: the journal failed to record these ends; they read failed
+  (the one change of a terminal state: storage never had it).
 
 Invariants (tests/table/ checks them over random event sequences):
 
 * status moves pending -> running -> exactly one terminal state (running ->
-  pending only by ``Retried``) and never leaves a terminal state;
+  pending only by ``Retried``) and never leaves a terminal state (but by
+  ``Unrecorded``, to ``failed``);
 * a task is never ready, so never dispatched, before all its dependencies
   succeeded; a dependency that failed, was cancelled or timed out fails its
   dependents with a ``"dependency"`` error naming it and the first cause;
@@ -69,6 +72,7 @@ from .events import (
     Retried,
     Submitted,
     Tombstoned,
+    Unrecorded,
 )
 from .records import Rec, Tombstone
 from .status import STATUS, TERMINAL, TaskStatus
@@ -149,6 +153,7 @@ class TaskTable:
             Cancelled: self._cancelled,
             Restored: self._restored,
             Tombstoned: self._tombstoned,
+            Unrecorded: self._unrecorded,
         }
 
     def apply(self, event: Event) -> None:
@@ -253,6 +258,17 @@ class TaskTable:
         if status is None or status not in TERMINAL:
             raise ValueError(f"a tombstone's status must be terminal, not {ev.status!r}")
         self.gone[ev.task_id] = (status, ev.value, ev.error, ev.key or ev.task_id)
+
+    def _unrecorded(self, ev: Unrecorded) -> None:
+        for task_id in ev.task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is not None and rec.status in TERMINAL:
+                self.counts[rec.status] -= 1
+                self.counts[FAILED] += 1
+                rec.status = FAILED
+                rec.outcome = TaskOutcome(task_id, FAILED, None, dict(ev.error), None, rec.attempt)
+            elif task_id in self.gone:
+                self.gone[task_id] = (FAILED, None, dict(ev.error), self.gone[task_id][3])
 
     def _link_all(self, fresh: list[Rec], t: float) -> None:
         # a child of a task that was cancelled or timed out, or nested too deeply
