@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import psutil
 import pytest
@@ -177,9 +178,9 @@ def test_a_journal_taken_between_the_check_and_the_open_is_a_journal_error(
     check = Journal.open
     calls = []
 
-    def racing_open(p: str, *, readonly: bool = False) -> Journal:
+    def racing_open(p: str, *, readonly: bool = False, **kw: Any) -> Journal:
         calls.append(p)
-        j = check(p, readonly=readonly)
+        j = check(p, readonly=readonly, **kw)
         if len(calls) == 1:  # the facade's check: another process takes the file now
             j.close()
             conn = sqlite3.connect(path)
