@@ -396,6 +396,37 @@ def whole_resume(d: str, n: int, rounds: int) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
+def part6(d: str, n: int, history: int = 1_000) -> list[tuple[str, str]]:
+    """``n`` trivial Lua tasks through a Runtime with a journal (default
+    ``history``: the journal keeps the newest 100 x history ended tasks); the
+    journal's size every tenth of the way."""
+    path = os.path.join(d, "runtime-size.db")
+    fresh(path)
+    rows = [(f"size: {n:,} Lua tasks through Runtime(journal=..., history={history:,})", "")]
+    step = max(n // 10, 10_000)
+    t0 = time.perf_counter()
+    with Runtime(journal=path, history=history) as rt:
+        done = 0
+        while done < n:
+            hs = rt.submit_many([Task.lua("return 1") for _ in range(10_000)])
+            for h in hs:
+                rt.result(h, timeout=300)
+            done += len(hs)
+            if done % step == 0:
+                size = os.path.getsize(path)
+                wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+                rows.append(
+                    (
+                        f"after {done:,} tasks ({time.perf_counter() - t0:.0f} s)",
+                        f"file {size / 2**20:.1f} MiB, WAL {wal / 2**20:.1f} MiB",
+                    )
+                )
+    with Journal.open(path, readonly=True) as j:
+        kept = len(j.listing())
+    rows.append(("tasks kept in the journal at the end", f"{kept:,}"))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", type=int, default=20_000, help="part 1: tasks written")
@@ -403,6 +434,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=0, help="part 3: tasks through (0: skip)")
     ap.add_argument("--lua", type=int, default=10_000, help="part 4: Lua tasks a round")
+    ap.add_argument(
+        "--runtime-size", type=int, default=0, help="part 6: Lua tasks through a runtime (0: skip)"
+    )
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="llmspell-bench-journal-")
     try:
@@ -413,6 +447,8 @@ def main() -> None:
             rows += part3(d, args.size)
         if args.lua:
             rows += part4(d, args.lua, args.rounds)
+        if args.runtime_size:
+            rows += part6(d, args.runtime_size)
         print(table(rows))
     finally:
         shutil.rmtree(d, ignore_errors=True)
