@@ -1078,7 +1078,13 @@ class Runtime:
         return self.submit_many([task])[0]
 
     def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
-        """Queue several tasks in one message; all or none are queued."""
+        """Queue several tasks; all or none are queued (every task is checked
+        before any is sent). Never blocks on the tasks themselves: embedded, a
+        big batch without dependencies goes to the scheduler in several
+        messages (the first tasks run while it takes in the rest); otherwise in
+        one. Raises
+        ``MessageError`` for the first bad task (nothing queued) and
+        ``RuntimeClosed`` on a closed runtime."""
         handles, payloads = self._core.submit_payload(tasks)
         for payload in payloads:
             self._driver.send(self._scheduler, payload)

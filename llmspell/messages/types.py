@@ -1,13 +1,18 @@
 """Every message llmspell actors exchange, one slotted dataclass each.
 
-Messages are never mutated once built (use ``dataclasses.replace``). They are
-not declared ``frozen``: a frozen 18-field dataclass costs about 6 us to build
-against 0.8 us for a plain slotted one, and every task crosses the codec four
-times (measured on this project's 2-core machine).
+Messages are not declared ``frozen``: a frozen 18-field dataclass costs about
+6 us to build against 0.8 us for a plain slotted one, and every task crosses
+the codec four times (measured on this project's 2-core machine). Treat a
+message as frozen once it is sent (build a new one with
+``dataclasses.replace``). The few places that change one do so while they
+still own it, before it is sent or after it arrived and was decoded: the
+builders of a ``TaskSpec`` (``_task``, ``workflow``), the task table filling
+a dependant's ``input`` and keeping an engine's ``TaskOutcome`` as the record's
+own (``table.table``), the facade setting a spec's parent and trace before encoding it.
 
-Names without a leading underscore carry work and answers; ``_``-prefixed
-classes are control messages between an actor and itself or its supervisor.
-Field comments say who sends the message to whom.
+Every class is a plain name; the wire tags of control messages an actor
+sends itself (the tick of a script engine, the embedded driver's poll) start
+with ``_``. Field comments say who sends the message to whom.
 """
 
 from __future__ import annotations
