@@ -97,10 +97,17 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2**32 - 1))
     def start_simulation(self, seed: int) -> None:
+        """Open the run's ``Simulation`` (``simulation_class``) with a drawn seed."""
         self.seed = seed
         self.sim = self.simulation_class(seed=seed)
 
     def teardown(self) -> None:
+        """At the end of a run: let the work run out for at most ``horizon``
+        virtual seconds (no real time), check that every result came once and
+        no task is left unfinished (but those waiting for an event), and close
+        the simulation. Raises ``AssertionError`` naming the seed when an
+        invariant fails; ``SimulationDeadlock`` cannot be raised here (the wait
+        is bounded)."""
         if self.sim is None:
             return
         try:
@@ -144,6 +151,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @rule(task=_tasks())
     def submit(self, task: Task) -> None:
+        """``sim.submit`` a drawn task of ``engines`` and watch it; returns at once."""
         assert self.sim is not None
         self.track(self.sim.submit(task), task)
 
@@ -151,6 +159,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         batch=st.lists(_tasks(), min_size=2, max_size=5),
     )
     def submit_many(self, batch: list[Task]) -> None:
+        """``sim.submit_many`` 2 to 5 drawn tasks; checks priority order among them."""
         assert self.sim is not None
         handles = self.sim.submit_many(batch)
         for h, t in zip(handles, batch, strict=True):
@@ -160,6 +169,8 @@ class RuntimeStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.tasks))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
+        """Cancel a tracked task: True exactly when it had not ended, and then it
+        is ``cancelled``. Runs the simulation only as far as the cancel needs."""
         assert self.sim is not None
         task_id = data.draw(st.sampled_from(sorted(self.tasks)))
         was = self.sim.status(task_id)
@@ -176,11 +187,13 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.0, 0.5, 1.0, 5.0, 60.0]))
     def advance(self, seconds: float) -> None:
+        """Let that much virtual time pass (no real time)."""
         assert self.sim is not None
         self.sim.advance(seconds)
 
     @rule(name=st.sampled_from(["sim.a", "sim.b", "user.x"]))
     def emit(self, name: str) -> None:
+        """Publish an event scripts may wait for (``sim.*``) or none does."""
         assert self.sim is not None
         self.sim.emit(name, {"from": "machine"})
 
@@ -191,6 +204,9 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         ),
     )
     def coordinate(self, batch: list[Task], strategy: Strategy) -> None:
+        """Run 1 to 4 drawn tasks under race, all-or-nothing, parallel or
+        best-effort and check what the strategy promises; blocks (in virtual
+        time, up to an hour) until the coordination answers."""
         assert self.sim is not None
         self.coordinations += 1
         ids = [f"coord{self.coordinations}-{i}" for i in range(len(batch))]
@@ -229,6 +245,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.crashes < 5)
     @rule(engine=st.runner().flatmap(lambda m: st.sampled_from(m.engines)))
     def crash_engine(self, engine: str) -> None:
+        """Crash engine 0 of a drawn engine (at most 5 crashes a run)."""
         assert self.sim is not None
         self.crashes += 1
         self.sim._inject_crash(engine, 0)
