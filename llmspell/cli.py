@@ -404,9 +404,9 @@ def _run_file(args: argparse.Namespace) -> int:
     script_output(lambda _task_id: path.name, args.log_threshold)
     config = _journal_config(args)
     with Runtime(mode=args.mode, script_python=args.allow_python, **config) as rt:
-        run_id = _journaled_run(rt, path, code, script_args) if config else None
+        run_id, resumed = _journaled_run(rt, path, code, script_args) if config else (None, False)
         handle: Any = run_id
-        if run_id is None or not _known(rt, run_id):
+        if not resumed:
             # errors name the file
             task = make(code, args=script_args, metadata={"source": path.name}, id=run_id)
             handle = rt.submit(task)
@@ -500,9 +500,10 @@ def _run_key(path: Path, content: str) -> str:
     return f"run:{path.name}@{digest}"
 
 
-def _journaled_run(rt: Any, path: Path, content: str, script_args: Any) -> str:
-    """The task id of this run: an unfinished run of the same file (and args)
-    in the journal, which the runtime resumed when it opened; else a new id."""
+def _journaled_run(rt: Any, path: Path, content: str, script_args: Any) -> tuple[str, bool]:
+    """The task id of this run and whether it is resumed: an unfinished run of
+    the same file (and args) in the journal, which the runtime resumed when it
+    opened; else a new id."""
     base = _run_key(path, json.dumps([content, script_args], sort_keys=True, default=str))
     runs = [t for t in rt.tasks() if t.id == base or t.id.startswith(base + "#")]
     for t in runs:
@@ -510,24 +511,20 @@ def _journaled_run(rt: Any, path: Path, content: str, script_args: Any) -> str:
             print(
                 f"llmspell: resuming {t.id} from {rt._core.config.get('journal')}", file=sys.stderr
             )
-            return str(t.id)
+            return str(t.id), True
     if not runs:
-        return base
+        return base, False
     # the next number after the highest kept (older runs may have been compacted away)
     numbers = [int(t.id[len(base) + 1 :]) for t in runs if t.id[len(base) + 1 :].isdigit()]
-    return f"{base}#{max([1, *numbers]) + 1}"
-
-
-def _known(rt: Any, task_id: str) -> bool:
-    return any(t.id == task_id for t in rt.tasks())
+    return f"{base}#{max([1, *numbers]) + 1}", False
 
 
 def _run_journaled_workflow(rt: Any, path: Path, args: argparse.Namespace) -> int:
     from . import Task
 
     text = path.read_text(encoding="utf-8")
-    run_id = _journaled_run(rt, path, text, None)
-    if not _known(rt, run_id):
+    run_id, resumed = _journaled_run(rt, path, text, None)
+    if not resumed:
         rt.submit(Task.workflow(path, id=run_id))
     try:
         result = rt.result(run_id, timeout=args.timeout)

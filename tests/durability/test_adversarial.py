@@ -304,7 +304,7 @@ def test_run_journal_numbers_a_new_run_past_every_kept_one(tmp_path: Path) -> No
         def tasks(self) -> list[SimpleNamespace]:
             return [SimpleNamespace(id=f"{base}#2", status="succeeded")]
 
-    assert _journaled_run(Kept(), script, script.read_text(), None) == f"{base}#3"
+    assert _journaled_run(Kept(), script, script.read_text(), None) == (f"{base}#3", False)
 
 
 @pytest.mark.slow
