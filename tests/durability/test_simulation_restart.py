@@ -14,7 +14,8 @@ def test_a_sleeping_script_keeps_its_wake_up_time_across_a_restart() -> None:
     with Simulation(seed=3) as sim:
         h = sim.submit(
             Task.lua(
-                "local a = spell.run({lang='lua', code='return 20'}) spell.sleep(100) return a + 1",
+                "local a = spell.run({lang='lua', code='return 20'}) "
+                "spell.emit('sleeper.going', a) spell.sleep(100) return a + 1",
                 id="sleeper",
             )
         )
@@ -25,6 +26,8 @@ def test_a_sleeping_script_keeps_its_wake_up_time_across_a_restart() -> None:
         assert any(name == "llmspell.fault.restart" for _, name, _ in sim.trace)
         kids = [t for t in sim.tasks() if t.id != "sleeper"]
         assert len(kids) == 1  # the child was not submitted again by the replay
+        emitted = [name for _, name, _ in sim.trace if name == "sleeper.going"]
+        assert emitted == ["sleeper.going"]  # nor was the event published again
 
 
 def test_a_waiting_task_survives_restarts_and_takes_a_later_event() -> None:
