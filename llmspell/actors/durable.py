@@ -32,7 +32,7 @@ from typing import Any
 from .._actor import log
 from .._exceptions import JournalError
 from ..journal import Journal, JournalTask
-from ..messages.types import TaskOutcome, TaskSpec
+from ..messages.types import TaskSpec
 from ..table import (
     TERMINAL,
     Dispatched,
@@ -216,15 +216,6 @@ class Durable:
                 table.apply(Tombstoned(jt.id, jt.status, jt.value, jt.error, input_key(jt.spec)))
         return found
 
-    def outcome(self, task_id: str) -> TaskOutcome | None:
-        """The outcome of a task that ended in an earlier process, or None."""
-        self.lookup([task_id])
-        gone = self.table.gone.get(task_id)
-        if gone is None:
-            return None
-        status, value, error, _ = gone
-        return TaskOutcome(task_id, status, value, error)
-
     def earlier_tasks(self, status: str | None) -> list[list[Any]]:
         """``rt.tasks()`` rows of tasks the journal has and the table does not."""
         j = self.journal
@@ -235,12 +226,11 @@ class Durable:
 
     # -- resume -----------------------------------------------------------------------
 
-    def resume(self, t: float) -> list[tuple[str, str, dict[str, Any]]]:
-        """Put the journal's unfinished tasks back in the table; return its
-        registrations for the scheduler to make again."""
+    def resume(self, t: float) -> None:
+        """Put the journal's unfinished tasks back in the table (the scheduler
+        makes the journal's registrations again first)."""
         j = self.journal
         assert j is not None
-        registrations = j.registrations()
         # Tens of thousands of records are made here and all of them live on:
         # the cyclic GC would walk them again and again for nothing (a third of
         # the time of a big resume, more than reading them). So it is off while
@@ -258,11 +248,10 @@ class Durable:
             if collecting:
                 gc.enable()
         if ev is None:
-            return registrations
+            return
         for task_id, why in ev.rejected:
             log.warning("journal %s: task %s not resumed: %s", self.path, task_id, why)
         log.info("journal %s: resumed %d unfinished task(s)", self.path, len(ev.accepted))
-        return registrations
 
     def _restore(self, j: Journal, t: float) -> Restored | None:
         unfinished = j.resumable()
