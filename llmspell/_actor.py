@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -37,18 +36,8 @@ from .messages.types import Pong, StreamAck, Via
 
 __all__ = ["WireActor", "addr_key", "log"]
 
+
 log = logging.getLogger("llmspell")
-
-# An embedded runtime's driver thread runs every actor of its system, and its
-# facade is in this process: the driver puts a sink here, on its own thread, that
-# takes (address, message) and hands a message for the facade over as an object
-# (False for any other address). Other threads and processes have none.
-_thread = threading.local()
-
-
-def set_sink(sink: Callable[[Any, Any], bool] | None) -> None:
-    """Install ``sink`` for the actors run by the calling thread."""
-    _thread.sink = sink
 
 
 def addr_key(address: ActorAddress) -> str:
@@ -61,6 +50,8 @@ class WireActor(Actor):  # type: ignore[misc]
 
     #: role name used in log lines
     role = "actor"
+    #: the ``_loop.Loop`` hosting this actor in an embedded runtime (set by it)
+    _host: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,6 +95,16 @@ class WireActor(Actor):  # type: ignore[misc]
                     return
                 self._handlers[decoded.TAG] = handler
             handler(decoded, sender)
+        elif isinstance(msg, Message):  # embedded: handed over by another actor (_loop)
+            handler = self._handlers.get(msg.TAG)
+            if handler is None:
+                handler = getattr(self, "on_" + msg.TAG.lstrip("_"), None)
+                if handler is None:
+                    self.bad_messages += 1
+                    log.warning("%s got a %r message it does not handle", self.role, msg.TAG)
+                    return
+                self._handlers[msg.TAG] = handler
+            handler(msg, sender)
         elif isinstance(msg, WakeupMessage):
             payload = msg.payload
             if type(payload) is _Later:  # a long wait, armed a day at a time: go on
@@ -163,8 +164,9 @@ class WireActor(Actor):  # type: ignore[misc]
     # -- sending ------------------------------------------------------------
 
     def send_msg(self, to: ActorAddress, msg: Message) -> None:
-        sink = getattr(_thread, "sink", None)
-        if sink is not None and sink(to, msg):
+        loop = self._host
+        if loop is not None:  # embedded: the facade gets the message as an object
+            loop.send_msg(self._myRef.address, to, msg)
             return
         self.send(to, encode(msg))
 

@@ -1,56 +1,52 @@
-"""Drivers: the one thread that talks to the actor system for a runtime.
+"""Drivers: what runs a runtime's actors and carries the facade's messages.
 
-``simpleSystemBase`` moves only inside ``tell``/``listen`` of the thread that
-owns it, so an embedded runtime gets one driver thread that owns the system.
-Every other thread (callers, Python worker threads finishing a call) hands it
-``(address, bytes)`` through a queue; the driver sleeps on that queue until
-there is work or the next Thespian wake-up is due, so an idle runtime costs no
-CPU and a submission never waits for a timer.
+Embedded (``EmbeddedDriver``): every actor lives in this process on a
+``_loop.Loop``, run by one thread at a time. A caller that waits for a task
+(``Runtime.result``) runs the loop itself when nobody else does, so a script
+task is submitted, run and answered on the caller's own thread with no hand-off
+at all; otherwise the driver's background thread runs it (work nobody waits
+for, timers, what other threads send). Local and cluster (``LocalDriver``):
+Thespian's ``multiprocTCPBase``, an actor per process.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from thespian.actors import ActorSystem
-from thespian.system import isInternalActorSystemMessage
 
-from ._actor import log, set_sink
+from ._actor import log
 from ._exceptions import LlmspellError
+from ._loop import Loop
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
-from .messages.codec import copy_data
-from .messages.types import (
-    Introduce,
-    Poll,
-    Shutdown,
-    SupervisorEvent,
-    TaskOutcome,
-    TaskOutcomes,
-)
+from .messages.types import Introduce, Shutdown, SupervisorEvent
 
-__all__ = ["EmbeddedDriver"]
+__all__ = ["EmbeddedDriver", "LocalDriver"]
 
 _STOP = object()
-_NOOP = encode(Poll())
-# Actors hand their messages for the facade straight to it (see _direct); False
-# sends them through Thespian's external requester as before (kept for A/B
-# measurements in bench/latency.py)
-DIRECT_REPLIES = True
-# A script engine runs the first quantum of what it was just given at once when
-# nothing waits in the driver's queue (else it rings, as before); for A/B too
-INLINE_FIRST_QUANTUM = True
-_SCALARS = (type(None), bool, int, float, str, bytes)
+# The longest an owner waits idle without looking again (a task's outcome set
+# by another thread, close() say, does not ring the loop)
+_IDLE_LOOK = 0.05
 
 
 class EmbeddedDriver:
-    """Owns a ``simpleSystemBase`` actor system on a thread of its own."""
+    """Runs an embedded runtime's ``Loop``: on the thread of a caller waiting
+    for a task when the loop is free, else on a background thread.
+
+    Whoever holds the loop (its *owner*) takes what other threads sent (the
+    facade's messages, the engines' worker threads' doorbells, callables),
+    fires due timers and delivers messages until none is left; the loop itself
+    is never touched by two threads at once. A caller that drives waits idle
+    as the owner (woken by a send, a timer or ``_IDLE_LOOK``); the background
+    thread never does: it lets go as soon as nothing is left, so the next
+    caller can take over.
+    """
 
     mode = "embedded"
 
@@ -60,204 +56,201 @@ class EmbeddedDriver:
         self.runtime_id = runtime_id
         self.config = config
         self.on_message = on_message
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.addresses: dict[str, Any] = {}
         self.director: Any = None
-        self._ready = threading.Event()
-        self._stopped = threading.Event()
-        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # an idle owner waits here
+        self._free = threading.Condition(self._lock)  # the background thread waits here
+        self._incoming: deque[Any] = deque()
+        self._owner = 0  # ident of the thread that runs the loop now (0: nobody)
+        self._idle = False  # the owner waits for something to arrive
+        self._stopped = False
+        self._done = threading.Event()
+        self._introduced: Introduce | None = None
+        self.loop = Loop(self._outside)
         self.thread = threading.Thread(
-            target=self._run, name=f"llmspell-driver-{runtime_id[:8]}", daemon=True
+            target=self._background, name=f"llmspell-driver-{runtime_id[:8]}", daemon=True
         )
 
     # -- any thread ---------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
-        _doorbell.install(
-            self.runtime_id, self.send, self.inbox.empty if INLINE_FIRST_QUANTUM else None
-        )
-        self.thread.start()
-        if not self._ready.wait(timeout):
+        _doorbell.install(self.runtime_id, self.send, self._quiet)
+        self.director = self.loop.create(Director, None, DIRECTOR_NAME)
+        self.send(self.director, encode(Introduce(self.runtime_id, {}, self.config)))
+        self.drive(lambda: self._introduced is not None, timeout)
+        reply = self._introduced
+        if reply is None:
+            self.stop(1.0)
             raise LlmspellError("the embedded actor system did not start in time")
-        if self._error is not None:
-            raise LlmspellError(f"the actor system failed to start: {self._error}")
+        self.addresses = dict(reply.addresses)
+        self.thread.start()
         return self.addresses
 
     def send(self, address: Any, data: bytes) -> None:
         """Deliver ``data`` to the actor at ``address`` (thread-safe)."""
-        self.inbox.put((address, data))
+        with self._lock:
+            self._incoming.append((address, data))
+            self._ring()
 
     def call(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the driver thread."""
-        self.inbox.put(fn)
+        """Run ``fn`` where the loop runs, in turn with the messages sent."""
+        with self._lock:
+            self._incoming.append(fn)
+            self._ring()
+
+    def _ring(self) -> None:
+        """(lock held) Whoever should take what just arrived is woken."""
+        if self._owner:
+            if self._idle:
+                self._work.notify()
+        else:
+            self._free.notify()
+
+    def _quiet(self) -> bool:
+        """Nothing waits to be taken (an engine may go on at once)."""
+        return not self._incoming
+
+    def drive(
+        self, until: Callable[[], bool], timeout: float | None = None, *, idle: bool = True
+    ) -> bool:
+        """Run the loop on this thread until ``until()`` holds or ``timeout``
+        seconds pass. With ``idle=False`` (an event loop's thread, which must
+        not block) it also stops once nothing is left to do now or after
+        ``timeout`` (give a short one): the background thread goes on with
+        the rest. False at once if another thread runs the loop (then wait for
+        what you wait for: that thread or the background one delivers it)."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._owner or self._stopped:
+                return False
+            self._owner = me
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            loop = self.loop
+            while True:
+                self._turn()
+                if until() or self._stopped:
+                    return True
+                with self._lock:
+                    now = time.monotonic()
+                    if self._incoming:
+                        if deadline is not None and deadline <= now:
+                            return True
+                        continue
+                    if not idle:
+                        return True
+                    due = loop.next_due()
+                    wait = _IDLE_LOOK if due is None else min(_IDLE_LOOK, due - now)
+                    if deadline is not None:
+                        if deadline <= now:
+                            return True
+                        wait = min(wait, deadline - now)
+                    if wait > 0:
+                        self._idle = True
+                        self._work.wait(wait)
+                        self._idle = False
+        finally:
+            with self._lock:
+                self._owner = 0
+                self._free.notify()  # what is left (or the next timer) is the background's
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.thread.is_alive():
-            self.inbox.put(_STOP)
-            self._stopped.wait(timeout)
+        with self._lock:
+            if not self._stopped:
+                self._incoming.append(_STOP)
+                self._ring()
+        if not self.drive(self._done.is_set, timeout):
+            self._done.wait(timeout)
         _doorbell.remove(self.runtime_id)
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
-    # -- the driver thread --------------------------------------------------
+    # -- the owner of the loop ---------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            asys = ActorSystem("simpleSystemBase", transientUnique=True, logDefs=False)
-        except Exception as exc:  # pragma: no cover - thespian failing to start
-            self._error = exc
-            self._ready.set()
-            self._stopped.set()
-            return
-        self.asys = asys
-        try:
-            self.director = asys.createActor(Director, globalName=DIRECTOR_NAME)
-            asys.tell(self.director, encode(Introduce(self.runtime_id, {}, self.config)))
-            reply = self._collect(expect=Introduce)
-            self.addresses = dict(reply.addresses) if reply is not None else {}
-            requester = getattr(getattr(asys, "_systemBase", None), "actorRegistry", {}).get(
-                "System:ExternalRequester"
-            )
-            if DIRECT_REPLIES and requester is not None:
-                set_sink(lambda to, msg: self._direct(requester, to, msg))
-        except Exception as exc:
-            self._error = exc
-            log.exception("the embedded actor system failed to start")
-        self._ready.set()
-        if self._error is None:
-            self._loop(asys)
-        try:
-            set_sink(None)
-            asys.shutdown()
-        finally:
-            self._stopped.set()
-
-    def _loop(self, asys: Any) -> None:
-        while True:
-            try:
-                if self._turn(asys):
-                    return
-            except Exception:  # never let one bad turn stop the runtime's only thread
-                log.exception("driver: a turn of its loop failed")
-                time.sleep(0.01)
-
-    def _turn(self, asys: Any) -> bool:
-        """Deliver what is queued (waiting for it or the next wake-up first);
-        True once the runtime is shut down."""
-        inbox = self.inbox
-        wait = self._next_wakeup(asys)
-        try:
-            # (a far wake-up is waited for an hour at a time: the wait overflows)
-            item = inbox.get(timeout=None if wait is None else min(wait, 3600.0))
-        except queue.Empty:
-            item = None
-        items = [item] if item is not None else []
-        for _ in range(10_000):
-            try:
-                items.append(inbox.get_nowait())
-            except queue.Empty:
-                break
-        if not items:  # a wake-up is due: any tell lets it fire
-            asys.tell(self.director, _NOOP)
+    def _turn(self) -> None:
+        """Take what was sent, fire due timers, deliver until nothing is left."""
+        loop = self.loop
+        with self._lock:
+            items = self._incoming
+            self._incoming = deque()
         for it in items:
             if it is _STOP:
-                self._shutdown(asys)
-                return True
+                self._shutdown()
+                return
             try:
                 if callable(it):
                     it()
                 else:
-                    asys.tell(it[0], it[1])
+                    loop.post(it[0], it[1], loop.outside)
             except Exception:
-                log.exception("driver: delivering a message failed")
-        self._collect()
-        return False
+                log.exception("driver: taking a message in failed")
+            if self._stopped:
+                return
+        try:
+            loop.fire_timers()
+            loop.run()
+        except Exception:  # never let one bad turn stop the runtime
+            log.exception("driver: a turn of the loop failed")
 
-    def _collect(self, expect: type | None = None) -> Any:
-        """Hand every message addressed to the outside to ``on_message``."""
-        found = None
-        while True:
-            raw = self.asys.listen(0)
-            if raw is None:
-                return found
-            try:
-                msg = decode(raw) if isinstance(raw, (bytes, bytearray)) else raw
-            except Exception as exc:
-                log.warning("driver dropped a malformed reply: %s", exc)
-                continue
-            if expect is not None and isinstance(msg, expect) and found is None:
-                found = msg
-                continue
-            self._deliver(msg)
-
-    def _deliver(self, msg: Any) -> None:
+    def _outside(self, msg: Any) -> None:
+        """A message an actor sent the facade."""
+        if self._introduced is None and type(msg) is Introduce:
+            self._introduced = msg
+            return
         try:
             self.on_message(msg)
         except Exception:
             log.exception("driver: handling a reply failed")
 
-    def _direct(self, requester: Any, to: Any, msg: Any) -> bool:
-        """An actor's message for the facade (driver thread, inside a ``tell``):
-        handed to ``on_message`` at once, without its encoding, a pass through
-        Thespian's queue and the decoding after ``listen``. What reached the
-        external requester before it is handed over first, so the facade sees
-        every actor's messages in the order they were sent. The facade gets
-        its own copy of any container in it (the sender may keep the original).
-        False: ``to`` is not the facade (the actor sends the message itself)."""
-        if to != requester.address:
-            return False
-        queued = getattr(requester.instance, "responses", None)
-        while queued:
-            raw = queued.pop(0)
-            if not isinstance(raw, (bytes, bytearray)):
-                if not isInternalActorSystemMessage(raw):
-                    self._deliver(raw)  # as _collect does
-                continue
-            try:
-                msg_before = decode(raw)
-            except Exception as exc:
-                log.warning("driver dropped a malformed reply: %s", exc)
-                continue
-            self._deliver(msg_before)
-        if type(msg) is TaskOutcomes:
-            msg = TaskOutcomes(
-                [
-                    TaskOutcome(
-                        o.task_id, o.status, _own(o.value), _own(o.error), _own(o.usage), o.attempt
-                    )
-                    for o in msg.items
-                ]
-            )
-        else:
-            msg = decode(encode(msg))
-        self._deliver(msg)
-        return True
-
-    def _next_wakeup(self, asys: Any) -> float | None:
-        base = getattr(asys, "_systemBase", None)
-        next_wakeup = getattr(base, "_next_wakeup", None)
-        if next_wakeup is None:
-            return 0.01  # pragma: no cover - poll if thespian's internals change
-        timer = next_wakeup()
-        if timer is None:
-            return None
-        remaining = timer.view().remaining()
-        secs = remaining.total_seconds() if isinstance(remaining, timedelta) else 0.0
-        return max(0.0, secs)
-
-    def _shutdown(self, asys: Any) -> None:
+    def _shutdown(self) -> None:
+        loop = self.loop
         try:
-            asys.tell(self.director, encode(Shutdown()))
-            self._collect()
+            if self.director is not None:
+                loop.post(self.director, encode(Shutdown()), loop.outside)
+            loop.run()
+            loop.stop_all()
         except Exception:
             log.exception("driver: shutdown of the actor tree failed")
+        with self._lock:
+            self._stopped = True
+            self._incoming.clear()
+            self._free.notify_all()
+        self._done.set()
 
-
-def _own(value: Any) -> Any:
-    """``value`` itself when it is a scalar, else a copy of it (msgpack data)."""
-    if type(value) in _SCALARS:
-        return value
-    if type(value) is dict and all(type(v) in _SCALARS for v in value.values()):
-        return dict(value)
-    return copy_data(value)
+    def _background(self) -> None:
+        me = threading.get_ident()
+        while True:
+            with self._lock:
+                while True:
+                    if self._stopped:
+                        return
+                    if not self._owner:
+                        if self._incoming:
+                            break
+                        due = self.loop.next_due()
+                        if due is not None:
+                            wait = due - time.monotonic()
+                            if wait <= 0:
+                                break
+                            self._free.wait(min(wait, 3600.0))
+                        else:
+                            self._free.wait()
+                    else:
+                        self._free.wait()
+                self._owner = me
+            try:
+                while True:
+                    self._turn()
+                    with self._lock:
+                        if self._stopped or not self._incoming:
+                            break
+            except Exception:
+                log.exception("driver: the background turn failed")
+                time.sleep(0.01)
+            finally:
+                with self._lock:
+                    self._owner = 0
 
 
 # Thespian's multiproc bases need a logging configuration (False is not

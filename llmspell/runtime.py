@@ -583,6 +583,9 @@ class _Core:
 
 
 _UNKNOWN: Any = object()
+# How long an AsyncRuntime's await may run the actors on the event loop's thread
+# before it lets the driver's own thread go on (a script's quantum may run longer)
+_ASYNC_DRIVE = 0.002
 _CLOSED_KIND = "runtime_closed"  # an outcome's error kind: its runtime went away
 
 
@@ -855,6 +858,8 @@ class Runtime:
         self._stopped = False  # close() ran
         self._gone = ""  # why the served runtime went away (an attached client)
         self._driver: Any = self._make_driver()
+        # an embedded driver lets a waiting caller run the actors itself
+        self._driver_drive: Callable[..., bool] | None = getattr(self._driver, "drive", None)
         try:
             addresses = self._driver.start()
         except BaseException:
@@ -913,6 +918,20 @@ class Runtime:
     def _sync(self) -> Runtime:
         """The runtime a handle's blocking calls go to."""
         return self
+
+    def _drive(self, done: Callable[[], bool], wait: float | None) -> float | None:
+        """Run the actors on this thread until ``done()`` or ``wait`` seconds
+        (None: for ever), where this runtime lets a waiting caller do that (a
+        simulation moves its virtual time; an embedded runtime whose loop no
+        other thread runs now). Returns how long to wait still for ``done``
+        (0 when this thread ran them until it held or the time was up)."""
+        if self._pump is not None:
+            self._pump(done, wait)
+            return 0
+        drive = self._driver_drive
+        if drive is not None and drive(done, wait):
+            return 0
+        return wait
 
     def _make_driver(self) -> Any:
         from ._driver import EmbeddedDriver, LocalDriver
@@ -1112,9 +1131,9 @@ class Runtime:
                 raise
             task_id, v = core.view(self._adopt(handle))
         wait = _wait_time(timeout)
-        if self._pump is not None:
-            self._pump(lambda: v.outcome is not None or bool(core.degraded), wait)
-        if not core.wait(v, 0 if self._pump is not None else wait):
+        if v.outcome is None:
+            wait = self._drive(lambda: v.outcome is not None or bool(core.degraded), wait)
+        if not core.wait(v, wait):
             core.check_degraded()
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
@@ -1709,9 +1728,7 @@ class Runtime:
         if to is not None and to is self._events:
             self._flush_emits()
         self._driver.send(self._scheduler if to is None else to, data)
-        if self._pump is not None:
-            self._pump(w.event.is_set, None)
-        if not w.event.wait(timeout):
+        if not w.event.wait(self._drive(w.event.is_set, timeout)):
             raise TimeoutError("the runtime did not answer in time")
         if w.msg is None and w.lost:
             raise LlmspellError(f"{w.lost} before it answered; it was restarted: ask again")
@@ -1913,6 +1930,14 @@ class AsyncRuntime:
             loop = asyncio.get_running_loop()
             task_id, v = rt._core.view(await loop.run_in_executor(None, rt._adopt, handle))
         wait = _wait_time(timeout)
+        drive = rt._driver_drive
+        if v.outcome is None and drive is not None and rt._pump is None:
+            # embedded: run what is queued on this thread for a moment (a script
+            # task often ends within it: no hand-off to another thread and back)
+            drive(lambda: v.outcome is not None, _ASYNC_DRIVE, idle=False)
+        if v.outcome is not None:
+            rt._core.check_degraded()
+            return _Core.value_of(task_id, v.outcome)
         fut, done = self._future(asyncio.get_running_loop(), v)
         try:
             outcome = await asyncio.wait_for(asyncio.shield(fut), wait)

@@ -19,7 +19,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from .._actor import WireActor, log
 from .._exceptions import MessageError
 from ..messages import check_data, decode, encode
-from ..messages.codec import encode_item, encode_with_items
+from ..messages.codec import encode_item, encode_with_items, own_data
 from ..messages.types import (
     DispatchBatch,
     EngineReady,
@@ -357,6 +357,24 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
                 parts.append(encode_item(failed))
             return encode_with_items(EngineResults, parts)
 
+    def _owned_results(self, items: list[TaskOutcome]) -> list[TaskOutcome]:
+        """``items`` as a trip through the codec would leave them (embedded
+        mode, where they are handed over as objects): a value or usage that is
+        not msgpack data fails its own task, saying so, and any other is a
+        copy nobody else holds (a Python task's function may keep its own)."""
+        out = []
+        for o in items:
+            try:
+                value, usage = own_data(o.value, "result"), own_data(o.usage, "usage")
+            except MessageError as exc:
+                why = f"the task's outcome cannot be sent: {exc}"
+                o = TaskOutcome(o.task_id, "failed", None, self.error(why), None, o.attempt)
+            else:
+                if value is not o.value or usage is not o.usage:
+                    o = TaskOutcome(o.task_id, o.status, value, o.error, usage, o.attempt)
+            out.append(o)
+        return out
+
     def on_poison(self, original: Any, sender: ActorAddress) -> None:
         """Results that could not be delivered (in local mode, together larger
         than ``max_frame_bytes``): sent again one by one; one too large alone
@@ -392,8 +410,12 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
             self.send_msg(sched, SubmitTasks(subs, notify=False))
         if self._results:
             res, self._results = self._results, []
-            for i in range(0, len(res), 500):
-                self.send(sched, self._encode_results(res[i : i + 500]))
+            loop = self._host
+            if loop is not None:  # embedded: handed over, each value checked and our own
+                loop.post(sched, EngineResults(self._owned_results(res)), self.myAddress)
+            else:
+                for i in range(0, len(res), 500):
+                    self.send(sched, self._encode_results(res[i : i + 500]))
         if self._watches:
             w, self._watches = self._watches, []
             self.send_msg(sched, WatchTasks(w))

@@ -596,6 +596,19 @@ def encode_with_items(cls: type[Message], packed: list[bytes]) -> bytes:
     return b"".join(head + packed)
 
 
+def own_data(value: Any, where: str = "value") -> Any:
+    """``value`` checked as msgpack data (``MessageError`` naming the path if
+    not) and copied as a trip through the wire would (a scalar is itself)."""
+    t = type(value)
+    if t is int:
+        if -(2**63) <= value < 2**64:
+            return value
+    elif t in _SCALARS:
+        return value
+    check_data(value, where)
+    return copy_data(value)
+
+
 def copy_data(value: Any) -> Any:
     """A copy of msgpack data, as a trip through the wire would give it."""
     return msgpack.unpackb(
@@ -607,7 +620,12 @@ def copy_data(value: Any) -> Any:
 
 
 _ADDRESS_PARTS = frozenset(
-    (("socket", "AddressFamily"), ("socket", "SocketKind"), ("builtins", "set"))
+    (
+        ("socket", "AddressFamily"),
+        ("socket", "SocketKind"),
+        ("builtins", "set"),
+        ("llmspell._loop", "LoopAddress"),  # an embedded runtime's actors
+    )
 )
 
 

@@ -50,11 +50,10 @@ from datetime import timedelta
 from typing import Any
 
 from .. import _clock
-from .._driver import _NOOP
 from .._exceptions import LlmspellError, MessageError
 from .._task import Handle
 from ..messages import decode, encode
-from ..messages.types import TERMINAL, Introduce, QueryStatus, Shutdown, TaskOutcomes
+from ..messages.types import TERMINAL, Introduce, Poll, QueryStatus, Shutdown, TaskOutcomes
 from ..runtime import Runtime, RuntimeState
 
 __all__ = [
@@ -180,6 +179,7 @@ def _install_clock(clock: VirtualClock | None) -> None:
     _clock.set_source(clock.now if clock is not None else None)
 
 
+_NOOP = encode(Poll())  # any message lets due wake-ups fire
 _MAX_SETTLE_ROUNDS = 200_000
 _REAL_WORK_POLLS = 60_000  # 1 ms sleeps while real-time work (an agent's code) runs
 _MAX_STEPS_AT_ONE_TIME = 100_000
