@@ -244,14 +244,20 @@ def _ray_actor() -> tuple[Any, Any]:
 
 
 def bench_local(rounds: int, block: int, n_batch: int, with_ray: bool) -> list[tuple[str, str]]:
+    from local import Echo, raw_system
+
     rows: list[tuple[str, str]] = [("3. local mode (workers=2), one task at a time", "")]
-    # local mode first: its admin is forked before Ray starts any thread
-    with Runtime(mode="local", workers=2) as rt:
+    # local mode and the bare Thespian system first: their admins are forked
+    # before Ray starts any thread
+    with Runtime(mode="local", workers=2) as rt, raw_system() as asys:
         _wait_engines(rt, "python", 2)
+        echo = asys.createActor(Echo)
         py = Task.python("tasks:add", args={"x": 1, "y": 1})
         loc = Samples("local python task, submit -> result")
+        raw = Samples("bare Thespian multiprocTCPBase ask to an echo actor (the floor)")
         cases: list[tuple[Samples, Callable[[], None]]] = [
-            (loc, lambda: rt.result(rt.submit(py), timeout=30))
+            (loc, lambda: rt.result(rt.submit(py), timeout=30)),
+            (raw, lambda: asys.ask(echo, 1, 10)),
         ]
         ray = actor = None
         if with_ray:
@@ -265,6 +271,15 @@ def bench_local(rounds: int, block: int, n_batch: int, with_ray: bool) -> list[t
                 rows.append(
                     ("   ratio local / Ray call", ratio(loc.median(), ray_s.median(), "<= 1.5x"))
                 )
+                rows.append(
+                    (
+                        "   ratio bare Thespian ask / Ray call (any design on Thespian's TCP)",
+                        f"{raw.median() / ray_s.median():.2f}x",
+                    )
+                )
+            rows.append(
+                ("   ratio local / bare Thespian ask", f"{loc.median() / raw.median():.2f}x")
+            )
             rows += _local_throughput(rt, ray, actor, n_batch, max(3, rounds // 3))
         finally:
             if ray is not None:
@@ -416,47 +431,6 @@ def bench_yields(n: int, rounds: int) -> list[tuple[str, str]]:
 # -- A/B: this session's two changes on and off, same run -----------------------------------
 
 
-def bench_ab(rounds: int, block: int) -> list[tuple[str, str]]:
-    """Embedded one-at-a-time round trips with ``_driver.DIRECT_REPLIES`` and
-    ``_driver.INLINE_FIRST_QUANTUM`` off (the design before issue 15) and on."""
-    from llmspell import _driver
-
-    flags = ("DIRECT_REPLIES", "INLINE_FIRST_QUANTUM")
-    saved = {f: getattr(_driver, f) for f in flags}
-    runtimes = {}
-    try:
-        for label, on in (("before", False), ("after", True)):
-            for f in flags:
-                setattr(_driver, f, on)
-            runtimes[label] = Runtime()
-    finally:
-        for f, v in saved.items():
-            setattr(_driver, f, v)
-    tasks = {
-        "python": Task.python("tasks:add", args={"x": 1, "y": 1}),
-        "lua": Task.lua("return 1"),
-        "js": Task.js("return 1"),
-    }
-    cases: list[tuple[Samples, Callable[[], None]]] = []
-    for kind, task in tasks.items():
-        for label, rt in runtimes.items():
-
-            def trip(rt: Runtime = rt, task: Task = task) -> None:
-                rt.result(rt.submit(task), timeout=30)
-
-            cases.append((Samples(f"{kind}, {label}"), trip))
-    try:
-        interleave(cases, rounds, block)
-    finally:
-        for rt in runtimes.values():
-            rt.close()
-    rows: list[tuple[str, str]] = [("A/B embedded round trip: changes off / on", "")]
-    for i in range(0, len(cases), 2):
-        off, on = cases[i][0], cases[i + 1][0]
-        rows += [off.row(), on.row(), ("   after / before", f"{on.median() / off.median():.2f}x")]
-    return rows
-
-
 # -- running it all ------------------------------------------------------------------------
 
 
@@ -492,8 +466,7 @@ def _ray_available() -> tuple[bool, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="which parts, e.g. 1,2 (or ab)")
-    parser.add_argument("--ab", action="store_true", help="also: issue 15's changes off/on")
+    parser.add_argument("--only", default="1,2,3,4,5", help="which parts, e.g. 1,2")
     parser.add_argument("--no-netns", action="store_true", help="skip the network namespace")
     args = parser.parse_args()
     if not args.no_netns:
@@ -515,8 +488,6 @@ def main() -> None:
             rows.append((why, ""))
     if 4 in only:
         rows += bench_yields(n_yield, 3 if args.quick else 5)
-    if args.ab or "ab" in args.only.split(","):
-        rows += bench_ab(rounds, block)
     took = time.perf_counter() - t0
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, {took:.0f} s")
     print(table(rows))
