@@ -52,10 +52,10 @@ from typing import Any
 from .. import _clock
 from .._driver import _NOOP
 from .._exceptions import LlmspellError, MessageError
+from .._runtime import Runtime, RuntimeState
 from .._task import Handle
 from ..messages import decode, encode
 from ..messages.types import TERMINAL, Introduce, QueryStatus, Shutdown, TaskOutcomes
-from ..runtime import Runtime, RuntimeState
 
 __all__ = [
     "Fault",
