@@ -91,6 +91,11 @@ class EmbeddedDriver:
         """Run ``fn`` on the driver thread."""
         self.inbox.put(fn)
 
+    def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
+        """The actors run on the driver thread by themselves: the caller blocks
+        on its own event for ``done`` for all of ``timeout`` (``_runtime.Driver``)."""
+        return timeout
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.thread.is_alive():
             self.inbox.put(_STOP)
@@ -606,6 +611,11 @@ class LocalDriver:
 
     def call(self, fn: Callable[[], None]) -> None:
         fn()
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
+        """The actors run in their processes by themselves: the caller blocks on
+        its own event for ``done`` for all of ``timeout`` (``_runtime.Driver``)."""
+        return timeout
 
     def _served_admin(self) -> Any:
         """The served runtime's admin process (attached clients), or None."""

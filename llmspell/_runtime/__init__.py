@@ -1,6 +1,8 @@
 """The embedding facade over an actor system (private: users import these
 names from ``llmspell``).
 
+* ``driver``: ``Driver``, the typed interface every driver implements (start,
+  send, call, stop, run until a condition holds).
 * ``core``: ``_Core``, the I/O-free state both facades share, and ``RuntimeState``.
 * ``runtime``: ``Runtime``, the blocking facade.
 * ``aio``: ``AsyncRuntime``, the asyncio facade over a ``Runtime``.

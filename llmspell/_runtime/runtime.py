@@ -67,6 +67,7 @@ from ..messages.types import (
     WatchTasks,
 )
 from .core import _CLOSED_KIND, RuntimeState, _Core, _public_status, _Stream, _streamed, _View
+from .driver import Driver
 from .subscription import Subscription
 from .waiting import _check_return_when, _handle_list, _Report, _wait_time, _Waiter
 
@@ -93,8 +94,6 @@ class Runtime:
 
     def __init__(self, mode: str = "embedded", **config: Any) -> None:
         self._core = _Core(mode, config)
-        # Set by a simulation: run the world until a condition holds (virtual time).
-        self._pump: Callable[[Callable[[], bool], float | None], bool] | None = None
         self._metrics: Any = None
         self._dropped_events = 0
         port = self._core.config.get("metrics_port")
@@ -104,7 +103,7 @@ class Runtime:
             self._metrics = MetricsServer(int(port), self._metric_figures)
         self._stopped = False  # close() ran
         self._gone = ""  # why the served runtime went away (an attached client)
-        self._driver: Any = self._make_driver()
+        self._driver: Driver = self._make_driver()
         try:
             addresses = self._driver.start()
         except BaseException:
@@ -164,7 +163,7 @@ class Runtime:
         """The runtime a handle's blocking calls go to."""
         return self
 
-    def _make_driver(self) -> Any:
+    def _make_driver(self) -> Driver:
         from .._driver import EmbeddedDriver, LocalDriver
 
         core = self._core
@@ -204,7 +203,7 @@ class Runtime:
             return
         self._stopped = True
         spans = self._core.spans
-        if spans is not None and getattr(self._driver, "mode", "") == "local":
+        if spans is not None and self._driver.mode == "local":
             try:  # an attached runtime's scheduler lives on: stop sending us records
                 self._driver.send(self._scheduler, encode(TraceTo(0, False)))
             except Exception:
@@ -351,7 +350,7 @@ class Runtime:
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
         """
         core = self._core
-        if self._pump is None and type(handle) is Handle and not core.degraded:  # it succeeded
+        if type(handle) is Handle and not core.degraded:  # it succeeded
             ended = handle._ended
             if ended is not None and ended[0] == "succeeded":
                 return ended[1]
@@ -362,9 +361,8 @@ class Runtime:
                 raise
             task_id, v = core.view(self._adopt(handle))
         wait = _wait_time(timeout)
-        if self._pump is not None:
-            self._pump(lambda: v.outcome is not None or bool(core.degraded), wait)
-        if not core.wait(v, 0 if self._pump is not None else wait):
+        wait = self._driver.run_until(lambda: v.outcome is not None or bool(core.degraded), wait)
+        if not core.wait(v, wait):
             core.check_degraded()
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
@@ -461,10 +459,7 @@ class Runtime:
         for v in views:
             self._core.on_done(v, one_ended)
         try:
-            if self._pump is not None:
-                self._pump(enough.is_set, wait)
-            else:
-                enough.wait(wait)
+            enough.wait(self._driver.run_until(enough.is_set, wait))
         finally:
             for v in views:
                 self._core.off_done(v, one_ended)
@@ -503,9 +498,7 @@ class Runtime:
         try:
             for n in range(len(items)):
                 left = None if deadline is None else max(0.0, deadline - now())
-                if self._pump is not None:
-                    self._pump(lambda: not ended.empty(), left)
-                    left = 0.0
+                left = self._driver.run_until(lambda: not ended.empty(), left)
                 try:
                     i = ended.get(timeout=left) if left != 0.0 else ended.get_nowait()
                 except queue.Empty:
@@ -716,10 +709,9 @@ class Runtime:
 
         try:
             while True:
-                if self._pump is not None:
-                    self._pump(more, timeout)
+                wait = self._driver.run_until(more, timeout)
                 with s.cond:
-                    if not s.cond.wait_for(more, timeout):
+                    if not s.cond.wait_for(more, wait):
                         if v.outcome is None:
                             raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
                         break  # ended; chunks it announced never came
@@ -813,9 +805,7 @@ class Runtime:
         self._driver.send(
             coordinator, encode(Coordinate(coord_id, specs, strategy, timeout, inputs))
         )
-        if self._pump is not None:
-            self._pump(w.event.is_set, None)
-        w.event.wait()
+        w.event.wait(self._driver.run_until(w.event.is_set, None))
         self._core.check_degraded()
         if w.msg is None:
             raise RuntimeClosed("the runtime closed while the coordination ran")
@@ -959,8 +949,7 @@ class Runtime:
         if to is not None and to is self._events:
             self._flush_emits()
         self._driver.send(self._scheduler if to is None else to, data)
-        if self._pump is not None:
-            self._pump(w.event.is_set, None)
+        self._driver.run_until(w.event.is_set, None)  # (a simulation answers here)
         if not w.event.wait(timeout):
             raise TimeoutError("the runtime did not answer in time")
         if w.msg is None and w.lost:

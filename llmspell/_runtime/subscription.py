@@ -56,18 +56,12 @@ class Subscription:
     def get(self, timeout: float | None = None) -> Event:
         """The next event. Raises the builtin ``TimeoutError`` when none came
         within ``timeout`` seconds, ``RuntimeClosed`` once closed and empty."""
-        wait = _wait_time(timeout)
+        # (a simulation runs its world here, on virtual time, until an event comes)
+        wait = self._runtime._driver.run_until(
+            lambda: bool(self._queue) or self.closed, _wait_time(timeout)
+        )
         with self._cond:
-            pump = self._runtime._pump
-            if pump is not None:  # a simulation: run the world until an event comes
-                self._cond.release()
-                try:
-                    pump(lambda: bool(self._queue) or self.closed, wait)
-                finally:
-                    self._cond.acquire()
-            if not self._cond.wait_for(
-                lambda: self._queue or self.closed, 0 if pump is not None else wait
-            ):
+            if not self._cond.wait_for(lambda: self._queue or self.closed, wait):
                 raise TimeoutError(f"no event matching {self.pattern!r} within {timeout} s")
             if self._queue:
                 return self._queue.popleft()

@@ -113,7 +113,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         try:
             # let the work run out: every task ends or waits for an event (bounded)
             sim = self.sim
-            sim._pump(  # type: ignore[misc]
+            sim._sim.pump_until(
                 lambda: all(
                     sim.status(t) in TERMINAL or self._waits_on_event(t) for t in self.tasks
                 ),
