@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 from .._actor import log
 from .._context import current_task_id
 from .._exceptions import MessageError, RuntimeClosed, RuntimeDegraded, error_from_outcome
-from .._options import check_options, did_you_mean
 from .._task import Handle, Task
 from ..messages import Message, encode
 from ..messages.codec import encode_item, encode_with_items
+from ..messages.config import DEFAULTS, LOCAL_DEFAULTS, parse_options
 from ..messages.types import (
     Ack,
     CancelReply,
@@ -51,42 +51,6 @@ if TYPE_CHECKING:
     from .subscription import Subscription
     from .waiting import _Waiter
 
-_MODES = ("embedded", "local", "cluster")
-_CONFIG = frozenset(
-    (
-        "python_threads",
-        "python_capacity",
-        "lua_capacity",
-        "js_capacity",
-        "engines",
-        "workers",
-        "address",
-        "port",
-        "lua_memory",
-        "js_memory",
-        "step_budget",
-        "retry_backoff",
-        "retry_backoff_cap",
-        "supervision",
-        "quantum",
-        "quantum_steps",
-        "python_inline",
-        "seed",
-        "engine_memory",
-        "throttle_share",
-        "resource_interval",
-        "history",
-        "script_python",
-        "tracing",
-        "metrics_port",
-        "secret",
-        "max_frame_bytes",
-        "journal",
-        "replay_check",  # Simulation.replay_journal: replays stop where their record does
-        "host",
-    )
-)
-
 
 class RuntimeState(enum.Enum):
     STARTING = "starting"
@@ -112,54 +76,8 @@ class _Core:
     """Validation, ids, task views and reply matching. No I/O of its own."""
 
     def __init__(self, mode: str, config: dict[str, Any]) -> None:
-        if mode not in _MODES:
-            raise MessageError(
-                f"unknown mode {mode!r}{did_you_mean(mode, _MODES)}; use one of "
-                f"{', '.join(_MODES)}",
-                where="mode",
-            )
-        unknown = sorted(set(config) - _CONFIG)
-        if unknown:
-            raise MessageError(
-                f"unknown runtime option {unknown[0]!r}{did_you_mean(unknown[0], _CONFIG)}"
-            )
-        if config.get("host") is not None and mode != "cluster":
-            raise MessageError(
-                "host= is the address a cluster leader binds to (mode='cluster'); "
-                f"a {mode} runtime binds to 127.0.0.1",
-                where="host",
-            )
-        if isinstance(config.get("journal"), os.PathLike):
-            config = dict(config, journal=os.fspath(config["journal"]))
-        check_options(config)
-        if mode == "embedded":  # settings that only another mode reads: said, not ignored
-            if config.get("address") is not None:
-                raise MessageError(
-                    "attaching to a served runtime needs mode='local': "
-                    "Runtime(mode='local', address=...)",
-                    where="address",
-                )
-            for key in ("secret", "max_frame_bytes"):
-                if config.get(key) is not None:
-                    raise MessageError(
-                        f"{key}= protects the frames between the processes of "
-                        "mode='local'; an embedded runtime has no such frames",
-                        where=key,
-                    )
-            if config.get("workers") is not None:
-                raise MessageError(
-                    "workers= is the number of processes per engine in mode='local'; "
-                    "an embedded runtime runs its engines in this process (for more Lua "
-                    "or JS VMs here: engines={'lua': 2})",
-                    where="workers",
-                )
+        config = parse_options(mode, config)  # one MessageError for a bad option
         if config.get("journal") is not None:
-            if config.get("address") is not None:
-                raise MessageError(
-                    "a client attached to a served runtime uses the server's journal "
-                    "(`llmspell serve --journal PATH`); it has none of its own",
-                    where="journal",
-                )
             from ..journal import Journal
 
             # every bad journal is one JournalError here, before anything starts
@@ -179,7 +97,8 @@ class _Core:
             per_engine = int(workers or os.cpu_count() or 1)
             # An engine process has a core to itself, and every quantum boundary costs
             # a flush over TCP: longer quanta (cancels still land between them).
-            self.config.setdefault("quantum", 0.1)
+            for key, value in LOCAL_DEFAULTS.items():
+                self.config.setdefault(key, value)
         else:
             per_engine = 1
         self.config.setdefault("engines", _default_engines(per_engine))
@@ -194,7 +113,7 @@ class _Core:
         # Handle keeps its own outcome, so result(handle) still answers then.
         self.views: dict[str, _View | _Ended | Handle | None] = {}
         self.ended: deque[str] = deque()
-        self.keep_ended = max(100 * int(history if history is not None else 1000), 100)
+        self.keep_ended = max(100 * int(history if history is not None else DEFAULTS.history), 100)
         self.lock = threading.Lock()
         self.refs = itertools.count(1)
         self.replies: dict[int, Callable[[Message], None]] = {}
