@@ -27,6 +27,8 @@ class AsyncRuntime:
     _awaitable_handles = True  # ``await handle`` works on its handles
 
     def __init__(self, mode: str = "embedded", **config: Any) -> None:
+        """Nothing starts here (``start()`` or ``async with`` does, and checks the
+        options); never blocks, raises nothing."""
         self._mode = mode
         self._config = config
         self._rt: Runtime | None = None
@@ -46,9 +48,11 @@ class AsyncRuntime:
         return self
 
     async def __aenter__(self) -> AsyncRuntime:
+        """``await start()``: awaits and raises as it does."""
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
+        """``await close()``: awaits as it does."""
         await self.close()
 
     def _runtime(self) -> Runtime:
@@ -58,7 +62,8 @@ class AsyncRuntime:
 
     async def close(self) -> None:
         """``Runtime.close`` in a worker thread: cancels what is unfinished and stops the
-        actor system (waits for that, about a second at most). Idempotent."""
+        actor system; awaits as long as ``Runtime.close`` blocks (up to 10 s, local mode
+        longer). Idempotent; raises nothing (nothing to do before ``start``)."""
         if self._rt is not None:
             rt = self._rt
             await asyncio.get_running_loop().run_in_executor(None, rt.close)
@@ -104,7 +109,10 @@ class AsyncRuntime:
         timeout: float | None = None,
         return_when: str = "all",
     ) -> tuple[list[Handle | str], list[Handle | str]]:
-        """``Runtime.wait`` as a coroutine: ``done, pending = await rt.wait(hs)``."""
+        """``Runtime.wait`` as a coroutine: ``done, pending = await rt.wait(hs)``.
+        Awaits until enough tasks ended or ``timeout`` ran out (not an error: see
+        ``pending``) without blocking the loop; raises ``MessageError`` for bad
+        arguments or an unknown task."""
         _check_return_when(return_when)
         rt = self._runtime()
         items = _handle_list(handles)
@@ -133,7 +141,9 @@ class AsyncRuntime:
         self, handles: Iterable[Handle | str], timeout: float | None = None
     ) -> AsyncIterator[Handle | str]:
         """``Runtime.as_completed`` as an async iterator: ``async for h in
-        rt.as_completed(hs)``; ``TimeoutError`` when ``timeout`` runs out first."""
+        rt.as_completed(hs)``; each step awaits the next task's end, and raises the
+        builtin ``TimeoutError`` when ``timeout`` (over the whole iteration) runs
+        out first. Bad arguments (``MessageError``) raise at the call."""
         rt = self._runtime()
         items = _handle_list(handles)
         wait = _wait_time(timeout)
@@ -198,13 +208,14 @@ class AsyncRuntime:
 
     async def cancel(self, handle: Handle | str) -> bool:
         """``Runtime.cancel`` in a worker thread: True if the task had not finished (it
-        ends ``cancelled``), False if it had already ended."""
+        ends ``cancelled``), False if it had already ended. Awaits one round trip to the
+        scheduler; raises as ``Runtime.cancel``."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.cancel, handle)
 
     async def status(self, handle: Handle | str) -> str:
         """``Runtime.status`` in a worker thread (at most one round trip to the scheduler;
-        none once the task's end is known here)."""
+        none once the task's end is known here); raises as ``Runtime.status``."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.status, handle)
 
@@ -213,17 +224,20 @@ class AsyncRuntime:
         return await self.status(handle) in TERMINAL
 
     async def progress(self, handle: Handle | str) -> Progress | None:
-        """``Runtime.progress`` in a worker thread: the task's last progress, or None."""
+        """``Runtime.progress`` in a worker thread: the task's last progress, or None.
+        Awaits one round trip to the scheduler; raises as ``Runtime.progress``."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.progress, handle)
 
     async def stats(self) -> dict[str, Any]:
-        """``Runtime.stats`` in a worker thread (a round trip to each actor asked)."""
+        """``Runtime.stats`` in a worker thread (a round trip to each actor asked);
+        raises as ``Runtime.stats``."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.stats)
 
     async def tasks(self, status: str | None = None) -> list[TaskInfo]:
-        """``Runtime.tasks`` as a coroutine."""
+        """``Runtime.tasks`` in a worker thread: awaits one round trip to the scheduler.
+        Raises ``MessageError`` for an unknown ``status``, ``RuntimeClosed``."""
         rt = self._runtime()
         return await asyncio.get_running_loop().run_in_executor(None, rt.tasks, status)
 
@@ -253,7 +267,8 @@ class AsyncRuntime:
         return await asyncio.get_running_loop().run_in_executor(None, rt.run_workflow, path_or_dict)
 
     async def emit(self, event: str, payload: Any = None) -> None:
-        """``Runtime.emit``: publishes at once, no waiting."""
+        """``Runtime.emit``: publishes at once, no waiting. Raises ``MessageError`` for
+        a bad name or payload."""
         self._runtime().emit(event, payload)
 
     async def register_tool(
@@ -272,7 +287,8 @@ class AsyncRuntime:
         )
 
     async def register_agent(self, name: str, target: Any) -> None:
-        """``Runtime.register_agent`` in a worker thread (awaits the registry's answer)."""
+        """``Runtime.register_agent`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for a bad name or target."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_agent, name, target)
 
@@ -283,7 +299,8 @@ class AsyncRuntime:
         await asyncio.get_running_loop().run_in_executor(None, rt.register_hook, point, target)
 
     async def register_executor(self, kind: str, target: Any) -> None:
-        """``Runtime.register_executor`` in a worker thread (awaits the registry's answer)."""
+        """``Runtime.register_executor`` in a worker thread (awaits the registry's answer).
+        Raises ``MessageError`` for a bad kind or target."""
         rt = self._runtime()
         await asyncio.get_running_loop().run_in_executor(None, rt.register_executor, kind, target)
 
@@ -291,11 +308,15 @@ class AsyncRuntime:
         self, task: Task | Handle | str, *, timeout: float | None = None
     ) -> AsyncIterator[Any]:
         """``Runtime.stream`` as an async iterator: ``async for chunk in rt.stream(t)``.
-        A ``Task`` is submitted at once, with the reader attached."""
+        A ``Task`` is submitted at once, with the reader attached. Each chunk is awaited
+        in a worker thread (the loop is never blocked); raises as ``Runtime.stream``."""
         it = self._runtime().stream(task, timeout=timeout)
         return _aiter_stream(it)
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
         """``Runtime.subscribe``: a ``Subscription`` at once (no waiting); read it with
-        ``get(timeout=...)`` or iterate."""
+        ``get(timeout=...)`` or iterate. Raises as ``Runtime.subscribe``.
+
+        This one call blocks the loop, for the two round trips that make sure an
+        event published after it returns is seen."""
         return self._runtime().subscribe(pattern, limit=limit)

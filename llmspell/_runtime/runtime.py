@@ -69,6 +69,7 @@ from ..messages.types import (
 from .core import _CLOSED_KIND, RuntimeState, _Core, _public_status, _Stream, _streamed, _View
 from .driver import Driver
 from .subscription import Subscription
+from .targets import wire_target
 from .waiting import _check_return_when, _handle_list, _Report, _wait_time, _Waiter
 
 _open_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
@@ -90,9 +91,31 @@ class Runtime:
     ``Runtime(mode="embedded")`` starts the actors in this process on a driver
     thread of their own. Every method is thread-safe. Use it as a context
     manager, or call ``close()``.
+
+    A call that asks an actor (a "round trip": ``cancel``, ``status``,
+    ``progress``, ``stats``, ``tasks``, the ``register_*`` calls, ``subscribe``)
+    blocks until it answers, up to 30 s, then raises the builtin
+    ``TimeoutError``; in local mode it raises ``LlmspellError`` when the process
+    asked died before it answered (ask again: it was restarted). A task id this
+    runtime did not submit (another client's, a task's child) costs one more
+    round trip to the scheduler, to learn that it knows it. Every call but
+    ``close``, ``state`` and ``mode`` raises ``RuntimeClosed`` on a closed
+    runtime and ``RuntimeDegraded`` once a supervisor gave up.
     """
 
     def __init__(self, mode: str = "embedded", **config: Any) -> None:
+        """Start the actor system; blocks until every actor answered (embedded:
+        well under a second; local: seconds, up to 30 s).
+
+        Raises:
+            MessageError: an unknown mode or option, a bad value, or a setting
+                this mode never reads (nothing was started).
+            JournalError: ``journal`` names a file that cannot be used.
+            LlmspellError: the actor system did not start (in time), a
+                ``metrics_port`` is taken, or the served runtime at ``address``
+                did not answer or refused the secret.
+            RuntimeClosed: the served runtime stopped while this one attached.
+        """
         self._core = _Core(mode, config)
         self._metrics: Any = None
         self._dropped_events = 0
@@ -198,7 +221,10 @@ class Runtime:
 
     def close(self) -> None:
         """Cancel every unfinished task and stop the actor system. Idempotent;
-        blocks until the actors are stopped (up to 10 s)."""
+        blocks until the actors are stopped, up to 10 s (local mode: then kills
+        the processes that did not stop within ``supervision.shutdown_timeout``,
+        5 s by default). Raises nothing; whoever waits on this runtime is woken
+        (its tasks end ``cancelled``, its calls raise ``RuntimeClosed``)."""
         if self._stopped:
             return
         self._stopped = True
@@ -306,9 +332,11 @@ class Runtime:
                 waiter(CoordinationDone(coord_id, empty_result(strategy, n, message)))
 
     def __enter__(self) -> Runtime:
+        """The runtime itself (already started); never blocks."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """``close()``: blocks as it does."""
         self.close()
 
     def __repr__(self) -> str:
@@ -317,12 +345,13 @@ class Runtime:
     # -- tasks --------------------------------------------------------------
 
     def submit(self, task: Task) -> Handle:
-        """Queue ``task``; returns its handle at once.
+        """Queue ``task``; returns its handle at once (never blocks on the task).
 
         Raises:
             MessageError: the task is malformed or its id is already used;
                 nothing was queued.
             RuntimeClosed: the runtime is closed.
+            RuntimeDegraded: a supervisor gave up.
         """
         return self.submit_many([task])[0]
 
@@ -331,23 +360,29 @@ class Runtime:
         before any is sent). Never blocks on the tasks themselves: embedded, a
         big batch without dependencies goes to the scheduler in several
         messages (the first tasks run while it takes in the rest); otherwise in
-        one. Raises
-        ``MessageError`` for the first bad task (nothing queued) and
-        ``RuntimeClosed`` on a closed runtime."""
+        one. Raises ``MessageError`` for the first bad task or a used id
+        (nothing queued), ``RuntimeClosed`` on a closed runtime and
+        ``RuntimeDegraded`` once a supervisor gave up."""
         handles, payloads = self._core.submit_payload(tasks)
         for payload in payloads:
             self._driver.send(self._scheduler, payload)
         return handles
 
     def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
-        """Wait for the task and return its value.
+        """Wait for the task and return its value. Blocks until the task ends
+        or ``timeout`` seconds passed (None: for ever); a task that already
+        ended answers at once.
 
         Raises:
             TaskFailed: the task failed (``ScriptError``, ``ResourceLimitExceeded``
                 for scripts and limits).
-            TaskCancelled: the task was cancelled.
+            TaskCancelled: the task was cancelled (``close()`` cancels).
             TaskTimeout: the task's own ``timeout`` ran out.
             TimeoutError: *this call's* ``timeout`` ran out; the task goes on.
+            MessageError: an unknown task, a bad ``timeout``, or a submission
+                the scheduler refused.
+            RuntimeDegraded: a supervisor gave up (also while waiting).
+            RuntimeClosed: an attached client's served runtime went away.
         """
         core = self._core
         if type(handle) is Handle and not core.degraded:  # it succeeded
@@ -375,7 +410,9 @@ class Runtime:
         """Cancel the task. Returns True if it had not finished (it then ends
         ``cancelled``, and tasks depending on it fail); False if it had
         already ended. Idempotent. A task id this runtime did not submit (one
-        ``tasks()`` lists: another client's, a task's child) is cancelled too."""
+        ``tasks()`` lists: another client's, a task's child) is cancelled too.
+        Blocks for one round trip to the scheduler (none when the task had
+        ended); raises ``MessageError`` for an unknown task."""
         try:
             task_id, v = self._core.view(handle)
         except MessageError:
@@ -390,7 +427,9 @@ class Runtime:
 
     def status(self, handle: Handle | str) -> str:
         """``pending``, ``running``, ``succeeded``, ``failed``, ``cancelled`` or
-        ``timed_out``."""
+        ``timed_out``. Blocks for at most one round trip to the scheduler (none
+        once the task's end is known here; an unfinished task of a closed
+        runtime is ``cancelled``). Raises ``MessageError`` for an unknown task."""
         try:
             task_id, v = self._core.view(handle)
         except MessageError:
@@ -410,7 +449,9 @@ class Runtime:
 
     def progress(self, handle: Handle | str) -> Progress | None:
         """The task's last reported progress and resource use; None before it
-        reported anything. A finished task keeps its final figures."""
+        reported anything. A finished task keeps its final figures. Blocks for
+        one round trip to the scheduler; raises ``MessageError`` for an unknown
+        task."""
         try:
             task_id, v = self._core.view(handle)
         except MessageError:
@@ -437,7 +478,9 @@ class Runtime:
         Returns ``(done, pending)``: the handles that ended and those that did
         not, each list in the order given (a task named twice counts once).
         A timeout that runs out is not an error here: ``pending`` says what
-        is left. Nothing is cancelled.
+        is left. Nothing is cancelled. Blocks until then (``timeout`` None: for
+        ever); raises ``MessageError`` for a bad handle list, an unknown task,
+        a bad ``timeout`` or ``return_when``.
         """
         _check_return_when(return_when)
         items = _handle_list(handles)
@@ -473,7 +516,9 @@ class Runtime:
         """Yield ``handles`` as their tasks end (ended ones first, in the order
         given). ``timeout`` bounds the whole iteration: when it runs out with
         tasks still running, the builtin ``TimeoutError`` is raised (the tasks
-        go on). Bad arguments raise at the call, not at the first ``next``."""
+        go on). Each ``next`` blocks until a task ends or ``timeout`` runs out.
+        Bad arguments (``MessageError``) raise at the call, not at the first
+        ``next``."""
         items = _handle_list(handles)
         wait = _wait_time(timeout)
         views = self._views(items)
@@ -513,7 +558,9 @@ class Runtime:
 
     def stats(self) -> dict[str, Any]:
         """Counters: ``submitted``, ``running``, per-status totals, ``restarts``
-        and ``engines``."""
+        and ``engines`` (and ``events``, ``resources``; local mode ``processes``).
+        Blocks for one round trip to each actor asked (scheduler, event bus,
+        resource tracker, local mode's director), one after the other."""
         self._core.check_open()
         reply: StatsReply = self._ask(lambda ref: QueryStats(ref))
         bus: StatsReply = self._ask(lambda ref: QueryStats(ref), to=self._events)
@@ -541,7 +588,8 @@ class Runtime:
         """The tasks the runtime knows, oldest first: every unfinished one and
         the last ``history`` (a runtime option, default 1,000) that ended.
         ``status`` (``pending``, ``running``, ``succeeded``, ``failed``,
-        ``cancelled``, ``timed_out``) keeps only those.
+        ``cancelled``, ``timed_out``) keeps only those. Blocks for one round
+        trip to the scheduler.
 
         Raises:
             MessageError: ``status`` is not one of those.
@@ -628,24 +676,26 @@ class Runtime:
         as keyword arguments) or a ``Task.lua``/``Task.js`` template (params as
         ``spell.args``). ``schema`` (JSON-schema-like, see ``llmspell.schema``)
         checks every call's params; ``description`` is what agents tell a model.
-        Registering a name again replaces it."""
-        from ..actors.registry import wire_target
-
+        Registering a name again replaces it. Blocks until the scheduler took
+        it (a round trip), so a task submitted after sees it. Raises
+        ``MessageError`` for a bad name, target or schema."""
         self._register("tool", name, wire_target("tool", target, schema, description))
 
     def register_agent(self, name: str, target: Any) -> None:
         """Register agent ``name``: ``"module:attribute"`` naming an object (or a
         class made with no arguments) with ``run(input)`` or ``stream(input)``,
-        or an object with ``llmspell_spec()`` (``llmspell.agents.OpenAIChat``)."""
-        from ..actors.registry import wire_target
-
+        or an object with ``llmspell_spec()`` (``llmspell.agents.OpenAIChat``).
+        Blocks for a round trip as ``register_tool``; raises ``MessageError``
+        for a bad name or target."""
         self._register("agent", name, wire_target("agent", target))
 
     def register_hook(self, point: str, target: Any) -> None:
         """Run ``target`` at hook ``point`` (see ``docs/events-and-hooks.md``):
         ``"module:function"`` gets the payload as keyword arguments, a
-        ``Task.lua``/``Task.js`` template as ``spell.args``. Hooks add up."""
-        from ..actors.registry import HOOK_POINTS, wire_target
+        ``Task.lua``/``Task.js`` template as ``spell.args``. Hooks add up.
+        Blocks for a round trip as ``register_tool``; raises ``MessageError``
+        for an unknown point or a bad target."""
+        from ..messages.options import HOOK_POINTS
 
         if point not in HOOK_POINTS:
             raise MessageError(
@@ -656,9 +706,9 @@ class Runtime:
 
     def register_executor(self, kind: str, target: Any) -> None:
         """Run ``Task.custom(kind, payload)`` with ``target`` (a dict payload as
-        keyword arguments / ``spell.args``, anything else as ``payload``)."""
-        from ..actors.registry import wire_target
-
+        keyword arguments / ``spell.args``, anything else as ``payload``).
+        Blocks for a round trip as ``register_tool``; raises ``MessageError``
+        for a bad kind or target."""
         self._register("executor", kind, wire_target("executor", target))
 
     def _register(self, what: str, name: str, target: dict[str, Any]) -> None:
@@ -681,7 +731,9 @@ class Runtime:
         task ends (raising its error if it failed, like ``result``); a
         ``timeout`` that runs out before the next chunk raises ``TimeoutError``.
         Leaving the loop early releases the agent (chunks are then no longer
-        held for this reader).
+        held for this reader). The call itself never blocks; it raises
+        ``MessageError`` for a bad task, handle or ``timeout`` and
+        ``RuntimeClosed``/``RuntimeDegraded`` as ``submit``.
         """
         core = self._core
         wait = _wait_time(timeout)  # checked before anything is submitted
@@ -748,8 +800,15 @@ class Runtime:
         inputs: list[Any] | None = None,
     ) -> CoordinationResult:
         """Run ``tasks`` under one strategy (see ``Strategy``) and wait for the
-        ``CoordinationResult``. Blocks; a coordination ``timeout`` cancels what
-        is left and returns a result with ``timed_out`` set (it does not raise).
+        ``CoordinationResult``. Blocks until every task ended (no limit of its
+        own); a coordination ``timeout`` cancels what is left and returns a
+        result with ``timed_out`` set (it does not raise).
+
+        Raises:
+            MessageError: a bad task, strategy, ``timeout`` or ``inputs``, or a
+                used id (nothing ran).
+            RuntimeClosed: the runtime closed while the coordination ran.
+            RuntimeDegraded: a supervisor gave up (also while it ran).
         """
         strat = Strategy.parse(strategy)
         problem = timeout_problem(timeout)
@@ -850,8 +909,9 @@ class Runtime:
     def run_workflow(self, path_or_dict: str | Path | Mapping[str, Any]) -> CoordinationResult:
         """Run a workflow file (YAML or JSON) or dict; see API.md "Workflow files".
 
-        Raises ``MessageError`` listing every problem of a malformed workflow,
-        before anything runs.
+        Blocks until the workflow ended, as ``coordinate``. Raises
+        ``MessageError`` listing every problem of a malformed workflow, before
+        anything runs, and what ``coordinate`` raises.
         """
         from ..workflow import load_workflow
 
@@ -891,7 +951,10 @@ class Runtime:
     # -- events -------------------------------------------------------------
 
     def emit(self, event: str, payload: Any = None) -> None:
-        """Publish an event (glob subscribers and waiting scripts see it)."""
+        """Publish an event (glob subscribers and waiting scripts see it). Never
+        waits for an answer (embedded: the driver thread sends it, in order
+        with the emits before it); raises ``MessageError`` for a bad name or a
+        payload msgpack cannot carry."""
         self._core.check_open()
         if not isinstance(event, str) or not event:
             raise MessageError("must be a non-empty str", where="event")
@@ -916,7 +979,10 @@ class Runtime:
 
     def subscribe(self, pattern: str, *, limit: int = 1000) -> Subscription:
         """Events whose names match ``pattern`` (a glob: ``*``, ``?``, ``[..]``)
-        from now on. See ``Subscription`` for the overflow policy."""
+        from now on. See ``Subscription`` for the overflow policy. Blocks for a
+        round trip to the scheduler and one to the event bus, so an event
+        published after the call returns is seen. Raises ``MessageError`` for
+        a bad pattern or ``limit``."""
         self._core.check_open()
         if not isinstance(pattern, str) or not pattern:
             raise MessageError("must be a non-empty str", where="pattern")

@@ -54,8 +54,10 @@ class Subscription:
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> Event:
-        """The next event. Raises the builtin ``TimeoutError`` when none came
-        within ``timeout`` seconds, ``RuntimeClosed`` once closed and empty."""
+        """The next event. Blocks until one comes or ``timeout`` seconds passed
+        (None: for ever). Raises the builtin ``TimeoutError`` when none came in
+        time, ``RuntimeClosed`` once closed and empty, ``MessageError`` for a
+        bad ``timeout``."""
         # (a simulation runs its world here, on virtual time, until an event comes)
         wait = self._runtime._driver.run_until(
             lambda: bool(self._queue) or self.closed, _wait_time(timeout)
@@ -68,6 +70,8 @@ class Subscription:
             raise RuntimeClosed("the subscription is closed")
 
     def __iter__(self) -> Iterator[Event]:
+        """The events as they come (each ``next`` blocks as ``get()``), until the
+        subscription is closed and empty."""
         while True:
             try:
                 yield self.get()
