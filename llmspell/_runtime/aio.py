@@ -13,7 +13,7 @@ from ..messages.types import TERMINAL, TaskOutcome
 from .core import _SET_OWNER, _Core, _View
 from .runtime import Runtime
 from .subscription import Subscription
-from .waiting import _aiter_stream, _check_return_when, _handle_list, _wait_time
+from .waiting import _aiter_stream, _check_return_when, _done_pending, _handle_list, _wait_time
 
 
 class AsyncRuntime:
@@ -133,9 +133,7 @@ class AsyncRuntime:
         finally:
             for v, (_, cb) in zip(views, futures, strict=True):
                 rt._core.off_done(v, cb)
-        done = [h for h, v in zip(items, views, strict=True) if v.outcome is not None]
-        pending = [h for h, v in zip(items, views, strict=True) if v.outcome is None]
-        return done, pending
+        return _done_pending(items, views)
 
     def as_completed(
         self, handles: Iterable[Handle | str], timeout: float | None = None

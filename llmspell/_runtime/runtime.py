@@ -70,7 +70,7 @@ from .core import _CLOSED_KIND, RuntimeState, _Core, _public_status, _Stream, _s
 from .driver import Driver
 from .subscription import Subscription
 from .targets import wire_target
-from .waiting import _check_return_when, _handle_list, _Report, _wait_time, _Waiter
+from .waiting import _check_return_when, _done_pending, _handle_list, _Report, _wait_time, _Waiter
 
 _open_runtimes: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
@@ -506,9 +506,7 @@ class Runtime:
         finally:
             for v in views:
                 self._core.off_done(v, one_ended)
-        done = [h for h, v in zip(items, views, strict=True) if v.outcome is not None]
-        pending = [h for h, v in zip(items, views, strict=True) if v.outcome is None]
-        return done, pending
+        return _done_pending(items, views)
 
     def as_completed(
         self, handles: Iterable[Handle | str], timeout: float | None = None

@@ -52,6 +52,16 @@ def _handle_list(handles: Any) -> list[Handle | str]:
     return out
 
 
+def _done_pending(
+    items: list[Handle | str], views: list[Any]
+) -> tuple[list[Handle | str], list[Handle | str]]:
+    """``wait``'s answer: the items whose task ended, and the others, each in
+    the order given (``views``: their ``_View``s, one per item)."""
+    done = [h for h, v in zip(items, views, strict=True) if v.outcome is not None]
+    pending = [h for h, v in zip(items, views, strict=True) if v.outcome is None]
+    return done, pending
+
+
 def _check_return_when(return_when: Any) -> None:
     if return_when not in _RETURN_WHEN:
         raise MessageError(f"must be 'all' or 'first', got {return_when!r}", where="return_when")
