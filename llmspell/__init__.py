@@ -18,6 +18,10 @@ from ._exceptions import ScriptError as ScriptError
 from ._exceptions import TaskCancelled as TaskCancelled
 from ._exceptions import TaskFailed as TaskFailed
 from ._exceptions import TaskTimeout as TaskTimeout
+from ._runtime import AsyncRuntime as AsyncRuntime
+from ._runtime import Runtime as Runtime
+from ._runtime import RuntimeState as RuntimeState
+from ._runtime import Subscription as Subscription
 from ._task import CoordinationResult as CoordinationResult
 from ._task import Event as Event
 from ._task import Handle as Handle
@@ -27,10 +31,6 @@ from ._task import ResourceUsage as ResourceUsage
 from ._task import Strategy as Strategy
 from ._task import Task as Task
 from ._task import TaskInfo as TaskInfo
-from .runtime import AsyncRuntime as AsyncRuntime
-from .runtime import Runtime as Runtime
-from .runtime import RuntimeState as RuntimeState
-from .runtime import Subscription as Subscription
 
 __version__ = "0.1.0"
 

@@ -155,6 +155,19 @@ class EmbeddedDriver:
                 self._owner = 0
                 self._free.notify()  # what is left (or the next timer) is the background's
 
+    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
+        """Run the actors on this thread while there is work, ``done()`` does
+        not hold and ``seconds`` have not passed, unless another thread runs
+        them (``_runtime.Driver``)."""
+        self.drive(done, seconds, idle=False)
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
+        """Run the actors on the caller's thread until ``done()`` or ``timeout``
+        when no other thread runs them (0.0: the caller need not block any
+        more); else the caller blocks on its own event for all of ``timeout``
+        while that thread delivers (``_runtime.Driver``)."""
+        return 0.0 if self.drive(done, timeout) else timeout
+
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             if not self._stopped:
@@ -599,6 +612,14 @@ class LocalDriver:
 
     def call(self, fn: Callable[[], None]) -> None:
         fn()
+
+    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
+        """Nothing: the actors run in their processes (``_runtime.Driver``)."""
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
+        """The actors run in their processes by themselves: the caller blocks on
+        its own event for ``done`` for all of ``timeout`` (``_runtime.Driver``)."""
+        return timeout
 
     def _served_admin(self) -> Any:
         """The served runtime's admin process (attached clients), or None."""

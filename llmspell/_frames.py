@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .messages.config import DEFAULTS
+
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "Auth",
@@ -61,7 +63,7 @@ __all__ = [
 log = logging.getLogger("llmspell")
 
 MAC_SIZE = 32
-DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+DEFAULT_MAX_FRAME = DEFAULTS.max_frame_bytes
 _HEADER_MAX = 12  # digits of a length: 10**12 bytes is beyond any max_frame_bytes
 PROBE = b"llmspell.probe:"
 PROBE_OK = b"llmspell.probe-ok:"

@@ -371,12 +371,16 @@ class Task:
 
     @classmethod
     def lua(cls, code: str, *, args: Mapping[str, Any] | None = None, **opts: Any) -> Task:
-        """Lua code, the body of a function; ``spell.args`` holds ``args``."""
+        """Lua code, the body of a function; ``spell.args`` holds ``args``. Never
+        blocks (the code is compiled when it runs); raises ``MessageError`` for code
+        that is not a str, bad ``args`` or a bad option."""
         return cls._make("lua", code=_code(code), args=args, opts=opts)
 
     @classmethod
     def js(cls, code: str, *, args: Mapping[str, Any] | None = None, **opts: Any) -> Task:
-        """JavaScript code, the body of an async function."""
+        """JavaScript code, the body of an async function; ``spell.args`` holds
+        ``args``. Never blocks (the code is compiled when it runs); raises
+        ``MessageError`` for code that is not a str, bad ``args`` or a bad option."""
         return cls._make("js", code=_code(code), args=args, opts=opts)
 
     @classmethod
@@ -388,7 +392,9 @@ class Task:
         **opts: Any,
     ) -> Task:
         """``"package.module:function"`` (sync or ``async def``), called with
-        ``**args``. A module-level function object is turned into that string."""
+        ``**args``. A module-level function object is turned into that string.
+        Never blocks (the target is imported when it runs); raises ``MessageError``
+        for a target of another form, bad ``args`` or a bad option."""
         return cls._make("python", target=_callable_target(target), args=args, opts=opts)
 
     @classmethod
@@ -497,7 +503,8 @@ class Task:
     # -- to the wire --------------------------------------------------------
 
     def to_spec(self, task_id: str | None = None, *, parent: str | None = None) -> TaskSpec:
-        """This task as a wire ``TaskSpec`` (with a fresh id unless it has one)."""
+        """This task as a wire ``TaskSpec`` (with a fresh id unless it has one).
+        Never blocks; raises nothing (the task was checked when it was made)."""
         o = self.opts
         if not o:
             return TaskSpec(
@@ -544,7 +551,7 @@ class Task:
 
     @property
     def priority(self) -> str:
-        """The task's priority name (``"normal"`` unless given)."""
+        """The task's priority name (``"normal"`` unless given); never blocks."""
         return str(self.opts.get("priority", "normal"))
 
     def __repr__(self) -> str:

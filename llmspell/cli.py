@@ -609,7 +609,7 @@ def _join(args: argparse.Namespace) -> int:
 
 
 def _parse_engines(text: str) -> list[str]:
-    from ._options import ENGINES
+    from .messages.config import ENGINES
 
     names = [e.strip() for e in text.split(",") if e.strip()]
     bad = [e for e in names if e not in ENGINES]

@@ -135,3 +135,22 @@ def test_every_public_error_is_in_the_error_tree() -> None:
         for m in re.findall(r"^class (\w+)\((?:\w+Error|LlmspellError)\)", f.read_text(), re.M)
     }
     assert declared - drawn <= {"AgentProtocolError", "RegistryError"}  # internal, caught inside
+
+
+def test_public_names_have_one_public_path() -> None:
+    """``llmspell.Runtime`` (and every other name of ``llmspell``) is defined in a
+    private module: ``llmspell`` is the one public path to it."""
+    import sys
+
+    homes = {}
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith("llmspell.") or not getattr(module, "__file__", None):
+            continue
+        for name in llmspell.__all__:
+            if getattr(module, name, None) is getattr(llmspell, name) and _defined_in(module, name):
+                homes[name] = module_name
+    assert set(homes) == set(llmspell.__all__), set(llmspell.__all__) - set(homes)
+    for name, home in homes.items():
+        assert any(part.startswith("_") for part in home.split(".")[1:]), (name, home)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("llmspell.runtime")

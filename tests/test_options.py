@@ -110,3 +110,20 @@ def test_a_task_for_an_engine_the_runtime_does_not_start_fails_clearly() -> None
         ok, err = rt.result(rt.submit(Task.lua(code)), timeout=10)
         assert ok is False and "no js engine" in err
         assert rt.result(rt.submit(Task.lua("return 3")), timeout=10) == 3
+
+
+def test_every_option_is_documented_in_one_frozen_config() -> None:
+    """``messages/config.py``: each option Runtime takes has its default, its rule
+    and its meaning in one place, and the config cannot be changed."""
+    import dataclasses
+
+    from llmspell.messages.config import DEFAULTS, OPTIONS, RuntimeConfig
+
+    for f in dataclasses.fields(RuntimeConfig):
+        assert f.name in OPTIONS
+        assert callable(f.metadata["rule"]), f.name
+        assert f.metadata["meaning"], f.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.history = 5  # type: ignore[misc]
+    with pytest.raises(MessageError, match="unknown runtime option 'histroy'"):
+        Runtime(histroy=5)

@@ -118,7 +118,7 @@ def test_registration_errors_are_immediate(rt: Runtime) -> None:
     with pytest.raises(MessageError, match="not a script"):
         rt.register_agent("a", Task.lua("return 1"))
     with pytest.raises(MessageError, match="schema and description are for tools"):
-        from llmspell.actors.registry import wire_target
+        from llmspell._runtime.targets import wire_target
 
         wire_target("agent", "m:f", schema={})
 

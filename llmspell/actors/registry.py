@@ -1,7 +1,7 @@
 """Registrations: tools, agents, hooks and executors, and how their tasks run.
 
 The facade turns what the user registers into a wire *target* (a dict,
-``wire_target``) and sends it to the scheduler in a ``Register`` message, so
+``_runtime.targets.wire_target``) and sends it to the scheduler in a ``Register`` message, so
 registrations live in an actor and work the same in every mode. The
 scheduler keeps them in a ``Registry`` and, when a ``tool``, ``agent``,
 ``custom`` or ``hook`` task becomes ready, ``Registry.resolve`` fills in what
@@ -35,7 +35,7 @@ from ..messages.options import HOOK_POINTS
 from ..messages.types import TaskSpec
 from ..schema import check_schema, validate
 
-__all__ = ["HOOK_POINTS", "REGISTERED_KINDS", "Registry", "RegistryError", "wire_target"]
+__all__ = ["HOOK_POINTS", "REGISTERED_KINDS", "Registry", "RegistryError"]
 
 #: task kinds whose target comes from a registration
 REGISTERED_KINDS = frozenset(("tool", "agent", "custom", "hook"))
@@ -45,70 +45,6 @@ _WHAT = ("tool", "agent", "hook", "executor")
 
 class RegistryError(Exception):
     """A task names something that is not registered, or its params do not fit."""
-
-
-def wire_target(
-    what: str, target: Any, schema: Any = None, description: Any = None
-) -> dict[str, Any]:
-    """What the user registers, as a wire target. Raises ``MessageError``.
-
-    ``target``: ``"module:function"`` (or ``"module:attribute"`` for agents),
-    a ``Task.lua``/``Task.js`` template (not for agents), a module-level
-    function, or (agents) an object with ``llmspell_spec()`` such as
-    ``llmspell.agents.OpenAIChat``.
-    """
-    from .._task import Task, _callable_target
-
-    out: dict[str, Any]
-    if isinstance(target, Task):
-        if what == "agent":
-            raise MessageError(
-                "an agent is a Python object ('module:attribute'), not a script", where="target"
-            )
-        if target.kind not in ("lua", "js"):
-            raise MessageError(
-                f"a Task template must be Task.lua or Task.js, got Task.{target.kind}",
-                where="target",
-            )
-        if target.opts:
-            names = ", ".join(sorted(target.opts))
-            raise MessageError(
-                f"a Task template keeps only its code and args, not {names}: give those "
-                f"to each call instead (Task.{'custom' if what == 'executor' else what}(..., "
-                f"{next(iter(sorted(target.opts)))}=...))",
-                where="target",
-            )
-        out = {"lang": target.kind, "code": target.code}
-        if target.args:
-            out["args"] = dict(target.args)
-    elif what == "agent" and hasattr(target, "llmspell_spec") and not isinstance(target, type):
-        spec = target.llmspell_spec()
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("factory"), str):
-            raise MessageError(
-                "llmspell_spec() must return {'factory': 'module:callable', 'kwargs': {...}}",
-                where="target",
-            )
-        out = {
-            "lang": "python",
-            "factory": spec["factory"],
-            "kwargs": dict(spec.get("kwargs") or {}),
-        }
-    else:
-        out = {"lang": "python", "target": _callable_target(target)}
-    if what == "tool":
-        if schema is not None:
-            check_schema(schema)
-            out["schema"] = dict(schema)
-        if description is not None:
-            if not isinstance(description, str):
-                raise MessageError("must be a str", where="description")
-            out["description"] = description
-    elif schema is not None or description is not None:
-        raise MessageError(f"schema and description are for tools, not {what}s")
-    from ..messages import check_data
-
-    check_data(out, "target")
-    return out
 
 
 class Registry:

@@ -47,6 +47,7 @@ from thespian.actors import ActorAddress
 
 from .._actor import WireActor, log
 from .._clock import now
+from ..messages.config import DEFAULTS
 from ..messages.types import (
     EngineEvent,
     EngineLoad,
@@ -96,8 +97,8 @@ class ResourceTracker(WireActor):
         self.engines: dict[tuple[str, int], _Engine] = {}
         self.procs: dict[int, psutil.Process] = {}
         self.engine_memory: int | None = None
-        self.share = 0.25
-        self.interval = 1.0
+        self.share = DEFAULTS.throttle_share
+        self.interval = DEFAULTS.resource_interval
         self.timers: list[tuple[float, int, _Wait]] = []  # (due, seq, wait)
         self.held: list[_Wait] = []  # due, but their engine is over its memory
         self.seq = itertools.count()

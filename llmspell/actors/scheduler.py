@@ -63,8 +63,8 @@ from .._actor import WireActor, addr_key, log
 from .._clock import now
 from .._exceptions import JournalError, MessageError
 from .._frames import DEFAULT_MAX_FRAME
-from .._options import ENGINES
 from ..messages import decode
+from ..messages.config import ENGINES
 from ..messages.ids import new_task_id
 from ..messages.types import (
     Ack,

@@ -36,6 +36,7 @@ from .._actor import log
 from .._clock import now
 from .._context import _METER, Meter
 from .._imports import import_target
+from ..messages.config import DEFAULTS
 from ..messages.types import (
     ProgressBatch,
     ProgressReport,
@@ -107,7 +108,7 @@ class _Call(Meter):
 class PythonEngine(EngineActor):
     role = "python engine"
     engine = "python"
-    default_capacity = 256
+    default_capacity = DEFAULTS.python_capacity
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,11 +117,11 @@ class PythonEngine(EngineActor):
         self._to_pool: list[_Call] = []  # sync calls started, not yet handed to the workers
 
     def setup(self, config: dict[str, Any]) -> None:
-        self.threads = int(config.get("python_threads", 16))
+        self.threads = int(config.get("python_threads", DEFAULTS.python_threads))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_sync)
         self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
-        self.inline = bool(config.get("python_inline", False))
+        self.inline = bool(config.get("python_inline", DEFAULTS.python_inline))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
         self.calls: dict[str, _Call] = {}
         self.targets: dict[str, tuple[Callable[..., Any], bool]] = {}

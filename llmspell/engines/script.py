@@ -46,6 +46,7 @@ from thespian.actors import ActorAddress
 from .._actor import log
 from .._clock import now
 from ..messages import encode
+from ..messages.config import DEFAULTS
 from ..messages.ids import new_task_id
 from ..messages.options import lone_surrogate, task_option_problems
 from ..messages.types import (
@@ -311,7 +312,6 @@ def divergence_message(n: int, recorded_op: str, recorded_call: Any, op: str, ca
 class ScriptEngine(EngineActor):
     """Base of the Lua and JS engine contexts; subclasses make the VM."""
 
-    default_capacity = 100_000
     vm: ScriptVM
 
     def make_vm(self, config: dict[str, Any]) -> ScriptVM:
@@ -321,8 +321,9 @@ class ScriptEngine(EngineActor):
         self.vm = self.make_vm(config)
         # embedded: True while the driver's queue is empty (engines._doorbell)
         self._quiet = _doorbell.quiet(self.runtime_id) if self._bell is not None else None
-        self.step_budget = float(config.get("step_budget", 1.0))  # the VM's, per resume
-        self.quantum = float(config.get("quantum", 0.005))
+        # the VM's, per resume
+        self.step_budget = float(config.get("step_budget", DEFAULTS.step_budget))
+        self.quantum = float(config.get("quantum", DEFAULTS.quantum))
         # simulation: quanta by step count, and a seeded pick among equally ready tasks
         steps = config.get("quantum_steps")
         self.quantum_steps = int(steps) if steps else 0

@@ -69,7 +69,8 @@ class Address:
 
 registry: dict[str, type[Message]] = {}
 _decoders: dict[type[Message], Callable[[Any], Message]] = {}
-_encoders: dict[type[Message], Callable[[Any], dict[str, Any]]] = {}
+# a message class -> its fields as the array that travels (``_build``)
+_encoders: dict[type[Message], Callable[[Any], list[Any]]] = {}
 
 M = TypeVar("M", bound=type[Message])
 _M = TypeVar("_M", bound=Message)
@@ -411,7 +412,8 @@ def _message_like(tp: Any) -> bool:
 
 
 def _list_encoder(item_cls: type[Message]) -> Callable[[list[Any]], list[Any]]:
-    cache: list[Callable[[Any], dict[str, Any]]] = []
+    """A ``list[item_cls]`` field's encoder: a list of field arrays."""
+    cache: list[Callable[[Any], list[Any]]] = []
 
     def encode_list(xs: list[Any]) -> list[Any]:
         if not cache:
@@ -432,6 +434,8 @@ def _list_item_message(tp: Any) -> type[Message] | None:
 
 
 def _encode_value(v: Any) -> Any:
+    """A field's value as it travels: a message as its field array, inside
+    lists and dicts too; anything else as it is."""
     if isinstance(v, Message):
         return _encoder(type(v))(v)
     if type(v) is list:
@@ -449,7 +453,9 @@ def _decoder(cls: type[Message]) -> Callable[[Any], Message]:
     return dec
 
 
-def _encoder(cls: type[Message]) -> Callable[[Any], dict[str, Any]]:
+def _encoder(cls: type[Message]) -> Callable[[Any], list[Any]]:
+    """``cls``'s field encoder: a message -> its field array, in declaration
+    order, the trailing fields at their defaults left off (built once)."""
     enc = _encoders.get(cls)
     if enc is None:
         _build(cls)

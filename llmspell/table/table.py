@@ -62,6 +62,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
+from ..messages.config import DEFAULTS
 from ..messages.types import TaskError, TaskOutcome, TaskSpec
 from .events import (
     Cancelled,
@@ -94,7 +95,7 @@ FAILED = TaskStatus.FAILED
 CANCELLED = TaskStatus.CANCELLED
 TIMED_OUT = TaskStatus.TIMED_OUT
 
-HISTORY = 1_000  # finished task records kept by default (Runtime(history=...))
+HISTORY = DEFAULTS.history  # finished task records kept by default (Runtime(history=...))
 MAX_DEPTH = 256  # parents above a task at the most
 _FORGET_BATCH = 256  # records are forgotten in batches (up to this many, history/8)
 FORGOTTEN = "its result is no longer kept (the scheduler keeps 100 x `history` finished tasks)"
@@ -124,7 +125,11 @@ class TaskTable:
     )
 
     def __init__(
-        self, *, history: int = HISTORY, retry_base: float = 0.02, retry_cap: float = 1.0
+        self,
+        *,
+        history: int = HISTORY,
+        retry_base: float = DEFAULTS.retry_backoff,
+        retry_cap: float = DEFAULTS.retry_backoff_cap,
     ) -> None:
         self.tasks: dict[str, Rec] = {}
         # forgotten task -> tombstone, oldest first

@@ -84,6 +84,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
             )
 
     def __init__(self) -> None:
+        """No simulation yet (``start_simulation`` opens it); never blocks."""
         super().__init__()
         self.sim: Simulation | None = None
         self.seed = 0
@@ -113,7 +114,7 @@ class RuntimeStateMachine(RuleBasedStateMachine):
         try:
             # let the work run out: every task ends or waits for an event (bounded)
             sim = self.sim
-            sim._pump(  # type: ignore[misc]
+            sim._sim.pump_until(
                 lambda: all(
                     sim.status(t) in TERMINAL or self._waits_on_event(t) for t in self.tasks
                 ),
@@ -265,6 +266,9 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def inv_one_terminal_state(self) -> None:
+        """Every tracked task is in a known state, and one that ended stays in
+        its terminal state. Asks the simulation each task's status (virtual
+        time does not move); raises ``AssertionError`` naming the seed."""
         if self.sim is None:
             return
         for task_id in self.tasks:
@@ -284,6 +288,9 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def inv_results_delivered_once(self) -> None:
+        """No task's outcome reached the caller twice, and one the scheduler
+        ended reached it. Virtual time does not move; raises ``AssertionError``
+        naming the seed."""
         if self.sim is None:
             return
         for task_id in self.tasks:
@@ -298,6 +305,8 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def inv_dependencies_respected(self) -> None:
+        """No tracked task started before each of its ``deps`` succeeded (read
+        from ``trace``: never blocks); raises ``AssertionError`` naming the seed."""
         if self.sim is None:
             return
         succeeded: set[str] = set()
@@ -315,6 +324,10 @@ class RuntimeStateMachine(RuleBasedStateMachine):
 
     @invariant()
     def inv_retries_within_bounds(self) -> None:
+        """No task was retried more than its ``retries``, engines restarted no
+        more often than they were crashed, and a task ran no more often than
+        allowed. Reads ``trace`` and ``stats()`` (virtual time does not move);
+        raises ``AssertionError`` naming the seed."""
         if self.sim is None:
             return
         retries = Counter(

@@ -51,10 +51,10 @@ from typing import Any
 
 from .. import _clock
 from .._exceptions import LlmspellError, MessageError
+from .._runtime import Runtime, RuntimeState
 from .._task import Handle
 from ..messages import decode, encode
 from ..messages.types import TERMINAL, Introduce, Poll, QueryStatus, Shutdown, TaskOutcomes
-from ..runtime import Runtime, RuntimeState
 
 __all__ = [
     "Fault",
@@ -340,6 +340,15 @@ class _SimDriver:
                 )
         return True
 
+    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
+        """Nothing more: what a send sets off already ran (``_runtime.Driver``)."""
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
+        """``pump_until``: the world runs here, on virtual time; nothing is left
+        for the caller to wait for in real time (``_runtime.Driver``)."""
+        self.pump_until(done, timeout)
+        return 0.0
+
     def crash(self) -> None:
         """Drop the actor system as a killed process would lose it: no shutdown
         message, nothing more written to the journal (the caller severed it)."""
@@ -410,10 +419,10 @@ class Simulation(Runtime):
 
     # -- driver plumbing -------------------------------------------------------------
 
-    def _make_driver(self) -> Any:
+    def _make_driver(self) -> _SimDriver:
         driver = _SimDriver(self._core.runtime_id, self._core.config, self._on_message, self.clock)
         driver.on_fault = self._fire_timed_fault
-        self._pump = driver.pump_until
+        self._sim = driver  # the facade knows it as a Driver; its own calls are here
         return driver
 
     def _on_message(self, msg: Any) -> None:
@@ -442,7 +451,7 @@ class Simulation(Runtime):
         """Let ``seconds`` of virtual time pass, running everything due."""
         if seconds < 0:
             raise MessageError("must be >= 0", where="seconds")
-        self._pump(lambda: False, seconds)  # type: ignore[misc]
+        self._sim.pump_until(lambda: False, seconds)
 
     # -- faults ------------------------------------------------------------------------
 
@@ -460,7 +469,7 @@ class Simulation(Runtime):
             )
         timed = [f for f in faults if f.kind in ("engine_crash", "restart")]
         sent = [f.to_dict() for f in faults if f.kind not in ("engine_crash", "restart")]
-        self._driver.timed_faults.extend(timed)
+        self._sim.timed_faults.extend(timed)
         self._faults.extend(faults)
         if sent:
             msg = encode(InjectFaults(sent))
@@ -480,7 +489,7 @@ class Simulation(Runtime):
                 {"engine": fault.engine, "index": fault.index},
             )
         )
-        self._driver.asys.tell(
+        self._sim.asys.tell(
             self._scheduler,
             encode(CrashEngine(str(fault.engine), fault.index)),
         )
@@ -503,7 +512,7 @@ class Simulation(Runtime):
         self.trace.append((self.clock.now(), "llmspell.fault.restart", {"restarts": self.restarts}))
         self.restarts += 1
         durable.crash(str(journal))
-        driver = self._driver
+        driver = self._sim
         driver.crash()
         addresses = driver.start()
         core = self._core
@@ -608,7 +617,7 @@ class Simulation(Runtime):
         try:
             with cls(seed=seed, journal=name, replay_check=True) as sim:
                 ids = sorted(chosen)
-                sim._pump(  # type: ignore[misc]
+                sim._sim.pump_until(
                     lambda: all(sim._scheduler_status(i) in TERMINAL for i in ids), horizon
                 )
                 for i in ids:
