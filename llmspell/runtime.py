@@ -1019,7 +1019,7 @@ class Runtime:
         core.addresses[msg.role] = msg.address
         why = msg.crashed
         log.warning("%s; it was restarted", why)
-        if msg.role in ("scheduler", "events", "resources"):
+        if msg.role in ("scheduler", "events", "resources", "director"):
             with core.lock:  # a question to it, or its answer, is lost with it
                 replies = list(core.replies.values())
                 core.replies.clear()

@@ -195,8 +195,23 @@ class Supervisor(WireActor):
 
     def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
         """A runtime process died and was restarted: the children started from
-        now on get the new address, and those running now are told."""
+        now on get the new address, and those running now are told. A new
+        director becomes this supervisor's parent (a crash, a restart or an
+        escalation is reported to it; an escalation it may have missed is
+        reported again)."""
         self.addresses[msg.role] = msg.address
+        if msg.role == "director":
+            self.parent_addr = msg.address
+            if self.escalated:
+                self.send_msg(
+                    msg.address,
+                    SupervisorEvent(
+                        self.spec.name,
+                        "",
+                        "escalate",
+                        f"more than {self.spec.intensity} restarts within {self.spec.period} s",
+                    ),
+                )
         for child in self.children:
             if child.address is not None and child.state == "up":
                 self.send_msg(child.address, msg)
