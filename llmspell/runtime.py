@@ -1469,11 +1469,18 @@ class Runtime:
                 if self._pump is not None:
                     self._pump(more, timeout)
                 with s.cond:
-                    if not s.cond.wait_for(more, timeout):
-                        if v.outcome is None:
-                            raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
-                        break  # ended; chunks it announced never came
+                    if not s.cond.wait_for(lambda: more() or v.outcome is not None, timeout):
+                        raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
+                    if not more():  # ended, its last batch overtaken by its end: soon here
+                        s.cond.wait_for(more, _LATE_CHUNKS)
                     if not s.chunks:
+                        assert v.outcome is not None
+                        n = _streamed(v.outcome)
+                        if v.outcome.status == "succeeded" and s.taken < n:
+                            raise LlmspellError(
+                                f"task {task_id!r} streamed {n} chunks but {n - s.taken} of "
+                                f"them never arrived within {_LATE_CHUNKS:g} s of its end"
+                            )
                         break
                     chunk = s.chunks.popleft()
                     s.taken += 1
@@ -1722,6 +1729,10 @@ class Runtime:
 
 def _public_status(status: str) -> str:
     return "failed" if status == "rejected" else status
+
+
+# seconds a stream's reader waits, after its task ended, for chunks it was told of
+_LATE_CHUNKS = 5.0
 
 
 def _streamed(o: TaskOutcome) -> int:
