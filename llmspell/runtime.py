@@ -1040,8 +1040,22 @@ class Runtime:
             if core.spans is not None:
                 self._driver.send(msg.address, encode(TraceTo(0, True)))
         elif msg.role == "events":
+            import time
+
             self._events = msg.address
+            # an event published while no bus ran is lost (there is no journal of
+            # events): every subscription is told so, whatever its pattern, before
+            # the new bus's first event
+            lost = {
+                "name": "llmspell.events.lost",
+                "payload": {
+                    "reason": f"{why}; events published before it was restarted were lost",
+                    "pid": msg.pid,
+                },
+                "time": time.time(),
+            }
             for sub in list(core.subscriptions.values()):
+                sub._deliver([dict(lost)])
                 self._driver.send(
                     msg.address, encode(Subscribe(sub.sub_id, sub.pattern, sub.limit))
                 )
