@@ -165,7 +165,7 @@ def test_a_killed_event_bus_comes_back_with_every_subscription(
     assert rt.result(waiting, timeout=WAIT) == 7
     got = [sub.get(timeout=WAIT) for _ in range(2)]
     if got[0].name == "app.gone":  # (it reached the bus before its process died)
-        got = got[1:] + [sub.get(timeout=WAIT)]
+        got = [*got[1:], sub.get(timeout=WAIT)]
     assert got[0].name == "llmspell.events.lost"
     assert got[0].payload["pid"] == pid
     assert f"the event bus process (pid {pid}) crashed" in got[0].payload["reason"]
