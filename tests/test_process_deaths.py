@@ -368,3 +368,28 @@ ProcessDeaths.TestCase.settings = settings(
     suppress_health_check=list(HealthCheck),
 )
 test_random_process_deaths = ProcessDeaths.TestCase
+
+
+def test_a_replacement_engine_killed_as_it_starts_is_restarted_again(
+    started: Callable[..., Runtime],
+) -> None:
+    # issue 14 item 7: the new process is killed before it could say who it is
+    rt = started(supervision={"backoff_base": 0.2, "jitter": 0})
+    sup = psutil.Process(processes(rt)["supervisor"])
+    engines = {e["engine"]: e["pid"] for e in rt.stats()["engines"]}
+    before = {p.pid for p in sup.children()}
+    h = rt.submit(Task.python("targets:sleep", args={"seconds": 2}, retries=1))
+    running(rt, h)
+    kill(engines["python"])
+    deadline = time.monotonic() + WAIT
+    new: list[int] = []
+    while not new:  # the replacement, killed as soon as it exists
+        assert time.monotonic() < deadline, "no replacement was started"
+        new = [p.pid for p in sup.children() if p.pid not in before]
+    kill(new[0])
+    assert rt.result(rt.submit(Task.python("targets:add", args={"x": 1, "y": 2})), WAIT) == 3
+    try:  # re-run on the third process, or lost with the second if it ran there
+        assert rt.result(h, timeout=WAIT) == 2
+    except TaskFailed as exc:
+        assert "crashed" in str(exc)
+    assert alive(next(e["pid"] for e in rt.stats()["engines"] if e["engine"] == "python"))

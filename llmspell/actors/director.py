@@ -329,7 +329,11 @@ class Director(WireActor):
             self.send_msg(scheduler, msg)
         for addr in self.engines:
             self.send_msg(addr, msg)
-        for addr in [*self.engines, *self.children]:
+        # in reverse start order (the engines' supervisor stops its engines in
+        # reverse order too); a role replaced after a crash keeps its place
+        started = [self.roles[r] for r in reversed(list(self.classes)) if r in self.roles]
+        rest = [a for a in [*self.engines, *self.children] if a not in started]
+        for addr in [*started, *rest]:
             self.send(addr, ActorExitRequest())
         self.engines = []
         self.children = []
