@@ -25,9 +25,12 @@ from ._loop import Loop
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
-from .messages.types import Introduce, Shutdown, SupervisorEvent
+from .messages.types import Introduce, Replaced, Shutdown, SupervisorEvent
 
 __all__ = ["EmbeddedDriver", "LocalDriver"]
+
+#: how long a re-created director may take to take the runtime over (s)
+ADOPT_TIMEOUT = 5.0
 
 _STOP = object()
 # The longest an owner waits idle without looking again (a task's outcome set
@@ -377,7 +380,13 @@ def _reap(procs: list[Any], timeout: float) -> None:
 
     if not procs:
         return
-    _, alive = psutil.wait_procs(procs, timeout=max(0.0, timeout))
+    try:
+        _, alive = psutil.wait_procs(procs, timeout=max(0.0, timeout))
+    except ChildProcessError:  # one of ours collected by another thread meanwhile
+        end = time.monotonic() + max(0.0, timeout)
+        while any(_running(p) for p in procs) and time.monotonic() < end:
+            time.sleep(0.02)
+        alive = [p for p in procs if _running(p)]
     for p in alive:
         try:
             log.warning("local runtime: process %d did not exit; killing it", p.pid)
@@ -488,7 +497,17 @@ class LocalDriver:
         self.me: Any = None
         self.admin_pid = 0
         self.served_config: dict[str, Any] = {}
-        self._director_gone = False
+        self._director_gone = False  # it died and is not coming back: degraded
+        # re-creating a dead director (see _watch_director): what the first was told,
+        # and each watched role's address and pid now (kept current by Replaced)
+        self._intro: dict[str, Any] = {}
+        self._roles: dict[str, Any] = {}
+        self._pids: dict[str, int] = {}
+        self._director_proc: Any = None
+        self._adopting: tuple[int, float] | None = None  # (dead pid, answer deadline)
+        self._director_restarts: list[float] = []
+        #: (time the death was noticed, time the new director answered) of each restart
+        self.director_restarts: list[tuple[float, float]] = []
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
         import contextlib
@@ -544,6 +563,7 @@ class LocalDriver:
             else:
                 cfg = dict(self.config, owner_pid=os.getpid(), mode="local", port=port)
                 cfg.update(self._actor_config())
+                self._intro = cfg
                 request = encode(Introduce(self.runtime_id, {}, cfg))
             raw = self.asys.ask(director, request, timeout)
             if raw is None:
@@ -553,6 +573,8 @@ class LocalDriver:
             self.addresses = dict(reply.addresses)
             self.me = reply.config.get("you")
             self.served_config = dict(reply.config)
+            self._roles = dict(reply.config.get("roles") or {})
+            self._pids = {r: int(p) for r, p in dict(reply.config.get("pids") or {}).items()}
         except BaseException:
             if not self.attach:
                 self.asys.shutdown()
@@ -654,12 +676,16 @@ class LocalDriver:
                         self.processes()
                     except Exception:
                         pass
-                    self._watch_director()
                 elif admin is not None and not _running(admin):
                     self._lost(f"the served runtime at {where} is gone (its admin process exited)")
                     return
+            if not self.attach:
+                try:
+                    self._watch_director()
+                except Exception:
+                    log.exception("local driver: watching the director failed")
             try:
-                raw = self.asys.listen(0.2)
+                raw = self.asys.listen(0.1 if self._adopting else 0.2)
             except Exception:
                 if self._stopping.is_set():
                     return
@@ -675,29 +701,117 @@ class LocalDriver:
             if self.attach and type(msg) is Shutdown:  # the director says it stops
                 self._lost(f"the served runtime at {where} stopped")
                 return
+            if type(msg) is Introduce:  # a new director took the runtime over
+                self._adopted(msg)
+                continue
+            if type(msg) is Replaced and msg.role != "director":
+                self._roles[msg.role] = msg.address
+                self._pids[msg.role] = int(msg.new_pid)
             try:
                 self.on_message(msg)
             except Exception:
                 log.exception("local driver: handling a message failed")
 
     def _watch_director(self) -> None:
-        """The director restarts every other runtime process; its own death
-        (its process killed) degrades the runtime, saying so, rather than
-        leaving calls to wait for what nobody restarts."""
+        """The director restarts every other runtime process; this driver (of
+        the process that owns the runtime) restarts the director. Its pid is
+        looked at on every turn of the listener (0.2 s at most); once it is
+        gone, a new director is made under the admin and told the runtime's
+        configuration and each live process's address and pid (``Introduce``
+        with ``config["adopt"]``). It takes them over and tells everyone its
+        address (``Replaced``). Too many restarts (as for any runtime
+        process), no admin left, or no answer within ``ADOPT_TIMEOUT`` s:
+        the runtime is degraded, saying so, rather than leaving calls to wait
+        for what nobody restarts."""
         import psutil
 
-        pid = int(self.served_config.get("director_pid") or 0)
-        if not pid or self._director_gone:
+        if self._director_gone or self._stopping.is_set():
             return
+        if self._adopting is not None:
+            pid, deadline = self._adopting
+            if time.monotonic() > deadline:
+                self._give_up(
+                    f"the director process (pid {pid}) died and its replacement did not "
+                    f"answer within {ADOPT_TIMEOUT:g} s"
+                )
+            return
+        pid = int(self.served_config.get("director_pid") or 0)
+        if not pid:
+            return
+        proc = self._director_proc
+        if proc is None or proc.pid != pid:
+            try:
+                proc = self._director_proc = psutil.Process(pid)
+            except psutil.Error:
+                proc = None
         try:
-            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+            gone = proc is None or not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
         except psutil.Error:
             gone = True
         if gone:
-            self._director_gone = True
-            detail = f"the director process (pid {pid}) died"
-            log.error("local runtime: %s", detail)
-            self.on_message(SupervisorEvent("llmspell", "director", "escalate", detail))
+            self._restart_director(pid)
+
+    def _restart_director(self, pid: int) -> None:
+        noticed = time.monotonic()
+        log.warning("local runtime: the director process (pid %d) died; restarting it", pid)
+        sup = dict(self.config.get("supervision") or {})
+        intensity = int(sup.get("intensity", 10))
+        period = float(sup.get("period", 30.0))
+        self._director_restarts = [t for t in self._director_restarts if noticed - t <= period]
+        self._director_restarts.append(noticed)
+        if len(self._director_restarts) > intensity:
+            self._give_up(
+                f"the director process (pid {pid}) died; more than {intensity} restarts of "
+                f"the director within {period} s"
+            )
+            return
+        admin = self._seen.get(self.admin_pid)
+        if admin is None or not _running(admin) or not self._intro or not self._roles:
+            self._give_up(f"the director process (pid {pid}) died and cannot be restarted")
+            return
+        old = str(self.director)
+        director = None
+        # the admin forgets the dead director's name once it hears of its exit (soon)
+        while time.monotonic() - noticed < ADOPT_TIMEOUT / 2:
+            try:
+                made = self.asys.createActor(Director, globalName=DIRECTOR_NAME)
+            except Exception as exc:
+                log.warning("local runtime: creating a new director failed: %s", exc)
+                made = None
+            if made is not None and str(made) != old:
+                director = made
+                break
+            time.sleep(0.05)
+        if director is None:
+            self._give_up(f"the director process (pid {pid}) died and cannot be restarted")
+            return
+        self.director = director
+        self._adopting = (pid, noticed + ADOPT_TIMEOUT)
+        self._adopt_noticed = noticed
+        adopt = {"roles": dict(self._roles), "pids": dict(self._pids), "pid": pid}
+        self.send(director, encode(Introduce(self.runtime_id, {}, dict(self._intro, adopt=adopt))))
+
+    def _adopted(self, msg: Any) -> None:
+        """The new director's answer: it watches the runtime's processes now."""
+        if self._adopting is None:
+            return
+        self._adopting = None
+        self.served_config.update(
+            {k: v for k, v in msg.config.items() if k in ("director_pid", "roles", "pids")}
+        )
+        self._roles = dict(msg.config.get("roles") or {})
+        self._pids = {r: int(p) for r, p in dict(msg.config.get("pids") or {}).items()}
+        self.director_restarts.append((self._adopt_noticed, time.monotonic()))
+        log.warning(
+            "local runtime: a new director (pid %s) took the runtime over",
+            msg.config.get("director_pid"),
+        )
+
+    def _give_up(self, detail: str) -> None:
+        self._director_gone = True
+        self._adopting = None
+        log.error("local runtime: %s", detail)
+        self.on_message(SupervisorEvent("llmspell", "director", "escalate", detail))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.asys is None:

@@ -300,7 +300,7 @@ class Runtime:
         core.addresses[msg.role] = msg.address
         why = msg.crashed
         log.warning("%s; it was restarted", why)
-        if msg.role in ("scheduler", "events", "resources"):
+        if msg.role in ("scheduler", "events", "resources", "director"):
             with core.lock:  # a question to it, or its answer, is lost with it
                 replies = list(core.replies.values())
                 core.replies.clear()
@@ -321,8 +321,22 @@ class Runtime:
             if core.spans is not None:
                 self._driver.send(msg.address, encode(TraceTo(0, True)))
         elif msg.role == "events":
+            import time
+
             self._events = msg.address
+            # an event published while no bus ran is lost (there is no journal of
+            # events): every subscription is told so, whatever its pattern, before
+            # the new bus's first event
+            lost = {
+                "name": "llmspell.events.lost",
+                "payload": {
+                    "reason": f"{why}; events published before it was restarted were lost",
+                    "pid": msg.pid,
+                },
+                "time": time.time(),
+            }
             for sub in list(core.subscriptions.values()):
+                sub._deliver([dict(lost)])
                 self._driver.send(
                     msg.address, encode(Subscribe(sub.sub_id, sub.pattern, sub.limit))
                 )
@@ -783,15 +797,29 @@ class Runtime:
         def more() -> bool:
             return bool(s.chunks) or (v.outcome is not None and s.taken >= _streamed(v.outcome))
 
+        def ended_or_more() -> bool:
+            return more() or v.outcome is not None
+
         try:
             while True:
-                wait = self._driver.run_until(more, timeout)
+                wait = self._driver.run_until(ended_or_more, timeout)
                 with s.cond:
-                    if not s.cond.wait_for(more, wait):
-                        if v.outcome is None:
-                            raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
-                        break  # ended; chunks it announced never came
+                    if not s.cond.wait_for(ended_or_more, wait):
+                        raise TimeoutError(f"no chunk of task {task_id!r} within {timeout} s")
+                    late = not more()
+                if late:  # ended, its last batch overtaken by its end: soon here
+                    wait = self._driver.run_until(more, _LATE_CHUNKS)
+                    with s.cond:
+                        s.cond.wait_for(more, wait)
+                with s.cond:
                     if not s.chunks:
+                        assert v.outcome is not None
+                        n = _streamed(v.outcome)
+                        if v.outcome.status == "succeeded" and s.taken < n:
+                            raise LlmspellError(
+                                f"task {task_id!r} streamed {n} chunks but {n - s.taken} of "
+                                f"them never arrived within {_LATE_CHUNKS:g} s of its end"
+                            )
                         break
                     chunk = s.chunks.popleft()
                     s.taken += 1
@@ -1046,3 +1074,7 @@ class Runtime:
         if w.msg is None:
             raise RuntimeClosed("the runtime went away before it answered; create a new Runtime")
         return w.msg
+
+
+# seconds a stream's reader waits, after its task ended, for chunks it was told of
+_LATE_CHUNKS = 5.0

@@ -165,6 +165,10 @@ class Director(WireActor):
 
             roles["cluster"] = ClusterManager
         self.classes = roles
+        adopt = self.config.pop("adopt", None)
+        if isinstance(adopt, dict):
+            self._adopt(adopt, sender)
+            return
         self.addresses = {"director": self.myAddress}
         self.expected = set(roles)
         for role, cls in roles.items():
@@ -203,12 +207,25 @@ class Director(WireActor):
                 self.runtime_id, self.addresses, dict(self.config, supervisor=spec.to_dict())
             ),
         )
+        self._answer_owner()
+
+    def _answer_owner(self) -> None:
+        """The facade that introduced the runtime gets the addresses, and (to
+        re-create this director should its process die: local mode) the
+        address and pid of every process it watches; then watching starts."""
+        assert self.requester is not None
         self.send_msg(
             self.requester,
             Introduce(
                 self.runtime_id,
                 self.addresses,
-                dict(self.config, you=self.requester, director_pid=os.getpid()),
+                dict(
+                    self.config,
+                    you=self.requester,
+                    director_pid=os.getpid(),
+                    roles=dict(self.roles),
+                    pids={role: int(p.pid) for role, p in self.procs.items()},
+                ),
             ),
         )
         if self.config.get("owner_pid"):
@@ -216,6 +233,46 @@ class Director(WireActor):
         if self.config.get("mode") == "local":
             self.watching = True
             self.wake_after(WATCH_PERIOD, "watch")
+
+    def _adopt(self, adopt: dict[str, Any], sender: ActorAddress) -> None:
+        """local mode: the director's process died and the owner's driver made
+        this one in its place (``Introduce`` with ``config["adopt"]``: the
+        runtime's processes, each role's address and pid). It takes them over
+        as they run: watches their pids (Thespian tells only their dead
+        parent when one exits), restarts one that died, and tells everyone
+        (children, engines through their supervisor, the facade) its address
+        with ``Replaced("director", ...)``. A role whose process is gone
+        already is restarted at once."""
+        roles: dict[str, ActorAddress] = dict(adopt.get("roles") or {})
+        self.roles = roles
+        self.addresses = {"director": self.myAddress}
+        self.addresses.update(
+            {r: a for r, a in roles.items() if r not in ("supervisor", "cluster")}
+        )
+        self.children = [
+            roles[r] for r in ("scheduler", "events", "coordinator", "resources") if r in roles
+        ]
+        self.engines = [roles[r] for r in ("supervisor", "cluster") if r in roles]
+        self.expected = set()
+        dead = []
+        for role, pid in dict(adopt.get("pids") or {}).items():
+            if role in roles:
+                self._note_process(role, int(pid))
+                if role not in self.procs:
+                    dead.append(role)
+        note = Replaced(
+            "director",
+            self.myAddress,
+            int(adopt.get("pid") or 0),
+            bool(self.config.get("journal")),
+            os.getpid(),
+        )
+        for address in [*self.children, *self.engines]:
+            self.send_msg(address, note)
+        self._answer_owner()
+        self.send_msg(sender, note)
+        for role in dead:
+            self._died(role)
 
     def on_wakeup(self, payload: Any) -> None:
         """local mode: when the process that owns the runtime is gone (killed,
@@ -272,7 +329,11 @@ class Director(WireActor):
             self.send_msg(scheduler, msg)
         for addr in self.engines:
             self.send_msg(addr, msg)
-        for addr in [*self.engines, *self.children]:
+        # in reverse start order (the engines' supervisor stops its engines in
+        # reverse order too); a role replaced after a crash keeps its place
+        started = [self.roles[r] for r in reversed(list(self.classes)) if r in self.roles]
+        rest = [a for a in [*self.engines, *self.children] if a not in started]
+        for addr in [*started, *rest]:
             self.send(addr, ActorExitRequest())
         self.engines = []
         self.children = []

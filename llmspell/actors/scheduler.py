@@ -233,6 +233,10 @@ class Scheduler(WireActor):
         self._fanin: dict[str, list[Any]] = {}  # Task.hook id -> [left, results]
         self.hook_counts = {"runs": 0, "errors": 0}
         self._consumers: dict[str, ActorAddress] = {}  # agent task -> who gets its chunks
+        # agent tasks that ended, with who got their chunks: a last batch that arrives
+        # after the end (local mode: it can overtake nothing, but be overtaken) still
+        # goes there; the newest _LATE_KEPT only
+        self._late: dict[str, ActorAddress] = {}
         self._coordination_sub = False
         # watches that arrived before the task's submit (local mode: a script engine's
         # WatchTasks can overtake its SubmitTasks on the way here)
@@ -1283,7 +1287,11 @@ class Scheduler(WireActor):
         """Hooks, fan-in and stream bookkeeping of a task that just ended."""
         spec = rec.spec
         if self._consumers:
-            self._consumers.pop(spec.id, None)
+            consumer = self._consumers.pop(spec.id, None)
+            if consumer is not None:
+                self._late[spec.id] = consumer
+                if len(self._late) > _LATE_KEPT:
+                    del self._late[next(iter(self._late))]
         fan = self._fanin.pop(spec.id, None) if spec.kind == "hook" else None
         if fan is not None:  # a Task.hook ended (e.g. cancelled) before its hooks
             return
@@ -1329,8 +1337,16 @@ class Scheduler(WireActor):
 
     def on_stream_chunks(self, msg: StreamChunks, sender: ActorAddress) -> None:
         rec = self.tasks.get(msg.task_id)
-        if rec is None or rec.status != "running":
-            return  # ended: the engine was told to stop it
+        if rec is None:
+            return
+        if rec.status != "running":
+            # the last batch of the attempt that ended the task, overtaken by its
+            # result, still goes to the reader (who waits for the count it was told);
+            # any other attempt's chunks are stale (the engine was told to stop it)
+            late = self._late.get(msg.task_id)
+            if late is not None and rec.status in TERMINAL and msg.attempt == rec.attempt:
+                self.send_msg(late, msg)
+            return
         consumer = self._consumers.get(msg.task_id)
         if consumer is None:  # nobody to hold the producer for
             self.send_msg(sender, StreamAck(msg.task_id, msg.seq + len(msg.chunks)))
@@ -1545,6 +1561,7 @@ def _span_name(spec: TaskSpec) -> str | None:
 
 _SCRIPT_AND_PYTHON = frozenset(("python", "lua", "js"))
 _HOOK_TIMEOUT = 30.0  # seconds a hook task may run
+_LATE_KEPT = 1024  # ended streaming tasks whose reader still gets a late batch
 _EARLY_WATCH_GRACE = 5.0  # seconds a watch of a task not (yet) submitted waits for it
 _TASK_FAULTS = frozenset(("script_error", "slow_step", "task_timeout", "resource_breach"))
 

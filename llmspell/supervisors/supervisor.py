@@ -144,8 +144,11 @@ def backoff_delay(
     return max(0.0, float(delay * (1 + r.uniform(-jitter, jitter))))
 
 
+_ANSWER_GRACE = 1.0  # s a new child has to tell its pid before its process is looked for
+
+
 class _Child:
-    __slots__ = ("address", "asked", "key", "process", "restarts", "spec", "state")
+    __slots__ = ("address", "asked", "key", "process", "restarts", "spec", "started_at", "state")
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -155,6 +158,7 @@ class _Child:
         self.restarts = 0
         self.state = "down"  # down | up | stopping | waiting
         self.asked = False  # this supervisor asked it to stop: its exit is no crash
+        self.started_at = 0.0  # when it was created (time.monotonic())
 
 
 class Supervisor(WireActor):
@@ -195,8 +199,23 @@ class Supervisor(WireActor):
 
     def on_replaced(self, msg: Replaced, sender: ActorAddress) -> None:
         """A runtime process died and was restarted: the children started from
-        now on get the new address, and those running now are told."""
+        now on get the new address, and those running now are told. A new
+        director becomes this supervisor's parent (a crash, a restart or an
+        escalation is reported to it; an escalation it may have missed is
+        reported again)."""
         self.addresses[msg.role] = msg.address
+        if msg.role == "director":
+            self.parent_addr = msg.address
+            if self.escalated:
+                self.send_msg(
+                    msg.address,
+                    SupervisorEvent(
+                        self.spec.name,
+                        "",
+                        "escalate",
+                        f"more than {self.spec.intensity} restarts within {self.spec.period} s",
+                    ),
+                )
         for child in self.children:
             if child.address is not None and child.state == "up":
                 self.send_msg(child.address, msg)
@@ -210,6 +229,7 @@ class Supervisor(WireActor):
         child.state = "up"
         child.asked = False
         child.process = None
+        child.started_at = time.monotonic()
         cfg = {k: v for k, v in self.config.items() if k != "supervisor"}
         cfg.update(child.spec.config)
         cfg["restarts"] = child.restarts
@@ -234,6 +254,7 @@ class Supervisor(WireActor):
         not Thespian told us."""
         import psutil
 
+        self._watch_unanswered()
         for child in list(self.children):
             proc = child.process
             if child.state != "up" or proc is None or child.address is None:
@@ -245,6 +266,43 @@ class Supervisor(WireActor):
             if dead:
                 log.warning("%s: child %s (pid %d) is gone", self.role, child.spec.name, proc.pid)
                 self.on_child_exited(child.address)
+
+    def _watch_unanswered(self) -> None:
+        """A child that has not told its pid yet is watched through this
+        process's own child processes: once it has had ``_ANSWER_GRACE`` s to
+        answer and no process of this supervisor is left that is not a known
+        child's, it died as it started (Thespian may not say so): handled as
+        any death (restarted, or the supervisor gives up)."""
+        import psutil
+
+        t = time.monotonic()
+        waiting = [
+            c
+            for c in self.children
+            if c.state == "up"
+            and c.process is None
+            and c.address is not None
+            and t - c.started_at > _ANSWER_GRACE
+        ]
+        if not waiting:
+            return
+        known = {c.process.pid for c in self.children if c.process is not None}
+        try:
+            mine = psutil.Process().children()
+        except psutil.Error:  # pragma: no cover - this process itself
+            return
+        starting = 0
+        for p in mine:
+            try:
+                if p.pid not in known and p.status() != psutil.STATUS_ZOMBIE:
+                    starting += 1
+            except psutil.Error:
+                pass
+        # the oldest first: those still starting are the last ones made
+        for child in sorted(waiting, key=lambda c: c.started_at)[: max(0, len(waiting) - starting)]:
+            assert child.address is not None
+            log.warning("%s: child %s died as it started", self.role, child.spec.name)
+            self.on_child_exited(child.address)
 
     def _stop(self, child: _Child) -> None:
         if child.address is not None and child.state == "up":
