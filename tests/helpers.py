@@ -30,12 +30,27 @@ WAIT = 10.0  # the default hang guard of a wait
 TESTS = Path(__file__).parent  # on PYTHONPATH for a subprocess that runs tests' targets
 
 
-def until(cond: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    """Poll ``cond`` until it is true; fail naming ``what`` after ``timeout`` s."""
+def until(
+    cond: Callable[[], object], what: str, timeout: float = WAIT, every: float = 0.005
+) -> None:
+    """Ask ``cond`` every ``every`` s until it is true; fail naming ``what`` after
+    ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.005)
+        time.sleep(every)
+
+
+def stats_when(rt: Runtime, what: str, n: int) -> dict[str, Any]:
+    """``rt.stats()`` once its counter ``what`` is ``n`` (a hang guard of ``WAIT`` s)."""
+    stats: dict[str, Any] = {}
+
+    def reached() -> bool:
+        stats.update(rt.stats())
+        return bool(stats[what] == n)
+
+    until(reached, f"stats[{what!r}] == {n}")
+    return stats
 
 
 def with_tests_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -45,7 +60,7 @@ def with_tests_on_path(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def run_cli(
     *args: str,
-    timeout: float = 60,
+    timeout: float = 120,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:

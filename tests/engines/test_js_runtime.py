@@ -18,7 +18,7 @@ from conftest import SCRIPT_PYTHON
 from helpers import WAIT, Ready, cancelled_at_once, result, until
 from helpers import script_error as task_error
 
-from llmspell import Runtime, ScriptError, Task
+from llmspell import Runtime, ScriptError, Task, TaskFailed
 
 
 def run(rt: Runtime, code: str, **opts: Any) -> Any:
@@ -505,3 +505,37 @@ def test_deep_recursion_fails_its_task(limited: Runtime) -> None:
 
 
 # -- property: random programs end in the state they imply ------------------------------------
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+def test_a_lone_surrogate_in_a_js_string_crosses_and_loses_nothing(rt: Runtime) -> None:
+    hs = rt.submit_many(
+        [Task.js("return 1") for _ in range(5)]
+        + [Task.js("return '\\ud800'"), Task.js("return {'\\udc00': 1}")]
+        + [Task.js("return 2") for _ in range(5)]
+    )
+    values = [rt.result(h, timeout=WAIT) for h in hs]
+    assert values == [1] * 5 + ["\ud800", {"\udc00": 1}] + [2] * 5
+    with pytest.raises(TaskFailed, match="Error"):
+        rt.result(rt.submit(Task.js("throw new Error('\\ud800')")), timeout=WAIT)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "let a = []; for (let i = 0; i < 100000; i++) a = [a]; JSON.stringify(a); return 1",
+        "let a = []; for (let i = 0; i < 100000; i++) a = [a]; return JSON.stringify(a, ['x'])",
+        "const d = {toJSON() { let a = []; for (let i = 0; i < 100000; i++) a = [a]; return a }};"
+        " return JSON.stringify({d})",
+    ],
+)
+def test_stringifying_a_deep_js_value_fails_its_task_not_the_process(
+    rt: Runtime, code: str
+) -> None:
+    with pytest.raises(TaskFailed, match="Maximum call stack size exceeded"):
+        rt.result(rt.submit(Task.js(code)), timeout=WAIT)
+    deep_log = "let a = {}; for (let i = 0; i < 100000; i++) a = {a}; console.log(a); return 2"
+    assert rt.result(rt.submit(Task.js(deep_log)), timeout=WAIT) == 2
+    assert rt.result(rt.submit(Task.js("return JSON.stringify({a: [1]}, null, 1)")), timeout=WAIT)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import SCRIPT_PYTHON
-from helpers import result
+from helpers import WAIT, result
 from helpers import script_error as task_error
 
 from llmspell import Runtime, ScriptError, Task, TaskFailed
@@ -168,3 +168,29 @@ BOMB = "local t = {} while true do t[#t + 1] = string.rep('x', 1e6) .. #t end"
 def test_memory_error_can_be_caught_by_the_script(limited: Runtime) -> None:
     ok, e = run(limited, f"return {{pcall(function() {BOMB} end)}}")
     assert ok is False and e == "not enough memory"
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+def test_a_lua_memory_bomb_is_a_memory_failure_not_an_internal_error() -> None:
+    with Runtime(lua_memory=32 * 1024 * 1024) as rt:
+        for _ in range(2):
+            h = rt.submit(Task.lua("local t = {} for i = 1, 1e9 do t[i] = {i} end"))
+            with pytest.raises(TaskFailed, match="Lua memory limit exceeded") as info:
+                rt.result(h, timeout=60)
+            assert "internal error" not in str(info.value)
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=WAIT) == 1
+
+
+def test_lua_errors_from_the_sandbox_wrappers_name_no_prelude_line(rt: Runtime) -> None:
+    code = "print(setmetatable({}, {__tostring = function() return {} end}))"
+    with pytest.raises(TaskFailed) as info:
+        rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
+    assert "__tostring" in str(info.value) and "[llmspell]" not in str(info.value)
+
+
+def test_a_waiting_spell_call_inside_a_c_callback_says_why_it_cannot(rt: Runtime) -> None:
+    code = "local t = {3, 1, 2} table.sort(t, function(a, b) spell.sleep(0) return a < b end)"
+    with pytest.raises(TaskFailed, match="cannot be made inside a callback that a C function"):
+        rt.result(rt.submit(Task.lua(code)), timeout=WAIT)

@@ -22,7 +22,7 @@ from helpers import script_error as task_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmspell import Runtime, ScriptError, Task, TaskFailed, TaskTimeout
+from llmspell import MessageError, Runtime, ScriptError, Task, TaskFailed, TaskTimeout
 
 # -- the dialect ------------------------------------------------------------------------------
 
@@ -539,6 +539,7 @@ def test_a_spec_that_is_not_a_table_or_object_is_a_catchable_error(rt: Runtime, 
         )
 
 
+@pytest.mark.slow
 def test_await_of_an_unknown_task_fails(rt: Runtime, lang: Lang) -> None:
     ok, e = run(rt, lang, lang.caught(lang.ret(lang.await_("'no-such-task'"))))
     assert ok is False and "no-such-task" in e
@@ -1010,3 +1011,127 @@ def test_random_programs_end_as_they_imply(
                 rt.result(h, timeout=WAIT)
             assert info.value.message.endswith(expected), (code, info.value.message)
         assert rt.status(h) == status
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        Task.lua("return spell.run({lang = 'python', target = 'os:getcwd'})"),
+        Task.js("return await spell.run({lang: 'python', target: 'os:getcwd'})"),
+        Task.lua("return spell.coordinate({{lang = 'python', target = 'os:getcwd'}}, 'parallel')"),
+        Task.lua(
+            "return spell.run({kind = 'workflow', payload = {steps = {{id = 'a', "
+            "target = 'os:getcwd'}}}})"
+        ),
+    ],
+)
+def test_a_script_runs_no_python_target_unless_the_runtime_allows_it(task: Task) -> None:
+    with Runtime() as rt:
+        h = rt.submit(task)
+        try:
+            value = rt.result(h, timeout=WAIT)
+        except TaskFailed as exc:
+            assert "may not run the Python target 'os:getcwd'" in str(exc)
+        else:  # a coordination reports its failed tasks instead of raising
+            assert value["ok"] is False
+            assert "may not run the Python target" in str(value["failed"])
+    with Runtime(script_python=["os:getcwd"]) as rt:
+        code = "return spell.run({lang = 'python', target = 'os:getcwd'})"
+        assert rt.result(rt.submit(Task.lua(code)), timeout=WAIT) == __import__("os").getcwd()
+
+
+def test_a_script_reads_no_workflow_file(rt: Runtime) -> None:
+    code = "return spell.run({kind = 'workflow', payload = spell.args.path})"
+    h = rt.submit(Task.lua(code, args={"path": "/etc/hostname"}))
+    with pytest.raises(TaskFailed, match="may not load a workflow file"):
+        rt.result(h, timeout=WAIT)
+    step_file = (
+        "return spell.run({kind = 'workflow', "
+        "payload = {steps = {{id = 'a', file = '/etc/hostname'}}}})"
+    )
+    with pytest.raises(TaskFailed, match="may not load a workflow file or a step's file"):
+        rt.result(rt.submit(Task.lua(step_file)), timeout=WAIT)
+
+
+@pytest.mark.parametrize("bad", ["--script-python", ["os"], [5]])
+def test_script_python_must_be_patterns(bad: object) -> None:
+    with pytest.raises(MessageError, match="script_python"):
+        Runtime(script_python=bad)
+
+
+def test_load_without_a_script_caller_gets_globals_of_its_own(rt: Runtime) -> None:
+    writer = "coroutine.wrap(load)(\"secret = 'from A'; tostring = nil\")() return 1"
+    assert rt.result(rt.submit(Task.lua(writer)), timeout=WAIT) == 1
+    reader = "local s = coroutine.wrap(load)('return secret')() return {type(s), tostring(42)}"
+    assert rt.result(rt.submit(Task.lua(reader)), timeout=WAIT) == ["nil", "42"]
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (Task.lua("return spell.await(spell.task_id)"), "cannot await itself"),
+        (Task.js("return await spell.await(spell.task_id)"), "cannot await itself"),
+        (
+            Task.lua(
+                "local a = spell.submit({lang = 'lua', code = 'return 1', id = 'twice'})"
+                " local b = spell.submit({lang = 'lua', code = 'return 2', id = 'twice'})"
+                " spell.await(a) return spell.await(b)"
+            ),
+            "duplicate task id 'twice'",
+        ),
+        (
+            Task.lua(
+                "return spell.coordinate({{lang = 'lua', code = 'return 1'}}, 'pipeline',"
+                " {inputs = 'x'})"
+            ),
+            "inputs must be a list",
+        ),
+        (
+            Task.js(
+                "return await spell.coordinate([{lang: 'lua', code: 'return 1'}], 'pipeline',"
+                " {inputs: {a: 1}})"
+            ),
+            "inputs must be a list",
+        ),
+    ],
+)
+def test_script_requests_that_could_never_be_answered_fail_at_once(
+    rt: Runtime, task: Task, message: str
+) -> None:
+    with pytest.raises(TaskFailed, match=message):
+        rt.result(rt.submit(task), timeout=WAIT)
+
+
+def test_thousands_of_distinct_wait_event_patterns_do_not_stall_the_runtime(rt: Runtime) -> None:
+    # each subscription once rebuilt one matcher of every pattern: minutes for 2,000
+    code = (
+        "const ps = []; for (let i = 0; i < 2000; i++)"
+        " ps.push(spell.wait_event('never.' + i, 0.2).catch(() => 0));"
+        " await Promise.all(ps); return 1"
+    )
+    assert rt.result(rt.submit(Task.js(code)), timeout=60) == 1
+    assert rt.result(rt.submit(Task.lua("return 2")), timeout=WAIT) == 2
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        Task.js("return await spell.run({lang: 'lua', code: 'return 1', timeout: NaN})"),
+        Task.lua("return spell.run({lang = 'lua', code = 'return 1', timeout = 1/0})"),
+        Task.lua("return spell.run({lang = 'lua', code = 'return 1', timeout = 0/0})"),
+    ],
+)
+def test_a_script_submit_timeout_must_be_finite_seconds(rt: Runtime, task: Task) -> None:
+    with pytest.raises(TaskFailed, match="timeout must be a positive number of seconds") as info:
+        rt.result(rt.submit(task), timeout=WAIT)
+    assert "spell.submit: spell.submit" not in str(info.value)
+
+
+def test_a_nan_wait_event_timeout_is_refused_in_lua_as_in_js(rt: Runtime) -> None:
+    with pytest.raises(TaskFailed, match="timeout must be a number of seconds"):
+        rt.result(rt.submit(Task.lua("spell.wait_event('x', 0/0)")), timeout=WAIT)
+    with pytest.raises(TaskFailed, match="expected a number of seconds"):
+        rt.result(rt.submit(Task.js("await spell.wait_event('x', NaN)")), timeout=WAIT)
