@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from helpers import Ready
 from hypothesis import HealthCheck, settings
 
 from llmspell import Runtime
@@ -31,3 +32,11 @@ def rt() -> Iterator[Runtime]:
         yield runtime
     finally:
         runtime.close()
+
+
+@pytest.fixture
+def ready(rt: Runtime) -> Iterator[Ready]:
+    """Scripts of ``rt`` announce they are about to block (see ``helpers.Ready``)."""
+    r = Ready(rt)
+    yield r
+    r.close()

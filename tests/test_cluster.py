@@ -16,7 +16,10 @@ from cluster_procs import Cluster, member_of
 
 from llmspell import Runtime, Task, TaskFailed, TaskTimeout
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.x aliases")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.x aliases"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import time
 
 import pytest
 import targets
+from helpers import WAIT, stats_when
 
-from llmspell import MessageError, Runtime, Strategy, Task
+from llmspell import MessageError, Runtime, ScriptError, Strategy, Task, TaskTimeout
 from llmspell._task import CoordinationResult
 
 _tags = itertools.count()
@@ -565,3 +566,72 @@ def test_a_bug_in_an_aggregator_ends_the_coordination_instead_of_hanging(
     while rt.stats()["running"] and time.monotonic() < deadline:
         time.sleep(0.01)
     assert rt.stats()["running"] == 0
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+@pytest.mark.parametrize("timeout", ["1", float("nan"), float("inf"), 0, True])
+def test_coordinate_timeout_must_be_seconds(rt: Runtime, timeout: object) -> None:
+    with pytest.raises(MessageError, match="timeout: must be a positive number"):
+        rt.coordinate([Task.lua("return 1")], Strategy.PARALLEL, timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inputs", [5, "abc", {"a": 1}])
+def test_pipeline_inputs_must_be_a_list(rt: Runtime, inputs: object) -> None:
+    with pytest.raises(MessageError, match="inputs: must be a list"):
+        rt.coordinate([Task.lua("return 1")], Strategy.PIPELINE, inputs=inputs)  # type: ignore[arg-type]
+
+
+def test_a_coordination_timeout_bounds_its_rollback_too(rt: Runtime) -> None:
+    tasks = [
+        Task.lua("return 1", compensate=Task.lua("spell.sleep(3600)")),
+        Task.lua("spell.sleep(0.2) error('boom')"),
+    ]
+    result = rt.coordinate(tasks, Strategy.ALL_OR_NOTHING, timeout=1)
+    assert result.ok is False and result.timed_out is True
+    assert stats_when(rt, "running", 0)["running"] == 0  # the compensation was cancelled
+
+
+def test_a_compensation_id_must_be_new(rt: Runtime) -> None:
+    tasks = [
+        Task.lua("return 1", id="m1", compensate=Task.lua("return 2", id="m1")),
+        Task.lua("error('x')", id="m2"),
+    ]
+    with pytest.raises(MessageError, match=r"tasks\[0\]\.compensate\.id"):
+        rt.coordinate(tasks, Strategy.ALL_OR_NOTHING, timeout=5)
+
+
+def test_coordinated_tasks_keep_their_own_end(rt: Runtime) -> None:
+    tasks = [
+        Task.lua("spell.sleep(5)", id="times-out", timeout=0.1),
+        Task.lua("error('bad')", id="errs"),
+        Task.lua("return 3", id="fine"),
+    ]
+    result = rt.coordinate(tasks, Strategy.PARALLEL, timeout=5)
+    assert result.ok is False
+    assert rt.status("times-out") == "timed_out"
+    with pytest.raises(TaskTimeout):
+        rt.result("times-out")
+    with pytest.raises(ScriptError, match="bad"):
+        rt.result("errs")
+    assert rt.result("fine") == 3
+
+
+def test_cancelling_a_coordinated_task_that_has_not_started_yet_cancels_it(rt: Runtime) -> None:
+    import threading
+    import time
+
+    out: list[object] = []
+    tasks = [Task.lua("spell.sleep(0.5) return 1", id="first"), Task.lua("return 2", id="later")]
+    runner = threading.Thread(
+        target=lambda: out.append(rt.coordinate(tasks, Strategy.SEQUENTIAL, timeout=10))
+    )
+    runner.start()
+    time.sleep(0.2)  # "first" runs; "later" is not submitted yet
+    assert rt.status("later") == "pending"
+    assert rt.cancel("later") is True
+    runner.join(WAIT)
+    (result,) = out
+    assert result.cancelled == [1] and result.results == [1, None]  # type: ignore[attr-defined]
+    assert rt.status("later") == "cancelled"

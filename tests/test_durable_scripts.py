@@ -76,6 +76,7 @@ def _crash_midway(
     return value, events, side.read_text().split()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang", ["lua", "js"])
 def test_a_script_replays_its_host_calls_after_its_engine_crashed(
     lang: str, tmp_path: Path
@@ -89,6 +90,7 @@ def test_a_script_replays_its_host_calls_after_its_engine_crashed(
     assert value == events[0].payload  # clocks and random numbers as the first run read them
 
 
+@pytest.mark.slow
 def test_local_mode_an_engine_process_killed_midway_replays(tmp_path: Path) -> None:
     with Runtime(
         mode="local",
@@ -114,6 +116,7 @@ def test_local_mode_an_engine_process_killed_midway_replays(tmp_path: Path) -> N
     assert value == events[0].payload
 
 
+@pytest.mark.slow
 def test_without_a_journal_a_crashed_script_runs_again_from_scratch(tmp_path: Path) -> None:
     with Runtime(script_python=SCRIPT_PYTHON) as rt:
         value, events, lines = _crash_midway(rt, "lua", tmp_path, lambda: rt._inject_crash("lua"))

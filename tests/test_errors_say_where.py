@@ -4,24 +4,18 @@ script threw when it was data, the limit that stopped a script."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import SCRIPT_PYTHON
+from helpers import run_cli
 
 from llmspell import Limits, ResourceLimitExceeded, Runtime, ScriptError, Task, TaskFailed
 
 WAIT = 30
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args], capture_output=True, text=True, timeout=120
-    )
-
-
+@pytest.mark.slow
 def test_a_lua_file_s_error_names_the_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "add.lua"
     f.write_text("local a = 1\nlocal b = 2\nerror('boom')\n")
@@ -30,6 +24,7 @@ def test_a_lua_file_s_error_names_the_file_and_line(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["error"].startswith("add.lua:3: boom")
 
 
+@pytest.mark.slow
 def test_a_js_file_s_error_names_the_file_the_throw_site_and_inner_frames(tmp_path: Path) -> None:
     f = tmp_path / "add.js"
     f.write_text("function boom() {\n  throw new Error('bad');\n}\nreturn boom();\n")

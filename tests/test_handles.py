@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import WAIT
 
 from llmspell import (
     AsyncRuntime,
@@ -171,3 +172,44 @@ def test_result_by_id_of_a_task_this_runtime_did_not_submit() -> None:
         assert rt.result("kid", timeout=10) == 5
         with pytest.raises(MessageError, match="unknown task 'nobody'"):
             rt.result("nobody", timeout=10)
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+@pytest.mark.parametrize("timeout", ["5", float("nan"), [1]])
+def test_a_wait_timeout_must_be_seconds(rt: Runtime, timeout: object) -> None:
+    h = rt.submit(Task.lua("return 1"))
+    with pytest.raises(MessageError, match="timeout: must be a number of seconds or None"):
+        rt.result(h, timeout=timeout)  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="timeout"):
+        rt.subscribe("x.*").get(timeout=timeout)  # type: ignore[arg-type]
+    assert rt.result(h, timeout=WAIT) == 1
+
+
+def test_an_abandoned_async_wait_does_not_keep_other_waiters_waiting() -> None:
+    import asyncio
+
+    from llmspell import AsyncRuntime
+
+    rt = AsyncRuntime()
+    asyncio.run(rt.start())
+    try:
+
+        async def first() -> tuple[object, object]:
+            a, b = await rt.submit_many(
+                [Task.lua("spell.sleep(0.3) return 'A'"), Task.lua("spell.sleep(0.3) return 'B'")]
+            )
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(rt.result(a), 0.05)
+            return a, b
+
+        a, b = asyncio.run(first())  # that event loop is closed now
+
+        async def second() -> object:
+            return await asyncio.wait_for(rt.result(b), WAIT)
+
+        assert asyncio.run(second()) == "B"
+        assert asyncio.run(asyncio.wait_for(rt.result(a), WAIT)) == "A"
+    finally:
+        asyncio.run(rt.close())

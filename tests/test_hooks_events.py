@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import SCRIPT_PYTHON
+from helpers import WAIT
 
 from llmspell import Event, MessageError, Runtime, Subscription, Task, TaskFailed
 
@@ -72,7 +73,7 @@ def hook_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             os.environ["LLMSPELL_HOOK_LOG"] = old
 
 
-@pytest.fixture(scope="module", params=["embedded", "local"])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("local", marks=pytest.mark.slow)])
 def mrt(request: pytest.FixtureRequest, hook_log: Path) -> Iterator[Runtime]:
     rt = (
         Runtime(mode="local", workers=1, script_python=SCRIPT_PYTHON)
@@ -308,3 +309,34 @@ def test_event_tasks_order_with_deps(rt: Runtime) -> None:
     rt.submit(Task.event("ordered.after", {"x": 1}, deps=[first]))
     events = collect(sub, has("ordered.after", x=1))
     assert events[0].payload == {"x": 1}
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+@pytest.mark.parametrize("limit", [1.5, True, "10", 0])
+def test_a_subscription_limit_must_be_a_positive_int(rt: Runtime, limit: object) -> None:
+    with pytest.raises(MessageError, match="limit: must be an int >= 1"):
+        rt.subscribe("x.*", limit=limit)  # type: ignore[arg-type]
+
+
+def test_a_bad_stream_timeout_submits_nothing(rt: Runtime) -> None:
+    with pytest.raises(MessageError, match="timeout"):
+        rt.stream(Task.lua("return 1", id="never-submitted"), timeout="x")  # type: ignore[arg-type]
+    assert rt.stats()["submitted"] == 0
+
+
+def test_a_python_hook_that_submits_tasks_does_not_recurse(rt: Runtime) -> None:
+    import time
+
+    import targets
+
+    targets.HOOK_RUNTIME["rt"] = rt
+    rt.register_hook("task.after", "targets:submitting_hook")
+    assert rt.result(rt.submit(Task.lua("return 0")), timeout=WAIT) == 0
+    # the task, its hook, the hook's own task (whose end triggers no hook): then quiet
+    deadline = time.monotonic() + WAIT
+    while rt.stats()["submitted"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    assert rt.stats()["submitted"] == 3

@@ -334,6 +334,7 @@ BIG_COMMIT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
 def test_a_commit_killed_midway_leaves_all_of_it_or_none(tmp_path: Path, delay: float) -> None:
     path = tmp_path / "j.db"
@@ -562,6 +563,7 @@ def test_one_process_cannot_open_a_journal_twice(tmp_path: Path) -> None:
     Journal.open(path).close()
 
 
+@pytest.mark.slow
 def test_readers_in_the_owners_process_leave_it_working(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     with Journal.open(path) as j:

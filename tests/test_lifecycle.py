@@ -3,8 +3,6 @@ served runtime that stops, an owner killed while its runtime starts."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import threading
@@ -15,42 +13,21 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import run_cli, serve
 
 from llmspell import Runtime, RuntimeClosed, Task
-from llmspell._driver import free_port
+
+pytestmark = pytest.mark.slow
 
 TESTS = str(Path(__file__).parent)
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture
 def served() -> Iterator[int]:
-    """A runtime served by ``llmspell serve`` on a port of its own."""
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=TESTS)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llmspell.cli", "serve", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert server.stdout is not None
-        assert json.loads(server.stdout.readline())["serving"] == f"127.0.0.1:{port}"
-        yield port
-        assert server.wait(30) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+    """A runtime served by ``llmspell serve`` on a port of its own (the test stops it)."""
+    with serve() as server:
+        yield server.port
+        assert server.process.wait(30) == 0
 
 
 def test_an_attached_client_gets_runtime_closed_once_the_served_runtime_stops(

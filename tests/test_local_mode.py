@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import SCRIPT_PYTHON
+from helpers import run_cli
 
 from llmspell import Runtime, Task, TaskFailed
 from llmspell._driver import free_port, port_in_use
@@ -191,15 +192,6 @@ def test_a_killed_owner_leaves_nothing_behind(sig: signal.Signals) -> None:
     finally:
         if owner.poll() is None:
             owner.kill()
-
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_serve_status_attach_and_stop() -> None:

@@ -101,6 +101,7 @@ class LongSleeper(RuntimeStateMachine):
         self.track(self.sim.submit(task), task)
 
 
+@pytest.mark.slow
 def test_the_subclass_horizon_bounds_the_final_wait() -> None:
     class Patient(LongSleeper):
         horizon = 6000.0

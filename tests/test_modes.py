@@ -11,7 +11,7 @@ from conftest import SCRIPT_PYTHON
 from llmspell import Runtime, Task, TaskCancelled, TaskFailed, TaskTimeout
 
 
-@pytest.fixture(scope="module", params=["embedded", "local"])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("local", marks=pytest.mark.slow)])
 def mrt(request: pytest.FixtureRequest) -> Iterator[Runtime]:
     rt = (
         Runtime(mode=request.param, workers=1, script_python=SCRIPT_PYTHON)

@@ -53,6 +53,7 @@ def test_a_refused_python_target_is_logged_even_when_a_race_hides_the_failure(
     assert any("may not run the Python target 'os:getcwd'" in m for m in said), said  # not this
 
 
+@pytest.mark.slow
 def test_the_cli_shows_the_refusal_and_names_allow_python(tmp_path: Path) -> None:
     wf = tmp_path / "race.json"
     wf.write_text(json.dumps(RACE))
@@ -63,6 +64,7 @@ def test_the_cli_shows_the_refusal_and_names_allow_python(tmp_path: Path) -> Non
     assert "--allow-python" in out.stderr
 
 
+@pytest.mark.slow
 def test_running_the_bundled_demo_file_gives_the_demos_answer() -> None:
     from llmspell.examples import path
 
@@ -78,6 +80,7 @@ def test_running_the_bundled_demo_file_gives_the_demos_answer() -> None:
     assert answer(run_cli("run", str(path("demo.yaml")), "--json")) == demo
 
 
+@pytest.mark.slow
 def test_run_imports_python_steps_from_the_current_directory(tmp_path: Path) -> None:
     (tmp_path / "mysteps.py").write_text("def hi(name):\n    return 'hi ' + name\n")
     (tmp_path / "wf.json").write_text(

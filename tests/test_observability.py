@@ -80,7 +80,7 @@ def parent_of(span: ReadableSpan) -> int | None:
     return span.parent.span_id if span.parent is not None else None
 
 
-@pytest.fixture(params=["embedded", "local"])
+@pytest.fixture(params=["embedded", pytest.param("local", marks=pytest.mark.slow)])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -32,7 +32,7 @@ def server() -> Iterator[FakeOpenAI]:
         s.close()
 
 
-@pytest.fixture(scope="module", params=["embedded", "local"])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("local", marks=pytest.mark.slow)])
 def mrt(request: pytest.FixtureRequest, server: FakeOpenAI) -> Iterator[Runtime]:
     rt = Runtime(mode="local", workers=1) if request.param == "local" else Runtime()
     try:

@@ -157,6 +157,7 @@ def test_network_bytes_of_the_runtimes_http_client(rt: Runtime) -> None:
 # -- limits ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "task",
     [
@@ -333,6 +334,7 @@ def local_rt() -> Iterator[Runtime]:
         rt.close()
 
 
+@pytest.mark.slow
 def test_local_mode_limits_and_processes(local_rt: Runtime) -> None:
     engines = local_rt.stats()["engines"]
     assert len({e["pid"] for e in engines}) == len(engines)  # a process each

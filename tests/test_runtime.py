@@ -8,6 +8,7 @@ import time
 
 import pytest
 import targets
+from helpers import WAIT, stats_when
 
 from llmspell import (
     AsyncRuntime,
@@ -497,3 +498,94 @@ def test_a_big_batch_may_depend_on_a_task_listed_after_it(rt: Runtime) -> None:
     assert rt.result(hs[0], timeout=30) == {"value": 1, "input": None}
     assert rt.result(hs[-1], timeout=30) == 7
     assert sum(rt.result(h, timeout=30) for h in hs[1:-1]) == sum(range(1500))
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+def test_a_task_that_depends_on_itself_fails_as_a_cycle(rt: Runtime) -> None:
+    h = rt.submit(Task.lua("return 1", id="me", deps=["me"]))
+    with pytest.raises(TaskFailed, match="dependency cycle: me -> me"):
+        rt.result(h, timeout=WAIT)
+
+
+def test_every_task_of_a_cycle_and_what_waits_on_it_fails_the_rest_runs(rt: Runtime) -> None:
+    hs = rt.submit_many(
+        [
+            Task.lua("return 1", id="a", deps=["c"]),
+            Task.lua("return 1", id="b", deps=["a"]),
+            Task.lua("return 1", id="c", deps=["b"]),
+            Task.lua("return 1", id="after", deps=["c"]),
+            Task.lua("return 5", id="free"),
+            Task.lua("return 6", id="later", deps=["free"]),
+        ]
+    )
+    for h in hs[:4]:
+        with pytest.raises(TaskFailed, match=r"dependency cycle: a -> c -> b -> a"):
+            rt.result(h, timeout=WAIT)
+    assert rt.result(hs[4], timeout=WAIT) == 5
+    assert rt.result(hs[5], timeout=WAIT) == 6
+    stats = rt.stats()
+    assert stats["failed"] == 4 and stats["succeeded"] == 2
+
+
+def test_a_failure_at_the_head_of_a_long_chain_fails_every_link(rt: Runtime) -> None:
+    n = 3000  # deeper than Python's recursion limit
+    hs = rt.submit_many(
+        [Task.lua("error('at the head')", id="k0")]
+        + [Task.lua("return 1", id=f"k{i}", deps=[f"k{i - 1}"]) for i in range(1, n)]
+    )
+    for i in (1, 2, n - 1):
+        with pytest.raises(TaskFailed, match="at the head") as info:
+            rt.result(hs[i], timeout=WAIT)
+        assert len(str(info.value)) < 300  # names the first failure, not every link
+    assert f"dependency 'k{n - 2}' failed (because 'k0' failed" in str(info.value)
+    assert rt.stats()["failed"] == n
+
+
+def test_a_long_chain_of_event_tasks_runs_to_the_end(rt: Runtime) -> None:
+    n = 3000  # each one ends as soon as it is ready: the chain unrolls in one go
+    hs = rt.submit_many(
+        [Task.event("chain", id="e0")]
+        + [Task.event("chain", id=f"e{i}", deps=[f"e{i - 1}"]) for i in range(1, n)]
+    )
+    assert rt.result(hs[-1], timeout=WAIT) is None
+    assert rt.stats()["succeeded"] == n
+
+
+_PARENT = """
+local child = spell.submit({lang = 'lua', code = 'spell.sleep(30) return 1'})
+spell.await(child)
+"""
+
+
+def test_cancelling_a_task_cancels_the_children_it_is_still_running(rt: Runtime) -> None:
+    parent = rt.submit(Task.lua(_PARENT))
+    assert stats_when(rt, "running", 2)["running"] == 2  # the parent and its child
+    assert rt.cancel(parent) is True
+    stats = stats_when(rt, "cancelled", 2)
+    assert stats["cancelled"] == 2 and stats["running"] == 0
+
+
+def test_a_task_that_times_out_cancels_its_children(rt: Runtime) -> None:
+    parent = rt.submit(Task.lua(_PARENT, timeout=0.3))
+    with pytest.raises(TaskTimeout):
+        rt.result(parent, timeout=WAIT)
+    stats = stats_when(rt, "cancelled", 1)
+    assert stats["cancelled"] == 1 and stats["running"] == 0
+
+
+def test_children_outlive_a_parent_that_returned(rt: Runtime) -> None:
+    code = "return spell.submit({lang = 'lua', code = 'spell.sleep(0.2) return 5'})"
+    child_handle = rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
+    late = rt.submit(Task.lua("return spell.await(spell.args.h)", args={"h": child_handle}))
+    assert rt.result(late, timeout=WAIT) == 5
+
+
+def test_a_task_that_submits_itself_for_ever_fails_at_the_depth_limit(rt: Runtime) -> None:
+    code = "return spell.run({lang = 'lua', code = spell.args.code, args = spell.args})"
+    h = rt.submit(Task.lua(code, args={"code": code}))
+    with pytest.raises(TaskFailed, match="nested more than 256 levels deep") as info:
+        rt.result(h, timeout=60)
+    assert len(str(info.value)) < 1200  # deep awaits keep the first cause, not every link
+    assert stats_when(rt, "running", 0)["running"] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import targets
 from hypothesis import given
 from hypothesis import strategies as st
@@ -33,6 +34,7 @@ def task_graphs(draw: st.DrawFn) -> list[dict[str, object]]:
     return nodes
 
 
+@pytest.mark.slow
 @given(task_graphs())
 def test_every_task_reaches_one_terminal_state(graph: list[dict[str, object]]) -> None:
     run = next(_run)

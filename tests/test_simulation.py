@@ -182,6 +182,7 @@ def test_bad_faults_are_refused() -> None:
 # -- replay ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_recorded_failure_replays_from_its_seed() -> None:
     failures: list[tuple[int, list[Any]]] = []
 
@@ -211,6 +212,7 @@ def test_a_recorded_failure_replays_from_its_seed() -> None:
 # -- strategies --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(graph=sts.task_graphs(max_tasks=6))
 def test_generated_task_graphs_end_as_their_programs_say(graph: list[Task]) -> None:
@@ -255,7 +257,7 @@ DEEP = bool(os.environ.get("LLMSPELL_DEEP"))  # make test-deep: many more runs
 WholeRuntime.TestCase.settings = settings(
     max_examples=300 if DEEP else 12, stateful_step_count=25 if DEEP else 10, deadline=None
 )
-test_the_runtime_keeps_its_invariants = WholeRuntime.TestCase
+test_the_runtime_keeps_its_invariants = pytest.mark.slow(WholeRuntime.TestCase)
 
 
 class LosesAResult(Simulation):
@@ -275,6 +277,7 @@ class BrokenRuntime(RuntimeStateMachine):
     engines = ("python",)
 
 
+@pytest.mark.slow
 def test_the_invariants_catch_a_runtime_that_loses_a_result() -> None:
     with pytest.raises(AssertionError, match="never arrived"):
         run_state_machine_as_test(

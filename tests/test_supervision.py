@@ -356,4 +356,4 @@ class EngineFaults(RuleBasedStateMachine):
 
 
 EngineFaults.TestCase.settings = settings(max_examples=8, stateful_step_count=12, deadline=None)
-test_engine_faults = EngineFaults.TestCase
+test_engine_faults = pytest.mark.slow(EngineFaults.TestCase)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import WAIT
 
 from llmspell import (
     CoordinationResult,
@@ -10,6 +11,7 @@ from llmspell import (
     Limits,
     MessageError,
     ResourceUsage,
+    Runtime,
     Strategy,
     Task,
 )
@@ -118,3 +120,54 @@ def test_resource_usage_sums() -> None:
     b = ResourceUsage(memory_bytes=20, cpu_seconds=0.5, network_bytes_sent=3)
     s = a + b
     assert (s.memory_bytes, s.cpu_seconds, s.network_bytes_sent, s.duration) == (20, 1.5, 3, 2.0)
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1, "5"])
+def test_task_timeout_must_be_finite_seconds(timeout: object) -> None:
+    with pytest.raises(MessageError, match="timeout: must be a positive number"):
+        Task.lua("return 1", timeout=timeout)
+
+
+def test_none_options_are_the_defaults(rt: Runtime) -> None:
+    t = Task.lua(
+        "return 1", deps=None, retries=None, priority=None, timeout=None, limits=None, id=None
+    )
+    assert rt.result(rt.submit(t), timeout=WAIT) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "where"),
+    [
+        (lambda: Task.hook("task.middle"), "point"),
+        (lambda: Task.workflow(None), "workflow"),  # type: ignore[arg-type]
+        (lambda: Task.workflow(5), "workflow"),  # type: ignore[arg-type]
+        (lambda: Task.lua("return 1", priority=["high"]), "priority"),
+        (lambda: Task.lua("return 1", retries=10**30), "retries"),
+    ],
+)
+def test_task_constructors_refuse_what_cannot_run(make: object, where: str) -> None:
+    with pytest.raises(MessageError) as info:
+        make()  # type: ignore[operator]
+    assert info.value.where == where
+
+
+def test_limits_must_fit_the_wire() -> None:
+    from llmspell import Limits
+
+    with pytest.raises(MessageError, match=r"limits\.memory_bytes"):
+        Limits(memory_bytes=10**30)
+    with pytest.raises(MessageError, match=r"limits\.cpu_seconds"):
+        Limits(cpu_seconds=float("nan"))
+
+
+@pytest.mark.parametrize("what", ["tool", "hook", "executor"])
+def test_options_on_a_task_template_are_refused_not_dropped(rt: Runtime, what: str) -> None:
+    register = getattr(rt, f"register_{what}")
+    name = "task.after" if what == "hook" else "templated"
+    with pytest.raises(MessageError, match="keeps only its code and args, not retries, timeout"):
+        register(name, Task.lua("spell.sleep(5) return 1", timeout=1, retries=3))
+    rt.register_tool("templated_ok", Task.lua("return spell.args.a", args={"a": 1}))
+    assert rt.result(rt.submit(Task.tool("templated_ok", timeout=5)), timeout=WAIT) == 1

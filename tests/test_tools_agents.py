@@ -22,7 +22,7 @@ def _ready(rt: Runtime) -> Runtime:
     return rt
 
 
-@pytest.fixture(scope="module", params=["embedded", "local"])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("local", marks=pytest.mark.slow)])
 def mrt(request: pytest.FixtureRequest) -> Iterator[Runtime]:
     rt = (
         Runtime(mode="local", workers=1, script_python=SCRIPT_PYTHON)

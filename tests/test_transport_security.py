@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import SCRIPT_PYTHON
+from helpers import run_cli
 
 from llmspell import LlmspellError, MessageError, Runtime, Task
 from llmspell._driver import free_port, port_in_use
@@ -195,16 +196,6 @@ def test_a_frame_buffer_refuses_what_it_should() -> None:
     buf = AuthBuffer(auth)
     buf.addMore(bytes(tampered))
     assert buf.completed() is None and "MAC" in buf.bad
-
-
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 def test_a_served_runtime_keeps_its_secret_in_a_private_file(

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
+@pytest.mark.slow
 def test_help_lists_the_commands() -> None:
     out = run_cli("--help")
     assert out.returncode == 0
     assert "demo" in out.stdout and "run" in out.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_the_bundled_cross_engine_workflow() -> None:
     out = run_cli("demo", "--json")
     assert out.returncode == 0, out.stderr
@@ -39,12 +31,14 @@ def test_demo_runs_the_bundled_cross_engine_workflow() -> None:
     }
 
 
+@pytest.mark.slow
 def test_run_missing_file_exits_2() -> None:
     out = run_cli("run", "does-not-exist.lua")
     assert out.returncode == 2
     assert "no such file" in out.stderr
 
 
+@pytest.mark.slow
 def test_run_unknown_suffix_exits_2(tmp_path: pytest.TempPathFactory) -> None:
     f = tmp_path / "x.txt"  # type: ignore[operator]
     f.write_text("hi")
@@ -52,6 +46,7 @@ def test_run_unknown_suffix_exits_2(tmp_path: pytest.TempPathFactory) -> None:
     assert out.returncode == 2
 
 
+@pytest.mark.slow
 def test_bad_arg_syntax_exits_2() -> None:
     out = run_cli("run", "x.lua", "--arg", "novalue")
     assert out.returncode == 2
@@ -72,6 +67,7 @@ steps:
 """
 
 
+@pytest.mark.slow
 def test_run_a_workflow_in_a_subprocess_json_and_exit_codes(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(WORKFLOW)

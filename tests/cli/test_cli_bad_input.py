@@ -18,23 +18,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import run_cli
 
 from llmspell import cli
 from llmspell._driver import free_port
 
 MARK = "LLMSPELL_TEST_MARK"
-
-
-def run_cli(
-    *args: str, timeout: float = 60, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 def marked_processes(mark: str) -> list[psutil.Process]:
@@ -118,6 +107,7 @@ def test_a_workflow_file_gives_up_at_its_timeout_like_a_script(
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_a_workflow_that_ends_within_its_timeout_prints_its_result(tmp_path: Path) -> None:
     code = "steps:\n  - {id: a, lang: lua, code: return 1}\n  - {id: b, lang: js, code: return 2}\n"
     out = run_cli("run", script(tmp_path, code, "quick.yaml"), "--timeout", "60")
@@ -125,12 +115,14 @@ def test_a_workflow_that_ends_within_its_timeout_prints_its_result(tmp_path: Pat
     assert json.loads(out.stdout)["results"] == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["-1", "0", "-0", "nan", "inf", "-inf", "1e12", "abc", ""])
 def test_timeout_must_be_a_finite_number_of_seconds_above_zero(tmp_path: Path, value: str) -> None:
     out = run_cli("run", script(tmp_path, "return 1"), f"--timeout={value}")
     assert_usage_error(out, "argument --timeout: must be")
 
 
+@pytest.mark.slow
 def test_the_largest_timeout_allowed_still_runs(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return 1"), "--timeout", "1e8")
     assert out.returncode == 0, out.stderr
@@ -140,6 +132,7 @@ def test_the_largest_timeout_allowed_still_runs(tmp_path: Path) -> None:
 # -- --port and --workers ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["serve", "status", "stop"])
 @pytest.mark.parametrize("port", ["0", "65536", "70000", "-1", "http"])
 def test_port_must_be_1_to_65535(command: str, port: str, env: dict[str, str]) -> None:
@@ -190,6 +183,7 @@ def foreign_port(request: pytest.FixtureRequest) -> Iterator[int]:
         serving.join(5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["status", "stop"])
 def test_status_and_stop_fail_soon_when_something_else_listens(
     command: str, foreign_port: int, env: dict[str, str]
@@ -204,12 +198,14 @@ def test_status_and_stop_fail_soon_when_something_else_listens(
     assert out.stdout == ""
 
 
+@pytest.mark.slow
 def test_status_when_nothing_listens(env: dict[str, str]) -> None:
     port = free_port()
     out = run_cli("status", "--port", str(port), timeout=20, env=env)
     assert_one_line_error(out, 1, f"no llmspell runtime is served at 127.0.0.1:{port}")
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_serve_status_stop_leave_no_process_behind(env: dict[str, str]) -> None:
     port = free_port()
@@ -238,6 +234,7 @@ def test_serve_status_stop_leave_no_process_behind(env: dict[str, str]) -> None:
 # -- run --arg, the script file and the result ---------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arg", "shown"),
     [
@@ -254,12 +251,14 @@ def test_non_finite_numbers_in_args_are_refused(tmp_path: Path, arg: str, shown:
     assert_usage_error(out, f"--arg d: {shown} is not a finite number")
 
 
+@pytest.mark.slow
 def test_a_quoted_nan_arg_is_text(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return spell.args.d"), "--arg", 'd="NaN"')
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == "NaN"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("value", "text"),
     [("[" * 100_000, "nested too deeply"), ("9" * 5000, "is too large")],
@@ -270,6 +269,7 @@ def test_args_json_cannot_hold_are_refused(tmp_path: Path, value: str, text: str
     assert text in out.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_results_are_printed_as_strict_json(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return {a = 0/0, b = 1/0, c = {-1/0}}"))
     assert out.returncode == 0, out.stderr
@@ -284,6 +284,7 @@ def test_non_finite_results_are_printed_as_strict_json(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_a_script_that_is_not_utf8_text_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "latin1.lua"
     path.write_bytes(b"return 'caf\xe9'\n")

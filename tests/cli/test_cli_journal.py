@@ -12,16 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from llmspell import cli
 from llmspell.journal import Journal
 from llmspell.messages.types import TaskSpec
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 @pytest.fixture
@@ -58,6 +53,7 @@ def test_the_task_list_as_json(journal: Path, capsys: pytest.CaptureFixture[str]
     assert [r["id"] for r in json.loads(capsys.readouterr().out)] == ["later"]
 
 
+@pytest.mark.slow
 def test_the_task_list_as_a_table(journal: Path) -> None:
     done = run_cli("journal", str(journal))
     assert done.returncode == 0, done.stderr
@@ -91,6 +87,7 @@ def test_one_tasks_record(journal: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert step["events"][2]["error"] == "flaky"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -105,6 +102,7 @@ def test_an_unknown_task_or_bad_arguments(journal: Path, args: list[str], says: 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello\n" * 100)
@@ -119,6 +117,7 @@ def test_a_file_that_is_not_a_journal(tmp_path: Path) -> None:
     assert text.read_text() == "hello\n" * 100
 
 
+@pytest.mark.slow
 def test_a_journal_in_use_by_a_live_runtime_can_be_read(journal: Path) -> None:
     holder = textwrap.dedent(
         """
@@ -146,6 +145,7 @@ def test_a_journal_in_use_by_a_live_runtime_can_be_read(journal: Path) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_the_help_lists_the_command() -> None:
     done = run_cli("--help")
     assert "journal" in done.stdout
@@ -160,6 +160,7 @@ def _llmspell(*args: str) -> list[str]:
     return [sys.executable, "-m", "llmspell.cli", *args]
 
 
+@pytest.mark.slow
 def test_run_with_a_journal_resumes_a_killed_run_of_the_same_file(tmp_path: Path) -> None:
     script = tmp_path / "slow.lua"
     script.write_text(
@@ -201,6 +202,7 @@ def test_run_with_a_journal_resumes_a_killed_run_of_the_same_file(tmp_path: Path
     assert len(ids) == 2 and ids[1] == ids[0] + "#2"
 
 
+@pytest.mark.slow
 def test_run_a_workflow_with_a_journal(tmp_path: Path) -> None:
     flow = tmp_path / "flow.yaml"
     flow.write_text(

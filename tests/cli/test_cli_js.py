@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
+import pytest
+from helpers import run_cli
 
 SCRIPT = """\
 // a JS task: the body of an async function; spell.args are the --arg values
@@ -26,6 +17,7 @@ return {who: spell.args.who, doubled: n * 2, tripled, flags: spell.args.flags};
 """
 
 
+@pytest.mark.slow
 def test_run_a_js_file_with_args(tmp_path: Path) -> None:
     f = tmp_path / "task.js"
     f.write_text(SCRIPT)
@@ -39,6 +31,7 @@ def test_run_a_js_file_with_args(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_run_a_failing_js_file_exits_1_with_the_error_and_stack(tmp_path: Path) -> None:
     f = tmp_path / "bad.js"
     f.write_text(
@@ -54,6 +47,7 @@ def test_run_a_failing_js_file_exits_1_with_the_error_and_stack(tmp_path: Path) 
     assert "at <task> (bad.js:5)" in out.stderr
 
 
+@pytest.mark.slow
 def test_run_a_js_file_with_a_syntax_error_exits_1(tmp_path: Path) -> None:
     f = tmp_path / "syntax.js"
     f.write_text("const a = 1;\nconst = 2;\n")

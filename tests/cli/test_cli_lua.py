@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+import pytest
+from helpers import run_cli
 
 
 def script(tmp_path: Path, code: str, name: str = "script.lua") -> str:
@@ -23,6 +15,7 @@ def script(tmp_path: Path, code: str, name: str = "script.lua") -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_run_lua_prints_the_result_as_json(tmp_path: Path) -> None:
     path = script(
         tmp_path,
@@ -46,18 +39,21 @@ def test_run_lua_prints_the_result_as_json(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_run_lua_without_args_and_without_a_result(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "local x = 1\n"))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) is None
 
 
+@pytest.mark.slow
 def test_run_lua_bytes_result_is_printed_as_text(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return 'caf\\u{e9} \\xff'"))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == "caf\u00e9 \\xff"
 
 
+@pytest.mark.slow
 def test_failing_lua_script_exits_1_with_its_error(tmp_path: Path) -> None:
     path = script(tmp_path, "local what = spell.args.what\n\nerror('bad ' .. what)\n")
     out = run_cli("run", path, "--arg", "what=thing")
@@ -67,6 +63,7 @@ def test_failing_lua_script_exits_1_with_its_error(tmp_path: Path) -> None:
     assert "script.lua:3: in main chunk" in out.stderr
 
 
+@pytest.mark.slow
 def test_lua_syntax_error_exits_1(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return = 1"))
     assert out.returncode == 1
@@ -74,12 +71,14 @@ def test_lua_syntax_error_exits_1(tmp_path: Path) -> None:
     assert result["ok"] is False and result["error"].startswith("script.lua:1:")
 
 
+@pytest.mark.slow
 def test_lua_sandbox_escape_exits_1(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "return io.open('/etc/passwd'):read('a')"))
     assert out.returncode == 1
     assert "io" in json.loads(out.stdout)["error"]
 
 
+@pytest.mark.slow
 def test_run_timeout_exits_1(tmp_path: Path) -> None:
     out = run_cli("run", script(tmp_path, "spell.sleep(3600)"), "--timeout", "0.2")
     assert out.returncode == 1

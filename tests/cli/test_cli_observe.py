@@ -15,60 +15,29 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import httpx
 import pytest
+from helpers import run_cli, serve, until, with_tests_on_path
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmspell import Runtime, Task
 from llmspell._driver import free_port
 
 pytestmark = pytest.mark.slow
-TESTS = Path(__file__).parents[1]
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=str(TESTS)),
-    )
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env=with_tests_on_path())
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[int, int]]:
     """``llmspell serve`` on a free port, with metrics on another: (port, metrics port)."""
-    port, metrics = free_port(), free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmspell.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--metrics-port",
-            str(metrics),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(TESTS)),
-    )
-    try:
-        assert server.stdout is not None
-        first = json.loads(server.stdout.readline())
-        assert first["metrics"] == f"http://127.0.0.1:{metrics}/metrics"
-        yield port, metrics
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+    metrics = free_port()
+    with serve("--metrics-port", str(metrics)) as server:
+        assert server.banner["metrics"] == f"http://127.0.0.1:{metrics}/metrics"
+        yield server.port, metrics
 
 
 def test_tasks_and_cancel_of_a_served_runtime(served: tuple[int, int]) -> None:
@@ -77,10 +46,7 @@ def test_tasks_and_cancel_of_a_served_runtime(served: tuple[int, int]) -> None:
         done = rt.submit(Task.lua("return 1"))
         assert rt.result(done, timeout=30) == 1
         slow = rt.submit(Task.lua("spell.progress(1, 4, 'step one') spell.sleep(60)"))
-        deadline = time.monotonic() + 30
-        while rt.status(slow) != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        until(lambda: rt.status(slow) == "running", "the slow task runs", timeout=30)
         listed = cli("tasks", "--port", str(port), "--json")
         assert listed.returncode == 0, listed.stderr
         rows = {r["id"]: r for r in json.loads(listed.stdout)}
@@ -118,13 +84,10 @@ def test_top_shows_engines_and_running_tasks_until_ctrl_c(served: tuple[int, int
     port, _ = served
     with Runtime(mode="local", address=f"127.0.0.1:{port}") as rt:
         slow = rt.submit(Task.lua("spell.progress(2, 8, 'halfway there') spell.sleep(60)"))
-        deadline = time.monotonic() + 30
-        while rt.progress(slow) is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        until(lambda: rt.progress(slow) is not None, "the slow task reports progress", timeout=30)
         pid, fd = pty.fork()
         if pid == 0:  # the child: llmspell top on the pseudo-terminal
-            os.environ["PYTHONPATH"] = str(TESTS)
+            os.environ["PYTHONPATH"] = str(helpers.TESTS)
             os.environ["COLUMNS"] = "160"
             os.execv(
                 sys.executable,

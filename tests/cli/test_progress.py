@@ -228,6 +228,7 @@ def _run_with_terminal(args: list[str], *, stdout_tty: bool) -> tuple[str, str]:
     return out, _ANSI.sub("", done[err_master].decode())
 
 
+@pytest.mark.slow
 def test_the_cli_draws_progress_on_stderr_and_keeps_stdout_for_json(tmp_path: Path) -> None:
     wf = tmp_path / "chain.json"
     wf.write_text(json.dumps(CHAIN))

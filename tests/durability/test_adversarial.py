@@ -129,6 +129,7 @@ def test_performance_now_reads_the_same_on_a_replay(tmp_path: Path) -> None:
         assert rt.result("timed", timeout=10) == first.payload["t"]
 
 
+@pytest.mark.slow
 def test_lua_pairs_goes_in_the_same_order_in_every_process(tmp_path: Path) -> None:
     """Lua seeds its string hashes per process: the native ``pairs`` order of
     string keys differs from one run to the next. A script that makes a host

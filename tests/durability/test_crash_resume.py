@@ -124,9 +124,11 @@ def test_killed_anywhere_every_task_ends_once(
     check(run_and_kill(tmp_path_factory.mktemp("crash"), kill_after))
 
 
+@pytest.mark.slow
 def test_nothing_lost_when_killed_right_after_submitting(tmp_path: Path) -> None:
     check(run_and_kill(tmp_path, 0.0))
 
 
+@pytest.mark.slow
 def test_killed_while_the_js_step_waits_for_approval(tmp_path: Path) -> None:
     check(run_and_kill(tmp_path, 1.5))

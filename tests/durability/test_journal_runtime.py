@@ -40,6 +40,7 @@ def test_a_journal_of_a_newer_llmspell_is_refused_untouched(tmp_path: Path) -> N
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_journal_in_use_by_another_live_runtime_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     holder = subprocess.Popen(

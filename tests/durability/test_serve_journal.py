@@ -2,60 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+import pytest
+from helpers import Server, run_cli, serve, until
+
 from llmspell import Runtime, Task
-from llmspell._driver import free_port
 
 
-def _serve(port: int, journal: Path) -> subprocess.Popen[str]:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmspell.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--journal",
-            str(journal),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    line = server.stdout.readline()
-    assert json.loads(line)["serving"] == f"127.0.0.1:{port}", server.stderr
-    return server
+def _stop(server: Server) -> None:
+    """``llmspell stop``: the served runtime closes its journal as it would at the end."""
+    run_cli("stop", "--port", str(server.port))
+    server.process.wait(30)
 
 
-def _stop(port: int, server: subprocess.Popen[str]) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "llmspell.cli", "stop", "--port", str(port)],
-        capture_output=True,
-        timeout=60,
-    )
-    try:
-        server.wait(30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
-
-
+@pytest.mark.slow
 def test_a_task_waiting_for_approval_outlives_the_server(tmp_path: Path) -> None:
-    journal = tmp_path / "served.db"
-    port = free_port()
-    server = _serve(port, journal)
-    try:
-        with Runtime(mode="local", address=f"127.0.0.1:{port}") as rt:
+    journal = str(tmp_path / "served.db")
+    with serve("--journal", journal) as server:
+        assert server.banner["serving"] == server.address
+        with Runtime(mode="local", address=server.address) as rt:
             rt.submit(
                 Task.js(
                     "const e = await spell.wait_event('approve.*'); return 'ok by ' + e.payload",
@@ -63,17 +29,15 @@ def test_a_task_waiting_for_approval_outlives_the_server(tmp_path: Path) -> None
                 )
             )
             rt.result(rt.submit(Task.lua("return 1", id="done-before")), timeout=20)
-    finally:
-        _stop(port, server)
-    port = free_port()
-    server = _serve(port, journal)  # the next server, on the same journal
-    try:
-        with Runtime(mode="local", address=f"127.0.0.1:{port}") as rt:
+        _stop(server)
+    with serve("--journal", journal) as server:  # the next server, on the same journal
+        with Runtime(mode="local", address=server.address) as rt:
             assert rt.result("done-before", timeout=20) == 1
-            deadline = time.monotonic() + 20
-            while rt.status("approval") != "succeeded" and time.monotonic() < deadline:
+
+            def approved() -> bool:
                 rt.emit("approve.now", "ada")
-                time.sleep(0.2)
+                return rt.status("approval") == "succeeded"
+
+            until(approved, "the resumed task saw the approval", timeout=20, every=0.2)
             assert rt.result("approval", timeout=20) == "ok by ada"
-    finally:
-        _stop(port, server)
+        _stop(server)

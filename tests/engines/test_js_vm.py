@@ -8,9 +8,11 @@ import math
 from typing import Any
 
 import pytest
+from helpers import WAIT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from llmspell import Runtime, Task, TaskFailed
 from llmspell.engines._vm import Completed, Failed, Request, StepResult, Waiting, Yielded
 from llmspell.engines.js_vm import JsVM
 
@@ -774,3 +776,14 @@ def test_random_programs_end_as_their_ops_imply(
         text = f"Error: {end[1]}" if end[1] else "Error"
         assert r.message == f"{text} (line {len(lines)})"
     assert SHARED.tasks == 0
+
+
+# -- moved from test_bad_input.py: bad input to this feature ----------------------------
+
+
+def test_running_a_js_vm_out_of_memory_says_so() -> None:
+    with Runtime(js_memory=32 * 1024 * 1024) as rt:
+        h = rt.submit(Task.js("const a = []; for (;;) a.push({})"))
+        with pytest.raises(TaskFailed, match="out of memory"):
+            rt.result(h, timeout=60)
+        assert rt.result(rt.submit(Task.js("return 1")), timeout=WAIT) == 1
