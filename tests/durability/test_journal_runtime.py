@@ -140,3 +140,32 @@ def test_a_retry_after_a_failure_makes_its_host_calls_again(tmp_path: Path) -> N
         rt.register_tool("flaky", "durable_targets:flaky")
         h = rt.submit(Task.lua(code, args={"dir": str(tmp_path)}, retries=1))
         assert rt.result(h, timeout=20) == "fine"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("many", [False, True])
+def test_a_task_is_in_the_journal_once_submit_returns(tmp_path: Path, many: bool) -> None:
+    """The owner is SIGKILLed by itself the instant ``submit`` (or
+    ``submit_many``) returns: the next process on the journal has every task."""
+    path = tmp_path / "runs.db"
+    submit = (
+        "rt.submit_many([Task.lua('return 1', id=f'k{i}') for i in range(50)])"
+        if many
+        else "rt.submit(Task.lua('spell.sleep(30) return 1', id='k0'))"
+    )
+    code = textwrap.dedent(
+        f"""
+        import os, signal
+        from llmspell import Runtime, Task
+        rt = Runtime(journal={str(path)!r})
+        {submit}
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr.decode()
+    with Runtime(journal=str(path)) as rt:
+        ids = {t.id for t in rt.tasks()}
+        assert {f"k{i}" for i in range(50 if many else 1)} <= ids
+        if many:
+            assert rt.result("k49", timeout=30) == 1
