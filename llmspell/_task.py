@@ -21,7 +21,13 @@ from .messages import check_data
 # named here as well for code that imports them from this module
 from .messages.ids import _new_id_prefix as _new_id_prefix
 from .messages.ids import new_task_id as new_task_id
-from .messages.options import HOOK_POINTS, did_you_mean, lone_surrogate, task_option_problems
+from .messages.options import (
+    HOOK_POINTS,
+    did_you_mean,
+    lone_surrogate,
+    strategy_name,
+    task_option_problems,
+)
 from .messages.types import PRIORITIES, TaskSpec
 
 __all__ = [
@@ -266,11 +272,7 @@ class Strategy(enum.StrEnum):
     def parse(cls, value: Strategy | str) -> Strategy:
         if isinstance(value, Strategy):
             return value
-        try:
-            return cls(str(value).lower().replace("-", "_"))
-        except ValueError:
-            names = ", ".join(s.value for s in cls)
-            raise MessageError(f"unknown strategy {value!r}; use one of {names}") from None
+        return cls(strategy_name(value))
 
 
 @dataclass(frozen=True, slots=True)

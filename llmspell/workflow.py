@@ -58,10 +58,9 @@ from typing import Any
 import yaml
 
 from ._exceptions import MessageError
-from ._task import Strategy
 from .messages import check_data
 from .messages.ids import new_task_id
-from .messages.options import task_option_problems, timeout_problem
+from .messages.options import STRATEGIES, task_option_problems, timeout_problem
 from .messages.types import PRIORITIES, TaskSpec
 
 __all__ = ["Workflow", "load_workflow"]
@@ -323,8 +322,8 @@ class _Loader:
         self.name = name
         strategy = "parallel"
         raw_strategy = data.get("strategy", "parallel")
-        if not isinstance(raw_strategy, str) or raw_strategy not in {s.value for s in Strategy}:
-            values = ", ".join(s.value for s in Strategy)
+        if not isinstance(raw_strategy, str) or raw_strategy not in STRATEGIES:
+            values = ", ".join(STRATEGIES)
             self.problem("strategy", f"must be one of {values}, got {raw_strategy!r}")
         else:
             strategy = raw_strategy

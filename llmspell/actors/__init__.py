@@ -2,6 +2,7 @@
 and aggregators, resource tracker and registry.
 
 Internal: users never import this package. It may import ``messages``,
-``engines``, ``supervisors`` and the shared base (``_actor``, ``_clock``,
-``_task``, ``_exceptions``); nothing below it imports it.
+``engines``, ``supervisors``, ``table``, the workflow loader (``workflow``) and
+the shared base (``_actor``, ``_clock``, ``_exceptions``), never the facade
+(``_runtime``, ``_task``); nothing below it imports it.
 """

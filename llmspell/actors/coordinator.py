@@ -31,7 +31,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 
 from .._actor import WireActor, addr_key, log
 from .._exceptions import MessageError
-from .._task import Strategy
+from ..messages.options import strategy_name
 from ..messages.types import (
     AggregationEnded,
     CancelTasks,
@@ -62,14 +62,14 @@ def check_request(
 ) -> tuple[str, str | None]:
     """The strategy's canonical name, and what is wrong with the request (or None)."""
     try:
-        strat = Strategy.parse(strategy)
+        strat = strategy_name(strategy)
     except MessageError as exc:
         return strategy, str(exc)
     if timeout is not None and timeout <= 0:
-        return strat.value, f"timeout must be a positive number of seconds, got {timeout:g}"
-    if inputs is not None and strat is not Strategy.PIPELINE:
-        return strat.value, "inputs are for the pipeline strategy only"
-    return strat.value, None
+        return strat, f"timeout must be a positive number of seconds, got {timeout:g}"
+    if inputs is not None and strat != "pipeline":
+        return strat, "inputs are for the pipeline strategy only"
+    return strat, None
 
 
 class _Run:

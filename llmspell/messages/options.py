@@ -18,13 +18,30 @@ from .types import PRIORITIES
 __all__ = [
     "HOOK_POINTS",
     "MAX_RETRIES",
+    "STRATEGIES",
     "did_you_mean",
     "lone_surrogate",
     "priority_problem",
     "retries_problem",
+    "strategy_name",
     "task_option_problems",
     "timeout_problem",
 ]
+
+#: the coordination strategies (``llmspell.Strategy``'s values), in API.md's order
+STRATEGIES = ("sequential", "parallel", "pipeline", "race", "all_or_nothing", "best_effort")
+
+
+def strategy_name(value: Any) -> str:
+    """The strategy ``value`` names (any case, ``-`` for ``_``), as its canonical
+    name; ``MessageError`` naming the choices when it names none."""
+    from .._exceptions import MessageError
+
+    name = str(value).lower().replace("-", "_")
+    if name not in STRATEGIES:
+        raise MessageError(f"unknown strategy {value!r}; use one of {', '.join(STRATEGIES)}")
+    return name
+
 
 #: every hook point, in the order a task meets them
 HOOK_POINTS = (
