@@ -611,6 +611,15 @@ def own_data(value: Any, where: str = "value") -> Any:
             return value
     elif t in _SCALARS:
         return value
+    elif t is dict:  # the usual: a flat map of scalars (a usage, a small result)
+        for k, v in value.items():
+            tv = type(v)
+            if type(k) is not str or (
+                tv not in _SCALARS and (tv is not int or not -(2**63) <= v < 2**64)
+            ):
+                break
+        else:
+            return dict(value)
     check_data(value, where)
     return copy_data(value)
 
