@@ -583,9 +583,6 @@ class _Core:
 
 
 _UNKNOWN: Any = object()
-# How long an AsyncRuntime's await may run the actors on the event loop's thread
-# before it lets the driver's own thread go on (a script's quantum may run longer)
-_ASYNC_DRIVE = 0.002
 _CLOSED_KIND = "runtime_closed"  # an outcome's error kind: its runtime went away
 
 
@@ -1930,11 +1927,8 @@ class AsyncRuntime:
             loop = asyncio.get_running_loop()
             task_id, v = rt._core.view(await loop.run_in_executor(None, rt._adopt, handle))
         wait = _wait_time(timeout)
-        drive = rt._driver_drive
-        if v.outcome is None and drive is not None and rt._pump is None:
-            # embedded: run what is queued on this thread for a moment (a script
-            # task often ends within it: no hand-off to another thread and back)
-            drive(lambda: v.outcome is not None, _ASYNC_DRIVE, idle=False)
+        # embedded: the await never runs the actors itself: a script's one resume
+        # may compute for up to its step budget, and the event loop must go on
         if v.outcome is not None:
             rt._core.check_degraded()
             return _Core.value_of(task_id, v.outcome)

@@ -4,9 +4,11 @@ break from the outside."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from llmspell import Runtime, Strategy, Task, TaskFailed
+from llmspell import AsyncRuntime, Runtime, Strategy, Task, TaskFailed
 
 
 def test_a_retried_stage_gets_the_input_it_was_first_given() -> None:
@@ -31,3 +33,35 @@ def test_a_retried_agent_gets_the_input_it_was_first_given() -> None:
         h = rt.submit(Task.agent("counting", {"x": 1}, retries=1))
         with pytest.raises(TaskFailed, match="run 1 of this input"):
             rt.result(h, timeout=10)
+
+
+# A Lua loop that computes for a while without yielding once (~0.1-0.3 s here)
+_BUSY = "local x = 0 for i = 1, 8e6 do x = x + i % 7 end return x"
+
+
+def test_an_await_leaves_the_event_loop_free_while_a_script_computes() -> None:
+    # other coroutines go on while an awaited script computes (its one long resume
+    # runs on a thread of the runtime's, never on the event loop's)
+    async def main() -> list[int]:
+        ticks = [0]
+
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(0.001)
+                ticks[0] += 1
+
+        seen = []
+        async with AsyncRuntime(step_budget=60) as rt:
+            beat = asyncio.ensure_future(ticker())
+            try:
+                for _ in range(3):
+                    h = await rt.submit(Task.lua(_BUSY))
+                    before = ticks[0]
+                    assert await rt.result(h, timeout=60) == 23999998
+                    seen.append(ticks[0] - before)
+            finally:
+                beat.cancel()
+        return seen
+
+    seen = asyncio.run(main())
+    assert min(seen) > 0, f"ticks while each script computed: {seen}"
