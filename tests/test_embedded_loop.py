@@ -4,7 +4,12 @@ break from the outside."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
+import itertools
+import random
+import signal
+import threading
 
 import pytest
 
@@ -65,3 +70,43 @@ def test_an_await_leaves_the_event_loop_free_while_a_script_computes() -> None:
 
     seen = asyncio.run(main())
     assert min(seen) > 0, f"ticks while each script computed: {seen}"
+
+
+def test_ctrl_c_in_a_waiting_main_thread_leaves_the_runtime_whole() -> None:
+    # the main thread runs the actors while it waits: a KeyboardInterrupt must stop
+    # the wait, never an actor halfway through a message (later tasks end right)
+    rng = random.Random(15)
+    wrong = []
+    handler = signal.getsignal(signal.SIGINT)
+    with Runtime() as rt:
+        for _ in range(100):
+            timer = threading.Timer(rng.random() * 0.01, _thread.interrupt_main)
+            timer.start()
+            try:
+                for n in itertools.count():
+                    task = [
+                        Task.lua("return 1"),
+                        Task.js("return 1"),
+                        Task.python("loop_targets:same", args={"input": 1}),
+                    ][n % 3]
+                    rt.result(rt.submit(task), timeout=10)
+            except KeyboardInterrupt:
+                pass
+            timer.join()
+            after = rt.submit_many(
+                [
+                    Task.lua("return 2"),
+                    Task.js("return 2"),
+                    Task.python("loop_targets:same", args={"input": 2}),
+                ]
+            )
+            values = []
+            for h in after:
+                try:
+                    values.append(rt.result(h, timeout=10))
+                except Exception as exc:
+                    values.append(repr(exc))
+            if values != [2, 2, 2]:
+                wrong.append(values)
+    assert wrong == []
+    assert signal.getsignal(signal.SIGINT) is handler  # the application's handler is back
