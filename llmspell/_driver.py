@@ -11,6 +11,7 @@ Thespian's ``multiprocTCPBase``, an actor per process.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import deque
@@ -36,6 +37,59 @@ _STOP = object()
 # The longest an owner waits idle without looking again (a task's outcome set
 # by another thread, close() say, does not ring the loop)
 _IDLE_LOOK = 0.05
+_MAIN = threading.main_thread().ident
+
+
+class _Sigint:
+    """Ctrl-C while the main thread runs a loop: the application's SIGINT
+    handler (``KeyboardInterrupt`` by default) runs once the turn is over,
+    never inside an actor's code, which it would leave halfway through a
+    message (a later task could then get another one's value, or hang).
+
+    Installed in front of that handler by the first driver whose loop the
+    main thread runs, put back when the last such driver stops (from the main
+    thread; from another one it stays in front, passing every signal on)."""
+
+    def __init__(self) -> None:
+        self.prev: Any = None  # the handler this one stands in front of
+        self.users = 0  # drivers that installed it and have not stopped
+        self.held = False  # the main thread runs a loop now (main thread only)
+        self.pending: tuple[int, Any] | None = None  # a SIGINT held back
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.held:
+            self.pending = (signum, frame)
+        else:
+            self.prev(signum, frame)
+
+    def install(self) -> bool:
+        """(main thread) Stand in front of the SIGINT handler; False where
+        there is no Python handler to stand in front of."""
+        current: Any = signal.getsignal(signal.SIGINT)
+        if current is not self:
+            if not callable(current):  # ignored, the default action, or set from C
+                return False
+            self.prev = current
+            signal.signal(signal.SIGINT, self)
+        self.users += 1
+        return True
+
+    def remove(self) -> None:
+        self.users -= 1
+        if self.users <= 0 and threading.get_ident() == _MAIN:
+            current: Any = signal.getsignal(signal.SIGINT)
+            if current is self:
+                signal.signal(signal.SIGINT, self.prev)
+
+    def fire(self) -> None:
+        """Run the handler of the SIGINT held back (it raises, by default)."""
+        if self.pending is not None:
+            signum, frame = self.pending
+            self.pending = None
+            self.prev(signum, frame)
+
+
+_SIGINT = _Sigint()
 
 
 class EmbeddedDriver:
@@ -70,6 +124,7 @@ class EmbeddedDriver:
         self._stopped = False
         self._done = threading.Event()
         self._introduced: Introduce | None = None
+        self._sigint: bool | None = None  # _SIGINT installed (None: not tried yet)
         self.loop = Loop(self._outside)
         self.thread = threading.Thread(
             target=self._background, name=f"llmspell-driver-{runtime_id[:8]}", daemon=True
@@ -114,16 +169,28 @@ class EmbeddedDriver:
         """Nothing waits to be taken (an engine may go on at once)."""
         return not self._incoming
 
-    def drive(
-        self, until: Callable[[], bool], timeout: float | None = None, *, idle: bool = True
-    ) -> bool:
+    def drive(self, until: Callable[[], bool], timeout: float | None = None) -> bool:
         """Run the loop on this thread until ``until()`` holds or ``timeout``
-        seconds pass. With ``idle=False`` (an event loop's thread, which must
-        not block) it also stops once nothing is left to do now or after
-        ``timeout`` (give a short one): the background thread goes on with
-        the rest. False at once if another thread runs the loop (then wait for
-        what you wait for: that thread or the background one delivers it)."""
+        seconds pass (a script's step that is running then ends first: a
+        resume that does not yield runs up to its step budget). False at once
+        if another thread runs the loop (then wait for what you wait for: that
+        thread or the background one delivers it).
+        On the main thread a Ctrl-C raises ``KeyboardInterrupt`` between turns."""
         me = threading.get_ident()
+        if me != _MAIN:
+            return self._drive(me, until, timeout)
+        if self._sigint is None:
+            self._sigint = _SIGINT.install()
+        if not self._sigint or _SIGINT.held:  # (held: an actor's code waits in a drive)
+            return self._drive(me, until, timeout)
+        _SIGINT.held = True
+        try:
+            return self._drive(me, until, timeout)
+        finally:
+            _SIGINT.held = False
+            _SIGINT.fire()
+
+    def _drive(self, me: int, until: Callable[[], bool], timeout: float | None) -> bool:
         with self._lock:
             if self._owner or self._stopped:
                 return False
@@ -131,9 +198,12 @@ class EmbeddedDriver:
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
             loop = self.loop
+            sigint = _SIGINT if me == _MAIN else None  # a Ctrl-C it holds back ends the drive
             while True:
                 self._turn()
                 if until() or self._stopped:
+                    return True
+                if sigint is not None and sigint.pending is not None:
                     return True
                 with self._lock:
                     now = time.monotonic()
@@ -141,8 +211,6 @@ class EmbeddedDriver:
                         if deadline is not None and deadline <= now:
                             return True
                         continue
-                    if not idle:
-                        return True
                     due = loop.next_due()
                     wait = _IDLE_LOOK if due is None else min(_IDLE_LOOK, due - now)
                     if deadline is not None:
@@ -157,12 +225,6 @@ class EmbeddedDriver:
             with self._lock:
                 self._owner = 0
                 self._free.notify()  # what is left (or the next timer) is the background's
-
-    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
-        """Run the actors on this thread while there is work, ``done()`` does
-        not hold and ``seconds`` have not passed, unless another thread runs
-        them (``_runtime.Driver``)."""
-        self.drive(done, seconds, idle=False)
 
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """Run the actors on the caller's thread until ``done()`` or ``timeout``
@@ -179,6 +241,9 @@ class EmbeddedDriver:
         if not self.drive(self._done.is_set, timeout):
             self._done.wait(timeout)
         _doorbell.remove(self.runtime_id)
+        if self._sigint:
+            self._sigint = False
+            _SIGINT.remove()
         if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
@@ -634,9 +699,6 @@ class LocalDriver:
 
     def call(self, fn: Callable[[], None]) -> None:
         fn()
-
-    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
-        """Nothing: the actors run in their processes (``_runtime.Driver``)."""
 
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """The actors run in their processes by themselves: the caller blocks on

@@ -15,7 +15,8 @@ Messages an actor sends to another actor are encoded and decoded as in every
 other mode (the codec checks what crosses, and each actor gets data of its
 own), but for the two every task crosses: a ``DispatchBatch`` (the scheduler's
 specs, which nobody changes once the task is ready, when their data holds no
-list or map a task's code could change) and an engine's
+list or map a task's code could change: args of scalars, no payload or input
+that is a container) and an engine's
 ``EngineResults`` (each value checked and copied by the engine, see
 ``EngineActor._owned_results``) are handed over as objects. A message for the
 facade (``Loop.outside``) is handed to it as an object (``on_outside``), its
@@ -254,17 +255,18 @@ class Loop:
 
 
 def _flat(spec: Any) -> bool:
-    """``spec``'s data (args, payload, input) holds no container a task could
-    change: each is a scalar or a map of scalars (a Python task's kwargs are
-    a new map anyway)."""
-    for v in (spec.args, spec.payload, spec.input):
-        if type(v) is dict:
-            for x in v.values():
-                if type(x) not in _SCALARS:
-                    return False
-        elif type(v) not in _SCALARS:
-            return False
-    return True
+    """``spec``'s data holds no container a task could change: its args are a
+    scalar or a map of scalars (a Python task gets them as keyword arguments,
+    a new map), its payload and input scalars (a Python task or an agent gets
+    those themselves, to write into; a retry must see them as they were)."""
+    args = spec.args
+    if type(args) is dict:
+        for x in args.values():
+            if type(x) not in _SCALARS:
+                return False
+    elif type(args) not in _SCALARS:
+        return False
+    return type(spec.payload) in _SCALARS and type(spec.input) in _SCALARS
 
 
 def _owned(msg: Any) -> Any:

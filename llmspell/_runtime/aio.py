@@ -15,10 +15,6 @@ from .runtime import Runtime
 from .subscription import Subscription
 from .waiting import _aiter_stream, _check_return_when, _done_pending, _handle_list, _wait_time
 
-# How long an AsyncRuntime's await may run the actors on the event loop's thread
-# before it lets the driver's own thread go on (a script's quantum may run longer)
-_ASYNC_DRIVE = 0.002
-
 
 class AsyncRuntime:
     """``Runtime`` for asyncio applications: the same calls, as coroutines.
@@ -203,10 +199,9 @@ class AsyncRuntime:
             loop = asyncio.get_running_loop()
             task_id, v = rt._core.view(await loop.run_in_executor(None, rt._adopt, handle))
         wait = _wait_time(timeout)
-        if v.outcome is None:
-            # embedded: run what is queued on this thread for a moment (a script
-            # task often ends within it: no hand-off to another thread and back)
-            rt._driver.run_briefly(lambda: v.outcome is not None, _ASYNC_DRIVE)
+        # the await never runs the actors itself (embedded: the background thread
+        # does): a script's one resume may compute for up to its step budget, and
+        # the event loop must go on meanwhile
         if v.outcome is not None:
             rt._core.check_degraded()
             return _Core.value_of(task_id, v.outcome)

@@ -46,13 +46,6 @@ class Driver(Protocol):
         what is left). Idempotent."""
         ...
 
-    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
-        """Move the actor system on, on this thread, while there is work and
-        ``done()`` does not hold, for at most about ``seconds``, never waiting
-        for anything (an event loop's thread must not block). A driver whose
-        actors run by themselves does nothing."""
-        ...
-
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """Move the actor system on until ``done()`` holds or ``timeout`` seconds
         (None: no limit) of its clock passed, as far as this driver moves it

@@ -340,9 +340,6 @@ class _SimDriver:
                 )
         return True
 
-    def run_briefly(self, done: Callable[[], bool], seconds: float) -> None:
-        """Nothing more: what a send sets off already ran (``_runtime.Driver``)."""
-
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """``pump_until``: the world runs here, on virtual time; nothing is left
         for the caller to wait for in real time (``_runtime.Driver``)."""

@@ -1,0 +1,24 @@
+"""Python callables of tests/test_embedded_loop.py (importable as ``loop_targets``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def count_in_input(input: dict[str, Any]) -> int:
+    """Counts its runs in the input it was given; fails the first run it sees."""
+    input["runs"] = input.get("runs", 0) + 1
+    if input["runs"] < 2:
+        raise RuntimeError(f"run {input['runs']} of this input")
+    return int(input["runs"])
+
+
+class CountingAgent:
+    """An agent that writes into its input, then fails the first run it sees."""
+
+    async def run(self, input: Any) -> Any:
+        return count_in_input(input)
+
+
+def same(input: Any = None) -> Any:
+    return input

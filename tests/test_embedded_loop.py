@@ -1,0 +1,112 @@
+"""An embedded runtime on its in-process actor loop (``llmspell._loop``), run
+by whichever thread waits (``_driver.EmbeddedDriver``): what a user could
+break from the outside."""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import itertools
+import random
+import signal
+import threading
+
+import pytest
+
+from llmspell import AsyncRuntime, Runtime, Strategy, Task, TaskFailed
+
+
+def test_a_retried_stage_gets_the_input_it_was_first_given() -> None:
+    # the function writes into its input and fails: the re-run gets the original
+    with Runtime() as rt:
+        first = Task.python("loop_targets:count_in_input", retries=1)
+        piped = rt.coordinate([Task.lua("return {x = 1}"), first], Strategy.PIPELINE, timeout=10)
+        assert not piped.ok
+        assert piped.failed == [(1, "RuntimeError: run 1 of this input")]
+        many = rt.coordinate(
+            [Task.python("loop_targets:count_in_input", retries=2)],
+            Strategy.PIPELINE,
+            inputs=[{"a": 1}, {"b": 2}],
+            timeout=10,
+        )
+        assert many.results == [None, None]
+
+
+def test_a_retried_agent_gets_the_input_it_was_first_given() -> None:
+    with Runtime() as rt:
+        rt.register_agent("counting", "loop_targets:CountingAgent")
+        h = rt.submit(Task.agent("counting", {"x": 1}, retries=1))
+        with pytest.raises(TaskFailed, match="run 1 of this input"):
+            rt.result(h, timeout=10)
+
+
+# A Lua loop that computes for a while without yielding once (~0.1-0.3 s here)
+_BUSY = "local x = 0 for i = 1, 8e6 do x = x + i % 7 end return x"
+
+
+def test_an_await_leaves_the_event_loop_free_while_a_script_computes() -> None:
+    # other coroutines go on while an awaited script computes (its one long resume
+    # runs on a thread of the runtime's, never on the event loop's)
+    async def main() -> list[int]:
+        ticks = [0]
+
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(0.001)
+                ticks[0] += 1
+
+        seen = []
+        async with AsyncRuntime(step_budget=60) as rt:
+            beat = asyncio.ensure_future(ticker())
+            try:
+                for _ in range(3):
+                    h = await rt.submit(Task.lua(_BUSY))
+                    before = ticks[0]
+                    assert await rt.result(h, timeout=60) == 23999998
+                    seen.append(ticks[0] - before)
+            finally:
+                beat.cancel()
+        return seen
+
+    seen = asyncio.run(main())
+    assert min(seen) > 0, f"ticks while each script computed: {seen}"
+
+
+def test_ctrl_c_in_a_waiting_main_thread_leaves_the_runtime_whole() -> None:
+    # the main thread runs the actors while it waits: a KeyboardInterrupt must stop
+    # the wait, never an actor halfway through a message (later tasks end right)
+    rng = random.Random(15)
+    wrong = []
+    handler = signal.getsignal(signal.SIGINT)
+    with Runtime() as rt:
+        for _ in range(100):
+            timer = threading.Timer(rng.random() * 0.01, _thread.interrupt_main)
+            timer.start()
+            try:
+                for n in itertools.count():
+                    task = [
+                        Task.lua("return 1"),
+                        Task.js("return 1"),
+                        Task.python("loop_targets:same", args={"input": 1}),
+                    ][n % 3]
+                    rt.result(rt.submit(task), timeout=10)
+            except KeyboardInterrupt:
+                pass
+            timer.join()
+            after = rt.submit_many(
+                [
+                    Task.lua("return 2"),
+                    Task.js("return 2"),
+                    Task.python("loop_targets:same", args={"input": 2}),
+                ]
+            )
+            values = []
+            for h in after:
+                try:
+                    values.append(rt.result(h, timeout=10))
+                except Exception as exc:
+                    values.append(repr(exc))
+            if values != [2, 2, 2]:
+                wrong.append(values)
+    assert wrong == []
+    assert signal.getsignal(signal.SIGINT) is handler  # the application's handler is back
