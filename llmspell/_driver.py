@@ -231,7 +231,11 @@ class EmbeddedDriver:
         when no other thread runs them (0.0: the caller need not block any
         more); else the caller blocks on its own event for all of ``timeout``
         while that thread delivers (``_runtime.Driver``)."""
-        return 0.0 if self.drive(done, timeout) else timeout
+        if self.drive(done, timeout) and (done() or not self._stopped):
+            return 0.0
+        # another thread runs the actors, or they were stopped under this caller
+        # (close() on another thread): what it waits for is settled from there
+        return timeout
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:

@@ -249,9 +249,15 @@ class Runtime:
             spans.end_all()
         for subscription in list(self._core.subscriptions.values()):
             subscription.close()
-        for waiter in list(self._core.coordinations.values()):
+        with self._core.lock:  # questions nobody will answer now: RuntimeClosed
+            waiters: list[Callable[[Any], None]] = [
+                *self._core.coordinations.values(),
+                *self._core.replies.values(),
+            ]
+            self._core.coordinations.clear()
+            self._core.replies.clear()
+        for waiter in waiters:
             waiter(None)
-        self._core.coordinations.clear()
         closed = TaskError("the runtime was closed").wire()
         self._core.resolve_many(
             [
