@@ -120,7 +120,7 @@ def join(
         raise LlmspellError(f"--host {host} is not an address of this machine")
     if not port_in_use(lport, lhost):
         raise LlmspellError(f"no cluster leader listens at {lhost}:{lport}")
-    answer = _frames.probe(lhost, lport, secret)
+    answer, known = _frames.identify(lhost, lport, secret)  # known: the leader's admin
     if answer == "wrong":
         raise LlmspellError(
             f"the cluster leader at {lhost}:{lport} refused this member's secret (from "
@@ -187,13 +187,20 @@ def join(
     missed = 0
     try:
         while not stop.wait(0.5):
-            if port_in_use(lport, lhost):
-                if missed >= 2:  # a new leader at the same address: join it afresh
-                    asys.shutdown()
-                    _reap_forked(forked)
-                    asys, forked = start()
-                    print(json.dumps({"rejoined": f"{lhost}:{lport}"}), flush=True)
+            answer, leader = _frames.identify(lhost, lport, secret, timeout=1.0)
+            if answer == "ok" and leader == known:
                 missed = 0
+                continue
+            if answer == "ok":  # another admin answers there: the leader was started again
+                if exit_with_leader:
+                    why = "the leader it joined is gone (another one answers at its address)"
+                    break
+                # its engines talk to the old leader's actors: join the new one afresh
+                asys.shutdown()
+                _reap_forked(forked)
+                asys, forked = start()
+                known, missed = leader, 0
+                print(json.dumps({"rejoined": f"{lhost}:{lport}"}), flush=True)
                 continue
             missed += 1
             if missed >= 2 and exit_with_leader:

@@ -135,28 +135,27 @@ def _running(p: psutil.Process) -> bool:
 class Cluster:
     """A leader on 127.0.0.1 and the members a test adds."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: str | None = None) -> None:
         self.secret = secrets.token_hex(32)
         self.port = free_port("127.0.0.1")
         self.address = f"127.0.0.1:{self.port}"
-        self.leader = Proc(
-            ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"], self.secret
-        )
+        self.journal = journal
         self.members: list[Proc] = []
-        self.leader.first()
-        self.leader.listen = ("127.0.0.1", self.port)
-        self.leader.note_tree()
+        self.leader = self._serve()
+
+    def _serve(self) -> Proc:
+        args = ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"]
+        leader = Proc([*args, *(["--journal", self.journal] if self.journal else [])], self.secret)
+        leader.first()
+        leader.listen = ("127.0.0.1", self.port)
+        leader.note_tree()
+        return leader
 
     def restart_leader(self) -> None:
-        """A new leader at the same address (the old one stopped)."""
+        """A new leader at the same address (the old one stopped or killed)."""
         old = self.leader
-        self.leader = Proc(
-            ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"], self.secret
-        )
+        self.leader = self._serve()
         self.leader.tree.update(old.tree)
-        self.leader.first()
-        self.leader.listen = ("127.0.0.1", self.port)
-        self.leader.note_tree()
 
     def join(
         self,

@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 from cluster_procs import Cluster, member_of
 
-from llmspell import Runtime, Task, TaskFailed, TaskTimeout
+from llmspell import Runtime, RuntimeClosed, Task, TaskFailed, TaskTimeout
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.x aliases")
 
@@ -201,3 +203,61 @@ def test_status_and_stop_reach_a_leader_served_on_another_address() -> None:
         assert leader.popen.wait(30) == 0
     finally:
         leader.stop()
+
+
+def test_a_leader_killed_and_restarted_on_its_journal_is_survived_by_members(
+    tmp_path: Path,
+) -> None:
+    c = Cluster(journal=str(tmp_path / "leader.db"))
+    try:
+        stays = c.join("127.0.0.2", engines="python", workers=2)
+        leaves = c.join("127.0.0.3", engines="python", extra=("--exit-with-leader",))
+        task = "cluster_procs:where"
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            c.wait_engines(r, "127.0.0.2", 2)
+            c.wait_engines(r, "127.0.0.3", 1)
+            done = r.result(r.submit(Task.python(task, id="done-before")), timeout=30)
+            hs = [
+                r.submit(Task.python(task, args={"seconds": 2.0}, id=f"cut-{i}")) for i in range(4)
+            ]
+            deadline = time.monotonic() + 30
+            while not all(r.status(h) == "running" for h in hs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all(r.status(h) == "running" for h in hs)
+            old = c.leader.note_tree()
+            c.leader.kill9()  # the leader's process only: its actors follow it
+            with pytest.raises(RuntimeClosed):  # the attached client is told, not left waiting
+                r.result(hs[0], timeout=30)
+        assert not psutil.wait_procs(old, timeout=15)[1], "the killed leader's actors still run"
+        assert leaves.popen.wait(15) == 0  # --exit-with-leader
+        assert json.loads(leaves.lines.get(timeout=5))["why"] == "the leader is gone"
+        c.restart_leader()  # the same address, the same journal
+        assert json.loads(stays.lines.get(timeout=30)) == {"rejoined": c.address}
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            # the unfinished tasks resumed, and ran on the member that re-joined
+            pids = {r.result(f"cut-{i}", timeout=60) for i in range(4)}
+            assert all(member_of(p, stays) for p in pids), pids
+            assert r.result("done-before", timeout=10) == done  # kept in the journal
+            assert {e["host"] for e in r.stats()["engines"]} == {"127.0.0.2"}
+            assert member_of(r.result(r.submit(Task.python(task)), timeout=30), stays)
+    finally:
+        c.stop()
+    assert not c.processes()
+
+
+def test_a_probe_tells_a_restarted_runtime_from_the_one_it_knew() -> None:
+    from llmspell import _frames
+
+    c = Cluster()
+    try:
+        first = _frames.identify("127.0.0.1", c.port, c.secret)
+        assert first[0] == "ok" and first[1]
+        assert _frames.identify("127.0.0.1", c.port, c.secret) == first
+        assert _frames.identify("127.0.0.1", c.port, "0" * 64) == ("wrong", "")
+        c.leader.stop()
+        assert _frames.identify("127.0.0.1", c.port, c.secret) == ("silent", "")
+        c.restart_leader()
+        again = _frames.identify("127.0.0.1", c.port, c.secret)
+        assert again[0] == "ok" and again[1] != first[1]
+    finally:
+        c.stop()
