@@ -16,7 +16,7 @@ import psutil
 import pytest
 from cluster_procs import Cluster, member_of
 
-from llmspell import Runtime, RuntimeClosed, Task, TaskFailed, TaskTimeout
+from llmspell import LlmspellError, Runtime, RuntimeClosed, Task, TaskFailed, TaskTimeout
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.x aliases")
 
@@ -261,3 +261,23 @@ def test_a_probe_tells_a_restarted_runtime_from_the_one_it_knew() -> None:
         assert again[0] == "ok" and again[1] != first[1]
     finally:
         c.stop()
+
+
+def test_a_client_attaches_from_another_address_with_the_secret(
+    cluster: Cluster, rt: Runtime
+) -> None:
+    me = psutil.Process()
+    before = {c.laddr for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    with Runtime(
+        mode="cluster", address=cluster.address, secret=cluster.secret, host="127.0.0.2"
+    ) as client:
+        assert client.result(client.submit(Task.lua("return 6 * 7")), timeout=30) == 42
+        assert {e["host"] for e in client.stats()["engines"]} == {"127.0.0.2", "127.0.0.3"}
+        mine = {
+            c.laddr for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+        } - before
+        assert mine and {a.ip for a in mine} == {"127.0.0.2"}  # its own address, nothing else
+    with pytest.raises(LlmspellError, match="refused this client's secret"):
+        Runtime(mode="cluster", address=cluster.address, secret="0" * 64, host="127.0.0.2")
+    with pytest.raises(LlmspellError, match="not an address of this machine"):
+        Runtime(mode="cluster", address=cluster.address, secret=cluster.secret, host="10.9.9.9")
