@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -281,3 +282,52 @@ def test_a_client_attaches_from_another_address_with_the_secret(
         Runtime(mode="cluster", address=cluster.address, secret="0" * 64, host="127.0.0.2")
     with pytest.raises(LlmspellError, match="not an address of this machine"):
         Runtime(mode="cluster", address=cluster.address, secret=cluster.secret, host="10.9.9.9")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_a_member_measures_its_own_engines_and_reports_them_with_its_host() -> None:
+    from cluster_procs import ns_pid
+
+    c = Cluster()
+    try:
+        # its pids are those of its own namespace: the leader cannot sample them
+        m = c.join("127.0.0.4", engines="lua", pid_namespace=True)
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            (engine,) = c.wait_engines(r, "127.0.0.4", 1)
+            (real,) = [p for p in m.note_tree() if ns_pid(p) == engine["pid"]]
+            assert real.pid != engine["pid"]
+            deadline = time.monotonic() + 15
+            while engine.get("rss", 0) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                (engine,) = c.wait_engines(r, "127.0.0.4", 1)
+            assert engine["host"] == "127.0.0.4"
+            rss = real.memory_info().rss
+            assert 0.7 * rss < engine["rss"] < 1.3 * rss, (engine["rss"], rss)
+            assert engine["cpu_percent"] >= 0.0
+    finally:
+        c.stop()
+    assert not c.processes()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_engine_memory_is_judged_on_what_the_member_measured() -> None:
+    import secrets
+
+    from cluster_procs import Proc, free_port
+
+    port, secret = free_port("127.0.0.1"), secrets.token_hex(32)
+    wrap = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+    with Runtime(mode="cluster", host="127.0.0.1", port=port, secret=secret, engine_memory=1) as r:
+        join = ["join", f"127.0.0.1:{port}", "--host", "127.0.0.4", "--engines", "lua"]
+        m = Proc(join, secret, wrap=wrap)
+        try:
+            m.first()
+            deadline = time.monotonic() + 15
+            engines: list[dict[str, object]] = []
+            while not any(e.get("over_memory") for e in engines) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                engines = r.stats()["engines"]
+            (engine,) = engines
+            assert engine["host"] == "127.0.0.4" and engine["over_memory"] is True
+        finally:
+            m.stop()

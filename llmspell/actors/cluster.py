@@ -41,7 +41,7 @@ from .._actor import WireActor, log
 from ..engines.js import JsEngine
 from ..engines.lua import LuaEngine
 from ..engines.python import PythonEngine
-from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown
+from ..messages.types import EngineEvent, EngineUsage, Introduce, Ping, Pong, Shutdown
 
 __all__ = [
     "BEAT",
@@ -64,22 +64,60 @@ def _placed_on(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bo
     return wanted is not None and capabilities.get(MEMBER_CAP) == wanted
 
 
-class ClusterPythonEngine(PythonEngine):
+class _OnMember:
+    """What a cluster engine adds to its kind: it runs only on the member the
+    leader chose, and measures its own process there for the resource tracker
+    (``EngineUsage``) each time the cluster manager pings it."""
+
+    addresses: dict[str, ActorAddress]
+    config: dict[str, Any]
+    engine: str
+    index: int
+    _usage: Any = None  # psutil.Process of this process, once measured
+
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
         return _placed_on(capabilities, requirements)
 
+    def on_ping(self, msg: Ping, sender: ActorAddress) -> None:
+        super().on_ping(msg, sender)  # type: ignore[misc]
+        if msg.role == "cluster":
+            self._report_usage()
 
-class ClusterLuaEngine(LuaEngine):
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
-        return _placed_on(capabilities, requirements)
+    def _report_usage(self) -> None:
+        import os
+
+        import psutil
+
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            return
+        try:
+            if self._usage is None:
+                self._usage = psutil.Process()
+                self._usage.cpu_percent(None)  # the first call only starts the measurement
+            rss = int(self._usage.memory_info().rss)
+            cpu = float(self._usage.cpu_percent(None))
+        except psutil.Error as exc:  # pragma: no cover - its own process
+            log.warning(
+                "cluster: %s engine %d cannot measure itself: %s", self.engine, self.index, exc
+            )
+            return
+        host = str(self.config.get("host", ""))
+        usage = EngineUsage(self.engine, self.index, os.getpid(), rss, cpu, host)
+        self.send_msg(tracker, usage)  # type: ignore[attr-defined]
 
 
-class ClusterJsEngine(JsEngine):
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
-        return _placed_on(capabilities, requirements)
+class ClusterPythonEngine(_OnMember, PythonEngine):
+    pass
+
+
+class ClusterLuaEngine(_OnMember, LuaEngine):
+    pass
+
+
+class ClusterJsEngine(_OnMember, JsEngine):
+    pass
 
 
 CLASSES: dict[str, type[WireActor]] = {
