@@ -304,6 +304,7 @@ def test_a_member_measures_its_own_engines_and_reports_them_with_its_host() -> N
             rss = real.memory_info().rss
             assert 0.7 * rss < engine["rss"] < 1.3 * rss, (engine["rss"], rss)
             assert engine["cpu_percent"] >= 0.0
+            assert r.result(r.submit(Task.lua("return 6 * 7")), timeout=30) == 42
     finally:
         c.stop()
     assert not c.processes()

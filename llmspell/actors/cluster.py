@@ -73,7 +73,7 @@ class _OnMember:
     config: dict[str, Any]
     engine: str
     index: int
-    _usage: Any = None  # psutil.Process of this process, once measured
+    _own_process: Any = None  # psutil.Process of this process, once measured
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
@@ -93,11 +93,11 @@ class _OnMember:
         if tracker is None:
             return
         try:
-            if self._usage is None:
-                self._usage = psutil.Process()
-                self._usage.cpu_percent(None)  # the first call only starts the measurement
-            rss = int(self._usage.memory_info().rss)
-            cpu = float(self._usage.cpu_percent(None))
+            if self._own_process is None:
+                self._own_process = psutil.Process()
+                self._own_process.cpu_percent(None)  # the first call only starts the measurement
+            rss = int(self._own_process.memory_info().rss)
+            cpu = float(self._own_process.cpu_percent(None))
         except psutil.Error as exc:  # pragma: no cover - its own process
             log.warning(
                 "cluster: %s engine %d cannot measure itself: %s", self.engine, self.index, exc
