@@ -332,3 +332,20 @@ def test_engine_memory_is_judged_on_what_the_member_measured() -> None:
             assert engine["host"] == "127.0.0.4" and engine["over_memory"] is True
         finally:
             m.stop()
+
+
+def test_a_member_whose_engine_is_busy_for_seconds_is_not_lost() -> None:
+    # a script engine with ready scripts reads no ping for as long as they run
+    # (here several seconds of short scripts): its member's admin answers for it
+    c = Cluster()
+    try:
+        c.join("127.0.0.2", engines="lua")
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            c.wait_engines(r, "127.0.0.2", 1)
+            busy = "local x = 0 for i = 1, 400000 do x = x + i % 7 end return 'done'"
+            hs = r.submit_many([Task.lua(busy, timeout=120) for _ in range(500)])
+            assert [r.result(h, timeout=120) for h in hs] == ["done"] * 500
+            assert [e["host"] for e in r.stats()["engines"]] == ["127.0.0.2"]
+    finally:
+        c.stop()
+    assert not c.processes()
