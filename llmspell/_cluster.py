@@ -10,9 +10,10 @@ placement of engines and the handling of members' deaths):
 * a **member** (``join``) is a Thespian admin of its own on ``--host``, whose
   capabilities name the leader (``Convention Address.IPv4``) and say what it
   offers; it runs no llmspell actor until the leader places engines on it;
-* a **client** (``Runtime(mode="cluster", address="HOST:P")``) attaches to the
-  leader as a local-mode client does, from a machine where ``HOST`` is one of
-  its own addresses.
+* a **client** (``Runtime(mode="cluster", address="HOST:P", secret=...)``)
+  attaches to the leader as a local-mode client does, from any machine that
+  reaches ``HOST``: its sockets bind to an address of its own (``host=``, or
+  the one that routes to ``HOST``).
 
 Every frame between them is authenticated with the cluster's one secret
 (``llmspell._frames``); every socket binds to the address given, never to
@@ -62,32 +63,121 @@ def ipaddress_is_loopback(host: str) -> bool:
     return is_loopback(host)
 
 
+ADMIN_HOST_CAP = "llmspell.admin_host"
+
+
 class ClusterDriver(LocalDriver):
-    """The leader of a cluster (``attach`` None) or a client attached to one."""
+    """The leader of a cluster (``attach`` None) or a client attached to one.
+
+    A client's sockets bind to an address of its own machine (``host=``, by
+    default the one that routes to the leader), and its Thespian endpoint is
+    told the leader's admin address (``ADMIN_HOST_CAP``): it can attach from any
+    machine that reaches an address the leader listens on, the cluster's secret
+    authenticating it. It watches the leader by the probe's process token: a
+    leader gone, or started again, closes the client (``on_lost``).
+    """
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         host = self.config.get("host") or "127.0.0.1"
         self.host = str(host)
+        self.local = self.host  # the address of this machine its sockets bind to
+        self.leader_host = ""
+        self._leader_token = ""
+        self._gone = threading.Event()
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
-        from . import _loopback
+        from . import _frames, _loopback
 
-        host = parse_address(self.attach)[0] if self.attach else self.host
-        if not local_address(host):
+        if self.attach:
+            self.leader_host = parse_address(self.attach)[0]
+            self.local = str(self.config.get("host") or route_to(self.leader_host))
+            if not local_address(self.local):
+                raise LlmspellError(
+                    f"host={self.local} is not an address of this machine (a cluster "
+                    "client's sockets bind to one of its own addresses)"
+                )
+        elif not local_address(self.host):
             raise LlmspellError(
-                f"{host} is not an address of this machine: the cluster leader binds "
-                "there, and a client attaches from the leader's machine"
+                f"{self.host} is not an address of this machine: the cluster leader binds there"
             )
         _loopback.install()
-        _loopback.allow(host)
-        return super().start(timeout)
+        _loopback.allow(self.local)
+        _install_remote_admin()
+        from thespian.system.transport.IPBase import thisSystem
+
+        thisSystem.add_local_addr(self.local)
+        addresses = super().start(timeout)
+        if self.attach:
+            assert self.secret is not None
+            port = parse_address(self.attach)[1]
+            self._leader_token = _frames.identify(self.leader_host, port, self.secret)[1]
+            threading.Thread(
+                target=self._watch_leader,
+                args=(port,),
+                name=f"llmspell-leader-{self.runtime_id[:8]}",
+                daemon=True,
+            ).start()
+        return addresses
 
     def _check_attach_host(self, host: str) -> None:
-        pass  # checked in start: an address of this machine
+        pass  # any address the leader listens on: the secret authenticates the client
+
+    def _bind_host(self) -> str:
+        return self.local
+
+    def _capabilities(self) -> dict[str, Any]:
+        return {ADMIN_HOST_CAP: self.leader_host} if self.attach else {}
 
     def _actor_config(self) -> dict[str, Any]:
         return {"cluster": True, "host": self.host}
+
+    def _watch_leader(self, port: int) -> None:
+        """A client: the leader is gone (two probes unanswered) or was started
+        again (another process answers): the client closes, as when the leader
+        stops (the leader's machine may be another one: no pid to watch)."""
+        from . import _frames
+
+        where = f"{self.leader_host}:{port}"
+        missed = 0
+        while not self._stopping.wait(0.5):
+            answer, token = _frames.identify(self.leader_host, port, self.secret or "", 1.0)
+            if answer == "ok" and token == self._leader_token:
+                missed = 0
+                continue
+            missed += 1
+            if answer == "ok" or missed >= 2:
+                why = "was started again" if answer == "ok" else "is gone"
+                self._lost(f"the cluster leader at {where} {why}")
+                return
+
+    def _lost(self, why: str) -> None:
+        if not self._gone.is_set():  # once: the listener may notice it too
+            self._gone.set()
+            super()._lost(why)
+
+
+def _install_remote_admin() -> None:
+    """Let a Thespian endpoint talk to an admin on another host: with
+    ``ADMIN_HOST_CAP`` in its capabilities, its admin address is that host and
+    the admin port (Thespian puts the admin on this process's own address)."""
+    from thespian.actors import ActorAddress
+    from thespian.system.transport import TCPTransport as tcp
+    from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    cls: Any = tcp.TCPTransport
+    if getattr(cls, "_llmspell_remote_admin", False):
+        return
+    original = cls.getAdminAddr
+
+    def get_admin_addr(capabilities: dict[str, Any]) -> Any:
+        host = capabilities.get(ADMIN_HOST_CAP)
+        if host:
+            return ActorAddress(TCPv4ActorAddress(host, capabilities["Admin Port"], external=True))
+        return original(capabilities)
+
+    cls.getAdminAddr = staticmethod(get_admin_addr)
+    cls._llmspell_remote_admin = True
 
 
 def _member_id(host: str, port: int, name: str | None) -> str:
@@ -120,7 +210,7 @@ def join(
         raise LlmspellError(f"--host {host} is not an address of this machine")
     if not port_in_use(lport, lhost):
         raise LlmspellError(f"no cluster leader listens at {lhost}:{lport}")
-    answer = _frames.probe(lhost, lport, secret)
+    answer, known = _frames.identify(lhost, lport, secret)  # known: the leader's admin
     if answer == "wrong":
         raise LlmspellError(
             f"the cluster leader at {lhost}:{lport} refused this member's secret (from "
@@ -187,13 +277,20 @@ def join(
     missed = 0
     try:
         while not stop.wait(0.5):
-            if port_in_use(lport, lhost):
-                if missed >= 2:  # a new leader at the same address: join it afresh
-                    asys.shutdown()
-                    _reap_forked(forked)
-                    asys, forked = start()
-                    print(json.dumps({"rejoined": f"{lhost}:{lport}"}), flush=True)
+            answer, leader = _frames.identify(lhost, lport, secret, timeout=1.0)
+            if answer == "ok" and leader == known:
                 missed = 0
+                continue
+            if answer == "ok":  # another admin answers there: the leader was started again
+                if exit_with_leader:
+                    why = "the leader it joined is gone (another one answers at its address)"
+                    break
+                # its engines talk to the old leader's actors: join the new one afresh
+                asys.shutdown()
+                _reap_forked(forked)
+                asys, forked = start()
+                known, missed = leader, 0
+                print(json.dumps({"rejoined": f"{lhost}:{lport}"}), flush=True)
                 continue
             missed += 1
             if missed >= 2 and exit_with_leader:

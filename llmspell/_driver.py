@@ -609,8 +609,8 @@ class LocalDriver:
         _frames.register(
             port, self.secret, int(self.config.get("max_frame_bytes") or _frames.DEFAULT_MAX_FRAME)
         )
-        os.environ["THESPIAN_BASE_IPADDR"] = self.host
-        caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id}
+        os.environ["THESPIAN_BASE_IPADDR"] = self._bind_host()
+        caps = {"Admin Port": port, "llmspell.runtime": self.runtime_id, **self._capabilities()}
         try:
             # every process this forks (the admin, its logger, the actors they fork)
             # ends once this process is gone, from the very first fork
@@ -667,6 +667,14 @@ class LocalDriver:
 
     def _actor_config(self) -> dict[str, Any]:
         """What the director is told beyond the runtime's configuration."""
+        return {}
+
+    def _bind_host(self) -> str:
+        """The address this process's sockets bind to (a cluster client: its own)."""
+        return self.host
+
+    def _capabilities(self) -> dict[str, Any]:
+        """Thespian capabilities beyond the admin port (a cluster client: the leader's host)."""
         return {}
 
     def processes(self) -> list[Any]:

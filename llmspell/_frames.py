@@ -24,8 +24,10 @@ forked runtime process forgets every other runtime's secret. The secret never
 travels in a message, a command line or the environment of a child.
 
 A frame whose payload starts with ``PROBE`` is not a message: a runtime that
-verifies it answers ``PROBE_OK`` + the nonce, MAC'd, so a client learns at
-once whether it holds the right secret (``probe``).
+verifies it answers ``PROBE_OK`` + the nonce + ``@`` + a token of its process,
+MAC'd, so a client learns at once whether it holds the right secret (``probe``)
+and a cluster member whether the leader it joined was started again
+(``identify``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "Auth",
     "AuthBuffer",
+    "identify",
     "install",
+    "instance",
     "new_secret",
     "probe",
     "read_secret",
@@ -320,7 +324,7 @@ def install() -> None:
             done = None
         if done is None:
             if buf.probe is not None:
-                _send_quietly(inc.socket, auth.frame(PROBE_OK + buf.probe))
+                _send_quietly(inc.socket, auth.frame(PROBE_OK + buf.probe + b"@" + instance()))
             else:
                 _dropped(buf.bad or "an incomplete frame", _peer(inc))
                 _send_quietly(inc.socket, REJECT)
@@ -372,31 +376,61 @@ def probe(host: str, port: int, secret: str | bytes, timeout: float = 3.0) -> st
     """Ask the runtime at ``host:port`` whether ``secret`` is its secret:
     ``"ok"``, ``"wrong"`` (it refused the frame) or ``"silent"`` (no llmspell
     runtime answered)."""
+    return identify(host, port, secret, timeout)[0]
+
+
+def identify(host: str, port: int, secret: str | bytes, timeout: float = 3.0) -> tuple[str, str]:
+    """``probe``, and the token of the process that answered (``instance()``
+    of the runtime's admin; "" unless ``"ok"``): a new token at the same
+    address is a runtime started again."""
     auth = Auth(secret_bytes(secret))
     nonce = secrets.token_bytes(16)
-    expected = auth.frame(PROBE_OK + nonce)
     data = b""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
             s.sendall(auth.frame(PROBE + nonce))
             deadline = time.monotonic() + timeout
-            while len(data) < len(expected) and time.monotonic() < deadline:
+            while time.monotonic() < deadline and not _answered(data):
                 chunk = s.recv(4096)
                 if not chunk:
                     break
                 data += chunk
-                if data.startswith(REJECT[:8]) or not expected.startswith(data[: len(expected)]):
-                    break
     except OSError:
         pass
     if data.startswith(REJECT[:8]):
-        return "wrong"
-    if data == expected:
-        return "ok"
-    if data[:1].isdigit() and b">" in data[: _HEADER_MAX + 1]:
-        return "wrong"  # an llmspell frame, but not MAC'd with our secret
-    return "silent"
+        return "wrong", ""
+    head, mark, rest = data.partition(b">")
+    if not mark or not head.isdigit() or len(head) > _HEADER_MAX:
+        return "silent", ""
+    body = rest[: int(head)]
+    mac, payload = body[:MAC_SIZE], body[MAC_SIZE:]
+    expected = PROBE_OK + nonce
+    if hmac.compare_digest(mac, auth.mac(payload)) and payload.startswith(expected):
+        return "ok", payload[len(expected) :].lstrip(b"@").decode("ascii", "replace")
+    return "wrong", ""  # an llmspell frame, but not MAC'd with our secret
+
+
+def _answered(data: bytes) -> bool:
+    """``data`` holds a refusal or one whole frame."""
+    if data.startswith(REJECT[:8]):
+        return True
+    head, mark, rest = data.partition(b">")
+    if not mark:
+        return len(data) > _HEADER_MAX
+    return not head.isdigit() or len(rest) >= int(head)
+
+
+_instance: tuple[int, bytes] = (0, b"")
+
+
+def instance() -> bytes:
+    """A random token of this process (a forked process makes its own): a
+    probe's answer carries the admin's."""
+    global _instance
+    if _instance[0] != os.getpid():
+        _instance = (os.getpid(), secrets.token_hex(8).encode("ascii"))
+    return _instance[1]
 
 
 def _secret_dir() -> Path:

@@ -320,8 +320,9 @@ def _parser() -> argparse.ArgumentParser:
             "--host",
             default="127.0.0.1",
             metavar="ADDR",
-            help="the address it listens on: 127.0.0.1 (default), or the address of this "
-            "machine a cluster leader was served on (`serve --cluster --host ADDR`)",
+            help="the address it listens on: 127.0.0.1 (default), or the address a "
+            "cluster leader was served on (`serve --cluster --host ADDR`), from any machine "
+            "that reaches it (the secret from LLMSPELL_SECRET or the leader's secret file)",
         )
     return p
 

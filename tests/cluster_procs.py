@@ -32,13 +32,20 @@ def free_port(host: str) -> int:
 class Proc:
     """One llmspell process (``serve --cluster`` or ``join``) and its first JSON line."""
 
-    def __init__(self, args: list[str], secret: str, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        secret: str,
+        extra_env: dict[str, str] | None = None,
+        wrap: tuple[str, ...] = (),
+    ):
         env = dict(os.environ, LLMSPELL_SECRET=secret)
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
         env.update(extra_env or {})
         self.args = args
+        self.wrap = wrap  # a command it runs under (unshare: a host of its own pids)
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "llmspell", *args],
+            [*wrap, sys.executable, "-m", "llmspell", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -111,7 +118,11 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         self.note_tree()
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            if self.wrap:  # unshare passes no signal on: its child is llmspell
+                for child in psutil.Process(self.pid).children():
+                    child.send_signal(signal.SIGTERM)
+            else:
+                self.popen.send_signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -135,28 +146,27 @@ def _running(p: psutil.Process) -> bool:
 class Cluster:
     """A leader on 127.0.0.1 and the members a test adds."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: str | None = None) -> None:
         self.secret = secrets.token_hex(32)
         self.port = free_port("127.0.0.1")
         self.address = f"127.0.0.1:{self.port}"
-        self.leader = Proc(
-            ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"], self.secret
-        )
+        self.journal = journal
         self.members: list[Proc] = []
-        self.leader.first()
-        self.leader.listen = ("127.0.0.1", self.port)
-        self.leader.note_tree()
+        self.leader = self._serve()
+
+    def _serve(self) -> Proc:
+        args = ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"]
+        leader = Proc([*args, *(["--journal", self.journal] if self.journal else [])], self.secret)
+        leader.first()
+        leader.listen = ("127.0.0.1", self.port)
+        leader.note_tree()
+        return leader
 
     def restart_leader(self) -> None:
-        """A new leader at the same address (the old one stopped)."""
+        """A new leader at the same address (the old one stopped or killed)."""
         old = self.leader
-        self.leader = Proc(
-            ["serve", "--cluster", "--port", str(self.port), "--host", "127.0.0.1"], self.secret
-        )
+        self.leader = self._serve()
         self.leader.tree.update(old.tree)
-        self.leader.first()
-        self.leader.listen = ("127.0.0.1", self.port)
-        self.leader.note_tree()
 
     def join(
         self,
@@ -167,12 +177,15 @@ class Cluster:
         secret: str | None = None,
         wait: bool = True,
         extra: tuple[str, ...] = (),
+        pid_namespace: bool = False,
     ) -> Proc:
         args = ["join", self.address, "--host", host, "--engines", engines]
         args += ["--workers", str(workers), *extra]
         for t in tags:
             args += ["--tag", t]
-        p = Proc(args, secret or self.secret)
+        # in a pid namespace of its own its pids mean nothing here, as on another host
+        wrap = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+        p = Proc(args, secret or self.secret, wrap=wrap if pid_namespace else ())
         self.members.append(p)
         if wait:
             p.info = p.first()  # type: ignore[attr-defined]
@@ -205,6 +218,19 @@ class Cluster:
 def member_of(pid: int, member: Proc) -> bool:
     """``pid`` is a process of ``member`` (its admin's child)."""
     return pid in {p.pid for p in member.note_tree()} and pid != member.pid
+
+
+def ns_pid(p: psutil.Process) -> int:
+    """The pid of ``p`` in its own pid namespace (0 outside of one)."""
+    try:
+        with open(f"/proc/{p.pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    pids = line.split()[1:]
+                    return int(pids[-1]) if len(pids) > 1 else 0
+    except OSError:
+        pass
+    return 0
 
 
 def where(seconds: float = 0.0) -> int:

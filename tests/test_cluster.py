@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
 from cluster_procs import Cluster, member_of
 
-from llmspell import Runtime, Task, TaskFailed, TaskTimeout
+from llmspell import LlmspellError, Runtime, RuntimeClosed, Task, TaskFailed, TaskTimeout
 
 pytestmark = [
     pytest.mark.slow,
@@ -204,3 +207,148 @@ def test_status_and_stop_reach_a_leader_served_on_another_address() -> None:
         assert leader.popen.wait(30) == 0
     finally:
         leader.stop()
+
+
+def test_a_leader_killed_and_restarted_on_its_journal_is_survived_by_members(
+    tmp_path: Path,
+) -> None:
+    c = Cluster(journal=str(tmp_path / "leader.db"))
+    try:
+        stays = c.join("127.0.0.2", engines="python", workers=2)
+        leaves = c.join("127.0.0.3", engines="python", extra=("--exit-with-leader",))
+        task = "cluster_procs:where"
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            c.wait_engines(r, "127.0.0.2", 2)
+            c.wait_engines(r, "127.0.0.3", 1)
+            done = r.result(r.submit(Task.python(task, id="done-before")), timeout=30)
+            hs = [
+                r.submit(Task.python(task, args={"seconds": 2.0}, id=f"cut-{i}")) for i in range(4)
+            ]
+            deadline = time.monotonic() + 30
+            while not all(r.status(h) == "running" for h in hs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all(r.status(h) == "running" for h in hs)
+            old = c.leader.note_tree()
+            c.leader.kill9()  # the leader's process only: its actors follow it
+            with pytest.raises(RuntimeClosed):  # the attached client is told, not left waiting
+                r.result(hs[0], timeout=30)
+        assert not psutil.wait_procs(old, timeout=15)[1], "the killed leader's actors still run"
+        assert leaves.popen.wait(15) == 0  # --exit-with-leader
+        assert json.loads(leaves.lines.get(timeout=5))["why"] == "the leader is gone"
+        c.restart_leader()  # the same address, the same journal
+        assert json.loads(stays.lines.get(timeout=30)) == {"rejoined": c.address}
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            # the unfinished tasks resumed, and ran on the member that re-joined
+            pids = {r.result(f"cut-{i}", timeout=60) for i in range(4)}
+            assert all(member_of(p, stays) for p in pids), pids
+            assert r.result("done-before", timeout=10) == done  # kept in the journal
+            assert {e["host"] for e in r.stats()["engines"]} == {"127.0.0.2"}
+            assert member_of(r.result(r.submit(Task.python(task)), timeout=30), stays)
+    finally:
+        c.stop()
+    assert not c.processes()
+
+
+def test_a_probe_tells_a_restarted_runtime_from_the_one_it_knew() -> None:
+    from llmspell import _frames
+
+    c = Cluster()
+    try:
+        first = _frames.identify("127.0.0.1", c.port, c.secret)
+        assert first[0] == "ok" and first[1]
+        assert _frames.identify("127.0.0.1", c.port, c.secret) == first
+        assert _frames.identify("127.0.0.1", c.port, "0" * 64) == ("wrong", "")
+        c.leader.stop()
+        assert _frames.identify("127.0.0.1", c.port, c.secret) == ("silent", "")
+        c.restart_leader()
+        again = _frames.identify("127.0.0.1", c.port, c.secret)
+        assert again[0] == "ok" and again[1] != first[1]
+    finally:
+        c.stop()
+
+
+def test_a_client_attaches_from_another_address_with_the_secret(
+    cluster: Cluster, rt: Runtime
+) -> None:
+    me = psutil.Process()
+    before = {c.laddr for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+    with Runtime(
+        mode="cluster", address=cluster.address, secret=cluster.secret, host="127.0.0.2"
+    ) as client:
+        assert client.result(client.submit(Task.lua("return 6 * 7")), timeout=30) == 42
+        assert {e["host"] for e in client.stats()["engines"]} == {"127.0.0.2", "127.0.0.3"}
+        mine = {
+            c.laddr for c in me.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN
+        } - before
+        assert mine and {a.ip for a in mine} == {"127.0.0.2"}  # its own address, nothing else
+    with pytest.raises(LlmspellError, match="refused this client's secret"):
+        Runtime(mode="cluster", address=cluster.address, secret="0" * 64, host="127.0.0.2")
+    with pytest.raises(LlmspellError, match="not an address of this machine"):
+        Runtime(mode="cluster", address=cluster.address, secret=cluster.secret, host="10.9.9.9")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_a_member_measures_its_own_engines_and_reports_them_with_its_host() -> None:
+    from cluster_procs import ns_pid
+
+    c = Cluster()
+    try:
+        # its pids are those of its own namespace: the leader cannot sample them
+        m = c.join("127.0.0.4", engines="lua", pid_namespace=True)
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            (engine,) = c.wait_engines(r, "127.0.0.4", 1)
+            (real,) = [p for p in m.note_tree() if ns_pid(p) == engine["pid"]]
+            assert real.pid != engine["pid"]
+            deadline = time.monotonic() + 15
+            while engine.get("rss", 0) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                (engine,) = c.wait_engines(r, "127.0.0.4", 1)
+            assert engine["host"] == "127.0.0.4"
+            rss = real.memory_info().rss
+            assert 0.7 * rss < engine["rss"] < 1.3 * rss, (engine["rss"], rss)
+            assert engine["cpu_percent"] >= 0.0
+            assert r.result(r.submit(Task.lua("return 6 * 7")), timeout=30) == 42
+    finally:
+        c.stop()
+    assert not c.processes()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_engine_memory_is_judged_on_what_the_member_measured() -> None:
+    import secrets
+
+    from cluster_procs import Proc, free_port
+
+    port, secret = free_port("127.0.0.1"), secrets.token_hex(32)
+    wrap = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+    with Runtime(mode="cluster", host="127.0.0.1", port=port, secret=secret, engine_memory=1) as r:
+        join = ["join", f"127.0.0.1:{port}", "--host", "127.0.0.4", "--engines", "lua"]
+        m = Proc(join, secret, wrap=wrap)
+        try:
+            m.first()
+            deadline = time.monotonic() + 15
+            engines: list[dict[str, object]] = []
+            while not any(e.get("over_memory") for e in engines) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                engines = r.stats()["engines"]
+            (engine,) = engines
+            assert engine["host"] == "127.0.0.4" and engine["over_memory"] is True
+        finally:
+            m.stop()
+
+
+def test_a_member_whose_engine_is_busy_for_seconds_is_not_lost() -> None:
+    # a script engine with ready scripts reads no ping for as long as they run
+    # (here several seconds of short scripts): its member's admin answers for it
+    c = Cluster()
+    try:
+        c.join("127.0.0.2", engines="lua")
+        with Runtime(mode="cluster", address=c.address, secret=c.secret) as r:
+            c.wait_engines(r, "127.0.0.2", 1)
+            busy = "local x = 0 for i = 1, 400000 do x = x + i % 7 end return 'done'"
+            hs = r.submit_many([Task.lua(busy, timeout=120) for _ in range(500)])
+            assert [r.result(h, timeout=120) for h in hs] == ["done"] * 500
+            assert [e["host"] for e in r.stats()["engines"]] == ["127.0.0.2"]
+    finally:
+        c.stop()
+    assert not c.processes()

@@ -23,15 +23,19 @@ Deaths. The member's admin tells the manager when one engine exited
 (Thespian forwards ``ChildActorExited`` to the actor that asked for the
 creation): the scheduler re-runs or fails its tasks and the engine is
 created again on the same member. A member that left (deregistered) or went
-silent is *lost*: the manager pings every engine each ``BEAT`` seconds, and a
-member none of whose engines answered for ``LOST_AFTER`` seconds (or whose
-join process is gone, seen by its convention deregistration) is dropped; its
-in-flight tasks re-run elsewhere per ``retries`` or fail with an error naming
-the member. A member that joins later gets engines and takes new work.
+silent is *lost*: the manager pings every engine each ``BEAT`` seconds and
+probes every member's admin (``_frames.identify``, from a thread: an engine
+busy with ready scripts may leave a ping unread for seconds, its member's admin
+answers at once), and a member from which neither an engine's answer nor its
+admin's came for ``LOST_AFTER`` seconds (or whose join process is gone, seen by
+its convention deregistration) is dropped; its in-flight tasks re-run elsewhere
+per ``retries`` or fail with an error naming the member. A member that joins
+later gets engines and takes new work.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -41,7 +45,7 @@ from .._actor import WireActor, log
 from ..engines.js import JsEngine
 from ..engines.lua import LuaEngine
 from ..engines.python import PythonEngine
-from ..messages.types import EngineEvent, Introduce, Ping, Pong, Shutdown
+from ..messages.types import EngineEvent, EngineUsage, Introduce, Ping, Pong, Shutdown
 
 __all__ = [
     "BEAT",
@@ -64,22 +68,60 @@ def _placed_on(capabilities: dict[str, Any], requirements: dict[str, Any]) -> bo
     return wanted is not None and capabilities.get(MEMBER_CAP) == wanted
 
 
-class ClusterPythonEngine(PythonEngine):
+class _OnMember:
+    """What a cluster engine adds to its kind: it runs only on the member the
+    leader chose, and measures its own process there for the resource tracker
+    (``EngineUsage``) each time the cluster manager pings it."""
+
+    addresses: dict[str, ActorAddress]
+    config: dict[str, Any]
+    engine: str
+    index: int
+    _own_process: Any = None  # psutil.Process of this process, once measured
+
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
         return _placed_on(capabilities, requirements)
 
+    def on_ping(self, msg: Ping, sender: ActorAddress) -> None:
+        super().on_ping(msg, sender)  # type: ignore[misc]
+        if msg.role == "cluster":
+            self._report_usage()
 
-class ClusterLuaEngine(LuaEngine):
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
-        return _placed_on(capabilities, requirements)
+    def _report_usage(self) -> None:
+        import os
+
+        import psutil
+
+        tracker = self.addresses.get("resources")
+        if tracker is None:
+            return
+        try:
+            if self._own_process is None:
+                self._own_process = psutil.Process()
+                self._own_process.cpu_percent(None)  # the first call only starts the measurement
+            rss = int(self._own_process.memory_info().rss)
+            cpu = float(self._own_process.cpu_percent(None))
+        except psutil.Error as exc:  # pragma: no cover - its own process
+            log.warning(
+                "cluster: %s engine %d cannot measure itself: %s", self.engine, self.index, exc
+            )
+            return
+        host = str(self.config.get("host", ""))
+        usage = EngineUsage(self.engine, self.index, os.getpid(), rss, cpu, host)
+        self.send_msg(tracker, usage)  # type: ignore[attr-defined]
 
 
-class ClusterJsEngine(JsEngine):
-    @staticmethod
-    def actorSystemCapabilityCheck(capabilities: Any, requirements: Any) -> bool:
-        return _placed_on(capabilities, requirements)
+class ClusterPythonEngine(_OnMember, PythonEngine):
+    pass
+
+
+class ClusterLuaEngine(_OnMember, LuaEngine):
+    pass
+
+
+class ClusterJsEngine(_OnMember, JsEngine):
+    pass
 
 
 CLASSES: dict[str, type[WireActor]] = {
@@ -90,7 +132,7 @@ CLASSES: dict[str, type[WireActor]] = {
 
 
 class _Member:
-    __slots__ = ("admin", "engines", "host", "id", "pid", "seen", "tags", "workers")
+    __slots__ = ("admin", "engines", "host", "id", "pid", "port", "seen", "tags", "workers")
 
     def __init__(self, admin: ActorAddress, caps: dict[str, Any]) -> None:
         self.admin = admin
@@ -100,6 +142,7 @@ class _Member:
         self.engines = [e for e in caps.get("llmspell.engines") or () if e in CLASSES]
         self.tags = sorted(str(t) for t in caps.get("llmspell.tags") or ())
         self.workers = max(1, int(caps.get("llmspell.workers", 1) or 1))
+        self.port = int(caps.get("Admin Port", 0) or 0)  # its admin's, on ``host``
         self.seen = time.monotonic()
 
     def describe(self) -> str:
@@ -140,6 +183,45 @@ class _Engine:
         self.restarts = 0
 
 
+class _Prober:
+    """A thread probing every member's admin each ``BEAT`` seconds; ``answered``
+    holds when each last answered with the cluster's secret."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.members: dict[str, tuple[str, int]] = {}  # id -> (host, admin port)
+        self.answered: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        threading.Thread(target=self._run, name="llmspell-member-probe", daemon=True).start()
+
+    def watch(self, member: _Member) -> None:
+        if member.host and member.port:
+            with self.lock:
+                self.members[member.id] = (member.host, member.port)
+
+    def forget(self, member_id: str) -> None:
+        with self.lock:
+            self.members.pop(member_id, None)
+            self.answered.pop(member_id, None)
+
+    def last(self, member_id: str) -> float:
+        with self.lock:
+            return self.answered.get(member_id, 0.0)
+
+    def _run(self) -> None:
+        from .. import _frames
+
+        while not self.stop.wait(BEAT):
+            with self.lock:
+                members = list(self.members.items())
+            for member_id, (host, port) in members:
+                if _frames.probe(host, port, self.key, timeout=1.0) == "ok":
+                    with self.lock:
+                        if member_id in self.members:
+                            self.answered[member_id] = time.monotonic()
+
+
 class ClusterManager(WireActor):
     role = "cluster"
 
@@ -152,6 +234,7 @@ class ClusterManager(WireActor):
         self.engines: list[_Engine] = []
         self.next_index: dict[str, int] = {}
         self.stopping = False
+        self.prober: _Prober | None = None
 
     # -- Thespian's convention updates come as objects, not wire bytes --------------
 
@@ -165,6 +248,11 @@ class ClusterManager(WireActor):
         self.runtime_id = msg.runtime_id
         self.addresses = dict(msg.addresses)
         self.config = dict(msg.config)
+        from .. import _frames
+
+        key = _frames.registered(int(self.config.get("port") or 0))
+        if key is not None and self.prober is None:
+            self.prober = _Prober(key)
         self.notifyOnSystemRegistrationChanges(True)
         self.wake_after(BEAT, "beat")
 
@@ -182,6 +270,8 @@ class ClusterManager(WireActor):
             return  # a re-registration
         member = _Member(msg.remoteAdminAddress, caps)
         self.members[member_id] = member
+        if self.prober is not None:
+            self.prober.watch(member)
         log.warning(
             "cluster: %s joined, offering %s with tags %s",
             member.describe(),
@@ -221,6 +311,8 @@ class ClusterManager(WireActor):
             return
         t = time.monotonic()
         for member in list(self.members.values()):
+            if self.prober is not None:
+                member.seen = max(member.seen, self.prober.last(member.id))
             if t - member.seen > LOST_AFTER:
                 self._lose(member, f"answered no heartbeat for {LOST_AFTER:g} s")
         for eng in self.engines:
@@ -267,6 +359,8 @@ class ClusterManager(WireActor):
 
     def _lose(self, member: _Member, why: str) -> None:
         self.members.pop(member.id, None)
+        if self.prober is not None:
+            self.prober.forget(member.id)
         detail = f"{member.describe()} {why}"
         log.warning("cluster: %s; its engines are dropped", detail)
         scheduler = self.addresses.get("scheduler")
@@ -291,6 +385,8 @@ class ClusterManager(WireActor):
         if self.stopping:
             return
         self.stopping = True
+        if self.prober is not None:
+            self.prober.stop.set()
         for eng in self.engines:
             if eng.address is not None:
                 self.send_msg(eng.address, Shutdown("the cluster leader stopped"))

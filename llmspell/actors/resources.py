@@ -5,9 +5,13 @@
   ``psutil`` (resident memory, CPU % since the previous sample): on every
   ``stats()`` query, and every ``resource_interval`` seconds (default 1.0)
   while an ``engine_memory`` limit is configured or a task waits. In
-  ``embedded`` mode every engine is this same process. ``stats()["engines"]``
-  entries gain ``rss`` and ``cpu_percent``; ``stats()["resources"]`` has the
-  tracker's own counters.
+  ``embedded`` mode every engine is this same process. An engine on a cluster
+  member (its ``EngineReady`` names the member) runs on another machine,
+  whose processes the tracker cannot see: it measures itself there and
+  reports (``EngineUsage``, each time the leader's cluster manager pings it,
+  twice a second), and the tracker keeps its last report. ``stats()["engines"]``
+  entries gain ``rss`` and ``cpu_percent`` (and ``host``, where measured);
+  ``stats()["resources"]`` has the tracker's own counters.
 * **Per-task accounting** is done by the engines, which know what each task
   used (CPU of its steps, VM memory, network bytes through ``llmspell.net``)
   and report it with progress and outcomes; the tracker decides only when a
@@ -52,6 +56,7 @@ from ..messages.types import (
     EngineEvent,
     EngineLoad,
     EngineReady,
+    EngineUsage,
     Introduce,
     Publish,
     QueryStats,
@@ -69,12 +74,14 @@ _WAITING_INTERVAL = 0.1  # seconds between samples while grants wait for engine 
 
 
 class _Engine:
-    __slots__ = ("cpu_percent", "engine", "index", "over", "pid", "rss")
+    __slots__ = ("cpu_percent", "engine", "host", "index", "over", "pid", "remote", "rss")
 
-    def __init__(self, engine: str, index: int, pid: int) -> None:
+    def __init__(self, engine: str, index: int, pid: int, host: str = "", remote: bool = False):
         self.engine = engine
         self.index = index
         self.pid = pid
+        self.host = host  # cluster mode: the member's host (the pid is a process there)
+        self.remote = remote  # measured by itself on its member (EngineUsage), not here
         self.rss = 0
         self.cpu_percent = 0.0
         self.over = False
@@ -124,7 +131,19 @@ class ResourceTracker(WireActor):
         self.addresses[msg.role] = msg.address
 
     def on_engine_ready(self, msg: EngineReady, sender: ActorAddress) -> None:
-        self.engines[(msg.engine, msg.index)] = _Engine(msg.engine, msg.index, msg.pid)
+        remote = bool(msg.member)
+        host = msg.host if remote else ""
+        self.engines[(msg.engine, msg.index)] = _Engine(
+            msg.engine, msg.index, msg.pid, host, remote
+        )
+
+    def on_engine_usage(self, msg: EngineUsage, sender: ActorAddress) -> None:
+        """An engine on a cluster member measured its own process."""
+        e = self.engines.get((msg.engine, msg.index))
+        if e is None or not e.remote or e.pid != msg.pid:
+            return  # an engine not (or no longer) registered under that name
+        e.rss, e.cpu_percent = int(msg.rss), float(msg.cpu_percent)
+        self._judge(e)
 
     def on_engine_event(self, msg: EngineEvent, sender: ActorAddress) -> None:
         pass  # the engine's next EngineReady (after a restart) replaces its entry
@@ -143,9 +162,13 @@ class ResourceTracker(WireActor):
         return p
 
     def sample(self) -> None:
-        """Measure every engine process once (one measurement per pid)."""
+        """Measure every engine process of this machine once (one measurement
+        per pid); an engine on a cluster member keeps its last report."""
         seen: dict[int, tuple[int, float]] = {}
         for e in self.engines.values():
+            if e.remote:
+                self._judge(e)
+                continue
             if e.pid not in seen:
                 p = self._proc(e.pid)
                 if p is None:
@@ -157,26 +180,32 @@ class ResourceTracker(WireActor):
                         self.procs.pop(e.pid, None)
                         seen[e.pid] = (0, 0.0)
             e.rss, e.cpu_percent = seen[e.pid]
-            if self.engine_memory is not None:
-                over = e.rss > self.engine_memory
-                if over != e.over:
-                    e.over = over
-                    self._engine_changed(e)
-                else:  # again: a stale EngineLoad that overtook the last one gets corrected
-                    self._tell_scheduler(e)
+            self._judge(e)
         for pid in list(self.procs):
             if pid not in seen:
                 del self.procs[pid]
+
+    def _judge(self, e: _Engine) -> None:
+        """With ``engine_memory``: is ``e`` over it (the scheduler told either way)."""
+        if self.engine_memory is None:
+            return
+        over = e.rss > self.engine_memory
+        if over != e.over:
+            e.over = over
+            self._engine_changed(e)
+        else:  # again: a stale EngineLoad that overtook the last one gets corrected
+            self._tell_scheduler(e)
 
     def _engine_changed(self, e: _Engine) -> None:
         if e.over:
             self.counts["engine_over"] += 1
             log.warning(
-                "%s engine %d (pid %d) holds %d bytes, over engine_memory=%d: "
+                "%s engine %d (pid %d%s) holds %d bytes, over engine_memory=%d: "
                 "it takes no new tasks until it is back under",
                 e.engine,
                 e.index,
                 e.pid,
+                f" on {e.host}" if e.host else "",
                 e.rss,
                 self.engine_memory,
             )
@@ -187,6 +216,7 @@ class ResourceTracker(WireActor):
                 "engine": e.engine,
                 "index": e.index,
                 "pid": e.pid,
+                **({"host": e.host} if e.remote else {}),
                 "rss": e.rss,
                 "limit": self.engine_memory,
                 "over": e.over,
@@ -284,6 +314,7 @@ class ResourceTracker(WireActor):
                     "rss": e.rss,
                     "cpu_percent": e.cpu_percent,
                     "over_memory": e.over,
+                    **({"host": e.host} if e.remote else {}),
                 }
                 for e in self.engines.values()
             ],

@@ -412,6 +412,8 @@ class Scheduler(WireActor):
                 for s in slots:
                     if s.engine != "workflow":
                         ready = EngineReady(s.engine, s.index, s.pid, s.capacity, s.restarts)
+                        if s.member:  # a cluster member's engine: it measures itself there
+                            ready.member, ready.host = s.member, s.host
                         self.send_msg(msg.address, ready)
         elif msg.role in ("coordinator", "supervisor"):
             for engine, slots in self.slots.items():

@@ -35,6 +35,7 @@ __all__ = [
     "EngineLoad",
     "EngineReady",
     "EngineResults",
+    "EngineUsage",
     "EventDelivery",
     "EventInterest",
     "Hello",
@@ -758,6 +759,21 @@ class EngineLoad(Message):
     index: int
     over: bool
     rss: int = 0
+
+
+@message("engine_usage")
+@dataclass(slots=True)
+class EngineUsage(Message):
+    """engine on a cluster member -> resource tracker: its own process
+    (``pid`` on ``host``) measured there (the leader cannot sample a process
+    of another machine): resident memory and CPU % since its last report."""
+
+    engine: str
+    index: int
+    pid: int
+    rss: int
+    cpu_percent: float
+    host: str = ""
 
 
 @message("event_interest")
