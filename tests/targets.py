@@ -75,6 +75,14 @@ def not_msgpack() -> object:
     return object()
 
 
+def int_keys() -> dict[int, int]:
+    return {1: 2}
+
+
+def raw_bytes() -> bytearray:
+    return bytearray(b"\x00\xff")
+
+
 def flaky(key: str, failures: int) -> int:
     """Fails ``failures`` times per key, then returns the attempt count."""
     with log_lock:

@@ -132,3 +132,15 @@ def test_stats_shape(mrt: Runtime) -> None:
         assert key in stats
     for e in stats["engines"]:
         assert set(e) >= {"engine", "pid", "restarts", "running"}
+
+
+def test_results_that_are_not_msgpack_data_fail_their_task_alike(mrt: Runtime) -> None:
+    """A map with a non-string key fails its task, saying why, in both modes
+    (local mode used to drop the engine's results: the task never ended), and a
+    bytearray comes back as bytes in both."""
+    bad = mrt.submit(Task.python("targets:int_keys"))
+    good = mrt.submit(Task.python("targets:add", args={"x": 1, "y": 1}))
+    with pytest.raises(TaskFailed, match="keys must be strings"):
+        mrt.result(bad, timeout=20)
+    assert mrt.result(good, timeout=20) == 2
+    assert mrt.result(mrt.submit(Task.python("targets:raw_bytes")), timeout=20) == b"\x00\xff"

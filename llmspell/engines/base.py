@@ -58,6 +58,9 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
 
     engine = "?"
     default_capacity = 64
+    #: its results' values are the user's (a Python function's): each is checked
+    #: before it is sent (``_encode_results``)
+    checks_values = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -332,30 +335,35 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
 
     def _encode_results(self, items: list[TaskOutcome]) -> bytes:
         """Encode a batch; an outcome that cannot be sent (a value that is not
-        msgpack data) fails its own task and no other (found only when encoding
-        fails, so the common case pays nothing)."""
-        try:
-            return encode(EngineResults(items))
-        except MessageError:
-            parts = []
-            for o in items:
-                try:
-                    check_data(o.value, "result")
-                    check_data(o.usage, "usage")
-                    parts.append(encode_item(o))
-                    continue
-                except MessageError as exc:
-                    why = str(exc)
-                failed = TaskOutcome(
-                    o.task_id,
-                    "failed",
-                    None,
-                    self.error(f"the task's outcome cannot be sent: {why}"),
-                    None,
-                    o.attempt,
-                )
-                parts.append(encode_item(failed))
-            return encode_with_items(EngineResults, parts)
+        msgpack data) fails its own task and no other. Values an engine made
+        itself are found out only when encoding fails (the common case pays
+        nothing); an engine whose values are the user's (``checks_values``)
+        checks each one first, since msgpack packs some that no actor would
+        take (a map with an int key: the scheduler would drop the batch)."""
+        if not self.checks_values:
+            try:
+                return encode(EngineResults(items))
+            except MessageError:
+                pass
+        parts = []
+        for o in items:
+            try:
+                check_data(o.value, "result")
+                check_data(o.usage, "usage")
+                parts.append(encode_item(o))
+                continue
+            except MessageError as exc:
+                why = str(exc)
+            failed = TaskOutcome(
+                o.task_id,
+                "failed",
+                None,
+                self.error(f"the task's outcome cannot be sent: {why}"),
+                None,
+                o.attempt,
+            )
+            parts.append(encode_item(failed))
+        return encode_with_items(EngineResults, parts)
 
     def _owned_results(self, items: list[TaskOutcome]) -> list[TaskOutcome]:
         """``items`` as a trip through the codec would leave them (embedded

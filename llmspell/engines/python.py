@@ -109,6 +109,7 @@ class PythonEngine(EngineActor):
     role = "python engine"
     engine = "python"
     default_capacity = DEFAULTS.python_capacity
+    checks_values = True  # what a user's function returned
 
     def __init__(self) -> None:
         super().__init__()

@@ -468,8 +468,9 @@ def _encoder(cls: type[Message]) -> Callable[[Any], list[Any]]:
 
 def check_data(value: Any, where: str = "value") -> None:
     """Raise ``MessageError`` naming the path unless ``value`` is msgpack data:
-    None, bool, int (64-bit), float, str, bytes, list/tuple, dict with str keys,
-    nested at most ``MAX_DEPTH`` levels (msgpack packs no deeper)."""
+    None, bool, int (64-bit), float, str, bytes (or a bytearray or memoryview,
+    which arrive as bytes), list/tuple, dict with str keys, nested at most
+    ``MAX_DEPTH`` levels (msgpack packs no deeper)."""
     _check_data(value, where, set())
 
 
@@ -490,8 +491,8 @@ def _check_data(value: Any, where: str, seen: set[int]) -> None:
                 break
         else:
             return
-    if value is None or isinstance(value, (bool, str, bytes, float)):
-        return
+    if value is None or isinstance(value, (bool, str, bytes, bytearray, memoryview, float)):
+        return  # (a bytearray or memoryview travels as bytes)
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
             raise MessageError("integer does not fit in 64 bits", where=where)
