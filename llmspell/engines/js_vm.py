@@ -105,7 +105,7 @@ _log = logging.getLogger("llmspell.engines.js")
 _clock = time.perf_counter
 _TAG = "\x00"
 _MiB = 1 << 20
-_EXPORTS = ("start", "run", "resume", "collect", "count", "kill", "take", "record_clock")
+_EXPORTS = ("start", "run", "begin", "resume", "collect", "count", "kill", "take", "record_clock")
 # QuickJS-ng frames: "    at name (<input>:line:column)"; "(native)" for built-ins
 _FRAME = re.compile(r"^\s*at (\S+|<anonymous>) \((<input>|native)(?::(\d+))?(?::\d+)?\)\s*$")
 _POS = re.compile(r"\s+at <input>:(\d+)(?::\d+)?\s*$", re.M)
@@ -147,6 +147,7 @@ class _Task:
         "fid",
         "handles",
         "id",
+        "pending",
         "seconds",
         "source",
         "started",
@@ -158,7 +159,8 @@ class _Task:
 
     def __init__(self, task_id: str, fid: int) -> None:
         self.id, self.fid, self.started, self.steps, self.seconds = task_id, fid, False, 0, 0.0
-        self.t: Any = None  # the task's record in JS
+        self.t: Any = None  # the task's record in JS (made by its first step)
+        self.pending: tuple[Any, ...] | None = None  # what its record is made of
         self.ys: Yielded | None = None  # Yielded(Request("sleep", {"seconds": 0}, fid)), reused
         self.yy: Yielded | None = None  # Yielded(Request("yield", {}, fid)), reused
         self.handles: dict[str, str] = {}  # spell.submit handle -> child task id
@@ -360,11 +362,8 @@ class JsVM:
             return Failed("conversion", msg)
         rec = _Task(task_id, -next(self._slots))
         rec.source = source
-        try:
-            times = json.dumps(clock) if clock else None
-            rec.t = self._js["start"](rec.fid, task_id, fn, kind, payload, times)
-        except quickjs.JSException as e:
-            return Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
+        # its record is made and run by its first step, in one call into JS
+        rec.pending = (fn, kind, payload, json.dumps(clock) if clock else None)
         self._tasks[task_id] = rec
         return None
 
@@ -391,9 +390,12 @@ class JsVM:
         try:
             if not rec.started:
                 rec.started = True
+                assert rec.pending is not None
+                fn, kind, payload, times = rec.pending
+                rec.pending = None
                 self._ctx.set_time_limit(b)
                 try:
-                    self._js["run"](rec.t)
+                    rec.t = self._js["begin"](rec.fid, task_id, fn, kind, payload, times)
                 finally:
                     self._ctx.set_time_limit(-1)
                 return self._step(rec, t0 + b, -2, None, False)
@@ -421,9 +423,11 @@ class JsVM:
             # QuickJS-ng's interrupt cannot be caught, not even by the task's promise:
             # it reaches us from the call that ran the task's code
             if _interrupted(e):
-                self._stop(rec.t)
+                if rec.t is not None:
+                    self._stop(rec.t)
                 return self._finish(rec, Failed("budget", self._budget_text))
-            self._js["kill"](rec.t)
+            if rec.t is not None:
+                self._js["kill"](rec.t)
             return self._finish(
                 rec, Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
             )
@@ -438,7 +442,8 @@ class JsVM:
         self._lost.pop(task_id, None)
         rec = self._tasks.pop(task_id, None)
         if rec is not None and not self._closed:
-            self._js["kill"](rec.t)
+            if rec.t is not None:  # (a task that never ran has no record in JS)
+                self._js["kill"](rec.t)
             self._finish(rec, Waiting())
 
     def memory_in_use(self, exact: bool = False) -> int:
@@ -727,7 +732,7 @@ class JsVM:
 
     def _finish(self, rec: _Task, result: StepResult) -> StepResult:
         """Forget ``rec`` (keeping its stats for a while)."""
-        rec.t = rec.ys = rec.yy = None
+        rec.t = rec.ys = rec.yy = rec.pending = None
         self._tasks.pop(rec.id, None)
         self._finished[rec.id] = rec
         if len(self._finished) > 4096:

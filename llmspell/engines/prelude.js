@@ -395,6 +395,12 @@ const api = {
     t.fn = null;
     fn.call(G, t.spell).then(ls$ok, ls$fail);  // top-level this: globalThis, as in a script
   },
+  // start and run in one call (a task's first step): its record
+  begin: function ls$begin(fid, tid, fn, kind, payload, times) {
+    const t = api.start(fid, tid, fn, kind, payload, times);
+    api.run(t);
+    return t;
+  },
   resume: function ls$resume(t, id, kind, v) {  // 1 settled, 0 unknown id, -1 ambiguous
     if (t.done) return 0;
     if (id === 0) {
