@@ -461,3 +461,23 @@ def test_close_stops_children_last_started_first_killing_a_stuck_one(
     assert exited == [name for name, _ in reversed(made)]
     assert early == []
     assert not finished.exists()  # killed, not waited for until its call ended
+
+
+def test_an_attached_client_follows_a_restarted_director(
+    started: Callable[..., Runtime],
+) -> None:
+    owner = started()
+    port, secret = owner._driver.port, owner._driver.secret  # type: ignore[attr-defined]
+    with Runtime(mode="local", address=f"127.0.0.1:{port}", secret=secret) as client:
+        pid = processes(client)["director"]
+        # (the owner's driver heard of the client: it tells a new director of it)
+        clients = owner._driver._clients  # type: ignore[attr-defined]
+        eventually(lambda: bool(clients), "the owner never heard of the client")
+        kill(pid)
+        procs = restarted(client, "director", pid)  # its stats() asks the new director
+        assert procs == processes(owner)
+        # and it hears of the restarts the new director makes: a new scheduler
+        kill(procs["scheduler"])
+        restarted(client, "scheduler", procs["scheduler"])
+        h = client.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+        assert client.result(h, timeout=WAIT) == 3
