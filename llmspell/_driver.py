@@ -26,12 +26,16 @@ from ._loop import Loop
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
-from .messages.types import Introduce, Replaced, Shutdown, SupervisorEvent
+from .messages.types import Attached, Introduce, Replaced, Shutdown, SupervisorEvent
 
 __all__ = ["EmbeddedDriver", "LocalDriver"]
 
 #: how long a re-created director may take to take the runtime over (s)
 ADOPT_TIMEOUT = 5.0
+#: of close()'s time, what is kept for shutting Thespian down and killing what is
+#: left once the director has stopped its children (or stopped waiting for it) (s)
+_CLOSE_RESERVE = 2.0
+_MAX_CLIENTS = 256  # attached clients remembered for a re-created director (the newest)
 
 _STOP = object()
 # The longest an owner waits idle without looking again (a task's outcome set
@@ -577,6 +581,11 @@ class LocalDriver:
         self._director_restarts: list[float] = []
         #: (time the death was noticed, time the new director answered) of each restart
         self.director_restarts: list[tuple[float, float]] = []
+        # clients attached to this runtime (the director tells of each): a director
+        # re-created after its death is told them, and tells them its address
+        self._clients: list[Any] = []
+        self._closing = False  # stop() asked the director to stop everything
+        self._stopped_ack = threading.Event()  # the director answered: all its children exited
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
         import contextlib
@@ -772,15 +781,26 @@ class LocalDriver:
             except Exception as exc:
                 log.warning("local driver dropped a malformed message: %s", exc)
                 continue
-            if self.attach and type(msg) is Shutdown:  # the director says it stops
-                self._lost(f"the served runtime at {where} stopped")
-                return
+            if type(msg) is Shutdown:
+                if self.attach:  # the director says it stops
+                    self._lost(f"the served runtime at {where} stopped")
+                    return
+                self._stopped_ack.set()  # the owner's stop(): every child has exited
+                continue
             if type(msg) is Introduce:  # a new director took the runtime over
                 self._adopted(msg)
                 continue
-            if type(msg) is Replaced and msg.role != "director":
-                self._roles[msg.role] = msg.address
-                self._pids[msg.role] = int(msg.new_pid)
+            if type(msg) is Attached:  # a client attached (kept for a new director)
+                if msg.client not in self._clients:
+                    self._clients.append(msg.client)
+                    del self._clients[:-_MAX_CLIENTS]
+                continue
+            if type(msg) is Replaced:
+                if msg.role != "director":
+                    self._roles[msg.role] = msg.address
+                    self._pids[msg.role] = int(msg.new_pid)
+                elif self.attach:  # the owner made a new director: it told us
+                    self.director = msg.address
             try:
                 self.on_message(msg)
             except Exception:
@@ -799,7 +819,7 @@ class LocalDriver:
         for what nobody restarts."""
         import psutil
 
-        if self._director_gone or self._stopping.is_set():
+        if self._director_gone or self._stopping.is_set() or self._closing:
             return
         if self._adopting is not None:
             pid, deadline = self._adopting
@@ -862,7 +882,12 @@ class LocalDriver:
         self.director = director
         self._adopting = (pid, noticed + ADOPT_TIMEOUT)
         self._adopt_noticed = noticed
-        adopt = {"roles": dict(self._roles), "pids": dict(self._pids), "pid": pid}
+        adopt = {
+            "roles": dict(self._roles),
+            "pids": dict(self._pids),
+            "pid": pid,
+            "clients": list(self._clients),
+        }
         self.send(director, encode(Introduce(self.runtime_id, {}, dict(self._intro, adopt=adopt))))
 
     def _adopted(self, msg: Any) -> None:
@@ -881,6 +906,28 @@ class LocalDriver:
             msg.config.get("director_pid"),
         )
 
+    def _await_stopped(self, until: float) -> None:
+        """Wait for the director's answer to ``Shutdown`` (read by the
+        listener thread) until ``until`` (time.monotonic()), or until the
+        director's process is gone: it answers nobody then."""
+        import psutil
+
+        pid = int(self.served_config.get("director_pid") or 0)
+        proc = self._director_proc
+        if pid and (proc is None or proc.pid != pid):
+            try:
+                proc = psutil.Process(pid)
+            except psutil.Error:
+                return
+        while not self._stopped_ack.is_set():
+            left = until - time.monotonic()
+            if left <= 0 or not self.thread.is_alive():
+                log.warning("local runtime: the director did not say it stopped; going on")
+                return
+            if proc is not None and not _running(proc):
+                return
+            self._stopped_ack.wait(min(left, 0.05))
+
     def _give_up(self, detail: str) -> None:
         self._director_gone = True
         self._adopting = None
@@ -888,13 +935,23 @@ class LocalDriver:
         self.on_message(SupervisorEvent("llmspell", "director", "escalate", detail))
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop the runtime (an attached client: only stop listening). The
+        director stops its children one at a time, the last started first,
+        killing one that is still running ``supervision.shutdown_timeout`` s
+        after it was asked; this waits for its answer (at most ``timeout``
+        less ``_CLOSE_RESERVE`` s), then shuts Thespian down and kills by pid
+        what has not exited by ``timeout``."""
         if self.asys is None:
             return
+        deadline = time.monotonic() + timeout
         if not self.attach:
+            self._closing = True  # a director dying now is not replaced
             try:
                 self.send(self.director, encode(Shutdown()))
             except Exception:
                 log.exception("local driver: could not ask the director to shut down")
+            else:
+                self._await_stopped(deadline - _CLOSE_RESERVE)
         self._stopping.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
@@ -908,17 +965,19 @@ class LocalDriver:
             # and those an actor left behind when its parent was killed (orphans)
             procs = list({p.pid: p for p in [*current, *self._remembered()]}.values())
             admin = self._seen.get(self.admin_pid)
+            left = max(0.0, deadline - time.monotonic())
             if admin is None or _running(admin):
                 self.asys.shutdown()
                 # an engine stuck in a call (holding the GIL, say) never stops:
                 # what has not exited within shutdown_timeout is killed by pid
-                _reap(procs, min(timeout, _shutdown_timeout(self.config)))
+                left = max(0.0, deadline - time.monotonic())
+                _reap(procs, min(left, _shutdown_timeout(self.config)))
             else:
                 # Thespian's shutdown would retry the dead admin for ~15 s: the
                 # actors were told to stop above; what has not exited soon is killed
                 log.warning("local runtime: its admin process is gone; stopping the rest")
                 _close_transport(self.asys)
-                _reap(procs, min(timeout, 2.0))
+                _reap(procs, min(left, 2.0))
             from . import _frames
 
             if self.secret is not None:

@@ -393,3 +393,91 @@ def test_a_replacement_engine_killed_as_it_starts_is_restarted_again(
     except TaskFailed as exc:
         assert "crashed" in str(exc)
     assert alive(next(e["pid"] for e in rt.stats()["engines"] if e["engine"] == "python"))
+
+
+# -- close(): children stopped one at a time, the last started first (issue 14 item 7) ---
+
+
+def _exit_order_watcher(
+    order: list[tuple[str, psutil.Process]],
+) -> tuple[threading.Thread, list[str], list[str]]:
+    """A thread that notes each process of ``order`` (name, process; in the order
+    they must exit) as it exits, and, the moment it sees one gone, every one that
+    should have exited before it and still runs (none, if the order holds)."""
+    exited: list[str] = []
+    early: list[str] = []
+
+    def gone(p: psutil.Process) -> bool:
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    def watch() -> None:
+        deadline = time.monotonic() + WAIT
+        while len(exited) < len(order) and time.monotonic() < deadline:
+            for i, (name, proc) in enumerate(order):
+                if name not in exited and gone(proc):
+                    exited.append(name)
+                    early.extend(f"{n} after {name}" for n, p in order[:i] if not gone(p))
+            time.sleep(0.001)
+
+    return threading.Thread(target=watch, daemon=True), exited, early
+
+
+def test_close_stops_children_last_started_first_killing_a_stuck_one(
+    started: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    # the python engine, started between js and lua, is stuck in a call holding the
+    # GIL: lua is stopped, then python is killed after shutdown_timeout, then js
+    rt = started(engines={"js": 1, "python": 1, "lua": 1}, supervision={"shutdown_timeout": 0.5})
+    procs = processes(rt)
+    deadline = time.monotonic() + WAIT
+    while len(engines := {e["engine"]: e.get("pid") for e in rt.stats()["engines"]}) < 3 or not all(
+        engines.values()
+    ):
+        assert time.monotonic() < deadline, "the engines never started"
+        time.sleep(0.05)
+    start_order = [
+        ("director", procs["director"]),
+        *[(r, procs[r]) for r in ("events", "scheduler", "coordinator", "resources")],
+        ("supervisor", procs["supervisor"]),
+        *[(f"{e}/0", engines[e]) for e in ("js", "python", "lua")],
+    ]
+    made = [(name, psutil.Process(pid)) for name, pid in start_order]
+    # (the order the runtime says it starts them in is the order they were made)
+    assert [p.create_time() for _, p in made] == sorted(p.create_time() for _, p in made)
+    begun, finished = tmp_path / "started", tmp_path / "finished"
+    args = {"started": str(begun), "finished": str(finished), "seconds": 30}
+    rt.submit(Task.python("targets:stuck", args=args))
+    eventually(begun.exists, "the stuck call never started")
+    watcher, exited, early = _exit_order_watcher(list(reversed(made)))
+    watcher.start()
+    closing = threading.Thread(target=rt.close, daemon=True)
+    closing.start()
+    closing.join(WAIT)  # a guard against a hang only
+    watcher.join(WAIT)
+    assert not closing.is_alive(), "close() did not return"
+    assert exited == [name for name, _ in reversed(made)]
+    assert early == []
+    assert not finished.exists()  # killed, not waited for until its call ended
+
+
+def test_an_attached_client_follows_a_restarted_director(
+    started: Callable[..., Runtime],
+) -> None:
+    owner = started()
+    port, secret = owner._driver.port, owner._driver.secret  # type: ignore[attr-defined]
+    with Runtime(mode="local", address=f"127.0.0.1:{port}", secret=secret) as client:
+        pid = processes(client)["director"]
+        # (the owner's driver heard of the client: it tells a new director of it)
+        clients = owner._driver._clients  # type: ignore[attr-defined]
+        eventually(lambda: bool(clients), "the owner never heard of the client")
+        kill(pid)
+        procs = restarted(client, "director", pid)  # its stats() asks the new director
+        assert procs == processes(owner)
+        # and it hears of the restarts the new director makes: a new scheduler
+        kill(procs["scheduler"])
+        restarted(client, "scheduler", procs["scheduler"])
+        h = client.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+        assert client.result(h, timeout=WAIT) == 3

@@ -17,7 +17,13 @@ from thespian.actors import ActorSystem
 
 from llmspell import Runtime, RuntimeDegraded, Task, TaskFailed
 from llmspell.messages import decode, encode
-from llmspell.messages.types import Introduce, Publish, QueryStats, SupervisorEvent
+from llmspell.messages.types import (
+    Introduce,
+    Publish,
+    QueryStats,
+    Shutdown,
+    SupervisorEvent,
+)
 from llmspell.supervisors.supervisor import (
     ChildSpec,
     Supervisor,
@@ -180,6 +186,16 @@ def test_intensity_exceeded_stops_children_and_escalates(world_factory: Any) -> 
     assert ("a", 3) not in starts(w.log())
     escalate = next(e for e in w.events if e.what == "escalate")
     assert "more than 2 restarts" in escalate.detail
+
+
+def test_shutdown_stops_children_last_started_first_then_answers(world_factory: Any) -> None:
+    w = world_factory(spec())
+    reply = w.asys.ask(w.sup, encode(Shutdown("test")), 5)
+    assert reply is not None and isinstance(decode(reply), Shutdown)  # all exited
+    assert [p for name, p in w.log() if name == "stopped"] == [["c"], ["b"], ["a"]]
+    # asked again once stopped: answered at once
+    reply = w.asys.ask(w.sup, encode(Shutdown("again")), 5)
+    assert reply is not None and isinstance(decode(reply), Shutdown)
 
 
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])

@@ -4,8 +4,9 @@ On ``Introduce`` from the facade (the runtime's configuration) it creates the
 scheduler, the event bus, the coordinator, the resource tracker and the
 engine contexts (through their supervisor), introduces them to each
 other, and from then on answers ``Hello`` with the addresses the facade talks
-to. On ``Shutdown`` it cancels every unfinished task, closes the engines and
-stops its children.
+to. On ``Shutdown`` it cancels every unfinished task and stops its children
+one at a time, the last started first (the engines' supervisor stops its
+engines the same way before it exits), then answers with ``Shutdown``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from thespian.actors import ActorAddress, ActorExitRequest
 from .. import _clock
 from .._actor import WireActor, addr_key, log
 from ..messages.types import (
+    Attached,
     Hello,
     Introduce,
     Ping,
@@ -72,7 +74,40 @@ def engine_supervisor_spec(config: dict[str, Any]) -> SupervisorSpec:
 
 _WATCHDOG_PERIOD = 1.0
 WATCH_PERIOD = 0.5  # how often the director looks at its children's processes (s)
+STOP_POLL = 0.02  # stopping: how often it looks whether the child asked to stop exited (s)
+_KILL_GRACE = 1.0  # s a child killed at shutdown may take to go before the next is stopped
 _MAX_CLIENTS = 256  # attached clients remembered (the newest)
+
+
+def _running(proc: Any) -> bool:
+    """``proc`` (a psutil.Process) still runs: not gone, not a zombie."""
+    import psutil
+
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _kill_tree(proc: Any) -> None:
+    """Kill ``proc`` (a psutil.Process) and every process under it."""
+    import psutil
+
+    try:
+        procs = [*proc.children(recursive=True), proc]
+    except psutil.Error:
+        procs = [proc]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def _shutdown_timeout(config: dict[str, Any]) -> float:
+    """``supervision.shutdown_timeout`` (default 5 s)."""
+    value = (config.get("supervision") or {}).get("shutdown_timeout", 5.0)
+    return max(0.0, float(value))
 
 
 def _alive(pid: int) -> bool:
@@ -148,6 +183,14 @@ class Director(WireActor):
         self.restarting: dict[str, int] = {}  # role -> pid of the process that died
         self.restart_times: list[float] = []
         self.watching = False
+        # shutdown: the children left to stop, last started first (the first is the one
+        # asked now), and who is answered once they are all gone
+        self.stop_queue: list[tuple[str, ActorAddress]] = []
+        self.stop_phase = ""  # "shutdown": waiting for its answer | "exit": for its exit
+        self.stop_deadline = 0.0
+        self.stop_killed = 0.0
+        self.stop_requesters: list[ActorAddress] = []
+        self.stop_done = False
 
     def on_introduce(self, msg: Introduce, sender: ActorAddress) -> None:
         if self.started:
@@ -240,11 +283,15 @@ class Director(WireActor):
         runtime's processes, each role's address and pid). It takes them over
         as they run: watches their pids (Thespian tells only their dead
         parent when one exits), restarts one that died, and tells everyone
-        (children, engines through their supervisor, the facade) its address
+        (children, engines through their supervisor, the facade, the clients
+        attached to the runtime: ``config["adopt"]["clients"]``) its address
         with ``Replaced("director", ...)``. A role whose process is gone
         already is restarted at once."""
         roles: dict[str, ActorAddress] = dict(adopt.get("roles") or {})
         self.roles = roles
+        for client in list(adopt.get("clients") or [])[-_MAX_CLIENTS:]:
+            self.clients.append(client)
+            self.facades[addr_key(client)] = client
         self.addresses = {"director": self.myAddress}
         self.addresses.update(
             {r: a for r, a in roles.items() if r not in ("supervisor", "cluster")}
@@ -270,7 +317,8 @@ class Director(WireActor):
         for address in [*self.children, *self.engines]:
             self.send_msg(address, note)
         self._answer_owner()
-        self.send_msg(sender, note)
+        for address in [sender, *self.clients]:  # the owner, then attached clients
+            self.send_msg(address, note)
         for role in dead:
             self._died(role)
 
@@ -279,6 +327,9 @@ class Director(WireActor):
         crashed), stop everything, the admin process included."""
         if payload == "watch":
             self._watch()
+            return
+        if payload == "stopping":
+            self._stop_look()
             return
         if payload != "watchdog" or self.stopped:
             return
@@ -298,6 +349,9 @@ class Director(WireActor):
         if sender not in self.clients:
             self.clients.append(sender)
             del self.clients[:-_MAX_CLIENTS]
+            if self.watching and self.requester is not None:
+                # the owner keeps it: a director made after this one's death tells it
+                self.send_msg(self.requester, Attached(sender))
         self.send_msg(
             sender, Introduce(self.runtime_id, self.addresses, dict(self.config, you=sender))
         )
@@ -319,6 +373,26 @@ class Director(WireActor):
             self.send_msg(scheduler, msg)
 
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
+        """Stop the runtime (from the facade; an attached client's runtime, or
+        ``llmspell stop``'s, goes through the scheduler's ``RequestStop``):
+        attached clients are told, the scheduler cancels every unfinished
+        task, and the children are stopped one at a time, the last started
+        first, as OTP does: each asked to exit and waited for (its process's
+        exit in local mode, Thespian can drop ``ChildActorExited``; its
+        ``ChildActorExited`` otherwise) at most ``supervision.shutdown_timeout``
+        s, then killed by pid. The engines' supervisor is first asked to stop
+        its engines the same way (it answers ``Shutdown``). Once all are
+        gone, whoever asked gets ``Shutdown`` back."""
+        if self.stopped:
+            asked = self.stop_queue[0][1] if self.stop_queue else None
+            if self.stop_phase == "shutdown" and asked is not None and sender == asked:
+                self._stop_exit()  # the engines' supervisor: its engines are stopped
+            elif self.stop_done:
+                if sender != self.myAddress:
+                    self.send_msg(sender, Shutdown(msg.reason))
+            elif sender != self.myAddress and sender not in self.stop_requesters:
+                self.stop_requesters.append(sender)
+            return
         self.stopped = True
         clients, self.clients = self.clients, []
         for client in clients:  # attached clients first: the runtime is going away
@@ -328,20 +402,106 @@ class Director(WireActor):
         if scheduler is not None:
             self.send_msg(scheduler, msg)
         for addr in self.engines:
-            self.send_msg(addr, msg)
-        # in reverse start order (the engines' supervisor stops its engines in
-        # reverse order too); a role replaced after a crash keeps its place
-        started = [self.roles[r] for r in reversed(list(self.classes)) if r in self.roles]
-        rest = [a for a in [*self.engines, *self.children] if a not in started]
-        for addr in [*started, *rest]:
-            self.send(addr, ActorExitRequest())
+            if addr != self.roles.get("supervisor"):  # a cluster's: stops its engines now
+                self.send_msg(addr, msg)
+        # in reverse start order; a role replaced after a crash keeps its place
+        started = [(r, self.roles[r]) for r in reversed(list(self.classes)) if r in self.roles]
+        rest = [
+            ("", a)
+            for a in [*self.engines, *self.children]
+            if a not in [addr for _, addr in started]
+        ]
+        self.stop_queue = [*started, *rest]
         self.engines = []
         self.children = []
-        self.send_msg(sender, msg)  # acknowledge: everything is stopped
+        if sender != self.myAddress:
+            self.stop_requesters.append(sender)
+        self._stop_next()
+
+    def _stop_next(self) -> None:
+        """Ask the next child to stop, or, none left, answer who asked."""
+        if not self.stop_queue:
+            self.stop_done = True
+            self.stop_phase = ""
+            requesters, self.stop_requesters = self.stop_requesters, []
+            for requester in requesters:  # acknowledge: everything is stopped
+                self.send_msg(requester, Shutdown("the runtime is stopped"))
+            return
+        role, address = self.stop_queue[0]
+        if self.watching:  # local mode: its process tells
+            proc = self.procs.get(role) if role else None
+            if proc is None or not _running(proc):
+                if proc is None:  # not known (dead, being restarted): cannot be waited for
+                    self.send(address, ActorExitRequest())
+                self.stop_queue.pop(0)
+                self._stop_next()
+                return
+        timeout = _shutdown_timeout(self.config)
+        self.stop_killed = 0.0
+        if role == "supervisor":
+            # its engines one at a time first: each may take shutdown_timeout
+            engines = sum(int(n) for n in dict(self.config.get("engines") or {}).values())
+            self.stop_phase = "shutdown"
+            self.stop_deadline = _clock.monotonic() + timeout * (engines + 1) + 1.0
+            self.send_msg(address, Shutdown("the runtime is stopping"))
+        else:
+            self._stop_exit()
+            return
+        if self.watching:
+            self.wake_after(STOP_POLL, "stopping")
+
+    def _stop_exit(self) -> None:
+        """The child asked now is told to exit."""
+        _, address = self.stop_queue[0]
+        self.stop_phase = "exit"
+        self.stop_deadline = _clock.monotonic() + _shutdown_timeout(self.config)
+        self.stop_killed = 0.0
+        self.send(address, ActorExitRequest())
+        if self.watching:
+            self.wake_after(STOP_POLL, "stopping")
+
+    def _stop_look(self) -> None:
+        """(local mode, every ``STOP_POLL`` s while stopping) The child asked
+        to stop: gone, on to the next; past its time, killed by pid (with what
+        it started: an aggregator, an engine); killed and still there after
+        ``_KILL_GRACE`` s, left behind (the owner's driver kills what is left)."""
+        if not self.stop_queue or self.stop_done:
+            return
+        role, _ = self.stop_queue[0]
+        proc = self.procs.get(role)
+        now = _clock.monotonic()
+        if proc is None or not _running(proc):
+            self.stop_queue.pop(0)
+            self._stop_next()
+            return
+        if now >= self.stop_deadline:
+            if not self.stop_killed:
+                log.warning(
+                    "director: the %s process (pid %d) did not stop within %g s; killing it",
+                    role,
+                    proc.pid,
+                    _shutdown_timeout(self.config),
+                )
+                self.stop_killed = now
+                _kill_tree(proc)
+            elif now - self.stop_killed > _KILL_GRACE:
+                self.stop_queue.pop(0)
+                self._stop_next()
+                return
+        self.wake_after(STOP_POLL, "stopping")
 
     def on_child_exited(self, child: ActorAddress) -> None:
         log.debug("director: child %s exited", child)
-        if not self.watching or self.stopped:
+        if self.stopped:
+            if self.stop_queue and not self.stop_done and child == self.stop_queue[0][1]:
+                role = self.stop_queue[0][0]
+                proc = self.procs.get(role) if self.watching and role else None
+                # it said goodbye: the next once its process is gone (the next look)
+                if proc is None or not _running(proc):
+                    self.stop_queue.pop(0)
+                    self._stop_next()
+            return
+        if not self.watching:
             return
         for role, address in list(self.roles.items()):
             if address == child:

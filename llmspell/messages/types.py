@@ -25,6 +25,7 @@ from .codec import Address, Message, message
 __all__ = [
     "Ack",
     "AggregationEnded",
+    "Attached",
     "CancelReply",
     "CancelTasks",
     "Coordinate",
@@ -563,6 +564,17 @@ class Hello(Message):
     the director replies with ``Introduce``."""
 
     client: str = ""
+
+
+@message("attached")
+@dataclass(slots=True)
+class Attached(Message):
+    """director -> the facade that owns a local runtime: ``client`` attached
+    (``Hello``). The owner remembers it: should the director's process die,
+    the director it makes in its place is told every client, and tells each
+    its address (``Replaced``)."""
+
+    client: Address
 
 
 @message("shutdown")

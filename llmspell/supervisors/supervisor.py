@@ -19,8 +19,13 @@ child itself, because Thespian tells only an actor's parent that it exited
 * **Backoff**: the n-th restart of a child within the period waits
   ``min(cap, base * 2**(n-1))`` seconds, times a random factor in
   ``[1 - jitter, 1 + jitter]``.
-* **Shutdown**: children are stopped in reverse start order; a ``shutdown``
-  is forwarded to each first so it can release its resources.
+* **Shutdown** (``Shutdown`` from its parent): children are stopped one at a
+  time in reverse start order, each sent a ``shutdown`` (to release its
+  resources) and then ``ActorExitRequest``; the next is stopped once the
+  previous one's process exited (local mode) or its ``ChildActorExited``
+  came. One still running ``shutdown_timeout`` s after it was asked (stuck in
+  a call that holds the GIL, say) is killed by pid. Then the supervisor
+  answers its parent with a ``Shutdown`` of its own: its children are gone.
 
 Every crash and restart is also told to the scheduler (``engine_event``),
 which fails or re-dispatches what was in flight on the crashed engine.
@@ -53,6 +58,10 @@ __all__ = ["ChildSpec", "Supervisor", "SupervisorSpec"]
 
 # how often a local-mode supervisor looks at its children's processes (s)
 WATCH_PERIOD = 0.5
+# while stopping its children one at a time: how often it looks whether the
+# one asked to stop exited (s), and how long a killed one may take to go
+STOP_POLL = 0.02
+KILL_GRACE = 1.0
 
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 RESTARTS = ("permanent", "transient", "temporary")
@@ -175,6 +184,11 @@ class Supervisor(WireActor):
         self.history: list[float] = []  # restart times within the period
         self.stopping = False
         self.stop_deadline = 0.0  # when stopping: children still running then are killed
+        # an orderly stop (Shutdown from the parent): the children left to stop, last
+        # started first; the first is the one asked now. Who asked, to be answered.
+        self.stop_queue: list[_Child] = []
+        self.stop_killed = 0.0  # when the one asked now was killed (0: not killed)
+        self.stop_requester: ActorAddress | None = None
         self.escalated = False
         self.rng = random.Random()
         self.watching = False
@@ -324,11 +338,19 @@ class Supervisor(WireActor):
         if child is None:
             return
         was = child.state
+        proc = child.process
         child.state = "down"
         child.address = None
         child.process = None
         if self.stopping or was == "stopping" or child.asked:
-            return  # we asked it to stop (shutdown, escalation, or a sibling's restart)
+            # we asked it to stop (shutdown, escalation, or a sibling's restart)
+            if self.stop_queue and self.stop_queue[0] is child:
+                if proc is not None and _running(proc):
+                    child.process = proc  # it said goodbye: the next once it is gone
+                else:
+                    self.stop_queue.pop(0)
+                    self._stop_next()
+            return
         log.warning("%s: child %s died", self.role, child.spec.name)
         self._tell_engine_event(child, "crash", "the engine process died")
         self._tell_parent("crash", child)
@@ -369,6 +391,9 @@ class Supervisor(WireActor):
         return len(self.history) <= self.spec.intensity
 
     def on_wakeup(self, payload: Any) -> None:
+        if payload == "stopping":
+            self._stop_current_exited()
+            return
         if payload == "watch":
             if not self.stopping:
                 self._watch()
@@ -422,21 +447,102 @@ class Supervisor(WireActor):
         )
 
     # -- shutdown ----------------------------------------------------------------------
+    #
+    # As OTP does: the last started child is asked to stop and waited for (its
+    # process's exit in local mode, where Thespian can drop ChildActorExited; its
+    # ChildActorExited otherwise) at most ``shutdown_timeout`` s, then killed by pid;
+    # then the one before it. Embedded runtimes (the actors on an in-process loop)
+    # hand ChildActorExited over at once, so the whole stop runs there in one go.
 
     def on_shutdown(self, msg: Shutdown, sender: ActorAddress) -> None:
-        self._stop_all()
-
-    def on_exit(self) -> None:
-        self._stop_all()
-        if self.watching:  # not blocking here: the stop messages must go out first
-            threading.Thread(target=self._kill_stuck, name="llmspell-kill", daemon=True).start()
-
-    def _stop_all(self) -> None:
+        if self.stopping and not self.stop_queue and self.stop_requester is None:
+            self.send_msg(sender, Shutdown("its children are stopped"))
+            return
+        self.stop_requester = sender
         if not self.stopping:
             self.stopping = True
-            self.stop_deadline = time.monotonic() + self.spec.shutdown_timeout
-            for child in reversed(self.children):
+            self.stop_queue = [c for c in reversed(self.children) if c.state in ("up", "stopping")]
+            self._stop_next()
+
+    def _stop_next(self) -> None:
+        """Ask the next child to stop, or, none left, answer who asked."""
+        import psutil
+
+        while self.stop_queue:
+            child = self.stop_queue[0]
+            if child.state not in ("up", "stopping") or child.address is None:
+                self.stop_queue.pop(0)  # gone already
+                continue
+            if child.state == "up":
                 self._stop(child)
+            self.stop_deadline = time.monotonic() + self.spec.shutdown_timeout
+            self.stop_killed = 0.0
+            if self.watching:
+                self.wake_after(STOP_POLL, "stopping")
+            return
+        if self.watching:  # one that never told its pid and did not exit: killed too
+            try:
+                for proc in psutil.Process().children():
+                    proc.kill()
+            except psutil.Error:
+                pass
+        requester, self.stop_requester = self.stop_requester, None
+        if requester is not None:
+            self.send_msg(requester, Shutdown("its children are stopped"))
+
+    def _stop_current_exited(self) -> None:
+        """(local mode, on ``STOP_POLL``) The child asked to stop: gone, it is
+        the next one's turn; past ``shutdown_timeout``, it is killed by pid."""
+        if not self.stop_queue:
+            return
+        child = self.stop_queue[0]
+        proc = child.process
+        if child.state == "down" and (proc is None or not _running(proc)):
+            self.stop_queue.pop(0)
+            self._stop_next()
+            return
+        now = time.monotonic()
+        if proc is not None and _running(proc) and now >= self.stop_deadline:
+            if not self.stop_killed:
+                log.warning(
+                    "%s: child %s (pid %d) did not stop within %g s; killing it",
+                    self.role,
+                    child.spec.name,
+                    proc.pid,
+                    self.spec.shutdown_timeout,
+                )
+                self.stop_killed = now
+                try:
+                    proc.kill()
+                except Exception:
+                    pass
+            elif now - self.stop_killed > KILL_GRACE:  # it will not go: on with the rest
+                self.stop_queue.pop(0)
+                self._stop_next()
+                return
+        elif (proc is None or not _running(proc)) and (
+            child.state == "down" or now >= self.stop_deadline
+        ):
+            # exited (Thespian may not say so), or no pid known and no word in time
+            child.state = "down"
+            child.address = None
+            child.process = None
+            self.stop_queue.pop(0)
+            self._stop_next()
+            return
+        self.wake_after(STOP_POLL, "stopping")
+
+    def on_exit(self) -> None:
+        # asked to exit without an orderly stop first, or in the middle of one:
+        # every child left is asked at once, and killed if still running later
+        self.stop_queue = []
+        if not self.stopping:
+            self.stopping = True
+        self.stop_deadline = time.monotonic() + self.spec.shutdown_timeout
+        for child in reversed(self.children):
+            self._stop(child)
+        if self.watching:  # not blocking here: the stop messages must go out first
+            threading.Thread(target=self._kill_stuck, name="llmspell-kill", daemon=True).start()
 
     def _kill_stuck(self) -> None:
         """local mode, exiting (a thread of its own: the process lives on until
@@ -462,3 +568,13 @@ class Supervisor(WireActor):
                 proc.kill()
             except psutil.Error:
                 pass
+
+
+def _running(proc: Any) -> bool:
+    """``proc`` (a psutil.Process) still runs: not gone, not a zombie."""
+    import psutil
+
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
