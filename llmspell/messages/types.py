@@ -580,7 +580,10 @@ class Attached(Message):
 @message("shutdown")
 @dataclass(slots=True)
 class Shutdown(Message):
-    """facade -> director: stop everything (cancel what runs, then exit)."""
+    """facade -> director: stop everything (cancel what runs, stop the
+    children one at a time, the last started first), director -> engines'
+    supervisor: stop your children so. The one asked answers with a
+    ``Shutdown`` once its children exited."""
 
     reason: str = "runtime closed"
 
