@@ -173,7 +173,18 @@ def test_run_with_a_journal_resumes_a_killed_run_of_the_same_file(tmp_path: Path
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)  # started, sleeping
+    # killed once the run and its child are in the journal (the script sleeps then)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and first.poll() is None:
+        if journal.exists():
+            try:
+                with Journal.open(str(journal), readonly=True) as j:
+                    if len(j.tasks()) >= 2:
+                        break
+            except Exception:  # being created: look again
+                pass
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before it could be killed"
     first.kill()
     first.wait(10)
     again = subprocess.run(
