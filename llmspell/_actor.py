@@ -86,25 +86,9 @@ class WireActor(Actor):  # type: ignore[misc]
                 self.bad_messages += 1
                 log.warning("%s dropped a malformed message from %s: %s", self.role, sender, exc)
                 return
-            handler = self._handlers.get(decoded.TAG)
-            if handler is None:
-                handler = getattr(self, "on_" + decoded.TAG.lstrip("_"), None)
-                if handler is None:
-                    self.bad_messages += 1
-                    log.warning("%s got a %r message it does not handle", self.role, decoded.TAG)
-                    return
-                self._handlers[decoded.TAG] = handler
-            handler(decoded, sender)
+            self._deliver_to_handler(decoded, sender)
         elif isinstance(msg, Message):  # embedded: handed over by another actor (_loop)
-            handler = self._handlers.get(msg.TAG)
-            if handler is None:
-                handler = getattr(self, "on_" + msg.TAG.lstrip("_"), None)
-                if handler is None:
-                    self.bad_messages += 1
-                    log.warning("%s got a %r message it does not handle", self.role, msg.TAG)
-                    return
-                self._handlers[msg.TAG] = handler
-            handler(msg, sender)
+            self._deliver_to_handler(msg, sender)
         elif isinstance(msg, WakeupMessage):
             payload = msg.payload
             if type(payload) is _Later:  # a long wait, armed a day at a time: go on
@@ -122,6 +106,19 @@ class WireActor(Actor):  # type: ignore[misc]
             self.on_exit()
         else:
             log.debug("%s ignored %r", self.role, type(msg).__name__)
+
+    def _deliver_to_handler(self, msg: Message, sender: ActorAddress) -> None:
+        """``on_<tag>(msg, sender)``; a tag it has no handler for is counted and
+        logged."""
+        handler = self._handlers.get(msg.TAG)
+        if handler is None:
+            handler = getattr(self, "on_" + msg.TAG.lstrip("_"), None)
+            if handler is None:
+                self.bad_messages += 1
+                log.warning("%s got a %r message it does not handle", self.role, msg.TAG)
+                return
+            self._handlers[msg.TAG] = handler
+        handler(msg, sender)
 
     def on_ping(self, msg: Any, sender: ActorAddress) -> None:
         self.send_msg(sender, Pong(msg.role, os.getpid()))

@@ -480,17 +480,20 @@ MAX_DEPTH = 500
 _SCALARS = frozenset((type(None), bool, str, bytes, float))
 
 
+def _flat_map(value: dict[Any, Any]) -> bool:
+    """``value`` maps str keys to scalars only (ints of 64 bits)."""
+    for k, v in value.items():
+        t = type(v)
+        if type(k) is not str or (
+            t not in _SCALARS and (t is not int or not -(2**63) <= v < 2**64)
+        ):
+            return False
+    return True
+
+
 def _check_data(value: Any, where: str, seen: set[int]) -> None:
-    if type(value) is dict:
-        # fast path: a flat map of scalars (the usual args)
-        for k, v in value.items():
-            t = type(v)
-            if type(k) is not str or (
-                t not in _SCALARS and (t is not int or not -(2**63) <= v < 2**64)
-            ):
-                break
-        else:
-            return
+    if type(value) is dict and _flat_map(value):  # fast path: the usual args
+        return
     if value is None or isinstance(value, (bool, str, bytes, bytearray, memoryview, float)):
         return  # (a bytearray or memoryview travels as bytes)
     if isinstance(value, int):
@@ -612,15 +615,8 @@ def own_data(value: Any, where: str = "value") -> Any:
             return value
     elif t in _SCALARS:
         return value
-    elif t is dict:  # the usual: a flat map of scalars (a usage, a small result)
-        for k, v in value.items():
-            tv = type(v)
-            if type(k) is not str or (
-                tv not in _SCALARS and (tv is not int or not -(2**63) <= v < 2**64)
-            ):
-                break
-        else:
-            return dict(value)
+    elif t is dict and _flat_map(value):  # the usual: a usage, a small result
+        return dict(value)
     check_data(value, where)
     return copy_data(value)
 
