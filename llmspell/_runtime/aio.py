@@ -76,16 +76,9 @@ class AsyncRuntime:
         return h
 
     async def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
-        """``Runtime.submit_many``: all the tasks or none (queued at once; with a
-        journal, awaits their commit to it in a worker thread); awaitable handles.
-        Raises as ``Runtime.submit_many``."""
-        rt = self._runtime()
-        if rt._durable_submits:  # it waits for the journal's commit: not on this loop
-            tasks = list(tasks)
-            loop = asyncio.get_running_loop()
-            handles = await loop.run_in_executor(None, rt.submit_many, tasks)
-        else:
-            handles = rt.submit_many(tasks)
+        """``Runtime.submit_many``: all the tasks or none (queued at once, no waiting);
+        awaitable handles. Raises as ``Runtime.submit_many``."""
+        handles = self._runtime().submit_many(tasks)
         for h in handles:
             _SET_OWNER(h, self)  # awaitable: ``await h``
         return handles

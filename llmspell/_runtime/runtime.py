@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -148,11 +147,6 @@ class Runtime:
             self._lost(self._gone)
             self.close()
             raise RuntimeClosed(self._gone)
-        journal = self._core.config.get("journal")
-        if journal is None and self._core.config.get("address") is not None:
-            journal = getattr(self._driver, "served_config", {}).get("journal")
-        # a journal in a file: submit returns once the tasks are in it
-        self._durable_submits = journal is not None and not str(journal).startswith("memory:")
         if self._core.config.get("journal") is not None:
             self._journal_opened()
         self._start_tracing()
@@ -388,28 +382,11 @@ class Runtime:
         messages (the first tasks run while it takes in the rest); otherwise in
         one. Raises ``MessageError`` for the first bad task or a used id
         (nothing queued), ``RuntimeClosed`` on a closed runtime and
-        ``RuntimeDegraded`` once a supervisor gave up.
-
-        With a journal, it returns once the tasks are recorded in it (one round
-        trip to the scheduler, whose commit waits for the disk): a crash after
-        ``submit_many`` returned loses none of them."""
+        ``RuntimeDegraded`` once a supervisor gave up."""
         handles, payloads = self._core.submit_payload(tasks)
         for payload in payloads:
             self._driver.send(self._scheduler, payload)
-        if self._durable_submits and handles:
-            self._recorded(handles[-1].id)
         return handles
-
-    def _recorded(self, task_id: str) -> None:
-        """Wait until the scheduler, which takes messages in order, knows
-        ``task_id`` (the last one submitted): it committed every submission
-        before it, and this one, to the journal before answering."""
-        for _ in range(50):  # TCP between two processes may (rarely) reorder messages
-            reply: StatusReply = self._ask(lambda ref: QueryStatus(ref, [task_id]))
-            if reply.statuses.get(task_id, "unknown") != "unknown":
-                return
-            time.sleep(0.01)
-        raise LlmspellError(f"the scheduler did not record task {task_id!r} in time")
 
     def result(self, handle: Handle | str, timeout: float | None = None) -> Any:
         """Wait for the task and return its value. Blocks until the task ends
