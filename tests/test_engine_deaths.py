@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -111,3 +112,53 @@ def test_two_engines_killed_together_are_both_handled_every_time(
             psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in victims
         )
     assert local_rt.stats()["restarts"] >= 2 * ROUNDS
+
+
+def test_a_late_word_of_a_crash_leaves_the_replacement_at_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The new engine tells the scheduler it is ready itself; the supervisor's word
+    # that the old one crashed can come after it (two senders, no order between
+    # them; seen under CPU load). Forced here: the word is held back 3 s. It must
+    # not take the replacement's place from it (it did: capacity 0, nothing ran).
+    from llmspell.supervisors.supervisor import Supervisor
+
+    tell, wakeup = Supervisor._tell_engine_event, Supervisor.on_wakeup
+
+    def late_tell(self: Supervisor, child: Any, what: str, detail: str, proc: Any = None) -> None:
+        if what == "crash":
+            self.wake_after(3.0, ("late word", child, what, detail, proc))
+        else:
+            tell(self, child, what, detail, proc)
+
+    def late_wakeup(self: Supervisor, payload: Any) -> None:
+        if isinstance(payload, tuple) and payload and payload[0] == "late word":
+            tell(self, *payload[1:])
+        else:
+            wakeup(self, payload)
+
+    # actor processes are forked from this one: they inherit the change
+    monkeypatch.setattr(Supervisor, "_tell_engine_event", late_tell)
+    monkeypatch.setattr(Supervisor, "on_wakeup", late_wakeup)
+    with Runtime(mode="local", engines={"lua": 1}, supervision={"backoff_base": 0.0}) as rt:
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=30) == 1
+        (old,) = [e for e in rt.stats()["engines"] if e["engine"] == "lua"]
+        running = rt.submit(Task.lua("spell.sleep(30) return 2", retries=1))
+        while rt.status(running) != "running":
+            time.sleep(0.02)
+        os.kill(int(old["pid"]), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:  # the replacement registered, before the word of the crash
+            (new,) = [e for e in rt.stats()["engines"] if e["engine"] == "lua"]
+            if new["pid"] != old["pid"]:
+                break
+            assert time.monotonic() < deadline, "the killed engine was never replaced"
+            time.sleep(0.02)
+        time.sleep(4.0)  # the word has come
+        assert rt.stats()["crashes"] == 1
+        (now,) = [e for e in rt.stats()["engines"] if e["engine"] == "lua"]
+        assert (now["pid"], now["capacity"]) == (new["pid"], new["capacity"]) and now["capacity"]
+        # the task lost with the old engine is re-run on the new one; new work runs
+        assert rt.status(running) == "running"
+        assert rt.result(rt.submit(Task.lua("return 3")), timeout=30) == 3
+        rt.cancel(running)

@@ -347,10 +347,9 @@ class Scheduler(WireActor):
         """The engines' supervisor saw an engine die, stopped it itself (a
         sibling's restart under one_for_all or rest_for_one), or restarted it."""
         if msg.what == "stop":
-            for s in self.slots.get(msg.engine, ()):
-                if s.index == msg.index:
-                    s.capacity = 0  # takes nothing until it registers again
-                    self._lose_slot(s, f"engine was {msg.detail} while running this task")
+            for s in self._slots_of(msg):
+                s.capacity = 0  # takes nothing until it registers again
+                self._lose_slot(s, f"engine was {msg.detail} while running this task")
             return
         if msg.what == "lost":  # cluster: its member is gone, and the engine with it
             for s in self.slots.get(msg.engine, ()):
@@ -368,16 +367,26 @@ class Scheduler(WireActor):
             return
         if msg.what != "crash":
             return
-        for s in self.slots.get(msg.engine, ()):
-            if s.index == msg.index:
-                s.capacity = 0  # takes nothing until it registers again
-                s.restarts += 1
-                self._lose_slot(s, "engine process crashed while running this task")
+        for s in self._slots_of(msg):
+            s.capacity = 0  # takes nothing until it registers again
+            s.restarts += 1
+            self._lose_slot(s, "engine process crashed while running this task")
         self.crashes += 1
         self._publish(
             "llmspell.engine.crash",
             {"engine": msg.engine, "index": msg.index, "detail": msg.detail},
         )
+
+    def _slots_of(self, msg: EngineEvent) -> list[_Slot]:
+        """The slot a crash or stop is about: none when its replacement has
+        registered already (its ``EngineReady``, sent by the new process, can
+        overtake the supervisor's word about the old one; the old one's tasks
+        were lost when the new one took its place)."""
+        return [
+            s
+            for s in self.slots.get(msg.engine, ())
+            if s.index == msg.index and (not msg.pid or s.pid == msg.pid)
+        ]
 
     def _lose_slot(self, slot: _Slot, message: str) -> None:
         """Everything in flight on ``slot`` is lost: re-run it if it has retries

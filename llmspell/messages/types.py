@@ -543,8 +543,11 @@ class EngineEvent(Message):
 
     engine: str
     index: int
-    what: str  # "crash" | "restart"
+    what: str  # "crash" | "stop" | "restart" | "lost"
     detail: str = ""
+    # the engine process it is about (0: not known, it died before it told its
+    # pid): a replacement may have registered before this reaches the scheduler
+    pid: int = 0
 
 
 @message("introduce")

@@ -352,7 +352,7 @@ class Supervisor(WireActor):
                     self._stop_next()
             return
         log.warning("%s: child %s died", self.role, child.spec.name)
-        self._tell_engine_event(child, "crash", "the engine process died")
+        self._tell_engine_event(child, "crash", "the engine process died", proc)
         self._tell_parent("crash", child)
         if child.spec.restart == "temporary":
             return
@@ -374,6 +374,7 @@ class Supervisor(WireActor):
                     other,
                     "stop",
                     f"stopped by its supervisor ({self.spec.strategy}: {child.spec.name} crashed)",
+                    other.process,
                 )
                 self._stop(other)
         for other in group:
@@ -436,14 +437,23 @@ class Supervisor(WireActor):
                 SupervisorEvent(self.spec.name, child.spec.name, what, detail, child.restarts),
             )
 
-    def _tell_engine_event(self, child: _Child, what: str, detail: str) -> None:
+    def _tell_engine_event(self, child: _Child, what: str, detail: str, proc: Any = None) -> None:
+        """Tell the scheduler what became of an engine child; ``proc`` (its
+        ``psutil.Process``, if it had told its pid) names the very process, so
+        that a late word never hits the replacement registered meanwhile."""
         engine = child.spec.config.get("engine")
         scheduler = self.addresses.get("scheduler")
         if engine is None or scheduler is None:
             return
         self.send_msg(
             scheduler,
-            EngineEvent(str(engine), int(child.spec.config.get("index", 0)), what, detail),
+            EngineEvent(
+                str(engine),
+                int(child.spec.config.get("index", 0)),
+                what,
+                detail,
+                proc.pid if proc is not None else 0,
+            ),
         )
 
     # -- shutdown ----------------------------------------------------------------------
