@@ -23,6 +23,18 @@ forked: they inherit the patch and the secret; the first transport of a
 forked runtime process forgets every other runtime's secret. The secret never
 travels in a message, a command line or the environment of a child.
 
+``install()`` also lifts Thespian's limits on an actor's queue of messages
+waiting to be sent (``asyncTransportBase``: at 950 queued it stops reading and
+runs its transport "transmit-only" until 780 are left; above 1,050 it drops
+new messages). That drain runs nested inside the actor's own transport loop:
+it takes timer wake-ups due meanwhile and discards them, and leaves the outer
+loop waiting on its own deadline, so later wake-ups of that actor never come.
+Under CPU load a scheduler with a thousand tasks to re-run after an engine's
+death reached that queue and lost its retry wake-ups: the tasks stayed
+``pending`` for good. A message dropped at 1,050 is lost as silently. In
+llmspell's processes nothing is dropped and nothing drains: a queue that
+grows costs memory, which the runtime's batching keeps small.
+
 A frame whose payload starts with ``PROBE`` is not a message: a runtime that
 verifies it answers ``PROBE_OK`` + the nonce + ``@`` + a token of its process,
 MAC'd, so a client learns at once whether it holds the right secret (``probe``)
@@ -259,6 +271,9 @@ def _admin_port(address: Any) -> int | None:
         return None
 
 
+_NO_LIMIT = 1 << 62  # Thespian's transmit queue limits, lifted (see the docstring)
+
+
 def install() -> None:
     """Patch Thespian's ``TCPTransport`` once per process (idempotent)."""
     global _installed
@@ -266,6 +281,12 @@ def install() -> None:
         return
     from thespian.system.transport import ReceiveEnvelope
     from thespian.system.transport import TCPTransport as tcp
+    from thespian.system.transport import asyncTransportBase as queues
+
+    # read at each send (module globals): see the module's docstring
+    queues.MAX_QUEUED_TRANSMITS = _NO_LIMIT
+    queues.QUEUE_TRANSMIT_UNBLOCK_THRESHOLD = _NO_LIMIT
+    queues.DROP_TRANSMITS_LEVEL = _NO_LIMIT
 
     cls = tcp.TCPTransport
     original_init = cls.__init__

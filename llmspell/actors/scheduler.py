@@ -51,6 +51,8 @@ parent ends; a task whose value a pending dependent will take
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -60,7 +62,7 @@ import msgpack
 from thespian.actors import ActorAddress
 
 from .._actor import WireActor, addr_key, log
-from .._clock import now
+from .._clock import monotonic, now
 from .._exceptions import JournalError, MessageError
 from .._frames import DEFAULT_MAX_FRAME
 from ..messages import decode
@@ -260,6 +262,12 @@ class Scheduler(WireActor):
         self.durable: Durable | None = None
         self._max_frame = DEFAULT_MAX_FRAME  # local mode's limit on one message
         self._restored_hooks: list[tuple[str, Any]] = []  # hooks the journal gave back
+        # time-outs, retry back-offs, watch graces: (due on _clock.monotonic, seq,
+        # payload) in one heap, with a Thespian wake-up armed for the earliest only
+        # (each due time armed once: ``_armed``). See ``_after``.
+        self._timers: list[tuple[float, int, tuple[Any, ...]]] = []
+        self._timer_seq = itertools.count()
+        self._armed: set[float] = set()
 
     # -- set-up -------------------------------------------------------------
 
@@ -545,7 +553,7 @@ class Scheduler(WireActor):
         self.ready[key].push(rec.spec.priority, rec.spec.id)
         self._dirty.add(key)
         if rec.spec.timeout is not None:
-            self.wake_after(rec.spec.timeout, ("waiting", rec.spec.id, rec.attempt))
+            self._after(rec.spec.timeout, ("waiting", rec.spec.id, rec.attempt))
 
     # -- dispatch -----------------------------------------------------------
 
@@ -596,7 +604,7 @@ class Scheduler(WireActor):
             batch = self._dispatch[slot.key] = (slot.address, [])
         batch[1].append(rec)
         if rec.spec.timeout is not None:
-            self.wake_after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
+            self._after(rec.spec.timeout, ("timeout", task_id, rec.attempt))
         if rec.attempt == 0:
             if self._wanted is not None:
                 self._publish("llmspell.task.running", {"task_id": task_id, "kind": rec.spec.kind})
@@ -630,7 +638,7 @@ class Scheduler(WireActor):
         self._publish(f"llmspell.fault.{kind}", {"task_id": task_id})
         if kind == "slow_step":
             delay = float(f.get("delay") or 0.0)
-            self.wake_after(delay, ("retry", task_id, rec.attempt))
+            self._after(delay, ("retry", task_id, rec.attempt))
             return True
         table = self.table
         table.apply(Dispatched(task_id, rec.attempt, t))
@@ -649,6 +657,9 @@ class Scheduler(WireActor):
         return True
 
     def flush(self) -> None:
+        timers = self._timers
+        if timers and timers[0][0] <= monotonic():  # due, whatever became of its wake-up
+            self._fire_timers()
         self._settle()
         if self._hooks_due:
             self._run_hooks()
@@ -883,7 +894,7 @@ class Scheduler(WireActor):
             self._task_hook("task.retry", rec, "pending", error=error)
         # exponential backoff between attempts (the table's figure)
         if delay > 0:
-            self.wake_after(delay, ("retry", rec.spec.id, rec.attempt))
+            self._after(delay, ("retry", rec.spec.id, rec.attempt))
         else:
             self._requeue(rec)
 
@@ -952,7 +963,63 @@ class Scheduler(WireActor):
         if msg.ref:  # sent in flush, once the cancels are committed
             self._replies.append((sender, CancelReply(msg.ref, ev.done)))
 
+    # -- timers -------------------------------------------------------------
+
+    def _after(self, delay: float, payload: tuple[Any, ...]) -> None:
+        """Handle ``payload`` (``_on_timer``) ``delay`` s from now.
+
+        The scheduler keeps its timers in one heap and asks Thespian for one
+        wake-up per distinct earliest due time, not one per timer: a thousand
+        retries of a crashed engine's tasks come due as one message, one flush,
+        one dispatch per engine (they were a thousand messages, each flushed
+        alone, and the flood of one-task dispatches could fill Thespian's
+        transmit queue). A due timer also fires on the next message handled,
+        so a wake-up that never comes delays it no longer than that."""
+        due = monotonic() + max(0.0, delay)
+        heapq.heappush(self._timers, (due, next(self._timer_seq), payload))
+        self._arm()
+
+    def _arm(self) -> None:
+        """A wake-up at the earliest timer's due time, unless one is armed for
+        then or earlier (one that is long overdue is taken for lost)."""
+        if not self._timers:
+            return
+        due = self._timers[0][0]
+        armed = self._armed
+        if armed:
+            first = min(armed)
+            if first <= due:
+                if first > monotonic() - _TICK_LOST:
+                    return
+                armed.discard(first)  # lost on the way: arm another
+        armed.add(due)
+        self.wake_after(due - monotonic(), ("tick", due))
+
+    def _fire_timers(self) -> None:
+        timers, t = self._timers, monotonic()
+        while timers and timers[0][0] <= t:
+            self._on_timer(heapq.heappop(timers)[2])
+        if len(timers) > _TIMERS_PRUNE and len(timers) > 4 * len(self.tasks):
+            # time-outs of tasks long ended: keep the heap the size of the work
+            live = [x for x in timers if self._timer_live(x[2])]
+            heapq.heapify(live)
+            self._timers = live
+        self._arm()
+
+    def _timer_live(self, payload: tuple[Any, ...]) -> bool:
+        if payload[0] == "watch":
+            return True
+        rec = self.tasks.get(payload[1])
+        return rec is not None and rec.status not in TERMINAL and rec.attempt == payload[2]
+
     def on_wakeup(self, payload: Any) -> None:
+        if isinstance(payload, tuple) and payload and payload[0] == "tick":
+            self._armed.discard(payload[1])
+            self._fire_timers()
+            return
+        self._on_timer(payload)
+
+    def _on_timer(self, payload: Any) -> None:
         if isinstance(payload, tuple) and payload and payload[0] == "watch":
             unknown = _err(f"unknown task id {payload[1]!r}")
             for watcher in self._early.pop(payload[1], ()):
@@ -1015,7 +1082,7 @@ class Scheduler(WireActor):
                 self._notify(sender, TaskOutcome(task_id, status, value, error))
             elif rec is None:  # its submit may still be on the way: wait a little
                 self._early.setdefault(task_id, []).append(sender)
-                self.wake_after(_EARLY_WATCH_GRACE, ("watch", task_id))
+                self._after(_EARLY_WATCH_GRACE, ("watch", task_id))
             elif rec.outcome is not None:
                 self._notify(sender, rec.outcome)
             elif rec.watchers is None:
@@ -1574,6 +1641,8 @@ _SCRIPT_AND_PYTHON = frozenset(("python", "lua", "js"))
 _HOOK_TIMEOUT = 30.0  # seconds a hook task may run
 _LATE_KEPT = 1024  # ended streaming tasks whose reader still gets a late batch
 _EARLY_WATCH_GRACE = 5.0  # seconds a watch of a task not (yet) submitted waits for it
+_TICK_LOST = 1.0  # seconds past its due time a timer wake-up is taken for lost
+_TIMERS_PRUNE = 4096  # timers kept before those of ended tasks are dropped
 _TASK_FAULTS = frozenset(("script_error", "slow_step", "task_timeout", "resource_breach"))
 
 
