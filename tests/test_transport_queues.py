@@ -5,19 +5,21 @@ Unchanged, Thespian 4.0.1 drains a queue of 950 in a nested "transmit-only"
 run that takes the timer wake-ups due meanwhile and discards them, and drops
 every message above 1,050 (a scheduler re-running a crashed engine's tasks
 under CPU load lost its retry wake-ups: tasks stayed pending for good).
-``llmspell._frames.install`` lifts both limits."""
+``llmspell._frames.install`` lifts both limits; the scheduler's own timers
+also fire on the next message it handles."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
 from queue_actors import Flooder, Slow
 from thespian.actors import ActorSystem
 
-from llmspell import _frames, _loopback
+from llmspell import Runtime, Task, _frames, _loopback
 from llmspell._driver import _LOG_DEFS, _listener_pid, _reap, free_port
 
 pytestmark = pytest.mark.slow
@@ -55,3 +57,22 @@ def test_a_flooding_actor_keeps_its_timer_and_every_message_arrives(asys: ActorS
         got = asys.ask(slow, "count", 10)
         time.sleep(0.2)
     assert got == N
+
+
+def test_a_timer_whose_wake_up_is_lost_fires_at_the_next_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Thespian could lose a wake-up (its transmit-only drain did); the scheduler's
+    # time-outs and retries then still come due on the next message it handles
+    from llmspell.actors.scheduler import Scheduler
+
+    def lost(self: Scheduler, seconds: float, payload: Any) -> None:
+        pass  # every wake-up the scheduler asks for is lost
+
+    monkeypatch.setattr(Scheduler, "wake_after", lost)
+    with Runtime(engines={"lua": 1}) as rt:
+        h = rt.submit(Task.lua("spell.sleep(30) return 1", timeout=0.2))
+        deadline = time.monotonic() + 20
+        while rt.status(h) != "timed_out":  # each status is a message to the scheduler
+            assert time.monotonic() < deadline, rt.status(h)
+            time.sleep(0.05)
