@@ -133,9 +133,10 @@ def test_killed_engines_lose_nothing(local_rt: Runtime, tmp_path: Path) -> None:
             assert "crashed" in value, value
             crashed += 1
         if int(key[1:]) % 2:  # python: count real runs
-            assert 1 <= lines.count(key) <= retries[key] + 1
-            if status == "failed":
-                assert lines.count(key) == retries[key] + 1
+            # a task sent to an engine killed before its call began never ran: it
+            # failed naming the crash; one that succeeded ran; none more than it may
+            least = 1 if status == "ok" else 0
+            assert least <= lines.count(key) <= retries[key] + 1, (key, status, value)
     deadline = time.monotonic() + 30
     while local_rt.stats()["restarts"] < len(victims):  # every kill seen and restarted
         assert time.monotonic() < deadline, "not every killed engine was restarted"

@@ -995,8 +995,11 @@ class Scheduler(WireActor):
         armed.add(due)
         self.wake_after(due - monotonic(), ("tick", due))
 
-    def _fire_timers(self) -> None:
-        timers, t = self._timers, monotonic()
+    def _fire_timers(self, until: float = 0.0) -> None:
+        """Handle every timer due by now (or by ``until``: a wake-up armed for a
+        due time is that time come, whatever a clock's rounding says; a
+        simulation's virtual clock could not move by a re-armed 1e-9 s)."""
+        timers, t = self._timers, max(monotonic(), until)
         while timers and timers[0][0] <= t:
             self._on_timer(heapq.heappop(timers)[2])
         if len(timers) > _TIMERS_PRUNE and len(timers) > 4 * len(self.tasks):
@@ -1015,7 +1018,7 @@ class Scheduler(WireActor):
     def on_wakeup(self, payload: Any) -> None:
         if isinstance(payload, tuple) and payload and payload[0] == "tick":
             self._armed.discard(payload[1])
-            self._fire_timers()
+            self._fire_timers(payload[1])
             return
         self._on_timer(payload)
 
