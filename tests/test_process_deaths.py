@@ -376,10 +376,13 @@ def test_a_replacement_engine_killed_as_it_starts_is_restarted_again(
     # issue 14 item 7: the new process is killed before it could say who it is
     rt = started(supervision={"backoff_base": 0.2, "jitter": 0})
     sup = psutil.Process(processes(rt)["supervisor"])
-    engines = {e["engine"]: e["pid"] for e in rt.stats()["engines"]}
-    before = {p.pid for p in sup.children()}
     h = rt.submit(Task.python("targets:sleep", args={"seconds": 2}, retries=1))
     running(rt, h)
+    # every engine has registered (under load the last ones start late): the
+    # supervisor's children now are the first processes, and only those
+    eventually(lambda: len(rt.stats()["engines"]) == 3, "the engines never all started")
+    engines = {e["engine"]: e["pid"] for e in rt.stats()["engines"]}
+    before = {p.pid for p in sup.children()}
     kill(engines["python"])
     deadline = time.monotonic() + WAIT
     new: list[int] = []
