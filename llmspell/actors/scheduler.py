@@ -996,10 +996,13 @@ class Scheduler(WireActor):
         self.wake_after(due - monotonic(), ("tick", due))
 
     def _fire_timers(self, until: float = 0.0) -> None:
-        """Handle every timer due by now (or by ``until``: a wake-up armed for a
-        due time is that time come, whatever a clock's rounding says; a
-        simulation's virtual clock could not move by a re-armed 1e-9 s)."""
-        timers, t = self._timers, max(monotonic(), until)
+        """Handle every timer due by now, or by ``until`` if that is at most a
+        millisecond ahead: a wake-up armed for a due time is that time come,
+        whatever a clock's rounding says (a simulation's epoch-scale virtual
+        clock cannot move by a re-armed 1e-9 s); one that came earlier than
+        that is armed again."""
+        t = monotonic()
+        timers, t = self._timers, max(t, min(until, t + _TICK_EARLY))
         while timers and timers[0][0] <= t:
             self._on_timer(heapq.heappop(timers)[2])
         if len(timers) > _TIMERS_PRUNE and len(timers) > 4 * len(self.tasks):
@@ -1645,6 +1648,7 @@ _HOOK_TIMEOUT = 30.0  # seconds a hook task may run
 _LATE_KEPT = 1024  # ended streaming tasks whose reader still gets a late batch
 _EARLY_WATCH_GRACE = 5.0  # seconds a watch of a task not (yet) submitted waits for it
 _TICK_LOST = 1.0  # seconds past its due time a timer wake-up is taken for lost
+_TICK_EARLY = 1e-3  # seconds before its due time a timer wake-up still counts as on time
 _TIMERS_PRUNE = 4096  # timers kept before those of ended tasks are dropped
 _TASK_FAULTS = frozenset(("script_error", "slow_step", "task_timeout", "resource_breach"))
 
