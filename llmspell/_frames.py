@@ -35,6 +35,12 @@ death reached that queue and lost its retry wake-ups: the tasks stayed
 llmspell's processes nothing is dropped and nothing drains: a queue that
 grows costs memory, which the runtime's batching keeps small.
 
+Two changes make a hop cheaper (issue 15; bench/hops.py shows where a round
+trip's time goes): a frame is read whole in one read, its length header peeked
+first (``MSG_PEEK``), where Thespian read a header and then the rest, each on a
+turn of its loop (messages and ACKs alike); and each turn's selector is a poll
+one, not an epoll one made and closed for one wait.
+
 A frame whose payload starts with ``PROBE`` is not a message: a runtime that
 verifies it answers ``PROBE_OK`` + the nonce + ``@`` + a token of its process,
 MAC'd, so a client learns at once whether it holds the right secret (``probe``)
@@ -50,10 +56,12 @@ import logging
 import os
 import pickle
 import secrets
+import selectors
 import socket
 import stat
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +317,15 @@ def install() -> None:
     queues.MAX_QUEUED_TRANSMITS = _NO_LIMIT
     queues.QUEUE_TRANSMIT_UNBLOCK_THRESHOLD = _NO_LIMIT
     queues.DROP_TRANSMITS_LEVEL = _NO_LIMIT
+
+    # Thespian makes a selector on every turn of its loop: an epoll one is three
+    # system calls more than a poll one (create, one per fd registered, close)
+    # for the one wait it is used for
+    tcp.selectors = types.SimpleNamespace(
+        DefaultSelector=selectors.PollSelector,
+        EVENT_READ=selectors.EVENT_READ,
+        EVENT_WRITE=selectors.EVENT_WRITE,
+    )
 
     cls = tcp.TCPTransport
     original_init = cls.__init__
