@@ -18,7 +18,8 @@ listener's ``listen`` returning and the outcome handed to the waiting caller.
 The table lists, for the most common sequence of events of a round trip, each
 event's median time after the submit and the step from the event before.
 
-Usage: ``python bench/hops.py [--n 300]``.
+Usage: ``python bench/hops.py [--n 300] [--turns]`` (``PYTHONPATH=<tree>`` to
+trace another checkout's llmspell).
 """
 
 from __future__ import annotations
@@ -145,11 +146,13 @@ def install(path: str) -> None:
     core._Core.wait = wait  # type: ignore[method-assign]
 
 
-def analyse(path: str) -> list[tuple[str, str]]:
+def analyse(path: str, turns: bool = False) -> list[tuple[str, str]]:
     lines = []
     with open(path) as f:
         for line in f:
             pid, event, *rest = line.split()
+            if event.startswith("select") and not turns:
+                continue
             t = float(rest[-1])
             detail = rest[0] if len(rest) == 2 else ""
             lines.append((t, int(pid), event, detail))
@@ -180,7 +183,8 @@ def analyse(path: str) -> list[tuple[str, str]]:
         t0 = trip[0][0]
         for i, (t, _) in enumerate(trip):
             offsets[i].append(t - t0)
-    rows = [("event (most common sequence)", f"median after submit; step (us), {count}/{len(trips)} trips")]
+    head = f"median after submit, step (us); {count}/{len(trips)} trips"
+    rows = [("event (most common sequence)", head)]
     prev = 0.0
     for i, label in enumerate(sig):
         m = statistics.median(offsets[i]) * 1e6
@@ -192,6 +196,9 @@ def analyse(path: str) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=300)
+    parser.add_argument(
+        "--turns", action="store_true", help="list each turn of Thespian's loop (its select)"
+    )
     args = parser.parse_args()
     from llmspell import Runtime, Task
 
@@ -209,7 +216,7 @@ def main() -> None:
             for _ in range(args.n):
                 rt.result(rt.submit(py), timeout=30)
                 time.sleep(0.002)  # let stragglers (ACKs) land before the next trip
-        print(table(analyse(path)))
+        print(table(analyse(path, args.turns)))
     finally:
         os.unlink(path)
 
