@@ -50,6 +50,7 @@ and a cluster member whether the leader it joined was started again
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -322,7 +323,7 @@ def install() -> None:
     # system calls more than a poll one (create, one per fd registered, close)
     # for the one wait it is used for
     tcp.selectors = types.SimpleNamespace(
-        DefaultSelector=selectors.PollSelector,
+        DefaultSelector=_PollSelector,
         EVENT_READ=selectors.EVENT_READ,
         EVENT_WRITE=selectors.EVENT_WRITE,
     )
@@ -430,6 +431,21 @@ def install() -> None:
     cls._check_XMIT_4_done = ack
     cls._next_XMIT_4 = xmit4
     _installed = True
+
+
+class _PollSelector(selectors.PollSelector):
+    """A poll selector that fails on a closed fd as epoll's does (``EBADF``):
+    Thespian finds a bad watched fd by that error and drops it, where poll
+    alone would report it ready (``POLLNVAL``) on every turn."""
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        ready = super().select(timeout)
+        for key, _ in ready:
+            try:
+                os.fstat(key.fd)
+            except OSError as exc:
+                raise OSError(errno.EBADF, f"fd {key.fd} is closed") from exc
+        return ready
 
 
 def _peer(inc: Any) -> str:
