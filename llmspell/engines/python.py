@@ -350,11 +350,9 @@ class PythonEngine(EngineActor):
     def flush(self) -> None:
         if self._to_pool:
             calls, self._to_pool = self._to_pool, []
-            may_wait = self.pool.submit(calls)
+            self.pool.submit(calls)
             self.work_started()
-            # (a call that a free thread takes needs no watching: no timer, which
-            # in local mode is a turn of Thespian's loop for every task)
-            if may_wait and not self._unsticking:
+            if not self._unsticking:
                 self._unsticking = True
                 self.wake_after(_Workers.STALL, "unstick")
         # streamed chunks and progress before the results: a consumer sees every chunk
@@ -519,10 +517,8 @@ class _Workers:
         self.sleeping = 0
         self.closed = False
 
-    def submit(self, calls: list[_Call]) -> bool:
-        """Queue calls (by their ``priority``); make sure a thread takes them.
-        True when more calls wait than awake threads are free to take them: one
-        may wait for a busy thread (``unstick`` then adds one after ``STALL``)."""
+    def submit(self, calls: list[_Call]) -> None:
+        """Queue calls (by their ``priority``); make sure a thread takes them."""
         levels = self.levels
         t = time.monotonic()
         with self.lock:
@@ -531,10 +527,8 @@ class _Workers:
                 levels[min(max(call.priority, 0), 3)].append(call)
             self.queued += len(calls)
             fresh = self._add_thread() if self.ready == 0 else None
-            may_wait = self.queued > self.ready
         if fresh is not None:
             fresh.start()
-        return may_wait
 
     def unstick(self) -> bool:
         """Add a thread if queued calls wait while every awake thread is busy.
