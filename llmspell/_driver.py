@@ -36,6 +36,7 @@ ADOPT_TIMEOUT = 5.0
 #: left once the director has stopped its children (or stopped waiting for it) (s)
 _CLOSE_RESERVE = 2.0
 _MAX_CLIENTS = 256  # attached clients remembered for a re-created director (the newest)
+_WATCH_GAP = 0.05  # the listener looks at the director's pid at most this often (s)
 
 _STOP = object()
 # The longest an owner waits idle without looking again (a task's outcome set
@@ -748,7 +749,7 @@ class LocalDriver:
     def _listen(self) -> None:
         import time
 
-        look = 0.0
+        look = watch = 0.0
         admin = self._served_admin() if self.attach else None
         where = f"{self.host}:{self.port}"
         while not self._stopping.is_set():
@@ -762,7 +763,10 @@ class LocalDriver:
                 elif admin is not None and not _running(admin):
                     self._lost(f"the served runtime at {where} is gone (its admin process exited)")
                     return
-            if not self.attach:
+            # the director's pid: at most every _WATCH_GAP s (a look costs /proc reads,
+            # which on every message were a good part of the listener's time)
+            if not self.attach and time.monotonic() >= watch:
+                watch = time.monotonic() + _WATCH_GAP
                 try:
                     self._watch_director()
                 except Exception:
@@ -809,7 +813,7 @@ class LocalDriver:
     def _watch_director(self) -> None:
         """The director restarts every other runtime process; this driver (of
         the process that owns the runtime) restarts the director. Its pid is
-        looked at on every turn of the listener (0.2 s at most); once it is
+        looked at every ``_WATCH_GAP`` s (on the listener's turns: 0.2 s at most); once it is
         gone, a new director is made under the admin and told the runtime's
         configuration and each live process's address and pid (``Introduce``
         with ``config["adopt"]``). It takes them over and tells everyone its

@@ -35,6 +35,12 @@ death reached that queue and lost its retry wake-ups: the tasks stayed
 llmspell's processes nothing is dropped and nothing drains: a queue that
 grows costs memory, which the runtime's batching keeps small.
 
+Two changes make a hop cheaper (issue 15; bench/hops.py shows where a round
+trip's time goes): a frame is read whole in one read, its length header peeked
+first (``MSG_PEEK``), where Thespian read a header and then the rest, each on a
+turn of its loop (messages and ACKs alike); and each turn's selector is a poll
+one, not an epoll one made and closed for one wait.
+
 A frame whose payload starts with ``PROBE`` is not a message: a runtime that
 verifies it answers ``PROBE_OK`` + the nonce + ``@`` + a token of its process,
 MAC'd, so a client learns at once whether it holds the right secret (``probe``)
@@ -44,16 +50,19 @@ and a cluster member whether the leader it joined was started again
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
 import os
 import pickle
 import secrets
+import selectors
 import socket
 import stat
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +156,13 @@ class AuthBuffer:
     """Thespian's ``ReceiveBuffer`` interface for one authenticated frame.
     Never raises: a bad frame sets ``bad`` (why) and reads as done but empty."""
 
-    __slots__ = ("_body", "_done", "_head", "_size", "auth", "bad", "probe")
+    __slots__ = ("_body", "_done", "_head", "_size", "_want", "auth", "bad", "probe")
 
     def __init__(self, auth: Auth) -> None:
         self.auth = auth
         self._head = b""
         self._size = -1
+        self._want = 0  # the whole frame's length, header included, once peeked (``peek``)
         self._body = bytearray()
         self._done: tuple[Any, bytes] | None = None
         self.bad = ""
@@ -197,8 +207,29 @@ class AuthBuffer:
     def is_empty(self) -> bool:
         return self._size < 0 and not self._head and not self.bad
 
+    def peek(self, sock: Any) -> None:
+        """Before the first read of a frame: look at its length header without
+        taking it (``MSG_PEEK``), so that the read takes the whole frame at once.
+        Without this a frame took two reads, the header first, each on a turn of
+        Thespian's loop of its own (~0.1 ms a turn: most of a hop's time).
+        Nothing beyond the frame is read: a peer's next frame stays where it is."""
+        if self._size >= 0 or self._head or self._want or self.bad:
+            return
+        try:
+            seen = sock.recv(_HEADER_MAX + 1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return  # the read itself finds out what is wrong
+        mark = seen.find(b">")
+        if mark <= 0 or not seen[:mark].isdigit():
+            return  # not (yet) a header: read as before, a few bytes at a time
+        size = int(seen[:mark])
+        if MAC_SIZE <= size <= self.auth.max_frame + MAC_SIZE:
+            self._want = mark + 1 + size
+
     def remainingAmount(self) -> int:
         if self._size < 0:
+            if self._want:
+                return self._want - len(self._head)
             return max(1, _HEADER_MAX + 1 - len(self._head))
         return max(1, self._size - len(self._body))
 
@@ -288,6 +319,15 @@ def install() -> None:
     queues.QUEUE_TRANSMIT_UNBLOCK_THRESHOLD = _NO_LIMIT
     queues.DROP_TRANSMITS_LEVEL = _NO_LIMIT
 
+    # Thespian makes a selector on every turn of its loop: an epoll one is three
+    # system calls more than a poll one (create, one per fd registered, close)
+    # for the one wait it is used for
+    tcp.selectors = types.SimpleNamespace(
+        DefaultSelector=_PollSelector,
+        EVENT_READ=selectors.EVENT_READ,
+        EVENT_WRITE=selectors.EVENT_WRITE,
+    )
+
     cls = tcp.TCPTransport
     original_init = cls.__init__
     original_serializer = cls.serializer
@@ -295,6 +335,7 @@ def install() -> None:
     original_added = cls._addedDataToIncoming
     original_xmit3 = cls._next_XMIT_3
     original_ack = cls._check_XMIT_4_done
+    original_xmit4 = cls._next_XMIT_4
 
     def init(self: Any, init_type: Any, *args: Any) -> None:
         original_init(self, init_type, *args)
@@ -321,8 +362,10 @@ def install() -> None:
 
     def read(self: Any, inc: Any, has_exclusive_flag: bool = False) -> Any:
         auth = getattr(self, "_llmspell_auth", None)
-        if auth is not None and not isinstance(inc._rData, AuthBuffer):
-            inc._rData = AuthBuffer(auth)
+        if auth is not None:
+            if not isinstance(inc._rData, AuthBuffer):
+                inc._rData = AuthBuffer(auth)
+            inc._rData.peek(inc.socket)
         return original_read(self, inc, has_exclusive_flag=has_exclusive_flag)
 
     def added(
@@ -367,6 +410,13 @@ def install() -> None:
             intent.ackbuf = AuthBuffer(auth)
         return result
 
+    def xmit4(self: Any, intent: Any) -> Any:
+        # the ACK's read: the whole ACK frame at once, as for a message (``read``)
+        buf = getattr(intent, "ackbuf", None)
+        if isinstance(buf, AuthBuffer) and getattr(intent, "socket", None) is not None:
+            buf.peek(intent.socket)
+        return original_xmit4(self, intent)
+
     def ack(self: Any, intent: Any, rcv: Any) -> Any:
         auth = getattr(self, "_llmspell_auth", None)
         if auth is not None and not isinstance(getattr(intent, "ackbuf", None), AuthBuffer):
@@ -379,7 +429,23 @@ def install() -> None:
     cls._addedDataToIncoming = added
     cls._next_XMIT_3 = xmit3
     cls._check_XMIT_4_done = ack
+    cls._next_XMIT_4 = xmit4
     _installed = True
+
+
+class _PollSelector(selectors.PollSelector):
+    """A poll selector that fails on a closed fd as epoll's does (``EBADF``):
+    Thespian finds a bad watched fd by that error and drops it, where poll
+    alone would report it ready (``POLLNVAL``) on every turn."""
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        ready = super().select(timeout)
+        for key, _ in ready:
+            try:
+                os.fstat(key.fd)
+            except OSError as exc:
+                raise OSError(errno.EBADF, f"fd {key.fd} is closed") from exc
+        return ready
 
 
 def _peer(inc: Any) -> str:

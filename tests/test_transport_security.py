@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import psutil
 import pytest
 from conftest import SCRIPT_PYTHON
 from helpers import run_cli
+from thespian.actors import ActorAddress
 
 from llmspell import LlmspellError, MessageError, Runtime, Task
 from llmspell._driver import free_port, port_in_use
@@ -237,3 +239,50 @@ def test_a_served_runtime_keeps_its_secret_in_a_private_file(
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+def _read_frame(sock: socket.socket, buf: AuthBuffer) -> int:
+    """Read one frame into ``buf`` as Thespian's transport does (peek first,
+    then ``remainingAmount`` at a time); the number of reads it took."""
+    reads = 0
+    while not buf.isDone():
+        buf.peek(sock)
+        buf.addMore(sock.recv(buf.remainingAmount()))
+        reads += 1
+    return reads
+
+
+def test_a_peeked_frame_is_read_whole_and_nothing_beyond_it() -> None:
+    auth = Auth(b"k" * 32, max_frame=MiB)
+    first = auth.frame(pickle.dumps("ACK"))
+    payload = (ActorAddress("somewhere"), b"y" * 300_000)  # what Thespian sends
+    big = auth.frame(pickle.dumps(payload))
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(first + b"0" * 5)  # a next frame's first bytes right behind it
+        buf = AuthBuffer(auth)
+        assert _read_frame(b, buf) == 1
+        assert buf.completed() == ("ACK", b"")
+        assert b.recv(100) == b"0" * 5  # left where it was for the next frame
+        # a frame larger than one read still arrives whole, in several reads
+        sender = threading.Thread(target=a.sendall, args=(big,))
+        sender.start()
+        buf = AuthBuffer(auth)
+        _read_frame(b, buf)
+        sender.join()
+        done = buf.completed()
+        assert done is not None and done[0][1] == payload[1]
+
+
+def test_a_peeked_header_that_lies_is_refused_as_before() -> None:
+    auth = Auth(b"k" * 32, max_frame=1024)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"%d>" % (10 * 1024) + b"z" * 64)  # above max_frame_bytes
+        buf = AuthBuffer(auth)
+        _read_frame(b, buf)
+        assert buf.completed() is None and "max_frame_bytes" in buf.bad
+        a.sendall(b"12")  # half a header: read a few bytes at a time until it is whole
+        buf = AuthBuffer(auth)
+        buf.peek(b)
+        assert buf.remainingAmount() <= 13
