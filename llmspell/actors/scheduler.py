@@ -1003,14 +1003,16 @@ class Scheduler(WireActor):
         that is armed again."""
         t = monotonic()
         timers, t = self._timers, max(t, min(until, t + _TICK_EARLY))
-        while timers and timers[0][0] <= t:
-            self._on_timer(heapq.heappop(timers)[2])
-        if len(timers) > _TIMERS_PRUNE and len(timers) > 4 * len(self.tasks):
-            # time-outs of tasks long ended: keep the heap the size of the work
-            live = [x for x in timers if self._timer_live(x[2])]
-            heapq.heapify(live)
-            self._timers = live
-        self._arm()
+        try:
+            while timers and timers[0][0] <= t:
+                self._on_timer(heapq.heappop(timers)[2])
+            if len(timers) > _TIMERS_PRUNE and len(timers) > 4 * len(self.tasks):
+                # time-outs of tasks long ended: keep the heap the size of the work
+                live = [x for x in timers if self._timer_live(x[2])]
+                heapq.heapify(live)
+                self._timers = live
+        finally:  # (a handler that raised must not leave the rest without a wake-up)
+            self._arm()
 
     def _timer_live(self, payload: tuple[Any, ...]) -> bool:
         if payload[0] == "watch":
