@@ -352,3 +352,22 @@ def test_a_member_whose_engine_is_busy_for_seconds_is_not_lost() -> None:
     finally:
         c.stop()
     assert not c.processes()
+
+
+def test_a_killed_engine_on_a_member_is_replaced_there(cluster: Cluster, rt: Runtime) -> None:
+    # the cluster actor's word of the crash names the process (the pid the engine
+    # told in its heartbeats), so the replacement is never taken for the dead one
+    (old,) = [e for e in rt.stats()["engines"] if e["engine"] == "js"]
+    h = rt.submit(Task.js("await spell.sleep(3); return 7;", retries=1))
+    deadline = time.monotonic() + 30
+    while rt.status(h) != "running":
+        assert time.monotonic() < deadline, rt.status(h)
+        time.sleep(0.05)
+    time.sleep(1.5)  # a heartbeat or two: the cluster actor knows the engine's pid
+    crashes = rt.stats()["crashes"]
+    psutil.Process(int(old["pid"])).kill()
+    assert rt.result(h, timeout=60) == 7  # re-run on the replacement
+    assert rt.stats()["crashes"] == crashes + 1
+    (new,) = [e for e in rt.stats()["engines"] if e["engine"] == "js"]
+    assert new["pid"] != old["pid"] and new["capacity"] and new["host"] == "127.0.0.3"
+    assert rt.result(rt.submit(Task.js("return 8;")), timeout=30) == 8

@@ -173,7 +173,7 @@ def _gone_here(member: _Member) -> bool:
 
 
 class _Engine:
-    __slots__ = ("address", "engine", "index", "member", "restarts")
+    __slots__ = ("address", "engine", "index", "member", "pid", "restarts")
 
     def __init__(self, engine: str, index: int, member: _Member) -> None:
         self.engine = engine
@@ -181,6 +181,7 @@ class _Engine:
         self.member = member
         self.address: ActorAddress | None = None
         self.restarts = 0
+        self.pid = 0  # its process on its member, once it answered a heartbeat
 
 
 class _Prober:
@@ -324,6 +325,7 @@ class ClusterManager(WireActor):
         eng = self._find(sender)
         if eng is not None:
             eng.member.seen = time.monotonic()
+            eng.pid = int(msg.pid or 0)
 
     def _find(self, address: ActorAddress) -> _Engine | None:
         for eng in self.engines:
@@ -340,6 +342,7 @@ class ClusterManager(WireActor):
         member = eng.member
         log.warning("cluster: %s engine %d on %s died", eng.engine, eng.index, member.describe())
         eng.address = None
+        pid, eng.pid = eng.pid, 0
         if member.id in self.members and _gone_here(member):
             # its member's process is dead (an engine exits when its member's process
             # dies): the member is lost now, not re-created on, to be lost again later
@@ -349,8 +352,10 @@ class ClusterManager(WireActor):
         if scheduler is not None:
             self.send_msg(
                 scheduler,
+                # with its pid (if it told it): a word that comes after the
+                # replacement's EngineReady then leaves the replacement alone
                 EngineEvent(
-                    eng.engine, eng.index, "crash", f"the engine on {member.describe()} died"
+                    eng.engine, eng.index, "crash", f"the engine on {member.describe()} died", pid
                 ),
             )
         if member.id in self.members:
