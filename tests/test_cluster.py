@@ -355,8 +355,10 @@ def test_a_member_whose_engine_is_busy_for_seconds_is_not_lost() -> None:
 
 
 def test_a_killed_engine_on_a_member_is_replaced_there(cluster: Cluster, rt: Runtime) -> None:
-    # the cluster actor's word of the crash names the process (the pid the engine
-    # told in its heartbeats), so the replacement is never taken for the dead one
+    # an engine SIGKILLed on its member: the cluster actor tells the scheduler (its
+    # word now names the dead process's pid, from its heartbeats; the order of that
+    # word and the replacement's EngineReady is not forced here, local mode's test
+    # in test_engine_deaths.py forces it) and creates the engine again there
     (old,) = [e for e in rt.stats()["engines"] if e["engine"] == "js"]
     h = rt.submit(Task.js("await spell.sleep(3); return 7;", retries=1))
     deadline = time.monotonic() + 30

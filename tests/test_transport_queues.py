@@ -5,8 +5,9 @@ Unchanged, Thespian 4.0.1 drains a queue of 950 in a nested "transmit-only"
 run that takes the timer wake-ups due meanwhile and discards them, and drops
 every message above 1,050 (a scheduler re-running a crashed engine's tasks
 under CPU load lost its retry wake-ups: tasks stayed pending for good).
-``llmspell._frames.install`` lifts both limits; the scheduler's own timers
-also fire on the next message it handles."""
+``llmspell._frames.install`` lifts both limits; the scheduler keeps its own
+timers (one heap, one wake-up for the earliest), which also fire on the next
+message it handles and are dropped once their tasks are forgotten."""
 
 from __future__ import annotations
 
@@ -76,3 +77,25 @@ def test_a_timer_whose_wake_up_is_lost_fires_at_the_next_message(
         while rt.status(h) != "timed_out":  # each status is a message to the scheduler
             assert time.monotonic() < deadline, rt.status(h)
             time.sleep(0.05)
+
+
+def test_timers_of_ended_tasks_are_dropped_and_live_ones_still_fire() -> None:
+    # 5,000 quick tasks with an hour's timeout leave 5,000 timers behind them; the
+    # scheduler drops them once they outnumber the tasks it keeps, never a live one
+    import gc
+
+    from llmspell.actors.scheduler import Scheduler
+
+    with Runtime(engines={"lua": 1}, history=10) as rt:
+        quick = rt.submit_many([Task.lua("return 1", timeout=3600) for _ in range(5_000)])
+        assert all(rt.result(h, timeout=60) == 1 for h in quick)
+        slow = rt.submit(Task.lua("spell.sleep(30) return 1", timeout=2))
+        early = rt.submit(Task.lua("spell.sleep(30) return 1", timeout=0.3))
+        assert rt.status(early) in ("pending", "running")
+        deadline = time.monotonic() + 20
+        while rt.status(slow) != "timed_out":
+            assert time.monotonic() < deadline, rt.status(slow)
+            time.sleep(0.05)
+        assert rt.status(early) == "timed_out"
+        (scheduler,) = [o for o in gc.get_objects() if isinstance(o, Scheduler)]
+        assert len(scheduler._timers) < 100
