@@ -11,6 +11,7 @@ message it handles and are dropped once their tasks are forgotten."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -99,3 +100,26 @@ def test_timers_of_ended_tasks_are_dropped_and_live_ones_still_fire() -> None:
         assert rt.status(early) == "timed_out"
         (scheduler,) = [o for o in gc.get_objects() if isinstance(o, Scheduler)]
         assert len(scheduler._timers) < 100
+
+
+def test_the_poll_selector_fails_on_a_closed_fd_as_epoll_does() -> None:
+    # Thespian drops a watched fd that a select fails on with EBADF; poll alone would
+    # report a closed fd ready on every turn of its loop (a busy loop for ever)
+    import errno
+    import selectors
+
+    from llmspell._frames import _PollSelector
+
+    r, w = os.pipe()
+    sel = _PollSelector()
+    try:
+        sel.register(r, selectors.EVENT_READ)
+        os.write(w, b"x")
+        assert [key.fd for key, _ in sel.select(0)] == [r]  # an open fd: as poll says
+        os.close(r)
+        with pytest.raises(OSError) as caught:
+            sel.select(0)
+        assert caught.value.errno == errno.EBADF
+    finally:
+        sel.close()
+        os.close(w)
