@@ -39,6 +39,7 @@ _MAX_CLIENTS = 256  # attached clients remembered for a re-created director (the
 _WATCH_GAP = 0.05  # the listener looks at the director's pid at most this often (s)
 
 _STOP = object()
+_FOREVER = float("inf")
 # The longest an owner waits idle without looking again (a task's outcome set
 # by another thread, close() say, does not ring the loop)
 _IDLE_LOOK = 0.05
@@ -126,6 +127,9 @@ class EmbeddedDriver:
         self._incoming: deque[Any] = deque()
         self._owner = 0  # ident of the thread that runs the loop now (0: nobody)
         self._idle = False  # the owner waits for something to arrive
+        # the background thread waits (not owning the loop) until this time of the
+        # loop's clock (inf: until told); None: it does not wait
+        self._bg_until: float | None = None
         self._stopped = False
         self._done = threading.Event()
         self._introduced: Introduce | None = None
@@ -200,9 +204,9 @@ class EmbeddedDriver:
             if self._owner or self._stopped:
                 return False
             self._owner = me
+        loop = self.loop
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
-            loop = self.loop
             sigint = _SIGINT if me == _MAIN else None  # a Ctrl-C it holds back ends the drive
             while True:
                 self._turn()
@@ -229,7 +233,14 @@ class EmbeddedDriver:
         finally:
             with self._lock:
                 self._owner = 0
-                self._free.notify()  # what is left (or the next timer) is the background's
+                # what is left, or a timer due before the background thread looks
+                # again, is the background's (it is not woken for nothing: it would
+                # take the GIL from the next task's worker thread)
+                until = self._bg_until
+                if until is not None:
+                    due = self._next_due()
+                    if self._incoming or (due is not None and due < until):
+                        self._free.notify()
 
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """Run the actors on the caller's thread until ``done()`` or ``timeout``
@@ -308,6 +319,22 @@ class EmbeddedDriver:
             self._free.notify_all()
         self._done.set()
 
+    def _next_due(self) -> float | None:
+        """(any thread) When the loop's earliest timer is due; another thread
+        may own the loop meanwhile, so this is a glance, checked again later."""
+        try:
+            return self.loop.next_due()
+        except IndexError:  # emptied under this glance
+            return None
+
+    def _bg_wait(self, until: float, wait: float | None) -> None:
+        """(lock held, background thread) Wait to be told, or ``wait`` s."""
+        self._bg_until = until
+        try:
+            self._free.wait(wait)
+        finally:
+            self._bg_until = None
+
     def _background(self) -> None:
         me = threading.get_ident()
         while True:
@@ -315,19 +342,17 @@ class EmbeddedDriver:
                 while True:
                     if self._stopped:
                         return
-                    if not self._owner:
-                        if self._incoming:
-                            break
-                        due = self.loop.next_due()
-                        if due is not None:
-                            wait = due - time.monotonic()
-                            if wait <= 0:
-                                break
-                            self._free.wait(min(wait, 3600.0))
-                        else:
-                            self._free.wait()
+                    due = self._next_due()
+                    now = time.monotonic()
+                    if not self._owner and (self._incoming or (due is not None and due <= now)):
+                        break
+                    # until the next timer, or until told: by a send while nobody
+                    # owns the loop, or by an owner letting go of it with something
+                    # left or a timer due earlier than that
+                    if due is not None and due > now:
+                        self._bg_wait(due, min(due - now, 3600.0))
                     else:
-                        self._free.wait()
+                        self._bg_wait(_FOREVER, None)
                 self._owner = me
             try:
                 while True:

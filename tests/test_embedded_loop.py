@@ -81,8 +81,8 @@ def test_ctrl_c_in_a_waiting_main_thread_leaves_the_runtime_whole() -> None:
     with Runtime() as rt:
         for _ in range(100):
             timer = threading.Timer(rng.random() * 0.01, _thread.interrupt_main)
-            timer.start()
             try:
+                timer.start()  # (a short delay can interrupt this start already)
                 for n in itertools.count():
                     task = [
                         Task.lua("return 1"),

@@ -350,9 +350,9 @@ class PythonEngine(EngineActor):
     def flush(self) -> None:
         if self._to_pool:
             calls, self._to_pool = self._to_pool, []
-            self.pool.submit(calls)
+            waits = self.pool.submit(calls)
             self.work_started()
-            if not self._unsticking:
+            if waits and not self._unsticking:
                 self._unsticking = True
                 self.wake_after(_Workers.STALL, "unstick")
         # streamed chunks and progress before the results: a consumer sees every chunk
@@ -517,8 +517,10 @@ class _Workers:
         self.sleeping = 0
         self.closed = False
 
-    def submit(self, calls: list[_Call]) -> None:
-        """Queue calls (by their ``priority``); make sure a thread takes them."""
+    def submit(self, calls: list[_Call]) -> bool:
+        """Queue calls (by their ``priority``); make sure a thread takes them.
+        True when more calls are queued than threads are ready to take them
+        (one may wait behind a long call: watch for it with ``unstick``)."""
         levels = self.levels
         t = time.monotonic()
         with self.lock:
@@ -527,8 +529,10 @@ class _Workers:
                 levels[min(max(call.priority, 0), 3)].append(call)
             self.queued += len(calls)
             fresh = self._add_thread() if self.ready == 0 else None
+            waits = self.queued > self.ready
         if fresh is not None:
             fresh.start()
+        return waits
 
     def unstick(self) -> bool:
         """Add a thread if queued calls wait while every awake thread is busy.
