@@ -43,6 +43,13 @@ _FOREVER = float("inf")
 # The longest an owner waits idle without looking again (a task's outcome set
 # by another thread, close() say, does not ring the loop)
 _IDLE_LOOK = 0.05
+# For _HOT s after a caller's drive ended the background thread looks at least
+# every _LAZY_LOOK s, and a send by the thread that drove last does not wake it:
+# that thread most likely drives again at once (``result(submit(...))``), and a
+# woken background thread would only take the GIL from it; if it does not, the
+# background thread takes what it sent within _LAZY_LOOK
+_HOT = 0.05
+_LAZY_LOOK = 0.001
 _MAIN = threading.main_thread().ident
 
 
@@ -122,14 +129,26 @@ class EmbeddedDriver:
         self.addresses: dict[str, Any] = {}
         self.director: Any = None
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)  # an idle owner waits here
-        self._free = threading.Condition(self._lock)  # the background thread waits here
+        # an idle owner waits on this lock, held while nobody rang: a bare lock, so
+        # a worker thread's doorbell wakes the caller with one release and no
+        # condition's bookkeeping on either side
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        # the background thread waits on this one (held while nobody rang it). A
+        # caller that sends and then drives the loop itself takes back a ring the
+        # background thread has not woken for yet (``_unring``): woken for nothing,
+        # it would take the GIL from the thread that runs the task
+        self._bg_bell = threading.Lock()
+        self._bg_bell.acquire()
+        self._bg_waiting = False  # the background thread waits on _bg_bell
+        self._bg_rung = False  # _bg_bell was released for it and not yet taken
         self._incoming: deque[Any] = deque()
         self._owner = 0  # ident of the thread that runs the loop now (0: nobody)
         self._idle = False  # the owner waits for something to arrive
-        # the background thread waits (not owning the loop) until this time of the
-        # loop's clock (inf: until told); None: it does not wait
-        self._bg_until: float | None = None
+        # while it waits: until when (the loop's clock; inf: until rung)
+        self._bg_until = _FOREVER
+        self._drove_at = -_FOREVER  # when a caller's drive last ended (monotonic)
+        self._last_driver = 0  # the thread that drove last
         self._stopped = False
         self._done = threading.Event()
         self._introduced: Introduce | None = None
@@ -158,6 +177,13 @@ class EmbeddedDriver:
         """Deliver ``data`` to the actor at ``address`` (thread-safe)."""
         with self._lock:
             self._incoming.append((address, data))
+            if (
+                not self._owner
+                and self._bg_waiting
+                and self._last_driver == threading.get_ident()
+                and self._bg_until <= time.monotonic() + _LAZY_LOOK
+            ):
+                return  # this thread drives again soon, or the background looks
             self._ring()
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -170,9 +196,23 @@ class EmbeddedDriver:
         """(lock held) Whoever should take what just arrived is woken."""
         if self._owner:
             if self._idle:
-                self._work.notify()
+                self._idle = False
+                self._bell.release()
         else:
-            self._free.notify()
+            self._ring_bg()
+
+    def _ring_bg(self) -> None:
+        """(lock held) Wake the background thread if it waits."""
+        if self._bg_waiting and not self._bg_rung:
+            self._bg_rung = True
+            self._bg_bell.release()
+
+    def _unring(self) -> None:
+        """(lock held, by a thread that now owns the loop) Take back a ring of
+        the background thread that it has not woken for yet: this owner takes
+        what was sent."""
+        if self._bg_rung and self._bg_bell.acquire(False):
+            self._bg_rung = False
 
     def _quiet(self) -> bool:
         """Nothing waits to be taken (an engine may go on at once)."""
@@ -204,6 +244,7 @@ class EmbeddedDriver:
             if self._owner or self._stopped:
                 return False
             self._owner = me
+            self._unring()
         loop = self.loop
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -228,19 +269,28 @@ class EmbeddedDriver:
                         wait = min(wait, deadline - now)
                     if wait > 0:
                         self._idle = True
-                        self._work.wait(wait)
-                        self._idle = False
+                        self._lock.release()
+                        rang = False
+                        try:
+                            rang = self._bell.acquire(True, wait)
+                        finally:
+                            self._lock.acquire()
+                            if self._idle:  # nobody rang
+                                self._idle = False
+                            elif not rang:  # rung after the wait timed out
+                                self._bell.acquire(False)
         finally:
             with self._lock:
                 self._owner = 0
+                self._last_driver = me
+                self._drove_at = time.monotonic()
                 # what is left, or a timer due before the background thread looks
                 # again, is the background's (it is not woken for nothing: it would
                 # take the GIL from the next task's worker thread)
-                until = self._bg_until
-                if until is not None:
+                if self._bg_waiting:
                     due = self._next_due()
-                    if self._incoming or (due is not None and due < until):
-                        self._free.notify()
+                    if self._incoming or (due is not None and due < self._bg_until):
+                        self._ring_bg()
 
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """Run the actors on the caller's thread until ``done()`` or ``timeout``
@@ -316,7 +366,7 @@ class EmbeddedDriver:
         with self._lock:
             self._stopped = True
             self._incoming.clear()
-            self._free.notify_all()
+            self._ring_bg()
         self._done.set()
 
     def _next_due(self) -> float | None:
@@ -328,12 +378,20 @@ class EmbeddedDriver:
             return None
 
     def _bg_wait(self, until: float, wait: float | None) -> None:
-        """(lock held, background thread) Wait to be told, or ``wait`` s."""
+        """(lock held, background thread) Wait to be rung, or ``wait`` s."""
         self._bg_until = until
+        self._bg_waiting = True
+        self._lock.release()
+        got = False
         try:
-            self._free.wait(wait)
+            got = self._bg_bell.acquire(True, -1 if wait is None else wait)
         finally:
-            self._bg_until = None
+            self._lock.acquire()
+            self._bg_waiting = False
+            if self._bg_rung:
+                self._bg_rung = False
+                if not got:  # rung after the wait timed out
+                    self._bg_bell.acquire(False)
 
     def _background(self) -> None:
         me = threading.get_ident()
@@ -349,8 +407,11 @@ class EmbeddedDriver:
                     # until the next timer, or until told: by a send while nobody
                     # owns the loop, or by an owner letting go of it with something
                     # left or a timer due earlier than that
-                    if due is not None and due > now:
-                        self._bg_wait(due, min(due - now, 3600.0))
+                    look = due if due is not None and due > now else _FOREVER
+                    if now - self._drove_at < _HOT:  # (see _LAZY_LOOK)
+                        look = min(look, now + _LAZY_LOOK)
+                    if look < _FOREVER:
+                        self._bg_wait(look, min(look - now, 3600.0))
                     else:
                         self._bg_wait(_FOREVER, None)
                 self._owner = me

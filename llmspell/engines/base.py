@@ -46,6 +46,7 @@ from .limits import Limit
 __all__ = ["EngineActor"]
 
 _POLL = encode(Poll())
+_POLL_MSG = Poll()  # embedded: handed to the engine as it is (nothing to decode)
 # Where neither the driver's doorbell nor a pipe exists, an engine polls itself
 # while work runs on other threads: first soon, then at intervals doubling up to
 # 1 ms, so a long call costs at most ~1,000 wake-ups a second.
@@ -260,7 +261,7 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
         if not self._rung:
             if self._bell is not None:
                 self._rung = True
-                self._bell(self.myAddress, _POLL)
+                self._bell(self.myAddress, _POLL if self._host is None else _POLL_MSG)
             elif self._pipe is not None:
                 self._rung = True
                 try:
