@@ -45,6 +45,7 @@ __all__ = ["Loop", "LoopAddress"]
 log = logging.getLogger("llmspell")
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
+_OUTSIDE = "outside"  # the id of the facade's address
 
 
 class LoopAddress(ActorAddress):  # type: ignore[misc]
@@ -117,8 +118,11 @@ class Loop:
         self.on_outside = on_outside
         self.clock = clock
         self._ids = itertools.count(1)
-        self.outside = LoopAddress("outside")
+        self.outside = LoopAddress(_OUTSIDE)
         self.refs: dict[LoopAddress, _Ref] = {}
+        # the same by the address's id: found without calling LoopAddress's
+        # Python-level __hash__ and __eq__ for every message delivered
+        self._by_id: dict[str, _Ref] = {}
         self.names: dict[str, LoopAddress] = {}
         self.queue: deque[tuple[Any, Any, Any]] = deque()
         # (due, n, address, delay, payload), earliest first
@@ -148,6 +152,7 @@ class Loop:
             ref.globalName = global_name
             self.names[global_name] = address
         self.refs[address] = ref
+        self._by_id[address._aaddr] = ref
         if parent is not None:
             parent_ref = self.refs.get(parent)
             if parent_ref is not None:
@@ -161,7 +166,7 @@ class Loop:
     def send_msg(self, sender: Any, to: Any, msg: Any) -> None:
         """A ``WireActor`` sends a llmspell message: to the facade as an
         object, to another actor encoded (as on every other base)."""
-        if to == self.outside:
+        if type(to) is LoopAddress and to._aaddr == _OUTSIDE:
             self.on_outside(_owned(msg))
         elif type(msg) is DispatchBatch and all(_flat(spec) for spec in msg.tasks):
             # the scheduler's own specs (decoded from the facade's bytes, never
@@ -196,18 +201,18 @@ class Loop:
     def run(self) -> int:
         """Deliver queued messages until none is left; how many were."""
         queue = self.queue
-        refs = self.refs
+        refs, by_id = self.refs, self._by_id
         outside = self.outside
         n = 0
         while queue:
             to, msg, sender = queue.popleft()
             n += 1
-            if to == outside:
-                self._outside(msg)
-                continue
-            ref = refs.get(to)
-            if ref is None:  # it exited: the message is dropped, as Thespian does
-                log.debug("a message for the ended actor %s was dropped", to)
+            ref = by_id.get(to._aaddr) if type(to) is LoopAddress else refs.get(to)
+            if ref is None:
+                if to == outside:
+                    self._outside(msg)
+                else:  # it exited: the message is dropped, as Thespian does
+                    log.debug("a message for the ended actor %s was dropped", to)
                 continue
             try:
                 ref.instance.receiveMessage(msg, sender)
@@ -232,6 +237,7 @@ class Loop:
         """``ref``'s actor handled its ``ActorExitRequest``: it is gone; its
         children are told to exit and its parent hears of it."""
         del self.refs[ref.address]
+        self._by_id.pop(ref.address._aaddr, None)
         if ref.globalName and self.names.get(ref.globalName) == ref.address:
             del self.names[ref.globalName]
         for child in ref.children:

@@ -120,7 +120,7 @@ class PythonEngine(EngineActor):
     def setup(self, config: dict[str, Any]) -> None:
         self.threads = int(config.get("python_threads", DEFAULTS.python_threads))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
-        self.pool = _Workers(self.threads, self._run_sync)
+        self.pool = _Workers(self.threads, self._run_pooled, self.ring)
         self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
         self.inline = bool(config.get("python_inline", DEFAULTS.python_inline))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
@@ -196,9 +196,14 @@ class PythonEngine(EngineActor):
                 self.done.put((call, "error", _describe(exc), 0.0))
         self.poll()
 
-    def _run_sync(self, call: _Call, clock: int | None = None) -> None:
-        """Worker thread (its CPU clock is ``clock``): run one sync call and
-        queue its outcome."""
+    def _run_pooled(self, call: _Call, clock: int) -> None:
+        """A worker thread: run one sync call and queue its outcome; the pool
+        rings the engine (``_Workers._work``)."""
+        self._run_sync(call, clock, False)
+
+    def _run_sync(self, call: _Call, clock: int | None = None, ring: bool = True) -> None:
+        """Run one sync call and queue its outcome (on a worker thread, whose CPU
+        clock is ``clock``); ``ring``: ask to be polled once it is queued."""
         t0 = time.thread_time()
         call.started = now()
         call.cpu0 = t0
@@ -212,7 +217,8 @@ class PythonEngine(EngineActor):
         finally:
             call.clock = None
             _METER.reset(token)
-            self.ring()
+            if ring:
+                self.ring()
 
     def _start_async(self, call: _Call) -> None:
         loop = self._ensure_loop()
@@ -496,19 +502,27 @@ class _Workers:
     waking sixteen to fight over the GIL, and slow calls still fan out to
     parallel threads within milliseconds. A call stopped before a thread took
     it is skipped.
+
+    A sleeping thread waits on a lock of its own (held while nobody woke it),
+    and a thread rings the engine for the outcome of its last call just
+    before it goes to sleep: the driving thread woken by that ring does not
+    find the GIL still held by this thread's way to sleep.
     """
 
     STALL = 0.002
 
-    def __init__(self, size: int, run: Callable[[_Call, int], None]) -> None:
+    def __init__(
+        self, size: int, run: Callable[[_Call, int], None], ring: Callable[[], None]
+    ) -> None:
         self.size = size
         self.run = run
+        self.ring = ring  # the engine polls the outcomes queued
         # queued calls: a FIFO per priority (0 low .. 3 critical), highest served first
         self.levels: tuple[deque[_Call], ...] = (deque(), deque(), deque(), deque())
         self.queued = 0
-        # ``with self.lock`` (C-fast) for the queues; the condition shares the lock
+        # ``with self.lock`` (C-fast) for the queues and the counts below
         self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
+        self.sleepers: list[threading.Lock] = []  # sleeping threads' locks, latest last
         self.threads: list[threading.Thread] = []
         # Invariant (under lock): ready = awake threads not running a call
         # (including ones notified but not yet running); sleeping = waiting
@@ -565,10 +579,10 @@ class _Workers:
     def _add_thread(self) -> threading.Thread | None:
         """Under the lock: wake a sleeping thread, or make one (returned, to be
         started once the lock is released)."""
-        if self.sleeping:
+        if self.sleepers:
             self.sleeping -= 1
             self.ready += 1
-            self.cond.notify()
+            self.sleepers.pop().release()  # the one that slept last (its cache is warm)
         elif len(self.threads) < self.size and not self.closed:
             self.ready += 1
             t = threading.Thread(target=self._work, name="llmspell-python", daemon=True)
@@ -577,11 +591,19 @@ class _Workers:
         return None
 
     def _work(self) -> None:
-        lock, cond, run = self.lock, self.cond, self.run
+        lock, run, ring = self.lock, self.run, self.ring
         clock = _thread_clock()  # this thread's CPU clock, for live usage and limits
+        me = threading.Lock()  # held while this thread sleeps and nobody woke it
+        me.acquire()
+        ran = False  # a call ended: this thread is ready again
+        unrung = False  # an outcome was queued and the engine not yet rung for it
         while True:
             fresh = None
-            with lock:
+            lock.acquire()
+            try:
+                if ran:
+                    ran = False
+                    self.ready += 1
                 while True:
                     if self.closed:
                         return
@@ -591,15 +613,28 @@ class _Workers:
                         break
                     self.ready -= 1
                     self.sleeping += 1
-                    cond.wait()
+                    self.sleepers.append(me)
+                    lock.release()
+                    try:
+                        if unrung:  # the last thing before sleeping (see the class)
+                            unrung = False
+                            ring()
+                        me.acquire()
+                    finally:
+                        lock.acquire()
                 if self.queued and self._stalled():
                     fresh = self._add_thread()
+            finally:
+                lock.release()
+            if unrung:  # more calls to run: the engine hears of the last one now
+                unrung = False
+                ring()
             if fresh is not None:
                 fresh.start()
+            ran = True
             if not call.stopped:
                 run(call, clock)
-            with lock:
-                self.ready += 1
+                unrung = True
 
     def shutdown(self) -> None:
         with self.lock:
@@ -607,7 +642,10 @@ class _Workers:
             for level in self.levels:
                 level.clear()
             self.queued = 0
-            self.cond.notify_all()
+            for sleeper in self.sleepers:
+                sleeper.release()
+            self.sleepers.clear()
+            self.sleeping = 0
 
 
 def _thread_clock() -> int:
