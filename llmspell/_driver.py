@@ -173,8 +173,10 @@ class EmbeddedDriver:
         self.thread.start()
         return self.addresses
 
-    def send(self, address: Any, data: bytes) -> None:
-        """Deliver ``data`` to the actor at ``address`` (thread-safe)."""
+    def send(self, address: Any, data: Any) -> None:
+        """Deliver ``data`` to the actor at ``address`` (thread-safe): bytes, or
+        a message object nobody else holds (a worker's ``Poll``, the facade's
+        ``SubmitTasks`` of plain tasks: ``_Core.hand_over``)."""
         with self._lock:
             self._incoming.append((address, data))
             if (

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .._actor import log
 from .._context import current_task_id
 from .._exceptions import MessageError, RuntimeClosed, RuntimeDegraded, error_from_outcome
+from .._loop import _flat
 from .._task import Handle, Task
 from ..messages import Message, encode
 from ..messages.codec import encode_item, encode_with_items
@@ -125,6 +126,10 @@ class _Core:
         # a runtime process was restarted (local mode; set by the runtime)
         self.replaced: Callable[[Replaced], None] | None = None
         self.owner: Any = None  # the Runtime its handles are bound to (set by the runtime)
+        # the driver takes messages as objects (embedded): a batch of plain tasks
+        # is handed to the scheduler as a ``SubmitTasks``, not encoded and decoded
+        # (set by the runtime)
+        self.hand_over = False
         self.spans: Any = None  # a _tracing.Spans when this runtime traces its tasks
         # why the runtime is degraded (a supervisor gave up), or "": every later call raises
         self.degraded = ""
@@ -167,6 +172,13 @@ class _Core:
     def register_ids(self, ids: list[str], handles: list[Handle] | None = None) -> None:
         """Claim task ids (all or none); a duplicate raises. ``handles`` (one
         per id) are the ones submit returns: they get their outcomes."""
+        if len(ids) == 1:  # one task at a time
+            task_id = ids[0]
+            with self.lock:
+                if task_id in self.views:
+                    raise MessageError(f"duplicate task id {task_id!r}", where="id")
+                self.views[task_id] = handles[0] if handles is not None else None
+            return
         fresh: dict[str, Handle | None] = (
             dict.fromkeys(ids) if handles is None else dict(zip(ids, handles, strict=True))
         )
@@ -183,7 +195,7 @@ class _Core:
     def submit_message(self, specs: list[TaskSpec]) -> bytes:
         return encode(SubmitTasks(specs, notify=True))
 
-    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[Handle], list[bytes]]:
+    def submit_payload(self, tasks: Iterable[Task]) -> tuple[list[Handle], list[Any]]:
         """Validate ``tasks``, claim their ids and encode their ``SubmitTasks``,
         one task at a time: no spec of a big batch outlives its own encoding
         (the garbage collector never has to walk thousands of them).
@@ -192,12 +204,18 @@ class _Core:
         none). A big batch without dependencies goes as several messages of
         ``_SUBMIT_CHUNK`` tasks, so the first ones run while the scheduler takes
         in the rest and less of the batch is in memory at once; a batch with
-        dependencies goes whole (a task may name one listed after it)."""
+        dependencies goes whole (a task may name one listed after it).
+
+        Embedded (``hand_over``), a batch of tasks without options whose data is
+        scalars or maps of them is handed over as ``SubmitTasks`` objects (each
+        args map copied: the scheduler's own, as a decode would give it), not
+        bytes."""
         self.check_open()
         _check_task_list(tasks)
         parent = current_task_id()  # submitted by a Python task: its child
         ids: list[str] = []
         parts: list[bytes] = []
+        plain: list[TaskSpec] | None = [] if self.hand_over else None
         linked = False
         tp = self.spans.traceparent() if self.spans is not None else None
         for i, task in enumerate(tasks):
@@ -212,10 +230,22 @@ class _Core:
                 spec.trace = tp
             ids.append(spec.id)
             linked = linked or spec.deps is not None
+            if plain is not None:
+                if not task.opts and _flat(spec):
+                    if type(spec.args) is dict:
+                        spec.args = dict(spec.args)
+                    plain.append(spec)
+                    continue
+                parts.extend(encode_item(p) for p in plain)  # not all plain: all encoded
+                plain = None
             parts.append(encode_item(spec))
         owner = self.owner
         handles = [_handle(task_id, owner) for task_id in ids]
         self.register_ids(ids, handles)
+        if plain:
+            n = len(plain)
+            k = n if linked else _SUBMIT_CHUNK  # (plain tasks have no dependencies)
+            return handles, [SubmitTasks(plain[i : i + k], notify=True) for i in range(0, n, k)]
         # (local mode: one message, as TCP between two actors may reorder several)
         k = len(parts) if linked or self.mode != "embedded" else _SUBMIT_CHUNK
         if len(parts) <= k:

@@ -191,6 +191,7 @@ class Runtime:
 
         core = self._core
         if core.mode == "embedded":
+            core.hand_over = True  # (EmbeddedDriver.send takes a message object too)
             return EmbeddedDriver(core.runtime_id, core.config, core.on_message)
         driver: type[LocalDriver] = LocalDriver
         if core.mode == "cluster":

@@ -416,6 +416,8 @@ class AgentRunner:
 
     def poll(self) -> None:
         """Send what the drivers queued (engine thread)."""
+        if self.events.empty() and not self.counts:  # the usual: no agent runs
+            return
         engine = self.engine
         while True:
             try:

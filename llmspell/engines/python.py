@@ -262,13 +262,13 @@ class PythonEngine(EngineActor):
 
     def poll(self) -> None:
         self.agents.poll()
-        calls, get, results = self.calls, self.done.get_nowait, self._results
+        done = self.done
+        if done.empty():
+            return
+        calls, get, empty, results = self.calls, done.get_nowait, done.empty, self._results
         t = now()
-        while True:
-            try:
-                call, how, value, cpu = get()
-            except queue.Empty:
-                break
+        while not empty():  # (this thread alone takes from it)
+            call, how, value, cpu = get()
             task_id = call.task_id
             if calls.get(task_id) is not call:
                 continue  # stopped (cancel, timeout): its outcome is already decided
@@ -364,8 +364,9 @@ class PythonEngine(EngineActor):
         # streamed chunks and progress before the results: a consumer sees every chunk
         # before the end, and the scheduler ignores progress of a task that has ended
         if self.scheduler is not None:
-            for chunks in self.agents.take_chunks():
-                self.send_msg(self.scheduler, chunks)
+            if self.agents.chunks:
+                for chunks in self.agents.take_chunks():
+                    self.send_msg(self.scheduler, chunks)
             if self._progress:
                 reports, self._progress = self._progress, []
                 self.send_msg(self.scheduler, ProgressBatch(reports))

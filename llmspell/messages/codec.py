@@ -595,15 +595,30 @@ def encode_with_items(cls: type[Message], packed: list[bytes]) -> bytes:
     """The envelope of a ``cls`` whose first field is a list of messages given
     already packed (``encode_item``), every other field at its default. A big
     batch is encoded item by item, so no item object outlives its encoding."""
+    n = len(packed)
+    if n == 1:  # one task at a time: the envelope is always the same bytes
+        head = _ONE_HEAD.get(cls)
+        if head is None:
+            head = _ONE_HEAD[cls] = _envelope(cls, 1)
+        return head + packed[0]
+    return b"".join([_envelope(cls, n), *packed])
+
+
+_ONE_HEAD: dict[type[Message], bytes] = {}
+
+
+def _envelope(cls: type[Message], n: int) -> bytes:
+    """The bytes before the ``n`` packed items of ``encode_with_items``."""
     p = msgpack.Packer(use_bin_type=True)
-    head = [
-        p.pack_array_header(3),
-        p.pack(cls.TAG),
-        p.pack(cls.VERSION),
-        p.pack_array_header(1),
-        p.pack_array_header(len(packed)),
-    ]
-    return b"".join(head + packed)
+    return b"".join(
+        [
+            p.pack_array_header(3),
+            p.pack(cls.TAG),
+            p.pack(cls.VERSION),
+            p.pack_array_header(1),
+            p.pack_array_header(n),
+        ]
+    )
 
 
 def own_data(value: Any, where: str = "value") -> Any:
