@@ -135,6 +135,9 @@ class LuaVM:
     """
 
     language = "lua"
+    #: what ``resume`` returns for ``spell.sleep(0)`` (always this object): the
+    #: engine takes it by identity (``ScriptEngine._run_quantum``)
+    SLEEP0 = _SLEEP0
 
     def __init__(
         self,

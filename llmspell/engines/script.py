@@ -520,6 +520,7 @@ class ScriptEngine(EngineActor):
             clock, deadline = _no_clock, _NEVER
         queues, scripts, vm = self.ready, self.scripts, self.vm
         resume = vm.resume
+        sleep0 = getattr(vm, "SLEEP0", None)  # the VM's one result for spell.sleep(0)
         journal = self.journal
         low, normal, high, critical = queues
         while self.nready:
@@ -568,6 +569,13 @@ class ScriptEngine(EngineActor):
                 continue
             if lim is not None and self._limit_check(s, lim, result):
                 continue  # killed over its limits
+            if result is sleep0:  # the hottest path: as a cooperative yield below
+                s.status = "yielded"
+                queues[s.priority].append((task_id, attempt, None, None, 0))
+                self.nready += 1
+                if clock() >= deadline:
+                    break
+                continue
             if type(result) is Yielded and not result.more:
                 req = result.request
                 if req.op == "yield" or (req.op == "sleep" and not req.args.get("seconds")):
