@@ -50,6 +50,11 @@ _IDLE_LOOK = 0.05
 # background thread takes what it sent within _LAZY_LOOK
 _HOT = 0.05
 _LAZY_LOOK = 0.001
+# ... but not while a caller's drive has gone on longer than this (s): a
+# background thread woken then waits for the GIL that the caller gives up and
+# takes back at every step of a script (lupa lets it go around each resume),
+# which then costs the caller a futex wake at each step
+_LONG_DRIVE = 0.002
 _MAIN = threading.main_thread().ident
 
 
@@ -148,6 +153,7 @@ class EmbeddedDriver:
         # while it waits: until when (the loop's clock; inf: until rung)
         self._bg_until = _FOREVER
         self._drove_at = -_FOREVER  # when a caller's drive last ended (monotonic)
+        self._drive_began = 0.0  # when the caller that owns the loop began (monotonic)
         self._last_driver = 0  # the thread that drove last
         self._stopped = False
         self._done = threading.Event()
@@ -246,6 +252,7 @@ class EmbeddedDriver:
             if self._owner or self._stopped:
                 return False
             self._owner = me
+            self._drive_began = time.monotonic()
             self._unring()
         loop = self.loop
         try:
@@ -410,7 +417,9 @@ class EmbeddedDriver:
                     # owns the loop, or by an owner letting go of it with something
                     # left or a timer due earlier than that
                     look = due if due is not None and due > now else _FOREVER
-                    if now - self._drove_at < _HOT:  # (see _LAZY_LOOK)
+                    if now - self._drove_at < _HOT and (
+                        not self._owner or now - self._drive_began < _LONG_DRIVE
+                    ):  # (see _LAZY_LOOK)
                         look = min(look, now + _LAZY_LOOK)
                     if look < _FOREVER:
                         self._bg_wait(look, min(look - now, 3600.0))
