@@ -520,7 +520,7 @@ class ScriptEngine(EngineActor):
             clock, deadline = _no_clock, _NEVER
         queues, scripts, vm = self.ready, self.scripts, self.vm
         resume = vm.resume
-        sleep0 = getattr(vm, "SLEEP0", None)  # the VM's one result for spell.sleep(0)
+        sleep0 = getattr(vm, "SLEEP0", _NOTHING)  # the VM's one result for spell.sleep(0)
         journal = self.journal
         low, normal, high, critical = queues
         while self.nready:
@@ -1204,6 +1204,9 @@ class ScriptEngine(EngineActor):
 
 
 _NEVER = float("inf")
+
+
+_NOTHING = object()  # no result is this (a VM without a SLEEP0)
 
 
 def _no_clock() -> float:
