@@ -82,6 +82,8 @@ from ..messages.types import (
     HostCalls,
     InjectFaults,
     Introduce,
+    LaneAsk,
+    LaneOffer,
     ProgressBatch,
     ProgressReply,
     Publish,
@@ -798,6 +800,16 @@ class Scheduler(WireActor):
         if self.durable is not None:  # what was not committed is dropped, as in a crash
             self.durable.close()
             self.durable = None
+        if self._lanes is not None:
+            self._lanes.close()
+
+    def on_lane_ask(self, msg: LaneAsk, sender: ActorAddress) -> None:
+        """An engine or a facade of this host asks for a lane (``_lanes``): offered
+        where this process can listen on one; else it stays on Thespian."""
+        lanes = self.open_lanes(self._max_frame)
+        offer = lanes.offer(sender) if lanes is not None else None
+        if offer is not None:
+            self.send_msg(sender, LaneOffer(*offer))
 
     def _journal_failed(self, exc: JournalError) -> None:
         log.error("scheduler: %s; the runtime is degraded", exc)
