@@ -86,7 +86,7 @@ def test_frames_are_cut_whole_and_a_frame_over_the_limit_is_refused() -> None:
     for i in range(len(stream)):  # a byte at a time: nothing is cut wrong
         got += reader.feed(stream[i : i + 1])
     assert got == [b"abc", b"", b"0123456789"]
-    with pytest.raises(_lanes.LaneError, match="11 bytes .*max_frame_bytes=10"):
+    with pytest.raises(_lanes.LaneError, match=r"11 bytes .*max_frame_bytes=10"):
         reader.feed(_lanes.frame(b"x" * 11))
 
 
