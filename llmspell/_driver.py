@@ -543,10 +543,11 @@ class _OwnerLane:
     """The owner's lane to the scheduler: callers write frames under the
     driver's lock; a thread of its own reads (``_lanes``)."""
 
-    __slots__ = ("key", "marked", "peer", "sock", "token")
+    __slots__ = ("key", "marked", "max_bytes", "peer", "sock", "token")
 
-    def __init__(self, sock: Any, peer: Any, token: bytes) -> None:
+    def __init__(self, sock: Any, peer: Any, token: bytes, max_bytes: int) -> None:
         self.sock = sock
+        self.max_bytes = max_bytes
         self.peer = peer
         self.key = str(peer)
         self.token = token
@@ -757,7 +758,11 @@ class LocalDriver:
 
     def send(self, address: Any, data: bytes) -> None:
         lane = self._lane
-        if lane is not None and (address is lane.peer or str(address) == lane.key):
+        if (
+            lane is not None
+            and (address is lane.peer or str(address) == lane.key)
+            and len(data) <= lane.max_bytes  # else Thespian refuses it, as ever
+        ):
             with self._lock:
                 if self._lane is lane:
                     try:
@@ -905,7 +910,8 @@ class LocalDriver:
         except (OSError, _lanes.LaneError) as exc:
             log.info("local driver: no lane to the scheduler (%s); Thespian it is", exc)
             return
-        lane = _OwnerLane(sock, peer, offer.token)
+        max_bytes = int(self.config.get("max_frame_bytes") or DEFAULTS.max_frame_bytes)
+        lane = _OwnerLane(sock, peer, offer.token, max_bytes)
         mark = encode(self._via(self.me, encode(LaneMark(offer.token))))
         with self._lock:
             self._sender.tell(peer, mark)
@@ -916,8 +922,7 @@ class LocalDriver:
         ).start()
 
     def _read_lane(self, lane: _OwnerLane) -> None:
-        max_bytes = int(self.config.get("max_frame_bytes") or DEFAULTS.max_frame_bytes)
-        reader = _lanes.FrameReader(max_bytes)
+        reader = _lanes.FrameReader(lane.max_bytes)
         while not lane.marked.wait(0.2):  # what came before it through Thespian first
             if self._stopping.is_set() or self._lane is not lane:
                 return

@@ -233,9 +233,14 @@ class Lanes:
 
     def write(self, key: str, data: bytes) -> bool:
         """Send ``data`` through the lane to the peer keyed ``key``; False when
-        there is none (or it just broke): send it through Thespian then."""
+        there is none (or it just broke): send it through Thespian then. A
+        message over ``max_frame_bytes`` is left to Thespian too, whose frame
+        check refuses it at once and returns it to the sender as undeliverable
+        (``PoisonMessage``): the sender's handling of that (an engine splits its
+        results, the scheduler fails the dispatch saying why) is the same in
+        both ways, and the lane, which never carried it, stays as it was."""
         lane = self.out.get(key)
-        if lane is None:
+        if lane is None or len(data) > self.max_bytes:
             return False
         if lane.write(data):
             if lane.outbox:

@@ -330,3 +330,17 @@ def test_a_restarted_scheduler_gets_new_lanes() -> None:
             Task.js("return 3"),
         ]
         assert [rt.result(rt.submit(t), timeout=30) for t in tasks] == [3, 2, 3]
+
+
+def test_a_message_over_the_limit_is_left_to_thespian_and_the_lane_stays(
+    pair: tuple[Side, Side, bytes],
+) -> None:
+    """Thespian refuses it at the sender and hands it back as undeliverable, which
+    the sender handles (an engine splits its results): the lane never carries it."""
+    hub, client, token = pair
+    settle(hub, until=lambda: hub.marks())
+    hub.lanes.on_mark(token)
+    assert not client.lanes.write("S", b"x" * (MAX + 1))
+    assert client.lanes.write("S", b"fits")
+    settle(hub, until=lambda: hub.got)
+    assert hub.bodies() == [b"fits"] and "C" in hub.lanes.out
