@@ -216,8 +216,9 @@ class _Core:
         owner = self.owner
         handles = [_handle(task_id, owner) for task_id in ids]
         self.register_ids(ids, handles)
-        # (local mode: one message, as TCP between two actors may reorder several)
-        k = len(parts) if linked or self.mode != "embedded" else _SUBMIT_CHUNK
+        # (local mode too: the lane to the scheduler keeps their order; where there is
+        # none, Thespian usually does, and independent tasks need none)
+        k = len(parts) if linked else _SUBMIT_CHUNK
         if len(parts) <= k:
             return handles, [encode_with_items(SubmitTasks, parts)]
         return handles, [
