@@ -31,7 +31,7 @@ from thespian.actors import (
 
 from . import _clock
 from ._exceptions import MessageError
-from ._lanes import Lanes
+from ._lanes import Lanes, lane_key
 from ._lanes import available as lanes_available
 from .messages import Message, decode, encode
 from .messages.types import Pong, StreamAck, Via
@@ -43,8 +43,10 @@ log = logging.getLogger("llmspell")
 
 
 def addr_key(address: ActorAddress) -> str:
-    """A hashable key for an actor address (Thespian's are not hashable)."""
-    return str(address)
+    """A hashable key for an actor address (Thespian's are not hashable): host
+    and port (``_lanes.lane_key``), never ``str(address)`` alone, which leaves a
+    local host out (127.0.0.2:5000 and 127.0.0.3:5000 would be one key)."""
+    return lane_key(address)
 
 
 class WireActor(Actor):  # type: ignore[misc]

@@ -549,7 +549,7 @@ class _OwnerLane:
         self.sock = sock
         self.max_bytes = max_bytes
         self.peer = peer
-        self.key = str(peer)
+        self.key = _lanes.lane_key(peer)
         self.token = token
         self.marked = threading.Event()  # the scheduler's LaneMark came
 
@@ -760,7 +760,7 @@ class LocalDriver:
         lane = self._lane
         if (
             lane is not None
-            and (address is lane.peer or str(address) == lane.key)
+            and (address is lane.peer or _lanes.lane_key(address) == lane.key)
             and len(data) <= lane.max_bytes  # else Thespian refuses it, as ever
         ):
             with self._lock:

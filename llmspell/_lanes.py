@@ -65,6 +65,16 @@ def available() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
 
 
+def lane_key(address: Any) -> str:
+    """The key of an actor's address for its lane: host *and* port. (Thespian's
+    ``str`` of a TCP address leaves a local host out, so two engines on
+    127.0.0.2:5000 and 127.0.0.3:5000 in cluster mode would share it.)"""
+    sockname = getattr(getattr(address, "addressDetails", None), "sockname", None)
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return f"{sockname[0]}:{sockname[1]}"
+    return str(address)
+
+
 def frame(data: bytes) -> bytes:
     """One frame: the body's length (4 bytes, big-endian), then the body."""
     return _LEN.pack(len(data)) + data

@@ -344,3 +344,19 @@ def test_a_message_over_the_limit_is_left_to_thespian_and_the_lane_stays(
     assert client.lanes.write("S", b"fits")
     settle(hub, until=lambda: hub.got)
     assert hub.bodies() == [b"fits"] and "C" in hub.lanes.out
+
+
+def test_two_hosts_on_one_port_are_two_peers() -> None:
+    """Cluster mode on one machine: members on 127.0.0.2 and 127.0.0.3 may get the
+    same port. Thespian's ``str`` of both is the same (it leaves a local host out);
+    a lane or a batch of outcomes keyed by it would go to the wrong one."""
+    from thespian.actors import ActorAddress
+    from thespian.system.transport.IPBase import TCPv4ActorAddress
+
+    from llmspell._actor import addr_key
+
+    a = ActorAddress(TCPv4ActorAddress("127.0.0.2", 5000))
+    b = ActorAddress(TCPv4ActorAddress("127.0.0.3", 5000))
+    assert str(a) == str(b)  # the hazard
+    assert addr_key(a) != addr_key(b)
+    assert addr_key(a) == addr_key(ActorAddress(TCPv4ActorAddress("127.0.0.2", 5000)))
