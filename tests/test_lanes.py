@@ -347,16 +347,23 @@ def test_a_message_over_the_limit_is_left_to_thespian_and_the_lane_stays(
 
 
 def test_two_hosts_on_one_port_are_two_peers() -> None:
-    """Cluster mode on one machine: members on 127.0.0.2 and 127.0.0.3 may get the
-    same port. Thespian's ``str`` of both is the same (it leaves a local host out);
-    a lane or a batch of outcomes keyed by it would go to the wrong one."""
+    """Cluster mode on one machine: a member bound to 127.0.0.2 counts that address
+    as its own, and Thespian's ``str`` leaves an own host out, so 127.0.0.1:5000 and
+    127.0.0.2:5000 print alike there; a lane or a batch of outcomes keyed by it
+    would go to the wrong one."""
     from thespian.actors import ActorAddress
-    from thespian.system.transport.IPBase import TCPv4ActorAddress
+    from thespian.system.transport.IPBase import TCPv4ActorAddress, thisSystem
 
     from llmspell._actor import addr_key
 
-    a = ActorAddress(TCPv4ActorAddress("127.0.0.2", 5000))
-    b = ActorAddress(TCPv4ActorAddress("127.0.0.3", 5000))
-    assert str(a) == str(b)  # the hazard
-    assert addr_key(a) != addr_key(b)
-    assert addr_key(a) == addr_key(ActorAddress(TCPv4ActorAddress("127.0.0.2", 5000)))
+    added = "127.0.0.2" not in thisSystem._myAddresses
+    thisSystem.add_local_addr("127.0.0.2")
+    try:
+        a = ActorAddress(TCPv4ActorAddress("127.0.0.1", 5000))
+        b = ActorAddress(TCPv4ActorAddress("127.0.0.2", 5000))
+        assert str(a) == str(b)  # the hazard
+        assert addr_key(a) != addr_key(b)
+        assert addr_key(b) == addr_key(ActorAddress(TCPv4ActorAddress("127.0.0.2", 5000)))
+    finally:
+        if added:
+            thisSystem._myAddresses.discard("127.0.0.2")
