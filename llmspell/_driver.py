@@ -756,19 +756,23 @@ class LocalDriver:
         return alive
 
     def send(self, address: Any, data: bytes) -> None:
-        lane = self._lane
-        if lane is not None and (address is lane.peer or str(address) == lane.key):
-            with self._lock:
-                if self._lane is lane:
-                    try:
-                        lane.sock.sendall(_lanes.frame(data))
-                        return
-                    except OSError as exc:  # its scheduler is gone (or stuck): Thespian
-                        log.info("local driver: the lane to the scheduler broke (%s)", exc)
-                        self._lane = None
-                        lane.close()
-        wrapped = encode(self._via(self.me, data))
+        wrapped = None
+        if self._lane is None:  # (wrapped outside the lock: most sends go one way)
+            wrapped = encode(self._via(self.me, data))
         with self._lock:
+            # lane or Thespian is decided under the lock _take_lane switches under:
+            # a send that saw no lane must not go through Thespian after the mark
+            lane = self._lane
+            if lane is not None and (address is lane.peer or str(address) == lane.key):
+                try:
+                    lane.sock.sendall(_lanes.frame(data))
+                    return
+                except OSError as exc:  # its scheduler is gone (or stuck): Thespian
+                    log.info("local driver: the lane to the scheduler broke (%s)", exc)
+                    self._lane = None
+                    lane.close()
+            if wrapped is None:
+                wrapped = encode(self._via(self.me, data))
             self._sender.tell(address, wrapped)
 
     def call(self, fn: Callable[[], None]) -> None:

@@ -330,3 +330,74 @@ def test_a_restarted_scheduler_gets_new_lanes() -> None:
             Task.js("return 3"),
         ]
         assert [rt.result(rt.submit(t), timeout=30) for t in tasks] == [3, 2, 3]
+
+
+# -- the owner's side (``LocalDriver``) ---------------------------------------------------
+
+
+class _Sender:
+    """The driver's Thespian endpoint: what it told whom, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[Any, bytes]] = []
+
+    def tell(self, to: Any, data: bytes) -> None:
+        self.told.append((to, data))
+
+
+class _SwitchWhileWaiting:
+    """The driver's lock: the first time a caller waits for it, the listener
+    thread takes the scheduler's lane offer (and holds the lock for it) first."""
+
+    def __init__(self, switch: Any) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.switch = switch
+
+    def __enter__(self) -> None:
+        switch, self.switch = self.switch, None
+        if switch is not None:
+            import threading
+
+            t = threading.Thread(target=switch)
+            t.start()
+            t.join(10)
+        self.lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
+def test_the_owner_keeps_its_order_when_the_lane_opens_while_it_sends() -> None:
+    from thespian.actors import ActorAddress
+
+    from llmspell._driver import LocalDriver
+    from llmspell.messages import encode
+    from llmspell.messages.types import LaneOffer, Ping, Via
+
+    hub = Side("scheduler")
+    driver = LocalDriver("r" * 32, {}, lambda msg: None)
+    sender = _Sender()
+    me = ActorAddress("owner")
+    driver._sender, driver.me, driver._via, driver._lane_asked = sender, me, Via, "S"
+    offer = hub.lanes.offer(me)
+    assert offer is not None
+    driver._lock = _SwitchWhileWaiting(lambda: driver._take_lane(LaneOffer(*offer)))  # type: ignore[assignment]
+    try:
+        first, second = encode(Ping("first")), encode(Ping("second"))
+        driver.send("S", first)  # no lane when it looked; the offer came meanwhile
+        driver.send("S", second)  # the lane is up by now
+        settle(hub, until=lambda: hub.marks())
+        for _, wrapped in sender.told:  # "Thespian" delivers, in the order sent
+            inner = decode(wrapped).data
+            if type(decode(inner)) is LaneMark:
+                hub.lanes.on_mark(decode(inner).token)
+            else:
+                hub.got.append((inner, me))
+        settle(hub, until=lambda: len(hub.got) >= 2)
+        assert hub.bodies() == [first, second]
+    finally:
+        driver._stopping.set()
+        driver._drop_lane(driver._lane)
+        hub.lanes.close()
