@@ -875,7 +875,10 @@ class LocalDriver:
                 self._roles[msg.role] = msg.address
                 self._pids[msg.role] = int(msg.new_pid)
                 if msg.role == "scheduler":  # its lane died with it: ask the new one
-                    self._drop_lane(self._lane)
+                    # (its reader reads on to the end: what the dead one sent before
+                    # it died may wait there unread, as it would in Thespian's socket)
+                    with self._lock:
+                        self._lane = None
                     self._ask_lane(msg.address)
             elif self.attach:  # the owner made a new director: it told us
                 self.director = msg.address

@@ -401,3 +401,60 @@ def test_the_owner_keeps_its_order_when_the_lane_opens_while_it_sends() -> None:
         driver._stopping.set()
         driver._drop_lane(driver._lane)
         hub.lanes.close()
+
+
+def _owner(hub: Side, on_message: Any) -> tuple[Any, Any]:
+    """A ``LocalDriver`` whose Thespian endpoint is a list, with a lane from
+    ``hub`` (the scheduler "S") taken and marked; its owner address."""
+    from thespian.actors import ActorAddress
+
+    from llmspell._driver import LocalDriver
+    from llmspell.messages.types import LaneOffer, Via
+
+    driver = LocalDriver("r" * 32, {}, on_message)
+    me = ActorAddress("owner")
+    driver._sender, driver.me, driver._via, driver._lane_asked = _Sender(), me, Via, "S"
+    offer = hub.lanes.offer(me)
+    assert offer is not None
+    driver._take_lane(LaneOffer(*offer))
+    settle(hub, until=lambda: hub.marks())
+    driver._handle(hub.thespian[-1][1])  # the scheduler's mark, through "Thespian"
+    assert driver._lane is not None and driver._lane.marked.is_set()
+    return driver, me
+
+
+def test_what_a_dead_scheduler_sent_on_its_lane_is_read_after_its_replacement_is_told() -> None:
+    import threading
+
+    from llmspell.messages import encode
+    from llmspell.messages.types import Ping, Replaced
+
+    hub = Side("scheduler")
+    got: list[Any] = []
+    busy, go = threading.Event(), threading.Event()
+
+    def on_message(msg: Any) -> None:
+        if type(msg) is Ping:
+            got.append(msg.role)
+            if msg.role == "1":  # the owner's thread is slow with the first
+                busy.set()
+                go.wait(10)
+
+    driver, me = _owner(hub, on_message)
+    try:
+        hub.lanes.write(str(me), encode(Ping("1")))
+        assert busy.wait(10)
+        hub.lanes.write(str(me), encode(Ping("2")))  # waits in the owner's socket
+        hub.lanes.write(str(me), encode(Ping("3")))
+        hub.lanes.close()  # the scheduler died after sending them
+        from thespian.actors import ActorAddress
+
+        driver._handle(encode(Replaced("scheduler", ActorAddress("S2"), 1, False, 2)))
+        go.set()
+        _wait(lambda: len(got) == 3, f"what the scheduler sent before it died was lost: {got}", 10)
+        assert got == ["1", "2", "3"]
+    finally:
+        go.set()
+        driver._stopping.set()
+        driver._drop_lane(driver._lane)
+        hub.lanes.close()
