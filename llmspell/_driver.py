@@ -925,10 +925,10 @@ class LocalDriver:
     def _read_lane(self, lane: _OwnerLane) -> None:
         max_bytes = int(self.config.get("max_frame_bytes") or DEFAULTS.max_frame_bytes)
         reader = _lanes.FrameReader(max_bytes)
-        while not lane.marked.wait(0.2):  # what came before it through Thespian first
-            if self._stopping.is_set() or self._lane is not lane:
-                return
         try:
+            while not lane.marked.wait(0.2):  # what came before it through Thespian first
+                if self._stopping.is_set() or self._lane is not lane:
+                    return
             while not self._stopping.is_set():
                 try:
                     data = lane.sock.recv(262144)

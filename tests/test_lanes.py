@@ -458,3 +458,27 @@ def test_what_a_dead_scheduler_sent_on_its_lane_is_read_after_its_replacement_is
         driver._stopping.set()
         driver._drop_lane(driver._lane)
         hub.lanes.close()
+
+
+def test_a_lane_offered_while_the_owner_stops_is_closed() -> None:
+    from thespian.actors import ActorAddress
+
+    from llmspell._driver import LocalDriver
+    from llmspell.messages.types import LaneOffer, Via
+
+    hub = Side("scheduler")
+    driver = LocalDriver("r" * 32, {}, lambda msg: None)
+    me = ActorAddress("owner")
+    driver._sender, driver.me, driver._via, driver._lane_asked = _Sender(), me, Via, "S"
+    offer = hub.lanes.offer(me)
+    assert offer is not None
+    try:
+        driver._stopping.set()  # close() has begun; the listener takes the offer still
+        driver._take_lane(LaneOffer(*offer))
+        lane = driver._lane
+        assert lane is not None
+        # its reader ends (the owner stops) and closes it
+        _wait(lambda: lane.sock.fileno() == -1, "the lane's socket was left open", 10)
+    finally:
+        driver._drop_lane(driver._lane)
+        hub.lanes.close()
