@@ -626,6 +626,7 @@ class LocalDriver:
         self._closing = False  # stop() asked the director to stop everything
         self._lane: _OwnerLane | None = None  # to the scheduler, once it is up
         self._lane_asked: Any = None  # the scheduler asked for one
+        self._lane_max = int(config.get("max_frame_bytes") or DEFAULTS.max_frame_bytes)
         self._stopped_ack = threading.Event()  # the director answered: all its children exited
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
@@ -763,7 +764,11 @@ class LocalDriver:
             # lane or Thespian is decided under the lock _take_lane switches under:
             # a send that saw no lane must not go through Thespian after the mark
             lane = self._lane
-            if lane is not None and (address is lane.peer or str(address) == lane.key):
+            if (
+                lane is not None
+                and (address is lane.peer or str(address) == lane.key)
+                and len(data) <= self._lane_max
+            ):  # (too big a message: Thespian's frames refuse it, saying so)
                 try:
                     lane.sock.sendall(_lanes.frame(data))
                     return

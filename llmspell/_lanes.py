@@ -235,7 +235,9 @@ class Lanes:
         """Send ``data`` through the lane to the peer keyed ``key``; False when
         there is none (or it just broke): send it through Thespian then."""
         lane = self.out.get(key)
-        if lane is None:
+        if lane is None or len(data) > self.max_bytes:
+            # too big a message goes through Thespian, whose frames refuse it to
+            # the sender (the peer would close the lane on it, losing it unsaid)
             return False
         if lane.write(data):
             if lane.outbox:

@@ -482,3 +482,15 @@ def test_a_lane_offered_while_the_owner_stops_is_closed() -> None:
     finally:
         driver._drop_lane(driver._lane)
         hub.lanes.close()
+
+
+def test_a_message_over_the_limit_is_not_put_on_a_lane(pair: tuple[Side, Side, bytes]) -> None:
+    hub, client, token = pair
+    settle(hub, until=lambda: hub.marks())
+    hub.lanes.on_mark(token)
+    # the caller sends it through Thespian, whose frames refuse it to the sender;
+    # on the lane the peer would close the lane on it and nobody would hear why
+    assert not client.lanes.write("S", b"x" * (MAX + 1))
+    assert client.lanes.write("S", b"fits")
+    settle(hub, until=lambda: hub.got)
+    assert hub.bodies() == [b"fits"] and "C" in hub.lanes.out
