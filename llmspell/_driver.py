@@ -757,23 +757,27 @@ class LocalDriver:
         return alive
 
     def send(self, address: Any, data: bytes) -> None:
-        lane = self._lane
-        if (
-            lane is not None
-            and (address is lane.peer or _lanes.lane_key(address) == lane.key)
-            and len(data) <= lane.max_bytes  # else Thespian refuses it, as ever
-        ):
-            with self._lock:
-                if self._lane is lane:
-                    try:
-                        lane.sock.sendall(_lanes.frame(data))
-                        return
-                    except OSError as exc:  # its scheduler is gone (or stuck): Thespian
-                        log.info("local driver: the lane to the scheduler broke (%s)", exc)
-                        self._lane = None
-                        lane.close()
-        wrapped = encode(self._via(self.me, data))
+        wrapped = None
+        if self._lane is None:  # (wrapped outside the lock: most sends go one way)
+            wrapped = encode(self._via(self.me, data))
         with self._lock:
+            # lane or Thespian is decided under the lock _take_lane switches under:
+            # a send that saw no lane must not go through Thespian after the mark
+            lane = self._lane
+            if (
+                lane is not None
+                and (address is lane.peer or _lanes.lane_key(address) == lane.key)
+                and len(data) <= lane.max_bytes
+            ):  # (too big a message: Thespian's frames refuse it, saying so)
+                try:
+                    lane.sock.sendall(_lanes.frame(data))
+                    return
+                except OSError as exc:  # its scheduler is gone (or stuck): Thespian
+                    log.info("local driver: the lane to the scheduler broke (%s)", exc)
+                    self._lane = None
+                    lane.close()
+            if wrapped is None:
+                wrapped = encode(self._via(self.me, data))
             self._sender.tell(address, wrapped)
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -876,7 +880,10 @@ class LocalDriver:
                 self._roles[msg.role] = msg.address
                 self._pids[msg.role] = int(msg.new_pid)
                 if msg.role == "scheduler":  # its lane died with it: ask the new one
-                    self._drop_lane(self._lane)
+                    # (its reader reads on to the end: what the dead one sent before
+                    # it died may wait there unread, as it would in Thespian's socket)
+                    with self._lock:
+                        self._lane = None
                     self._ask_lane(msg.address)
             elif self.attach:  # the owner made a new director: it told us
                 self.director = msg.address
@@ -923,10 +930,10 @@ class LocalDriver:
 
     def _read_lane(self, lane: _OwnerLane) -> None:
         reader = _lanes.FrameReader(lane.max_bytes)
-        while not lane.marked.wait(0.2):  # what came before it through Thespian first
-            if self._stopping.is_set() or self._lane is not lane:
-                return
         try:
+            while not lane.marked.wait(0.2):  # what came before it through Thespian first
+                if self._stopping.is_set() or self._lane is not lane:
+                    return
             while not self._stopping.is_set():
                 try:
                     data = lane.sock.recv(262144)

@@ -332,6 +332,158 @@ def test_a_restarted_scheduler_gets_new_lanes() -> None:
         assert [rt.result(rt.submit(t), timeout=30) for t in tasks] == [3, 2, 3]
 
 
+# -- the owner's side (``LocalDriver``) ---------------------------------------------------
+
+
+class _Sender:
+    """The driver's Thespian endpoint: what it told whom, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[Any, bytes]] = []
+
+    def tell(self, to: Any, data: bytes) -> None:
+        self.told.append((to, data))
+
+
+class _SwitchWhileWaiting:
+    """The driver's lock: the first time a caller waits for it, the listener
+    thread takes the scheduler's lane offer (and holds the lock for it) first."""
+
+    def __init__(self, switch: Any) -> None:
+        import threading
+
+        self.lock = threading.Lock()
+        self.switch = switch
+
+    def __enter__(self) -> None:
+        switch, self.switch = self.switch, None
+        if switch is not None:
+            import threading
+
+            t = threading.Thread(target=switch)
+            t.start()
+            t.join(10)
+        self.lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.lock.release()
+
+
+def test_the_owner_keeps_its_order_when_the_lane_opens_while_it_sends() -> None:
+    from thespian.actors import ActorAddress
+
+    from llmspell._driver import LocalDriver
+    from llmspell.messages import encode
+    from llmspell.messages.types import LaneOffer, Ping, Via
+
+    hub = Side("scheduler")
+    driver = LocalDriver("r" * 32, {}, lambda msg: None)
+    sender = _Sender()
+    me = ActorAddress("owner")
+    driver._sender, driver.me, driver._via, driver._lane_asked = sender, me, Via, "S"
+    offer = hub.lanes.offer(me)
+    assert offer is not None
+    driver._lock = _SwitchWhileWaiting(lambda: driver._take_lane(LaneOffer(*offer)))  # type: ignore[assignment]
+    try:
+        first, second = encode(Ping("first")), encode(Ping("second"))
+        driver.send("S", first)  # no lane when it looked; the offer came meanwhile
+        driver.send("S", second)  # the lane is up by now
+        settle(hub, until=lambda: hub.marks())
+        for _, wrapped in sender.told:  # "Thespian" delivers, in the order sent
+            inner = decode(wrapped).data
+            if type(decode(inner)) is LaneMark:
+                hub.lanes.on_mark(decode(inner).token)
+            else:
+                hub.got.append((inner, me))
+        settle(hub, until=lambda: len(hub.got) >= 2)
+        assert hub.bodies() == [first, second]
+    finally:
+        driver._stopping.set()
+        driver._drop_lane(driver._lane)
+        hub.lanes.close()
+
+
+def _owner(hub: Side, on_message: Any) -> tuple[Any, Any]:
+    """A ``LocalDriver`` whose Thespian endpoint is a list, with a lane from
+    ``hub`` (the scheduler "S") taken and marked; its owner address."""
+    from thespian.actors import ActorAddress
+
+    from llmspell._driver import LocalDriver
+    from llmspell.messages.types import LaneOffer, Via
+
+    driver = LocalDriver("r" * 32, {}, on_message)
+    me = ActorAddress("owner")
+    driver._sender, driver.me, driver._via, driver._lane_asked = _Sender(), me, Via, "S"
+    offer = hub.lanes.offer(me)
+    assert offer is not None
+    driver._take_lane(LaneOffer(*offer))
+    settle(hub, until=lambda: hub.marks())
+    driver._handle(hub.thespian[-1][1])  # the scheduler's mark, through "Thespian"
+    assert driver._lane is not None and driver._lane.marked.is_set()
+    return driver, me
+
+
+def test_what_a_dead_scheduler_sent_on_its_lane_is_read_after_its_replacement_is_told() -> None:
+    import threading
+
+    from llmspell.messages import encode
+    from llmspell.messages.types import Ping, Replaced
+
+    hub = Side("scheduler")
+    got: list[Any] = []
+    busy, go = threading.Event(), threading.Event()
+
+    def on_message(msg: Any) -> None:
+        if type(msg) is Ping:
+            got.append(msg.role)
+            if msg.role == "1":  # the owner's thread is slow with the first
+                busy.set()
+                go.wait(10)
+
+    driver, me = _owner(hub, on_message)
+    try:
+        hub.lanes.write(str(me), encode(Ping("1")))
+        assert busy.wait(10)
+        hub.lanes.write(str(me), encode(Ping("2")))  # waits in the owner's socket
+        hub.lanes.write(str(me), encode(Ping("3")))
+        hub.lanes.close()  # the scheduler died after sending them
+        from thespian.actors import ActorAddress
+
+        driver._handle(encode(Replaced("scheduler", ActorAddress("S2"), 1, False, 2)))
+        go.set()
+        _wait(lambda: len(got) == 3, f"what the scheduler sent before it died was lost: {got}", 10)
+        assert got == ["1", "2", "3"]
+    finally:
+        go.set()
+        driver._stopping.set()
+        driver._drop_lane(driver._lane)
+        hub.lanes.close()
+
+
+def test_a_lane_offered_while_the_owner_stops_is_closed() -> None:
+    from thespian.actors import ActorAddress
+
+    from llmspell._driver import LocalDriver
+    from llmspell.messages.types import LaneOffer, Via
+
+    hub = Side("scheduler")
+    driver = LocalDriver("r" * 32, {}, lambda msg: None)
+    me = ActorAddress("owner")
+    driver._sender, driver.me, driver._via, driver._lane_asked = _Sender(), me, Via, "S"
+    offer = hub.lanes.offer(me)
+    assert offer is not None
+    try:
+        driver._stopping.set()  # close() has begun; the listener takes the offer still
+        driver._take_lane(LaneOffer(*offer))
+        lane = driver._lane
+        assert lane is not None
+        # its reader ends (the owner stops) and closes it
+        _wait(lambda: lane.sock.fileno() == -1, "the lane's socket was left open", 10)
+    finally:
+        driver._drop_lane(driver._lane)
+        hub.lanes.close()
+
+
 def test_a_message_over_the_limit_is_left_to_thespian_and_the_lane_stays(
     pair: tuple[Side, Side, bytes],
 ) -> None:
