@@ -66,6 +66,7 @@ from .._clock import monotonic, now
 from .._exceptions import JournalError, MessageError
 from .._frames import DEFAULT_MAX_FRAME
 from ..messages import decode
+from ..messages.codec import encode_item, encode_with_items
 from ..messages.config import ENGINES
 from ..messages.ids import new_task_id
 from ..messages.types import (
@@ -706,6 +707,9 @@ class Scheduler(WireActor):
             out, self._out = self._out, {}
             self._last_watcher = self._last_batch = None
             for addr, outcomes in out.values():
+                if self._host is None and len(outcomes) > 1:
+                    self._send_outcomes(addr, outcomes)
+                    continue
                 for i in range(0, len(outcomes), 500):
                     self.send_msg(addr, TaskOutcomes(outcomes[i : i + 500]))
         if self._events and "events" in self.addresses:
@@ -713,6 +717,24 @@ class Scheduler(WireActor):
             self.send_msg(self.addresses["events"], PublishBatch(events))
         else:
             self._events.clear()
+
+    def _send_outcomes(self, addr: ActorAddress, outcomes: list[TaskOutcome]) -> None:
+        """(A process of its own) ``TaskOutcomes`` of at most 500 outcomes and
+        about half ``max_frame_bytes`` each: outcomes that each fit in a frame but
+        not together (big values, several ended in one turn) are never one
+        message too large to send, which nobody would hear of."""
+        budget = self._max_frame // 2
+        parts: list[bytes] = []
+        used = 0
+        for o in outcomes:
+            part = encode_item(o)
+            if parts and (used + len(part) > budget or len(parts) == 500):
+                self.send(addr, encode_with_items(TaskOutcomes, parts))
+                parts, used = [], 0
+            parts.append(part)
+            used += len(part)
+        if parts:
+            self.send(addr, encode_with_items(TaskOutcomes, parts))
 
     def _dispatch_replays(self, addr: ActorAddress, chunk: list[Rec]) -> None:
         """Dispatch ``chunk`` with the host calls their scripts replay, in
