@@ -543,7 +543,7 @@ class _OwnerLane:
     """The owner's lane to the scheduler: callers write frames under the
     driver's lock; a thread of its own reads (``_lanes``)."""
 
-    __slots__ = ("key", "marked", "max_bytes", "peer", "sock", "token")
+    __slots__ = ("done", "key", "marked", "max_bytes", "peer", "reader", "sock", "token")
 
     def __init__(self, sock: Any, peer: Any, token: bytes, max_bytes: int) -> None:
         self.sock = sock
@@ -552,6 +552,8 @@ class _OwnerLane:
         self.key = _lanes.lane_key(peer)
         self.token = token
         self.marked = threading.Event()  # the scheduler's LaneMark came
+        self.done = threading.Event()  # its reader read it to the end (or gave up)
+        self.reader: threading.Thread | None = None
 
     def close(self) -> None:
         import socket
@@ -854,6 +856,10 @@ class LocalDriver:
             return False
         kind = type(msg)
         if kind is Shutdown:
+            # the director says every child stopped, the scheduler too: what the
+            # scheduler wrote on its lane before (its last outcomes: the tasks it
+            # cancelled) is read first, as it was when it came through here
+            self._finish_lane()
             if self.attach:  # the director says it stops
                 self._lost(f"the served runtime at {self.host}:{self.port} stopped")
                 return True
@@ -924,9 +930,10 @@ class LocalDriver:
             self._sender.tell(peer, mark)
             old, self._lane = self._lane, lane
         self._drop_lane(old)
-        threading.Thread(
+        lane.reader = threading.Thread(
             target=self._read_lane, args=(lane,), name="llmspell-lane", daemon=True
-        ).start()
+        )
+        lane.reader.start()
 
     def _read_lane(self, lane: _OwnerLane) -> None:
         reader = _lanes.FrameReader(lane.max_bytes)
@@ -952,7 +959,20 @@ class LocalDriver:
                     if self._handle(raw):
                         return
         finally:
+            lane.done.set()
             self._drop_lane(lane)
+
+    def _finish_lane(self, timeout: float = 2.0) -> None:
+        """(The listener thread) wait until the lane's reader has read the lane to
+        its end (the scheduler has exited: its end is closed)."""
+        lane = self._lane
+        if (
+            lane is not None
+            and lane.marked.is_set()
+            and threading.current_thread() is not lane.reader
+        ):
+            if not lane.done.wait(timeout):
+                log.warning("local driver: the scheduler's lane was not read to its end")
 
     def _drop_lane(self, lane: _OwnerLane | None) -> None:
         if lane is None:

@@ -305,8 +305,17 @@ class Lanes:
         if lane is not None:
             self._drop(lane, "its peer was replaced")
 
-    def close(self) -> None:
+    def close(self, drain_for: float = 0.0) -> None:
+        """Close every lane, after writing what waits in their outboxes for up to
+        ``drain_for`` seconds each (the peer reads a lane to its end)."""
         for lane in list(self.by_fd.values()):
+            if drain_for > 0 and lane.outbox:
+                try:
+                    lane.sock.settimeout(drain_for)
+                    lane.sock.sendall(b"".join(lane.outbox))
+                except OSError as exc:
+                    log.warning("%s: a lane closed with bytes unsent (%s)", self.role, exc)
+                lane.outbox.clear()
             lane.close()
         for u in self.unproven.values():
             u.sock.close()

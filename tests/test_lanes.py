@@ -519,3 +519,23 @@ def test_two_hosts_on_one_port_are_two_peers() -> None:
     finally:
         if added:
             thisSystem._myAddresses.discard("127.0.0.2")
+
+
+def test_closing_writes_what_waits_in_the_outbox_first(pair: tuple[Side, Side, bytes]) -> None:
+    """The scheduler closes its lanes as it shuts down: the outcomes still in an
+    outbox reach the peer, which reads the lane to its end."""
+    import threading
+
+    hub, client, token = pair
+    settle(hub, until=lambda: hub.marks())
+    client.lanes.on_mark(token)
+    for i in range(120):  # 12 MB: more than the socket takes while nobody reads
+        assert hub.lanes.write("C", b"%03d" % i + b"y" * 100_000)
+    assert hub.lanes.pending
+    reader = threading.Thread(
+        target=lambda: settle(client, until=lambda: len(client.got) == 120, turns=3000)
+    )
+    reader.start()
+    hub.lanes.close(drain_for=10)
+    reader.join(30)
+    assert [d[:3] for d in client.bodies()] == [b"%03d" % i for i in range(120)]

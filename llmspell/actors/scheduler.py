@@ -1256,6 +1256,11 @@ class Scheduler(WireActor):
     # -- shutdown -----------------------------------------------------------
 
     def on_shutdown(self, msg: Any, sender: ActorAddress) -> None:
+        if self._lanes is not None:
+            # what it sends from now on (the cancels below) goes through Thespian, as
+            # the director's word to attached clients that the runtime stops does: it
+            # comes first, as before lanes; what is on a lane is read to its end
+            self._lanes.close(drain_for=1.0)
         if self.durable is not None:
             # With a journal, closing the runtime is not the end of its tasks: they
             # stay unfinished in the file, and the next runtime on it resumes them.
@@ -1266,6 +1271,10 @@ class Scheduler(WireActor):
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
                 error = _err(msg.reason, kind="cancelled")
+                # as a cancel of the closing owner's: a client attached to a served
+                # runtime raises RuntimeClosed for it (the outcome may reach it
+                # before the director's word that the runtime stopped)
+                error["shutdown"] = True
                 self.table.apply(Ended(rec.spec.id, CANCELLED, t, error=error))
 
     def _publish(self, name: str, payload: Any, always: bool = False) -> None:
