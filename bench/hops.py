@@ -9,7 +9,9 @@ admin, so every actor process inherits them. Each process appends
 ``pid event detail time`` lines to one file (``O_APPEND``: whole lines).
 
 What is marked: the caller (submit, the send's start and end, the wake-up
-after the outcome); in every process each frame Thespian finished sending,
+after the outcome); in every process each frame written to a lane and each
+lane read (``_lanes``: the scheduler's own socket to its engines and owner,
+local mode's hot path), each frame Thespian finished sending,
 each frame it finished receiving (the ACK sent right after), each ACK it got
 back, each handler's start and end (with the message's tag and the actor's
 role); in the Python engine the worker thread's call; in the owner the
@@ -98,6 +100,11 @@ def install(path: str) -> None:
         return r
 
     sel_cls.select = select  # type: ignore[method-assign]
+
+    from llmspell import _lanes
+
+    wrap(_lanes.Lane, "write", before=lambda *a, **k: mark("lane-write"))
+    wrap(_lanes.Lanes, "_read", before=lambda *a, **k: mark("lane-read"))
 
     W = _actor.WireActor
     orig_deliver = W._deliver_to_handler

@@ -31,6 +31,8 @@ from thespian.actors import (
 
 from . import _clock
 from ._exceptions import MessageError
+from ._lanes import Lanes, lane_key
+from ._lanes import available as lanes_available
 from .messages import Message, decode, encode
 from .messages.types import Pong, StreamAck, Via
 
@@ -41,8 +43,10 @@ log = logging.getLogger("llmspell")
 
 
 def addr_key(address: ActorAddress) -> str:
-    """A hashable key for an actor address (Thespian's are not hashable)."""
-    return str(address)
+    """A hashable key for an actor address (Thespian's are not hashable): host
+    and port (``_lanes.lane_key``), never ``str(address)`` alone, which leaves a
+    local host out (127.0.0.2:5000 and 127.0.0.3:5000 would be one key)."""
+    return lane_key(address)
 
 
 class WireActor(Actor):  # type: ignore[misc]
@@ -57,6 +61,11 @@ class WireActor(Actor):  # type: ignore[misc]
         super().__init__()
         self._handlers: dict[str, Callable[[Any, Any], None]] = {}
         self.bad_messages = 0
+        # local mode: direct sockets to the scheduler or from its peers (``_lanes``)
+        self._lanes: Lanes | None = None
+        self._lane_to: Any = None  # the address last sent to, and its key
+        self._lane_key = ""
+        self._lane_wake = False  # a wake-up to retry a lane's outbox is armed
 
     # -- receiving ----------------------------------------------------------
 
@@ -73,6 +82,14 @@ class WireActor(Actor):  # type: ignore[misc]
         # Thespian replaces an actor's watched file descriptors by what each
         # receiveMessage returns (multiprocTCPBase only)
         fds = self.watched()
+        lanes = self._lanes
+        if lanes is not None:
+            if lanes.pending:
+                lanes.drain()
+                if lanes.pending and not self._lane_wake:
+                    self._lane_wake = True
+                    self.wakeupAfter(timedelta(seconds=_LANE_RETRY), payload=_LANE_DRAIN)
+            fds = fds + lanes.fds()
         return ThespianWatch(fds) if fds else None
 
     def _dispatch_message(self, msg: Any, sender: ActorAddress) -> None:
@@ -91,12 +108,19 @@ class WireActor(Actor):  # type: ignore[misc]
             self._deliver_to_handler(msg, sender)
         elif isinstance(msg, WakeupMessage):
             payload = msg.payload
+            if type(payload) is str and payload == _LANE_DRAIN:  # receiveMessage retries the outbox
+                self._lane_wake = False
+                return
             if type(payload) is _Later:  # a long wait, armed a day at a time: go on
                 self.wake_after(payload.at - _clock.monotonic(), payload.payload)
                 return
             self.on_wakeup(payload)
         elif isinstance(msg, WatchMessage):
-            self.on_fd_ready(msg.ready)
+            ready = msg.ready
+            if self._lanes is not None:
+                ready = self._lanes.on_ready(ready)
+            if ready:
+                self.on_fd_ready(ready)
         elif isinstance(msg, ChildActorExited):
             self.on_child_exited(msg.childAddress)
         elif isinstance(msg, PoisonMessage):
@@ -122,6 +146,48 @@ class WireActor(Actor):  # type: ignore[misc]
 
     def on_ping(self, msg: Any, sender: ActorAddress) -> None:
         self.send_msg(sender, Pong(msg.role, os.getpid()))
+
+    # -- lanes (``_lanes``: local mode's direct sockets) ----------------------------
+
+    def open_lanes(self, max_bytes: int) -> Lanes | None:
+        """This actor's lanes (made once), or None where there can be none
+        (embedded, simulation, no abstract sockets)."""
+        if self._lanes is None and self._host is None and lanes_available():
+            self._lanes = Lanes(
+                self.role, max_bytes, self._lane_deliver, self._send_thespian, addr_key
+            )
+        return self._lanes
+
+    def _lane_deliver(self, data: bytes, peer: ActorAddress) -> None:
+        try:
+            self._dispatch_message(data, peer)
+        except Exception:  # one frame's handler failing loses none of the others
+            log.exception("%s failed handling a message from %s", self.role, peer)
+
+    def _send_thespian(self, to: ActorAddress, data: bytes) -> None:
+        super().send(to, data)
+
+    def on_lane_offer(self, msg: Any, sender: ActorAddress) -> None:
+        lanes = self._lanes
+        if lanes is not None:
+            lanes.take_offer(sender, msg.name, msg.token)
+
+    def on_lane_mark(self, msg: Any, sender: ActorAddress) -> None:
+        if self._lanes is not None:
+            self._lanes.on_mark(msg.token)
+
+    def send(self, targetAddr: ActorAddress, msg: Any) -> None:
+        """Thespian's ``send``, through a lane when one goes to ``targetAddr``."""
+        lanes = self._lanes
+        if lanes is not None and lanes.out and type(msg) is bytes:
+            if targetAddr is self._lane_to:
+                key = self._lane_key
+            else:
+                key = addr_key(targetAddr)
+                self._lane_to, self._lane_key = targetAddr, key
+            if lanes.write(key, msg):
+                return
+        super().send(targetAddr, msg)
 
     def on_stream_chunks(self, msg: Any, sender: ActorAddress) -> None:
         """Chunks of an agent task this actor submitted: an actor that does not
@@ -182,6 +248,8 @@ class WireActor(Actor):  # type: ignore[misc]
 
 
 _MAX_WAKE = 86_400.0
+_LANE_DRAIN = "_lane_drain"  # the payload of the wake-up that retries lanes' outboxes
+_LANE_RETRY = 0.002
 
 
 class _Later:

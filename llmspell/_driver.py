@@ -20,13 +20,24 @@ from typing import Any
 
 from thespian.actors import ActorSystem
 
+from . import _lanes
 from ._actor import log
 from ._exceptions import LlmspellError
 from ._loop import Loop
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
-from .messages.types import Attached, Introduce, Replaced, Shutdown, SupervisorEvent
+from .messages.config import DEFAULTS
+from .messages.types import (
+    Attached,
+    Introduce,
+    LaneAsk,
+    LaneMark,
+    LaneOffer,
+    Replaced,
+    Shutdown,
+    SupervisorEvent,
+)
 
 __all__ = ["EmbeddedDriver", "LocalDriver"]
 
@@ -36,6 +47,7 @@ ADOPT_TIMEOUT = 5.0
 #: left once the director has stopped its children (or stopped waiting for it) (s)
 _CLOSE_RESERVE = 2.0
 _MAX_CLIENTS = 256  # attached clients remembered for a re-created director (the newest)
+_LANE_TIMEOUT = 5.0  # a lane's send that takes longer: its scheduler is stuck, the lane goes
 _WATCH_GAP = 0.05  # the listener looks at the director's pid at most this often (s)
 
 _STOP = object()
@@ -624,6 +636,35 @@ def _reap_forked(pids: set[int]) -> None:
         time.sleep(0.02)
 
 
+class _OwnerLane:
+    """The owner's lane to the scheduler: callers write frames under the
+    driver's lock; a thread of its own reads (``_lanes``)."""
+
+    __slots__ = ("done", "key", "marked", "max_bytes", "peer", "reader", "sock", "token")
+
+    def __init__(self, sock: Any, peer: Any, token: bytes, max_bytes: int) -> None:
+        self.sock = sock
+        self.max_bytes = max_bytes
+        self.peer = peer
+        self.key = _lanes.lane_key(peer)
+        self.token = token
+        self.marked = threading.Event()  # the scheduler's LaneMark came
+        self.done = threading.Event()  # its reader read it to the end (or gave up)
+        self.reader: threading.Thread | None = None
+
+    def close(self) -> None:
+        import socket
+
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
 class LocalDriver:
     """A ``multiprocTCPBase`` actor system on 127.0.0.1: every actor in a
     process of its own, the admin on a loopback port.
@@ -683,6 +724,8 @@ class LocalDriver:
         # re-created after its death is told them, and tells them its address
         self._clients: list[Any] = []
         self._closing = False  # stop() asked the director to stop everything
+        self._lane: _OwnerLane | None = None  # to the scheduler, once it is up
+        self._lane_asked: Any = None  # the scheduler asked for one
         self._stopped_ack = threading.Event()  # the director answered: all its children exited
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
@@ -764,6 +807,7 @@ class LocalDriver:
         if not self.attach:
             self.processes()  # the admin noted at once: stop() must know if it died
         self.thread.start()
+        self._ask_lane(self.addresses.get("scheduler"))
         return self.addresses
 
     def _check_attach_host(self, host: str) -> None:
@@ -812,8 +856,27 @@ class LocalDriver:
         return alive
 
     def send(self, address: Any, data: bytes) -> None:
-        wrapped = encode(self._via(self.me, data))
+        wrapped = None
+        if self._lane is None:  # (wrapped outside the lock: most sends go one way)
+            wrapped = encode(self._via(self.me, data))
         with self._lock:
+            # lane or Thespian is decided under the lock _take_lane switches under:
+            # a send that saw no lane must not go through Thespian after the mark
+            lane = self._lane
+            if (
+                lane is not None
+                and (address is lane.peer or _lanes.lane_key(address) == lane.key)
+                and len(data) <= lane.max_bytes
+            ):  # (too big a message: Thespian's frames refuse it, saying so)
+                try:
+                    lane.sock.sendall(_lanes.frame(data))
+                    return
+                except OSError as exc:  # its scheduler is gone (or stuck): Thespian
+                    log.info("local driver: the lane to the scheduler broke (%s)", exc)
+                    self._lane = None
+                    lane.close()
+            if wrapped is None:
+                wrapped = encode(self._via(self.me, data))
             self._sender.tell(address, wrapped)
 
     def call(self, fn: Callable[[], None]) -> None:
@@ -877,35 +940,144 @@ class LocalDriver:
                 continue
             if raw is None:
                 continue
-            try:
-                msg = decode(raw) if isinstance(raw, (bytes, bytearray)) else raw
-            except Exception as exc:
-                log.warning("local driver dropped a malformed message: %s", exc)
-                continue
-            if type(msg) is Shutdown:
-                if self.attach:  # the director says it stops
-                    self._lost(f"the served runtime at {where} stopped")
+            if self._handle(raw):
+                return
+
+    def _handle(self, raw: Any) -> bool:
+        """A message for this driver (the listener's or the lane's thread); True:
+        the served runtime is gone, stop listening."""
+        try:
+            msg: Any = decode(raw) if isinstance(raw, (bytes, bytearray)) else raw
+        except Exception as exc:
+            log.warning("local driver dropped a malformed message: %s", exc)
+            return False
+        kind = type(msg)
+        if kind is Shutdown:
+            # the director says every child stopped, the scheduler too: what the
+            # scheduler wrote on its lane before (its last outcomes: the tasks it
+            # cancelled) is read first, as it was when it came through here
+            self._finish_lane()
+            if self.attach:  # the director says it stops
+                self._lost(f"the served runtime at {self.host}:{self.port} stopped")
+                return True
+            self._stopped_ack.set()  # the owner's stop(): every child has exited
+            return False
+        if kind is Introduce:  # a new director took the runtime over
+            self._adopted(msg)
+            return False
+        if kind is Attached:  # a client attached (kept for a new director)
+            if msg.client not in self._clients:
+                self._clients.append(msg.client)
+                del self._clients[:-_MAX_CLIENTS]
+            return False
+        if kind is LaneOffer:
+            self._take_lane(msg)
+            return False
+        if kind is LaneMark:
+            lane = self._lane
+            if lane is not None and lane.token == msg.token:
+                lane.marked.set()
+            return False
+        if kind is Replaced:
+            if msg.role != "director":
+                self._roles[msg.role] = msg.address
+                self._pids[msg.role] = int(msg.new_pid)
+                if msg.role == "scheduler":  # its lane died with it: ask the new one
+                    # (its reader reads on to the end: what the dead one sent before
+                    # it died may wait there unread, as it would in Thespian's socket)
+                    with self._lock:
+                        self._lane = None
+                    self._ask_lane(msg.address)
+            elif self.attach:  # the owner made a new director: it told us
+                self.director = msg.address
+        try:
+            self.on_message(msg)
+        except Exception:
+            log.exception("local driver: handling a message failed")
+        return False
+
+    # -- the lane to the scheduler (``_lanes``) ---------------------------------
+
+    def _ask_lane(self, scheduler: Any) -> None:
+        if scheduler is None or not _lanes.available():
+            return
+        self._lane_asked = scheduler
+        try:
+            self.send(scheduler, encode(LaneAsk()))
+        except Exception:
+            log.exception("local driver: asking for a lane failed")
+
+    def _take_lane(self, offer: LaneOffer) -> None:
+        """The scheduler's offer: connect, prove, mark, switch (as ``_lanes``
+        describes); the scheduler's frames are read once its own mark came."""
+        peer = self._lane_asked
+        if peer is None:
+            return
+        try:
+            sock = _lanes.connect(offer.name)
+            sock.sendall(_lanes.frame(offer.token))
+            sock.settimeout(_LANE_TIMEOUT)
+        except (OSError, _lanes.LaneError) as exc:
+            log.info("local driver: no lane to the scheduler (%s); Thespian it is", exc)
+            return
+        max_bytes = int(self.config.get("max_frame_bytes") or DEFAULTS.max_frame_bytes)
+        lane = _OwnerLane(sock, peer, offer.token, max_bytes)
+        mark = encode(self._via(self.me, encode(LaneMark(offer.token))))
+        with self._lock:
+            self._sender.tell(peer, mark)
+            old, self._lane = self._lane, lane
+        self._drop_lane(old)
+        lane.reader = threading.Thread(
+            target=self._read_lane, args=(lane,), name="llmspell-lane", daemon=True
+        )
+        lane.reader.start()
+
+    def _read_lane(self, lane: _OwnerLane) -> None:
+        reader = _lanes.FrameReader(lane.max_bytes)
+        try:
+            while not lane.marked.wait(0.2):  # what came before it through Thespian first
+                if self._stopping.is_set() or self._lane is not lane:
                     return
-                self._stopped_ack.set()  # the owner's stop(): every child has exited
-                continue
-            if type(msg) is Introduce:  # a new director took the runtime over
-                self._adopted(msg)
-                continue
-            if type(msg) is Attached:  # a client attached (kept for a new director)
-                if msg.client not in self._clients:
-                    self._clients.append(msg.client)
-                    del self._clients[:-_MAX_CLIENTS]
-                continue
-            if type(msg) is Replaced:
-                if msg.role != "director":
-                    self._roles[msg.role] = msg.address
-                    self._pids[msg.role] = int(msg.new_pid)
-                elif self.attach:  # the owner made a new director: it told us
-                    self.director = msg.address
-            try:
-                self.on_message(msg)
-            except Exception:
-                log.exception("local driver: handling a message failed")
+            while not self._stopping.is_set():
+                try:
+                    data = lane.sock.recv(262144)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                try:
+                    frames = reader.feed(data)
+                except _lanes.LaneError as exc:
+                    log.warning("local driver closed its lane with the scheduler: %s", exc)
+                    break
+                for raw in frames:
+                    if self._handle(raw):
+                        return
+        finally:
+            lane.done.set()
+            self._drop_lane(lane)
+
+    def _finish_lane(self, timeout: float = 2.0) -> None:
+        """(The listener thread) wait until the lane's reader has read the lane to
+        its end (the scheduler has exited: its end is closed)."""
+        lane = self._lane
+        if (
+            lane is not None
+            and lane.marked.is_set()
+            and threading.current_thread() is not lane.reader
+        ):
+            if not lane.done.wait(timeout):
+                log.warning("local driver: the scheduler's lane was not read to its end")
+
+    def _drop_lane(self, lane: _OwnerLane | None) -> None:
+        if lane is None:
+            return
+        with self._lock:
+            if self._lane is lane:
+                self._lane = None
+        lane.close()
 
     def _watch_director(self) -> None:
         """The director restarts every other runtime process; this driver (of
@@ -1054,6 +1226,7 @@ class LocalDriver:
             else:
                 self._await_stopped(deadline - _CLOSE_RESERVE)
         self._stopping.set()
+        self._drop_lane(self._lane)
         if self.thread.is_alive():
             self.thread.join(timeout)
         try:

@@ -22,6 +22,7 @@ module runs per task.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
@@ -91,6 +92,9 @@ class Spans:
 
         self.tracer = tracer
         self._trace = trace
+        # local mode: the owner's lane thread and its listener thread may both
+        # bring records (a restarted scheduler's first ones beside the old one's last)
+        self._lock = threading.Lock()
         self._root = Context()
         self._error = Status(StatusCode.ERROR)
         self._status, self._code = Status, StatusCode
@@ -137,6 +141,10 @@ class Spans:
     # -- the driver thread --------------------------------------------------------
 
     def on_records(self, msg: SpanRecords) -> None:
+        with self._lock:
+            self._on_records(msg)
+
+    def _on_records(self, msg: SpanRecords) -> None:
         if msg.seq != self.next_seq:
             if msg.seq > self.next_seq:
                 self.early[msg.seq] = msg.items

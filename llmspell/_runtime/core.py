@@ -246,8 +246,9 @@ class _Core:
             n = len(plain)
             k = n if linked else _SUBMIT_CHUNK  # (plain tasks have no dependencies)
             return handles, [SubmitTasks(plain[i : i + k], notify=True) for i in range(0, n, k)]
-        # (local mode: one message, as TCP between two actors may reorder several)
-        k = len(parts) if linked or self.mode != "embedded" else _SUBMIT_CHUNK
+        # (local mode too: the lane to the scheduler keeps their order; where there is
+        # none, Thespian usually does, and independent tasks need none)
+        k = len(parts) if linked else _SUBMIT_CHUNK
         if len(parts) <= k:
             return handles, [encode_with_items(SubmitTasks, parts)]
         return handles, [

@@ -378,9 +378,9 @@ class Runtime:
 
     def submit_many(self, tasks: Iterable[Task]) -> list[Handle]:
         """Queue several tasks; all or none are queued (every task is checked
-        before any is sent). Never blocks on the tasks themselves: embedded, a
-        big batch without dependencies goes to the scheduler in several
-        messages (the first tasks run while it takes in the rest); otherwise in
+        before any is sent). Never blocks on the tasks themselves: a big batch
+        without dependencies goes to the scheduler in several messages (the
+        first tasks run while it takes in the rest); one with dependencies in
         one. Raises ``MessageError`` for the first bad task or a used id
         (nothing queued), ``RuntimeClosed`` on a closed runtime and
         ``RuntimeDegraded`` once a supervisor gave up."""

@@ -66,6 +66,7 @@ from .._clock import monotonic, now
 from .._exceptions import JournalError, MessageError
 from .._frames import DEFAULT_MAX_FRAME
 from ..messages import decode
+from ..messages.codec import encode_item, encode_with_items
 from ..messages.config import ENGINES
 from ..messages.ids import new_task_id
 from ..messages.types import (
@@ -82,6 +83,8 @@ from ..messages.types import (
     HostCalls,
     InjectFaults,
     Introduce,
+    LaneAsk,
+    LaneOffer,
     ProgressBatch,
     ProgressReply,
     Publish,
@@ -704,6 +707,9 @@ class Scheduler(WireActor):
             out, self._out = self._out, {}
             self._last_watcher = self._last_batch = None
             for addr, outcomes in out.values():
+                if self._host is None and len(outcomes) > 1:
+                    self._send_outcomes(addr, outcomes)
+                    continue
                 for i in range(0, len(outcomes), 500):
                     self.send_msg(addr, TaskOutcomes(outcomes[i : i + 500]))
         if self._events and "events" in self.addresses:
@@ -711,6 +717,24 @@ class Scheduler(WireActor):
             self.send_msg(self.addresses["events"], PublishBatch(events))
         else:
             self._events.clear()
+
+    def _send_outcomes(self, addr: ActorAddress, outcomes: list[TaskOutcome]) -> None:
+        """(A process of its own) ``TaskOutcomes`` of at most 500 outcomes and
+        about half ``max_frame_bytes`` each: outcomes that each fit in a frame but
+        not together (big values, several ended in one turn) are never one
+        message too large to send, which nobody would hear of."""
+        budget = self._max_frame // 2
+        parts: list[bytes] = []
+        used = 0
+        for o in outcomes:
+            part = encode_item(o)
+            if parts and (used + len(part) > budget or len(parts) == 500):
+                self.send(addr, encode_with_items(TaskOutcomes, parts))
+                parts, used = [], 0
+            parts.append(part)
+            used += len(part)
+        if parts:
+            self.send(addr, encode_with_items(TaskOutcomes, parts))
 
     def _dispatch_replays(self, addr: ActorAddress, chunk: list[Rec]) -> None:
         """Dispatch ``chunk`` with the host calls their scripts replay, in
@@ -798,6 +822,16 @@ class Scheduler(WireActor):
         if self.durable is not None:  # what was not committed is dropped, as in a crash
             self.durable.close()
             self.durable = None
+        if self._lanes is not None:
+            self._lanes.close()
+
+    def on_lane_ask(self, msg: LaneAsk, sender: ActorAddress) -> None:
+        """An engine or a facade of this host asks for a lane (``_lanes``): offered
+        where this process can listen on one; else it stays on Thespian."""
+        lanes = self.open_lanes(self._max_frame)
+        offer = lanes.offer(sender) if lanes is not None else None
+        if offer is not None:
+            self.send_msg(sender, LaneOffer(*offer))
 
     def _journal_failed(self, exc: JournalError) -> None:
         log.error("scheduler: %s; the runtime is degraded", exc)
@@ -1222,6 +1256,11 @@ class Scheduler(WireActor):
     # -- shutdown -----------------------------------------------------------
 
     def on_shutdown(self, msg: Any, sender: ActorAddress) -> None:
+        if self._lanes is not None:
+            # what it sends from now on (the cancels below) goes through Thespian, as
+            # the director's word to attached clients that the runtime stops does: it
+            # comes first, as before lanes; what is on a lane is read to its end
+            self._lanes.close(drain_for=1.0)
         if self.durable is not None:
             # With a journal, closing the runtime is not the end of its tasks: they
             # stay unfinished in the file, and the next runtime on it resumes them.
@@ -1232,6 +1271,10 @@ class Scheduler(WireActor):
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
                 error = _err(msg.reason, kind="cancelled")
+                # as a cancel of the closing owner's: a client attached to a served
+                # runtime raises RuntimeClosed for it (the outcome may reach it
+                # before the director's word that the runtime stopped)
+                error["shutdown"] = True
                 self.table.apply(Ended(rec.spec.id, CANCELLED, t, error=error))
 
     def _publish(self, name: str, payload: Any, always: bool = False) -> None:

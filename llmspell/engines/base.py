@@ -20,11 +20,13 @@ from .._actor import WireActor, log
 from .._exceptions import MessageError
 from ..messages import check_data, decode, encode
 from ..messages.codec import encode_item, encode_with_items, own_data
+from ..messages.config import DEFAULTS
 from ..messages.types import (
     DispatchBatch,
     EngineReady,
     EngineResults,
     Introduce,
+    LaneAsk,
     Poll,
     ProgressBatch,
     ProgressReport,
@@ -109,6 +111,14 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
             ready.host = str(self.config.get("host", ""))
             ready.tags = list(self.config.get("tags") or ()) or None
         self.send_msg(self.scheduler, ready)
+        self._ask_lane(self.scheduler)
+
+    def _ask_lane(self, scheduler: ActorAddress) -> None:
+        """Local and cluster mode: ask the scheduler for a lane (``_lanes``)."""
+        if self.config.get("mode") in ("local", "cluster"):
+            max_bytes = int(self.config.get("max_frame_bytes") or DEFAULTS.max_frame_bytes)
+            if self.open_lanes(max_bytes) is not None:
+                self.send_msg(scheduler, LaneAsk())
 
     def setup(self, config: dict[str, Any]) -> None:
         """Create the engine's resources (thread pool, VM, ...)."""
@@ -133,6 +143,7 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
             self.send_msg(
                 msg.address, EngineReady(self.engine, self.index, os.getpid(), capacity, restarts)
             )
+            self._ask_lane(msg.address)
         self.replaced(msg)
 
     def running_ids(self) -> list[str]:

@@ -43,6 +43,9 @@ __all__ = [
     "HostCalls",
     "InjectFaults",
     "Introduce",
+    "LaneAsk",
+    "LaneMark",
+    "LaneOffer",
     "Ping",
     "Poll",
     "Pong",
@@ -600,6 +603,31 @@ class Via(Message):
 
     reply_to: Address
     data: bytes
+
+
+@message("lane_ask")
+@dataclass(slots=True)
+class LaneAsk(Message):
+    """engine/facade -> scheduler (local mode): offer me a lane (``_lanes``)."""
+
+
+@message("lane_offer")
+@dataclass(slots=True)
+class LaneOffer(Message):
+    """scheduler -> engine/facade: connect to the abstract Unix socket ``name`` and
+    write ``token`` as the first frame."""
+
+    name: bytes
+    token: bytes
+
+
+@message("lane_mark")
+@dataclass(slots=True)
+class LaneMark(Message):
+    """either side of a lane, through Thespian: everything I sent you before this
+    came through Thespian, everything after comes through the lane ``token``."""
+
+    token: bytes
 
 
 @message("supervisor_event")

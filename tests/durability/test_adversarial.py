@@ -357,3 +357,28 @@ def test_results_that_fit_alone_but_not_together_all_arrive() -> None:
         too_big = rt.submit(Task.lua("return string.rep('z', 3000000)"))
         with pytest.raises(LlmspellError, match="max_frame_bytes"):
             rt.result(too_big, timeout=30)
+
+
+def test_outcomes_that_fit_alone_but_not_together_go_in_several_messages() -> None:
+    """Local mode: outcomes the scheduler ends in one turn go to a facade in one
+    batch. Several big values (each under ``max_frame_bytes``, together over it)
+    made one message too large to send, refused unheard of: their waiters waited
+    for ever. (Lanes deliver several engine messages per turn, so this happens
+    whenever an engine's results were split to fit.)"""
+    from llmspell.actors.scheduler import Scheduler
+    from llmspell.messages import decode
+    from llmspell.messages.types import TaskOutcome
+
+    sched = Scheduler()
+    sched._max_frame = 2_000_000
+    sent: list[bytes] = []
+    sched.send = lambda to, data: sent.append(data)  # type: ignore[method-assign]
+    outcomes = [
+        TaskOutcome(f"t{i}", "succeeded", "z" * 600_000, None, {"duration": 0.1}) for i in range(4)
+    ] + [TaskOutcome(f"s{i}", "succeeded", i) for i in range(1200)]
+    sched._send_outcomes("facade", outcomes)
+    assert all(len(data) <= 2_000_000 for data in sent)
+    got = [o for data in sent for o in decode(data).items]
+    assert [o.task_id for o in got] == [o.task_id for o in outcomes]
+    assert got[0].value == "z" * 600_000 and got[-1].value == 1199
+    assert all(len(decode(data).items) <= 500 for data in sent)
