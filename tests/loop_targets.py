@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 
@@ -22,3 +23,17 @@ class CountingAgent:
 
 def same(input: Any = None) -> Any:
     return input
+
+
+# events the tests below set and wait for, by name (made by the test first)
+EVENTS: dict[str, threading.Event] = {}
+
+
+def set_event(name: str) -> bool:
+    EVENTS[name].set()
+    return True
+
+
+def wait_event(name: str) -> bool:
+    """True once ``name`` is set; False if that took more than 10 s."""
+    return EVENTS[name].wait(10)

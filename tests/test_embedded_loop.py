@@ -110,3 +110,50 @@ def test_ctrl_c_in_a_waiting_main_thread_leaves_the_runtime_whole() -> None:
                 wrong.append(values)
     assert wrong == []
     assert signal.getsignal(signal.SIGINT) is handler  # the application's handler is back
+
+
+def test_a_task_submitted_by_a_thread_that_then_waits_elsewhere_still_runs() -> None:
+    # the thread that drove the loop last submits and then waits on something of its
+    # own (no runtime call): the background thread takes the task all the same
+    import loop_targets
+
+    with Runtime() as rt:
+        for i in range(20):
+            name = f"elsewhere-{i}"
+            loop_targets.EVENTS[name] = threading.Event()
+            assert rt.result(rt.submit(Task.lua("return 1")), timeout=10) == 1  # drove
+            h = rt.submit(Task.python("loop_targets:set_event", args={"name": name}))
+            assert loop_targets.EVENTS[name].wait(10), f"round {i}: the task never ran"
+            assert rt.result(h, timeout=10) is True
+
+
+def test_a_call_queued_behind_a_blocked_call_gets_a_thread_of_its_own() -> None:
+    # the first call waits for the second: the second must not wait for a thread
+    # the first holds (its engine adds one when a call is queued behind busy ones)
+    import loop_targets
+
+    with Runtime(python_threads=4) as rt:
+        for i in range(10):
+            name = f"behind-{i}"
+            loop_targets.EVENTS[name] = threading.Event()
+            hs = rt.submit_many(
+                [
+                    Task.python("loop_targets:wait_event", args={"name": name}),
+                    Task.python("loop_targets:set_event", args={"name": name}),
+                ]
+            )
+            assert [rt.result(h, timeout=30) for h in hs] == [True, True]
+
+
+def test_changing_a_tasks_args_after_submit_does_not_change_what_runs() -> None:
+    with Runtime() as rt:
+        task = Task.python("loop_targets:same", args={"input": 1})
+        h = rt.submit(task)
+        assert task.args is not None
+        task.args["input"] = 2
+        assert rt.result(h, timeout=10) == 1
+        script = Task.lua("return spell.args.n", args={"n": 1})
+        h = rt.submit(script)
+        assert script.args is not None
+        script.args["n"] = 2
+        assert rt.result(h, timeout=10) == 1
