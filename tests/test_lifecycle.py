@@ -15,7 +15,7 @@ import psutil
 import pytest
 from helpers import run_cli, serve
 
-from llmspell import Runtime, RuntimeClosed, Task
+from llmspell import Runtime, RuntimeClosed, Task, TaskCancelled
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +124,22 @@ def test_an_owner_killed_during_start_up_leaves_no_process_behind(kill_at: int |
             owner.wait(10)
         for p in _processes_of(marker):  # this test's own processes, should any remain
             p.kill()
+
+
+def test_an_attached_client_that_cancels_its_task_gets_task_cancelled(served: int) -> None:
+    """Only the served runtime's shutdown ends a client's tasks with RuntimeClosed;
+    a cancel of its own is a cancel (every cancel used to be marked as a shutdown)."""
+    rt = Runtime(mode="local", address=f"127.0.0.1:{served}")
+    try:
+        for _ in range(3):
+            h = rt.submit(Task.python("targets:sleep", args={"seconds": 60}))
+            assert rt.cancel(h)
+            with pytest.raises(TaskCancelled):
+                rt.result(h, timeout=10)
+            time.sleep(0.2)  # and once the outcome is in, not only the cancel's reply
+            with pytest.raises(TaskCancelled):
+                rt.result(h, timeout=10)
+        assert rt.result(rt.submit(Task.lua("return 1")), timeout=30) == 1
+    finally:
+        rt.close()
+    assert run_cli("stop", "--port", str(served)).returncode == 0

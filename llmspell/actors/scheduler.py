@@ -991,8 +991,9 @@ class Scheduler(WireActor):
     # -- cancel, timeout ----------------------------------------------------
 
     def on_cancel(self, msg: CancelTasks, sender: ActorAddress) -> None:
-        # marked shutdown: a client attached to a served runtime raises RuntimeClosed
-        ev = Cancelled(msg.task_ids, msg.reason, now(), early=bool(msg.ref), shutdown=True)
+        # a cancel is a cancel (TaskCancelled), for an attached client too: only the
+        # runtime's shutdown (on_shutdown) marks what it ends for RuntimeClosed
+        ev = Cancelled(msg.task_ids, msg.reason, now(), early=bool(msg.ref))
         self.table.apply(ev)
         if msg.ref:  # sent in flush, once the cancels are committed
             self._replies.append((sender, CancelReply(msg.ref, ev.done)))
