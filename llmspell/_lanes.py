@@ -48,16 +48,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FrameReader", "Lane", "Lanes", "available", "connect", "frame"]
+__all__ = ["FrameReader", "Lane", "Lanes", "available", "connect", "frame", "lane_key"]
 
 log = logging.getLogger("llmspell")
 
 _LEN = struct.Struct(">I")
-#: how long an accepted connection may stay without its token before it is dropped
-#: (counted in connections: beyond this many waiting, the oldest goes)
+#: accepted connections that have not written their token yet: beyond this many,
+#: the oldest is dropped (a stranger holding connections open costs nothing more)
 _MAX_UNPROVEN = 16
-_SNDBUF = 4 << 20
-_TOKEN_BYTES = 16  # room for big dispatch batches without an outbox
+_SNDBUF = 4 << 20  # room for big dispatch batches without an outbox
+_TOKEN_BYTES = 16
 
 
 def available() -> bool:
@@ -67,8 +67,9 @@ def available() -> bool:
 
 def lane_key(address: Any) -> str:
     """The key of an actor's address for its lane: host *and* port. (Thespian's
-    ``str`` of a TCP address leaves a local host out, so two engines on
-    127.0.0.2:5000 and 127.0.0.3:5000 in cluster mode would share it.)"""
+    ``str`` of a TCP address leaves out a host the process counts as its own, so
+    in a cluster member bound to 127.0.0.2, 127.0.0.1:5000 and 127.0.0.2:5000
+    print alike.)"""
     sockname = getattr(getattr(address, "addressDetails", None), "sockname", None)
     if isinstance(sockname, tuple) and len(sockname) >= 2:
         return f"{sockname[0]}:{sockname[1]}"
