@@ -44,8 +44,9 @@ log = logging.getLogger("llmspell")
 
 def addr_key(address: ActorAddress) -> str:
     """A hashable key for an actor address (Thespian's are not hashable): host
-    and port (``_lanes.lane_key``), never ``str(address)`` alone, which leaves a
-    local host out (127.0.0.2:5000 and 127.0.0.3:5000 would be one key)."""
+    and port (``_lanes.lane_key``), never ``str(address)`` alone, which leaves
+    out a host the process counts as its own (in a member bound to 127.0.0.2,
+    127.0.0.1:5000 and 127.0.0.2:5000 would be one key)."""
     return lane_key(address)
 
 

@@ -300,12 +300,6 @@ class Lanes:
         for data in held:
             self.deliver(data, lane.peer)
 
-    def forget(self, peer: Any) -> None:
-        """``peer`` was replaced (a new process at a new address): its lane goes."""
-        lane = self.out.get(self.key_of(peer))
-        if lane is not None:
-            self._drop(lane, "its peer was replaced")
-
     def close(self, drain_for: float = 0.0) -> None:
         """Close every lane, after writing what waits in their outboxes for up to
         ``drain_for`` seconds each (the peer reads a lane to its end)."""

@@ -539,3 +539,31 @@ def test_closing_writes_what_waits_in_the_outbox_first(pair: tuple[Side, Side, b
     hub.lanes.close(drain_for=10)
     reader.join(30)
     assert [d[:3] for d in client.bodies()] == [b"%03d" % i for i in range(120)]
+
+
+def test_without_lanes_local_mode_runs_on_thespian_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where no lane can be made (an engine on another host in cluster mode, no
+    abstract sockets), every message goes through Thespian as before lanes; on this
+    machine cluster tests get lanes, so this is the test of that path."""
+    import llmspell._actor
+
+    # patched before the runtime starts: its processes are forked from this one
+    monkeypatch.setattr(_lanes, "available", lambda: False)
+    monkeypatch.setattr(llmspell._actor, "lanes_available", lambda: False)
+    with Runtime(mode="local", workers=1, script_python=SCRIPT_PYTHON) as rt:
+        tasks = [
+            Task.python("targets:add", args={"x": 1, "y": 2}),
+            Task.lua("return 2"),
+            Task.js("return 3"),
+        ]
+        assert [rt.result(rt.submit(t), timeout=30) for t in tasks] == [3, 2, 3]
+        hs = rt.submit_many([Task.python("targets:add", args={"x": i, "y": 1}) for i in range(600)])
+        assert [rt.result(h, timeout=60) for h in hs] == [i + 1 for i in range(600)]
+        slow = rt.submit(Task.python("targets:sleep", args={"seconds": 30}))
+        _wait(lambda: rt.status(slow) == "running", "the slow task never ran")
+        assert rt.cancel(slow) and rt.status(slow) == "cancelled"
+        sched = rt.stats()["processes"]["scheduler"]
+        assert rt._driver._lane is None  # type: ignore[attr-defined]
+        assert _lane_peers(sched) == 0

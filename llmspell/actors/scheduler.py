@@ -1272,9 +1272,9 @@ class Scheduler(WireActor):
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
                 error = _err(msg.reason, kind="cancelled")
-                # as a cancel of the closing owner's: a client attached to a served
-                # runtime raises RuntimeClosed for it (the outcome may reach it
-                # before the director's word that the runtime stopped)
+                # the runtime's shutdown: a client attached to a served runtime
+                # raises RuntimeClosed for it (the outcome may reach it before the
+                # director's word that the runtime stopped)
                 error["shutdown"] = True
                 self.table.apply(Ended(rec.spec.id, CANCELLED, t, error=error))
 
