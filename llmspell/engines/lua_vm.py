@@ -167,6 +167,7 @@ class LuaVM:
         self._current = ""
         self._timing = timing
         self._hook_t0 = 0.0
+        self._until = 0.0  # resume_batch's
         self._tripped = False
         self._closed = False
         self._lua: Any = lua55.LuaRuntime(
@@ -181,13 +182,15 @@ class LuaVM:
         h = real_load(_PRELUDE.encode(), b"=[llmspell]", b"t")(
             self._over, self._h_submit, self._h_emit, self._h_progress, self._h_log,
             0 if step_budget is None else hook_count, _PREFIX, _SUFFIX,
-            self._h_clock if record_clock else None,
+            self._h_clock if record_clock else None, self._h_current, self._h_due,
         )  # fmt: skip
         self._compile: Any = h.compile
         self._coroutine: Any = h.runner.coroutine
         self._fail_info: Any = h.fail_info
         self._encode: Any = h.encode
         self._drop: Any = h.drop
+        self._batch: Any = h.batch
+        self._batch_end: Any = h.batch_end
         self._count: Any = h.count
         self._gc: Any = h.gc
         self._table_from: Any = self._lua.table_from
@@ -299,6 +302,110 @@ class LuaVM:
             return _SLEEP0
         return self._step_end(task_id, task, r)
 
+    def resume_batch(
+        self, task_ids: list[str], rounds: bool = False, until: float = 0.0
+    ) -> tuple[int, list[int], list[int], list[tuple[int, StepResult]]]:
+        """Resume ``task_ids`` (each resumed before and owed no answer) in order, inside
+        Lua, while each one only sleeps 0 or returns: one pass, or round after round if
+        ``rounds`` (the caller has nothing else to run). It stops after a resume with any
+        other result, after one that called the host (``spell.submit``, ``log``, ...) or
+        ran long enough to meet the budget hook, and once the VM's clock reads ``until``
+        or later (looked at every 64 resumes; 0: one pass at most). A cooperative
+        yield then costs a Lua ``coroutine.resume``, not a crossing from Python into Lua
+        and back, and the order is the one resuming them one at a time gives.
+
+        Returns ``(n, front, back, done)``: ``n`` resumes were made; ``front`` are the
+        positions in ``task_ids`` of the tasks this pass did not reach (to run first),
+        ``back`` those that slept 0, in the order they run again; ``done`` the
+        ``(position, result)`` of the tasks that returned and, last, of the one that
+        stopped the batch, as ``resume`` returns them. ``n`` is 0 when the VM had no
+        memory to begin. Raises ``KeyError`` (before resuming any) for a task the VM does
+        not hold or has not resumed yet. The tasks' ``cpu_seconds`` share the batch's
+        time evenly, by their number of resumes."""
+        if self._closed:
+            raise RuntimeError("LuaVM is closed")
+        tasks = self._tasks
+        ring = []
+        for t in task_ids:
+            task = tasks[t]
+            if not task.resumes:
+                raise KeyError(f"task {t!r} has not started: resume it first")
+            ring.append(task)
+        k = len(ring)
+        if not k:
+            return 0, [], [], []
+        self._cur_budget = self._budget
+        self._hook_t0 = 0.0
+        timing = self._timing
+        t0 = self._clock() if timing else 0.0
+        self._until = until
+        try:
+            out = self._batch(rounds and until > 0, *[task.co for task in ring])
+        except _LuaMemoryError:
+            # the runner itself ran out (moving a result between threads, handing its
+            # table over): the resume it was in failed; those before it are as they were
+            out = (*self._batch_end(), True, False, b"not enough memory")
+            if not out[0]:
+                return 0, [], [], []  # before the first resume: nothing was run
+        elapsed = self._clock() - t0 if timing else 0.0
+        n, passes, last, dtable, dn = out[:5]
+        last -= 1
+        stop = out[6:] if len(out) > 5 else None
+        share = elapsed / n if n else 0.0
+        ended: dict[int, int] = {}  # position -> the pass it returned in
+        returned: list[tuple[int, Any]] = []  # position, first value
+        for j in range(1, dn + 1, 3):
+            i = dtable[j] - 1
+            ended[i] = dtable[j + 1]
+            returned.append((i, dtable[j + 2]))
+        if stop is not None:
+            if last in ended:  # out of memory after it returned: the return stands
+                stop = None
+            else:
+                ended[last] = passes
+        front: list[int] = []
+        back: list[int] = []
+        later: list[int] = []  # slept this pass, run again after the ones not reached
+        for i, task in enumerate(ring):
+            p = ended.get(i)
+            if p is None:
+                r = passes if i <= last else passes - 1
+                (later if i <= last else back if passes > 1 else front).append(i)
+            else:
+                r = p
+                task.yields -= 1  # its last resume returned or stopped the batch
+            task.resumes += r
+            task.yields += r
+            task.cpu += r * share
+        back += later
+        done: list[tuple[int, StepResult]] = []
+        for i, first in returned:
+            task_id = task_ids[i]
+            self._current = task_id
+            done.append((i, self._step_end(task_id, ring[i], first)))
+        if stop is not None:
+            task_id, task = task_ids[last], ring[last]
+            self._current = task_id
+            if not stop[0]:  # it raised
+                err = stop[1] if len(stop) > 1 else None
+                exc = (
+                    _LuaMemoryError(err)
+                    if err == b"not enough memory" and not self._tripped
+                    else _LuaError(err)
+                )
+                done.append((last, self._failed(task_id, task, exc)))
+            else:  # five values, the missing ones None
+                vals = list(stop[1:])
+                while vals and vals[-1] is None:
+                    vals.pop()
+                v: Any = (
+                    None if not vals
+                    else vals[0] if len(vals) == 1
+                    else (*vals, *(None,) * (5 - len(vals)))
+                )  # fmt: skip
+                done.append((last, self._step_end(task_id, task, v)))
+        return n, front, back, done
+
     def cancel(self, task_id: str) -> None:
         task = self._tasks.pop(task_id, None)
         if task is None or self._closed:
@@ -349,9 +456,9 @@ class LuaVM:
 
     # ---- internals -------------------------------------------------------------------
 
-    def _over(self) -> bool:
+    def _over(self, fresh: bool = False) -> bool:
         now = self._clock()
-        if not self._hook_t0:
+        if fresh or not self._hook_t0:
             self._hook_t0 = now
         elif now - self._hook_t0 > self._cur_budget:
             self._tripped = True
@@ -507,6 +614,14 @@ class LuaVM:
             if isinstance(v, base):
                 return self._to_lua(base(v))
         raise _ConvError(f"cannot convert a {t.__name__}")
+
+    def _h_due(self) -> bool:
+        """Whether ``resume_batch`` is to stop (its ``until`` has come)."""
+        return self._clock() >= self._until
+
+    def _h_current(self, task_id: bytes) -> None:
+        """The task that makes the host calls that follow (inside ``resume_batch``)."""
+        self._current = task_id.decode()
 
     # host calls made by the script; they never raise into Lua, they return an error
     def _h_submit(self, data: bytes) -> tuple[Any, ...]:

@@ -1,5 +1,6 @@
 -- llmspell's Lua prelude: the sandbox every Lua task runs in (loaded once per LuaVM; see lua_vm.py)
-local over, h_submit, h_emit, h_progress, h_log, COUNT, PREFIX, SUFFIX, h_clock = ...
+local over, h_submit, h_emit, h_progress, h_log, COUNT, PREFIX, SUFFIX, h_clock, h_current,
+      h_due = ...
 local type, next, error, select, tostring, rawget, rawset, rawequal =
       type, next, error, select, tostring, rawget, rawset, rawequal
 local setmetatable, getmetatable, pcall, xpcall, load, collectgarbage =
@@ -28,9 +29,14 @@ global none
 -- pcall needs no wrapper (and errors keep the user's positions); the host fails
 -- a task that swallowed KILL and yielded or returned all the same. (xpcall keeps a
 -- wrapper: see BASE.)
-local KILL, killed, closing = {}, false, false
+-- fresh: a batch (H.batch) has just resumed another task, whose budget clock starts at
+-- this hook call (a resume from the host restarts the clock itself)
+-- HOOKED: the hook was called (H.batch ends after such a resume: a task computed a while)
+local KILL, killed, closing, fresh, HOOKED = {}, false, false, false, false
 local function hook()
-  if (killed and not closing) or over() then
+  local f = fresh
+  fresh, HOOKED = false, true
+  if (killed and not closing) or over(f) then
     killed = true
     if not closing then sethook(co_running(), hook, "", 1) end
     error(KILL, 0)
@@ -73,6 +79,22 @@ end
 local RO = {}  -- read-only library proxy -> the table it shows
 local TASKS = setmetatable({}, {__mode = "k"})  -- the task threads -> their task ids
 local OWNER = setmetatable({}, {__mode = "k"})  -- a script's own coroutine -> its task thread
+-- A host call made while H.batch runs tells the host first which task makes it (the host
+-- knows it for a resume it made itself), and ends the batch after this resume.
+local BATCH_CO, HOSTED = nil, false
+local function synced(f)
+  if f == nil then return nil end
+  return function(...)
+    local co = BATCH_CO
+    if co ~= nil then
+      BATCH_CO, HOSTED = nil, true
+      h_current(TASKS[co])
+    end
+    return f(...)
+  end
+end
+h_submit, h_emit, h_progress, h_log, h_clock =
+  synced(h_submit), synced(h_emit), synced(h_progress), synced(h_log), synced(h_clock)
 
 local function readonly(src, name)
   local p = setmetatable({}, {
@@ -797,6 +819,61 @@ function H.fail_info(co)
 end
 function H.drop(co)
   close_task(co)
+end
+-- H.batch(rounds, co1, co2, ...): resume task threads (each resumed by the host before,
+-- none owed an answer) in ring order, one pass, or round after round if rounds (the
+-- host has nothing else to run), while they sleep 0 (yield nothing and stay suspended)
+-- or return; it stops after a resume that did anything else (a request, an error, a
+-- kill) or made a host call, after a hook call (a task computed for a while), and when
+-- the host's h_due() says its quantum is over (asked every 64 resumes). A spell.sleep(0) then costs a Lua coroutine.resume, not a
+-- crossing from Python into Lua and back. Returns n (resumes made), the pass it ended in
+-- (from 1), the slot of its last resume, and a table of the returns (slot, pass, first
+-- value; 3 entries each) with its length; then, when the last resume did something else,
+-- true and what coroutine.resume returned.
+-- What a resume that stops it yielded: at most five values (1, pattern, timeout: a
+-- wait_event; 2, tasks, strategy, timeout, inputs: a coordinate; one value for the
+-- others; USER first for the script's own yields, whose values are dropped).
+local RING, BN, PASS, DONE, DN, CUR_I = nil, 0, 0, nil, 0, 0
+function H.batch(rounds, ...)
+  local ring, k = {...}, select("#", ...)
+  local done, dn, pass, alive, n, i, last = {}, 0, 1, k, 0, 0, 0
+  RING, DONE, DN, PASS, BN, CUR_I, BATCH_CO, HOOKED = ring, done, 0, 1, 0, 0, nil, false
+  while true do
+    i = i + 1
+    if i > k then
+      if not rounds or alive == 0 then break end
+      pass, i = pass + 1, 1
+      PASS = pass
+    end
+    local co = ring[i]
+    if co then
+      BATCH_CO, HOSTED, fresh = co, false, true
+      n, last = n + 1, i
+      BN, CUR_I = n, i
+      local ok, a, b, c, d, e = co_resume(co)
+      if not ok or killed or (a ~= nil and co_status(co) == "suspended") then
+        BATCH_CO, RING = nil, nil
+        return n, pass, i, done, dn, true, ok, a, b, c, d, e
+      end
+      if co_status(co) ~= "suspended" then  -- it returned: its first value to the host
+        done[dn + 1], done[dn + 2], done[dn + 3] = i, pass, a
+        dn = dn + 3
+        DN = dn
+        ring[i] = false
+        alive = alive - 1
+      end
+      if HOSTED or HOOKED or (n & 63 == 0 and h_due()) then break end
+    end
+  end
+  BATCH_CO, RING = nil, nil
+  return n, pass, last, done, dn
+end
+-- after an error out of H.batch (memory): as it would have returned, up to the resume it
+-- was in (or 0, nothing begun)
+function H.batch_end()
+  local done = DONE
+  BATCH_CO, RING, DONE = nil, nil, nil
+  return BN, PASS, CUR_I, done, DN
 end
 function H.count() return collectgarbage("count") end
 function H.gc() collectgarbage("collect") end

@@ -122,6 +122,20 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
     tid = spec.get("id") or new_task_id()
     if not isinstance(tid, str):
         raise ValueError("spell.submit: id must be a string")
+    if spec.get("kind") in ("python", "lua", "js"):  # it ran with no code at all
+        what = "target='module:function'" if spec["kind"] == "python" else "code"
+        raise ValueError(
+            f"spell.submit: a {spec['kind']} task is lang={spec['kind']!r} with {what}, "
+            f"not kind={spec['kind']!r}"
+        )
+    picked = [k for k in ("tool", "agent", "kind") if k in spec]
+    if picked:
+        stray = [k for k in ("lang", "code", "target", *picked[1:]) if k in spec]
+        if stray:  # it would be ignored: say so
+            raise ValueError(
+                f"spell.submit: {stray[0]!r} does not go with {picked[0]}= (a task is one of "
+                "lang='lua'|'js' with code, lang='python' with target, tool=, agent=, kind=)"
+            )
     if "tool" in spec:
         kind, fields = "tool", {"name": spec["tool"], "payload": spec.get("params")}
     elif "agent" in spec:
@@ -168,6 +182,9 @@ def spec_from_script(spec: Any, parent: str) -> TaskSpec:
         retries=spec.get("retries", 0),
         parent=parent,
     )
+
+
+_Ready = tuple[str, int, Any, "str | None", int]  # task_id, attempt, value, error, rid
 
 
 class _Script:
@@ -336,9 +353,7 @@ class ScriptEngine(EngineActor):
         self.scripts: dict[str, _Script] = {}
         # ready entries, one FIFO per priority (index 0 low .. 3 critical), highest first:
         # (task_id, attempt, value, error, request_id)
-        self.ready: list[deque[tuple[str, int, Any, str | None, int]]] = [
-            deque() for _ in range(_NPRIO)
-        ]
+        self.ready: list[deque[_Ready]] = [deque() for _ in range(_NPRIO)]
         self.nready = 0
         self.seq = itertools.count()
         # timers: (deadline, seq, task_id, attempt, request_id, kind)
@@ -523,8 +538,16 @@ class ScriptEngine(EngineActor):
         sleep0 = getattr(vm, "SLEEP0", _NOTHING)  # the VM's one result for spell.sleep(0)
         journal = self.journal
         low, normal, high, critical = queues
+        # a run of tasks that only wait for their turn after spell.sleep(0) is resumed in
+        # one call into the VM (LuaVM.resume_batch); never in a simulation (whose seed
+        # picks each step)
+        batch = getattr(vm, "resume_batch", None) if rng is None else None
         while self.nready:
             q = critical or high or normal or low
+            if batch is not None and len(q) > 1 and self._batch_step(q, batch, sleep0, deadline):
+                if clock() >= deadline:
+                    break
+                continue
             if rng is None:
                 task_id, attempt, value, error, rid = q.popleft()
             else:  # simulation: the seed decides which ready task runs next
@@ -598,6 +621,65 @@ class ScriptEngine(EngineActor):
                     self._handle(s, res)
         if self.nready and not self.ticking:
             self._tick()
+
+    def _batch_step(self, q: deque[_Ready], resume_batch: Any, sleep0: Any, until: float) -> bool:
+        """Resume the tasks at the head of ``q`` that wait only for their turn after a
+        ``spell.sleep(0)`` (no answer owed, no limits, no journal) in one call into the
+        VM: round after round while nothing else is ready, else one pass. What follows
+        is what resuming them one at a time would have done: each sleep 0 goes to the
+        back of the queue in turn, and the first other result is handled as usual.
+        False (``q`` as it was) when fewer than two qualify or the VM could not begin."""
+        scripts, journal = self.scripts, self.journal
+        es: list[_Ready] = []
+        ss: list[_Script] = []
+        for e in q:
+            task_id, attempt, value, error, rid = e
+            if value is not None or error is not None or rid:
+                break
+            s = scripts.get(task_id)
+            if (
+                s is None
+                or s.attempt != attempt
+                or s.status != "yielded"
+                or s.waits
+                or s.limit is not None
+                or (journal and s.j is not None)
+            ):
+                break
+            es.append(e)
+            ss.append(s)
+        k = len(es)
+        if k < 2:
+            return False
+        for _ in range(k):
+            q.popleft()
+        self.nready -= k
+        rounds = not self.nready  # nothing else is ready: the ring may go round
+        try:
+            n, front, back, done = resume_batch([s.id for s in ss], rounds, until)
+        except Exception:
+            log.exception(
+                "%s engine: a batch of resumes failed; resuming one at a time", self.engine
+            )
+            n = 0
+        if not n:
+            q.extendleft(reversed(es))
+            self.nready += k
+            return False
+        self.resumes += n
+        q.extend([es[i] for i in back])
+        if front:
+            q.extendleft([es[i] for i in reversed(front)])
+        self.nready += len(front) + len(back)
+        for i, result in done:
+            s = ss[i]
+            if result is sleep0:
+                q.append(es[i])
+                self.nready += 1
+            else:
+                s.status = "running"
+                self._handle(s, result)
+        return True
 
     def _handle(self, s: _Script, result: Any) -> None:
         if type(result) is Yielded:

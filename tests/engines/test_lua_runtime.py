@@ -194,3 +194,36 @@ def test_a_waiting_spell_call_inside_a_c_callback_says_why_it_cannot(rt: Runtime
     code = "local t = {3, 1, 2} table.sort(t, function(a, b) spell.sleep(0) return a < b end)"
     with pytest.raises(TaskFailed, match="cannot be made inside a callback that a C function"):
         rt.result(rt.submit(Task.lua(code)), timeout=WAIT)
+
+
+# -- many tasks taking turns (the engine resumes their sleep(0)s in batches) -------------------
+
+
+def test_many_tasks_taking_turns_end_as_alone_with_their_children_and_events(
+    rt: Runtime,
+) -> None:
+    from llmspell import Limits
+
+    sub = rt.subscribe("turns.*")
+    turns = (
+        "local n = 0 for i = 1, spell.args.k do spell.sleep(0) n = n + i end "
+        "if spell.args.k % 7 == 0 then spell.emit('turns.seven', {k = spell.args.k}) end "
+        "if spell.args.k % 50 == 0 then return spell.await(spell.submit("
+        "{lang = 'lua', code = 'return spell.args.k', args = {k = spell.args.k}})) end "
+        "if spell.args.k == 33 then error('thirty-three', 0) end "
+        "return n"
+    )
+    spin = "while true do spell.sleep(0) local x = 0 for i = 1, 1e4 do x = x + i end end"
+    hs = rt.submit_many([Task.lua(turns, args={"k": k}) for k in range(200)])
+    limited = rt.submit(Task.lua(spin, limits=Limits(cpu_seconds=0.2)))
+    for k, h in enumerate(hs):
+        if k == 33:
+            with pytest.raises(TaskFailed, match="thirty-three"):
+                rt.result(h, timeout=WAIT)
+        else:
+            assert rt.result(h, timeout=WAIT) == (k if k % 50 == 0 and k else k * (k + 1) // 2)
+    with pytest.raises(TaskFailed, match="CPU, over its limit"):
+        rt.result(limited, timeout=WAIT)
+    seen = sorted(sub.get(timeout=WAIT).payload["k"] for _ in range(0, 200, 7))
+    assert seen == list(range(0, 200, 7))
+    sub.close()

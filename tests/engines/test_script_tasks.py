@@ -514,6 +514,9 @@ BAD_SPECS = [
     ({"priority": "urgent"}, "priority must be one of"),
     ({"timeout": -1}, "timeout must be a positive"),
     ({"code": None}, "task needs code"),
+    # a Lua/JS task through kind= ran with no code and ended None: refused, saying how
+    ({"lang": None, "kind": "lua"}, "a lua task is lang='lua' with code, not kind='lua'"),
+    ({"lang": None, "tool": "echo"}, "'code' does not go with tool="),
 ]
 
 
