@@ -68,6 +68,9 @@ _LAZY_LOOK = 0.001
 # which then costs the caller a futex wake at each step
 _LONG_DRIVE = 0.002
 _MAIN = threading.main_thread().ident
+# a caller runs a lone fast Python call itself (engines._doorbell) only while what it
+# waits for has more than this many seconds left to run out
+_HELP_LEFT = 0.05
 
 
 class _Sigint:
@@ -167,6 +170,9 @@ class EmbeddedDriver:
         self._drove_at = -_FOREVER  # when a caller's drive last ended (monotonic)
         self._drive_began = 0.0  # when the caller that owns the loop began (monotonic)
         self._last_driver = 0  # the thread that drove last
+        # a caller that owns the loop and runs a queued sync call itself between turns
+        # (engines._doorbell: the Python engine leaves it a lone call, waking no worker)
+        self._helper = 0
         self._stopped = False
         self._done = threading.Event()
         self._introduced: Introduce | None = None
@@ -179,7 +185,7 @@ class EmbeddedDriver:
     # -- any thread ---------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> dict[str, Any]:
-        _doorbell.install(self.runtime_id, self.send, self._quiet)
+        _doorbell.install(self.runtime_id, self.send, self._quiet, self._helping)
         self.director = self.loop.create(Director, None, DIRECTOR_NAME)
         self.send(self.director, encode(Introduce(self.runtime_id, {}, self.config)))
         self.drive(lambda: self._introduced is not None, timeout)
@@ -238,6 +244,11 @@ class EmbeddedDriver:
         """Nothing waits to be taken (an engine may go on at once)."""
         return not self._incoming
 
+    def _helping(self) -> bool:
+        """The running thread is a caller that drives the loop and runs a queued
+        sync call itself when the turn is over."""
+        return self._helper == threading.get_ident()
+
     def drive(self, until: Callable[[], bool], timeout: float | None = None) -> bool:
         """Run the loop on this thread until ``until()`` holds or ``timeout``
         seconds pass (a script's step that is running then ends first: a
@@ -266,9 +277,12 @@ class EmbeddedDriver:
             self._owner = me
             self._drive_began = time.monotonic()
             self._unring()
+            deadline = None if timeout is None else self._drive_began + timeout
+            self._helper = me if timeout is None or timeout > _HELP_LEFT else 0
         loop = self.loop
+        owner = True
+        stole = False  # this caller was left calls (to hand back if it leaves them)
         try:
-            deadline = None if timeout is None else time.monotonic() + timeout
             sigint = _SIGINT if me == _MAIN else None  # a Ctrl-C it holds back ends the drive
             while True:
                 self._turn()
@@ -276,6 +290,28 @@ class EmbeddedDriver:
                     return True
                 if sigint is not None and sigint.pending is not None:
                     return True
+                job = None
+                for stealer in _doorbell.stealers(self.runtime_id):
+                    stole = True
+                    job = stealer.steal()
+                    if job is not None:
+                        break
+                if job is not None:
+                    # run it off the loop: another thread may drive while it runs
+                    # (a Ctrl-C stays held back: it would leave the call's outcome untold)
+                    self._let_go(me)
+                    owner = False
+                    job()
+                    with self._lock:
+                        if self._owner or self._stopped:
+                            return False  # that thread delivers what this one waits for
+                        self._owner = me
+                        owner = True
+                        self._drive_began = now = time.monotonic()
+                        self._unring()
+                        if deadline is None or deadline - now > _HELP_LEFT:
+                            self._helper = me
+                    continue
                 with self._lock:
                     now = time.monotonic()
                     if self._incoming:
@@ -301,17 +337,25 @@ class EmbeddedDriver:
                             elif not rang:  # rung after the wait timed out
                                 self._bell.acquire(False)
         finally:
-            with self._lock:
-                self._owner = 0
-                self._last_driver = me
-                self._drove_at = time.monotonic()
-                # what is left, or a timer due before the background thread looks
-                # again, is the background's (it is not woken for nothing: it would
-                # take the GIL from the next task's worker thread)
-                if self._bg_waiting:
-                    due = self._next_due()
-                    if self._incoming or (due is not None and due < self._bg_until):
-                        self._ring_bg()
+            if owner:
+                self._let_go(me)
+            if stole:  # calls left to this caller go to the worker threads
+                for stealer in _doorbell.stealers(self.runtime_id):
+                    stealer.kick()
+
+    def _let_go(self, me: int) -> None:
+        """(the owner) Stop driving the loop."""
+        with self._lock:
+            self._owner = self._helper = 0
+            self._last_driver = me
+            self._drove_at = time.monotonic()
+            # what is left, or a timer due before the background thread looks
+            # again, is the background's (it is not woken for nothing: it would
+            # take the GIL from the next task's worker thread)
+            if self._bg_waiting:
+                due = self._next_due()
+                if self._incoming or (due is not None and due < self._bg_until):
+                    self._ring_bg()
 
     def run_until(self, done: Callable[[], bool], timeout: float | None) -> float | None:
         """Run the actors on the caller's thread until ``done()`` or ``timeout``

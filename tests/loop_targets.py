@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 
@@ -37,3 +38,27 @@ def set_event(name: str) -> bool:
 def wait_event(name: str) -> bool:
     """True once ``name`` is set; False if that took more than 10 s."""
     return EVENTS[name].wait(10)
+
+
+def ident(seconds: float = 0.0) -> int:
+    """The thread that ran it (after sleeping ``seconds``)."""
+    if seconds:
+        time.sleep(seconds)
+    return threading.get_ident()
+
+
+def nested() -> int:
+    """Submits a task to the runtime a test put here and waits for it."""
+    from llmspell import Task
+
+    rt = RUNTIME  # type: ignore[name-defined]  # noqa: F821
+    return int(rt.result(rt.submit(Task.lua("return 8")), timeout=10))
+
+
+RAN_ON: dict[str, int] = {}
+
+
+def ident_as(key: str, seconds: float = 0.0) -> int:
+    """``ident``, noting the thread under ``key`` in ``RAN_ON`` before it sleeps."""
+    RAN_ON[key] = threading.get_ident()
+    return ident(seconds)

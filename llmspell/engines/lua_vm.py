@@ -51,8 +51,12 @@ Semantics (the contract is ``_vm.py``):
   to catch the error. A count hook makes Lua code run slower (about 2-3x for tight
   loops); ``step_budget=None`` installs none. One long C call (a pathological string
   pattern) is not interrupted.
-* ``stats(task_id)``: ``resumes``, ``yields``, ``cpu_seconds`` (wall time inside resumes;
-  ``timing=False`` skips the two clock reads per resume) for live tasks and at least the
+* ``resume_batch`` resumes many tasks' ``spell.sleep(0)``s inside Lua in one call (the
+  engine's hot path; see its docstring): the same host calls, results and stats as one
+  resume at a time.
+* ``stats(task_id)``: ``resumes``, ``yields``, ``cpu_seconds`` (wall time inside resumes,
+  the resumes of one ``resume_batch`` sharing its time evenly; ``timing=False`` skips the
+  two clock reads per resume) for live tasks and at least the
   10,000 most recently finished ones. ``clock`` replaces ``perf_counter`` for the budget
   and ``cpu_seconds`` (a simulation passes one that counts its reads).
 * ``Yielded``/``Request`` objects returned may be shared between tasks: treat them as

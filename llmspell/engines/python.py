@@ -46,6 +46,7 @@ from ..messages.types import (
     TaskOutcomes,
     TaskSpec,
 )
+from . import _doorbell
 from .agent_runner import AgentRunner, Timed
 from .base import EngineActor
 from .limits import CHECK_INTERVAL, Gate, Limit, Over, judge
@@ -121,6 +122,20 @@ class PythonEngine(EngineActor):
         self.threads = int(config.get("python_threads", DEFAULTS.python_threads))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_pooled, self.ring)
+        # embedded: a caller that drives the loop runs a queued call itself (_doorbell)
+        self._stealing = False
+        self._fast: dict[Callable[..., Any], int] = {}
+        self.pool.fast = self._fast
+        if (
+            self._bell is not None
+            and not config.get("python_inline", DEFAULTS.python_inline)
+            and config.get("python_caller_runs", DEFAULTS.python_caller_runs)
+        ):
+            self.pool.helping = _doorbell.helping(self.runtime_id)
+            if self.pool.helping is not None:
+                self._stealer = _CallerHelp(self)
+                _doorbell.add_stealer(self.runtime_id, self._stealer)
+                self._stealing = True
         self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
         self.inline = bool(config.get("python_inline", DEFAULTS.python_inline))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
@@ -203,7 +218,10 @@ class PythonEngine(EngineActor):
 
     def _run_sync(self, call: _Call, clock: int | None = None, ring: bool = True) -> None:
         """Run one sync call and queue its outcome (on a worker thread, whose CPU
-        clock is ``clock``); ``ring``: ask to be polled once it is queued."""
+        clock is ``clock``, or a caller's: ``_CallerHelp``); ``ring``: ask to be
+        polled once it is queued."""
+        if call.stopped:  # (a caller took it after a cancel)
+            return
         t0 = time.thread_time()
         call.started = now()
         call.cpu0 = t0
@@ -217,6 +235,8 @@ class PythonEngine(EngineActor):
         finally:
             call.clock = None
             _METER.reset(token)
+            fast = self._fast  # runs in a row under _FAST_CALL: may a caller run it?
+            fast[call.fn] = fast.get(call.fn, 0) + 1 if now() - call.started < _FAST_CALL else 0
             if ring:
                 self.ring()
 
@@ -313,6 +333,9 @@ class PythonEngine(EngineActor):
             call.future.cancel()  # async: CancelledError inside the coroutine
 
     def close(self) -> None:
+        if getattr(self, "_stealing", False):
+            self._stealing = False
+            _doorbell.remove_stealer(self.runtime_id, self._stealer)
         self.agents.close()
         for call in list(self.calls.values()):
             call.stopped = True
@@ -489,6 +512,33 @@ async def _metered(coro: Any, call: _Call) -> Any:
         _METER.reset(token)
 
 
+# A caller runs a call itself only when its function ran _FAST_RUNS times in a row in
+# under _FAST_CALL seconds: until it returns, that caller sees no cancel, no end of its
+# own wait (result(timeout=)) and no Ctrl-C (held back, as during any turn of the
+# loop), so only a call that is all but sure to be short is worth saving the two
+# thread switches for.
+_FAST_CALL = 0.001
+_FAST_RUNS = 3
+
+
+class _CallerHelp:
+    """(embedded) What a caller that drives the loop takes from this engine between
+    turns: the next queued sync call, run on the caller's own thread (engines._doorbell)."""
+
+    def __init__(self, engine: PythonEngine) -> None:
+        self.engine = engine
+
+    def steal(self) -> Callable[[], None] | None:
+        call = self.engine.pool.steal()
+        if call is None:
+            return None
+        run = self.engine._run_sync
+        return lambda: run(call, None, True)
+
+    def kick(self) -> None:
+        self.engine.pool.kick()
+
+
 class _Workers:
     """Worker threads sharing one priority queue of sync calls.
 
@@ -531,23 +581,61 @@ class _Workers:
         self.ready = 0
         self.sleeping = 0
         self.closed = False
+        # (embedded) whether the running thread is a caller that drives the loop and
+        # takes a queued call itself between turns (``steal``)
+        self.helping: Callable[[], bool] | None = None
+        self.left = False  # submit left a lone call to such a caller
+        self.fast: dict[Callable[..., Any], int] = {}  # the engine's, see _run_sync
 
     def submit(self, calls: list[_Call]) -> bool:
         """Queue calls (by their ``priority``); make sure a thread takes them.
         True when more calls are queued than threads are ready to take them
-        (one may wait behind a long call: watch for it with ``unstick``)."""
+        (one may wait behind a long call: watch for it with ``unstick``).
+        A lone call queued on a caller's thread that drives the loop is left to
+        that caller (``steal``; it hands it back with ``kick`` if it leaves)."""
         levels = self.levels
         t = time.monotonic()
+        helping = self.helping
         with self.lock:
             for call in calls:
                 call.queued = t
                 levels[min(max(call.priority, 0), 3)].append(call)
             self.queued += len(calls)
+            if (
+                self.queued == 1
+                and helping is not None
+                and self.fast.get(calls[0].fn, 0) >= _FAST_RUNS
+                and helping()
+            ):
+                self.left = True
+                return False
             fresh = self._add_thread() if self.ready == 0 else None
             waits = self.queued > self.ready
         if fresh is not None:
             fresh.start()
         return waits
+
+    def steal(self) -> _Call | None:
+        """(a caller's thread) The lone call ``submit`` left to it, taken off the
+        queue, or None (calls in numbers are the worker threads')."""
+        if not self.left:
+            return None
+        with self.lock:
+            self.left = False
+            if not self.queued or self.closed:
+                return None
+            return self._take()
+
+    def kick(self) -> None:
+        """(a caller that stops driving) Calls queued while no thread is ready get
+        one, as ``submit`` would have done."""
+        if not self.left:
+            return
+        with self.lock:
+            self.left = False
+            fresh = self._add_thread() if self.queued and self.ready == 0 else None
+        if fresh is not None:
+            fresh.start()
 
     def unstick(self) -> bool:
         """Add a thread if queued calls wait while every awake thread is busy.

@@ -255,6 +255,18 @@ class RuntimeConfig:
     python_inline: bool = _option(
         False, _BOOL, "run Python callables on the engine's own thread (simulation: True)"
     )
+    python_caller_runs: bool = _option(
+        True,
+        _BOOL,
+        "embedded: a caller waiting in result() runs a lone sync Python call itself (no "
+        "hand-off to a worker thread and back) when its function took under 1 ms its "
+        "last 3 runs; False: always on a worker thread",
+        refused={
+            m: "python_caller_runs is about embedded mode (in mode='{mode}' Python "
+            "calls run in engine processes, never on the caller's thread)"
+            for m in ("local", "cluster")
+        },
+    )
     lua_memory: int = _option(
         256 * _MiB,
         _int_at_least(_MiB, "must be an int of bytes >= 1 MiB"),
@@ -394,7 +406,7 @@ def parse_options(mode: str, config: Mapping[str, Any]) -> dict[str, Any]:
         config = dict(config, journal=os.fspath(config["journal"]))
     check_options(config)
     # settings that only another mode reads: said, not ignored
-    _refuse(mode, config, ("address", "secret", "max_frame_bytes", "workers"))
+    _refuse(mode, config, ("address", "secret", "max_frame_bytes", "workers", "python_caller_runs"))
     if config.get("journal") is not None and config.get("address") is not None:
         raise MessageError(
             "a client attached to a served runtime uses the server's journal "
