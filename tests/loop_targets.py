@@ -62,3 +62,10 @@ def ident_as(key: str, seconds: float = 0.0) -> int:
     """``ident``, noting the thread under ``key`` in ``RAN_ON`` before it sleeps."""
     RAN_ON[key] = threading.get_ident()
     return ident(seconds)
+
+
+def thread_name(seconds: float = 0.0) -> str:
+    """The name of the thread that ran it (after sleeping ``seconds``)."""
+    if seconds:
+        time.sleep(seconds)
+    return threading.current_thread().name

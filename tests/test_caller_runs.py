@@ -1,5 +1,5 @@
 """Embedded: a caller waiting in ``result()`` runs a lone fast sync Python call itself
-(``python_caller_runs``), sparing the hand-off to a worker thread and back; what it
+(``python_fast_inline``), sparing the hand-off to a worker thread and back; what it
 must never cost: a loop that stops while the call runs, a call that is not fast, a
 short wait spent running one, an outcome lost or told twice."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers import WAIT
 
-from llmspell import MessageError, Runtime, Task, TaskCancelled
+from llmspell import Runtime, Task, TaskCancelled
 
 
 def ident(seconds: float = 0.0) -> Task:
@@ -37,9 +37,9 @@ def test_a_lone_fast_call_runs_on_the_waiting_callers_thread() -> None:
         assert sum(rt.result(h, timeout=WAIT) == me for h in hs) <= 1
 
 
-def test_python_caller_runs_false_keeps_every_call_on_the_workers() -> None:
+def test_python_fast_inline_false_keeps_every_call_on_the_workers() -> None:
     me = threading.get_ident()
-    with Runtime(python_caller_runs=False) as rt:
+    with Runtime(python_fast_inline=False) as rt:
         got = [rt.result(rt.submit(ident()), timeout=WAIT) for _ in range(20)]
         assert me not in got
 
@@ -114,8 +114,26 @@ def test_a_call_the_caller_runs_can_use_the_runtime() -> None:
             del loop_targets.RUNTIME  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("mode", ["local", "cluster"])
-def test_python_caller_runs_is_refused_where_no_caller_runs_calls(mode: str) -> None:
-    with pytest.raises(MessageError, match="python_caller_runs is about embedded mode") as info:
-        Runtime(mode=mode, python_caller_runs=False).close()  # (closed if it wrongly starts)
-    assert info.value.where == "python_caller_runs"
+def _names(rt: Runtime, seconds: float, n: int) -> list[str]:
+    task = Task.python("loop_targets:thread_name", args={"seconds": seconds})
+    return [rt.result(rt.submit(task), timeout=WAIT) for _ in range(n)]
+
+
+@pytest.mark.parametrize("fast_inline", [True, False])
+def test_local_mode_an_engine_runs_fast_calls_on_its_own_thread(fast_inline: bool) -> None:
+    # in mode="local" the engine's own thread takes a call known to be fast (no hand-off
+    # to a worker thread and back); a slow function's calls stay on the workers
+    with Runtime(mode="local", workers=1, python_fast_inline=fast_inline) as rt:
+        first = _names(rt, 0.0, 3)
+        assert set(first) == {"llmspell-python"}  # not yet known to be fast
+        later = _names(rt, 0.0, 5)
+        assert set(later) == ({"MainThread"} if fast_inline else {"llmspell-python"})
+        hs = rt.submit_many(
+            [Task.python("loop_targets:thread_name", args={"seconds": 0.0}) for _ in range(300)]
+        )
+        names = [rt.result(h, timeout=WAIT) for h in hs]
+        assert len(names) == 300
+        # the same function, now slow: its first slow run may still be the engine's,
+        # then its calls go to the workers
+        slow = _names(rt, 0.003, 5)
+        assert set(slow[1:]) == {"llmspell-python"}

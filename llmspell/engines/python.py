@@ -124,12 +124,21 @@ class PythonEngine(EngineActor):
         self.pool = _Workers(self.threads, self._run_pooled, self.ring)
         # embedded: a caller that drives the loop runs a queued call itself (_doorbell)
         self._stealing = False
+        # an engine in a process of its own (local, cluster mode) runs fast calls on its
+        # own thread (_run_fast); its CPU clock
+        self._own_thread: int | None = None
+        if (
+            self._bell is None
+            and not config.get("python_inline", DEFAULTS.python_inline)
+            and config.get("python_fast_inline", DEFAULTS.python_fast_inline)
+        ):
+            self._own_thread = _thread_clock()
         self._fast: dict[Callable[..., Any], int] = {}
         self.pool.fast = self._fast
         if (
             self._bell is not None
             and not config.get("python_inline", DEFAULTS.python_inline)
-            and config.get("python_caller_runs", DEFAULTS.python_caller_runs)
+            and config.get("python_fast_inline", DEFAULTS.python_fast_inline)
         ):
             self.pool.helping = _doorbell.helping(self.runtime_id)
             if self.pool.helping is not None:
@@ -379,11 +388,14 @@ class PythonEngine(EngineActor):
     def flush(self) -> None:
         if self._to_pool:
             calls, self._to_pool = self._to_pool, []
-            waits = self.pool.submit(calls)
-            self.work_started()
-            if waits and not self._unsticking:
-                self._unsticking = True
-                self.wake_after(_Workers.STALL, "unstick")
+            if self._own_thread is not None:  # an engine process: fast calls run here
+                calls = self._run_fast(calls)
+            if calls:
+                waits = self.pool.submit(calls)
+                self.work_started()
+                if waits and not self._unsticking:
+                    self._unsticking = True
+                    self.wake_after(_Workers.STALL, "unstick")
         # streamed chunks and progress before the results: a consumer sees every chunk
         # before the end, and the scheduler ignores progress of a task that has ended
         if self.scheduler is not None:
@@ -394,6 +406,29 @@ class PythonEngine(EngineActor):
                 reports, self._progress = self._progress, []
                 self.send_msg(self.scheduler, ProgressBatch(reports))
         super().flush()
+
+    def _run_fast(self, calls: list[_Call]) -> list[_Call]:
+        """(an engine in a process of its own) Run on this thread the calls whose
+        function took under ``_FAST_CALL`` its last ``_FAST_RUNS`` runs, for up to
+        ``_INLINE_TURN`` seconds (no hand-off to a worker thread and back, no wake-up
+        through the pipe); the others are left for the worker threads."""
+        fast, clock, rest = self._fast, self._own_thread, []
+        ran = False
+        until = now() + _INLINE_TURN
+        for call in calls:
+            if (
+                call.limit is None
+                and not call.stopped
+                and fast.get(call.fn, 0) >= _FAST_RUNS
+                and now() < until
+            ):
+                self._run_sync(call, clock, False)
+                ran = True
+            else:
+                rest.append(call)
+        if ran:
+            self.poll()
+        return rest
 
     def on_wakeup(self, payload: Any) -> None:
         if payload == "unstick":
@@ -519,6 +554,9 @@ async def _metered(coro: Any, call: _Call) -> Any:
 # thread switches for.
 _FAST_CALL = 0.001
 _FAST_RUNS = 3
+# ... and an engine in a process of its own runs such calls on its own thread for at
+# most this long a turn before it hands the rest to the worker threads
+_INLINE_TURN = 0.002
 
 
 class _CallerHelp:

@@ -255,17 +255,14 @@ class RuntimeConfig:
     python_inline: bool = _option(
         False, _BOOL, "run Python callables on the engine's own thread (simulation: True)"
     )
-    python_caller_runs: bool = _option(
+    python_fast_inline: bool = _option(
         True,
         _BOOL,
-        "embedded: a caller waiting in result() runs a lone sync Python call itself (no "
-        "hand-off to a worker thread and back) when its function took under 1 ms its "
-        "last 3 runs; False: always on a worker thread",
-        refused={
-            m: "python_caller_runs is about embedded mode (in mode='{mode}' Python "
-            "calls run in engine processes, never on the caller's thread)"
-            for m in ("local", "cluster")
-        },
+        "a sync Python call whose function took under 1 ms its last 3 runs runs on the "
+        "thread that drives the actors, not handed to a worker thread and back: embedded, "
+        "the caller waiting in result() (a lone call, with over 50 ms left to wait); local "
+        "and cluster mode, the engine's own thread (up to 2 ms a turn); False: always on "
+        "a worker thread",
     )
     lua_memory: int = _option(
         256 * _MiB,
@@ -406,7 +403,7 @@ def parse_options(mode: str, config: Mapping[str, Any]) -> dict[str, Any]:
         config = dict(config, journal=os.fspath(config["journal"]))
     check_options(config)
     # settings that only another mode reads: said, not ignored
-    _refuse(mode, config, ("address", "secret", "max_frame_bytes", "workers", "python_caller_runs"))
+    _refuse(mode, config, ("address", "secret", "max_frame_bytes", "workers"))
     if config.get("journal") is not None and config.get("address") is not None:
         raise MessageError(
             "a client attached to a served runtime uses the server's journal "
