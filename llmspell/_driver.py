@@ -279,9 +279,11 @@ class EmbeddedDriver:
             self._unring()
             deadline = None if timeout is None else self._drive_began + timeout
             self._helper = me if timeout is None or timeout > _HELP_LEFT else 0
+            # this caller may be left calls (to hand back if it leaves them): from its
+            # first turn on, even one that ends its wait before it looks for them
+            stole = self._helper == me
         loop = self.loop
         owner = True
-        stole = False  # this caller was left calls (to hand back if it leaves them)
         try:
             sigint = _SIGINT if me == _MAIN else None  # a Ctrl-C it holds back ends the drive
             while True:
@@ -292,7 +294,6 @@ class EmbeddedDriver:
                     return True
                 job = None
                 for stealer in _doorbell.stealers(self.runtime_id):
-                    stole = True
                     job = stealer.steal()
                     if job is not None:
                         break
@@ -311,6 +312,7 @@ class EmbeddedDriver:
                         self._unring()
                         if deadline is None or deadline - now > _HELP_LEFT:
                             self._helper = me
+                            stole = True
                     continue
                 with self._lock:
                     now = time.monotonic()

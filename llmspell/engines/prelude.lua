@@ -835,6 +835,9 @@ end
 -- others; USER first for the script's own yields, whose values are dropped).
 local RING, BN, PASS, DONE, DN, CUR_I = nil, 0, 0, nil, 0, 0
 function H.batch(rounds, ...)
+  -- before anything that allocates: a batch out of memory at its first table must not
+  -- hand H.batch_end the last batch's figures
+  BN, PASS, CUR_I, DONE, DN = 0, 1, 0, nil, 0
   local ring, k = {...}, select("#", ...)
   local done, dn, pass, alive, n, i, last = {}, 0, 1, k, 0, 0, 0
   RING, DONE, DN, PASS, BN, CUR_I, BATCH_CO, HOOKED = ring, done, 0, 1, 0, 0, nil, false
