@@ -287,6 +287,12 @@ class EmbeddedDriver:
         try:
             sigint = _SIGINT if me == _MAIN else None  # a Ctrl-C it holds back ends the drive
             while True:
+                if (
+                    deadline is not None
+                    and self._helper
+                    and deadline - time.monotonic() <= _HELP_LEFT
+                ):
+                    self._helper = 0  # too little of the wait left to spend on a call
                 self._turn()
                 if until() or self._stopped:
                     return True

@@ -540,8 +540,9 @@ class ScriptEngine(EngineActor):
         low, normal, high, critical = queues
         # a run of tasks that only wait for their turn after spell.sleep(0) is resumed in
         # one call into the VM (LuaVM.resume_batch); never in a simulation (whose seed
-        # picks each step)
-        batch = getattr(vm, "resume_batch", None) if rng is None else None
+        # picks each step). OFF (_BATCHES): under CPU load, 100,000 tasks taking turns
+        # lost their ready entries or their tick (see _BATCHES)
+        batch = getattr(vm, "resume_batch", None) if rng is None and _BATCHES else None
         while self.nready:
             q = critical or high or normal or low
             if batch is not None and len(q) > 1 and self._batch_step(q, batch, sleep0, deadline):
@@ -1289,6 +1290,14 @@ _NEVER = float("inf")
 
 
 _NOTHING = object()  # no result is this (a VM without a SLEEP0)
+# Whether _run_quantum hands runs of sleep(0)s to LuaVM.resume_batch. Off: with it on,
+# 100,000 Lua tasks of `for i = 1, 5 do spell.sleep(0) end` under a CPU hog lost ready
+# entries (nready above the queues' length, or tasks in no queue) or their tick (ready
+# entries, ticking False) in ~1 run of 3, only when batches end at the quantum's end
+# (until=+1000 s: 0 of 6), with nothing logged and no second thread in the engine;
+# resume_batch itself held up at VM level (tests/engines/test_lua_batch.py). Not found
+# yet: see the session 9 note on issue 15.
+_BATCHES = False
 
 
 def _no_clock() -> float:
