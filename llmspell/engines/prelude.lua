@@ -825,8 +825,9 @@ end
 -- host has nothing else to run), while they sleep 0 (yield nothing and stay suspended)
 -- or return; it stops after a resume that did anything else (a request, an error, a
 -- kill) or made a host call, after a hook call (a task computed for a while), and when
--- the host's h_due() says its quantum is over (asked every 64 resumes). A spell.sleep(0) then costs a Lua coroutine.resume, not a
--- crossing from Python into Lua and back. Returns n (resumes made), the pass it ended in
+-- the host's h_due() says its quantum is over (asked every 64 resumes, after one
+-- pass). A spell.sleep(0) then costs a Lua coroutine.resume, not a crossing from
+-- Python into Lua and back. Returns n (resumes made), the pass it ended in
 -- (from 1), the slot of its last resume, and a table of the returns (slot, pass, first
 -- value; 3 entries each) with its length; then, when the last resume did something else,
 -- true and what coroutine.resume returned.
@@ -865,7 +866,9 @@ function H.batch(rounds, ...)
         ring[i] = false
         alive = alive - 1
       end
-      if HOSTED or HOOKED or (n & 63 == 0 and h_due()) then break end
+      -- the quantum's end only after one pass: the host's work for a batch grows with
+      -- the tasks it hands over, so a batch resumes each of them at least once
+      if HOSTED or HOOKED or (n >= k and n & 63 == 0 and h_due()) then break end
     end
   end
   BATCH_CO, RING = nil, nil

@@ -216,6 +216,18 @@ def test_the_batch_stops_when_its_time_is_up(host: Host) -> None:
     vm.close()
 
 
+def test_a_batch_gives_every_task_a_turn_before_it_looks_at_the_time(host: Host) -> None:
+    # the engine's work for a batch grows with the tasks it hands over: a quantum that
+    # has already run out still lets each of them take its turn (then the batch stops)
+    vm = LuaVM(host, step_budget=None)
+    ids = started(vm, ["while true do spell.sleep(0) end"] * 150)
+    past = time.perf_counter() - 1.0
+    n, front, back, done = vm.resume_batch(ids, rounds=True, until=past)
+    assert 150 <= n < 300 and done == [] and sorted(front + back) == list(range(150))
+    assert all(vm.stats(t)["resumes"] in (2, 3) for t in ids)
+    vm.close()
+
+
 def test_a_task_that_computes_a_while_ends_the_batch(vm: LuaVM) -> None:
     # the budget hook's call (every hook_count instructions) ends a batch after that
     # resume, so a quantum is not held by tasks that compute between their sleeps
