@@ -47,21 +47,7 @@ def ident(seconds: float = 0.0) -> int:
     return threading.get_ident()
 
 
-def nested() -> int:
-    """Submits a task to the runtime a test put here and waits for it."""
-    from llmspell import Task
-
-    rt = RUNTIME  # type: ignore[name-defined]  # noqa: F821
-    return int(rt.result(rt.submit(Task.lua("return 8")), timeout=10))
-
-
 RAN_ON: dict[str, int] = {}
-
-
-def ident_as(key: str, seconds: float = 0.0) -> int:
-    """``ident``, noting the thread under ``key`` in ``RAN_ON`` before it sleeps."""
-    RAN_ON[key] = threading.get_ident()
-    return ident(seconds)
 
 
 def thread_name(seconds: float = 0.0) -> str:
@@ -69,3 +55,22 @@ def thread_name(seconds: float = 0.0) -> str:
     if seconds:
         time.sleep(seconds)
     return threading.current_thread().name
+
+
+def hold_as(key: str, name: str = "") -> bool:
+    """Notes its thread under ``key`` in ``RAN_ON``, then waits for ``EVENTS[name]``
+    (none: returns at once): True once it is set, False after 10 s."""
+    RAN_ON[key] = threading.get_ident()
+    return EVENTS[name].wait(10) if name else True
+
+
+def submit_from_inside(key: str) -> str:
+    """Notes its thread under ``key``, submits a Lua task to the runtime a test put here
+    and asks its status (a query that runs the loop); returns the task's id."""
+    from llmspell import Task
+
+    RAN_ON[key] = threading.get_ident()
+    rt = RUNTIME  # type: ignore[name-defined]  # noqa: F821
+    h = rt.submit(Task.lua("return 8"))
+    rt.status(h)
+    return str(h.id)

@@ -6,11 +6,11 @@ short wait spent running one, an outcome lost or told twice."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
+import loop_targets
 import pytest
-from helpers import WAIT
+from helpers import WAIT, until
 
 from llmspell import Runtime, Task, TaskCancelled
 
@@ -31,7 +31,7 @@ def test_a_lone_fast_call_runs_on_the_waiting_callers_thread() -> None:
         first = [rt.result(rt.submit(ident()), timeout=WAIT) for _ in range(3)]
         assert me not in first  # a function not yet known to be fast: a worker's
         later = [rt.result(rt.submit(ident()), timeout=WAIT) for _ in range(20)]
-        assert later.count(me) >= 18  # (the background thread may drive a turn)
+        assert later.count(me) >= 15  # (the background thread may drive a turn)
         # many calls at once are the worker threads'
         hs = rt.submit_many([ident() for _ in range(50)])
         assert sum(rt.result(h, timeout=WAIT) == me for h in hs) <= 1
@@ -55,46 +55,46 @@ def test_a_slow_function_or_a_short_wait_is_never_the_callers() -> None:
 
 
 def test_while_the_caller_runs_a_call_the_loop_goes_on() -> None:
-    # a function known to be fast that, this once, takes 0.6 s on the caller's thread:
-    # other threads' tasks, timers and cancels go on meanwhile (the background thread
-    # drives), and the caller then gets what happened
-    import loop_targets
+    # a function known to be fast that, this once, waits on the caller's thread until
+    # another thread's tasks, a timer and a cancel have gone through: they can only if
+    # the loop goes on without that caller (the background thread drives); the caller
+    # then gets what happened (held loop: the call gives up after 10 s, and fails this)
 
     me = threading.get_ident()
     with Runtime() as rt:
         for attempt in range(5):  # (the background thread may have dispatched it)
-            key = f"victim-{attempt}"
+            key, gate = f"victim-{attempt}", f"gate-{attempt}"
+            released = loop_targets.EVENTS[gate] = threading.Event()
             for _ in range(3):
-                rt.result(rt.submit(Task.python("loop_targets:ident_as", args={"key": "w"})))
+                rt.result(rt.submit(Task.python("loop_targets:hold_as", args={"key": "w"})))
             others: dict[str, Any] = {}
-            victim = rt.submit(
-                Task.python("loop_targets:ident_as", args={"key": key, "seconds": 0.6})
-            )
+            victim = rt.submit(Task.python("loop_targets:hold_as", args={"key": key, "name": gate}))
 
-            def other(victim: Any = victim, others: dict[str, Any] = others) -> None:
-                time.sleep(0.1)
-                t0 = time.monotonic()
-                ticking = rt.submit(Task.lua("spell.sleep(0.1) return 'woke'"))
-                others["lua"] = rt.result(rt.submit(Task.lua("return 7")), timeout=WAIT)
-                others["woke"] = rt.result(ticking, timeout=WAIT)
-                others["took"] = time.monotonic() - t0
-                others["cancelled"] = rt.cancel(victim)
+            def other(
+                victim: Any = victim,
+                others: dict[str, Any] = others,
+                released: Any = released,
+                key: str = key,
+            ) -> None:
+                try:
+                    # once the call runs (on the caller or a worker, whoever took it)
+                    until(lambda: key in loop_targets.RAN_ON, "the call ran")
+                    ticking = rt.submit(Task.lua("spell.sleep(0.05) return 'woke'"))
+                    others["lua"] = rt.result(rt.submit(Task.lua("return 7")), timeout=WAIT)
+                    others["woke"] = rt.result(ticking, timeout=WAIT)
+                    others["cancelled"] = rt.cancel(victim)
+                    others["status"] = rt.status(victim)
+                finally:
+                    released.set()
 
             helper = threading.Thread(target=other)
             helper.start()
-            t0 = time.monotonic()
             with pytest.raises(TaskCancelled):
                 rt.result(victim, timeout=WAIT)
-            waited = time.monotonic() - t0
             helper.join()
-            assert others["lua"] == 7 and others["woke"] == "woke"
-            assert others["took"] < 0.4, others  # not held up by the 0.6 s call
-            assert others["cancelled"] is True
-            assert rt.status(victim) == "cancelled"
+            assert others == {"lua": 7, "woke": "woke", "cancelled": True, "status": "cancelled"}
             if loop_targets.RAN_ON[key] == me:
-                assert waited >= 0.5  # the caller itself returns once the call did
-                break
-            assert waited < 0.5  # a worker ran it: the cancel ended the wait
+                break  # the caller ran it, and the rest went on meanwhile
         else:
             pytest.fail("the caller never ran the call itself")
         # and the runtime is whole: the next lone fast call is the caller's again
@@ -103,15 +103,48 @@ def test_while_the_caller_runs_a_call_the_loop_goes_on() -> None:
 
 
 def test_a_call_the_caller_runs_can_use_the_runtime() -> None:
+    # a fast function that submits a task and asks its status (a query that runs the
+    # loop) from the caller's own thread, while that caller has let go of the loop
+    me = threading.get_ident()
     with Runtime() as rt:
-        import loop_targets
-
         loop_targets.RUNTIME = rt  # type: ignore[attr-defined]
         try:
-            for _ in range(4):
-                assert rt.result(rt.submit(Task.python("loop_targets:nested")), timeout=WAIT) == 8
+            ran_here = 0
+            for i in range(8):
+                task = Task.python("loop_targets:submit_from_inside", args={"key": f"in-{i}"})
+                child = rt.result(rt.submit(task), timeout=WAIT)
+                assert rt.result(child, timeout=WAIT) == 8
+                ran_here += loop_targets.RAN_ON[f"in-{i}"] == me
+            assert ran_here >= 1  # (its first runs are a worker's: not yet known fast)
         finally:
             del loop_targets.RUNTIME  # type: ignore[attr-defined]
+
+
+def _event(name: str) -> threading.Event:
+    ev = loop_targets.EVENTS[name] = threading.Event()
+    return ev
+
+
+def test_a_call_left_in_the_turn_that_ends_the_wait_still_runs() -> None:
+    # a Lua task starts a Python child (a function known to be fast) and returns: its
+    # result and the child's call come in the same turn, which ends the caller's wait.
+    # The call was left to that caller: it must go to a worker thread, not stay queued
+    # until some caller waits again.
+    with Runtime(script_python=["loop_targets:*"]) as rt:
+        for i in range(3):
+            _event(f"warm{i}")
+            task = Task.python("loop_targets:set_event", args={"name": f"warm{i}"})
+            assert rt.result(rt.submit(task), timeout=WAIT) is True
+        for i in range(3):
+            ran = _event(f"child{i}")
+            parent = Task.lua(
+                "spell.submit({lang = 'python', target = 'loop_targets:set_event', "
+                f"args = {{name = 'child{i}'}}}}) return 'parent'"
+            )
+            assert rt.result(rt.submit(parent), timeout=WAIT) == "parent"
+            # nobody waits on the runtime now: the background thread and the workers
+            # must run the child all the same
+            assert ran.wait(WAIT), f"the child call of round {i} never ran"
 
 
 def _names(rt: Runtime, seconds: float, n: int) -> list[str]:

@@ -315,9 +315,9 @@ class LuaVM:
         other result, after one that called the host (``spell.submit``, ``log``, ...) or
         ran long enough to meet the budget hook, and once the VM's clock reads ``until``
         or later (looked at every 64 resumes once every task had a turn; 0: one pass at
-        most). A cooperative
-        yield then costs a Lua ``coroutine.resume``, not a crossing from Python into Lua
-        and back, and the order is the one resuming them one at a time gives.
+        most). A cooperative yield then costs a Lua ``coroutine.resume``, not a crossing
+        from Python into Lua and back, and the order is the one resuming them one at a
+        time gives.
 
         Returns ``(n, front, back, done)``: ``n`` resumes were made; ``front`` are the
         positions in ``task_ids`` of the tasks this pass did not reach (to run first),

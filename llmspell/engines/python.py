@@ -122,29 +122,24 @@ class PythonEngine(EngineActor):
         self.threads = int(config.get("python_threads", DEFAULTS.python_threads))
         self.done: queue.SimpleQueue[tuple[_Call, str, Any, Any]] = queue.SimpleQueue()
         self.pool = _Workers(self.threads, self._run_pooled, self.ring)
-        # embedded: a caller that drives the loop runs a queued call itself (_doorbell)
-        self._stealing = False
-        # an engine in a process of its own (local, cluster mode) runs fast calls on its
-        # own thread (_run_fast); its CPU clock
-        self._own_thread: int | None = None
-        if (
-            self._bell is None
-            and not config.get("python_inline", DEFAULTS.python_inline)
-            and config.get("python_fast_inline", DEFAULTS.python_fast_inline)
-        ):
-            self._own_thread = _thread_clock()
+        # calls known to be fast run where the actors run (python_fast_inline):
+        # embedded, on a caller that drives the loop (_doorbell); in a process of its
+        # own (local, cluster mode), on the engine's own thread (_run_fast; its CPU clock)
         self._fast: dict[Callable[..., Any], int] = {}
         self.pool.fast = self._fast
-        if (
-            self._bell is not None
-            and not config.get("python_inline", DEFAULTS.python_inline)
-            and config.get("python_fast_inline", DEFAULTS.python_fast_inline)
+        self._stealing = False
+        self._own_thread: int | None = None
+        if config.get("python_fast_inline", DEFAULTS.python_fast_inline) and not config.get(
+            "python_inline", DEFAULTS.python_inline
         ):
-            self.pool.helping = _doorbell.helping(self.runtime_id)
-            if self.pool.helping is not None:
-                self._stealer = _CallerHelp(self)
-                _doorbell.add_stealer(self.runtime_id, self._stealer)
-                self._stealing = True
+            if self._bell is None:
+                self._own_thread = _thread_clock()
+            else:
+                self.pool.helping = _doorbell.helping(self.runtime_id)
+                if self.pool.helping is not None:
+                    self._stealer = _CallerHelp(self)
+                    _doorbell.add_stealer(self.runtime_id, self._stealer)
+                    self._stealing = True
         self._unsticking = False  # an "unstick" wake-up is armed (queued calls)
         self.inline = bool(config.get("python_inline", DEFAULTS.python_inline))
         self._inline_loop: asyncio.AbstractEventLoop | None = None
@@ -642,6 +637,7 @@ class _Workers:
             if (
                 self.queued == 1
                 and helping is not None
+                and calls[0].limit is None
                 and self.fast.get(calls[0].fn, 0) >= _FAST_RUNS
                 and helping()
             ):

@@ -542,7 +542,7 @@ class ScriptEngine(EngineActor):
         # a run of tasks that only wait for their turn after spell.sleep(0) is resumed in
         # one call into the VM (LuaVM.resume_batch); never in a simulation (whose seed
         # picks each step)
-        batch = getattr(vm, "resume_batch", None) if rng is None and _BATCHES else None
+        batch = getattr(vm, "resume_batch", None) if rng is None else None
         while self.nready:
             q = critical or high or normal or low
             if batch is not None and len(q) > 1 and self._batch_step(q, batch, sleep0, deadline):
@@ -1301,7 +1301,6 @@ _NOTHING = object()  # no result is this (a VM without a SLEEP0)
 # _batch_cap tasks (twice the resumes the last one made, at most _BATCH_MAX): taking
 # every ready task each time made 100,000 tasks under load crawl (a batch that the
 # quantum's end stopped after 64 resumes had cost a pass over 90,000 entries)
-_BATCHES = True
 _BATCH_MAX = 16384
 
 
