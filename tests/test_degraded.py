@@ -105,6 +105,46 @@ def test_a_degraded_runtime_fails_its_tasks_and_refuses_every_call() -> None:
     assert rt.state.value == "closed"
 
 
+def test_a_failed_task_that_brings_the_news_first_still_raises_degraded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scheduler fails the tasks of a degraded runtime, and the supervisor
+    tells the facade it gave up: two messages by two paths, in either order in
+    local mode. Here the supervisor's word never comes (it is dropped): the
+    failed task is the news, and its waiter gets ``RuntimeDegraded``, as does
+    every later call (it was a ``TaskFailed``, and later calls went on)."""
+    from llmspell._runtime import core as core_module
+    from llmspell.messages.types import SupervisorEvent
+
+    dropped: list[Any] = []
+    on_message = core_module._Core.on_message
+
+    def late_word(self: Any, msg: Any) -> None:
+        if isinstance(msg, SupervisorEvent) and msg.what == "escalate":
+            dropped.append(msg)
+            return
+        on_message(self, msg)
+
+    monkeypatch.setattr(core_module._Core, "on_message", late_word)
+    rt = Runtime(supervision=LOW)
+    try:
+        restarts = rt.subscribe("llmspell.engine.restart")
+        running = rt.submit(Task.lua("spell.sleep(60) return 1"))
+        _until(lambda: rt.status(running) == "running", what="the task running")
+        waiter, raised = _blocked(lambda: rt.result(running, timeout=60))
+        rt._inject_crash("python", 0)
+        assert restarts.get(timeout=10).payload["engine"] == "python"
+        rt._inject_crash("python", 0)
+        waiter.join(20)
+        assert not waiter.is_alive()
+        assert dropped, "the supervisor's word reached the facade another way"
+        assert len(raised) == 1 and isinstance(raised[0], RuntimeDegraded), raised
+        _every_call_raises_degraded(rt, running)
+    finally:
+        rt.close()
+    assert rt.state.value == "closed"
+
+
 def test_an_async_runtime_degrades_too() -> None:
     async def main() -> None:
         async with AsyncRuntime(supervision=LOW) as rt:

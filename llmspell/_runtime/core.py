@@ -289,6 +289,17 @@ class _Core:
         for waiter in coordinations:
             waiter(None)
 
+    def degraded_by(self, outcomes: list[TaskOutcome]) -> None:
+        """A task the scheduler failed because the runtime degraded can arrive
+        before the supervisor's word to this facade (they come by different
+        paths): the outcome is the news, so a caller waiting on that task gets
+        ``RuntimeDegraded`` as the contract says, not the task's failure."""
+        for o in outcomes:
+            error = o.error
+            if error is not None and error.get("gave_up"):
+                self.degrade(str(error["gave_up"]))
+                return
+
     def view(self, handle: Handle | str) -> tuple[str, _View]:
         if self.degraded:
             self.check_degraded()
@@ -334,6 +345,8 @@ class _Core:
 
     def on_message(self, msg: Any) -> None:
         if type(msg) is TaskOutcomes:
+            if not self.degraded:
+                self.degraded_by(msg.items)
             self.resolve_many(msg.items)
         elif isinstance(msg, SubmitRejected):
             self.resolve(TaskOutcome(msg.task_id, "rejected", error=TaskError(msg.message).wire()))

@@ -224,6 +224,7 @@ class Scheduler(WireActor):
         self._dirty: set[str] = set()  # engines whose queue may move
         self._events: list[Publish] = []
         self.degraded = ""
+        self._gave_up = False  # degraded because a supervisor gave up (not the journal)
         self._interest: set[str] = set()  # event patterns someone subscribed to
         self._wanted: Callable[[str], Any] | None = None
         # planned task faults (simulation): [id matcher, dispatches left, fault]
@@ -457,8 +458,18 @@ class Scheduler(WireActor):
     def on_supervisor_event(self, msg: SupervisorEvent, sender: ActorAddress) -> None:
         if msg.what == "escalate" and not self.degraded:
             self.degraded = f"supervisor {msg.supervisor!r} gave up: {msg.detail}"
+            self._gave_up = True
             self._publish("llmspell.runtime.degraded", {"reason": self.degraded})
             self._degrade()
+
+    def _degraded_error(self) -> dict[str, Any]:
+        error = _err(f"the runtime is degraded: {self.degraded}", kind="degraded")
+        if self._gave_up:
+            # a supervisor gave up: this outcome may reach a facade before the
+            # supervisor's word does, and tells it so (every call of it then
+            # raises RuntimeDegraded); a journal that broke leaves the facade be
+            error["gave_up"] = self.degraded
+        return error
 
     def _degrade(self) -> None:
         """The engines' supervisor stopped its engines for good: no engine
@@ -467,7 +478,7 @@ class Scheduler(WireActor):
         for slots in self.slots.values():
             for s in slots:
                 s.capacity = 0
-        error = _err(f"the runtime is degraded: {self.degraded}", kind="degraded")
+        error = self._degraded_error()
         t = now()
         for rec in list(self.tasks.values()):
             if rec.status not in TERMINAL:
@@ -522,9 +533,7 @@ class Scheduler(WireActor):
             self._end(rec, FAILED, _err(f"no engine runs {spec.kind!r} tasks yet", kind="failed"))
             return
         if self.degraded:
-            self._end(
-                rec, FAILED, _err(f"the runtime is degraded: {self.degraded}", kind="degraded")
-            )
+            self._end(rec, FAILED, self._degraded_error())
             return
         if rec.engine in self.absent:
             self._end(
