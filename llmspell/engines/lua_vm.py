@@ -45,6 +45,15 @@ Semantics (the contract is ``_vm.py``):
   Lua 5.5's ``collectgarbage("count")`` leaves out large strings): a task that runs out
   fails (kind ``"memory"``, unless it catches "not enough memory" itself) and the others
   go on. A cancelled or finished task's memory goes back at the next collection.
+  The limit binds the scripts, never the host's own work: lupa makes coroutines, tables,
+  registry references and strings outside any protected call, where a failed allocation
+  is a Lua panic that aborts the whole process. So a task that finds no room for its
+  coroutine (and 64 KiB) does not start (kind ``"memory"``); tables of args, input and
+  resume values are made with the limit lifted, and a task they took over the limit
+  fails the same way; a string pushed right before a resume, or handed back by a host
+  call (``spell.submit``'s id), gets just its room over the limit for that step (a host
+  call at most 64 KiB in a step; past that it hands nothing, and the task fails as out
+  of memory). The script's next allocation over the limit fails as usual.
   Each resume has ``step_budget`` seconds of wall time, checked
   every ``hook_count`` VM instructions by a count hook on every task coroutine and every
   coroutine a script makes; a task over budget fails (kind ``"budget"``) even if it tries
@@ -86,6 +95,12 @@ _PRELUDE_POS = re.compile(r"\[llmspell\]:\d+: ")
 _MAXINT: int = lua55.LUA_MAXINTEGER
 _MININT: int = lua55.LUA_MININTEGER
 _STATS_KEPT = 10_000
+# room kept for host work done outside a protected call (besides what it is known to need)
+_ROOM = 64 * 1024
+_REF = 64  # what one more registry reference may cost (the registry's array grows)
+_CALL_SLACK = 64 * 1024  # how far over the limit host calls may push strings in a step
+
+_CONTAINERS = (dict, list, tuple)  # what _to_lua makes tables of (sizes unknown up front)
 
 _YIELD = Yielded(Request("yield"))
 _SLEEP0 = Yielded(Request("sleep", {"seconds": 0.0}))
@@ -161,6 +176,8 @@ class LuaVM:
         self._times: dict[str, deque[Any]] = {}
         self._clock = clock or perf_counter  # budgets and cpu_seconds (a simulation counts)
         self._max_memory = max_memory
+        self._lifted = False  # the limit is not max_memory now (_lift, _let_in)
+        self._starved = False  # a host call had no room to hand a string to the script
         self._budget = float("inf") if step_budget is None else step_budget
         self._cur_budget = self._budget  # this step's (resume's budget=)
         self._cache_size = cache_size
@@ -198,6 +215,8 @@ class LuaVM:
         self._count: Any = h.count
         self._gc: Any = h.gc
         self._table_from: Any = self._lua.table_from
+        self._used: Any = self._lua.get_memory_used
+        self._set_max: Any = self._lua.set_max_memory
 
     # ---- the ScriptVM protocol -------------------------------------------------------
 
@@ -221,8 +240,11 @@ class LuaVM:
         key = code if not source else f"{source}\x00{code}"
         body = cache.get(key)
         if body is None:
+            data = code.encode()
+            if self._no_room(len(data)):  # the code is pushed outside a protected call
+                return self._memory_failed()
             try:
-                compiled = self._compile(code.encode(), source.encode() if source else None)
+                compiled = self._compile(data, source.encode() if source else None)
             except _LuaMemoryError:
                 return self._memory_failed()
             if type(compiled) is tuple:
@@ -237,6 +259,13 @@ class LuaVM:
         if type(body) is Failed:
             return body
         root = "args"
+        # the coroutine, its registry reference and the tables of args and input are made
+        # outside a protected call: with no room for the first, the task does not start;
+        # the tables (sizes unknown up front) are made with the limit lifted, and a task
+        # whose tables took the VM over it does not start either
+        if self._no_room(_REF * (len(self._tasks) + len(cache))):
+            return self._memory_failed()
+        lifted = (type(args) in _CONTAINERS or type(input) in _CONTAINERS) and self._lift()
         try:
             a = None if args is None else self._to_lua(args)
             root = "input"
@@ -245,6 +274,12 @@ class LuaVM:
         except _ConvError as e:
             return Failed("conversion", e.message(root))
         except _LuaMemoryError:
+            return self._memory_failed()
+        finally:
+            if lifted:
+                self._strict()
+        if lifted and self._used() > self._max_memory:
+            a = i = co = None
             return self._memory_failed()
         self._tasks[task_id] = _Task(co)
         if clock:
@@ -267,10 +302,14 @@ class LuaVM:
         except KeyError:
             raise KeyError(f"no task {task_id!r} in this VM") from None
         arg: Any = None
-        if (value is not None or error is not None) and task.resumes:
+        if not task.resumes:  # the first resume pushes the task's id and the runner's args
+            self._let_in(len(task_id) + 256)
+        elif value is not None or error is not None:
             if error is not None:
                 arg = (None, error.encode())
+                self._let_in(len(arg[1]) + 256)
             else:
+                lifted = type(value) in _CONTAINERS and self._lift()
                 try:
                     arg = self._to_lua(value)
                 except (_ConvError, _LuaMemoryError) as e:
@@ -278,6 +317,15 @@ class LuaVM:
                     if isinstance(e, _ConvError):
                         return Failed("conversion", e.message("resume value"))
                     return self._memory_failed()
+                finally:
+                    if lifted:
+                        self._strict()
+                if lifted and self._used() > self._max_memory:  # it did not fit
+                    arg = None
+                    self.cancel(task_id)
+                    return self._memory_failed()
+                if type(arg) is bytes:
+                    self._let_in(len(arg) + 256)
         self._current = task_id
         self._hook_t0 = 0.0  # the budget clock starts at the first hook call of this step
         if self._timing:
@@ -300,6 +348,8 @@ class LuaVM:
                 return self._failed(task_id, task, e)
             except StopIteration:
                 r = None
+        if self._lifted:
+            self._strict()
         task.resumes += 1
         if r is None and task.co:  # spell.sleep(0), the hot path (it checks the budget flag)
             task.yields += 1
@@ -349,9 +399,14 @@ class LuaVM:
         except _LuaMemoryError:
             # the runner itself ran out (moving a result between threads, handing its
             # table over): the resume it was in failed; those before it are as they were
+            if self._lifted:
+                self._strict()
             out = (*self._batch_end(), True, False, b"not enough memory")
             if not out[0]:
                 return 0, [], [], []  # before the first resume: nothing was run
+        starved = False
+        if self._lifted:  # a host call let a string in
+            starved = self._strict()
         elapsed = self._clock() - t0 if timing else 0.0
         n, passes, last, dtable, dn = out[:5]
         last -= 1
@@ -395,7 +450,7 @@ class LuaVM:
                 err = stop[1] if len(stop) > 1 else None
                 exc = (
                     _LuaMemoryError(err)
-                    if err == b"not enough memory" and not self._tripped
+                    if (err == b"not enough memory" or starved) and not self._tripped
                     else _LuaError(err)
                 )
                 done.append((last, self._failed(task_id, task, exc)))
@@ -533,6 +588,8 @@ class LuaVM:
         return Completed(_unpack(data))
 
     def _failed(self, task_id: str, task: _Task, exc: Any) -> Failed:
+        if self._lifted and self._strict() and not self._tripped:
+            exc = _LuaMemoryError("not enough memory")  # a host call found no room
         co = task.co
         if self._tasks.pop(task_id, None) is not None:
             self._remember(task_id, task)
@@ -584,6 +641,67 @@ class LuaVM:
             f"Lua memory limit exceeded (max_memory={self._max_memory} bytes for this VM)",
         )
 
+    # ---- the memory limit binds scripts, not the host ------------------------------------
+
+    def _no_room(self, need: int) -> bool:
+        """Host work about to allocate about ``need`` bytes outside a protected call
+        would come within ``_ROOM`` of the limit, even after a collection."""
+        limit = self._max_memory
+        if not limit or self._used() + need + _ROOM <= limit:
+            return False
+        try:
+            self._gc()
+        except _LuaMemoryError:
+            pass
+        return self._used() + need + _ROOM > limit
+
+    def _lift(self) -> bool:
+        """No limit until ``_strict``: for host work whose allocations no protected
+        call catches. Returns True."""
+        if self._max_memory:
+            self._set_max(0)
+            self._lifted = True
+        return True
+
+    def _let_in(self, n: int) -> None:
+        """About ``n`` bytes are pushed right before a resume (lupa pushes its
+        arguments outside any protected call): past the limit, the limit moves up by
+        just that much for this step (the script's next allocation fails as usual);
+        ``_strict`` puts it back when the step ends."""
+        limit = self._max_memory
+        if limit:
+            used = self._used()
+            if used + n > limit:
+                self._set_max(used + n)
+                self._lifted = True
+
+    def _strict(self) -> bool:
+        """The limit is ``max_memory`` again. Returns whether a host call starved
+        meanwhile (it had no room to hand a string to the script)."""
+        self._set_max(self._max_memory)
+        self._lifted = False
+        starved, self._starved = self._starved, False
+        return starved
+
+    def _room_for(self, data: bytes) -> bool:
+        """A host call (run inside a script's step) is about to hand ``data`` to it,
+        which lupa pushes where a failed allocation aborts the process. Past the
+        limit, the limit moves up by just that much, up to ``_CALL_SLACK`` over
+        ``max_memory`` in one step; False past that (the call hands nothing and the
+        task fails as out of memory when its step fails)."""
+        limit = self._max_memory
+        if not limit:
+            return True
+        need = self._used() + len(data) + 256
+        if need <= (self._lua.get_max_memory() or limit):
+            return True
+        if need > limit + _CALL_SLACK:
+            self._starved = self._lifted = True
+            return False
+        self._set_max(need)
+        self._lifted = True
+        return True
+
     def _to_lua(self, v: Any) -> Any:
         t = type(v)
         if t is str:
@@ -634,17 +752,19 @@ class LuaVM:
         if type(spec) is not dict:
             return None, b"spell.submit: spec must be a table with string keys"
         try:
-            return (self._host.submit(self._current, spec).encode(),)
+            child = self._host.submit(self._current, spec).encode()
+            return (child,) if self._room_for(child) else ()
         except Exception as e:
             why = str(e)  # the host's messages name spell.submit already
             why = why if why.startswith("spell.submit") else f"spell.submit: {why}"
-            return None, why.encode()
+            data = why.encode()
+            return (None, data) if self._room_for(data) else ()
 
     def _h_emit(self, name: bytes, data: bytes) -> bytes | None:
         try:
             self._host.emit(self._current, _text(name), _unpack(data))
         except Exception as e:
-            return f"spell.emit: {e}".encode()
+            return self._said(f"spell.emit: {e}")
         return None
 
     def _h_clock(self, fn: bytes, value: Any) -> Any:
@@ -658,7 +778,14 @@ class LuaVM:
             self._host.clock(task_id, _text(fn), value)
         except Exception:  # the host's trouble is the host's: the script gets its value
             _log.exception("recording a clock read of task %s failed", task_id)
-        return value
+        if type(value) is str:
+            value = value.encode()
+        return value if type(value) is not bytes or self._room_for(value) else None
+
+    def _said(self, message: str) -> bytes | None:
+        """A host call's error message for the script, when there is room for it."""
+        data = message.encode()
+        return data if self._room_for(data) else None
 
     def _h_progress(self, done: float, total: float | None, message: Any) -> bytes | None:
         try:
@@ -666,14 +793,14 @@ class LuaVM:
                 self._current, done, total, None if message is None else _text(message)
             )
         except Exception as e:
-            return f"spell.progress: {e}".encode()
+            return self._said(f"spell.progress: {e}")
         return None
 
     def _h_log(self, level: bytes, message: bytes) -> bytes | None:
         try:
             self._host.log(self._current, _text(level), _text(message))
         except Exception as e:
-            return f"spell.log: {e}".encode()
+            return self._said(f"spell.log: {e}")
         return None
 
 

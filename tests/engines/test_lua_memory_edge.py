@@ -1,0 +1,148 @@
+"""A Lua VM at its memory limit: the host's own work never aborts the process.
+
+lupa creates coroutines, tables, registry references and strings outside any
+protected call; a failed allocation there is a Lua panic ("PANIC: unprotected
+error in call to Lua API (not enough memory)") that aborts the whole Python
+process. Each scenario runs in a subprocess, so that a panic shows as its exit
+status (SIGABRT) instead of killing the test run. Every task must end in a
+value or a ``memory`` failure, and the VM must run a task again afterwards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_SCENARIO = textwrap.dedent(
+    """
+    import json, sys
+    from llmspell.engines._vm import Completed, Failed, Yielded
+    from llmspell.engines.lua_vm import LuaVM
+
+    class Host:
+        def __init__(self, id_size):
+            self.id_size, self.n = id_size, 0
+        def submit(self, parent, spec):
+            self.n += 1
+            return f"child-{self.n}-" + "x" * self.id_size
+        def emit(self, *a): pass
+        def progress(self, *a): pass
+        def log(self, *a): pass
+
+    # fills the VM's memory with live strings, to the last bytes it can get
+    FILL = '''
+    local keep, n, rep = {}, 0, string.rep
+    local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
+    local function grab(size)
+      while pcall(add, size) do end
+      keep[n] = nil; n = n - 1
+    end
+    grab(4096); grab(256); grab(16); grab(1)
+    keep[1] = nil  -- 4 KB: room for what the script does next, not for what it is handed
+    '''
+    mode, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    vm = LuaVM(Host(30_000), max_memory=limit, step_budget=5.0)
+    outcomes = []
+
+    def end(r):
+        if isinstance(r, Completed):
+            return "value"
+        if isinstance(r, Failed):
+            return r.kind
+        return repr(r)
+
+    for k in range(count):
+        tid = f"t{k}"
+        if mode == "starts":  # tasks that each hold their coroutine, one after another
+            f = vm.start(tid, "spell.sleep(0) return 1", {"pad": "z" * (k % 50)})
+            if f is None:
+                r = vm.resume(tid)
+                outcomes.append("slept" if isinstance(r, Yielded) else end(r))
+            else:
+                outcomes.append(f.kind)
+            continue
+        code = {
+            "submit": "local id = spell.submit({kind = 'event', name = 'x'}) return #id",
+            "await": "local v = spell.await('h') return type(v)",
+            "error": "local ok, e = pcall(spell.await, 'h') return type(e)",
+            "big_id": "local id = spell.submit({kind = 'event', name = 'x'}) return #id",
+        }[mode]
+        if mode == "big_id":
+            vm._host.id_size = 200_000  # more than a step may take over the limit
+        f = vm.start(tid, FILL + code)
+        r = f if f is not None else vm.resume(tid)
+        while isinstance(r, Yielded):
+            if r.request.op != "await":
+                r = vm.resume(tid)
+            elif mode == "error":
+                r = vm.resume(tid, error="e" * 50_000)
+            elif k % 2:
+                r = vm.resume(tid, value="w" * 100_000)
+            else:
+                r = vm.resume(tid, value={"rows": ["w" * 1000] * 100})
+        outcomes.append(end(r))
+        try:
+            vm._gc()  # what the task held goes back (the collection may itself run out)
+        except Exception:
+            pass
+    for t in vm.tasks():
+        vm.cancel(t)
+    vm._gc()
+    assert vm.start("last", "return 40 + 2") is None
+    last = vm.resume("last")
+    print(json.dumps({"outcomes": sorted(set(outcomes)), "last": end(last),
+                      "value": getattr(last, "value", None)}))
+    """
+)
+
+
+def _run(mode: str, count: int, limit: int = 1024 * 1024) -> dict[str, object]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCENARIO, mode, str(count), str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "PANIC" not in proc.stderr
+    out: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["last"] == "value" and out["value"] == 42, out
+    return out
+
+
+@pytest.mark.parametrize("limit", [1_500_000, 3_000_000, 3_500_000])
+def test_tasks_started_into_a_full_vm_fail_as_out_of_memory_and_the_process_lives(
+    limit: int,
+) -> None:
+    """Each started task holds a coroutine (and a registry reference to it): the VM
+    fills after some thousands. A start used to make them where a failed
+    allocation aborted the process (at these limits the registry's growth met the
+    limit); now a task with no room fails with kind ``memory``."""
+    out = _run("starts", 5_000, limit)
+    assert out["outcomes"] == ["memory", "slept"], out
+
+
+@pytest.mark.parametrize(
+    ("mode", "ends"),
+    [
+        # the 30 KB id is let in over the limit for that step: the script reads it
+        ("submit", ["value"]),
+        # a 100 KB string is let in; a table that took the VM over the limit is not
+        ("await", ["memory", "value"]),
+        # a 50 KB error message is let in: the script catches it
+        ("error", ["value"]),
+        # a 200 KB id is more than a step may take over the limit: the task fails
+        ("big_id", ["memory"]),
+    ],
+)
+def test_a_script_at_its_limit_gets_what_the_host_hands_it_or_fails(
+    mode: str, ends: list[str]
+) -> None:
+    """The script holds every byte it could get, then the host hands it a
+    string or a table (an id from ``spell.submit``, an awaited value, an error).
+    Handing it over used to abort the process."""
+    out = _run(mode, 6)
+    assert out["outcomes"] == ends, out
