@@ -653,7 +653,7 @@ class LuaVM:
             self._gc()
         except _LuaMemoryError:
             pass
-        return self._used() + need + _ROOM > limit
+        return bool(self._used() + need + _ROOM > limit)
 
     def _lift(self) -> bool:
         """No limit until ``_strict``: for host work whose allocations no protected
