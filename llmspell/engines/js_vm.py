@@ -105,6 +105,7 @@ _log = logging.getLogger("llmspell.engines.js")
 _clock = time.perf_counter
 _TAG = "\x00"
 _MiB = 1 << 20
+_SHORT = 64 * 1024  # a VM this close to its memory limit may have lost a job for want of it
 _EXPORTS = ("start", "run", "begin", "resume", "collect", "count", "kill", "take", "record_clock")
 # QuickJS-ng frames: "    at name (<input>:line:column)"; "(native)" for built-ins
 _FRAME = re.compile(r"^\s*at (\S+|<anonymous>) \((<input>|native)(?::(\d+))?(?::\d+)?\)\s*$")
@@ -147,6 +148,7 @@ class _Task:
         "fid",
         "handles",
         "id",
+        "jf0",
         "pending",
         "seconds",
         "source",
@@ -166,6 +168,7 @@ class _Task:
         self.handles: dict[str, str] = {}  # spell.submit handle -> child task id
         self.failed: dict[str, str] = {}  # handle -> why its submit failed
         self.source: str | None = None  # where the code came from, for its errors
+        self.jf0 = 0  # the VM's count of jobs failed for want of memory when it started
 
 
 def _hook(d: dict[str, Any]) -> Any:
@@ -299,6 +302,8 @@ class JsVM:
         self._now = clock or _clock  # budgets, cpu_seconds (a simulation counts reads)
         self._shrink = clock is None  # QuickJS's CPU-clock limit follows a real clock only
         self._max_memory = max_memory
+        self._memory_text = f"out of memory: the JS VM's limit of {max_memory} bytes was reached"
+        self._jobs_failed = 0  # jobs that failed outside any promise (out of memory)
         self._budget = float(step_budget)
         self._budget_text = (
             f"the task ran for more than its step budget of {step_budget:g} s "
@@ -362,6 +367,7 @@ class JsVM:
             return Failed("conversion", msg)
         rec = _Task(task_id, -next(self._slots))
         rec.source = source
+        rec.jf0 = self._jobs_failed
         # its record is made and run by its first step, in one call into JS
         rec.pending = (fn, kind, payload, json.dumps(clock) if clock else None)
         self._tasks[task_id] = rec
@@ -428,9 +434,12 @@ class JsVM:
                 return self._finish(rec, Failed("budget", self._budget_text))
             if rec.t is not None:
                 self._js["kill"](rec.t)
-            return self._finish(
-                rec, Failed("memory" if "out of memory" in str(e) else "runtime", _first(e))
-            )
+            first = _first(e)
+            # the task's code runs inside its promise, so what reaches us here is the
+            # VM's own trouble: a bare null is QuickJS out of memory even for its error
+            if "out of memory" in first or first == "null":
+                return self._finish(rec, Failed("memory", self._memory_text))
+            return self._finish(rec, Failed("runtime", first))
         except _Poisoned as e:
             self._reset(str(e))
             self._lost.pop(rec.id, None)
@@ -598,6 +607,17 @@ class JsVM:
         if self._js["count"](rec.t):
             return Waiting()
         self._js["kill"](rec.t)
+        # QuickJS drops a promise's reaction it has no memory to queue, without a word,
+        # or a job fails outside any promise (_drain): the promise never settles
+        if self._jobs_failed > rec.jf0 or self.memory_in_use(True) > self._max_memory - _SHORT:
+            return self._finish(
+                rec,
+                Failed(
+                    "memory",
+                    f"{self._memory_text} (a promise's job was lost for want of memory "
+                    "while the task ran, and nothing can settle what it waits for now)",
+                ),
+            )
         return self._finish(
             rec,
             Failed(
@@ -620,6 +640,7 @@ class JsVM:
                     if _interrupted(e):  # uncatchable: the job's task is out of budget
                         return -1
                     # else a job failed outside any promise (out of memory): go on
+                    self._jobs_failed += 1
                 n += 1
                 left = deadline - clock()
                 if left <= 0:
@@ -704,7 +725,7 @@ class JsVM:
         if kind == "budget":
             msg = self._budget_text
         elif kind == "memory":
-            msg = f"out of memory: the JS VM's limit of {self._max_memory} bytes was reached"
+            msg = self._memory_text
         elif msg == "uncaught null" and not tb:
             # QuickJS throws null when it cannot even allocate its "out of memory" error
             msg = (

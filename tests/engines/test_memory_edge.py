@@ -1,5 +1,7 @@
-"""A Lua VM at its memory limit: the host's own work never aborts the process.
+"""A script VM at its memory limit: the host's own work never aborts the
+process, and every task that finds no room says it ran out of memory.
 
+Lua:
 lupa creates coroutines, tables, registry references and strings outside any
 protected call; a failed allocation there is a Lua panic ("PANIC: unprotected
 error in call to Lua API (not enough memory)") that aborts the whole Python
@@ -15,6 +17,8 @@ import sys
 import textwrap
 
 import pytest
+
+from llmspell import Runtime, ScriptError, Task
 
 _SCENARIO = textwrap.dedent(
     """
@@ -146,3 +150,22 @@ def test_a_script_at_its_limit_gets_what_the_host_hands_it_or_fails(
     Handing it over used to abort the process."""
     out = _run(mode, 6)
     assert out["outcomes"] == ends, out
+
+
+def test_js_tasks_that_find_the_vm_full_say_they_ran_out_of_memory() -> None:
+    """QuickJS throws a bare null when it cannot even allocate its "out of memory"
+    error; such tasks failed with the message "null". Now they say what happened,
+    and the VM runs tasks again once the others are gone."""
+    code = "for (let i = 0; i < 5; i++) { await spell.sleep(0) } return spell.task_id"
+    with Runtime(js_memory=2 * 1024 * 1024) as rt:
+        handles = rt.submit_many([Task.js(code) for _ in range(3000)])
+        ran, full = 0, 0
+        for h in handles:
+            try:
+                assert rt.result(h, timeout=60) == h.id
+                ran += 1
+            except ScriptError as e:
+                assert "out of memory: the JS VM's limit of 2097152 bytes" in str(e), e
+                full += 1
+        assert ran and full, (ran, full)
+        assert rt.result(rt.submit(Task.js("return 40 + 2")), timeout=30) == 42
