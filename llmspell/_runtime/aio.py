@@ -200,7 +200,13 @@ class AsyncRuntime:
             return _Core.value_of(task_id, v.outcome)
         fut, done = self._future(asyncio.get_running_loop(), v)
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(fut), wait)
+            # the future is this call's own: awaited directly, with asyncio.timeout (no
+            # wait_for task nor shield: each took the answer one more turn of the loop)
+            if wait is None:
+                outcome = await fut
+            else:
+                async with asyncio.timeout(wait):
+                    outcome = await fut
         except TimeoutError:
             raise TimeoutError(
                 f"task {task_id!r} did not finish within {timeout} s (it is still running)"
