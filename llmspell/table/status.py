@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["STATUS", "TERMINAL", "TaskStatus"]
+__all__ = ["PLAIN", "STATUS", "TERMINAL", "TaskStatus"]
 
 
 class TaskStatus(enum.StrEnum):
@@ -29,3 +29,7 @@ TERMINAL = frozenset(
 )
 #: status string -> member (a dict lookup: calling ``TaskStatus(s)`` is far slower)
 STATUS: dict[str, TaskStatus] = {s.value: s for s in TaskStatus}
+#: status (member or string) -> the plain string. What records kept for long hold: a
+#: member is an object the garbage collector tracks, and a tuple holding one stays
+#: tracked for good (every collection walks it); a tuple of plain atoms is untracked
+PLAIN: dict[str, str] = {s.value: s.value for s in TaskStatus}

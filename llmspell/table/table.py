@@ -76,7 +76,7 @@ from .events import (
     Unrecorded,
 )
 from .records import Rec, Tombstone
-from .status import STATUS, TERMINAL, TaskStatus
+from .status import PLAIN, STATUS, TERMINAL, TaskStatus
 
 __all__ = [
     "FORGOTTEN",
@@ -262,7 +262,7 @@ class TaskTable:
         status = STATUS.get(ev.status)
         if status is None or status not in TERMINAL:
             raise ValueError(f"a tombstone's status must be terminal, not {ev.status!r}")
-        self.gone[ev.task_id] = (status, ev.value, ev.error, ev.key or ev.task_id)
+        self.gone[ev.task_id] = (PLAIN[status], ev.value, ev.error, ev.key or ev.task_id)
 
     def _unrecorded(self, ev: Unrecorded) -> None:
         for task_id in ev.task_ids:
@@ -273,7 +273,7 @@ class TaskTable:
                 rec.status = FAILED
                 rec.outcome = TaskOutcome(task_id, FAILED, None, dict(ev.error), None, rec.attempt)
             elif task_id in self.gone:
-                self.gone[task_id] = (FAILED, None, dict(ev.error), self.gone[task_id][3])
+                self.gone[task_id] = (PLAIN[FAILED], None, dict(ev.error), self.gone[task_id][3])
 
     def _link_all(self, fresh: list[Rec], t: float) -> None:
         # a child of a task that was cancelled or timed out, or nested too deeply
@@ -660,7 +660,8 @@ class TaskTable:
             rec = pop(task_id, None)
             if rec is not None and rec.outcome is not None:
                 o = rec.outcome
-                gone[task_id] = (o.status, o.value, o.error, input_key(rec.spec))
+                # a plain status: a tuple of atoms the garbage collector can untrack
+                gone[task_id] = (PLAIN[o.status], o.value, o.error, input_key(rec.spec))
         if len(gone) > max(100 * self.history, 100):  # keep the newer half (insertion order)
             self.gone = dict(itertools.islice(gone.items(), len(gone) // 2, None))
 

@@ -1,0 +1,50 @@
+"""What a runtime keeps of ended tasks (up to 100 x ``history`` of them, so that
+``result``/``status`` still answer) is made of tuples of plain strings and
+numbers, which the garbage collector untracks: a long-lived runtime does not add
+two tracked objects per task to every full collection of its application (a task
+status member or a dict inside a tuple kept it tracked for good)."""
+
+from __future__ import annotations
+
+import gc
+
+from llmspell import Runtime, Task, TaskFailed
+
+
+def _tracked() -> int:
+    gc.collect()
+    gc.collect()
+    return len(gc.get_objects())
+
+
+def test_ended_tasks_kept_for_answers_are_not_tracked_by_the_gc() -> None:
+    n = 3000
+    with Runtime() as rt:
+
+        def batch(start: int) -> list[str]:
+            hs = rt.submit_many(
+                [Task.python("targets:add", args={"x": start + i, "y": 1}) for i in range(n)]
+            )
+            assert [rt.result(h, timeout=30) for h in hs] == [start + i + 1 for i in range(n)]
+            return [h.id for h in hs]
+
+        batch(0)  # warm: caches, pools, threads
+        before = _tracked()
+        ids = batch(n)
+        grown = _tracked() - before
+        # the runtime still answers for every one of them, from what it kept
+        assert rt.status(ids[0]) == "succeeded" and rt.result(ids[-1], timeout=5) == 2 * n
+        bad = rt.submit(Task.python("targets:boom"))
+        try:
+            rt.result(bad, timeout=30)
+        except TaskFailed as e:
+            first = str(e)
+        else:
+            raise AssertionError("targets:boom did not fail")
+        try:  # the same error again, rebuilt from what was kept
+            rt.result(bad.id, timeout=5)
+        except TaskFailed as e:
+            assert str(e) == first
+        else:
+            raise AssertionError("asked again, the failed task succeeded")
+    assert grown < n // 10, f"{grown} more tracked objects after {n} tasks"
