@@ -48,3 +48,18 @@ def test_ended_tasks_kept_for_answers_are_not_tracked_by_the_gc() -> None:
         else:
             raise AssertionError("asked again, the failed task succeeded")
     assert grown < n // 10, f"{grown} more tracked objects after {n} tasks"
+
+
+def test_a_kept_task_still_tells_its_usage_and_error() -> None:
+    # the scheduler keeps 2 records whole: the others' usage comes from what the
+    # facade kept (a tuple of two floats, or of the items of a fuller usage)
+    with Runtime(history=2) as rt:
+        hs = rt.submit_many([Task.python("targets:add", args={"x": i, "y": 1}) for i in range(30)])
+        assert [rt.result(h, timeout=30) for h in hs] == list(range(1, 31))
+        usage = rt.progress(hs[3]).resource_usage
+        assert usage.duration > 0 and usage.cpu_seconds >= 0
+        lua = rt.submit(Task.lua("return 1"))
+        assert rt.result(lua, timeout=30) == 1
+        for h in rt.submit_many([Task.python("targets:add", args={"x": 1, "y": 1})] * 5):
+            rt.result(h, timeout=30)
+        assert rt.progress(lua).resource_usage.duration > 0

@@ -535,28 +535,35 @@ _SUBMIT_CHUNK = 512  # tasks per SubmitTasks message of a batch without dependen
 # collector can untrack (plain strings and numbers all through; a dict or a status member
 # inside keeps it tracked for good): 100,000 of them walked at every full collection
 # cost a steady stream of tasks ~20 % of its rate
-_Ended = tuple[str, Any, "tuple[tuple[str, Any], ...] | None", "tuple[tuple[str, Any], ...] | None"]
+_Ended = tuple[str, Any, "tuple[tuple[str, Any], ...] | None", "tuple[Any, ...] | None"]
 
 
 def _ended_entry(o: TaskOutcome) -> _Ended:
     error, usage = o.error, o.usage
-    return (
-        PLAIN[o.status],
-        o.value,
-        None if error is None else tuple(error.items()),
-        None if usage is None else tuple(usage.items()),
-    )
+    kept: tuple[Any, ...] | None = None
+    if usage is not None:
+        # most tasks' usage is just these two: one tuple of two floats, not three tuples
+        # (each counts towards the next collection of the youngest generation)
+        if usage.keys() == _CPU_DURATION:
+            kept = (usage["cpu_seconds"], usage["duration"])
+        else:
+            kept = tuple(usage.items())
+    return (PLAIN[o.status], o.value, None if error is None else tuple(error.items()), kept)
+
+
+_CPU_DURATION = frozenset(("cpu_seconds", "duration"))
 
 
 def _outcome(task_id: str, ended: _Ended) -> TaskOutcome:
     status, value, error, usage = ended
-    return TaskOutcome(
-        task_id,
-        status,
-        value,
-        None if error is None else dict(error),
-        None if usage is None else dict(usage),
-    )
+    u: dict[str, Any] | None
+    if usage is None or not usage:
+        u = None if usage is None else {}
+    elif type(usage[0]) is tuple:
+        u = dict(usage)
+    else:
+        u = {"cpu_seconds": usage[0], "duration": usage[1]}
+    return TaskOutcome(task_id, status, value, None if error is None else dict(error), u)
 
 
 def _default_engines(per_engine: int) -> dict[str, int]:
