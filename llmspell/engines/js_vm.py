@@ -322,6 +322,7 @@ class JsVM:
         self._slots = itertools.count(1)
         self._closed = False
         self._cur_budget = self._budget  # this step's (resume's budget=)
+        self._raised: dict[str, Exception] = {}  # task -> what its step in a batch raised
         self._scratch: Any = None  # the context that checks new code (_check_body)
         self._scratch_take: Any = None
         self._scratch_uses = 0
@@ -394,6 +395,8 @@ class JsVM:
             if task_id in self._lost:
                 return self._lost.pop(task_id)
             raise KeyError(f"no JS task {task_id!r} here (finished, cancelled or never started)")
+        if self._raised and task_id in self._raised:  # its step in a batch raised it
+            raise self._raised.pop(task_id)
         t0 = self._now()
         rec.steps += 1
         b = self._budget if budget is None or budget >= self._budget else max(budget, 1e-3)
@@ -480,7 +483,7 @@ class JsVM:
         queue = deque(range(k))
         pop, push = queue.popleft, queue.append
         done: list[tuple[int, StepResult]] = []
-        n = 0
+        n = held = 0
         t0 = now()
         while queue:
             i = pop()
@@ -488,50 +491,57 @@ class JsVM:
             rec.steps += 1
             n += 1
             try:
-                r = js_resume(rec.t, 0, 0, None)
-                if r == 1:
-                    # _drain, inline
-                    deadline = t0 + b
-                    jobs = 0
-                    setl(b)
-                    try:
-                        while True:
-                            try:
-                                if not ex():
-                                    break
-                            except jserror as e:
-                                if interrupted(e):
+                try:
+                    r = js_resume(rec.t, 0, 0, None)
+                    if r == 1:
+                        # _drain, inline
+                        deadline = t0 + b
+                        jobs = 0
+                        setl(b)
+                        try:
+                            while True:
+                                try:
+                                    if not ex():
+                                        break
+                                except jserror as e:
+                                    if interrupted(e):
+                                        jobs = -1
+                                        break
+                                    self._jobs_failed += 1
+                                jobs += 1
+                                left = deadline - now()
+                                if left <= 0:
                                     jobs = -1
                                     break
-                                self._jobs_failed += 1
-                            jobs += 1
-                            left = deadline - now()
-                            if left <= 0:
-                                jobs = -1
+                                if left < half and shrink:
+                                    setl(left)
+                        finally:
+                            setl(-1)
+                        raw = collect()
+                        if raw == -1 and jobs >= 0:  # the hot path: it slept 0 again
+                            t1 = now()
+                            rec.seconds += t1 - t0
+                            t0 = t1
+                            push(i)
+                            if n >= k and (not go_round or t1 >= until):
                                 break
-                            if left < half and shrink:
-                                setl(left)
-                    finally:
-                        setl(-1)
-                    raw = collect()
-                    if raw == -1 and jobs >= 0:  # the hot path: it slept 0 again
-                        t1 = now()
-                        rec.seconds += t1 - t0
-                        t0 = t1
-                        push(i)
-                        if n >= k and (not go_round or t1 >= until):
-                            break
-                        continue
-                    result, stop = self._batch_end(rec, deadline, jobs, raw)
-                elif r == 0:
-                    result, stop = Waiting(), True
-                else:  # not the lone request the caller said it was: left to resume
-                    rec.steps -= 1
-                    n -= 1
-                    queue.appendleft(i)
-                    break
-            except (jserror, _Poisoned) as e:
-                result, stop = self._broken(rec, e), True
+                            continue
+                        result, stop = self._batch_end(rec, deadline, jobs, raw)
+                    elif r == 0:
+                        result, stop = Waiting(), True
+                    else:  # not the lone request the caller said it was: left to resume
+                        rec.steps -= 1
+                        n -= 1
+                        queue.appendleft(i)
+                        break
+                except (jserror, _Poisoned) as e:
+                    result, stop = self._broken(rec, e), True
+            except Exception as x:  # what resume would have raised: its next resume raises it
+                self._raised[rec.id] = x
+                rec.seconds += now() - t0
+                queue.appendleft(i)
+                held = 1
+                break
             t1 = now()
             rec.seconds += t1 - t0
             t0 = t1
@@ -539,7 +549,7 @@ class JsVM:
             if stop or (n >= k and (not go_round or t1 >= until)):
                 break
         rest = list(queue)  # those this pass did not reach come first
-        cut = k - n if n < k else 0
+        cut = (k - n if n < k else 0) + held
         return n, rest[:cut], rest[cut:], done
 
     def _batch_end(
@@ -583,6 +593,7 @@ class JsVM:
 
     def cancel(self, task_id: str) -> None:
         self._lost.pop(task_id, None)
+        self._raised.pop(task_id, None)
         rec = self._tasks.pop(task_id, None)
         if rec is not None and not self._closed:
             if rec.t is not None:  # (a task that never ran has no record in JS)

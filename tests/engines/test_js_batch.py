@@ -488,3 +488,30 @@ def test_a_runaway_task_in_a_batch_fails_budget_and_the_others_go_on(
         r for ids, out in calls for i, r in out[3] if ids[i] == bad.id and isinstance(r, Failed)
     ]
     assert [f.kind for f in failed_in_batch] == ["budget"]
+
+
+def test_what_a_step_raises_is_raised_by_that_tasks_next_resume(host: Host) -> None:
+    # resume raises what a host call raised (the engine fails that task, "internal
+    # error"); in a batch, that task comes first and its next resume raises it
+    class Refusing(Host):
+        def emit(self, task_id: str, name: str, payload: Any) -> None:
+            raise RuntimeError(f"no events for {task_id}")
+
+    vm = JsVM(Refusing())
+    ids = started(vm, [sleeps(3) + "return 0",
+                       sleeps(2) + "spell.emit('e', 1); return 1",
+                       sleeps(3) + "return 2"])  # fmt: skip
+    n, front, back, done = vm.resume_batch(ids, rounds=True, until=later())
+    assert (n, front, back, done) == (5, [1], [2, 0], [])
+    assert [vm.stats(t)["steps"] for t in ids] == [3, 3, 2]
+    with pytest.raises(RuntimeError, match="no events for t1"):
+        vm.resume(ids[1])
+    assert vm.stats(ids[1])["steps"] == 3
+    serial = JsVM(Refusing())
+    started(serial, [sleeps(2) + "spell.emit('e', 1); return 1"])
+    assert serial.resume("t0") is JsVM.SLEEP0
+    with pytest.raises(RuntimeError, match="no events for t0"):
+        serial.resume("t0")
+    assert serial.stats("t0")["steps"] == 3
+    serial.close()
+    vm.close()
