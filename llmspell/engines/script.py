@@ -540,8 +540,8 @@ class ScriptEngine(EngineActor):
         journal = self.journal
         low, normal, high, critical = queues
         # a run of tasks that only wait for their turn after spell.sleep(0) is resumed in
-        # one call into the VM (LuaVM.resume_batch); never in a simulation (whose seed
-        # picks each step)
+        # one call into the VM (LuaVM.resume_batch, JsVM.resume_batch); never in a
+        # simulation (whose seed picks each step)
         batch = getattr(vm, "resume_batch", None) if rng is None else None
         while self.nready:
             q = critical or high or normal or low
@@ -1297,7 +1297,7 @@ _NEVER = float("inf")
 
 
 _NOTHING = object()  # no result is this (a VM without a SLEEP0)
-# _run_quantum hands runs of sleep(0)s to LuaVM.resume_batch; each batch takes at most
+# _run_quantum hands runs of sleep(0)s to the VM's resume_batch; each batch takes at most
 # _batch_cap tasks (twice the resumes the last one made, at most _BATCH_MAX): taking
 # every ready task each time made 100,000 tasks under load crawl (a batch that the
 # quantum's end stopped after 64 resumes had cost a pass over 90,000 entries)
