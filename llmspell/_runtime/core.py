@@ -541,7 +541,7 @@ _Ended = tuple[str, Any, "tuple[tuple[str, Any], ...] | None", "tuple[tuple[str,
 def _ended_entry(o: TaskOutcome) -> _Ended:
     error, usage = o.error, o.usage
     return (
-        PLAIN[o.status],
+        PLAIN.get(o.status, o.status),  # (a refused submit's "rejected" is no status)
         o.value,
         None if error is None else tuple(error.items()),
         None if usage is None else tuple(usage.items()),
