@@ -348,8 +348,11 @@ class LuaVM:
                 return self._failed(task_id, task, e)
             except StopIteration:
                 r = None
-        if self._lifted:
-            self._strict()
+        if self._lifted and self._strict() and not self._tripped:
+            # a host call had no room to hand the script its answer: the task fails as
+            # out of memory even when the script caught that and went on
+            task.resumes += 1
+            return self._failed(task_id, task, _LuaMemoryError("not enough memory"))
         task.resumes += 1
         if r is None and task.co:  # spell.sleep(0), the hot path (it checks the budget flag)
             task.yields += 1
@@ -423,6 +426,12 @@ class LuaVM:
                 stop = None
             else:
                 ended[last] = passes
+        if starved and not self._tripped:
+            # the last resume made the host call that had no room to hand its answer:
+            # that task fails as out of memory whatever it did next (returned included)
+            returned = [r for r in returned if r[0] != last]
+            ended[last] = passes
+            stop = (False, b"not enough memory")
         front: list[int] = []
         back: list[int] = []
         later: list[int] = []  # slept this pass, run again after the ones not reached

@@ -47,6 +47,15 @@ _SCENARIO = textwrap.dedent(
     grab(4096); grab(256); grab(16); grab(1)
     keep[1] = nil  -- 4 KB: room for what the script does next, not for what it is handed
     '''
+    # the script catches every failed submit and goes on (what it got is lost to it)
+    CAUGHT = '''
+    local n = 0
+    for i = 1, 4 do
+      local ok, id = pcall(spell.submit, {kind = 'event', name = 'x'})
+      if ok then n = n + 1 end
+    end
+    return n
+    '''
     mode, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     vm = LuaVM(Host(30_000), max_memory=limit, step_budget=5.0)
     outcomes = []
@@ -73,13 +82,18 @@ _SCENARIO = textwrap.dedent(
             "await": "local v = spell.await('h') return type(v)",
             "error": "local ok, e = pcall(spell.await, 'h') return type(e)",
             "big_id": "local id = spell.submit({kind = 'event', name = 'x'}) return #id",
+            "caught": CAUGHT,
+            "caught_batch": "spell.sleep(0)" + CAUGHT,
         }[mode]
-        if mode == "big_id":
+        if mode in ("big_id", "caught", "caught_batch"):
             vm._host.id_size = 200_000  # more than a step may take over the limit
         f = vm.start(tid, FILL + code)
         r = f if f is not None else vm.resume(tid)
         while isinstance(r, Yielded):
-            if r.request.op != "await":
+            if mode == "caught_batch" and r.request.op == "sleep":  # the rest in a batch
+                done = vm.resume_batch([tid])[3]
+                r = done[-1][1] if done else r
+            elif r.request.op != "await":
                 r = vm.resume(tid)
             elif mode == "error":
                 r = vm.resume(tid, error="e" * 50_000)
@@ -140,6 +154,9 @@ def test_tasks_started_into_a_full_vm_fail_as_out_of_memory_and_the_process_live
         ("error", ["value"]),
         # a 200 KB id is more than a step may take over the limit: the task fails
         ("big_id", ["memory"]),
+        # so is a script that catches the failed call and goes on: it lost what it made
+        ("caught", ["memory"]),
+        ("caught_batch", ["memory"]),
     ],
 )
 def test_a_script_at_its_limit_gets_what_the_host_hands_it_or_fails(
