@@ -169,6 +169,48 @@ def test_a_script_at_its_limit_gets_what_the_host_hands_it_or_fails(
     assert out["outcomes"] == ends, out
 
 
+@pytest.mark.parametrize("how", ["value", "error"])
+def test_a_script_that_keeps_what_it_awaits_is_bound_by_the_limit(how: str) -> None:
+    """An awaited string (a value, or an error the script catches) is let in over
+    the limit for one step. A script that kept each one used to hold any number of
+    them (40 x 200 KB in a VM of 1 MB, and it succeeded); now the task that is
+    handed one more while the VM is over its limit fails as out of memory."""
+    from llmspell.engines._vm import Completed, Failed, Yielded
+    from llmspell.engines.lua_vm import LuaVM
+
+    class Host:
+        def submit(self, parent: str, spec: object) -> str:
+            return "c"
+
+        def emit(self, *a: object) -> None: ...
+        def progress(self, *a: object) -> None: ...
+        def log(self, *a: object) -> None: ...
+
+    limit = 1024 * 1024
+    vm = LuaVM(Host(), max_memory=limit, step_budget=5.0)  # type: ignore[arg-type]
+    try:
+        code = """
+            local kept = {}
+            for i = 1, 40 do kept[i] = false end
+            for i = 1, 40 do
+              local ok, v = pcall(spell.await, 'h')
+              kept[i] = v
+            end
+            return #kept
+        """
+        assert vm.start("t", code) is None
+        r = vm.resume("t")
+        while isinstance(r, Yielded):
+            big = "w" * 200_000
+            r = vm.resume("t", value=big) if how == "value" else vm.resume("t", error=big)
+        assert isinstance(r, Failed) and r.kind == "memory", r
+        assert vm.memory_in_use() < limit + 2 * 200_000
+        assert vm.start("next", "return 40 + 2") is None
+        assert vm.resume("next") == Completed(42)
+    finally:
+        vm.close()
+
+
 def test_js_tasks_that_find_the_vm_full_say_they_ran_out_of_memory() -> None:
     """QuickJS throws a bare null when it cannot even allocate its "out of memory"
     error; such tasks failed with the message "null". Now they say what happened,
