@@ -21,6 +21,7 @@ from llmspell import (
     RuntimeDegraded,
     Strategy,
     Task,
+    TaskFailed,
 )
 
 LOW = {"intensity": 1, "period": 60, "backoff_base": 0.001}
@@ -143,6 +144,30 @@ def test_a_failed_task_that_brings_the_news_first_still_raises_degraded(
     finally:
         rt.close()
     assert rt.state.value == "closed"
+
+
+def test_a_runtime_on_the_journal_of_a_degraded_one_is_not_degraded(tmp_path: Any) -> None:
+    """The tasks a degraded runtime failed are in its journal. A new runtime on
+    that journal (what the degraded one's error tells the user to make) reads
+    them as what they are, tasks that failed: it does not degrade itself."""
+    path = str(tmp_path / "runs.db")
+    rt = Runtime(supervision=LOW, journal=path)
+    try:
+        restarts = rt.subscribe("llmspell.engine.restart")
+        running = rt.submit(Task.lua("spell.sleep(60) return 1", id="victim"))
+        _until(lambda: rt.status(running) == "running", what="the task running")
+        rt._inject_crash("python", 0)
+        assert restarts.get(timeout=10).payload["engine"] == "python"
+        rt._inject_crash("python", 0)
+        with pytest.raises(RuntimeDegraded):
+            rt.result(running, timeout=20)
+    finally:
+        rt.close()
+    with Runtime(journal=path) as fresh:
+        with pytest.raises(TaskFailed, match="degraded") as info:
+            fresh.result("victim", timeout=10)
+        assert not isinstance(info.value, RuntimeDegraded)
+        assert fresh.result(fresh.submit(Task.lua("return 42")), timeout=10) == 42
 
 
 def test_an_async_runtime_degrades_too() -> None:

@@ -548,7 +548,9 @@ def _ended_entry(o: TaskOutcome) -> _Ended:
             kept = (usage["cpu_seconds"], usage["duration"])
         else:
             kept = tuple(usage.items())
-    return (PLAIN[o.status], o.value, None if error is None else tuple(error.items()), kept)
+    # (a refused submit's "rejected" is no status: kept as it is)
+    status = PLAIN.get(o.status, o.status)
+    return (status, o.value, None if error is None else tuple(error.items()), kept)
 
 
 _CPU_DURATION = frozenset(("cpu_seconds", "duration"))

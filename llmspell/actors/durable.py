@@ -213,7 +213,10 @@ class Durable:
         found = j.existing(unknown)
         for jt in found:
             if jt.status in ("succeeded", "failed", "cancelled", "timed_out"):
-                table.apply(Tombstoned(jt.id, jt.status, jt.value, jt.error, input_key(jt.spec)))
+                error = jt.error
+                if error and "gave_up" in error:  # that process degraded, not this one
+                    error = {k: v for k, v in error.items() if k != "gave_up"}
+                table.apply(Tombstoned(jt.id, jt.status, jt.value, error, input_key(jt.spec)))
         return found
 
     def earlier_tasks(self, status: str | None) -> list[list[Any]]:

@@ -53,7 +53,9 @@ Semantics (the contract is ``_vm.py``):
   fails the same way; a string pushed right before a resume, or handed back by a host
   call (``spell.submit``'s id), gets just its room over the limit for that step (a host
   call at most 64 KiB in a step; past that it hands nothing, and the task fails as out
-  of memory). The script's next allocation over the limit fails as usual.
+  of memory). The script's next allocation over the limit fails as usual. A task handed
+  a string while the VM is over its limit already (what was let in is still held) fails
+  as out of memory.
   Each resume has ``step_budget`` seconds of wall time, checked
   every ``hook_count`` VM instructions by a count hook on every task coroutine and every
   coroutine a script makes; a task over budget fails (kind ``"budget"``) even if it tries
@@ -303,11 +305,13 @@ class LuaVM:
             raise KeyError(f"no task {task_id!r} in this VM") from None
         arg: Any = None
         if not task.resumes:  # the first resume pushes the task's id and the runner's args
-            self._let_in(len(task_id) + 256)
+            if not self._let_in(len(task_id) + 256):
+                return self._failed(task_id, task, _LuaMemoryError("not enough memory"))
         elif value is not None or error is not None:
             if error is not None:
                 arg = (None, error.encode())
-                self._let_in(len(arg[1]) + 256)
+                if not self._let_in(len(arg[1]) + 256):
+                    return self._failed(task_id, task, _LuaMemoryError("not enough memory"))
             else:
                 lifted = type(value) in _CONTAINERS and self._lift()
                 try:
@@ -324,8 +328,9 @@ class LuaVM:
                     arg = None
                     self.cancel(task_id)
                     return self._memory_failed()
-                if type(arg) is bytes:
-                    self._let_in(len(arg) + 256)
+                if type(arg) is bytes and not self._let_in(len(arg) + 256):
+                    arg = None
+                    return self._failed(task_id, task, _LuaMemoryError("not enough memory"))
         self._current = task_id
         self._hook_t0 = 0.0  # the budget clock starts at the first hook call of this step
         if self._timing:
@@ -348,8 +353,11 @@ class LuaVM:
                 return self._failed(task_id, task, e)
             except StopIteration:
                 r = None
-        if self._lifted:
-            self._strict()
+        if self._lifted and self._strict() and not self._tripped:
+            # a host call had no room to hand the script its answer: the task fails as
+            # out of memory even when the script caught that and went on
+            task.resumes += 1
+            return self._failed(task_id, task, _LuaMemoryError("not enough memory"))
         task.resumes += 1
         if r is None and task.co:  # spell.sleep(0), the hot path (it checks the budget flag)
             task.yields += 1
@@ -423,6 +431,12 @@ class LuaVM:
                 stop = None
             else:
                 ended[last] = passes
+        if starved and not self._tripped:
+            # the last resume made the host call that had no room to hand its answer:
+            # that task fails as out of memory whatever it did next (returned included)
+            returned = [r for r in returned if r[0] != last]
+            ended[last] = passes
+            stop = (False, b"not enough memory")
         front: list[int] = []
         back: list[int] = []
         later: list[int] = []  # slept this pass, run again after the ones not reached
@@ -663,17 +677,28 @@ class LuaVM:
             self._lifted = True
         return True
 
-    def _let_in(self, n: int) -> None:
+    def _let_in(self, n: int) -> bool:
         """About ``n`` bytes are pushed right before a resume (lupa pushes its
         arguments outside any protected call): past the limit, the limit moves up by
         just that much for this step (the script's next allocation fails as usual);
-        ``_strict`` puts it back when the step ends."""
+        ``_strict`` puts it back when the step ends. False (nothing let in) when the
+        VM is over its limit already, even after a collection: what was let in before
+        is still held, and letting in more would have no bound."""
         limit = self._max_memory
         if limit:
             used = self._used()
             if used + n > limit:
+                if used > limit:
+                    try:
+                        self._gc()
+                    except _LuaMemoryError:
+                        pass
+                    used = self._used()
+                    if used > limit:
+                        return False
                 self._set_max(used + n)
                 self._lifted = True
+        return True
 
     def _strict(self) -> bool:
         """The limit is ``max_memory`` again. Returns whether a host call starved

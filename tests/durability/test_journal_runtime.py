@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmspell import JournalError, Runtime, Task
+from llmspell import JournalError, MessageError, Runtime, Task
 from llmspell.journal import Journal
 
 
@@ -125,6 +125,20 @@ def test_tasks_lists_those_of_earlier_processes(tmp_path: Path) -> None:
         assert [t.id for t in rt.tasks(status="succeeded")] == ["old", "new"]
         with pytest.raises(Exception, match="duplicate task id 'old'"):
             rt.result(rt.submit(Task.lua("return 3", id="old")), timeout=10)
+
+
+def test_an_id_of_an_earlier_process_is_refused_even_when_asked_late(tmp_path: Path) -> None:
+    """The scheduler refuses the id (the journal knows it) after submit returned:
+    its answer, come before anyone waits on the handle, is kept and raised."""
+    path = str(tmp_path / "runs.db")
+    with Runtime(journal=path) as rt:
+        rt.result(rt.submit(Task.lua("return 1", id="old")), timeout=10)
+    with Runtime(journal=path) as rt:
+        h = rt.submit(Task.lua("return 3", id="old"))
+        rt.stats()  # a round trip: the refusal is in by now
+        with pytest.raises(MessageError, match="duplicate task id 'old'"):
+            rt.result(h, timeout=10)
+        assert rt.status(h) == "failed"
 
 
 def test_a_retry_after_a_failure_makes_its_host_calls_again(tmp_path: Path) -> None:

@@ -47,6 +47,15 @@ _SCENARIO = textwrap.dedent(
     grab(4096); grab(256); grab(16); grab(1)
     keep[1] = nil  -- 4 KB: room for what the script does next, not for what it is handed
     '''
+    # the script catches every failed submit and goes on (what it got is lost to it)
+    CAUGHT = '''
+    local n = 0
+    for i = 1, 4 do
+      local ok, id = pcall(spell.submit, {kind = 'event', name = 'x'})
+      if ok then n = n + 1 end
+    end
+    return n
+    '''
     mode, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     vm = LuaVM(Host(30_000), max_memory=limit, step_budget=5.0)
     outcomes = []
@@ -73,13 +82,18 @@ _SCENARIO = textwrap.dedent(
             "await": "local v = spell.await('h') return type(v)",
             "error": "local ok, e = pcall(spell.await, 'h') return type(e)",
             "big_id": "local id = spell.submit({kind = 'event', name = 'x'}) return #id",
+            "caught": CAUGHT,
+            "caught_batch": "spell.sleep(0)" + CAUGHT,
         }[mode]
-        if mode == "big_id":
+        if mode in ("big_id", "caught", "caught_batch"):
             vm._host.id_size = 200_000  # more than a step may take over the limit
         f = vm.start(tid, FILL + code)
         r = f if f is not None else vm.resume(tid)
         while isinstance(r, Yielded):
-            if r.request.op != "await":
+            if mode == "caught_batch" and r.request.op == "sleep":  # the rest in a batch
+                done = vm.resume_batch([tid])[3]
+                r = done[-1][1] if done else r
+            elif r.request.op != "await":
                 r = vm.resume(tid)
             elif mode == "error":
                 r = vm.resume(tid, error="e" * 50_000)
@@ -140,6 +154,9 @@ def test_tasks_started_into_a_full_vm_fail_as_out_of_memory_and_the_process_live
         ("error", ["value"]),
         # a 200 KB id is more than a step may take over the limit: the task fails
         ("big_id", ["memory"]),
+        # so is a script that catches the failed call and goes on: it lost what it made
+        ("caught", ["memory"]),
+        ("caught_batch", ["memory"]),
     ],
 )
 def test_a_script_at_its_limit_gets_what_the_host_hands_it_or_fails(
@@ -150,6 +167,48 @@ def test_a_script_at_its_limit_gets_what_the_host_hands_it_or_fails(
     Handing it over used to abort the process."""
     out = _run(mode, 6)
     assert out["outcomes"] == ends, out
+
+
+@pytest.mark.parametrize("how", ["value", "error"])
+def test_a_script_that_keeps_what_it_awaits_is_bound_by_the_limit(how: str) -> None:
+    """An awaited string (a value, or an error the script catches) is let in over
+    the limit for one step. A script that kept each one used to hold any number of
+    them (40 x 200 KB in a VM of 1 MB, and it succeeded); now the task that is
+    handed one more while the VM is over its limit fails as out of memory."""
+    from llmspell.engines._vm import Completed, Failed, Yielded
+    from llmspell.engines.lua_vm import LuaVM
+
+    class Host:
+        def submit(self, parent: str, spec: object) -> str:
+            return "c"
+
+        def emit(self, *a: object) -> None: ...
+        def progress(self, *a: object) -> None: ...
+        def log(self, *a: object) -> None: ...
+
+    limit = 1024 * 1024
+    vm = LuaVM(Host(), max_memory=limit, step_budget=5.0)  # type: ignore[arg-type]
+    try:
+        code = """
+            local kept = {}
+            for i = 1, 40 do kept[i] = false end
+            for i = 1, 40 do
+              local ok, v = pcall(spell.await, 'h')
+              kept[i] = v
+            end
+            return #kept
+        """
+        assert vm.start("t", code) is None
+        r = vm.resume("t")
+        while isinstance(r, Yielded):
+            big = "w" * 200_000
+            r = vm.resume("t", value=big) if how == "value" else vm.resume("t", error=big)
+        assert isinstance(r, Failed) and r.kind == "memory", r
+        assert vm.memory_in_use() < limit + 2 * 200_000
+        assert vm.start("next", "return 40 + 2") is None
+        assert vm.resume("next") == Completed(42)
+    finally:
+        vm.close()
 
 
 def test_js_tasks_that_find_the_vm_full_say_they_ran_out_of_memory() -> None:
