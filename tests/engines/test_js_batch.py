@@ -14,34 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from batch_host import Host, later, started
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmspell.engines._vm import Completed, Failed, Request, StepResult, Waiting, Yielded
 from llmspell.engines.js_vm import JsVM
-
-
-class Host:
-    """Records every host call, in order, with the task it was made for."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-
-    def submit(self, parent_id: str, spec: dict[str, Any]) -> str:
-        self.calls.append((parent_id, "submit", spec))
-        return f"child-of-{parent_id}"
-
-    def emit(self, task_id: str, name: str, payload: Any) -> None:
-        self.calls.append((task_id, "emit", [name, payload]))
-
-    def progress(self, task_id: str, done: float, total: float | None, message: str | None) -> None:
-        self.calls.append((task_id, "progress", done))
-
-    def log(self, task_id: str, level: str, message: str) -> None:
-        self.calls.append((task_id, "log", message))
-
-    def clock(self, task_id: str, fn: str, value: Any) -> None:
-        self.calls.append((task_id, "clock", fn))
 
 
 @pytest.fixture
@@ -54,21 +32,6 @@ def vm(host: Host) -> Iterator[JsVM]:
     v = JsVM(host, max_memory=32 * 1024 * 1024, step_budget=0.3)
     yield v
     v.close()
-
-
-def started(vm: JsVM, codes: list[str], prefix: str = "t") -> list[str]:
-    """Start one task per code and resume each once (a batch takes started tasks)."""
-    ids = []
-    for i, code in enumerate(codes):
-        tid = f"{prefix}{i}"
-        assert vm.start(tid, code) is None
-        assert vm.resume(tid) is JsVM.SLEEP0, "each test task sleeps 0 first"
-        ids.append(tid)
-    return ids
-
-
-def later() -> float:
-    return time.perf_counter() + 30.0
 
 
 def sleeps(k: int) -> str:
