@@ -187,3 +187,33 @@ def test_an_async_runtime_runs_no_call_on_the_event_loop_nor_the_driver() -> Non
 
     names, loop_thread = asyncio.run(main())
     assert set(names) == {"llmspell-python"}, (names, loop_thread)
+
+
+def test_many_caller_threads_each_get_their_own_values() -> None:
+    # eight threads wait in result() at once: whichever drives runs lone fast calls
+    # between turns and lets go of the loop meanwhile, others' tasks, scripts and
+    # cancels go on; every caller gets its own task's value, none is left waiting
+    failures: list[str] = []
+
+    def caller(k: int) -> None:
+        try:
+            for i in range(300):
+                if i % 10 == 0:
+                    lua = Task.lua("spell.sleep(0) return spell.args.x + 1", args={"x": i})
+                    assert rt.result(rt.submit(lua), timeout=WAIT) == i + 1
+                elif i % 37 == 0:
+                    rt.cancel(rt.submit(Task.python("targets:add", args={"x": i, "y": k})))
+                else:
+                    add = Task.python("targets:add", args={"x": i, "y": k})
+                    assert rt.result(rt.submit(add), timeout=WAIT) == i + k
+        except BaseException as e:  # reported below, by thread
+            failures.append(f"caller {k}: {e!r}")
+
+    with Runtime() as rt:
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in threads), "a caller is still waiting"
+    assert failures == []
