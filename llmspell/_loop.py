@@ -167,7 +167,12 @@ class Loop:
         """A ``WireActor`` sends a llmspell message: to the facade as an
         object, to another actor encoded (as on every other base)."""
         if type(to) is LoopAddress and to._aaddr == _OUTSIDE:
-            self.on_outside(_owned(msg))
+            if type(msg) is TaskOutcomes:
+                # read at once on this thread: the facade copies what it keeps
+                # or hands on (_runtime.core.resolve_many), most values are scalars
+                self.on_outside(SharedOutcomes(msg.items))
+            else:
+                self.on_outside(decode(encode(msg)))
         elif type(msg) is DispatchBatch and all(_flat(spec) for spec in msg.tasks):
             # the scheduler's own specs (decoded from the facade's bytes, never
             # changed once a task is ready) whose data is scalars or maps of
@@ -275,19 +280,17 @@ def _flat(spec: Any) -> bool:
     return type(spec.payload) in _SCALARS and type(spec.input) in _SCALARS
 
 
-def _owned(msg: Any) -> Any:
-    """The facade's own copy of an actor's message: task outcomes field by
-    field (most values are scalars), anything else through the codec."""
-    if type(msg) is TaskOutcomes:
-        return TaskOutcomes(
-            [
-                TaskOutcome(
-                    o.task_id, o.status, _own(o.value), _own(o.error), _own(o.usage), o.attempt
-                )
-                for o in msg.items
-            ]
-        )
-    return decode(encode(msg))
+class SharedOutcomes(TaskOutcomes):
+    """Outcomes the scheduler sent the facade of an embedded runtime, handed over
+    as the scheduler's own objects (never encoded): the facade must take each one
+    before the loop goes on, copying what it keeps (``own_outcome``)."""
+
+    __slots__ = ()
+
+
+def own_outcome(o: TaskOutcome) -> TaskOutcome:
+    """The facade's own copy of an outcome (most values are scalars: themselves)."""
+    return TaskOutcome(o.task_id, o.status, _own(o.value), _own(o.error), _own(o.usage), o.attempt)
 
 
 def _own(value: Any) -> Any:

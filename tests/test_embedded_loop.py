@@ -157,3 +157,28 @@ def test_changing_a_tasks_args_after_submit_does_not_change_what_runs() -> None:
         assert script.args is not None
         script.args["n"] = 2
         assert rt.result(h, timeout=10) == 1
+
+
+def test_the_facade_keeps_its_own_copy_of_what_the_scheduler_hands_it() -> None:
+    # An embedded runtime hands the facade the scheduler's own outcome objects
+    # (SharedOutcomes, never encoded); the scheduler keeps them for dependents. What
+    # the facade keeps or gives a caller must be a copy, or a caller that changes
+    # a result would change what a later dependent of that task gets.
+    from llmspell._loop import own_outcome
+    from llmspell._runtime.core import _ended_entry
+    from llmspell.messages.types import TaskOutcome
+
+    value = {"items": [1, 2], "nested": {"k": "v"}}
+    error = {"message": "no", "data": {"tries": [1]}}
+    usage = {"cpu_seconds": 0.1, "duration": 0.2, "spans": [{"name": "x"}]}
+    sent = TaskOutcome("t-1", "failed", value, error, usage)
+    status, kept_value, kept_error, kept_usage = _ended_entry(sent, shared=True)
+    assert (status, kept_value) == ("failed", value) and kept_value is not value
+    assert kept_error is not None and dict(kept_error) == error
+    assert dict(kept_error)["data"] is not error["data"]
+    assert kept_usage is not None and dict(kept_usage)["spans"] is not usage["spans"]
+    mine = own_outcome(sent)
+    assert mine == sent
+    assert mine.value is not value and mine.error is not error and mine.usage is not usage
+    plain = TaskOutcome("t-2", "succeeded", 3, None, {"cpu_seconds": 0.1, "duration": 0.2})
+    assert _ended_entry(plain, shared=True) == ("succeeded", 3, None, (0.1, 0.2))

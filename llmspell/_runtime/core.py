@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .._actor import log
 from .._context import current_task_id
 from .._exceptions import MessageError, RuntimeClosed, RuntimeDegraded, error_from_outcome
-from .._loop import _flat
+from .._loop import SharedOutcomes, _flat, _own, own_outcome
 from .._task import Handle, Task
 from ..messages import Message, encode
 from ..messages.codec import encode_item, encode_with_items
@@ -345,10 +345,10 @@ class _Core:
     # -- messages from the actor system (driver thread) ----------------------
 
     def on_message(self, msg: Any) -> None:
-        if type(msg) is TaskOutcomes:
+        if type(msg) is TaskOutcomes or type(msg) is SharedOutcomes:
             if not self.degraded:
                 self.degraded_by(msg.items)
-            self.resolve_many(msg.items)
+            self.resolve_many(msg.items, type(msg) is SharedOutcomes)
         elif isinstance(msg, SubmitRejected):
             self.resolve(TaskOutcome(msg.task_id, "rejected", error=TaskError(msg.message).wire()))
         elif isinstance(msg, CoordinationDone):
@@ -412,8 +412,10 @@ class _Core:
         elif restarted:  # the re-run may run buffer_size past what the reader took
             self.ack(msg.task_id, taken)
 
-    def resolve_many(self, outcomes: list[TaskOutcome]) -> None:
-        """Settle a batch of outcomes under one lock; wake waiters after."""
+    def resolve_many(self, outcomes: list[TaskOutcome], shared: bool = False) -> None:
+        """Settle a batch of outcomes under one lock; wake waiters after.
+        ``shared``: the outcomes are the scheduler's own objects (an embedded
+        runtime's ``SharedOutcomes``): what is kept or handed on is copied."""
         views, ended = self.views, self.ended
         woken: list[tuple[TaskOutcome, threading.Event | None, list[Any] | None]] = []
         with self.lock:
@@ -421,11 +423,13 @@ class _Core:
                 task_id = o.task_id
                 v = views.get(task_id, _UNKNOWN)
                 if v is None:
-                    views[task_id] = _ended_entry(o)
+                    views[task_id] = _ended_entry(o, shared)
                 elif type(v) is Handle:
-                    _SET_ENDED(v, _ended_entry(o))
+                    _SET_ENDED(v, _ended_entry(o, shared))
                     views[task_id] = v._ended
                 elif type(v) is _View and v.outcome is None:
+                    if shared:
+                        o = own_outcome(o)
                     v.outcome = o
                     views[task_id] = t = _ended_entry(o)
                     if v.handle is not None:
@@ -538,8 +542,10 @@ _SUBMIT_CHUNK = 512  # tasks per SubmitTasks message of a batch without dependen
 _Ended = tuple[str, Any, "tuple[tuple[str, Any], ...] | None", "tuple[Any, ...] | None"]
 
 
-def _ended_entry(o: TaskOutcome) -> _Ended:
-    error, usage = o.error, o.usage
+def _ended_entry(o: TaskOutcome, shared: bool = False) -> _Ended:
+    """``shared``: ``o`` is still the sender's (``SharedOutcomes``): its value,
+    error and usage are copied unless plain scalars."""
+    value, error, usage = o.value, o.error, o.usage
     kept: tuple[Any, ...] | None = None
     if usage is not None:
         # most tasks' usage is just these two: one tuple of two floats, not three tuples
@@ -547,10 +553,14 @@ def _ended_entry(o: TaskOutcome) -> _Ended:
         if usage.keys() == _CPU_DURATION:
             kept = (usage["cpu_seconds"], usage["duration"])
         else:
-            kept = tuple(usage.items())
+            kept = tuple((_own(usage) if shared else usage).items())
+    if shared:
+        value = _own(value)
+        if error is not None:
+            error = _own(error)
     # (a refused submit's "rejected" is no status: kept as it is)
     status = PLAIN.get(o.status, o.status)
-    return (status, o.value, None if error is None else tuple(error.items()), kept)
+    return (status, value, None if error is None else tuple(error.items()), kept)
 
 
 _CPU_DURATION = frozenset(("cpu_seconds", "duration"))

@@ -608,7 +608,7 @@ class Scheduler(WireActor):
         task_id = rec.spec.id
         if self.faults and self._apply_fault(rec, t):
             return
-        self.table.apply(Dispatched(task_id, rec.attempt, t))
+        self.table.dispatch(rec, t)
         rec.slot = slot
         slot.running.add(task_id)
         batch = self._dispatch.get(slot.key)
@@ -881,7 +881,7 @@ class Scheduler(WireActor):
                 self._events.append(Publish(str(call.get("name")), call.get("payload"), now()))
 
     def on_engine_results(self, msg: EngineResults, sender: ActorAddress) -> None:
-        tasks, apply, t = self.tasks, self.table.apply, now()
+        tasks, ran, t = self.tasks, self.table.ran, now()
         for o in msg.items:
             rec = tasks.get(o.task_id)
             if rec is None or rec.status is not RUNNING or o.attempt != rec.attempt:
@@ -891,7 +891,7 @@ class Scheduler(WireActor):
                 self._take_extras(rec, usage)
             # a replay that diverged would diverge again: not retried
             retry = o.error is None or o.error.get("kind") not in ("divergence", "replay_end")
-            apply(Ended(o.task_id, o.status, t, o.value, o.error, o.usage, o, retry))
+            ran(rec, o, t, retry)
             if rec.status is PENDING and self.durable is not None:  # to be retried
                 self.durable.failed_run(o.task_id)
 

@@ -74,7 +74,6 @@ class _Call(Meter):
         "gate",
         "kwargs",
         "limit",
-        "meter",
         "priority",
         "queued",
         "started",
@@ -96,7 +95,6 @@ class _Call(Meter):
         self.priority = 1
         self.sync = sync
         self.stopped = False
-        self.meter: Meter | None = self
         self.sent = 0
         self.received = 0
         self.cpu_seconds = 0.0
@@ -262,7 +260,8 @@ class PythonEngine(EngineActor):
         call.future = fut
 
         def finished(f: concurrent.futures.Future[Any]) -> None:
-            cpu = call.meter.cpu_seconds if call.meter is not None else 0.0
+            call.future = None  # (the future holds this callback: no cycle left)
+            cpu = call.cpu_seconds
             if f.cancelled():
                 self.done.put((call, "cancelled", None, cpu))
             elif f.exception() is not None:
@@ -453,7 +452,7 @@ class PythonEngine(EngineActor):
                 return time.clock_gettime(clock) - call.cpu0
             except OSError:  # the thread is gone
                 return 0.0
-        return call.meter.cpu_seconds if call.meter is not None else 0.0
+        return call.cpu_seconds
 
     def _watch_calls(self) -> None:
         """Check running calls against their limits; report live usage of long calls."""
@@ -471,8 +470,7 @@ class PythonEngine(EngineActor):
                     continue
             if t - call.started >= _USAGE_INTERVAL:
                 usage = {"cpu_seconds": cpu, "duration": t - call.started}
-                if call.meter is not None:
-                    usage.update(call.meter.usage())
+                usage.update(call.usage())
                 self.report_progress(ProgressReport(call.task_id, usage=usage))
         if self.calls:
             self._watch_soon()
@@ -534,10 +532,9 @@ def _cancel_all(loop: asyncio.AbstractEventLoop, wait: float) -> bool:
 
 async def _metered(coro: Any, call: _Call) -> Any:
     """Run an async call with its meter set, counting the CPU of its steps."""
-    assert call.meter is not None
-    token = _METER.set(call.meter)
+    token = _METER.set(call)
     try:
-        return await Timed(coro, call.meter, call.gate)
+        return await Timed(coro, call, call.gate)
     finally:
         _METER.reset(token)
 

@@ -437,6 +437,48 @@ class TaskTable:
 
     # -- running, retrying, ending ----------------------------------------------
 
+    # -- the hot path: one run's start and its engine's outcome -----------------------
+
+    def dispatch(self, rec: Rec, t: float) -> None:
+        """``apply(Dispatched(id, rec.attempt, t))`` for a pending ``rec`` of this
+        table, the event made only for the log."""
+        if self.log is not None or rec.status is not PENDING:
+            self._dispatched(Dispatched(rec.spec.id, rec.attempt, t))
+            return
+        rec.status = RUNNING
+        rec.started_at = t
+
+    def ran(self, rec: Rec, o: TaskOutcome, t: float, may_retry: bool) -> None:
+        """``apply(Ended(id, o.status, t, o.value, o.error, o.usage, o, may_retry))``
+        for a running ``rec`` of this table and its engine's outcome ``o``. A
+        success that sets nothing off (no dependents, children or log) is
+        taken here as ``_end`` would take it, without the event (``_retire`` keeps it
+        for a parent still running as before)."""
+        usage = o.usage
+        if (
+            o.status != "succeeded"
+            or rec.status is not RUNNING
+            or self.log is not None
+            or self._cascade is not None
+            or rec.dependents
+            or rec.kids
+            or o.error is not None
+        ):
+            self._ended(Ended(o.task_id, o.status, t, o.value, o.error, usage, o, may_retry))
+            return
+        rec.status = SUCCEEDED
+        rec.ended_at = t
+        if usage is None:
+            usage = o.usage = {}
+        if rec.started_at is not None and "duration" not in usage:
+            usage["duration"] = t - rec.started_at
+        o.status = SUCCEEDED
+        rec.outcome = o
+        self.counts[SUCCEEDED] += 1
+        self.ended.append(rec)
+        rec.dependents = rec.kids = None
+        self._retire(rec)
+
     def _dispatched(self, ev: Dispatched) -> None:
         rec = self.tasks[ev.task_id]
         if rec.status is not PENDING or rec.attempt != ev.attempt:
