@@ -172,7 +172,7 @@ def test_the_facade_keeps_its_own_copy_of_what_the_scheduler_hands_it() -> None:
     error = {"message": "no", "data": {"tries": [1]}}
     usage = {"cpu_seconds": 0.1, "duration": 0.2, "spans": [{"name": "x"}]}
     sent = TaskOutcome("t-1", "failed", value, error, usage)
-    status, kept_value, kept_error, kept_usage = _ended_entry(sent, shared=True)
+    status, kept_value, kept_error, kept_usage, _ = _ended_entry(sent, shared=True)
     assert (status, kept_value) == ("failed", value) and kept_value is not value
     assert kept_error is not None and dict(kept_error) == error
     assert dict(kept_error)["data"] is not error["data"]
@@ -181,4 +181,4 @@ def test_the_facade_keeps_its_own_copy_of_what_the_scheduler_hands_it() -> None:
     assert mine == sent
     assert mine.value is not value and mine.error is not error and mine.usage is not usage
     plain = TaskOutcome("t-2", "succeeded", 3, None, {"cpu_seconds": 0.1, "duration": 0.2})
-    assert _ended_entry(plain, shared=True) == ("succeeded", 3, None, (0.1, 0.2))
+    assert _ended_entry(plain, shared=True) == ("succeeded", 3, None, 0.1, 0.2)

@@ -535,46 +535,42 @@ def _handle(task_id: str, owner: Any = None) -> Handle:
 
 _SUBMIT_CHUNK = 512  # tasks per SubmitTasks message of a batch without dependencies
 # an ended task as the facade keeps it (up to ``keep_ended`` of them): status, value,
-# error and usage, the dicts as tuples (``_ended_entry``). So the tuple is one the garbage
-# collector can untrack (plain strings and numbers all through; a dict or a status member
-# inside keeps it tracked for good, and every full collection of the application walked
-# the 100,000 kept)
-_Ended = tuple[str, Any, "tuple[tuple[str, Any], ...] | None", "tuple[Any, ...] | None"]
+# error (its items), then the usage: most tasks' two numbers (cpu_seconds, duration)
+# as the last two fields, any other usage as its items and None (``_ended_entry``). One
+# tuple the garbage collector can untrack (plain strings and numbers all through; a dict
+# or a status member inside keeps it tracked for good, and every full collection of the
+# application walked the 100,000 kept)
+_Ended = tuple[str, Any, "tuple[tuple[str, Any], ...] | None", Any, "float | None"]
 
 
 def _ended_entry(o: TaskOutcome, shared: bool = False) -> _Ended:
     """``shared``: ``o`` is still the sender's (``SharedOutcomes``): its value,
     error and usage are copied unless plain scalars."""
     value, error, usage = o.value, o.error, o.usage
-    kept: tuple[Any, ...] | None = None
-    if usage is not None:
-        # most tasks' usage is just these two: one tuple of two floats, not three tuples
-        # (each counts towards the next collection of the youngest generation)
-        if usage.keys() == _CPU_DURATION:
-            kept = (usage["cpu_seconds"], usage["duration"])
-        else:
-            kept = tuple((_own(usage) if shared else usage).items())
     if shared:
         value = _own(value)
         if error is not None:
             error = _own(error)
     # (a refused submit's "rejected" is no status: kept as it is)
     status = PLAIN.get(o.status, o.status)
-    return (status, value, None if error is None else tuple(error.items()), kept)
+    kept_error = None if error is None else tuple(error.items())
+    if usage is None:
+        return (status, value, kept_error, None, None)
+    if usage.keys() == _CPU_DURATION and usage["duration"] is not None:
+        return (status, value, kept_error, usage["cpu_seconds"], usage["duration"])
+    return (status, value, kept_error, tuple((_own(usage) if shared else usage).items()), None)
 
 
 _CPU_DURATION = frozenset(("cpu_seconds", "duration"))
 
 
 def _outcome(task_id: str, ended: _Ended) -> TaskOutcome:
-    status, value, error, usage = ended
+    status, value, error, usage, duration = ended
     u: dict[str, Any] | None
-    if usage is None or not usage:
-        u = None if usage is None else {}
-    elif type(usage[0]) is tuple:
-        u = dict(usage)
+    if duration is not None:
+        u = {"cpu_seconds": usage, "duration": duration}
     else:
-        u = {"cpu_seconds": usage[0], "duration": usage[1]}
+        u = None if usage is None else dict(usage)
     return TaskOutcome(task_id, status, value, None if error is None else dict(error), u)
 
 

@@ -49,6 +49,7 @@ __all__ = ["EngineActor"]
 
 _POLL = encode(Poll())
 _POLL_MSG = Poll()  # embedded: handed to the engine as it is (nothing to decode)
+_CPU_DURATION = frozenset(("cpu_seconds", "duration"))
 # Where neither the driver's doorbell nor a pipe exists, an engine polls itself
 # while work runs on other threads: first soon, then at intervals doubling up to
 # 1 ms, so a long call costs at most ~1,000 wake-ups a second.
@@ -384,8 +385,13 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
         copy nobody else holds (a Python task's function may keep its own)."""
         out = []
         for o in items:
+            usage = o.usage
             try:
-                value, usage = own_data(o.value, "result"), own_data(o.usage, "usage")
+                value = own_data(o.value, "result")
+                # the usual usage, two numbers in a dict the engine made for this
+                # outcome alone, is its own already
+                if usage is not None and usage.keys() != _CPU_DURATION:
+                    usage = own_data(usage, "usage")
             except MessageError as exc:
                 why = f"the task's outcome cannot be sent: {exc}"
                 o = TaskOutcome(o.task_id, "failed", None, self.error(why), None, o.attempt)
