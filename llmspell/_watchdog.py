@@ -14,12 +14,14 @@ forks (the application's own) are left alone.
 
 The check reads ``/proc/<pid>/stat`` (a zombie or a new process that reused
 the pid counts as gone); without ``/proc`` it falls back to ``os.kill(pid,
-0)``. It takes no lock a fork could leave held.
+0)``. It takes no lock a fork could leave held. Each such process also moves
+what it inherited out of the cyclic garbage collector's sight (``gc.freeze``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import threading
 import time
@@ -82,6 +84,12 @@ def _after_fork_in_child() -> None:
     pid, start = _owner
     if not pid or pid == os.getpid():
         return
+    # What came with the fork (the owner's modules and data, the application's
+    # with them) is never this process's garbage to find: the collector stops
+    # walking it (every full collection of a scheduler or an engine did, ~15 % of
+    # the scheduler's time per task in a batch). Objects freed by their reference
+    # counts are freed as before.
+    gc.freeze()
     threading.Thread(target=_watch, args=(pid, start), name="llmspell-owner", daemon=True).start()
 
 

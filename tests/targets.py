@@ -232,3 +232,10 @@ def whoami_fails_first() -> dict[str, Any] | None:
     if t is not None and t.attempt == 0:
         raise RuntimeError("first attempt fails")
     return whoami()
+
+
+def frozen_objects() -> int:
+    """How many objects the garbage collector of this process leaves alone."""
+    import gc
+
+    return gc.get_freeze_count()

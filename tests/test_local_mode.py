@@ -61,6 +61,17 @@ def test_engines_run_in_processes_of_their_own(local_rt: Runtime) -> None:
     assert local_rt.result(h, timeout=10) in pids
 
 
+def test_an_engine_process_leaves_what_it_inherited_out_of_its_gc(local_rt: Runtime) -> None:
+    # forked from the owner, it holds a copy of the owner's modules and data, which
+    # its full collections walked for every batch of tasks; frozen at the fork now
+    # (the test process's own objects are not frozen: only the forks freeze)
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    h = local_rt.submit(Task.python("targets:frozen_objects"))
+    assert local_rt.result(h, timeout=10) > 10_000
+
+
 def test_values_across_engines(local_rt: Runtime) -> None:
     hs = [
         local_rt.submit(Task.python("targets:add", args={"x": 1, "y": 2})),
