@@ -72,6 +72,18 @@ def test_an_engine_process_leaves_what_it_inherited_out_of_its_gc(local_rt: Runt
     assert local_rt.result(h, timeout=10) > 10_000
 
 
+def test_a_runtime_leaves_the_gc_settings_of_the_application_alone() -> None:
+    # the scheduler of a local runtime collects less often in its own process; an
+    # embedded runtime's scheduler lives in the application's process: no change
+    import gc
+
+    before = gc.get_threshold()
+    with Runtime() as rt:
+        assert rt.result(rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))) == 3
+        assert gc.get_threshold() == before
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
 def test_values_across_engines(local_rt: Runtime) -> None:
     hs = [
         local_rt.submit(Task.python("targets:add", args={"x": 1, "y": 2})),
