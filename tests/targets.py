@@ -49,6 +49,17 @@ async def afail(message: str = "async boom") -> None:
     raise RuntimeError(message)
 
 
+async def aburn_until(name: str, seconds: float = 0.0) -> str:
+    """Use ``seconds`` of CPU in one step, then await until gate ``name`` opens."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    opened = gate(name)
+    while not opened.is_set():
+        await asyncio.sleep(0.001)
+    return name
+
+
 cancelled_coroutines: list[str] = []
 
 

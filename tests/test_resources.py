@@ -177,6 +177,57 @@ def test_kill(rt: Runtime, task: Task) -> None:
     assert rt.status(h) == "failed"
 
 
+def test_an_async_call_killed_over_its_limit_as_it_ends_still_fails(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine stops a call (a limit's kill, a cancel, a timeout) on its own
+    # thread while the call may end on the event loop's thread, whose done
+    # callback clears call.future. Here the coroutine ends exactly between the
+    # engine's reads of call.future in stop(): the kill must still be reported
+    # (it was an AttributeError in stop(), the report never sent, and the
+    # task's own end dropped as stopped: the task never ended).
+    import targets
+
+    from llmspell.engines import python as engine
+
+    slot = engine._Call.future  # the slot's descriptor
+    cleared = threading.Event()
+
+    class EndsAsItIsStopped(engine._Call):
+        __slots__ = ()
+
+        def _get(self) -> Any:
+            fut = slot.__get__(self, engine._Call)
+            if fut is not None and not fut.done() and self.task_id == "racer":
+                targets.gate("racer").set()  # the coroutine ends now ...
+                assert cleared.wait(10)  # ... and its done callback has run
+            return fut
+
+        def _set(self, value: Any) -> None:
+            try:
+                had = slot.__get__(self, engine._Call)
+            except AttributeError:  # (set for the first time in __init__)
+                had = None
+            slot.__set__(self, value)
+            if value is None and had is not None and self.task_id == "racer":
+                cleared.set()
+
+        future = property(_get, _set)  # type: ignore[assignment]
+
+    monkeypatch.setattr(engine, "_Call", EndsAsItIsStopped)
+    h = rt.submit(
+        Task.python(
+            "targets:aburn_until",
+            args={"name": "racer", "seconds": 0.1},
+            id="racer",
+            limits=Limits(cpu_seconds=0.02),
+        )
+    )
+    with pytest.raises(ResourceLimitExceeded, match="over its limit"):
+        rt.result(h, timeout=30)
+    assert cleared.is_set()  # the race was run as described
+
+
 @pytest.mark.parametrize(
     ("task", "resource"),
     [

@@ -332,8 +332,10 @@ class PythonEngine(EngineActor):
         if call is None:
             return
         call.stopped = True
-        if call.future is not None:
-            call.future.cancel()  # async: CancelledError inside the coroutine
+        # read once: the call may end on the loop's thread meanwhile (finished clears it)
+        fut = call.future
+        if fut is not None:
+            fut.cancel()  # async: CancelledError inside the coroutine
 
     def close(self) -> None:
         if getattr(self, "_stealing", False):
@@ -342,8 +344,9 @@ class PythonEngine(EngineActor):
         self.agents.close()
         for call in list(self.calls.values()):
             call.stopped = True
-            if call.future is not None:
-                call.future.cancel()
+            fut = call.future  # (read once: see stop)
+            if fut is not None:
+                fut.cancel()
         self.calls.clear()
         self.pool.shutdown()
         if self._loop is not None:

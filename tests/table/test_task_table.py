@@ -452,3 +452,159 @@ def test_random_cancels_and_timeouts_of_a_wide_graph_end_everything() -> None:
             d.finish(d.running[rng.randrange(len(d.running))], ok=rng.random() < 0.8)
     d.run_out()
     assert len(d.final) == 2_000
+
+
+# -- the scheduler's hot path (dispatch, ran) is the event path ----------------------------
+
+
+def _snapshot(table: TaskTable) -> Any:
+    """Everything a table holds and leaves to its owner, as plain data."""
+
+    def outcome(o: TaskOutcome | None) -> Any:
+        if o is None:
+            return None
+        return (o.task_id, type(o.status), o.status, o.value, o.error, o.usage, o.attempt)
+
+    recs = {
+        task_id: tuple(
+            outcome(rec.outcome)
+            if name == "outcome"
+            else rec.spec.input
+            if name == "spec"
+            else (type(rec.status), rec.status)
+            if name == "status"
+            else getattr(rec, name)
+            for name in Rec.__slots__
+        )
+        for task_id, rec in table.tasks.items()
+    }
+    log = None
+    if table.log is not None:
+        log = [repr(ev) for ev in table.log]
+    return (
+        recs,
+        list(table.tasks),
+        dict(table.gone),
+        dict(table.counts),
+        list(table._ended_ids),
+        [(r.spec.id, outcome(r.outcome)) for r in table.ended],
+        [r.spec.id for r in table.ready],
+        [(r.spec.id, delay) for r, delay in table.retried],
+        list(table.warnings),
+        log,
+    )
+
+
+@st.composite
+def hot_path_runs(draw: st.DrawFn) -> dict[str, Any]:
+    sc = draw(scenarios())
+    sc["log"] = draw(st.booleans())
+    sc["actions"] = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["dispatch", "ok", "fail", "end", "cancel", "timeout", "submit"]),
+                st.integers(0, 1000),
+                st.sampled_from([None, "cpu", "duration", "spans"]),  # the engine's usage
+                st.booleans(),  # may_retry
+            ),
+            max_size=60,
+        )
+    )
+    return sc
+
+
+def _engine_outcome(task_id: str, attempt: int, how: str, usage: str | None) -> TaskOutcome:
+    used: dict[str, Any] | None = {
+        None: None,
+        "cpu": {"cpu_seconds": 0.5},
+        "duration": {"cpu_seconds": 0.5, "duration": 7.0},
+        "spans": {"cpu_seconds": 0.5, "network_bytes_sent": 3},
+    }[usage]
+    if how == "ok":
+        return TaskOutcome(task_id, "succeeded", [task_id], None, used, attempt)
+    if how == "fail":
+        error = {"message": f"{task_id} broke", "kind": "failed", "engine": "python"}
+        return TaskOutcome(task_id, "failed", None, error, used, attempt)
+    error = {"message": "the coroutine was cancelled", "kind": "failed", "engine": "python"}
+    return TaskOutcome(task_id, "cancelled", None, error, used, attempt)
+
+
+@given(hot_path_runs())
+def test_the_hot_path_leaves_the_table_as_the_events_do(sc: dict[str, Any]) -> None:
+    # The scheduler starts a run with TaskTable.dispatch and takes its engine's
+    # outcome with TaskTable.ran (a plain success without an event object): each
+    # must leave the table, its effects and its log exactly as apply(Dispatched)
+    # and apply(Ended) would, whatever else runs (parents, dependents, deps_input
+    # holders, retries, cancels and timeouts, retention, the durable log).
+    def table() -> TaskTable:
+        tt = TaskTable(history=sc["history"])
+        if sc["log"]:
+            tt.log = []
+        return tt
+
+    by_events, hot = table(), table()
+    both = (by_events, hot)
+    batches = [list(b) for b in sc["batches"]]
+    t = 0.0
+    queue: list[str] = []  # ready, not yet dispatched (by id: the same in both)
+
+    def copies(batch: list[TaskSpec]) -> tuple[list[TaskSpec], list[TaskSpec]]:
+        return [decode(encode(s)) for s in batch], [decode(encode(s)) for s in batch]
+
+    def settle() -> None:
+        for tt in both:
+            tt.ended.clear()
+            tt.warnings.clear()
+        queue.extend(r.spec.id for r in by_events.ready)
+        queue.extend(r.spec.id for r, _ in by_events.retried)
+        for tt in both:
+            tt.ready.clear()
+            tt.retried.clear()
+
+    def submit() -> None:
+        a, b = copies(batches.pop(0))
+        by_events.apply(Submitted(a, t))
+        hot.apply(Submitted(b, t))
+
+    submit()
+    assert _snapshot(by_events) == _snapshot(hot)
+    settle()
+    # the drawn actions, then every batch left and everything run out to success
+    rest = [("submit", 0, None, True)] * len(batches) + [("ok", 0, "cpu", True)] * 200
+    for action, pick, usage, may_retry in [*sc["actions"], *rest]:
+        t += 1.0
+        running = [i for i, r in by_events.tasks.items() if r.status is TaskStatus.RUNNING]
+        if action == "ok" and not running and queue:
+            action = "dispatch"
+        if action == "submit" and batches:
+            submit()
+        elif action == "dispatch" and queue:
+            task_id = queue.pop(pick % len(queue))
+            rec = by_events.tasks.get(task_id)
+            if rec is None or rec.status is not TaskStatus.PENDING:
+                continue  # ended while queued
+            by_events.apply(Dispatched(task_id, rec.attempt, t))
+            hot.dispatch(hot.tasks[task_id], t)
+        elif action in ("ok", "fail", "end") and running:
+            task_id = running[pick % len(running)]
+            attempt = by_events.tasks[task_id].attempt
+            a = _engine_outcome(task_id, attempt, action, usage)
+            b = _engine_outcome(task_id, attempt, action, usage)
+            by_events.apply(Ended(task_id, a.status, t, a.value, a.error, a.usage, a, may_retry))
+            hot.ran(hot.tasks[task_id], b, t, may_retry)
+        elif action == "cancel":
+            ids = sorted(by_events.tasks)
+            if not ids:
+                continue
+            task_id = ids[pick % len(ids)]
+            for tt in both:
+                tt.apply(Cancelled([task_id], "stop", t))
+        elif action == "timeout" and running:
+            task_id = running[pick % len(running)]
+            for tt in both:
+                error = {"message": "too slow", "kind": "timeout", "engine": "runtime"}
+                tt.apply(Ended(task_id, "timed_out", t, error=error))
+        else:
+            continue
+        assert _snapshot(by_events) == _snapshot(hot), action
+        settle()
