@@ -489,8 +489,22 @@ class LuaVM:
         if task.resumes:  # a coroutine that never ran has nothing to close
             self._current = task_id
             self._hook_t0 = 0.0
-            self._drop(co)
-            self._tripped = False
+            try:
+                self._drop(co)
+            except _LuaMemoryError:
+                # closing runs the script's __close handlers, which need memory too:
+                # in a VM at its limit the coroutine is left to the collector
+                _log.warning(
+                    "task %s was stopped in a Lua VM at its memory limit: its "
+                    "to-be-closed variables could not be closed",
+                    task_id,
+                )
+                try:
+                    self._gc()
+                except _LuaMemoryError:
+                    pass
+            finally:
+                self._tripped = False
 
     def memory_in_use(self) -> int:
         """Bytes the Lua allocator holds (what ``max_memory`` limits). Lua 5.5's

@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -228,3 +229,56 @@ def test_js_tasks_that_find_the_vm_full_say_they_ran_out_of_memory() -> None:
                 full += 1
         assert ran and full, (ran, full)
         assert rt.result(rt.submit(Task.js("return 40 + 2")), timeout=30) == 42
+
+
+def test_a_task_stopped_in_a_full_lua_vm_is_dropped_and_says_what_it_could_not_do(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Stopping a task closes its coroutine, which runs the script's __close handlers:
+    # they need memory too. In a VM at its limit cancel() raised LuaMemoryError (the
+    # engine logged it as a failure, with a traceback); now the coroutine is left to
+    # the collector, a warning says its to-be-closed variables were not closed, and
+    # the VM goes on.
+    from llmspell.engines._vm import Yielded
+    from llmspell.engines.lua_vm import LuaVM
+
+    class Host:
+        def submit(self, parent: str, spec: Any) -> str:
+            return "x"
+
+        def emit(self, *a: Any) -> None: ...
+
+        def progress(self, *a: Any) -> None: ...
+
+        def log(self, *a: Any) -> None: ...
+
+    code = """
+    local keep, n, rep = {}, 0, string.rep
+    local guard <close> = setmetatable({}, {__close = function()
+      local s = {} for i = 1, 100 do s[i] = rep('z', 100) .. i end end})
+    local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
+    local function grab(size)
+      while pcall(add, size) do end
+      keep[n] = nil; n = n - 1
+    end
+    grab(4096); grab(256); grab(16); grab(1)
+    spell.await('h')
+    return 1
+    """
+    stopped = 0
+    caplog.set_level("WARNING", logger="llmspell.engines.lua")
+    for k in range(12):
+        vm = LuaVM(Host(), max_memory=1_000_000 + 7919 * k, step_budget=5.0)
+        first = vm.start("t", code)
+        if not isinstance(first if first is not None else vm.resume("t"), Yielded):
+            continue  # (this limit left no room to get as far as the await)
+        vm.cancel("t")  # raised LuaMemoryError at most of these limits
+        stopped += 1
+        assert "t" not in vm.tasks()
+        vm._gc()
+        assert vm.start("next", "return 40 + 2") is None
+        assert vm.resume("next").value == 42  # type: ignore[union-attr]
+        vm.close()
+    assert stopped >= 6
+    warned = [r for r in caplog.records if "could not be closed" in r.getMessage()]
+    assert warned and all(r.levelname == "WARNING" for r in warned)
