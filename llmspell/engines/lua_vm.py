@@ -490,19 +490,22 @@ class LuaVM:
             self._current = task_id
             self._hook_t0 = 0.0
             try:
-                self._drop(co)
-            except _LuaMemoryError:
-                # closing runs the script's __close handlers, which need memory too:
-                # in a VM at its limit the coroutine is left to the collector
-                _log.warning(
-                    "task %s was stopped in a Lua VM at its memory limit: its "
-                    "to-be-closed variables could not be closed",
-                    task_id,
-                )
                 try:
-                    self._gc()
+                    full = self._drop(co)  # True: the prelude had no memory to close it
                 except _LuaMemoryError:
-                    pass
+                    full = True
+                if full:
+                    # closing runs the script's __close handlers, which need memory too:
+                    # in a VM at its limit the coroutine is left to the collector
+                    _log.warning(
+                        "task %s was stopped in a Lua VM at its memory limit: its "
+                        "to-be-closed variables could not be closed",
+                        task_id,
+                    )
+                    try:
+                        self._gc()
+                    except _LuaMemoryError:
+                        pass
             finally:
                 self._tripped = False
 
@@ -632,10 +635,13 @@ class LuaVM:
             killed, msg, tb = True, "", ""
         else:
             try:
-                killed, msg, tb, data = self._fail_info(co)
+                info = self._fail_info(co)  # None: no memory to close the thread
             except _LuaMemoryError:
+                info = None
+            if info is None:
                 self._tripped = False
                 return self._memory_failed()
+            killed, msg, tb, data = info
         self._tripped = False
         tb = _user_traceback(_text(tb))
         if killed or tripped:

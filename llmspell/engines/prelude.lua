@@ -796,17 +796,28 @@ end
 -- Closing a task's thread runs its pending __close handlers: with a fresh budget (the host
 -- restarts the clock), checked as usual; one that overruns it is stopped and the next one
 -- still runs (closing goes on whatever the handlers raise).
-local function close_task(co)
-  killed, closing = false, true
+-- closing is set inside the protected call and put back after it, whatever happened: in a
+-- VM at its memory limit the call into pcall, or sethook, can fail for memory, and a mark
+-- left set kept the next over-budget task from being killed again outside its catch.
+-- Returns the error, then true when the thread could not be closed (no memory for it).
+local function close_now(co)
+  closing = true
   if COUNT > 0 then sethook(co, hook, "", COUNT) end
   local _, _, e = pcall(co_close, co)
+  return e
+end
+local function close_task(co)
+  killed = false
+  local ok, e = pcall(close_now, co)
   killed, closing = false, false
+  if not ok then return nil, true end
   return e  -- the error the thread died with (or one a handler raised)
 end
 function H.fail_info(co)
   local tb = traceback(co)
   local was_killed = killed
-  local e = close_task(co)
+  local e, full = close_task(co)
+  if full then return nil end  -- the host says it ran out of memory
   was_killed = was_killed or rawequal(e, KILL)
   local te, msg, data = type(e), nil, nil
   if te == "string" then msg = e
@@ -818,7 +829,8 @@ function H.fail_info(co)
   return was_killed, msg, tb, data
 end
 function H.drop(co)
-  close_task(co)
+  local _, full = close_task(co)
+  return full
 end
 -- H.batch(rounds, co1, co2, ...): resume task threads (each resumed by the host before,
 -- none owed an answer) in ring order, one pass, or round after round if rounds (the

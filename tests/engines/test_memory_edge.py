@@ -282,3 +282,64 @@ def test_a_task_stopped_in_a_full_lua_vm_is_dropped_and_says_what_it_could_not_d
     assert stopped >= 6
     warned = [r for r in caplog.records if "could not be closed" in r.getMessage()]
     assert warned and all(r.levelname == "WARNING" for r in warned)
+
+
+def test_a_task_after_a_stop_in_a_full_lua_vm_is_still_stopped_at_its_budget() -> None:
+    # Closing the stopped task's coroutine ran out of memory after the prelude had
+    # marked the VM as "closing" (which keeps the budget's kill from being raised
+    # again at every instruction): the mark stayed, and a later task that caught the
+    # kill went on past its catch (an endless loop around a pcall was never stopped:
+    # the engine hung). After such a stop, the kill comes back at the next
+    # instruction outside the catch, as ever: the task makes no more host calls.
+    from llmspell.engines._vm import Failed, Yielded
+    from llmspell.engines.lua_vm import LuaVM
+
+    logged: list[Any] = []
+
+    class Host:
+        def submit(self, parent: str, spec: Any) -> str:
+            return "x"
+
+        def emit(self, *a: Any) -> None: ...
+
+        def progress(self, *a: Any) -> None: ...
+
+        def log(self, *a: Any) -> None:
+            logged.append(a)
+
+    code = """
+    local keep, n, rep = {}, 0, string.rep
+    local guard <close> = setmetatable({}, {__close = function()
+      local s = {} for i = 1, 100 do s[i] = rep('z', 100) .. i end end})
+    local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
+    local function grab(size)
+      while pcall(add, size) do end
+      keep[n] = nil; n = n - 1
+    end
+    grab(4096); grab(256); grab(16); grab(1)
+    spell.await('h')
+    return 1
+    """
+    catcher = """
+    for i = 1, 3 do
+      pcall(function() while true do end end)
+      spell.log("info", "went on " .. i)
+    end
+    return 1
+    """
+    stopped = 0
+    for k in range(6):
+        vm = LuaVM(Host(), max_memory=1_000_000 + 7919 * k, step_budget=0.05)
+        first = vm.start("t", code)
+        if not isinstance(first if first is not None else vm.resume("t"), Yielded):
+            continue  # (this limit left no room to get as far as the await)
+        vm.cancel("t")
+        stopped += 1
+        vm._gc()
+        logged.clear()
+        assert vm.start("c", catcher) is None
+        r = vm.resume("c")
+        assert isinstance(r, Failed) and r.kind == "budget", r
+        assert logged == [], (k, logged)
+        vm.close()
+    assert stopped >= 3
