@@ -112,7 +112,9 @@ class Handle:
     rt.result(h)``)."""
 
     id: str
-    # (status, value, error, usage) once the runtime saw the task end
+    # (status, value, error items, cpu_seconds, duration) once the runtime saw the task
+    # end; a usage other than those two numbers: its items in the fourth field and None
+    # (``_runtime.core._ended_entry``)
     _ended: Any = field(default=None, init=False, repr=False, compare=False)
     # the Runtime or AsyncRuntime that made it (None: made by hand, bound to none)
     _owner: Any = field(default=None, init=False, repr=False, compare=False)

@@ -107,8 +107,8 @@ class _Core:
         self.runtime_id = uuid.uuid4().hex
         self.state = RuntimeState.STARTING
         # task id -> submit's Handle or None (running, nobody waits), a _View
-        # (someone waits) or, once it ended, its outcome as a plain tuple (status,
-        # value, error, usage) that submit's Handle holds too: no object of the
+        # (someone waits) or, once it ended, its outcome as one plain tuple
+        # (``_ended_entry``) that submit's Handle holds too: no object of the
         # runtime's own per running task, and once ended one the garbage collector
         # stops tracking. Ended entries are forgotten oldest first beyond
         # ``keep_ended`` (as many as the scheduler keeps tombstones for); a

@@ -245,7 +245,10 @@ class Durable:
         try:
             ev = self._restore(j, t)
         finally:
-            if not gc.get_freeze_count():  # (an application's own frozen objects stay so)
+            # (frozen objects stay so: an application's own, or what a process forked
+            # for a local runtime inherited; the records then go through the young
+            # generations once, as any new object)
+            if not gc.get_freeze_count():
                 gc.freeze()
                 gc.unfreeze()
             if collecting:

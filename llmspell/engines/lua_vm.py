@@ -631,7 +631,10 @@ class LuaVM:
             return self._memory_failed(co)
         data = None
         if exc is None:
-            self._drop(co)
+            try:
+                self._drop(co)  # (True: no memory to close it, left to the collector)
+            except _LuaMemoryError:
+                pass  # the same, found before the prelude could say so
             killed, msg, tb = True, "", ""
         else:
             try:
