@@ -27,11 +27,12 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["PERIOD", "owned_forks", "owner_alive"]
+__all__ = ["PERIOD", "die_with_parent", "owned_forks", "owner_alive"]
 
 PERIOD = 0.5  # seconds between two looks at the owner
 
 _registered = False
+_parent = 0  # die_with_parent(): the pid of the process that forked this one
 _armed = False  # forks belong to a runtime being started (inherited by children)
 _owner: tuple[int, str] = (0, "")  # pid and start time of the owning process
 
@@ -75,6 +76,16 @@ def _watch(pid: int, start: str) -> None:
         missed = 0 if owner_alive(pid, start) else missed + 1
         if missed >= 2:
             os._exit(1)  # the owner is gone: so is its runtime
+        if _parent and os.getppid() != _parent:
+            os._exit(1)  # (die_with_parent) the process that forked this one is gone
+
+
+def die_with_parent() -> None:
+    """From now on this process ends once the process that forked it is gone (its
+    watchdog sees it reparented, within ``PERIOD`` seconds): an engine whose
+    supervisor died can be reached by nobody."""
+    global _parent
+    _parent = os.getppid()
 
 
 def _after_fork_in_child() -> None:

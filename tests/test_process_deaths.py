@@ -251,6 +251,31 @@ def test_a_killed_engines_supervisor_fails_the_engines_tasks_and_starts_new_engi
     assert not any(alive(p) for p in old_engines)
 
 
+def test_engines_end_with_their_supervisor_even_when_the_director_does_not_kill_them(
+    started: Callable[..., Runtime],
+) -> None:
+    # The director kills the engines it last saw under a supervisor that died; one
+    # killed before the director's next look (every 0.5 s; later on a busy machine)
+    # left its engines running for good (CI saw it). Now an engine ends by itself
+    # once its supervisor is gone. The director is stopped here so that it kills
+    # nothing: the engines must end all the same.
+    rt = started()
+    old_engines = [
+        psutil.Process(e["pid"]) for e in rt.stats()["engines"] if e["engine"] != "workflow"
+    ]
+    procs = processes(rt)
+    director = psutil.Process(procs["director"])
+    director.suspend()
+    try:
+        kill(procs["supervisor"])
+        _, left = psutil.wait_procs(old_engines, timeout=10)
+        assert not [p for p in left if alive(p.pid)], "engines outlived their supervisor"
+    finally:
+        director.resume()
+    restarted(rt, "supervisor", procs["supervisor"])
+    assert rt.result(rt.submit(Task.lua("return 4")), WAIT) == 4
+
+
 def test_a_killed_director_is_replaced_and_the_runtime_goes_on(
     started: Callable[..., Runtime],
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from thespian.actors import ActorAddress, ActorExitRequest
 
+from .. import _watchdog
 from .._actor import WireActor, log
 from .._exceptions import MessageError
 from ..messages import check_data, decode, encode
@@ -103,6 +104,12 @@ class EngineActor(WireActor, metaclass=abc.ABCMeta):
             os.set_blocking(r, False)
             os.set_blocking(w, False)
             self._pipe = (r, w)
+            if os.getpid() != self.config.get("owner_pid"):
+                # the engines' supervisor forked this process: if it dies, so does
+                # this one (the director also kills what it last saw under it, but a
+                # supervisor killed before the director's next look left engines
+                # running for good, reachable by nobody)
+                _watchdog.die_with_parent()
         self.setup(self.config)
         capacity = int(self.config.get(f"{self.engine}_capacity", self.default_capacity))
         restarts = int(self.config.get("restarts", 0))
