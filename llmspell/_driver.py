@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from thespian.actors import ActorSystem
 
@@ -717,6 +717,54 @@ class _OwnerLane:
             pass
 
 
+_T = TypeVar("_T")
+
+
+def _pad(k: int, make: Callable[[], _T]) -> _T:
+    """``make()`` ``k`` calls deeper (see ``_STACK_PAD``)."""
+    if k <= 0:
+        return make()
+    return _pad(k - 1, make)
+
+
+# How many calls deeper than the fresh thread's own the admin is forked: where the
+# engines' hot calls fall against the 16 KiB frame chunks (``_from_a_fresh_thread``).
+# Measured on CPython 3.11.7 (a Python engine's page faults and CPU per task in
+# 3,000-task batches): 0 -> 0.5 faults, ~9 us; 1-3 -> 2-2.6 faults, 20-26 us;
+# 4 -> 0.35; 6 and 8 -> 0.01 faults, 4.2-4.7 us; 12 -> 0.1. bench/latency.py prints
+# the engines' faults per task: a change on their hot path may call for another.
+_STACK_PAD = 8
+
+
+def _from_a_fresh_thread(make: Callable[[], _T]) -> _T:
+    """``make()`` on a thread of its own, for the processes it forks.
+
+    A forked process goes on from the stack of the thread that forked it, and
+    every actor process of a local runtime descends from the fork that starts the
+    admin. CPython 3.11 keeps a thread's frames in 16 KiB chunks, and a call that
+    crosses a chunk's end maps a new chunk and unmaps it on return: a hot call
+    that happens to sit there does that for every task. Where it sat depended on
+    how deep in the application ``Runtime(mode="local")`` was called (the same
+    engine cost 5 us a task, or 15, one page fault each). Forked from a new
+    thread, every actor process starts at the same depth whatever the caller's,
+    ``_STACK_PAD`` calls down."""
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append((True, _pad(_STACK_PAD, make)))
+        except BaseException as exc:  # handed to the caller
+            box.append((False, exc))
+
+    t = threading.Thread(target=run, name="llmspell-start", daemon=True)
+    t.start()
+    t.join()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return cast(_T, value)
+
+
 class LocalDriver:
     """A ``multiprocTCPBase`` actor system on 127.0.0.1: every actor in a
     process of its own, the admin on a loopback port.
@@ -817,8 +865,10 @@ class LocalDriver:
             # every process this forks (the admin, its logger, the actors they fork)
             # ends once this process is gone, from the very first fork
             with contextlib.nullcontext() if self.attach else _watchdog.owned_forks():
-                self.asys = ActorSystem(
-                    "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
+                self.asys = _from_a_fresh_thread(
+                    lambda: ActorSystem(
+                        "multiprocTCPBase", caps, transientUnique=True, logDefs=_LOG_DEFS
+                    )
                 )
         except Exception as exc:
             if self.attach:  # something that is not an llmspell runtime listens there

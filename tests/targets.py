@@ -250,3 +250,16 @@ def frozen_objects() -> int:
     import gc
 
     return gc.get_freeze_count()
+
+
+def main_thread_depth() -> int:
+    """How many frames deep the main thread of this process is (an engine's: where
+    its message loop runs)."""
+    import sys
+    import threading
+
+    frame = sys._current_frames().get(threading.main_thread().ident or 0)
+    depth = 0
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return depth

@@ -72,6 +72,23 @@ def test_an_engine_process_leaves_what_it_inherited_out_of_its_gc(local_rt: Runt
     assert local_rt.result(h, timeout=10) > 10_000
 
 
+def test_an_engine_runs_as_deep_whatever_the_depth_of_the_code_that_started_it() -> None:
+    # A forked process goes on from the forking thread's stack, and CPython 3.11
+    # keeps frames in 16 KiB chunks: a hot call at a chunk's end maps and unmaps one
+    # for every task (an engine's CPU per task went x2-5 with the depth at which the
+    # application created the runtime). The runtime forks from a thread of its own.
+    def depth_of_an_engine(extra: int) -> int:
+        if extra:
+            return depth_of_an_engine(extra - 1)
+        with Runtime(mode="local", workers=1, engines={"python": 1}) as rt:
+            wait_engines(rt, 1)
+            h = rt.submit(Task.python("targets:main_thread_depth"))
+            return int(rt.result(h, timeout=30))
+
+    shallow, deep = depth_of_an_engine(0), depth_of_an_engine(37)
+    assert shallow == deep, (shallow, deep)
+
+
 def test_a_runtime_leaves_the_gc_settings_of_the_application_alone() -> None:
     # the scheduler of a local runtime collects less often in its own process; an
     # embedded runtime's scheduler lives in the application's process: no change
