@@ -90,6 +90,8 @@ def die_with_parent() -> None:
 
 def _after_fork_in_child() -> None:
     # (a fork copies only the thread that forked: each child starts its own)
+    global _parent
+    _parent = 0  # die_with_parent() is the forking process's, not its children's
     if not _armed:
         return
     pid, start = _owner

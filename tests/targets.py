@@ -263,3 +263,16 @@ def main_thread_depth() -> int:
     while frame is not None:
         depth, frame = depth + 1, frame.f_back
     return depth
+
+
+def fork_and_wait(seconds: float) -> int:
+    """Fork a child that sleeps ``seconds`` then exits 0; the child's exit status."""
+    import os
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # the child: plain work, then out
+        time.sleep(seconds)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

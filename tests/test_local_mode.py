@@ -89,6 +89,14 @@ def test_an_engine_runs_as_deep_whatever_the_depth_of_the_code_that_started_it()
     assert shallow == deep, (shallow, deep)
 
 
+def test_a_process_a_task_forks_lives_as_long_as_it_likes(local_rt: Runtime) -> None:
+    # an engine ends once its supervisor is gone (it watches its parent): a process
+    # that a Python task forks must not take that on (it watched the engine's own
+    # parent, which is not its own, and ended within half a second)
+    h = local_rt.submit(Task.python("targets:fork_and_wait", args={"seconds": 1.5}))
+    assert local_rt.result(h, timeout=30) == 0
+
+
 def test_a_runtime_leaves_the_gc_settings_of_the_application_alone() -> None:
     # the scheduler of a local runtime collects less often in its own process; an
     # embedded runtime's scheduler lives in the application's process: no change
