@@ -749,16 +749,27 @@ def _from_a_fresh_thread(make: Callable[[], _T]) -> _T:
     thread, every actor process starts at the same depth whatever the caller's,
     ``_STACK_PAD`` calls down."""
     box: list[Any] = []
+    done = threading.Event()  # (a Thread.join that Ctrl-C interrupted cannot be retried)
 
     def run() -> None:
         try:
             box.append((True, _pad(_STACK_PAD, make)))
         except BaseException as exc:  # handed to the caller
             box.append((False, exc))
+        finally:
+            done.set()
 
-    t = threading.Thread(target=run, name="llmspell-start", daemon=True)
-    t.start()
-    t.join()
+    threading.Thread(target=run, name="llmspell-start", daemon=True).start()
+    try:
+        done.wait()
+    except BaseException:  # (Ctrl-C while it starts) the start goes on: undo it once done
+        done.wait()
+        if box and box[0][0] and hasattr(box[0][1], "shutdown"):
+            try:
+                box[0][1].shutdown()
+            except Exception:
+                log.exception("local runtime: stopping an interrupted start failed")
+        raise
     ok, value = box[0]
     if not ok:
         raise value

@@ -343,3 +343,33 @@ def test_close_kills_an_engine_stuck_past_the_shutdown_timeout(tmp_path: Path) -
     assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
     # killed within the 0.3 s, not left to finish its 4 s call (the default 5 s would)
     assert not finished.exists()
+
+
+def test_ctrl_c_while_the_runtime_forks_its_processes_undoes_what_they_started() -> None:
+    # the processes are forked from a thread of the runtime's own; a Ctrl-C that
+    # stops the caller's wait for it must not leave what that thread went on to start
+    import signal as _signal
+
+    from llmspell._driver import _from_a_fresh_thread
+
+    stopped: list[str] = []
+
+    class Started:
+        def shutdown(self) -> None:
+            stopped.append("shutdown")
+
+    def slow_start() -> Started:
+        time.sleep(0.5)
+        return Started()
+
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), _signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _from_a_fresh_thread(slow_start)
+    finally:
+        timer.join()
+    assert stopped == ["shutdown"]
+    assert _from_a_fresh_thread(lambda: 42) == 42
+    with pytest.raises(ValueError, match="bad start"):
+        _from_a_fresh_thread(lambda: int("bad start"))
