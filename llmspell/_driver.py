@@ -24,6 +24,7 @@ from . import _lanes
 from ._actor import log
 from ._exceptions import LlmspellError
 from ._loop import Loop
+from ._watchdog import START_THREAD
 from .actors.director import DIRECTOR_NAME, Director
 from .engines import _doorbell
 from .messages import decode, encode
@@ -759,7 +760,7 @@ def _from_a_fresh_thread(make: Callable[[], _T]) -> _T:
         finally:
             done.set()
 
-    threading.Thread(target=run, name="llmspell-start", daemon=True).start()
+    threading.Thread(target=run, name=START_THREAD, daemon=True).start()
     try:
         done.wait()
     except BaseException:  # (Ctrl-C while it starts) the start goes on: undo it once done

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 __all__ = ["PERIOD", "die_with_parent", "owned_forks", "owner_alive"]
 
 PERIOD = 0.5  # seconds between two looks at the owner
+START_THREAD = "llmspell-start"  # _driver's thread a local runtime forks its processes from
 
 _registered = False
 _parent = 0  # die_with_parent(): the pid of the process that forked this one
@@ -94,6 +95,9 @@ def _after_fork_in_child() -> None:
     _parent = 0  # die_with_parent() is the forking process's, not its children's
     if not _armed:
         return
+    me = threading.current_thread()
+    if me.name == START_THREAD:  # the runtime forks from a thread of its own: in the
+        me.name = "MainThread"  # child that thread is the main one, and says so
     pid, start = _owner
     if not pid or pid == os.getpid():
         return
