@@ -447,13 +447,18 @@ def bench_yields(n: int, rounds: int) -> list[tuple[str, str]]:
                 without()
             for r in range(rounds):
                 for k, (with_y, without) in pairs.items() if r % 2 == 0 else [*pairs.items()][::-1]:
+                    # each batch starts with no garbage of the other's to collect (run
+                    # back to back, the batch without yields paid for the one with:
+                    # the runtime's figure read ~0 or below zero in session 10)
+                    gc.collect()
                     t0 = time.perf_counter()
                     with_y()
                     t1 = time.perf_counter()
-                    without()
+                    gc.collect()
                     t2 = time.perf_counter()
-                    per_yield[k].append(((t1 - t0) - (t2 - t1)) / (n * 10))
-                gc.collect()
+                    without()
+                    t3 = time.perf_counter()
+                    per_yield[k].append(((t1 - t0) - (t3 - t2)) / (n * 10))
             rt_y = statistics.median(per_yield["runtime"])
             bare_y = statistics.median(per_yield["bare"])
             bare_name = "bare lupa resume" if lang == "lua" else "bare quickjs job"
