@@ -231,6 +231,40 @@ def test_js_tasks_that_find_the_vm_full_say_they_ran_out_of_memory() -> None:
         assert rt.result(rt.submit(Task.js("return 40 + 2")), timeout=30) == 42
 
 
+# fills a Lua VM's memory to the last bytes it can get, holding a to-be-closed variable
+# whose __close handler needs memory too, then waits
+_FULL_WITH_A_CLOSE = """
+local keep, n, rep = {}, 0, string.rep
+local guard <close> = setmetatable({}, {__close = function()
+  local s = {} for i = 1, 100 do s[i] = rep('z', 100) .. i end end})
+local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
+local function grab(size)
+  while pcall(add, size) do end
+  keep[n] = nil; n = n - 1
+end
+grab(4096); grab(256); grab(16); grab(1)
+spell.await('h')
+return 1
+"""
+
+
+class _LoggingHost:
+    """A Lua VM's host that keeps what scripts log."""
+
+    def __init__(self) -> None:
+        self.logged: list[Any] = []
+
+    def submit(self, parent: str, spec: Any) -> str:
+        return "x"
+
+    def emit(self, *a: Any) -> None: ...
+
+    def progress(self, *a: Any) -> None: ...
+
+    def log(self, *a: Any) -> None:
+        self.logged.append(a)
+
+
 def test_a_task_stopped_in_a_full_lua_vm_is_dropped_and_says_what_it_could_not_do(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -242,33 +276,11 @@ def test_a_task_stopped_in_a_full_lua_vm_is_dropped_and_says_what_it_could_not_d
     from llmspell.engines._vm import Yielded
     from llmspell.engines.lua_vm import LuaVM
 
-    class Host:
-        def submit(self, parent: str, spec: Any) -> str:
-            return "x"
-
-        def emit(self, *a: Any) -> None: ...
-
-        def progress(self, *a: Any) -> None: ...
-
-        def log(self, *a: Any) -> None: ...
-
-    code = """
-    local keep, n, rep = {}, 0, string.rep
-    local guard <close> = setmetatable({}, {__close = function()
-      local s = {} for i = 1, 100 do s[i] = rep('z', 100) .. i end end})
-    local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
-    local function grab(size)
-      while pcall(add, size) do end
-      keep[n] = nil; n = n - 1
-    end
-    grab(4096); grab(256); grab(16); grab(1)
-    spell.await('h')
-    return 1
-    """
+    code = _FULL_WITH_A_CLOSE
     stopped = 0
     caplog.set_level("WARNING", logger="llmspell.engines.lua")
     for k in range(12):
-        vm = LuaVM(Host(), max_memory=1_000_000 + 7919 * k, step_budget=5.0)
+        vm = LuaVM(_LoggingHost(), max_memory=1_000_000 + 7919 * k, step_budget=5.0)
         first = vm.start("t", code)
         if not isinstance(first if first is not None else vm.resume("t"), Yielded):
             continue  # (this limit left no room to get as far as the await)
@@ -294,32 +306,10 @@ def test_a_task_after_a_stop_in_a_full_lua_vm_is_still_stopped_at_its_budget() -
     from llmspell.engines._vm import Failed, Yielded
     from llmspell.engines.lua_vm import LuaVM
 
-    logged: list[Any] = []
+    host = _LoggingHost()
+    logged = host.logged
 
-    class Host:
-        def submit(self, parent: str, spec: Any) -> str:
-            return "x"
-
-        def emit(self, *a: Any) -> None: ...
-
-        def progress(self, *a: Any) -> None: ...
-
-        def log(self, *a: Any) -> None:
-            logged.append(a)
-
-    code = """
-    local keep, n, rep = {}, 0, string.rep
-    local guard <close> = setmetatable({}, {__close = function()
-      local s = {} for i = 1, 100 do s[i] = rep('z', 100) .. i end end})
-    local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
-    local function grab(size)
-      while pcall(add, size) do end
-      keep[n] = nil; n = n - 1
-    end
-    grab(4096); grab(256); grab(16); grab(1)
-    spell.await('h')
-    return 1
-    """
+    code = _FULL_WITH_A_CLOSE
     catcher = """
     for i = 1, 3 do
       pcall(function() while true do end end)
@@ -329,7 +319,7 @@ def test_a_task_after_a_stop_in_a_full_lua_vm_is_still_stopped_at_its_budget() -
     """
     stopped = 0
     for k in range(6):
-        vm = LuaVM(Host(), max_memory=1_000_000 + 7919 * k, step_budget=0.05)
+        vm = LuaVM(host, max_memory=1_000_000 + 7919 * k, step_budget=0.05)
         first = vm.start("t", code)
         if not isinstance(first if first is not None else vm.resume("t"), Yielded):
             continue  # (this limit left no room to get as far as the await)
