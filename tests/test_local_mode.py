@@ -103,10 +103,12 @@ def test_a_runtime_leaves_the_gc_settings_of_the_application_alone() -> None:
     import gc
 
     before = gc.get_threshold()
-    with Runtime() as rt:
-        assert rt.result(rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))) == 3
-        assert gc.get_threshold() == before
-    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    for config in ({}, {"mode": "local", "workers": 1}):
+        with Runtime(**config) as rt:  # type: ignore[arg-type]
+            h = rt.submit(Task.python("targets:add", args={"x": 1, "y": 2}))
+            assert rt.result(h, timeout=30) == 3
+            assert gc.get_threshold() == before, config
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0, config
 
 
 def test_values_across_engines(local_rt: Runtime) -> None:

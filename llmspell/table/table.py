@@ -436,8 +436,8 @@ class TaskTable:
         self.ready.append(rec)
 
     # -- running, retrying, ending ----------------------------------------------
-
-    # -- the hot path: one run's start and its engine's outcome -----------------------
+    # (dispatch and ran: the scheduler's hot path, one run's start and its
+    # engine's outcome, each as apply() would take its event)
 
     def dispatch(self, rec: Rec, t: float) -> None:
         """``apply(Dispatched(id, rec.attempt, t))`` for a pending ``rec`` of this

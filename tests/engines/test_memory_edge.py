@@ -21,6 +21,15 @@ import pytest
 
 from llmspell import Runtime, ScriptError, Task
 
+# Lua: takes every byte of the VM's memory it can get, as live strings in ``keep``
+# (which, with ``n`` and ``rep``, the script declares first)
+_GRAB = """local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
+local function grab(size)
+  while pcall(add, size) do end
+  keep[n] = nil; n = n - 1
+end
+grab(4096); grab(256); grab(16); grab(1)"""
+
 _SCENARIO = textwrap.dedent(
     """
     import json, sys
@@ -40,12 +49,7 @@ _SCENARIO = textwrap.dedent(
     # fills the VM's memory with live strings, to the last bytes it can get
     FILL = '''
     local keep, n, rep = {}, 0, string.rep
-    local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
-    local function grab(size)
-      while pcall(add, size) do end
-      keep[n] = nil; n = n - 1
-    end
-    grab(4096); grab(256); grab(16); grab(1)
+    {GRAB}
     keep[1] = nil  -- 4 KB: room for what the script does next, not for what it is handed
     '''
     # the script catches every failed submit and goes on (what it got is lost to it)
@@ -115,7 +119,7 @@ _SCENARIO = textwrap.dedent(
     print(json.dumps({"outcomes": sorted(set(outcomes)), "last": end(last),
                       "value": getattr(last, "value", None)}))
     """
-)
+).replace("{GRAB}", _GRAB)
 
 
 def _run(mode: str, count: int, limit: int = 1024 * 1024) -> dict[str, object]:
@@ -237,15 +241,10 @@ _FULL_WITH_A_CLOSE = """
 local keep, n, rep = {}, 0, string.rep
 local guard <close> = setmetatable({}, {__close = function()
   local s = {} for i = 1, 100 do s[i] = rep('z', 100) .. i end end})
-local function add(size) n = n + 1; keep[n] = rep('y', size) .. n end
-local function grab(size)
-  while pcall(add, size) do end
-  keep[n] = nil; n = n - 1
-end
-grab(4096); grab(256); grab(16); grab(1)
+{GRAB}
 spell.await('h')
 return 1
-"""
+""".replace("{GRAB}", _GRAB)
 
 
 class _LoggingHost:
